@@ -1,0 +1,445 @@
+/**
+ * The codec that turns tasks and results into bytes for the rings and back.
+ *
+ * It round-trips what `structuredClone` accepts: primitives (with `bigint`),
+ * arrays (holes kept), plain objects and class instances (as plain objects),
+ * `Date`, `RegExp`, `Map`, `Set`, `ArrayBuffer`, typed arrays and `DataView`,
+ * boxed primitives, errors (name, message, stack, cause), and shared or cyclic
+ * references. Functions, symbols and platform objects are refused with a
+ * `DataCloneError`, before anything is written.
+ *
+ * Shipped to workers by source, like `ring.ts`: no module-level helpers.
+ *
+ * @module
+ */
+
+/** Encodes values into a reusable scratch buffer. */
+export class Encoder {
+  static readonly UNDEFINED = 0;
+  static readonly NULL = 1;
+  static readonly FALSE = 2;
+  static readonly TRUE = 3;
+  static readonly INT32 = 4;
+  static readonly FLOAT64 = 5;
+  static readonly ASCII = 6;
+  static readonly UTF8 = 7;
+  static readonly BIGINT = 8;
+  static readonly ARRAY = 9;
+  static readonly OBJECT = 10;
+  static readonly REF = 11;
+  static readonly DATE = 12;
+  static readonly REGEXP = 13;
+  static readonly MAP = 14;
+  static readonly SET = 15;
+  static readonly ARRAY_BUFFER = 16;
+  static readonly VIEW = 17;
+  static readonly ERROR = 18;
+  static readonly BOXED = 19;
+  static readonly HOLE = 20;
+
+  /** Typed array constructors by view tag. */
+  static readonly VIEWS = [
+    "Int8Array",
+    "Uint8Array",
+    "Uint8ClampedArray",
+    "Int16Array",
+    "Uint16Array",
+    "Int32Array",
+    "Uint32Array",
+    "Float32Array",
+    "Float64Array",
+    "BigInt64Array",
+    "BigUint64Array",
+    "DataView",
+    "Float16Array",
+  ];
+
+  /** The encoded bytes are `bytes[0, length)` after `encode()`. */
+  bytes: Uint8Array = new Uint8Array(256);
+  length = 0;
+  #view = new DataView(this.bytes.buffer);
+  #seen = new Map<object, number>();
+  #text = new TextEncoder();
+
+  /** Encodes `value`; throws a `DataCloneError` if it cannot be cloned. */
+  encode(value: unknown): number {
+    this.length = 0;
+    try {
+      this.#value(value);
+    } finally {
+      if (this.#seen.size !== 0) this.#seen.clear();
+    }
+    return this.length;
+  }
+
+  #reserve(n: number): number {
+    const at = this.length;
+    if (at + n > this.bytes.length) {
+      const grown = new Uint8Array(Math.max(this.bytes.length * 2, at + n));
+      grown.set(this.bytes.subarray(0, at));
+      this.bytes = grown;
+      this.#view = new DataView(grown.buffer);
+    }
+    this.length = at + n;
+    return at;
+  }
+
+  #tag(tag: number): void {
+    const at = this.#reserve(1);
+    this.bytes[at] = tag;
+  }
+
+  #u32(n: number): void {
+    this.#view.setUint32(this.#reserve(4), n, true);
+  }
+
+  #value(value: unknown): void {
+    switch (typeof value) {
+      case "number":
+        return this.#number(value);
+      case "string":
+        return this.#string(value);
+      case "boolean":
+        return this.#tag(value ? Encoder.TRUE : Encoder.FALSE);
+      case "undefined":
+        return this.#tag(Encoder.UNDEFINED);
+      case "bigint":
+        this.#tag(Encoder.BIGINT);
+        return this.#string(value.toString(16));
+      case "object":
+        if (value === null) return this.#tag(Encoder.NULL);
+        return this.#object(value);
+      default:
+        throw new DOMException(
+          `${String(value)} could not be cloned`,
+          "DataCloneError",
+        );
+    }
+  }
+
+  #number(value: number): void {
+    if ((value | 0) === value && (value !== 0 || 1 / value > 0)) {
+      const at = this.#reserve(5);
+      this.bytes[at] = Encoder.INT32;
+      this.#view.setInt32(at + 1, value, true);
+    } else {
+      const at = this.#reserve(9);
+      this.bytes[at] = Encoder.FLOAT64;
+      this.#view.setFloat64(at + 1, value, true);
+    }
+  }
+
+  #string(value: string): void {
+    const n = value.length;
+    if (n <= 64) {
+      // Short ASCII by hand: encodeInto costs ~100 ns a call whatever the length.
+      const at = this.#reserve(5 + n);
+      const bytes = this.bytes;
+      let i = 0;
+      for (; i < n; i++) {
+        const c = value.charCodeAt(i);
+        if (c > 127) break;
+        bytes[at + 5 + i] = c;
+      }
+      if (i === n) {
+        bytes[at] = Encoder.ASCII;
+        this.#view.setUint32(at + 1, n, true);
+        return;
+      }
+      this.length = at;
+    }
+    const at = this.#reserve(5 + n * 3);
+    const { written } = this.#text.encodeInto(
+      value,
+      this.bytes.subarray(at + 5),
+    );
+    this.bytes[at] = Encoder.UTF8;
+    this.#view.setUint32(at + 1, written, true);
+    this.length = at + 5 + written;
+  }
+
+  #object(value: object): void {
+    const seen = this.#seen.get(value);
+    if (seen !== undefined) {
+      this.#tag(Encoder.REF);
+      return this.#u32(seen);
+    }
+    this.#seen.set(value, this.#seen.size);
+    if (Array.isArray(value)) return this.#array(value);
+    if (ArrayBuffer.isView(value)) return this.#view_(value);
+    if (value instanceof ArrayBuffer) {
+      this.#tag(Encoder.ARRAY_BUFFER);
+      return this.#raw(new Uint8Array(value));
+    }
+    if (value instanceof Date) {
+      const at = this.#reserve(9);
+      this.bytes[at] = Encoder.DATE;
+      this.#view.setFloat64(at + 1, value.getTime(), true);
+      return;
+    }
+    if (value instanceof RegExp) {
+      this.#tag(Encoder.REGEXP);
+      this.#string(value.source);
+      return this.#string(value.flags);
+    }
+    if (value instanceof Map) {
+      this.#tag(Encoder.MAP);
+      this.#u32(value.size);
+      for (const [k, v] of value) {
+        this.#value(k);
+        this.#value(v);
+      }
+      return;
+    }
+    if (value instanceof Set) {
+      this.#tag(Encoder.SET);
+      this.#u32(value.size);
+      for (const v of value) this.#value(v);
+      return;
+    }
+    if (value instanceof Error) return this.#error(value);
+    if (
+      value instanceof Boolean || value instanceof Number ||
+      value instanceof String || value instanceof BigInt
+    ) {
+      this.#tag(Encoder.BOXED);
+      return this.#value(value.valueOf());
+    }
+    const kind = Object.prototype.toString.call(value);
+    if (kind !== "[object Object]" || typeof value === "function") {
+      throw new DOMException(
+        `${kind.slice(8, -1)} object could not be cloned`,
+        "DataCloneError",
+      );
+    }
+    this.#plain(value as Record<string, unknown>);
+  }
+
+  #array(value: unknown[]): void {
+    const n = value.length;
+    this.#tag(Encoder.ARRAY);
+    this.#u32(n);
+    for (let i = 0; i < n; i++) {
+      const item = value[i];
+      if (item === undefined && !(i in value)) this.#tag(Encoder.HOLE);
+      else this.#value(item);
+    }
+  }
+
+  #plain(value: Record<string, unknown>): void {
+    const keys = Object.keys(value);
+    this.#tag(Encoder.OBJECT);
+    this.#u32(keys.length);
+    for (let i = 0; i < keys.length; i++) {
+      const key = keys[i]!;
+      this.#string(key);
+      this.#value(value[key]);
+    }
+  }
+
+  #view_(value: ArrayBufferView): void {
+    const name = value.constructor.name;
+    const kind = Encoder.VIEWS.indexOf(name);
+    if (kind < 0) {
+      throw new DOMException(
+        `${name} could not be cloned`,
+        "DataCloneError",
+      );
+    }
+    const at = this.#reserve(1);
+    this.bytes[at] = Encoder.VIEW;
+    this.#tag(kind);
+    this.#raw(
+      new Uint8Array(value.buffer, value.byteOffset, value.byteLength),
+    );
+  }
+
+  #raw(bytes: Uint8Array): void {
+    this.#u32(bytes.length);
+    const at = this.#reserve(bytes.length);
+    this.bytes.set(bytes, at);
+  }
+
+  #error(value: Error): void {
+    this.#tag(Encoder.ERROR);
+    this.#string(value.name);
+    this.#string(value.message);
+    this.#value(value.stack);
+    this.#value("cause" in value ? value.cause : undefined);
+  }
+}
+
+/** Decodes values written by `Encoder`. */
+export class Decoder {
+  #bytes: Uint8Array = new Uint8Array(0);
+  #view: DataView = new DataView(new ArrayBuffer(0));
+  #at = 0;
+  #objects: unknown[] = [];
+  #text = new TextDecoder();
+
+  /** Decodes the value encoded at `bytes[start, start + length)`. */
+  decode(bytes: Uint8Array, view: DataView, start: number): unknown {
+    this.#bytes = bytes;
+    this.#view = view;
+    this.#at = start;
+    const value = this.#value();
+    if (this.#objects.length !== 0) this.#objects.length = 0;
+    return value;
+  }
+
+  #u32(): number {
+    const n = this.#view.getUint32(this.#at, true);
+    this.#at += 4;
+    return n;
+  }
+
+  #value(): unknown {
+    const tag = this.#bytes[this.#at++];
+    switch (tag) {
+      case Encoder.INT32: {
+        const n = this.#view.getInt32(this.#at, true);
+        this.#at += 4;
+        return n;
+      }
+      case Encoder.FLOAT64: {
+        const n = this.#view.getFloat64(this.#at, true);
+        this.#at += 8;
+        return n;
+      }
+      case Encoder.ASCII:
+      case Encoder.UTF8:
+        this.#at--;
+        return this.#string();
+      case Encoder.UNDEFINED:
+        return undefined;
+      case Encoder.NULL:
+        return null;
+      case Encoder.FALSE:
+        return false;
+      case Encoder.TRUE:
+        return true;
+      case Encoder.BIGINT: {
+        const text = this.#string();
+        return text[0] === "-"
+          ? -BigInt("0x" + text.slice(1))
+          : BigInt("0x" + text);
+      }
+      case Encoder.ARRAY: {
+        const n = this.#u32();
+        const array = new Array(n);
+        this.#objects.push(array);
+        for (let i = 0; i < n; i++) {
+          if (this.#bytes[this.#at] === Encoder.HOLE) this.#at++;
+          else array[i] = this.#value();
+        }
+        return array;
+      }
+      case Encoder.OBJECT: {
+        const n = this.#u32();
+        const object: Record<string, unknown> = {};
+        this.#objects.push(object);
+        for (let i = 0; i < n; i++) {
+          const key = this.#string();
+          object[key] = this.#value();
+        }
+        return object;
+      }
+      case Encoder.REF:
+        return this.#objects[this.#u32()];
+      case Encoder.DATE: {
+        const date = new Date(this.#view.getFloat64(this.#at, true));
+        this.#at += 8;
+        this.#objects.push(date);
+        return date;
+      }
+      case Encoder.REGEXP: {
+        const index = this.#objects.push(null) - 1;
+        const source = this.#string();
+        const regexp = new RegExp(source, this.#string());
+        this.#objects[index] = regexp;
+        return regexp;
+      }
+      case Encoder.MAP: {
+        const n = this.#u32();
+        const map = new Map();
+        this.#objects.push(map);
+        for (let i = 0; i < n; i++) {
+          const key = this.#value();
+          map.set(key, this.#value());
+        }
+        return map;
+      }
+      case Encoder.SET: {
+        const n = this.#u32();
+        const set = new Set();
+        this.#objects.push(set);
+        for (let i = 0; i < n; i++) set.add(this.#value());
+        return set;
+      }
+      case Encoder.ARRAY_BUFFER: {
+        const buffer = this.#raw().buffer;
+        this.#objects.push(buffer);
+        return buffer;
+      }
+      case Encoder.VIEW: {
+        const index = this.#objects.push(null) - 1;
+        const name = Encoder.VIEWS[this.#bytes[this.#at++]!]!;
+        const buffer = this.#raw().buffer as ArrayBuffer;
+        const Type = (globalThis as unknown as Record<
+          string,
+          new (buffer: ArrayBuffer) => ArrayBufferView
+        >)[name]!;
+        return (this.#objects[index] = new Type(buffer));
+      }
+      case Encoder.ERROR: {
+        const index = this.#objects.push(null) - 1;
+        const name = this.#string();
+        const message = this.#string();
+        const Type = (globalThis as unknown as Record<
+          string,
+          ErrorConstructor | undefined
+        >)[name];
+        const error = Type?.prototype instanceof Error || Type === Error
+          ? new Type!(message)
+          : new Error(message);
+        this.#objects[index] = error;
+        const stack = this.#value();
+        if (typeof stack === "string") error.stack = stack;
+        else delete error.stack;
+        const cause = this.#value();
+        if (cause !== undefined) error.cause = cause;
+        return error;
+      }
+      case Encoder.BOXED: {
+        const index = this.#objects.push(null) - 1;
+        return (this.#objects[index] = Object(this.#value()));
+      }
+      default:
+        throw new RangeError(`Corrupt record: unknown tag ${tag}`);
+    }
+  }
+
+  #string(): string {
+    const tag = this.#bytes[this.#at];
+    const n = this.#view.getUint32(this.#at + 1, true);
+    const start = this.#at + 5;
+    this.#at = start + n;
+    if (tag === Encoder.ASCII && n <= 24) {
+      const bytes = this.#bytes;
+      let text = "";
+      for (let i = start; i < start + n; i++) {
+        text += String.fromCharCode(bytes[i]!);
+      }
+      return text;
+    }
+    return this.#text.decode(this.#bytes.subarray(start, start + n));
+  }
+
+  #raw(): Uint8Array {
+    const n = this.#u32();
+    const start = this.#at;
+    this.#at += n;
+    // slice() copies into a fresh, unshared buffer the value can own.
+    return this.#bytes.slice(start, start + n);
+  }
+}

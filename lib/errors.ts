@@ -1,0 +1,90 @@
+/**
+ * The errors a pipeline's callers catch.
+ *
+ * @module
+ */
+
+/** Where a stage error happened. */
+export interface StageErrorOptions {
+  /** The stage's name. */
+  stage: string;
+  /** The worker's number within its stage (0-based), if one worker failed. */
+  worker?: number;
+  /** The task's sequence number at the stage's input (0-based), if a task failed. */
+  task?: number;
+  /** The original error, as thrown in the worker. */
+  cause?: unknown;
+}
+
+/**
+ * A stage failed: a task threw, a worker was lost, or its target could not be
+ * loaded. Carries the stage, the worker, the task number and the original
+ * error as `cause`.
+ *
+ * @example Catch a failing task
+ * ```ts
+ * import { OrderedStage, Pipeline, StageError } from "@mpipe/mpipe";
+ * import assert from "node:assert/strict";
+ *
+ * const pipe = new Pipeline<number, number>(
+ *   new OrderedStage((x: number) => {
+ *     if (x === 2) throw new Error("two");
+ *     return x;
+ *   }, 1, { name: "picky" }),
+ * );
+ * for (let i = 0; i < 4; i++) pipe.put(i).catch(() => {});
+ * pipe.put(null).catch(() => {});
+ * await assert.rejects(Array.fromAsync(pipe), (error: unknown) => {
+ *   assert(error instanceof StageError);
+ *   assert.equal(error.stage, "picky");
+ *   assert.equal(error.task, 2);
+ *   return true;
+ * });
+ * ```
+ */
+export class StageError extends Error {
+  /** The stage's name. */
+  readonly stage: string;
+  /** The worker's number within its stage, if one worker failed. */
+  readonly worker: number | undefined;
+  /** The task's sequence number at the stage's input, if a task failed. */
+  readonly task: number | undefined;
+
+  /** Creates a stage error; `message` says what went wrong and what to do. */
+  constructor(message: string, options: StageErrorOptions) {
+    const where = `stage '${options.stage}'` +
+      (options.worker === undefined ? "" : `, worker ${options.worker}`) +
+      (options.task === undefined ? "" : `, task ${options.task}`);
+    super(`${where}: ${message}`, { cause: options.cause });
+    this.name = "StageError";
+    this.stage = options.stage;
+    this.worker = options.worker;
+    this.task = options.task;
+  }
+}
+
+/**
+ * A task was put after the stop request, or after the pipeline was terminated.
+ *
+ * @example Put after the stop request
+ * ```ts
+ * import { OrderedStage, Pipeline, PipelineClosedError } from "@mpipe/mpipe";
+ * import assert from "node:assert/strict";
+ *
+ * const pipe = new Pipeline<number, number>(new OrderedStage((x: number) => x));
+ * await pipe.close();
+ * await assert.rejects(pipe.put(1), PipelineClosedError);
+ * await pipe.done;
+ * ```
+ */
+export class PipelineClosedError extends Error {
+  /** The task that was refused. */
+  readonly task: unknown;
+
+  /** Creates the error for a refused `task`. */
+  constructor(message: string, task: unknown) {
+    super(message);
+    this.name = "PipelineClosedError";
+    this.task = task;
+  }
+}

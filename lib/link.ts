@@ -1,0 +1,422 @@
+/**
+ * Links: how records move from a group of producers to a group of consumers.
+ *
+ * Every producer (a stage worker, or the main thread for the pipeline's input)
+ * owns one single-producer `Ring` per downstream link. The consumers of a link
+ * (the workers of the next stage, or the main thread for a leaf stage) share
+ * those rings through `InputLink`: a lone consumer reads them freely; several
+ * consumers take a short lock around each claim, so a claim can both pick the
+ * next record in order and stamp it with the stage's own sequence number. The
+ * lock is held only while records are decoded, never while a task runs.
+ *
+ * Shipped to workers by source, like `ring.ts`.
+ *
+ * @module
+ */
+
+import { Bell, Ring } from "./ring.ts";
+import { Decoder, Encoder } from "./codec.ts";
+
+/** How the consumers of a link read it. */
+export interface InputMode {
+  /** Several consumers share the link: claims take the lock. */
+  shared: boolean;
+  /** The upstream is one ordered stage with several workers: merge its rings by sequence. */
+  merge: boolean;
+  /** Producers bound the backlog, so consumers count tasks as they start. */
+  bounded: boolean;
+  /** The consumer may block in `Atomics.wait` (workers) or not (the main thread). */
+  blocking: boolean;
+}
+
+/** The consumer side of a link: the rings of every upstream producer. */
+export class InputLink {
+  /** Base index of the link's data doorbell. */
+  static readonly BELL = 0;
+  /** Lock word: 0 free, 1 held, 2 held with waiters. */
+  static readonly LOCK = 2;
+  /** The next upstream sequence number to take (ordered merge). */
+  static readonly NEXT_SEQ = 3;
+  /** 1 + index of the ring holding NEXT_SEQ's records, 0 if not yet found. */
+  static readonly CURRENT = 4;
+  /** The next sequence number to stamp on a task (ordered stages). */
+  static readonly OWN_SEQ = 5;
+  /** Tasks accepted and not yet started (with a maxBacklog). */
+  static readonly BACKLOG = 6;
+  /** Base index of the doorbell for producers waiting on the backlog. */
+  static readonly SPACE_BELL = 7;
+  /** How many rings have delivered their stop record. */
+  static readonly STOPPED = 9;
+  /** Words of a link's control block. */
+  static readonly WORDS = 16;
+
+  /** What `take` found: a task, a record that is not a task, or nothing yet. */
+  static readonly TOOK = 1;
+  static readonly SKIPPED = 0;
+  static readonly NOTHING = -1;
+
+  readonly control: Int32Array;
+  readonly rings: Ring[];
+  readonly bell: Int32Array;
+  readonly bellBase: number;
+  readonly mode: InputMode;
+  #decoder = new Decoder();
+  #cursor = 0;
+  // A record being reassembled from fragments, and the ring it comes from.
+  #partial: Uint8Array | null = null;
+  #partialLength = 0;
+  #partialRing = -1;
+
+  constructor(
+    control: SharedArrayBuffer,
+    rings: SharedArrayBuffer[],
+    mode: InputMode,
+    bell?: { words: Int32Array; base: number },
+  ) {
+    this.control = new Int32Array(control);
+    this.rings = rings.map((buffer) => new Ring(buffer));
+    this.mode = mode;
+    this.bell = bell?.words ?? this.control;
+    this.bellBase = bell?.base ?? InputLink.BELL;
+  }
+
+  /** Whether every upstream producer has stopped and nothing is left. */
+  get ended(): boolean {
+    return Atomics.load(this.control, InputLink.STOPPED) ===
+        this.rings.length &&
+      this.#partial === null;
+  }
+
+  /**
+   * Takes up to `max` tasks into `values` (with their stamps in `seqs`).
+   * Returns how many, or -1 once every upstream has stopped and all is taken.
+   */
+  claim(values: unknown[], seqs: number[], max: number): number {
+    if (this.mode.shared) this.#lock();
+    try {
+      const rings = this.rings;
+      for (let i = 0; i < rings.length; i++) rings[i]!.beginRead();
+      const count = this.mode.merge
+        ? this.#claimInOrder(values, seqs, max)
+        : this.#claimAsArrived(values, seqs, max);
+      for (let i = 0; i < rings.length; i++) rings[i]!.endRead();
+      return count === 0 && this.ended ? -1 : count;
+    } finally {
+      if (this.mode.shared) this.#unlock();
+    }
+  }
+
+  /** Whether any ring holds a published record (a lock-free check for spinning). */
+  hasData(): boolean {
+    const rings = this.rings;
+    for (let i = 0; i < rings.length; i++) if (rings[i]!.hasData()) return true;
+    return false;
+  }
+
+  /** Reads the doorbell before a last claim; sleep on the result with `sleep()`. */
+  arm(): number {
+    return Bell.arm(this.bell, this.bellBase);
+  }
+
+  /** Sleeps until a producer rings the bell after `arm()` returned `counter`. */
+  sleep(counter: number): void {
+    Atomics.wait(this.bell, this.bellBase + Bell.COUNTER, counter);
+  }
+
+  /** Counts a claimed task as started, freeing a place in a bounded backlog. */
+  taskStarted(): void {
+    if (!this.mode.bounded) return;
+    Atomics.sub(this.control, InputLink.BACKLOG, 1);
+    Bell.ring(this.control, InputLink.SPACE_BELL);
+  }
+
+  /** Takes the next sequence number for a task this consumer makes up itself (the stop task). */
+  nextOwnSeq(): number {
+    if (this.mode.shared) this.#lock();
+    const seq = Atomics.add(this.control, InputLink.OWN_SEQ, 1);
+    if (this.mode.shared) this.#unlock();
+    return seq;
+  }
+
+  #claimAsArrived(values: unknown[], seqs: number[], max: number): number {
+    const rings = this.rings;
+    let count = 0;
+    if (this.#partialRing >= 0) this.#cursor = this.#partialRing;
+    for (let tried = 0; tried < rings.length && count < max; tried++) {
+      const index = this.#cursor;
+      let took: number;
+      while (
+        count < max &&
+        (took = this.#take(index, values, seqs, count)) !== InputLink.NOTHING
+      ) {
+        count += took;
+      }
+      if (this.#partial !== null) break;
+      this.#cursor = index + 1 === rings.length ? 0 : index + 1;
+    }
+    return count;
+  }
+
+  #claimInOrder(values: unknown[], seqs: number[], max: number): number {
+    const control = this.control;
+    let count = 0;
+    while (count < max) {
+      let index = Atomics.load(control, InputLink.CURRENT) - 1;
+      if (index < 0) {
+        index = this.#findRingOf(Atomics.load(control, InputLink.NEXT_SEQ));
+        if (index < 0) break;
+        Atomics.store(control, InputLink.CURRENT, index + 1);
+      }
+      const took = this.#take(index, values, seqs, count);
+      if (took === InputLink.NOTHING) break;
+      count += took;
+    }
+    return count;
+  }
+
+  /** The ring whose next record belongs to upstream task `seq`, or -1. */
+  #findRingOf(seq: number): number {
+    const rings = this.rings;
+    for (let i = 0; i < rings.length; i++) {
+      const ring = rings[i]!;
+      const at = ring.peek();
+      if (at < 0) continue;
+      if ((ring.kindAt(at) & 0xff) === Ring.STOP) {
+        this.#stopRing(i);
+        continue;
+      }
+      if (ring.seqAt(at) === seq) return i;
+    }
+    return -1;
+  }
+
+  /** Takes one record from ring `index`; returns TOOK, SKIPPED or NOTHING. */
+  #take(
+    index: number,
+    values: unknown[],
+    seqs: number[],
+    count: number,
+  ): number {
+    const ring = this.rings[index]!;
+    const at = ring.peek();
+    if (at < 0) return InputLink.NOTHING;
+    const kind = ring.kindAt(at);
+    const base = kind & 0xff;
+    if (base === Ring.STOP) {
+      this.#stopRing(index);
+      return InputLink.NOTHING;
+    }
+    let value: unknown = undefined;
+    if (kind & Ring.FRAGMENT) {
+      if (!this.#takeFragment(index, at, kind)) return InputLink.NOTHING;
+      const whole = this.#partial!;
+      this.#partial = null;
+      this.#partialRing = -1;
+      value = this.#decoder.decode(whole, new DataView(whole.buffer), 0);
+    } else {
+      if (base === Ring.DATA) {
+        value = this.#decoder.decode(
+          ring.bytes,
+          ring.view,
+          at + Ring.FRAME_BYTES,
+        );
+      }
+      ring.advance();
+    }
+    if (this.mode.merge && kind & Ring.LAST) {
+      Atomics.add(this.control, InputLink.NEXT_SEQ, 1);
+      Atomics.store(this.control, InputLink.CURRENT, 0);
+    }
+    if (base !== Ring.DATA) return InputLink.SKIPPED;
+    values[count] = value;
+    // The stamp orders an ordered stage's results and numbers tasks in errors.
+    seqs[count] = Atomics.add(this.control, InputLink.OWN_SEQ, 1);
+    return InputLink.TOOK;
+  }
+
+  /**
+   * Copies fragments of a large record into the reassembly buffer, starting
+   * with the one at `at`. True once the record is whole. A blocking consumer
+   * waits for the remaining fragments (releasing what it read, so the producer
+   * has room); the main thread returns false and resumes on its next claim.
+   */
+  #takeFragment(index: number, at: number, kind: number): boolean {
+    const ring = this.rings[index]!;
+    if (this.#partial === null) {
+      this.#partial = new Uint8Array(ring.totalAt(at));
+      this.#partialLength = 0;
+      this.#partialRing = index;
+    }
+    for (;;) {
+      const length = ring.lengthAt(at);
+      const start = at + Ring.FRAME_BYTES;
+      this.#partial.set(
+        ring.bytes.subarray(start, start + length),
+        this.#partialLength,
+      );
+      this.#partialLength += length;
+      ring.advance();
+      if (!(kind & Ring.MORE)) return true;
+      at = ring.peek();
+      while (at < 0) {
+        if (!this.mode.blocking) return false;
+        ring.endRead();
+        const counter = this.arm();
+        ring.beginRead();
+        at = ring.peek();
+        if (at < 0) {
+          this.sleep(counter);
+          ring.beginRead();
+          at = ring.peek();
+        }
+      }
+      kind = ring.kindAt(at);
+    }
+  }
+
+  #stopRing(index: number): void {
+    const ring = this.rings[index]!;
+    ring.advance();
+    Atomics.store(ring.control, Ring.STOPPED, 1);
+    Atomics.add(this.control, InputLink.STOPPED, 1);
+    // Other consumers of this link may sleep on the bell: let them see the end.
+    Bell.ringAlways(this.bell, this.bellBase);
+  }
+
+  // A futex-style mutex (0 free, 1 held, 2 held with waiters): uncontended
+  // lock and unlock are one atomic operation each.
+  #lock(): void {
+    const control = this.control;
+    let state = Atomics.compareExchange(control, InputLink.LOCK, 0, 1);
+    if (state === 0) return;
+    for (let spin = 0; spin < 100 && state !== 0; spin++) {
+      state = Atomics.compareExchange(control, InputLink.LOCK, 0, 1);
+      if (state === 0) return;
+    }
+    if (state !== 2) state = Atomics.exchange(control, InputLink.LOCK, 2);
+    while (state !== 0) {
+      Atomics.wait(control, InputLink.LOCK, 2);
+      state = Atomics.exchange(control, InputLink.LOCK, 2);
+    }
+  }
+
+  #unlock(): void {
+    if (Atomics.sub(this.control, InputLink.LOCK, 1) !== 1) {
+      Atomics.store(this.control, InputLink.LOCK, 0);
+      Atomics.notify(this.control, InputLink.LOCK, 1);
+    }
+  }
+}
+
+/** One downstream link of a producer: its ring, and the link it feeds. */
+export interface Branch {
+  ring: SharedArrayBuffer;
+  /** The consumers' doorbell: the link's control block, or the main thread's bell. */
+  bell: SharedArrayBuffer;
+  bellBase: number;
+  /** The downstream link's control block (for the backlog). */
+  link: SharedArrayBuffer;
+  /** Bound on the downstream stage's backlog; 0 for none. */
+  maxBacklog: number;
+}
+
+/**
+ * The producer side of a worker: writes each record to every downstream link,
+ * blocking while a ring is full or a backlog is at its bound.
+ */
+export class OutputPort {
+  readonly rings: Ring[];
+  readonly bells: Int32Array[];
+  readonly bellBases: number[];
+  readonly links: Int32Array[];
+  readonly maxBacklogs: number[];
+  #encoder = new Encoder();
+
+  constructor(branches: Branch[]) {
+    this.rings = branches.map((b) => new Ring(b.ring));
+    this.bells = branches.map((b) => new Int32Array(b.bell));
+    this.bellBases = branches.map((b) => b.bellBase);
+    this.links = branches.map((b) => new Int32Array(b.link));
+    this.maxBacklogs = branches.map((b) => b.maxBacklog);
+  }
+
+  /**
+   * Encodes `value` once and writes it to every branch. Throws a
+   * `DataCloneError` before writing anything if the value cannot be cloned.
+   */
+  put(value: unknown, kind: number, seq: number): void {
+    const encoder = this.#encoder;
+    const length = encoder.encode(value);
+    for (let i = 0; i < this.rings.length; i++) {
+      if (this.maxBacklogs[i]! > 0) this.#enterBacklog(i);
+      this.#write(i, kind, seq, encoder.bytes, length);
+    }
+  }
+
+  /** Writes a record without payload (END or STOP) to every branch. */
+  putEmpty(kind: number, seq: number): void {
+    for (let i = 0; i < this.rings.length; i++) {
+      this.#write(i, kind, seq, null, 0);
+    }
+  }
+
+  /** Publishes what was written and wakes the consumers that sleep. */
+  publish(): void {
+    const rings = this.rings;
+    for (let i = 0; i < rings.length; i++) {
+      if (rings[i]!.publish()) Bell.ring(this.bells[i]!, this.bellBases[i]!);
+    }
+  }
+
+  #write(
+    branch: number,
+    kind: number,
+    seq: number,
+    bytes: Uint8Array | null,
+    length: number,
+  ): void {
+    const ring = this.rings[branch]!;
+    let done = 0;
+    for (;;) {
+      done = bytes === null
+        ? (ring.writeEmpty(kind, seq) ? 1 : 0)
+        : ring.write(kind, seq, bytes, done, length);
+      if (bytes === null ? done === 1 : done === length) return;
+      // Full: publish so the consumer can make room, then sleep until it does.
+      this.publish();
+      const counter = Bell.arm(ring.control, Ring.SPACE_BELL);
+      const before = done;
+      done = bytes === null
+        ? (ring.writeEmpty(kind, seq) ? 1 : 0)
+        : ring.write(kind, seq, bytes, done, length);
+      if (bytes === null ? done === 1 : done === length) return;
+      if (done === before) {
+        Atomics.wait(ring.control, Ring.SPACE_BELL + Bell.COUNTER, counter);
+      }
+    }
+  }
+
+  /** Waits for a place in the downstream backlog, then takes it. */
+  #enterBacklog(branch: number): void {
+    const link = this.links[branch]!;
+    const max = this.maxBacklogs[branch]!;
+    for (;;) {
+      const backlog = Atomics.load(link, InputLink.BACKLOG);
+      if (backlog < max) {
+        if (
+          Atomics.compareExchange(
+            link,
+            InputLink.BACKLOG,
+            backlog,
+            backlog + 1,
+          ) === backlog
+        ) return;
+        continue;
+      }
+      this.publish();
+      const counter = Bell.arm(link, InputLink.SPACE_BELL);
+      if (Atomics.load(link, InputLink.BACKLOG) < max) continue;
+      Atomics.wait(link, InputLink.SPACE_BELL + Bell.COUNTER, counter);
+    }
+  }
+}

@@ -1,0 +1,863 @@
+/**
+ * The pipeline: builds the rings and workers of every stage reachable from
+ * its root, feeds tasks in and reads results out on the main thread without
+ * ever blocking it (`Atomics.waitAsync`).
+ *
+ * @module
+ */
+
+import { Decoder, Encoder } from "./codec.ts";
+import { PipelineClosedError, StageError } from "./errors.ts";
+import { type Branch, InputLink, type InputMode, OutputPort } from "./link.ts";
+import { Bell, Ring } from "./ring.ts";
+import {
+  type GetOptions,
+  internalsOf,
+  type Stage,
+  type StageInternals,
+  type StageOwner,
+} from "./stage.ts";
+import { describe } from "./target.ts";
+import { OrderedWorker, TaskWorker, UnorderedWorker } from "./worker.ts";
+import {
+  type WorkerConfig,
+  type WorkerMessage,
+  WorkerRuntime,
+} from "./worker_runtime.ts";
+
+export type { GetOptions };
+
+/** Options of a pipeline. */
+export interface PipelineOptions {
+  /**
+   * Bytes of each ring between two workers (a power of two, at least 4096).
+   * Records larger than a quarter of it are carried in fragments.
+   * @default {1048576}
+   */
+  ringBytes?: number;
+  /**
+   * How many times an idle worker looks for work before it sleeps.
+   * @default {2000}
+   */
+  spin?: number;
+}
+
+/** Options of `put`. */
+export interface PutOptions {
+  /** Withdraw the task if it is still waiting for room when this signal aborts. */
+  signal?: AbortSignal;
+}
+
+type AnyStage = Stage<never, unknown>;
+
+/** A leaf stage's output, read on the main thread. */
+interface Leaf {
+  stage: AnyStage;
+  link: InputLink;
+  queue: unknown[];
+  head: number;
+  ended: boolean;
+}
+
+/** A task (or the stop) waiting for room in the input ring. */
+interface Pending {
+  bytes: Uint8Array | null;
+  written: number;
+  inBacklog: boolean;
+  resolve(): void;
+  reject(reason: unknown): void;
+}
+
+const RESOLVED = Promise.resolve();
+const NONE: unique symbol = Symbol("none");
+const CLAIM = 256;
+
+let workerUrl: string | undefined;
+
+/** The one script every stage worker runs: the runtime and what it needs. */
+function runtimeUrl(): string {
+  if (workerUrl === undefined) {
+    const parts = [
+      Bell,
+      Ring,
+      Encoder,
+      Decoder,
+      InputLink,
+      OutputPort,
+      TaskWorker,
+      OrderedWorker,
+      UnorderedWorker,
+      WorkerRuntime,
+    ].map(String);
+    parts.push(
+      "self.onmessage = (event) => { self.onmessage = null; WorkerRuntime.start(event.data); };",
+    );
+    workerUrl = URL.createObjectURL(
+      new Blob([parts.join("\n\n")], { type: "text/javascript" }),
+    );
+  }
+  return workerUrl;
+}
+
+/**
+ * A pipeline of stages. Creating it builds and starts every worker of every
+ * stage reachable from `root`. Put tasks with `put`, the stop request with
+ * `put(null)` (or `close()`), and read results with `get` or `results()`.
+ *
+ * @typeParam I The type of the root stage's tasks.
+ * @typeParam O The type of the results (of every leaf stage).
+ *
+ * @example The cookbook: two stages, ordered results
+ * ```ts
+ * import { OrderedStage, Pipeline } from "@mpipe/mpipe";
+ * import assert from "node:assert/strict";
+ *
+ * const stage1 = new OrderedStage((x: number) => x + 1, 2);
+ * const stage2 = new OrderedStage((x: number) => x * 2, 2);
+ * stage1.link(stage2);
+ * await using pipe = new Pipeline<number, number>(stage1);
+ * for (let i = 0; i < 5; i++) pipe.put(i);
+ * pipe.put(null);
+ * const results = [];
+ * for await (const result of pipe.results()) results.push(result);
+ * assert.deepEqual(results, [2, 4, 6, 8, 10]);
+ * ```
+ */
+export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
+  /** Settles once every worker has exited (after the stop, a failure or `terminate()`). */
+  readonly done: Promise<void>;
+
+  #stages: AnyStage[];
+  #workers: Worker[] = [];
+  #alive = 0;
+  #resolveDone!: () => void;
+  #ringBytes: number;
+  #spin: number;
+
+  // The input: the main thread is the root link's only producer.
+  #input: Ring;
+  #rootControl: Int32Array;
+  #maxBacklog: number;
+  #encoder = new Encoder();
+  #pending: Pending[] = [];
+  #draining = false;
+  #stopped = false;
+  #terminated = false;
+  #failure: StageError | null = null;
+
+  // The output: every leaf stage's workers write to rings the main thread reads.
+  #bell = new Int32Array(new SharedArrayBuffer(16));
+  #leaves: Leaf[] = [];
+  #nextLeaf = 0;
+  #seqs: number[] = [];
+
+  /**
+   * Builds and starts every stage reachable from `root`.
+   *
+   * @param root The first stage: every task put goes to it.
+   * @param options The pipeline's options.
+   */
+  constructor(root: Stage<I, unknown>, options: PipelineOptions = {}) {
+    const { ringBytes, spin } = checkOptions(options);
+    this.#ringBytes = ringBytes;
+    this.#spin = spin;
+    this.done = new Promise((resolve) => (this.#resolveDone = resolve));
+    this.#stages = collectStages(root as unknown as AnyStage);
+    const owner: StageOwner = {
+      getFrom: (stage, options) => this.#get(this.#leafOf(stage), options),
+      resultsFrom: (stage, options) =>
+        this.#results(this.#leafOf(stage), options),
+    };
+    for (const stage of this.#stages) internalsOf(stage).owner = owner;
+
+    const plan = this.#plan();
+    const rootState = plan.get(this.#stages[0]!)!;
+    this.#input = new Ring(rootState.rings[0]!);
+    this.#rootControl = new Int32Array(rootState.control);
+    this.#maxBacklog = internalsOf(this.#stages[0]!).maxBacklog;
+
+    const unknown = this.#stages.filter((s) =>
+      internalsOf(s).ordered === undefined
+    );
+    if (unknown.length === 0) this.#start(plan);
+    else {
+      // A Stage of a module target: import it here to learn its ordering.
+      Promise.all(unknown.map((stage) => inspectModule(stage))).then(
+        () => this.#start(plan),
+        (error: StageError) => this.#fail(error),
+      );
+    }
+  }
+
+  // ---- building ----
+
+  /** Allocates every link's control block and rings. */
+  #plan(): Map<
+    AnyStage,
+    { control: SharedArrayBuffer; rings: SharedArrayBuffer[] }
+  > {
+    const plan = new Map<
+      AnyStage,
+      { control: SharedArrayBuffer; rings: SharedArrayBuffer[] }
+    >();
+    for (const stage of this.#stages) {
+      const previous = internalsOf(stage).previous;
+      const producers = previous.length === 0
+        ? 1
+        : previous.reduce((sum, p) => sum + p.size, 0);
+      plan.set(stage, {
+        control: new SharedArrayBuffer(InputLink.WORDS * 4),
+        rings: Array.from(
+          { length: producers },
+          () => Ring.allocate(this.#ringBytes),
+        ),
+      });
+    }
+    return plan;
+  }
+
+  #start(
+    plan: Map<
+      AnyStage,
+      { control: SharedArrayBuffer; rings: SharedArrayBuffer[] }
+    >,
+  ): void {
+    if (this.#failure !== null || this.#terminated) return;
+    const url = runtimeUrl();
+    for (const stage of this.#stages) {
+      const state = internalsOf(stage);
+      const { control, rings } = plan.get(stage)!;
+      const leafRings = state.next.length === 0
+        ? this.#addLeaf(stage, state)
+        : [];
+      for (let index = 0; index < stage.size; index++) {
+        const outputs: Branch[] = state.next.map((next) => {
+          const target = plan.get(next)!;
+          const nextState = internalsOf(next);
+          return {
+            ring: target.rings[ringIndex(nextState, stage, index)]!,
+            bell: target.control,
+            bellBase: InputLink.BELL,
+            link: target.control,
+            maxBacklog: Number.isFinite(nextState.maxBacklog)
+              ? nextState.maxBacklog
+              : 0,
+          };
+        });
+        if (leafRings.length > 0) {
+          outputs.push({
+            ring: leafRings[index]!.ring,
+            bell: this.#bell.buffer as SharedArrayBuffer,
+            bellBase: 0,
+            link: leafRings[index]!.control,
+            maxBacklog: 0,
+          });
+        }
+        const config: WorkerConfig = {
+          stage: stage.name,
+          index,
+          target: state.shipped,
+          ordered: state.ordered!,
+          args: state.args,
+          disableResult: state.disableResult,
+          doStopTask: state.doStopTask,
+          input: { control, rings, mode: inputMode(stage, state) },
+          outputs,
+          spin: this.#spin,
+        };
+        const worker = new Worker(url, {
+          type: "module",
+          name: `${stage.name}#${index}`,
+        });
+        worker.onmessage = (event: MessageEvent<WorkerMessage>) =>
+          this.#onMessage(stage, index, worker, event.data);
+        worker.onerror = (event: ErrorEvent) => {
+          event.preventDefault();
+          this.#fail(
+            new StageError(
+              `the worker was lost: ${event.message}; the task it held is lost with it`,
+              { stage: stage.name, worker: index, cause: event.error },
+            ),
+          );
+        };
+        worker.postMessage(config);
+        this.#workers.push(worker);
+        this.#alive++;
+      }
+    }
+  }
+
+  /** Makes the rings from a leaf stage's workers to the main thread. */
+  #addLeaf(
+    stage: AnyStage,
+    state: StageInternals,
+  ): { ring: SharedArrayBuffer; control: SharedArrayBuffer }[] {
+    const control = new SharedArrayBuffer(InputLink.WORDS * 4);
+    const rings = Array.from(
+      { length: stage.size },
+      () => Ring.allocate(this.#ringBytes),
+    );
+    const mode: InputMode = {
+      shared: false,
+      merge: state.ordered! && stage.size > 1,
+      bounded: false,
+      blocking: false,
+    };
+    this.#leaves.push({
+      stage,
+      link: new InputLink(control, rings, mode, { words: this.#bell, base: 0 }),
+      queue: [],
+      head: 0,
+      ended: false,
+    });
+    return rings.map((ring) => ({ ring, control }));
+  }
+
+  #onMessage(
+    stage: AnyStage,
+    index: number,
+    worker: Worker,
+    message: WorkerMessage,
+  ): void {
+    if (message.type === "exit") {
+      worker.terminate();
+      this.#exited();
+    } else if (message.type === "error") {
+      this.#fail(workerError(stage, index, message));
+    }
+  }
+
+  #exited(): void {
+    if (--this.#alive === 0) this.#resolveDone();
+  }
+
+  #fail(error: StageError): void {
+    if (this.#failure !== null || this.#terminated) return;
+    this.#failure = error;
+    this.#shutDown(error);
+  }
+
+  /** Terminates every worker and wakes every waiter on the main thread. */
+  #shutDown(reason: unknown): void {
+    for (const worker of this.#workers) worker.terminate();
+    this.#workers = [];
+    this.#alive = 0;
+    this.#resolveDone();
+    for (const pending of this.#pending.splice(0)) pending.reject(reason);
+    Bell.ringAlways(this.#bell, 0);
+    Bell.ringAlways(this.#input.control, Ring.SPACE_BELL);
+    Bell.ringAlways(this.#rootControl, InputLink.SPACE_BELL);
+  }
+
+  // ---- input ----
+
+  /**
+   * Puts a task into the pipeline, or the stop request (`null`). Tasks enter
+   * in call order even when not awaited; the returned Promise settles once the
+   * task is in the root stage's input ring, so awaiting it is the backpressure.
+   * The task is copied at the call, as by `structuredClone`: a value that
+   * cannot be cloned is refused (the Promise rejects) and nothing else is lost.
+   *
+   * @param task The task, or `null` to request the stop.
+   * @param options Options, such as an `AbortSignal`.
+   */
+  put(task: I | null, options?: PutOptions): Promise<void> {
+    if (this.#failure !== null) return Promise.reject(this.#failure);
+    if (this.#stopped || this.#terminated) {
+      return Promise.reject(
+        new PipelineClosedError(
+          this.#terminated
+            ? "The pipeline was terminated: create a new Pipeline to put more tasks"
+            : "The stop request was already put: put every task before null, or create a new Pipeline",
+          task,
+        ),
+      );
+    }
+    let bytes: Uint8Array | null = null;
+    if (task === null) this.#stopped = true;
+    else {
+      let length: number;
+      try {
+        length = this.#encoder.encode(task);
+      } catch (error) {
+        return Promise.reject(error);
+      }
+      bytes = this.#encoder.bytes.subarray(0, length);
+      if (this.#pending.length === 0 && this.#enterBacklog()) {
+        const written = this.#input.write(Ring.DATA, 0, bytes, 0, length);
+        this.#publishInput();
+        if (written === length) return RESOLVED;
+        return this.#enqueue(bytes.slice(), written, true, options);
+      }
+      bytes = bytes.slice();
+    }
+    return this.#enqueue(bytes, 0, false, options);
+  }
+
+  /** Requests the stop, like `put(null)`. */
+  close(): Promise<void> {
+    return this.put(null);
+  }
+
+  #enqueue(
+    bytes: Uint8Array | null,
+    written: number,
+    inBacklog: boolean,
+    options: PutOptions | undefined,
+  ): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const pending: Pending = { bytes, written, inBacklog, resolve, reject };
+      const signal = options?.signal;
+      if (signal !== undefined && written === 0) {
+        signal.throwIfAborted();
+        signal.addEventListener("abort", () => {
+          const at = this.#pending.indexOf(pending);
+          // Only a task none of whose bytes were written can be withdrawn.
+          if (at > 0 || (at === 0 && pending.written === 0)) {
+            this.#pending.splice(at, 1);
+            if (pending.inBacklog) {
+              Atomics.sub(this.#rootControl, InputLink.BACKLOG, 1);
+            }
+            if (pending.bytes === null) this.#stopped = false;
+            reject(signal.reason);
+          }
+        }, { once: true });
+      }
+      this.#pending.push(pending);
+      this.#drain();
+    });
+  }
+
+  /** Writes waiting tasks as room appears, in order. */
+  async #drain(): Promise<void> {
+    if (this.#draining) return;
+    this.#draining = true;
+    try {
+      const input = this.#input;
+      while (this.#pending.length > 0 && this.#failure === null) {
+        const pending = this.#pending[0]!;
+        if (!pending.inBacklog) {
+          const counter = Bell.arm(this.#rootControl, InputLink.SPACE_BELL);
+          if (!this.#enterBacklog()) {
+            await Atomics.waitAsync(
+              this.#rootControl,
+              InputLink.SPACE_BELL + Bell.COUNTER,
+              counter,
+            ).value;
+            continue;
+          }
+          pending.inBacklog = true;
+        }
+        const counter = Bell.arm(input.control, Ring.SPACE_BELL);
+        if (this.#writePending(pending)) continue;
+        await Atomics.waitAsync(
+          input.control,
+          Ring.SPACE_BELL + Bell.COUNTER,
+          counter,
+        ).value;
+      }
+    } finally {
+      this.#draining = false;
+    }
+  }
+
+  /** Writes as much of `pending` as fits; true once it is all written. */
+  #writePending(pending: Pending): boolean {
+    const input = this.#input;
+    let complete: boolean;
+    if (pending.bytes === null) complete = input.writeEmpty(Ring.STOP, 0);
+    else {
+      pending.written = input.write(
+        Ring.DATA,
+        0,
+        pending.bytes,
+        pending.written,
+        pending.bytes.length,
+      );
+      complete = pending.written === pending.bytes.length;
+    }
+    this.#publishInput();
+    if (complete) {
+      this.#pending.shift();
+      pending.resolve();
+    }
+    return complete;
+  }
+
+  #publishInput(): void {
+    if (this.#input.publish()) Bell.ring(this.#rootControl, InputLink.BELL);
+  }
+
+  /** Takes a place in the root stage's backlog, if it is bounded and not full. */
+  #enterBacklog(): boolean {
+    if (this.#maxBacklog === Infinity) return true;
+    const control = this.#rootControl;
+    for (;;) {
+      const backlog = Atomics.load(control, InputLink.BACKLOG);
+      if (backlog >= this.#maxBacklog) return false;
+      if (
+        Atomics.compareExchange(
+          control,
+          InputLink.BACKLOG,
+          backlog,
+          backlog + 1,
+        ) === backlog
+      ) return true;
+    }
+  }
+
+  // ---- output ----
+
+  /**
+   * Reads the next result of any leaf stage: `null` once the stop request has
+   * drained through every stage and every result was read. Rejects with a
+   * `StageError` if a stage failed.
+   *
+   * @param options A timeout or an `AbortSignal`; giving up loses nothing.
+   */
+  get(options?: GetOptions): Promise<O | null> {
+    return this.#get(null, options) as Promise<O | null>;
+  }
+
+  /** Iterates over the results until the stop request has drained. */
+  results(options?: GetOptions): AsyncGenerator<O, void, undefined> {
+    return this.#results(null, options) as AsyncGenerator<O, void, undefined>;
+  }
+
+  /** Iterates over the results, like `results()`. */
+  [Symbol.asyncIterator](): AsyncGenerator<O, void, undefined> {
+    return this.results();
+  }
+
+  async *#results(
+    leaf: Leaf | null,
+    options: GetOptions | undefined,
+  ): AsyncGenerator<unknown, void, undefined> {
+    for (;;) {
+      let value = this.#take(leaf);
+      // Yield everything already here without waiting.
+      while (value !== NONE) {
+        yield value;
+        value = this.#take(leaf);
+      }
+      const next = await this.#get(leaf, options);
+      if (next === null) return;
+      yield next;
+    }
+  }
+
+  async #get(
+    leaf: Leaf | null,
+    options: GetOptions | undefined,
+  ): Promise<unknown> {
+    const { timeout, signal } = checkGetOptions(options);
+    const deadline = timeout === undefined ? Infinity : Date.now() + timeout;
+    for (;;) {
+      if (this.#failure !== null) throw this.#failure;
+      const value = this.#take(leaf);
+      if (value !== NONE) return value;
+      if (this.#ended(leaf)) return null;
+      const counter = Bell.arm(this.#bell, 0);
+      const again = this.#take(leaf);
+      if (again !== NONE) return again;
+      if (this.#ended(leaf) || this.#failure !== null) continue;
+      await this.#waitForOutput(counter, deadline, timeout, signal);
+    }
+  }
+
+  #waitForOutput(
+    counter: number,
+    deadline: number,
+    timeout: number | undefined,
+    signal: AbortSignal | undefined,
+  ): Promise<unknown> {
+    signal?.throwIfAborted();
+    const left = deadline - Date.now();
+    const timedOut = () =>
+      new DOMException(
+        `get() timed out after ${timeout} ms; nothing was lost: call get() again to wait longer`,
+        "TimeoutError",
+      );
+    if (left <= 0) throw timedOut();
+    const wait = Atomics.waitAsync(
+      this.#bell,
+      Bell.COUNTER,
+      counter,
+      left === Infinity ? undefined : left,
+    );
+    if (!wait.async) return RESOLVED;
+    const woken = wait.value.then((result) => {
+      if (result === "timed-out") throw timedOut();
+    });
+    if (signal === undefined) return woken;
+    return new Promise((resolve, reject) => {
+      const onAbort = () => reject(signal.reason);
+      signal.addEventListener("abort", onAbort, { once: true });
+      woken.then(resolve, reject).finally(() =>
+        signal.removeEventListener("abort", onAbort)
+      );
+    });
+  }
+
+  /** Takes one result that is already here, or NONE. */
+  #take(leaf: Leaf | null): unknown {
+    if (leaf !== null) return this.#takeFrom(leaf);
+    const leaves = this.#leaves;
+    for (let i = 0; i < leaves.length; i++) {
+      const at = (this.#nextLeaf + i) % leaves.length;
+      const value = this.#takeFrom(leaves[at]!);
+      if (value !== NONE) {
+        this.#nextLeaf = at;
+        return value;
+      }
+    }
+    return NONE;
+  }
+
+  #takeFrom(leaf: Leaf): unknown {
+    if (leaf.head < leaf.queue.length) {
+      const value = leaf.queue[leaf.head];
+      leaf.queue[leaf.head++] = undefined;
+      return value;
+    }
+    if (leaf.ended || this.#terminated) return NONE;
+    leaf.queue.length = 0;
+    leaf.head = 0;
+    const count = leaf.link.claim(leaf.queue, this.#seqs, CLAIM);
+    if (count < 0) leaf.ended = true;
+    if (count <= 0) return NONE;
+    const value = leaf.queue[0];
+    leaf.queue[leaf.head++] = undefined;
+    return value;
+  }
+
+  /** Whether no result will ever come (from `leaf`, or from any leaf). */
+  #ended(leaf: Leaf | null): boolean {
+    if (this.#terminated) return true;
+    const done = (l: Leaf) => l.ended && l.head >= l.queue.length;
+    return leaf !== null ? done(leaf) : this.#leaves.every(done) &&
+      this.#leaves.length > 0;
+  }
+
+  #leafOf(stage: AnyStage): Leaf {
+    const leaf = this.#leaves.find((l) => l.stage === stage);
+    if (leaf !== undefined) return leaf;
+    const next = internalsOf(stage).next.map((s) => `'${s.name}'`).join(", ");
+    throw new TypeError(
+      `Stage '${stage.name}' is not a leaf stage: its results go to ${next}; read the results of a leaf stage, or of the pipeline`,
+    );
+  }
+
+  // ---- ending ----
+
+  /** Stops now: terminates every worker; results not yet read are dropped. */
+  terminate(): void {
+    if (this.#terminated) return;
+    this.#terminated = true;
+    this.#shutDown(
+      new PipelineClosedError(
+        "The pipeline was terminated before this task entered it",
+        undefined,
+      ),
+    );
+  }
+
+  /** Terminates the pipeline if it is still running, and waits for `done`. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    if (this.#alive > 0) this.terminate();
+    await this.done;
+  }
+}
+
+/** Every stage reachable from `root`, root first; checks they can be built. */
+function collectStages(root: AnyStage): AnyStage[] {
+  if (internalsOf(root) === undefined) {
+    throw new TypeError(
+      `Pipeline: 'root' must be a Stage, got ${describe(root)}`,
+    );
+  }
+  const stages: AnyStage[] = [];
+  const stack = [root];
+  while (stack.length > 0) {
+    const stage = stack.pop()!;
+    if (stages.includes(stage)) continue;
+    stages.push(stage);
+    stack.push(...internalsOf(stage).next);
+  }
+  for (const stage of stages) {
+    const state = internalsOf(stage);
+    if (state.owner !== null) {
+      throw new TypeError(
+        `Pipeline: stage '${stage.name}' already belongs to another pipeline: create new stages for each pipeline`,
+      );
+    }
+    for (const previous of state.previous) {
+      if (stage === root) {
+        throw new TypeError(
+          `Pipeline: the root stage '${root.name}' is linked from stage '${previous.name}': build the pipeline from the first stage`,
+        );
+      }
+      if (!stages.includes(previous)) {
+        throw new TypeError(
+          `Pipeline: stage '${stage.name}' is linked from stage '${previous.name}', which is not reachable from the root '${root.name}'`,
+        );
+      }
+    }
+  }
+  return stages;
+}
+
+/** The index, among `next`'s input rings, of the ring from `stage`'s worker `index`. */
+function ringIndex(
+  next: StageInternals,
+  stage: AnyStage,
+  index: number,
+): number {
+  let offset = 0;
+  for (const previous of next.previous) {
+    if (previous === stage) return offset + index;
+    offset += previous.size;
+  }
+  throw new Error("unreachable: stage is not upstream of next");
+}
+
+function inputMode(stage: AnyStage, state: StageInternals): InputMode {
+  const previous = state.previous;
+  const upstream = previous.length === 1 ? internalsOf(previous[0]!) : null;
+  return {
+    shared: stage.size > 1,
+    // One ordered upstream with several workers: restore its order by merging.
+    merge: upstream !== null && upstream.ordered === true &&
+      previous[0]!.size > 1,
+    bounded: Number.isFinite(state.maxBacklog),
+    blocking: true,
+  };
+}
+
+async function inspectModule(stage: AnyStage): Promise<void> {
+  const state = internalsOf(stage);
+  const shipped = state.shipped;
+  if (shipped.kind !== "module") return;
+  let value: unknown;
+  try {
+    value = (await import(shipped.specifier))[shipped.exportName];
+  } catch (error) {
+    throw loadError(stage.name, undefined, error);
+  }
+  const ordered = typeof value === "function"
+    ? (value as { ordered?: unknown }).ordered
+    : undefined;
+  if (typeof ordered !== "boolean") {
+    throw new StageError(
+      `export '${shipped.exportName}' of ${shipped.specifier} is not a worker class: a Stage needs a class extending OrderedWorker or UnorderedWorker; use OrderedStage or UnorderedStage for a task function`,
+      { stage: stage.name },
+    );
+  }
+  state.ordered = ordered;
+}
+
+function loadError(
+  stage: string,
+  worker: number | undefined,
+  error: unknown,
+): StageError {
+  const message = error instanceof Error ? error.message : String(error);
+  const hint = /read access|NotCapable|PermissionDenied/i.test(message)
+    ? ": run with --allow-read (a module target is imported by the workers), or pass the function or class itself"
+    : "";
+  return new StageError(`cannot load the target: ${message}${hint}`, {
+    stage,
+    worker,
+    cause: error,
+  });
+}
+
+function workerError(
+  stage: AnyStage,
+  index: number,
+  message: Extract<WorkerMessage, { type: "error" }>,
+): StageError {
+  const { phase, task, error } = message;
+  if (phase === "load") return loadError(stage.name, index, error);
+  const text = error instanceof Error ? error.message : String(error);
+  let hint = "";
+  const missing = /^(\S+) is not defined$/.exec(text);
+  if (
+    error instanceof ReferenceError && missing !== null &&
+    internalsOf(stage).shipped.kind === "source"
+  ) {
+    hint = `: the target refers to '${
+      missing[1]
+    }', which does not exist in the worker. A function or class target is shipped by its source and may use only globals and its parameters: move it into a module and pass a module target, e.g. new URL("./task.ts", import.meta.url)`;
+  }
+  const what = phase === "init" ? "doInit() failed" : `task ${task} failed`;
+  return new StageError(`${what}: ${text}${hint}`, {
+    stage: stage.name,
+    worker: index,
+    task,
+    cause: error,
+  });
+}
+
+function checkOptions(options: unknown): { ringBytes: number; spin: number } {
+  if (typeof options !== "object" || options === null) {
+    throw new TypeError(
+      `Pipeline: 'options' must be an object, got ${describe(options)}`,
+    );
+  }
+  const { ringBytes = 1 << 20, spin = 2000, ...rest } =
+    options as PipelineOptions;
+  const unknown = Object.keys(rest)[0];
+  if (unknown !== undefined) {
+    throw new TypeError(
+      `Pipeline: 'options.${unknown}' is not a pipeline option; the options are ringBytes, spin`,
+    );
+  }
+  if (
+    typeof ringBytes !== "number" || !Number.isInteger(ringBytes) ||
+    ringBytes < 4096 || (ringBytes & (ringBytes - 1)) !== 0 ||
+    ringBytes > 1 << 30
+  ) {
+    throw new RangeError(
+      `Pipeline: 'options.ringBytes' must be a power of two from 4096 to 2^30, got ${
+        describe(ringBytes)
+      }`,
+    );
+  }
+  if (typeof spin !== "number" || !Number.isInteger(spin) || spin < 0) {
+    throw new RangeError(
+      `Pipeline: 'options.spin' must be a non-negative integer, got ${
+        describe(spin)
+      }`,
+    );
+  }
+  return { ringBytes, spin };
+}
+
+function checkGetOptions(
+  options: GetOptions | undefined,
+): { timeout: number | undefined; signal: AbortSignal | undefined } {
+  if (options === undefined) return { timeout: undefined, signal: undefined };
+  if (typeof options !== "object" || options === null) {
+    throw new TypeError(
+      `get: 'options' must be an object, got ${describe(options)}`,
+    );
+  }
+  const { timeout, signal } = options;
+  if (
+    timeout !== undefined &&
+    (typeof timeout !== "number" || Number.isNaN(timeout) || timeout < 0)
+  ) {
+    throw new RangeError(
+      `get: 'options.timeout' must be a non-negative number of milliseconds, got ${
+        describe(timeout)
+      }`,
+    );
+  }
+  if (signal !== undefined && !(signal instanceof AbortSignal)) {
+    throw new TypeError(
+      `get: 'options.signal' must be an AbortSignal, got ${describe(signal)}`,
+    );
+  }
+  return { timeout, signal };
+}

@@ -1,0 +1,396 @@
+/**
+ * Stages: groups of identical workers, linked into chains, forks and joins.
+ *
+ * @module
+ */
+
+import { describe, type ShippedTarget, shipTarget } from "./target.ts";
+import type {
+  ModuleTarget,
+  Target,
+  TaskFunction,
+  WorkerClass,
+} from "./target.ts";
+
+/** Options of a stage. */
+export interface StageOptions {
+  /**
+   * The stage's name, used in errors.
+   * @default {the target's name}
+   */
+  name?: string;
+  /**
+   * Put no results downstream: the stage is a dead-end (the stop still passes).
+   * @default {false}
+   */
+  disableResult?: boolean;
+  /**
+   * At stop, call each worker's `doTask(null)` once after its last task.
+   * @default {false}
+   */
+  doStopTask?: boolean;
+  /**
+   * The most tasks that may wait at the stage's input; producers wait at `put`
+   * while it is full. `Infinity` means no bound beyond the rings' size.
+   * @default {Infinity}
+   */
+  maxBacklog?: number;
+  /**
+   * Arguments for the worker class's constructor (structured-cloneable).
+   * @default {[]}
+   */
+  args?: unknown[];
+}
+
+/** Options for reading results. */
+export interface GetOptions {
+  /** Give up after this many milliseconds with a `TimeoutError` `DOMException`; nothing is lost. */
+  timeout?: number;
+  /** Give up when this signal aborts, with its reason; nothing is lost. */
+  signal?: AbortSignal;
+}
+
+/** What a built pipeline offers its stages. */
+export interface StageOwner {
+  getFrom(stage: Stage<never, unknown>, options?: GetOptions): Promise<unknown>;
+  resultsFrom(
+    stage: Stage<never, unknown>,
+    options?: GetOptions,
+  ): AsyncGenerator<unknown, void, undefined>;
+}
+
+/** A stage's wiring and settings, for the pipeline that builds it. */
+export interface StageInternals {
+  shipped: ShippedTarget;
+  /** Whether the stage keeps order; undefined until a module target is inspected. */
+  ordered: boolean | undefined;
+  /** Whether the target must be a worker class (`Stage`). */
+  classOnly: boolean;
+  disableResult: boolean;
+  doStopTask: boolean;
+  maxBacklog: number;
+  args: unknown[];
+  next: Stage<never, unknown>[];
+  previous: Stage<never, unknown>[];
+  owner: StageOwner | null;
+}
+
+const internals = new WeakMap<object, StageInternals>();
+
+/** The wiring of `stage` (for `Pipeline`). */
+export function internalsOf(stage: Stage<never, unknown>): StageInternals {
+  return internals.get(stage)!;
+}
+
+const OPTION_NAMES = [
+  "name",
+  "disableResult",
+  "doStopTask",
+  "maxBacklog",
+  "args",
+];
+
+/**
+ * A stage of identical workers running a worker class: ordered if the class
+ * extends `OrderedWorker`, unordered if it extends `UnorderedWorker`. Use
+ * `OrderedStage` or `UnorderedStage` for task functions.
+ *
+ * @typeParam I The type of the stage's tasks.
+ * @typeParam O The type of the stage's results.
+ *
+ * @example A stage of four ordered workers
+ * ```ts
+ * import { OrderedWorker, Pipeline, Stage } from "@mpipe/mpipe";
+ * import assert from "node:assert/strict";
+ *
+ * class Doubler extends OrderedWorker<number, number> {
+ *   doTask(task: number) {
+ *     return task * 2;
+ *   }
+ * }
+ * const pipe = new Pipeline<number, number>(new Stage(Doubler, 4));
+ * for (let i = 0; i < 10; i++) pipe.put(i);
+ * pipe.put(null);
+ * assert.deepEqual(await Array.fromAsync(pipe), [0, 2, 4, 6, 8, 10, 12, 14, 16, 18]);
+ * ```
+ */
+export class Stage<I, O> {
+  /** The stage's name, used in errors. */
+  readonly name: string;
+  /** The number of workers. */
+  readonly size: number;
+
+  /**
+   * Creates a stage of `size` workers running `target`.
+   *
+   * @param target A self-contained worker class, or a module target whose export is one.
+   * @param size The number of workers, a positive integer.
+   * @param options The stage's options.
+   */
+  constructor(
+    target: WorkerClass<I, O> | ModuleTarget,
+    size: number = 1,
+    options: StageOptions = {},
+  ) {
+    const kind = new.target === Stage ? "Stage" : new.target.name;
+    if (typeof size !== "number" || !Number.isInteger(size) || size < 1) {
+      throw new RangeError(
+        `${kind}: 'size' must be a positive integer, got ${describe(size)}`,
+      );
+    }
+    const checked = checkOptions(kind, options);
+    const { shipped, ordered, isClass } = shipTarget(target, kind);
+    const classOnly = !(this instanceof OrderedStage ||
+      this instanceof UnorderedStage);
+    if (classOnly && shipped.kind === "source" && !isClass) {
+      throw new TypeError(
+        `Stage: 'target' must be a worker class (extending OrderedWorker or UnorderedWorker), got ${
+          describe(target)
+        }: use OrderedStage or UnorderedStage for a task function`,
+      );
+    }
+    this.size = size;
+    this.name = checked.name ?? defaultName(target);
+    internals.set(this, {
+      shipped,
+      ordered: this instanceof OrderedStage
+        ? true
+        : this instanceof UnorderedStage
+        ? false
+        : ordered,
+      classOnly,
+      disableResult: checked.disableResult ?? false,
+      doStopTask: checked.doStopTask ?? false,
+      maxBacklog: checked.maxBacklog ?? Infinity,
+      args: checked.args ?? [],
+      next: [],
+      previous: [],
+      owner: null,
+    });
+  }
+
+  /** Whether the stage keeps the order of its tasks (undefined until a module target is loaded). */
+  get ordered(): boolean | undefined {
+    return internalsOf(this).ordered;
+  }
+
+  /**
+   * Links this stage's output to `next`'s input and returns this stage. A stage
+   * may link to several (a fork) and be linked from several (a join).
+   *
+   * @param next The stage that takes this stage's results as its tasks.
+   * @returns This stage.
+   */
+  link(next: Stage<O, unknown>): this {
+    if (!(next instanceof Stage)) {
+      throw new TypeError(
+        `Stage '${this.name}': 'next' must be a Stage, got ${describe(next)}`,
+      );
+    }
+    const self = this as unknown as Stage<never, unknown>;
+    const other = next as unknown as Stage<never, unknown>;
+    const mine = internalsOf(self);
+    const theirs = internalsOf(other);
+    if (mine.owner !== null || theirs.owner !== null) {
+      throw new TypeError(
+        `Stage '${this.name}' cannot be linked to stage '${next.name}': ${
+          mine.owner !== null ? this.name : next.name
+        } already belongs to a built pipeline; link stages before creating the Pipeline`,
+      );
+    }
+    if (other === self) {
+      throw new TypeError(
+        `Stage '${this.name}' cannot be linked to itself`,
+      );
+    }
+    if (reaches(other, self)) {
+      throw new TypeError(
+        `Linking stage '${this.name}' to stage '${next.name}' would make a cycle: '${next.name}' already leads to '${this.name}'`,
+      );
+    }
+    if (!mine.next.includes(other)) {
+      mine.next.push(other);
+      theirs.previous.push(self);
+    }
+    return this;
+  }
+
+  /**
+   * Reads the next result of this (leaf) stage alone: `null` once it has
+   * stopped and every result was read.
+   */
+  get(options?: GetOptions): Promise<O | null> {
+    return this.#owner().getFrom(
+      this as unknown as Stage<never, unknown>,
+      options,
+    ) as Promise<O | null>;
+  }
+
+  /** Iterates over the results of this (leaf) stage alone, until it has stopped. */
+  results(options?: GetOptions): AsyncGenerator<O, void, undefined> {
+    return this.#owner().resultsFrom(
+      this as unknown as Stage<never, unknown>,
+      options,
+    ) as AsyncGenerator<O, void, undefined>;
+  }
+
+  #owner(): StageOwner {
+    const owner = internalsOf(this as unknown as Stage<never, unknown>).owner;
+    if (owner === null) {
+      throw new TypeError(
+        `Stage '${this.name}' has no results to read: create a Pipeline with it first`,
+      );
+    }
+    return owner;
+  }
+}
+
+/**
+ * A stage whose results leave in the order of its tasks: all results of task k
+ * before any of task k + 1, however uneven the tasks' times.
+ *
+ * @typeParam I The type of the stage's tasks.
+ * @typeParam O The type of the stage's results.
+ *
+ * @example Three workers, results in order
+ * ```ts
+ * import { OrderedStage, Pipeline } from "@mpipe/mpipe";
+ * import assert from "node:assert/strict";
+ *
+ * const pipe = new Pipeline<number, number>(
+ *   new OrderedStage((x: number) => x + 1, 3),
+ * );
+ * for (let i = 0; i < 5; i++) pipe.put(i);
+ * pipe.put(null);
+ * assert.deepEqual(await Array.fromAsync(pipe), [1, 2, 3, 4, 5]);
+ * ```
+ */
+export class OrderedStage<I, O> extends Stage<I, O> {
+  /**
+   * Creates an ordered stage of `size` workers running `target`.
+   *
+   * @param target A self-contained task function or worker class, or a module target.
+   * @param size The number of workers, a positive integer.
+   * @param options The stage's options.
+   */
+  constructor(
+    target: Target<I, O>,
+    size: number = 1,
+    options: StageOptions = {},
+  ) {
+    super(target as WorkerClass<I, O>, size, options);
+  }
+}
+
+/**
+ * A stage whose results leave as soon as they are ready, in any order.
+ *
+ * @typeParam I The type of the stage's tasks.
+ * @typeParam O The type of the stage's results.
+ *
+ * @example Two workers, results in any order
+ * ```ts
+ * import { Pipeline, UnorderedStage } from "@mpipe/mpipe";
+ * import assert from "node:assert/strict";
+ *
+ * const pipe = new Pipeline<number, number>(
+ *   new UnorderedStage((x: number) => x * x, 2),
+ * );
+ * for (let i = 0; i < 4; i++) pipe.put(i);
+ * pipe.put(null);
+ * const results = await Array.fromAsync(pipe);
+ * assert.deepEqual(results.sort((a, b) => a - b), [0, 1, 4, 9]);
+ * ```
+ */
+export class UnorderedStage<I, O> extends Stage<I, O> {
+  /**
+   * Creates an unordered stage of `size` workers running `target`.
+   *
+   * @param target A self-contained task function or worker class, or a module target.
+   * @param size The number of workers, a positive integer.
+   * @param options The stage's options.
+   */
+  constructor(
+    target: Target<I, O>,
+    size: number = 1,
+    options: StageOptions = {},
+  ) {
+    super(target as WorkerClass<I, O>, size, options);
+  }
+}
+
+/** Re-exported here so stage users find the target types beside the stages. */
+export type { ModuleTarget, Target, TaskFunction, WorkerClass };
+
+function reaches(
+  from: Stage<never, unknown>,
+  to: Stage<never, unknown>,
+): boolean {
+  const stack = [from];
+  const seen = new Set<Stage<never, unknown>>();
+  while (stack.length > 0) {
+    const stage = stack.pop()!;
+    if (stage === to) return true;
+    if (seen.has(stage)) continue;
+    seen.add(stage);
+    stack.push(...internalsOf(stage).next);
+  }
+  return false;
+}
+
+function checkOptions(kind: string, options: unknown): StageOptions {
+  if (typeof options !== "object" || options === null) {
+    throw new TypeError(
+      `${kind}: 'options' must be an object, got ${describe(options)}`,
+    );
+  }
+  const o = options as Record<string, unknown>;
+  for (const key of Object.keys(o)) {
+    if (!OPTION_NAMES.includes(key)) {
+      throw new TypeError(
+        `${kind}: 'options.${key}' is not a stage option; the options are ${
+          OPTION_NAMES.join(", ")
+        }`,
+      );
+    }
+  }
+  const fail = (key: string, what: string) => {
+    throw new TypeError(
+      `${kind}: 'options.${key}' must be ${what}, got ${describe(o[key])}`,
+    );
+  };
+  if (o.name !== undefined && (typeof o.name !== "string" || o.name === "")) {
+    fail("name", "a non-empty string");
+  }
+  for (const key of ["disableResult", "doStopTask"]) {
+    if (o[key] !== undefined && typeof o[key] !== "boolean") {
+      fail(key, "a boolean");
+    }
+  }
+  if (o.args !== undefined && !Array.isArray(o.args)) fail("args", "an array");
+  if (o.maxBacklog !== undefined) {
+    const max = o.maxBacklog;
+    if (typeof max !== "number") fail("maxBacklog", "a number");
+    if (
+      !(max === Infinity || (Number.isInteger(max) && (max as number) >= 1))
+    ) {
+      throw new RangeError(
+        `${kind}: 'options.maxBacklog' must be a positive integer or Infinity, got ${
+          describe(max)
+        }`,
+      );
+    }
+  }
+  return o as StageOptions;
+}
+
+function defaultName(target: unknown): string {
+  if (typeof target === "function" && target.name) return target.name;
+  if (target instanceof URL || typeof target === "string") {
+    return String(target).split("/").pop() || "stage";
+  }
+  if (typeof target === "object" && target !== null && "export" in target) {
+    return String((target as { export: unknown }).export);
+  }
+  return "stage";
+}

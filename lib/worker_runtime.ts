@@ -1,0 +1,262 @@
+/**
+ * The loop each stage worker runs: claim tasks from the input link, run the
+ * target, write results to the output port, and pass the stop on.
+ *
+ * Shipped to workers by source with the ring, codec and link classes.
+ *
+ * @module
+ */
+
+import { type Branch, InputLink, type InputMode, OutputPort } from "./link.ts";
+import { Ring } from "./ring.ts";
+import type { ShippedTarget } from "./target.ts";
+import { OrderedWorker, TaskWorker, UnorderedWorker } from "./worker.ts";
+
+/** What a worker is told when it starts. */
+export interface WorkerConfig {
+  stage: string;
+  index: number;
+  target: ShippedTarget;
+  ordered: boolean;
+  args: unknown[];
+  disableResult: boolean;
+  doStopTask: boolean;
+  input: {
+    control: SharedArrayBuffer;
+    rings: SharedArrayBuffer[];
+    mode: InputMode;
+  };
+  outputs: Branch[];
+  /** How many times to look for input before sleeping. */
+  spin: number;
+}
+
+/** What a worker tells the main thread (never per task). */
+export type WorkerMessage =
+  | { type: "ready" }
+  | { type: "exit" }
+  | {
+    type: "error";
+    phase: "load" | "init" | "task";
+    task: number | undefined;
+    error: unknown;
+  };
+
+type Run = (task: unknown) => unknown;
+
+/** Runs one stage worker. */
+export class WorkerRuntime {
+  /** Tasks slower than this (ms) are claimed one at a time, for balance. */
+  static readonly SLOW_TASK_MS = 0.05;
+  /** The most tasks claimed at once when tasks are fast. */
+  static readonly MAX_CLAIM = 64;
+
+  /** Starts the worker described by `config`; reports every failure. */
+  static async start(config: WorkerConfig): Promise<void> {
+    await new WorkerRuntime(config).run();
+  }
+
+  readonly config: WorkerConfig;
+  readonly input: InputLink;
+  readonly output: OutputPort;
+  #seq = 0;
+  #claimMax = 1;
+
+  constructor(config: WorkerConfig) {
+    this.config = config;
+    this.input = new InputLink(
+      config.input.control,
+      config.input.rings,
+      config.input.mode,
+    );
+    this.output = new OutputPort(config.outputs);
+  }
+
+  /** Loads the target, runs every task, then passes the stop downstream. */
+  async run(): Promise<void> {
+    let run: Run;
+    let init: () => unknown;
+    try {
+      [run, init] = await this.#load();
+    } catch (error) {
+      return this.#report("load", undefined, error);
+    }
+    try {
+      await init();
+    } catch (error) {
+      return this.#report("init", undefined, error);
+    }
+    WorkerRuntime.post({ type: "ready" });
+    (globalThis as Record<symbol, unknown>)[Symbol.for("mpipe.putResult")] = (
+      result: unknown,
+    ) => this.#putResult(result);
+    try {
+      await this.#loop(run);
+      if (this.config.doStopTask) {
+        this.#seq = this.input.nextOwnSeq();
+        this.#finish(await run(null));
+      }
+    } catch (error) {
+      return this.#report("task", this.#seq, error);
+    }
+    this.output.publish();
+    this.output.putEmpty(Ring.STOP, 0);
+    this.output.publish();
+    WorkerRuntime.post({ type: "exit" });
+  }
+
+  async #loop(run: Run): Promise<void> {
+    const input = this.input;
+    const values: unknown[] = [];
+    const seqs: number[] = [];
+    for (;;) {
+      let count = input.claim(values, seqs, this.#claimMax);
+      if (count === 0) count = this.#waitForTasks(values, seqs);
+      if (count < 0) return;
+      const started = performance.now();
+      for (let i = 0; i < count; i++) {
+        const task = values[i];
+        values[i] = undefined;
+        input.taskStarted();
+        this.#seq = seqs[i]!;
+        let result = run(task);
+        if (WorkerRuntime.isThenable(result)) result = await result;
+        this.#finish(result);
+      }
+      // Claim one task at a time when tasks are slow, so that idle workers
+      // can take the rest; claim many when they are fast, to save on locking.
+      const perTask = (performance.now() - started) / count;
+      this.#claimMax = perTask > WorkerRuntime.SLOW_TASK_MS
+        ? 1
+        : Math.min(this.#claimMax * 2, WorkerRuntime.MAX_CLAIM);
+      this.output.publish();
+    }
+  }
+
+  /** Publishes what is done, spins briefly, then sleeps until tasks come. */
+  #waitForTasks(values: unknown[], seqs: number[]): number {
+    const input = this.input;
+    this.output.publish();
+    for (let spin = 0; spin < this.config.spin; spin++) {
+      if (input.hasData()) {
+        const count = input.claim(values, seqs, this.#claimMax);
+        if (count !== 0) return count;
+      }
+    }
+    for (;;) {
+      const counter = input.arm();
+      const count = input.claim(values, seqs, this.#claimMax);
+      if (count !== 0) return count;
+      input.sleep(counter);
+    }
+  }
+
+  #finish(result: unknown): void {
+    if (this.config.disableResult) return;
+    const hasResult = result !== null && result !== undefined;
+    if (this.config.ordered) {
+      if (hasResult) this.output.put(result, Ring.DATA | Ring.LAST, this.#seq);
+      else this.output.putEmpty(Ring.END | Ring.LAST, this.#seq);
+    } else if (hasResult) {
+      this.output.put(result, Ring.DATA, this.#seq);
+    }
+  }
+
+  #putResult(result: unknown): void {
+    if (this.config.disableResult) return;
+    this.output.put(result, Ring.DATA, this.#seq);
+    // Slow tasks publish each result at once; fast ones publish per batch.
+    if (this.#claimMax === 1) this.output.publish();
+  }
+
+  async #load(): Promise<[Run, () => unknown]> {
+    const target = this.config.target;
+    let made: unknown;
+    if (target.kind === "source") {
+      const names: string[] = [];
+      const values: unknown[] = [];
+      const bases = { TaskWorker, OrderedWorker, UnorderedWorker };
+      if (target.binding !== "") {
+        names.push(target.binding);
+        values.push(
+          target.namespace
+            ? bases
+            : this.config.ordered
+            ? OrderedWorker
+            : UnorderedWorker,
+        );
+      }
+      for (const [name, base] of Object.entries(bases)) {
+        if (!names.includes(name)) {
+          names.push(name);
+          values.push(base);
+        }
+      }
+      made = new Function(
+        ...names,
+        `"use strict";\nreturn (${target.source});`,
+      )(
+        ...values,
+      );
+    } else {
+      const module = await import(target.specifier);
+      if (!(target.exportName in module)) {
+        throw new TypeError(
+          `Module ${target.specifier} has no export named '${target.exportName}': export the task function or worker class${
+            target.exportName === "default" ? " as default" : ""
+          }, or name the export with { module, export }`,
+        );
+      }
+      made = module[target.exportName];
+    }
+    if (typeof made !== "function") {
+      throw new TypeError(
+        `The target is ${typeof made}, not a task function or worker class`,
+      );
+    }
+    if (/^class\b/.test(Function.prototype.toString.call(made))) {
+      const worker = new (made as new (...args: unknown[]) => {
+        doTask(task: unknown): unknown;
+        doInit?(): unknown;
+      })(...this.config.args);
+      if (typeof worker.doTask !== "function") {
+        throw new TypeError(
+          `The target class ${
+            (made as { name: string }).name
+          } has no doTask() method: extend OrderedWorker or UnorderedWorker and implement doTask()`,
+        );
+      }
+      return [
+        (task) => worker.doTask(task),
+        () => worker.doInit?.(),
+      ];
+    }
+    return [made as Run, () => undefined];
+  }
+
+  #report(
+    phase: "load" | "init" | "task",
+    task: number | undefined,
+    error: unknown,
+  ): void {
+    this.output.publish();
+    try {
+      WorkerRuntime.post({ type: "error", phase, task, error });
+    } catch {
+      // The error itself could not be cloned: send what it says.
+      WorkerRuntime.post({ type: "error", phase, task, error: String(error) });
+    }
+  }
+
+  /** Whether `value` is a Promise or another thenable. */
+  static isThenable(value: unknown): value is PromiseLike<unknown> {
+    return value !== null && typeof value === "object" &&
+      typeof (value as { then?: unknown }).then === "function";
+  }
+
+  /** Sends a message to the main thread. */
+  static post(message: WorkerMessage): void {
+    (globalThis as unknown as { postMessage(message: unknown): void })
+      .postMessage(message);
+  }
+}
