@@ -1,8 +1,17 @@
 /**
- * The MPipe cookbook in TypeScript: two stages, a function and a worker class.
- * Run with `deno run examples/cookbook.ts`.
+ * The MPipe cookbook in TypeScript: a function stage, a worker-class stage and
+ * a module stage, linked into a chain.
+ *
+ * Run with `deno run --allow-read examples/cookbook.ts` (the module target is
+ * imported by its workers, which needs read access).
  */
-import { OrderedStage, OrderedWorker, Pipeline, Stage } from "../mod.ts";
+import {
+  OrderedStage,
+  OrderedWorker,
+  Pipeline,
+  Stage,
+  UnorderedStage,
+} from "../mod.ts";
 
 // 1. Define workers: a self-contained function ...
 function increment(task: number) {
@@ -11,17 +20,21 @@ function increment(task: number) {
 // ... or a class; the result is doTask's return value, or what putResult() was given.
 class Doubler extends OrderedWorker<number, number> {
   doTask(task: number) {
-    this.putResult(task * 2);
+    this.putResult(task * 2); // may go on working
   }
 }
 // 2. Create stages: target, number of workers, options.
 const stage1 = new OrderedStage(increment, 3);
-const stage2 = new Stage(Doubler, 4);
-// 3. Link: link() returns the stage it is called on.
-stage1.link(stage2);
-// 4. Create the pipeline: it builds and starts every worker.
+const stage2 = new Stage(Doubler, 4); // ordered because Doubler is an OrderedWorker
+const stage3 = new UnorderedStage<number, number>(
+  new URL("./work.ts", import.meta.url),
+  2,
+);
+// 3. Link: link() returns the stage it is called on; a stage may fork to several.
+stage1.link(stage2.link(stage3));
+// 4. Create the pipeline: it builds and starts every worker reachable from the root.
 const pipe = new Pipeline<number, number>(stage1);
 // 5. Operate it: put tasks, then the stop request, then read every result.
 for (let i = 0; i < 10; i++) pipe.put(i);
-pipe.put(null);
+pipe.put(null); // the stop request
 for await (const result of pipe.results()) console.log(result);

@@ -763,7 +763,7 @@ function loadError(
 ): StageError {
   const message = error instanceof Error ? error.message : String(error);
   const hint = /read access|NotCapable|PermissionDenied/i.test(message)
-    ? ": run with --allow-read (a module target is imported by the workers), or pass the function or class itself"
+    ? " (a module target is imported by the stage's workers, which need read access for a local file; or pass the function or class itself)"
     : "";
   return new StageError(`cannot load the target: ${message}${hint}`, {
     stage,
