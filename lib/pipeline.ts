@@ -150,6 +150,8 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
   #leaves: Leaf[] = [];
   #nextLeaf = 0;
   #seqs: number[] = [];
+  /** Readers sleeping in `waitAsync`, which `put` wakes when results are here. */
+  #readers: (() => void)[] = [];
 
   /**
    * Builds and starts every stage reachable from `root`.
@@ -382,14 +384,15 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
       } catch (error) {
         return Promise.reject(error);
       }
-      bytes = this.#encoder.bytes.subarray(0, length);
+      const encoded = this.#encoder.bytes;
       if (this.#pending.length === 0 && this.#enterBacklog()) {
-        const written = this.#input.write(Ring.DATA, 0, bytes, 0, length);
+        const written = this.#input.write(Ring.DATA, 0, encoded, 0, length);
         this.#publishInput();
+        if (this.#readers.length !== 0) this.#wakeReaders();
         if (written === length) return RESOLVED;
-        return this.#enqueue(bytes.slice(), written, true, options);
+        return this.#enqueue(encoded.slice(0, length), written, true, options);
       }
-      bytes = bytes.slice();
+      bytes = encoded.slice(0, length);
     }
     return this.#enqueue(bytes, 0, false, options);
   }
@@ -428,60 +431,73 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
     });
   }
 
-  /** Writes waiting tasks as room appears, in order. */
+  /**
+   * Writes waiting tasks as room appears, in order. The main thread's own
+   * consumer also pumps (see `#takeFrom`), because a `waitAsync` wake-up is a
+   * macrotask that cannot run while results keep the microtask queue busy.
+   */
   async #drain(): Promise<void> {
     if (this.#draining) return;
     this.#draining = true;
     try {
-      const input = this.#input;
       while (this.#pending.length > 0 && this.#failure === null) {
-        const pending = this.#pending[0]!;
-        if (!pending.inBacklog) {
-          const counter = Bell.arm(this.#rootControl, InputLink.SPACE_BELL);
-          if (!this.#enterBacklog()) {
-            await Atomics.waitAsync(
-              this.#rootControl,
-              InputLink.SPACE_BELL + Bell.COUNTER,
-              counter,
-            ).value;
-            continue;
-          }
-          pending.inBacklog = true;
-        }
-        const counter = Bell.arm(input.control, Ring.SPACE_BELL);
-        if (this.#writePending(pending)) continue;
-        await Atomics.waitAsync(
-          input.control,
-          Ring.SPACE_BELL + Bell.COUNTER,
-          counter,
-        ).value;
+        // Arm both bells before the last try, so no release is missed.
+        const backlog = Bell.arm(this.#rootControl, InputLink.SPACE_BELL);
+        const room = Bell.arm(this.#input.control, Ring.SPACE_BELL);
+        if (this.#pump()) continue;
+        const waiting = this.#pending[0];
+        if (waiting === undefined) break;
+        await (waiting.inBacklog
+          ? Atomics.waitAsync(
+            this.#input.control,
+            Ring.SPACE_BELL + Bell.COUNTER,
+            room,
+          )
+          : Atomics.waitAsync(
+            this.#rootControl,
+            InputLink.SPACE_BELL + Bell.COUNTER,
+            backlog,
+          )).value;
       }
     } finally {
       this.#draining = false;
     }
   }
 
-  /** Writes as much of `pending` as fits; true once it is all written. */
-  #writePending(pending: Pending): boolean {
+  /** Writes as many waiting tasks as fit now; true if it made progress. */
+  #pump(): boolean {
     const input = this.#input;
-    let complete: boolean;
-    if (pending.bytes === null) complete = input.writeEmpty(Ring.STOP, 0);
-    else {
-      pending.written = input.write(
-        Ring.DATA,
-        0,
-        pending.bytes,
-        pending.written,
-        pending.bytes.length,
-      );
-      complete = pending.written === pending.bytes.length;
-    }
-    this.#publishInput();
-    if (complete) {
+    let progress = false;
+    for (;;) {
+      const pending = this.#pending[0];
+      if (pending === undefined) break;
+      if (!pending.inBacklog) {
+        if (!this.#enterBacklog()) break;
+        pending.inBacklog = true;
+      }
+      const before = pending.written;
+      let complete: boolean;
+      if (pending.bytes === null) complete = input.writeEmpty(Ring.STOP, 0);
+      else {
+        pending.written = input.write(
+          Ring.DATA,
+          0,
+          pending.bytes,
+          pending.written,
+          pending.bytes.length,
+        );
+        complete = pending.written === pending.bytes.length;
+      }
+      if (!complete) {
+        progress ||= pending.written !== before;
+        break;
+      }
+      progress = true;
       this.#pending.shift();
       pending.resolve();
     }
-    return complete;
+    if (progress) this.#publishInput();
+    return progress;
   }
 
   #publishInput(): void {
@@ -520,30 +536,23 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
   }
 
   /** Iterates over the results until the stop request has drained. */
-  results(options?: GetOptions): AsyncGenerator<O, void, undefined> {
-    return this.#results(null, options) as AsyncGenerator<O, void, undefined>;
+  results(options?: GetOptions): AsyncIterableIterator<O> {
+    return this.#results(null, options) as AsyncIterableIterator<O>;
   }
 
   /** Iterates over the results, like `results()`. */
-  [Symbol.asyncIterator](): AsyncGenerator<O, void, undefined> {
+  [Symbol.asyncIterator](): AsyncIterableIterator<O> {
     return this.results();
   }
 
-  async *#results(
+  #results(
     leaf: Leaf | null,
     options: GetOptions | undefined,
-  ): AsyncGenerator<unknown, void, undefined> {
-    for (;;) {
-      let value = this.#take(leaf);
-      // Yield everything already here without waiting.
-      while (value !== NONE) {
-        yield value;
-        value = this.#take(leaf);
-      }
-      const next = await this.#get(leaf, options);
-      if (next === null) return;
-      yield next;
-    }
+  ): AsyncIterableIterator<unknown> {
+    return new ResultIterator(
+      () => this.#take(leaf),
+      () => this.#get(leaf, options),
+    );
   }
 
   async #get(
@@ -561,6 +570,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
       const again = this.#take(leaf);
       if (again !== NONE) return again;
       if (this.#ended(leaf) || this.#failure !== null) continue;
+      if (this.#pending.length !== 0) this.#pump();
       await this.#waitForOutput(counter, deadline, timeout, signal);
     }
   }
@@ -586,7 +596,12 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
       left === Infinity ? undefined : left,
     );
     if (!wait.async) return RESOLVED;
-    const woken = wait.value.then((result) => {
+    // Whichever comes first: a worker's doorbell, or `put` seeing results
+    // (a doorbell wake-up waits behind the producer's microtasks).
+    const woken = Promise.race([
+      wait.value,
+      new Promise<"ok">((resolve) => this.#readers.push(() => resolve("ok"))),
+    ]).then((result) => {
       if (result === "timed-out") throw timedOut();
     });
     if (signal === undefined) return woken;
@@ -599,8 +614,15 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
     });
   }
 
+  /** Wakes the sleeping readers if a leaf ring holds results. */
+  #wakeReaders(): void {
+    if (!this.#leaves.some((leaf) => leaf.link.hasData())) return;
+    for (const wake of this.#readers.splice(0)) wake();
+  }
+
   /** Takes one result that is already here, or NONE. */
   #take(leaf: Leaf | null): unknown {
+    if (this.#failure !== null) return NONE;
     if (leaf !== null) return this.#takeFrom(leaf);
     const leaves = this.#leaves;
     for (let i = 0; i < leaves.length; i++) {
@@ -621,6 +643,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
       return value;
     }
     if (leaf.ended || this.#terminated) return NONE;
+    if (this.#pending.length !== 0) this.#pump();
     leaf.queue.length = 0;
     leaf.head = 0;
     const count = leaf.link.claim(leaf.queue, this.#seqs, CLAIM);
@@ -666,6 +689,49 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
   async [Symbol.asyncDispose](): Promise<void> {
     if (this.#alive > 0) this.terminate();
     await this.done;
+  }
+}
+
+/**
+ * The iterator of `results()`: hands out a result that is already here in an
+ * already-settled Promise, which costs far less than an async generator.
+ */
+class ResultIterator implements AsyncIterableIterator<unknown> {
+  #take: () => unknown;
+  #get: () => Promise<unknown>;
+  #finished = false;
+
+  constructor(take: () => unknown, get: () => Promise<unknown>) {
+    this.#take = take;
+    this.#get = get;
+  }
+
+  next(): Promise<IteratorResult<unknown>> {
+    if (this.#finished) {
+      return Promise.resolve({ value: undefined, done: true });
+    }
+    const value = this.#take();
+    if (value !== NONE) return Promise.resolve({ value, done: false });
+    return this.#get().then(
+      (next): IteratorResult<unknown> => {
+        if (next !== null) return { value: next, done: false };
+        this.#finished = true;
+        return { value: undefined, done: true };
+      },
+      (error) => {
+        this.#finished = true;
+        throw error;
+      },
+    );
+  }
+
+  return(): Promise<IteratorResult<unknown>> {
+    this.#finished = true;
+    return Promise.resolve({ value: undefined, done: true });
+  }
+
+  [Symbol.asyncIterator](): AsyncIterableIterator<unknown> {
+    return this;
   }
 }
 

@@ -56,7 +56,7 @@ export interface StageOwner {
   resultsFrom(
     stage: Stage<never, unknown>,
     options?: GetOptions,
-  ): AsyncGenerator<unknown, void, undefined>;
+  ): AsyncIterableIterator<unknown>;
 }
 
 /** A stage's wiring and settings, for the pipeline that builds it. */
@@ -227,11 +227,11 @@ export class Stage<I, O> {
   }
 
   /** Iterates over the results of this (leaf) stage alone, until it has stopped. */
-  results(options?: GetOptions): AsyncGenerator<O, void, undefined> {
+  results(options?: GetOptions): AsyncIterableIterator<O> {
     return this.#owner().resultsFrom(
       this as unknown as Stage<never, unknown>,
       options,
-    ) as AsyncGenerator<O, void, undefined>;
+    ) as AsyncIterableIterator<O>;
   }
 
   #owner(): StageOwner {
