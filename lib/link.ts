@@ -330,6 +330,8 @@ export class OutputPort {
   readonly bellBases: number[];
   readonly links: Int32Array[];
   readonly maxBacklogs: number[];
+  /** Called after anything was published. */
+  onPublish: (() => void) | null = null;
   #encoder = new Encoder();
 
   constructor(branches: Branch[]) {
@@ -366,6 +368,7 @@ export class OutputPort {
     for (let i = 0; i < rings.length; i++) {
       if (rings[i]!.publish()) Bell.ring(this.bells[i]!, this.bellBases[i]!);
     }
+    this.onPublish?.();
   }
 
   #write(

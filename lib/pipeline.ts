@@ -17,6 +17,7 @@ import {
   type StageInternals,
   type StageOwner,
 } from "./stage.ts";
+import { StageStatus } from "./status.ts";
 import { describe } from "./target.ts";
 import { OrderedWorker, TaskWorker, UnorderedWorker } from "./worker.ts";
 import {
@@ -59,6 +60,15 @@ interface Leaf {
   ended: boolean;
 }
 
+/** A running worker and what it was started with. */
+interface WorkerRecord {
+  stage: AnyStage;
+  config: WorkerConfig;
+  worker: Worker;
+  /** It exited, was lost or was terminated: ignore what it still says. */
+  gone: boolean;
+}
+
 /** A task (or the stop) waiting for room in the input ring. */
 interface Pending {
   bytes: Uint8Array | null;
@@ -80,6 +90,7 @@ function runtimeUrl(): string {
     const parts = [
       Bell,
       Ring,
+      StageStatus,
       Encoder,
       Decoder,
       InputLink,
@@ -128,7 +139,8 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
   readonly done: Promise<void>;
 
   #stages: AnyStage[];
-  #workers: Worker[] = [];
+  #workers: WorkerRecord[] = [];
+  #watchdog: ReturnType<typeof setInterval> | undefined;
   #alive = 0;
   #resolveDone!: () => void;
   #ringBytes: number;
@@ -203,6 +215,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
       { control: SharedArrayBuffer; rings: SharedArrayBuffer[] }
     >();
     for (const stage of this.#stages) {
+      internalsOf(stage).status = StageStatus.allocate(stage.size);
       const previous = internalsOf(stage).previous;
       const producers = previous.length === 0
         ? 1
@@ -225,7 +238,6 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
     >,
   ): void {
     if (this.#failure !== null || this.#terminated) return;
-    const url = runtimeUrl();
     for (const stage of this.#stages) {
       const state = internalsOf(stage);
       const { control, rings } = plan.get(stage)!;
@@ -255,7 +267,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
             maxBacklog: 0,
           });
         }
-        const config: WorkerConfig = {
+        this.#spawn(stage, {
           stage: stage.name,
           index,
           target: state.shipped,
@@ -266,27 +278,40 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
           input: { control, rings, mode: inputMode(stage, state) },
           outputs,
           spin: this.#spin,
-        };
-        const worker = new Worker(url, {
-          type: "module",
-          name: `${stage.name}#${index}`,
+          onError: state.onError === "fail" ? "fail" : "skip",
+          status: state.status!,
+          size: stage.size,
+          timed: Number.isFinite(state.taskTimeout),
+          claimOne: state.restart || Number.isFinite(state.taskTimeout),
+          recover: null,
         });
-        worker.onmessage = (event: MessageEvent<WorkerMessage>) =>
-          this.#onMessage(stage, index, worker, event.data);
-        worker.onerror = (event: ErrorEvent) => {
-          event.preventDefault();
-          this.#fail(
-            new StageError(
-              `the worker was lost: ${event.message}; the task it held is lost with it`,
-              { stage: stage.name, worker: index, cause: event.error },
-            ),
-          );
-        };
-        worker.postMessage(config);
-        this.#workers.push(worker);
-        this.#alive++;
       }
     }
+    if (this.#stages.some((s) => Number.isFinite(internalsOf(s).taskTimeout))) {
+      this.#startWatchdog();
+    }
+  }
+
+  /** Starts one worker; `config.recover` says if it replaces a lost one. */
+  #spawn(stage: AnyStage, config: WorkerConfig): void {
+    const worker = new Worker(runtimeUrl(), {
+      type: "module",
+      name: `${stage.name}#${config.index}`,
+    });
+    const record: WorkerRecord = { stage, config, worker, gone: false };
+    worker.onmessage = (event: MessageEvent<WorkerMessage>) =>
+      this.#onMessage(record, event.data);
+    worker.onerror = (event: ErrorEvent) => {
+      event.preventDefault();
+      this.#lost(
+        record,
+        `it threw outside doTask(): ${event.message}`,
+        event.error,
+      );
+    };
+    worker.postMessage(config);
+    this.#workers.push(record);
+    this.#alive++;
   }
 
   /** Makes the rings from a leaf stage's workers to the main thread. */
@@ -315,22 +340,120 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
     return rings.map((ring) => ({ ring, control }));
   }
 
-  #onMessage(
-    stage: AnyStage,
-    index: number,
-    worker: Worker,
-    message: WorkerMessage,
-  ): void {
-    if (message.type === "exit") {
-      worker.terminate();
-      this.#exited();
-    } else if (message.type === "error") {
-      this.#fail(workerError(stage, index, message));
+  #onMessage(record: WorkerRecord, message: WorkerMessage): void {
+    if (record.gone) return;
+    const { stage, config } = record;
+    switch (message.type) {
+      case "exit":
+        record.gone = true;
+        record.worker.terminate();
+        this.#exited();
+        break;
+      case "error":
+        this.#fail(workerError(stage, config.index, message));
+        break;
+      case "skipped": {
+        const handler = internalsOf(stage).onError;
+        if (typeof handler === "function") {
+          handler(workerError(stage, config.index, {
+            type: "error",
+            phase: "task",
+            task: message.task,
+            error: message.error,
+          }));
+        }
+        break;
+      }
+      case "lost":
+        this.#lost(record, message.reason, undefined);
+        break;
     }
   }
 
+  /**
+   * A worker ended without finishing (it called close() or Deno.exit(), threw
+   * outside a task, or ran a task past its timeout). Fails the pipeline, or,
+   * with `restart` (or a timeout under a skipping policy), starts a worker in
+   * its place that first closes the tasks the lost one held.
+   */
+  #lost(record: WorkerRecord, reason: string, cause: unknown): void {
+    if (record.gone || this.#failure !== null || this.#terminated) return;
+    record.gone = true;
+    record.worker.terminate();
+    const { stage, config } = record;
+    const state = internalsOf(stage);
+    const status = new StageStatus(state.status!, stage.size);
+    const from = status.words[status.at(config.index, StageStatus.FROM)]!;
+    const to = status.words[status.at(config.index, StageStatus.TO)]!;
+    const held = to > from
+      ? `; it held task${to - from > 1 ? `s ${from} to ${to - 1}` : ` ${from}`}`
+      : "";
+    const timedOut = reason.startsWith("task");
+    const replace = state.restart || (timedOut && state.onError !== "fail");
+    const error = new StageError(
+      `the worker was lost: ${reason}${held}${
+        replace
+          ? "; a new worker took its place and the held tasks were dropped"
+          : ""
+      }`,
+      {
+        stage: stage.name,
+        worker: config.index,
+        task: to > from ? from : undefined,
+        cause,
+      },
+    );
+    if (!replace) return this.#fail(error);
+    Atomics.add(status.words, StageStatus.SKIPPED, to - from);
+    Atomics.store(
+      status.words,
+      status.at(config.index, StageStatus.RUNNING),
+      0,
+    );
+    this.#alive--;
+    this.#workers.splice(this.#workers.indexOf(record), 1);
+    this.#spawn(stage, { ...config, recover: { from, to } });
+    if (typeof state.onError === "function") state.onError(error);
+  }
+
+  /** Checks timed tasks regularly; a task past its stage's taskTimeout loses its worker. */
+  #startWatchdog(): void {
+    const timeouts = this.#stages.map((s) => internalsOf(s).taskTimeout);
+    const period = Math.max(5, Math.min(250, Math.min(...timeouts) / 4));
+    this.#watchdog = setInterval(() => {
+      const now = performance.timeOrigin + performance.now();
+      for (const record of [...this.#workers]) {
+        const state = internalsOf(record.stage);
+        if (record.gone || !Number.isFinite(state.taskTimeout)) continue;
+        const status = new StageStatus(state.status!, record.stage.size);
+        const index = record.config.index;
+        const running = status.at(index, StageStatus.RUNNING);
+        if (
+          Atomics.load(status.words, running) === 1 &&
+          now - status.started[index]! > state.taskTimeout &&
+          // Take the task over; fails if the worker has just finished it.
+          Atomics.compareExchange(status.words, running, 1, 2) === 1
+        ) {
+          const task = status.words[status.at(index, StageStatus.SEQ)];
+          this.#lost(
+            record,
+            `task ${task} ran longer than its taskTimeout of ${state.taskTimeout} ms`,
+            undefined,
+          );
+        }
+      }
+    }, period);
+    // The watchdog alone must not keep the process alive.
+    Deno.unrefTimer(this.#watchdog as unknown as number);
+  }
+
   #exited(): void {
-    if (--this.#alive === 0) this.#resolveDone();
+    if (--this.#alive === 0) this.#finish();
+  }
+
+  #finish(): void {
+    if (this.#watchdog !== undefined) clearInterval(this.#watchdog);
+    this.#resolveDone();
   }
 
   #fail(error: StageError): void {
@@ -341,10 +464,13 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
 
   /** Terminates every worker and wakes every waiter on the main thread. */
   #shutDown(reason: unknown): void {
-    for (const worker of this.#workers) worker.terminate();
+    for (const record of this.#workers) {
+      record.gone = true;
+      record.worker.terminate();
+    }
     this.#workers = [];
     this.#alive = 0;
-    this.#resolveDone();
+    this.#finish();
     for (const pending of this.#pending.splice(0)) pending.reject(reason);
     Bell.ringAlways(this.#bell, 0);
     Bell.ringAlways(this.#input.control, Ring.SPACE_BELL);

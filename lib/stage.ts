@@ -4,6 +4,8 @@
  * @module
  */
 
+import type { StageError } from "./errors.ts";
+import { StageStatus } from "./status.ts";
 import { describe, type ShippedTarget, shipTarget } from "./target.ts";
 import type {
   ModuleTarget,
@@ -40,6 +42,29 @@ export interface StageOptions {
    * @default {[]}
    */
   args?: unknown[];
+  /**
+   * What a task that throws (or rejects, or returns a value that cannot be
+   * cloned) does: `"fail"` fails the pipeline with a `StageError`; `"skip"`
+   * drops the task, counts it in `stage.skipped`, and goes on; a function does
+   * as `"skip"` and is called on the main thread with the `StageError`.
+   * @default {"fail"}
+   */
+  onError?: "fail" | "skip" | ((error: StageError) => void);
+  /**
+   * Replace a worker that is lost (it called `close()` or `Deno.exit()`, or
+   * threw outside `doTask`) and go on; the tasks it held are dropped, counted
+   * in `stage.skipped` and reported to an `onError` function. Without it, a
+   * lost worker fails the pipeline.
+   * @default {false}
+   */
+  restart?: boolean;
+  /**
+   * Milliseconds a task may run, from its start. A task that runs longer has
+   * its worker replaced, and fails the pipeline (`onError: "fail"`) or is
+   * dropped (`"skip"` or a function).
+   * @default {Infinity}
+   */
+  taskTimeout?: number;
 }
 
 /** Options for reading results. */
@@ -70,6 +95,11 @@ export interface StageInternals {
   doStopTask: boolean;
   maxBacklog: number;
   args: unknown[];
+  onError: "fail" | "skip" | ((error: StageError) => void);
+  restart: boolean;
+  taskTimeout: number;
+  /** The stage's StageStatus block, once a pipeline is built. */
+  status: SharedArrayBuffer | null;
   next: Stage<never, unknown>[];
   previous: Stage<never, unknown>[];
   owner: StageOwner | null;
@@ -88,6 +118,9 @@ const OPTION_NAMES = [
   "doStopTask",
   "maxBacklog",
   "args",
+  "onError",
+  "restart",
+  "taskTimeout",
 ];
 
 /**
@@ -163,10 +196,20 @@ export class Stage<I, O> {
       doStopTask: checked.doStopTask ?? false,
       maxBacklog: checked.maxBacklog ?? Infinity,
       args: checked.args ?? [],
+      onError: checked.onError ?? "fail",
+      restart: checked.restart ?? false,
+      taskTimeout: checked.taskTimeout ?? Infinity,
+      status: null,
       next: [],
       previous: [],
       owner: null,
     });
+  }
+
+  /** Tasks this stage has dropped: by its `onError` policy, past `taskTimeout`, or held by a lost worker. */
+  get skipped(): number {
+    const status = internalsOf(this as unknown as Stage<never, unknown>).status;
+    return status === null ? 0 : new StageStatus(status, this.size).skipped;
   }
 
   /** Whether the stage keeps the order of its tasks (undefined until a module target is loaded). */
@@ -362,12 +405,29 @@ function checkOptions(kind: string, options: unknown): StageOptions {
   if (o.name !== undefined && (typeof o.name !== "string" || o.name === "")) {
     fail("name", "a non-empty string");
   }
-  for (const key of ["disableResult", "doStopTask"]) {
+  for (const key of ["disableResult", "doStopTask", "restart"]) {
     if (o[key] !== undefined && typeof o[key] !== "boolean") {
       fail(key, "a boolean");
     }
   }
   if (o.args !== undefined && !Array.isArray(o.args)) fail("args", "an array");
+  if (
+    o.onError !== undefined && o.onError !== "fail" && o.onError !== "skip" &&
+    typeof o.onError !== "function"
+  ) {
+    fail("onError", '"fail", "skip" or a function');
+  }
+  if (o.taskTimeout !== undefined) {
+    const timeout = o.taskTimeout;
+    if (typeof timeout !== "number") fail("taskTimeout", "a number");
+    if (!((timeout as number) > 0)) {
+      throw new RangeError(
+        `${kind}: 'options.taskTimeout' must be a positive number of milliseconds or Infinity, got ${
+          describe(timeout)
+        }`,
+      );
+    }
+  }
   if (o.maxBacklog !== undefined) {
     const max = o.maxBacklog;
     if (typeof max !== "number") fail("maxBacklog", "a number");

@@ -9,6 +9,7 @@
 
 import { type Branch, InputLink, type InputMode, OutputPort } from "./link.ts";
 import { Ring } from "./ring.ts";
+import { StageStatus } from "./status.ts";
 import type { ShippedTarget } from "./target.ts";
 import { OrderedWorker, TaskWorker, UnorderedWorker } from "./worker.ts";
 
@@ -29,6 +30,17 @@ export interface WorkerConfig {
   outputs: Branch[];
   /** How many times to look for input before sleeping. */
   spin: number;
+  /** What a failed task does: fail the pipeline, or drop the task and go on. */
+  onError: "fail" | "skip";
+  /** The stage's status block (StageStatus) and its number of workers. */
+  status: SharedArrayBuffer;
+  size: number;
+  /** Record when each task starts (the stage has a taskTimeout). */
+  timed: boolean;
+  /** Claim one task at a time, so a lost worker holds only the task it runs. */
+  claimOne: boolean;
+  /** Tasks a lost worker held, which this replacement must close. */
+  recover: { from: number; to: number } | null;
 }
 
 /** What a worker tells the main thread (never per task). */
@@ -40,7 +52,11 @@ export type WorkerMessage =
     phase: "load" | "init" | "task";
     task: number | undefined;
     error: unknown;
-  };
+  }
+  /** A task failed and was dropped (onError "skip"). */
+  | { type: "skipped"; task: number; error: unknown }
+  /** The worker is about to end itself (close() or Deno.exit()). */
+  | { type: "lost"; reason: string };
 
 type Run = (task: unknown) => unknown;
 
@@ -59,7 +75,10 @@ export class WorkerRuntime {
   readonly config: WorkerConfig;
   readonly input: InputLink;
   readonly output: OutputPort;
+  readonly status: StageStatus;
   #seq = 0;
+  /** One past the last task whose results were all written. */
+  #finished = 0;
   #claimMax = 1;
 
   constructor(config: WorkerConfig) {
@@ -70,10 +89,17 @@ export class WorkerRuntime {
       config.input.mode,
     );
     this.output = new OutputPort(config.outputs);
+    this.status = new StageStatus(config.status, config.size);
+    // What is published is safe; a replacement must close what is not.
+    const from = this.status.at(config.index, StageStatus.FROM);
+    this.output.onPublish = () => {
+      this.status.words[from] = this.#finished;
+    };
   }
 
   /** Loads the target, runs every task, then passes the stop downstream. */
   async run(): Promise<void> {
+    this.#interceptExits();
     let run: Run;
     let init: () => unknown;
     try {
@@ -90,11 +116,13 @@ export class WorkerRuntime {
     (globalThis as Record<symbol, unknown>)[Symbol.for("mpipe.putResult")] = (
       result: unknown,
     ) => this.#putResult(result);
+    if (this.config.recover !== null) this.#recover(this.config.recover);
     try {
       await this.#loop(run);
       if (this.config.doStopTask) {
-        this.#seq = this.input.nextOwnSeq();
-        this.#finish(await run(null));
+        const seq = this.input.nextOwnSeq();
+        this.#claimed(seq, seq + 1);
+        await this.#runTask(run, null, seq);
       }
     } catch (error) {
       return this.#report("task", this.#seq, error);
@@ -114,23 +142,140 @@ export class WorkerRuntime {
       if (count === 0) count = this.#waitForTasks(values, seqs);
       if (count < 0) return;
       const started = performance.now();
+      this.#claimed(seqs[0]!, seqs[count - 1]! + 1);
       for (let i = 0; i < count; i++) {
         const task = values[i];
         values[i] = undefined;
         input.taskStarted();
-        this.#seq = seqs[i]!;
-        let result = run(task);
-        if (WorkerRuntime.isThenable(result)) result = await result;
-        this.#finish(result);
+        const done = this.#runTask(run, task, seqs[i]!);
+        if (done !== undefined) await done;
       }
       // Claim one task at a time when tasks are slow, so that idle workers
       // can take the rest; claim many when they are fast, to save on locking.
       const perTask = (performance.now() - started) / count;
-      this.#claimMax = perTask > WorkerRuntime.SLOW_TASK_MS
+      this.#claimMax = perTask > WorkerRuntime.SLOW_TASK_MS ||
+          this.config.claimOne
         ? 1
         : Math.min(this.#claimMax * 2, WorkerRuntime.MAX_CLAIM);
       this.output.publish();
     }
+  }
+
+  /**
+   * Runs one task and writes its results; returns a Promise only if the task
+   * is asynchronous, so synchronous tasks never pay for an `await`. A task
+   * that fails is dropped under onError "skip", and rethrown under "fail".
+   */
+  #runTask(run: Run, task: unknown, seq: number): Promise<void> | undefined {
+    this.#seq = seq;
+    this.status.words[this.status.at(this.config.index, StageStatus.SEQ)] = seq;
+    if (this.config.timed) this.#startTimed();
+    let result: unknown;
+    try {
+      result = run(task);
+    } catch (error) {
+      return this.#failed(error);
+    }
+    if (WorkerRuntime.isThenable(result)) {
+      return Promise.resolve(result).then(
+        (value) => this.#succeeded(value),
+        (error) => this.#failed(error),
+      );
+    }
+    this.#succeeded(result);
+  }
+
+  #succeeded(result: unknown): void {
+    if (this.config.timed) this.#endTimed();
+    try {
+      this.#finish(result);
+    } catch (error) {
+      // The result could not be cloned: a task error like any other.
+      this.#failed(error, false);
+      return;
+    }
+    this.#finished = this.#seq + 1;
+  }
+
+  #failed(error: unknown, timed = this.config.timed): undefined {
+    if (timed) this.#endTimed();
+    if (this.config.onError === "fail") throw error;
+    Atomics.add(this.status.words, StageStatus.SKIPPED, 1);
+    if (this.config.ordered && !this.config.disableResult) {
+      this.output.putEmpty(Ring.END | Ring.LAST, this.#seq);
+    }
+    this.#finished = this.#seq + 1;
+    try {
+      WorkerRuntime.post({ type: "skipped", task: this.#seq, error });
+    } catch {
+      WorkerRuntime.post({
+        type: "skipped",
+        task: this.#seq,
+        error: String(error),
+      });
+    }
+  }
+
+  /** Records the claimed tasks [from, to), for whoever replaces a lost worker. */
+  #claimed(from: number, to: number): void {
+    const { words } = this.status;
+    words[this.status.at(this.config.index, StageStatus.TO)] = to;
+    words[this.status.at(this.config.index, StageStatus.FROM)] = from;
+    this.#finished = from;
+  }
+
+  #startTimed(): void {
+    const index = this.config.index;
+    this.status.started[index] = performance.timeOrigin + performance.now();
+    Atomics.store(
+      this.status.words,
+      this.status.at(index, StageStatus.RUNNING),
+      1,
+    );
+  }
+
+  /**
+   * Ends a timed task. If the main thread already took it over (it ran too
+   * long), this worker is being terminated: it must not touch the rings again.
+   */
+  #endTimed(): void {
+    const { words } = this.status;
+    const running = this.status.at(this.config.index, StageStatus.RUNNING);
+    if (Atomics.compareExchange(words, running, 1, 0) === 1) return;
+    for (;;) Atomics.wait(words, running, 2);
+  }
+
+  /** Closes the tasks a lost worker held, so an ordered merge does not wait for them. */
+  #recover({ from, to }: { from: number; to: number }): void {
+    if (this.config.ordered && !this.config.disableResult) {
+      for (let seq = from; seq < to; seq++) {
+        this.output.putEmpty(Ring.END | Ring.LAST, seq);
+      }
+    }
+    this.#claimed(to, to);
+    this.output.publish();
+  }
+
+  /** Reports close() and Deno.exit() before they end the worker without a word. */
+  #interceptExits(): void {
+    const scope = globalThis as unknown as { close(): void };
+    const close = scope.close.bind(scope);
+    scope.close = () => {
+      WorkerRuntime.post({ type: "lost", reason: "it called close()" });
+      close();
+    };
+    const exit = Deno.exit;
+    Object.defineProperty(Deno, "exit", {
+      configurable: true,
+      writable: true,
+      value: (code?: number) => {
+        WorkerRuntime.post({
+          type: "lost",
+          reason: `it called Deno.exit(${code ?? ""})`,
+        });
+        return exit(code);
+      },
+    });
   }
 
   /** Publishes what is done, spins briefly, then sleeps until tasks come. */

@@ -1,0 +1,58 @@
+/**
+ * A stage's shared status block: what the main thread needs to know of its
+ * workers without asking them (they are busy, or dead).
+ *
+ * Shipped to workers by source, like `ring.ts`.
+ *
+ * @module
+ */
+
+/**
+ * Layout: a header of stage-wide counters, then one slot of words per worker,
+ * then one float per worker for the start time of its running task.
+ */
+export class StageStatus {
+  /** Header word: tasks dropped by the `onError` policy, timeouts and lost workers. */
+  static readonly SKIPPED = 0;
+  /** Words before the first worker's slot. */
+  static readonly HEADER = 4;
+  /** Words of a worker's slot. */
+  static readonly SLOT = 4;
+  /** Slot word: 1 while a timed task runs; the main thread swaps it to 2 to take the task over. */
+  static readonly RUNNING = 0;
+  /** Slot word: the first claimed task whose results are not all published. */
+  static readonly FROM = 1;
+  /** Slot word: one past the last claimed task. */
+  static readonly TO = 2;
+  /** Slot word: the task running now. */
+  static readonly SEQ = 3;
+
+  /** Creates the shared memory of a stage of `size` workers. */
+  static allocate(size: number): SharedArrayBuffer {
+    return new SharedArrayBuffer(StageStatus.#timesOffset(size) + size * 8);
+  }
+
+  static #timesOffset(size: number): number {
+    return ((StageStatus.HEADER + size * StageStatus.SLOT) * 4 + 7) & ~7;
+  }
+
+  readonly words: Int32Array;
+  /** Start time (ms since the epoch) of each worker's running timed task. */
+  readonly started: Float64Array;
+
+  constructor(buffer: SharedArrayBuffer, size: number) {
+    const offset = StageStatus.#timesOffset(size);
+    this.words = new Int32Array(buffer, 0, offset >> 2);
+    this.started = new Float64Array(buffer, offset, size);
+  }
+
+  /** Index of word `word` in worker `index`'s slot. */
+  at(index: number, word: number): number {
+    return StageStatus.HEADER + index * StageStatus.SLOT + word;
+  }
+
+  /** Tasks the stage has dropped so far. */
+  get skipped(): number {
+    return Atomics.load(this.words, StageStatus.SKIPPED);
+  }
+}
