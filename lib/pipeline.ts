@@ -81,6 +81,7 @@ interface Pending {
 const RESOLVED = Promise.resolve();
 const NONE: unique symbol = Symbol("none");
 const CLAIM = 256;
+const PUBLISH_EVERY = 32;
 
 let workerUrl: string | undefined;
 
@@ -153,6 +154,9 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
   #encoder = new Encoder();
   #pending: Pending[] = [];
   #draining = false;
+  /** Records written to the input ring and not yet published. */
+  #unpublished = 0;
+  #flush: ReturnType<typeof setTimeout> | undefined;
   #stopped = false;
   #terminated = false;
   #failure: StageError | null = null;
@@ -464,6 +468,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
 
   /** Terminates every worker and wakes every waiter on the main thread. */
   #shutDown(reason: unknown): void {
+    clearTimeout(this.#flush);
     for (const record of this.#workers) {
       record.gone = true;
       record.worker.terminate();
@@ -513,9 +518,12 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
       const encoded = this.#encoder.bytes;
       if (this.#pending.length === 0 && this.#enterBacklog()) {
         const written = this.#input.write(Ring.DATA, 0, encoded, 0, length);
+        if (written === length) {
+          this.#publishSoon();
+          if (this.#readers.length !== 0) this.#wakeReaders();
+          return RESOLVED;
+        }
         this.#publishInput();
-        if (this.#readers.length !== 0) this.#wakeReaders();
-        if (written === length) return RESOLVED;
         return this.#enqueue(encoded.slice(0, length), written, true, options);
       }
       bytes = encoded.slice(0, length);
@@ -627,7 +635,29 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
   }
 
   #publishInput(): void {
+    this.#unpublished = 0;
     if (this.#input.publish()) Bell.ring(this.#rootControl, InputLink.BELL);
+  }
+
+  /**
+   * Publishes a run of puts at once: every PUBLISH_EVERY records, at once if
+   * the root's workers sleep, and otherwise before the main thread waits or at
+   * the next macrotask. Each publish moves the head's cache line to the
+   * consumers, so one per record would cost the producer dearly.
+   */
+  #publishSoon(): void {
+    if (
+      ++this.#unpublished >= PUBLISH_EVERY ||
+      Atomics.load(this.#rootControl, InputLink.BELL + Bell.WAITING) !== 0
+    ) {
+      return this.#publishInput();
+    }
+    if (this.#flush === undefined) {
+      this.#flush = setTimeout(() => {
+        this.#flush = undefined;
+        if (this.#unpublished !== 0) this.#publishInput();
+      }, 0);
+    }
   }
 
   /** Takes a place in the root stage's backlog, if it is bounded and not full. */
@@ -696,9 +726,26 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
       const again = this.#take(leaf);
       if (again !== NONE) return again;
       if (this.#ended(leaf) || this.#failure !== null) continue;
+      if (this.#unpublished !== 0) this.#publishInput();
       if (this.#pending.length !== 0) this.#pump();
+      if (this.#spinForOutput(leaf)) continue;
       await this.#waitForOutput(counter, deadline, timeout, signal);
     }
+  }
+
+  /**
+   * Looks at the rings a bounded number of times before sleeping: a result
+   * that is microseconds away is worth a short spin, since a `waitAsync`
+   * wake-up costs tens of microseconds.
+   */
+  #spinForOutput(leaf: Leaf | null): boolean {
+    const leaves = leaf === null ? this.#leaves : [leaf];
+    for (let spin = 0; spin < this.#spin; spin++) {
+      for (let i = 0; i < leaves.length; i++) {
+        if (leaves[i]!.link.hasData()) return true;
+      }
+    }
+    return false;
   }
 
   #waitForOutput(
