@@ -4,9 +4,10 @@
  * It round-trips what `structuredClone` accepts: primitives (with `bigint`),
  * arrays (holes kept), plain objects and class instances (as plain objects),
  * `Date`, `RegExp`, `Map`, `Set`, `ArrayBuffer`, typed arrays and `DataView`,
- * boxed primitives, errors (name, message, stack, cause), and shared or cyclic
- * references. Functions, symbols and platform objects are refused with a
- * `DataCloneError`, before anything is written.
+ * boxed primitives, errors (name, message, stack, cause), `DOMException`, and
+ * shared or cyclic references. Functions, symbols and platform objects are
+ * refused with a `DataCloneError`, before anything is written. One difference:
+ * an array's non-index properties (`array.label = ...`) are not carried.
  *
  * Shipped to workers by source, like `ring.ts`: no module-level helpers.
  *
@@ -36,6 +37,22 @@ export class Encoder {
   static readonly ERROR = 18;
   static readonly BOXED = 19;
   static readonly HOLE = 20;
+  static readonly UTF16 = 21;
+  static readonly DOM_EXCEPTION = 22;
+
+  /** Error types that keep their name, as in `structuredClone`; others become `Error`. */
+  static readonly ERRORS = [
+    "Error",
+    "EvalError",
+    "RangeError",
+    "ReferenceError",
+    "SyntaxError",
+    "TypeError",
+    "URIError",
+  ];
+
+  /** Whether `structuredClone` accepts instances of a prototype, found once per prototype. */
+  static readonly cloneable = new WeakMap<object, boolean>();
 
   /** Typed array constructors by view tag. */
   static readonly VIEWS = [
@@ -90,7 +107,8 @@ export class Encoder {
   }
 
   #u32(n: number): void {
-    this.#view.setUint32(this.#reserve(4), n, true);
+    const at = this.#reserve(4); // first: it may replace the view
+    this.#view.setUint32(at, n, true);
   }
 
   #value(value: unknown): void {
@@ -148,6 +166,16 @@ export class Encoder {
       }
       this.length = at;
     }
+    if (!value.isWellFormed()) {
+      // UTF-8 cannot carry a lone surrogate: send the UTF-16 code units.
+      const at = this.#reserve(5 + n * 2);
+      this.bytes[at] = Encoder.UTF16;
+      this.#view.setUint32(at + 1, n, true);
+      for (let i = 0; i < n; i++) {
+        this.#view.setUint16(at + 5 + i * 2, value.charCodeAt(i), true);
+      }
+      return;
+    }
     const at = this.#reserve(5 + n * 3);
     const { written } = this.#text.encodeInto(
       value,
@@ -197,6 +225,11 @@ export class Encoder {
       for (const v of value) this.#value(v);
       return;
     }
+    if (value instanceof DOMException) {
+      this.#tag(Encoder.DOM_EXCEPTION);
+      this.#string(value.message);
+      return this.#string(value.name);
+    }
     if (value instanceof Error) return this.#error(value);
     if (
       value instanceof Boolean || value instanceof Number ||
@@ -205,14 +238,41 @@ export class Encoder {
       this.#tag(Encoder.BOXED);
       return this.#value(value.valueOf());
     }
-    const kind = Object.prototype.toString.call(value);
-    if (kind !== "[object Object]" || typeof value === "function") {
+    if (typeof value === "function") {
       throw new DOMException(
-        `${kind.slice(8, -1)} object could not be cloned`,
+        `${String(value)} could not be cloned`,
         "DataCloneError",
       );
     }
+    const prototype = Object.getPrototypeOf(value);
+    if (prototype !== Object.prototype && prototype !== null) {
+      Encoder.#checkCloneable(value, prototype);
+    }
     this.#plain(value as Record<string, unknown>);
+  }
+
+  /**
+   * A class instance is cloned as a plain object, but platform objects (URL,
+   * WeakMap, Promise, ...) are refused: ask `structuredClone` once per
+   * prototype which it is.
+   */
+  static #checkCloneable(value: object, prototype: object): void {
+    let cloneable = Encoder.cloneable.get(prototype);
+    if (cloneable === undefined) {
+      try {
+        structuredClone(value);
+        cloneable = true;
+      } catch (error) {
+        if (!(error instanceof DOMException)) throw error;
+        cloneable = false;
+      }
+      Encoder.cloneable.set(prototype, cloneable);
+    }
+    if (!cloneable) {
+      const name = (prototype as { constructor?: { name?: string } })
+        .constructor?.name ?? "object";
+      throw new DOMException(`${name} could not be cloned`, "DataCloneError");
+    }
   }
 
   #array(value: unknown[]): void {
@@ -237,20 +297,27 @@ export class Encoder {
     }
   }
 
+  /** A view travels with its whole buffer, as in `structuredClone`, so views of one buffer stay views of one buffer. */
   #view_(value: ArrayBufferView): void {
     const name = value.constructor.name;
     const kind = Encoder.VIEWS.indexOf(name);
-    if (kind < 0) {
+    if (kind < 0 || !(value.buffer instanceof ArrayBuffer)) {
       throw new DOMException(
-        `${name} could not be cloned`,
+        value.buffer instanceof ArrayBuffer
+          ? `${name} could not be cloned`
+          : `${name} on a SharedArrayBuffer cannot travel through a pipeline's rings: pass shared memory to the workers once, with the stage option args`,
         "DataCloneError",
       );
     }
-    const at = this.#reserve(1);
+    const at = this.#reserve(2);
     this.bytes[at] = Encoder.VIEW;
-    this.#tag(kind);
-    this.#raw(
-      new Uint8Array(value.buffer, value.byteOffset, value.byteLength),
+    this.bytes[at + 1] = kind;
+    this.#object(value.buffer);
+    this.#u32(value.byteOffset);
+    this.#u32(
+      name === "DataView"
+        ? value.byteLength
+        : (value as unknown as { length: number }).length,
     );
   }
 
@@ -262,7 +329,7 @@ export class Encoder {
 
   #error(value: Error): void {
     this.#tag(Encoder.ERROR);
-    this.#string(value.name);
+    this.#string(Encoder.ERRORS.includes(value.name) ? value.name : "Error");
     this.#string(value.message);
     this.#value(value.stack);
     this.#value("cause" in value ? value.cause : undefined);
@@ -308,6 +375,7 @@ export class Decoder {
       }
       case Encoder.ASCII:
       case Encoder.UTF8:
+      case Encoder.UTF16:
         this.#at--;
         return this.#string();
       case Encoder.UNDEFINED:
@@ -384,30 +452,46 @@ export class Decoder {
       case Encoder.VIEW: {
         const index = this.#objects.push(null) - 1;
         const name = Encoder.VIEWS[this.#bytes[this.#at++]!]!;
-        const buffer = this.#raw().buffer as ArrayBuffer;
+        const buffer = this.#value() as ArrayBuffer;
+        const offset = this.#u32();
+        const length = this.#u32();
         const Type = (globalThis as unknown as Record<
           string,
-          new (buffer: ArrayBuffer) => ArrayBufferView
+          new (
+            buffer: ArrayBuffer,
+            offset: number,
+            length: number,
+          ) => ArrayBufferView
         >)[name]!;
-        return (this.#objects[index] = new Type(buffer));
+        return (this.#objects[index] = new Type(buffer, offset, length));
+      }
+      case Encoder.DOM_EXCEPTION: {
+        const message = this.#string();
+        const exception = new DOMException(message, this.#string());
+        this.#objects.push(exception);
+        return exception;
       }
       case Encoder.ERROR: {
         const index = this.#objects.push(null) - 1;
         const name = this.#string();
         const message = this.#string();
-        const Type = (globalThis as unknown as Record<
-          string,
-          ErrorConstructor | undefined
-        >)[name];
-        const error = Type?.prototype instanceof Error || Type === Error
-          ? new Type!(message)
-          : new Error(message);
+        const Type =
+          (globalThis as unknown as Record<string, ErrorConstructor>)[
+            Encoder.ERRORS.includes(name) ? name : "Error"
+          ]!;
+        const error = new Type(message);
         this.#objects[index] = error;
         const stack = this.#value();
         if (typeof stack === "string") error.stack = stack;
         else delete error.stack;
         const cause = this.#value();
-        if (cause !== undefined) error.cause = cause;
+        if (cause !== undefined) {
+          Object.defineProperty(error, "cause", {
+            value: cause,
+            writable: true,
+            configurable: true,
+          });
+        }
         return error;
       }
       case Encoder.BOXED: {
@@ -423,6 +507,14 @@ export class Decoder {
     const tag = this.#bytes[this.#at];
     const n = this.#view.getUint32(this.#at + 1, true);
     const start = this.#at + 5;
+    if (tag === Encoder.UTF16) {
+      this.#at = start + n * 2;
+      let text = "";
+      for (let i = 0; i < n; i++) {
+        text += String.fromCharCode(this.#view.getUint16(start + i * 2, true));
+      }
+      return text;
+    }
     this.#at = start + n;
     if (tag === Encoder.ASCII && n <= 24) {
       const bytes = this.#bytes;

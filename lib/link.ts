@@ -226,6 +226,8 @@ export class InputLink {
     if (this.mode.merge && kind & Ring.LAST) {
       Atomics.add(this.control, InputLink.NEXT_SEQ, 1);
       Atomics.store(this.control, InputLink.CURRENT, 0);
+      // A producer may wait on the backlog with the record now wanted.
+      if (this.mode.bounded) Bell.ring(this.control, InputLink.SPACE_BELL);
     }
     if (base !== Ring.DATA) return InputLink.SKIPPED;
     values[count] = value;
@@ -318,6 +320,8 @@ export interface Branch {
   link: SharedArrayBuffer;
   /** Bound on the downstream stage's backlog; 0 for none. */
   maxBacklog: number;
+  /** The downstream merges its producers' rings by sequence (see InputMode.merge). */
+  merged: boolean;
 }
 
 /**
@@ -330,6 +334,7 @@ export class OutputPort {
   readonly bellBases: number[];
   readonly links: Int32Array[];
   readonly maxBacklogs: number[];
+  readonly merged: boolean[];
   /** Called after anything was published. */
   onPublish: (() => void) | null = null;
   #encoder = new Encoder();
@@ -340,6 +345,7 @@ export class OutputPort {
     this.bellBases = branches.map((b) => b.bellBase);
     this.links = branches.map((b) => new Int32Array(b.link));
     this.maxBacklogs = branches.map((b) => b.maxBacklog);
+    this.merged = branches.map((b) => b.merged);
   }
 
   /**
@@ -350,7 +356,7 @@ export class OutputPort {
     const encoder = this.#encoder;
     const length = encoder.encode(value);
     for (let i = 0; i < this.rings.length; i++) {
-      if (this.maxBacklogs[i]! > 0) this.#enterBacklog(i);
+      if (this.maxBacklogs[i]! > 0) this.#enterBacklog(i, seq);
       this.#write(i, kind, seq, encoder.bytes, length);
     }
   }
@@ -399,13 +405,21 @@ export class OutputPort {
     }
   }
 
-  /** Waits for a place in the downstream backlog, then takes it. */
-  #enterBacklog(branch: number): void {
+  /**
+   * Waits for a place in the downstream backlog, then takes it. When the
+   * downstream merges by sequence, the record it waits for always enters:
+   * otherwise later records could fill the backlog and nothing could move.
+   */
+  #enterBacklog(branch: number, seq: number): void {
     const link = this.links[branch]!;
     const max = this.maxBacklogs[branch]!;
+    const merged = this.merged[branch]!;
     for (;;) {
       const backlog = Atomics.load(link, InputLink.BACKLOG);
-      if (backlog < max) {
+      if (
+        backlog < max ||
+        (merged && Atomics.load(link, InputLink.NEXT_SEQ) === seq)
+      ) {
         if (
           Atomics.compareExchange(
             link,
@@ -418,7 +432,10 @@ export class OutputPort {
       }
       this.publish();
       const counter = Bell.arm(link, InputLink.SPACE_BELL);
-      if (Atomics.load(link, InputLink.BACKLOG) < max) continue;
+      if (
+        Atomics.load(link, InputLink.BACKLOG) < max ||
+        (merged && Atomics.load(link, InputLink.NEXT_SEQ) === seq)
+      ) continue;
       Atomics.wait(link, InputLink.SPACE_BELL + Bell.COUNTER, counter);
     }
   }

@@ -82,6 +82,9 @@ const RESOLVED = Promise.resolve();
 const NONE: unique symbol = Symbol("none");
 const CLAIM = 256;
 const PUBLISH_EVERY = 32;
+/** Most fast tasks a worker claims at once, alone in its stage or not. */
+const SOLE_CLAIM = 64;
+const SHARED_CLAIM = 16;
 
 let workerUrl: string | undefined;
 
@@ -260,6 +263,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
             maxBacklog: Number.isFinite(nextState.maxBacklog)
               ? nextState.maxBacklog
               : 0,
+            merged: inputMode(next, nextState).merge,
           };
         });
         if (leafRings.length > 0) {
@@ -269,6 +273,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
             bellBase: 0,
             link: leafRings[index]!.control,
             maxBacklog: 0,
+            merged: false,
           });
         }
         this.#spawn(stage, {
@@ -286,7 +291,11 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
           status: state.status!,
           size: stage.size,
           timed: Number.isFinite(state.taskTimeout),
-          claimOne: state.restart || Number.isFinite(state.taskTimeout),
+          maxClaim: state.restart || Number.isFinite(state.taskTimeout)
+            ? 1
+            : stage.size > 1
+            ? SHARED_CLAIM
+            : SOLE_CLAIM,
           recover: null,
         });
       }
@@ -1011,25 +1020,35 @@ function loadError(
   });
 }
 
+/** What to do when a shipped target used a name that does not exist in the worker. */
+function missingNameHint(stage: AnyStage, error: unknown): string {
+  const missing = error instanceof ReferenceError
+    ? /^(\S+) is not defined$/.exec(error.message)
+    : null;
+  if (missing === null || internalsOf(stage).shipped.kind !== "source") {
+    return "";
+  }
+  return `: the target refers to '${
+    missing[1]
+  }', which does not exist in the worker. A function or class target is shipped by its source and may use only globals and its parameters: move it into a module and pass a module target, e.g. new URL("./task.ts", import.meta.url)`;
+}
+
 function workerError(
   stage: AnyStage,
   index: number,
   message: Extract<WorkerMessage, { type: "error" }>,
 ): StageError {
   const { phase, task, error } = message;
-  if (phase === "load") return loadError(stage.name, index, error);
-  const text = error instanceof Error ? error.message : String(error);
-  let hint = "";
-  const missing = /^(\S+) is not defined$/.exec(text);
-  if (
-    error instanceof ReferenceError && missing !== null &&
-    internalsOf(stage).shipped.kind === "source"
-  ) {
-    hint = `: the target refers to '${
-      missing[1]
-    }', which does not exist in the worker. A function or class target is shipped by its source and may use only globals and its parameters: move it into a module and pass a module target, e.g. new URL("./task.ts", import.meta.url)`;
+  const hint = missingNameHint(stage, error);
+  if (phase === "load" && hint === "") {
+    return loadError(stage.name, index, error);
   }
-  const what = phase === "init" ? "doInit() failed" : `task ${task} failed`;
+  const text = error instanceof Error ? error.message : String(error);
+  const what = phase === "load"
+    ? "cannot load the target"
+    : phase === "init"
+    ? "doInit() failed"
+    : `task ${task} failed`;
   return new StageError(`${what}: ${text}${hint}`, {
     stage: stage.name,
     worker: index,

@@ -59,8 +59,10 @@ export class Bell {
  * buffer is preceded by a pad frame that sends the reader back to offset 0.
  *
  * The producer owns `head`, the consumer side owns `tail`; both are byte
- * counters that wrap at 2^32 and are read with `Atomics`, which orders every
- * payload write before the head store that publishes it. Several consumers may
+ * counters kept as signed 32-bit integers (`| 0`), the form `Atomics.load`
+ * returns, so they compare equal across threads however far they have
+ * wrapped; `head - tail` is the bytes in use. `Atomics` orders every payload
+ * write before the head store that publishes it. Several consumers may
  * share the consumer side only while holding their link's lock
  * (see `InputLink`).
  */
@@ -175,16 +177,16 @@ export class Ring {
     let offset = this.#head & (this.capacity - 1);
     const contiguous = this.capacity - offset;
     const needed = size > contiguous ? size + contiguous : size;
-    if (this.capacity - ((this.#head - this.#tailSeen) >>> 0) < needed) {
+    if (this.capacity - ((this.#head - this.#tailSeen) | 0) < needed) {
       this.#tailSeen = Atomics.load(this.control, Ring.TAIL);
-      if (this.capacity - ((this.#head - this.#tailSeen) >>> 0) < needed) {
+      if (this.capacity - ((this.#head - this.#tailSeen) | 0) < needed) {
         return false;
       }
     }
     const view = this.view;
     if (size > contiguous) {
       view.setInt32(offset, Ring.PAD, true);
-      this.#head = (this.#head + contiguous) >>> 0;
+      this.#head = (this.#head + contiguous) | 0;
       offset = 0;
     }
     view.setInt32(offset, length, true);
@@ -201,7 +203,7 @@ export class Ring {
         this.bytes.set(src.subarray(start, end), payload);
       }
     }
-    this.#head = (this.#head + size) >>> 0;
+    this.#head = (this.#head + size) | 0;
     return true;
   }
 
@@ -216,14 +218,6 @@ export class Ring {
   /** Whether the producer has written records it has not published. */
   get unpublished(): boolean {
     return Atomics.load(this.control, Ring.HEAD) !== this.#head;
-  }
-
-  /** Whether the ring has room for a record of `length` payload bytes now. */
-  hasRoom(length: number): boolean {
-    const size = ((Ring.FRAME_BYTES + Math.min(length, this.maxPayload) + 7) &
-      ~7) * 2;
-    this.#tailSeen = Atomics.load(this.control, Ring.TAIL);
-    return this.capacity - ((this.#head - this.#tailSeen) >>> 0) >= size;
   }
 
   // ---- consumer ----
@@ -257,7 +251,7 @@ export class Ring {
       const offset = this.#tail & (this.capacity - 1);
       const length = this.view.getInt32(offset, true);
       if (length === Ring.PAD) {
-        this.#tail = (this.#tail + this.capacity - offset) >>> 0;
+        this.#tail = (this.#tail + this.capacity - offset) | 0;
         continue;
       }
       this.#peeked = (Ring.FRAME_BYTES + length + 7) & ~7;
@@ -267,7 +261,7 @@ export class Ring {
 
   /** Consumes the record returned by the last `peek()`. */
   advance(): void {
-    this.#tail = (this.#tail + this.#peeked) >>> 0;
+    this.#tail = (this.#tail + this.#peeked) | 0;
   }
 
   /** Payload length of the frame at `offset`. */

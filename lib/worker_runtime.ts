@@ -37,8 +37,12 @@ export interface WorkerConfig {
   size: number;
   /** Record when each task starts (the stage has a taskTimeout). */
   timed: boolean;
-  /** Claim one task at a time, so a lost worker holds only the task it runs. */
-  claimOne: boolean;
+  /**
+   * The most tasks a worker claims at once while tasks are fast: 1 keeps a
+   * lost worker to the one task it runs; a small number in a stage of several
+   * workers bounds what a sudden slow task can hold back from the others.
+   */
+  maxClaim: number;
   /** Tasks a lost worker held, which this replacement must close. */
   recover: { from: number; to: number } | null;
 }
@@ -64,8 +68,6 @@ type Run = (task: unknown) => unknown;
 export class WorkerRuntime {
   /** Tasks slower than this (ms) are claimed one at a time, for balance. */
   static readonly SLOW_TASK_MS = 0.05;
-  /** The most tasks claimed at once when tasks are fast. */
-  static readonly MAX_CLAIM = 64;
 
   /** Starts the worker described by `config`; reports every failure. */
   static async start(config: WorkerConfig): Promise<void> {
@@ -153,10 +155,9 @@ export class WorkerRuntime {
       // Claim one task at a time when tasks are slow, so that idle workers
       // can take the rest; claim many when they are fast, to save on locking.
       const perTask = (performance.now() - started) / count;
-      this.#claimMax = perTask > WorkerRuntime.SLOW_TASK_MS ||
-          this.config.claimOne
+      this.#claimMax = perTask > WorkerRuntime.SLOW_TASK_MS
         ? 1
-        : Math.min(this.#claimMax * 2, WorkerRuntime.MAX_CLAIM);
+        : Math.min(this.#claimMax * 2, this.config.maxClaim);
       this.output.publish();
     }
   }

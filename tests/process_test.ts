@@ -1,0 +1,71 @@
+import assert from "node:assert/strict";
+
+// These tests run scripts in their own Deno process: a pipeline must let the
+// process exit by itself once the stop request has drained. The timeout is a
+// hang guard, not a speed check.
+
+const HANG_GUARD_MS = 30_000;
+
+/** Runs a script with `deno run` and returns its exit code and output. */
+async function runScript(
+  script: URL,
+  flags: string[] = [],
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const command = new Deno.Command(Deno.execPath(), {
+    args: ["run", ...flags, script.href],
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+    signal: AbortSignal.timeout(HANG_GUARD_MS),
+  });
+  const { code, stdout, stderr } = await command.output();
+  const decoder = new TextDecoder();
+  return {
+    code,
+    stdout: decoder.decode(stdout),
+    stderr: decoder.decode(stderr),
+  };
+}
+
+function range(n: number): number[] {
+  return Array.from({ length: n }, (_, i) => i);
+}
+
+// ---- the stop cascade ends the process ----
+
+Deno.test("Pipeline stop cascade lets a 3-stage script exit without terminate() or done", async () => {
+  const { code, stdout, stderr } = await runScript(
+    new URL("./fixtures/stop_cascade.ts", import.meta.url),
+  );
+  assert.equal(code, 0, stderr);
+  const expected = range(100)
+    .flatMap((i) => [(i + 1) * 2, -(i + 1) * 2])
+    .sort((a, b) => a - b);
+  assert.equal(stdout, `200 results: ${expected.join(",")}\n`);
+});
+
+Deno.test("Pipeline stop cascade lets a script exit when its results are never read", async () => {
+  const { code, stdout, stderr } = await runScript(
+    new URL("./fixtures/unread_results.ts", import.meta.url),
+  );
+  assert.equal(code, 0, stderr);
+  assert.equal(stdout, "stop requested\n");
+});
+
+// ---- the cookbook ----
+
+Deno.test("examples/cookbook.ts prints the cookbook's results and exits", async () => {
+  // The cookbook's last stage is a module target (--allow-read) with two
+  // unordered workers: every result (i + 1) * 2 - 1, in any order.
+  const { code, stdout, stderr } = await runScript(
+    new URL("../examples/cookbook.ts", import.meta.url),
+    ["--allow-read"],
+  );
+  assert.equal(code, 0, stderr);
+  assert.match(stdout, /^(-?\d+\n)+$/);
+  const lines = stdout.trimEnd().split("\n").map(Number);
+  assert.deepEqual(
+    lines.sort((a, b) => a - b),
+    range(10).map((i) => (i + 1) * 2 - 1),
+  );
+});
