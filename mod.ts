@@ -36,6 +36,7 @@
  */
 
 export * from "./lib/errors.ts";
+export * from "./lib/filter.ts";
 export * from "./lib/pipeline.ts";
 export * from "./lib/stage.ts";
 export * from "./lib/worker.ts";

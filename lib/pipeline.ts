@@ -9,6 +9,7 @@
 import { Decoder, Encoder } from "./codec.ts";
 import { PipelineClosedError, StageError } from "./errors.ts";
 import { type Branch, InputLink, type InputMode, OutputPort } from "./link.ts";
+import { type FilterConfig, FilterRuntime } from "./filter.ts";
 import { Bell, Ring } from "./ring.ts";
 import {
   type GetOptions,
@@ -50,6 +51,12 @@ export interface PutOptions {
 }
 
 type AnyStage = Stage<never, unknown>;
+
+/** Each stage's input link: its control block and one ring per producer. */
+type Plan = Map<
+  AnyStage,
+  { control: SharedArrayBuffer; rings: SharedArrayBuffer[] }
+>;
 
 /** A leaf stage's output, read on the main thread. */
 interface Leaf {
@@ -102,6 +109,7 @@ function runtimeUrl(): string {
       TaskWorker,
       OrderedWorker,
       UnorderedWorker,
+      FilterRuntime,
       WorkerRuntime,
     ].map(String);
     parts.push(
@@ -245,12 +253,16 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
     >,
   ): void {
     if (this.#failure !== null || this.#terminated) return;
+    const { subLinks, filters } = this.#planFilters(plan);
     for (const stage of this.#stages) {
       const state = internalsOf(stage);
       const { control, rings } = plan.get(stage)!;
-      const leafRings = state.next.length === 0
-        ? this.#addLeaf(stage, state)
-        : [];
+      const sub = subLinks.get(stage);
+      const leafRings: Branch[] = state.next.length > 0
+        ? []
+        : sub !== undefined
+        ? sub
+        : this.#addLeaf(stage, state);
       for (let index = 0; index < stage.size; index++) {
         const outputs: Branch[] = state.next.map((next) => {
           const target = plan.get(next)!;
@@ -266,16 +278,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
             merged: inputMode(next, nextState).merge,
           };
         });
-        if (leafRings.length > 0) {
-          outputs.push({
-            ring: leafRings[index]!.ring,
-            bell: this.#bell.buffer as SharedArrayBuffer,
-            bellBase: 0,
-            link: leafRings[index]!.control,
-            maxBacklog: 0,
-            merged: false,
-          });
-        }
+        if (leafRings.length > 0) outputs.push(leafRings[index]!);
         this.#spawn(stage, {
           stage: stage.name,
           index,
@@ -297,6 +300,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
             ? SHARED_CLAIM
             : SOLE_CLAIM,
           recover: null,
+          filter: filters.get(stage) ?? null,
         });
       }
     }
@@ -328,10 +332,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
   }
 
   /** Makes the rings from a leaf stage's workers to the main thread. */
-  #addLeaf(
-    stage: AnyStage,
-    state: StageInternals,
-  ): { ring: SharedArrayBuffer; control: SharedArrayBuffer }[] {
+  #addLeaf(stage: AnyStage, state: StageInternals): Branch[] {
     const control = new SharedArrayBuffer(InputLink.WORDS * 4);
     const rings = Array.from(
       { length: stage.size },
@@ -350,7 +351,88 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
       head: 0,
       ended: false,
     });
-    return rings.map((ring) => ({ ring, control }));
+    return rings.map((ring) => ({
+      ring,
+      bell: this.#bell.buffer as SharedArrayBuffer,
+      bellBase: 0,
+      link: control,
+      maxBacklog: 0,
+      merged: false,
+    }));
+  }
+
+  /**
+   * Wires each FilterStage to its sub-pipelines: the filter's worker is the
+   * only producer of each sub-pipeline's root, and the sub-pipeline's leaves
+   * write to a link the filter reads (instead of to the main thread).
+   */
+  #planFilters(plan: Plan): {
+    subLinks: Map<AnyStage, Branch[]>;
+    filters: Map<AnyStage, FilterConfig>;
+  } {
+    const subLinks = new Map<AnyStage, Branch[]>();
+    const filters = new Map<AnyStage, FilterConfig>();
+    for (const stage of this.#stages) {
+      const filter = internalsOf(stage).filter;
+      if (filter === null) continue;
+      const subs = filter.stages.map((root) => {
+        const leaves = reachable(root).filter((s) =>
+          internalsOf(s).next.length === 0
+        );
+        const control = new SharedArrayBuffer(InputLink.WORDS * 4);
+        const rings: SharedArrayBuffer[] = [];
+        for (const leaf of leaves) {
+          const branches: Branch[] = [];
+          for (let i = 0; i < leaf.size; i++) {
+            const ring = Ring.allocate(this.#ringBytes);
+            rings.push(ring);
+            branches.push({
+              ring,
+              bell: control,
+              bellBase: InputLink.BELL,
+              link: control,
+              maxBacklog: 0,
+              merged: false,
+            });
+          }
+          subLinks.set(leaf, branches);
+        }
+        const rootPlan = plan.get(root)!;
+        const rootState = internalsOf(root);
+        const only = leaves.length === 1 ? leaves[0]! : null;
+        return {
+          input: {
+            ring: rootPlan.rings[0]!,
+            bell: rootPlan.control,
+            bellBase: InputLink.BELL,
+            link: rootPlan.control,
+            maxBacklog: Number.isFinite(rootState.maxBacklog)
+              ? rootState.maxBacklog
+              : 0,
+            merged: false,
+          },
+          output: {
+            control,
+            rings,
+            mode: {
+              shared: false,
+              merge: only !== null && internalsOf(only).ordered === true &&
+                only.size > 1,
+              bounded: false,
+              blocking: true,
+            },
+          },
+        };
+      });
+      filters.set(stage, {
+        maxTasks: filter.maxTasks,
+        dropResults: filter.dropResults,
+        cacheResults: filter.cacheResults,
+        doStopTask: filter.doStopTask,
+        subs,
+      });
+    }
+    return { subLinks, filters };
   }
 
   #onMessage(record: WorkerRecord, message: WorkerMessage): void {
@@ -917,6 +999,19 @@ class ResultIterator implements AsyncIterableIterator<unknown> {
   }
 }
 
+/** `root` and every stage its links lead to. */
+function reachable(root: AnyStage): AnyStage[] {
+  const stages: AnyStage[] = [];
+  const stack = [root];
+  while (stack.length > 0) {
+    const stage = stack.pop()!;
+    if (stages.includes(stage)) continue;
+    stages.push(stage);
+    stack.push(...internalsOf(stage).next);
+  }
+  return stages;
+}
+
 /** Every stage reachable from `root`, root first; checks they can be built. */
 function collectStages(root: AnyStage): AnyStage[] {
   if (internalsOf(root) === undefined) {
@@ -931,6 +1026,7 @@ function collectStages(root: AnyStage): AnyStage[] {
     if (stages.includes(stage)) continue;
     stages.push(stage);
     stack.push(...internalsOf(stage).next);
+    stack.push(...(internalsOf(stage).filter?.stages ?? []));
   }
   for (const stage of stages) {
     const state = internalsOf(stage);

@@ -103,6 +103,14 @@ export interface StageInternals {
   next: Stage<never, unknown>[];
   previous: Stage<never, unknown>[];
   owner: StageOwner | null;
+  /** A FilterStage's sub-pipeline roots and settings. */
+  filter: {
+    stages: Stage<never, unknown>[];
+    maxTasks: number;
+    dropResults: boolean;
+    cacheResults: boolean;
+    doStopTask: boolean;
+  } | null;
 }
 
 const internals = new WeakMap<object, StageInternals>();
@@ -203,6 +211,7 @@ export class Stage<I, O> {
       next: [],
       previous: [],
       owner: null,
+      filter: null,
     });
   }
 

@@ -8,6 +8,7 @@
  */
 
 import { type Branch, InputLink, type InputMode, OutputPort } from "./link.ts";
+import { type FilterConfig, FilterRuntime } from "./filter.ts";
 import { Ring } from "./ring.ts";
 import { StageStatus } from "./status.ts";
 import type { ShippedTarget } from "./target.ts";
@@ -45,6 +46,8 @@ export interface WorkerConfig {
   maxClaim: number;
   /** Tasks a lost worker held, which this replacement must close. */
   recover: { from: number; to: number } | null;
+  /** The stage is a FilterStage: run the built-in filter, not a target. */
+  filter: FilterConfig | null;
 }
 
 /** What a worker tells the main thread (never per task). */
@@ -119,8 +122,14 @@ export class WorkerRuntime {
       result: unknown,
     ) => this.#putResult(result);
     if (this.config.recover !== null) this.#recover(this.config.recover);
+    const filter = this.config.filter === null
+      ? null
+      : new FilterRuntime(this.config.filter);
+    if (filter !== null) run = (task) => filter.doTask(task);
     try {
       await this.#loop(run);
+      // A filter lets its sub-pipelines finish before or after its own stop.
+      if (filter?.config.doStopTask) filter.finish();
       if (this.config.doStopTask) {
         const seq = this.input.nextOwnSeq();
         this.#claimed(seq, seq + 1);
@@ -132,6 +141,7 @@ export class WorkerRuntime {
     this.output.publish();
     this.output.putEmpty(Ring.STOP, 0);
     this.output.publish();
+    if (filter !== null && !filter.config.doStopTask) filter.finish();
     WorkerRuntime.post({ type: "exit" });
   }
 
