@@ -21,8 +21,12 @@ import { Decoder, Encoder } from "./codec.ts";
 export interface InputMode {
   /** Several consumers share the link: claims take the lock. */
   shared: boolean;
-  /** The upstream is one ordered stage with several workers: merge its rings by sequence. */
-  merge: boolean;
+  /**
+   * The rings, in order, grouped by upstream stage: `size` rings each. A group
+   * whose stage is ordered and has several workers is merged by sequence
+   * number; the others are taken as they arrive.
+   */
+  groups: { size: number; merge: boolean }[];
   /** Producers bound the backlog, so consumers count tasks as they start. */
   bounded: boolean;
   /** The consumer may block in `Atomics.wait` (workers) or not (the main thread). */
@@ -35,10 +39,6 @@ export class InputLink {
   static readonly BELL = 0;
   /** Lock word: 0 free, 1 held, 2 held with waiters. */
   static readonly LOCK = 2;
-  /** The next upstream sequence number to take (ordered merge). */
-  static readonly NEXT_SEQ = 3;
-  /** 1 + index of the ring holding NEXT_SEQ's records, 0 if not yet found. */
-  static readonly CURRENT = 4;
   /** The next sequence number to stamp on a task (ordered stages). */
   static readonly OWN_SEQ = 5;
   /** Tasks accepted and not yet started (with a maxBacklog). */
@@ -47,8 +47,22 @@ export class InputLink {
   static readonly SPACE_BELL = 7;
   /** How many rings have delivered their stop record. */
   static readonly STOPPED = 9;
-  /** Words of a link's control block. */
-  static readonly WORDS = 16;
+  /** Words before the groups' merge words. */
+  static readonly GROUPS = 16;
+  /** Group word: the next upstream sequence number to take (ordered merge). */
+  static readonly NEXT_SEQ = 0;
+  /** Group word: 1 + index of the ring holding NEXT_SEQ's records, 0 if not yet found. */
+  static readonly CURRENT = 1;
+
+  /** Bytes of the control block of a link fed by `groups` upstream stages. */
+  static bytes(groups: number): number {
+    return (InputLink.GROUPS + 2 * groups) * 4;
+  }
+
+  /** Index of a group's word (NEXT_SEQ or CURRENT). */
+  static groupWord(group: number, word: number): number {
+    return InputLink.GROUPS + 2 * group + word;
+  }
 
   /** What `take` found: a task, a record that is not a task, or nothing yet. */
   static readonly TOOK = 1;
@@ -60,8 +74,14 @@ export class InputLink {
   readonly bell: Int32Array;
   readonly bellBase: number;
   readonly mode: InputMode;
+  /** Each group's first ring, one past its last ring, and whether it is merged. */
+  readonly groups: { start: number; end: number; merge: boolean }[];
+  /** The group of each ring. */
+  readonly groupOf: number[] = [];
   #decoder = new Decoder();
-  #cursor = 0;
+  #group = 0;
+  /** Where each group's as-arrived reading resumes, for fairness. */
+  #cursors: number[];
   // A record being reassembled from fragments, and the ring it comes from.
   #partial: Uint8Array | null = null;
   #partialLength = 0;
@@ -78,6 +98,13 @@ export class InputLink {
     this.mode = mode;
     this.bell = bell?.words ?? this.control;
     this.bellBase = bell?.base ?? InputLink.BELL;
+    let start = 0;
+    this.groups = mode.groups.map(({ size, merge }, group) => {
+      for (let i = 0; i < size; i++) this.groupOf.push(group);
+      start += size;
+      return { start: start - size, end: start, merge };
+    });
+    this.#cursors = this.groups.map((group) => group.start);
   }
 
   /** Whether every upstream producer has stopped and nothing is left. */
@@ -96,9 +123,20 @@ export class InputLink {
     try {
       const rings = this.rings;
       for (let i = 0; i < rings.length; i++) rings[i]!.beginRead();
-      const count = this.mode.merge
-        ? this.#claimInOrder(values, seqs, max)
-        : this.#claimAsArrived(values, seqs, max);
+      const groups = this.groups;
+      // A record half reassembled from fragments is finished first.
+      if (this.#partialRing >= 0) {
+        this.#group = this.groupOf[this.#partialRing]!;
+      }
+      let count = 0;
+      for (let tried = 0; tried < groups.length && count < max; tried++) {
+        const group = this.#group;
+        count = groups[group]!.merge
+          ? this.#claimInOrder(group, values, seqs, count, max)
+          : this.#claimAsArrived(group, values, seqs, count, max);
+        if (this.#partial !== null) break;
+        this.#group = group + 1 === groups.length ? 0 : group + 1;
+      }
       for (let i = 0; i < rings.length; i++) rings[i]!.endRead();
       return count === 0 && this.ended ? -1 : count;
     } finally {
@@ -138,47 +176,62 @@ export class InputLink {
     return seq;
   }
 
-  #claimAsArrived(values: unknown[], seqs: number[], max: number): number {
-    const rings = this.rings;
-    let count = 0;
-    if (this.#partialRing >= 0) this.#cursor = this.#partialRing;
-    for (let tried = 0; tried < rings.length && count < max; tried++) {
-      const index = this.#cursor;
+  /** Takes records of group `group` in the order they arrived; returns the new count. */
+  #claimAsArrived(
+    group: number,
+    values: unknown[],
+    seqs: number[],
+    count: number,
+    max: number,
+  ): number {
+    const { start, end } = this.groups[group]!;
+    if (this.#partialRing >= 0) this.#cursors[group] = this.#partialRing;
+    for (let tried = start; tried < end && count < max; tried++) {
+      const index = this.#cursors[group]!;
       let took: number;
       while (
         count < max &&
-        (took = this.#take(index, values, seqs, count)) !== InputLink.NOTHING
+        (took = this.#take(index, values, seqs, count, -1)) !==
+          InputLink.NOTHING
       ) {
         count += took;
       }
       if (this.#partial !== null) break;
-      this.#cursor = index + 1 === rings.length ? 0 : index + 1;
+      this.#cursors[group] = index + 1 === end ? start : index + 1;
     }
     return count;
   }
 
-  #claimInOrder(values: unknown[], seqs: number[], max: number): number {
+  /** Takes records of group `group` in sequence order; returns the new count. */
+  #claimInOrder(
+    group: number,
+    values: unknown[],
+    seqs: number[],
+    count: number,
+    max: number,
+  ): number {
     const control = this.control;
-    let count = 0;
+    const current = InputLink.groupWord(group, InputLink.CURRENT);
+    const next = InputLink.groupWord(group, InputLink.NEXT_SEQ);
     while (count < max) {
-      let index = Atomics.load(control, InputLink.CURRENT) - 1;
+      let index = Atomics.load(control, current) - 1;
       if (index < 0) {
-        index = this.#findRingOf(Atomics.load(control, InputLink.NEXT_SEQ));
+        index = this.#findRingOf(group, Atomics.load(control, next));
         if (index < 0) break;
-        Atomics.store(control, InputLink.CURRENT, index + 1);
+        Atomics.store(control, current, index + 1);
       }
-      const took = this.#take(index, values, seqs, count);
+      const took = this.#take(index, values, seqs, count, group);
       if (took === InputLink.NOTHING) break;
       count += took;
     }
     return count;
   }
 
-  /** The ring whose next record belongs to upstream task `seq`, or -1. */
-  #findRingOf(seq: number): number {
-    const rings = this.rings;
-    for (let i = 0; i < rings.length; i++) {
-      const ring = rings[i]!;
+  /** The ring of group `group` whose next record belongs to upstream task `seq`, or -1. */
+  #findRingOf(group: number, seq: number): number {
+    const { start, end } = this.groups[group]!;
+    for (let i = start; i < end; i++) {
+      const ring = this.rings[i]!;
       const at = ring.peek();
       if (at < 0) continue;
       if ((ring.kindAt(at) & 0xff) === Ring.STOP) {
@@ -190,12 +243,16 @@ export class InputLink {
     return -1;
   }
 
-  /** Takes one record from ring `index`; returns TOOK, SKIPPED or NOTHING. */
+  /**
+   * Takes one record from ring `index`; returns TOOK, SKIPPED or NOTHING.
+   * `merged` is the ring's group when that group is merged by sequence, or -1.
+   */
   #take(
     index: number,
     values: unknown[],
     seqs: number[],
     count: number,
+    merged: number,
   ): number {
     const ring = this.rings[index]!;
     const at = ring.peek();
@@ -223,9 +280,17 @@ export class InputLink {
       }
       ring.advance();
     }
-    if (this.mode.merge && kind & Ring.LAST) {
-      Atomics.add(this.control, InputLink.NEXT_SEQ, 1);
-      Atomics.store(this.control, InputLink.CURRENT, 0);
+    if (merged >= 0 && kind & Ring.LAST) {
+      Atomics.add(
+        this.control,
+        InputLink.groupWord(merged, InputLink.NEXT_SEQ),
+        1,
+      );
+      Atomics.store(
+        this.control,
+        InputLink.groupWord(merged, InputLink.CURRENT),
+        0,
+      );
       // A producer may wait on the backlog with the record now wanted.
       if (this.mode.bounded) Bell.ring(this.control, InputLink.SPACE_BELL);
     }
@@ -320,8 +385,8 @@ export interface Branch {
   link: SharedArrayBuffer;
   /** Bound on the downstream stage's backlog; 0 for none. */
   maxBacklog: number;
-  /** The downstream merges its producers' rings by sequence (see InputMode.merge). */
-  merged: boolean;
+  /** Index of the NEXT_SEQ word of this producer's group downstream, if that group is merged by sequence; -1 if not. */
+  nextSeqWord: number;
 }
 
 /**
@@ -334,7 +399,7 @@ export class OutputPort {
   readonly bellBases: number[];
   readonly links: Int32Array[];
   readonly maxBacklogs: number[];
-  readonly merged: boolean[];
+  readonly nextSeqWords: number[];
   /** Called after anything was published. */
   onPublish: (() => void) | null = null;
   #encoder = new Encoder();
@@ -345,7 +410,7 @@ export class OutputPort {
     this.bellBases = branches.map((b) => b.bellBase);
     this.links = branches.map((b) => new Int32Array(b.link));
     this.maxBacklogs = branches.map((b) => b.maxBacklog);
-    this.merged = branches.map((b) => b.merged);
+    this.nextSeqWords = branches.map((b) => b.nextSeqWord);
   }
 
   /**
@@ -413,12 +478,12 @@ export class OutputPort {
   #enterBacklog(branch: number, seq: number): void {
     const link = this.links[branch]!;
     const max = this.maxBacklogs[branch]!;
-    const merged = this.merged[branch]!;
+    const nextSeq = this.nextSeqWords[branch]!;
     for (;;) {
       const backlog = Atomics.load(link, InputLink.BACKLOG);
       if (
         backlog < max ||
-        (merged && Atomics.load(link, InputLink.NEXT_SEQ) === seq)
+        (nextSeq >= 0 && Atomics.load(link, nextSeq) === seq)
       ) {
         if (
           Atomics.compareExchange(
@@ -434,7 +499,7 @@ export class OutputPort {
       const counter = Bell.arm(link, InputLink.SPACE_BELL);
       if (
         Atomics.load(link, InputLink.BACKLOG) < max ||
-        (merged && Atomics.load(link, InputLink.NEXT_SEQ) === seq)
+        (nextSeq >= 0 && Atomics.load(link, nextSeq) === seq)
       ) continue;
       Atomics.wait(link, InputLink.SPACE_BELL + Bell.COUNTER, counter);
     }

@@ -236,7 +236,9 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
         ? 1
         : previous.reduce((sum, p) => sum + p.size, 0);
       plan.set(stage, {
-        control: new SharedArrayBuffer(InputLink.WORDS * 4),
+        control: new SharedArrayBuffer(
+          InputLink.bytes(Math.max(1, previous.length)),
+        ),
         rings: Array.from(
           { length: producers },
           () => Ring.allocate(this.#ringBytes),
@@ -275,7 +277,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
             maxBacklog: Number.isFinite(nextState.maxBacklog)
               ? nextState.maxBacklog
               : 0,
-            merged: inputMode(next, nextState).merge,
+            nextSeqWord: nextSeqWord(nextState, stage),
           };
         });
         if (leafRings.length > 0) outputs.push(leafRings[index]!);
@@ -333,14 +335,14 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
 
   /** Makes the rings from a leaf stage's workers to the main thread. */
   #addLeaf(stage: AnyStage, state: StageInternals): Branch[] {
-    const control = new SharedArrayBuffer(InputLink.WORDS * 4);
+    const control = new SharedArrayBuffer(InputLink.bytes(1));
     const rings = Array.from(
       { length: stage.size },
       () => Ring.allocate(this.#ringBytes),
     );
     const mode: InputMode = {
       shared: false,
-      merge: state.ordered! && stage.size > 1,
+      groups: [groupOf(stage)],
       bounded: false,
       blocking: false,
     };
@@ -357,7 +359,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
       bellBase: 0,
       link: control,
       maxBacklog: 0,
-      merged: false,
+      nextSeqWord: -1,
     }));
   }
 
@@ -379,7 +381,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
         const leaves = reachable(root).filter((s) =>
           internalsOf(s).next.length === 0
         );
-        const control = new SharedArrayBuffer(InputLink.WORDS * 4);
+        const control = new SharedArrayBuffer(InputLink.bytes(leaves.length));
         const rings: SharedArrayBuffer[] = [];
         for (const leaf of leaves) {
           const branches: Branch[] = [];
@@ -392,14 +394,13 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
               bellBase: InputLink.BELL,
               link: control,
               maxBacklog: 0,
-              merged: false,
+              nextSeqWord: -1,
             });
           }
           subLinks.set(leaf, branches);
         }
         const rootPlan = plan.get(root)!;
         const rootState = internalsOf(root);
-        const only = leaves.length === 1 ? leaves[0]! : null;
         return {
           input: {
             ring: rootPlan.rings[0]!,
@@ -409,15 +410,14 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
             maxBacklog: Number.isFinite(rootState.maxBacklog)
               ? rootState.maxBacklog
               : 0,
-            merged: false,
+            nextSeqWord: -1,
           },
           output: {
             control,
             rings,
             mode: {
               shared: false,
-              merge: only !== null && internalsOf(only).ordered === true &&
-                only.size > 1,
+              groups: leaves.map(groupOf),
               bounded: false,
               blocking: true,
             },
@@ -1067,15 +1067,30 @@ function ringIndex(
 
 function inputMode(stage: AnyStage, state: StageInternals): InputMode {
   const previous = state.previous;
-  const upstream = previous.length === 1 ? internalsOf(previous[0]!) : null;
   return {
     shared: stage.size > 1,
-    // One ordered upstream with several workers: restore its order by merging.
-    merge: upstream !== null && upstream.ordered === true &&
-      previous[0]!.size > 1,
+    groups: previous.length === 0
+      ? [{ size: 1, merge: false }]
+      : previous.map(groupOf),
     bounded: Number.isFinite(state.maxBacklog),
     blocking: true,
   };
+}
+
+/** The rings `upstream`'s workers feed a link with: merged by sequence if it is ordered with several workers. */
+function groupOf(upstream: AnyStage): { size: number; merge: boolean } {
+  return {
+    size: upstream.size,
+    merge: internalsOf(upstream).ordered === true && upstream.size > 1,
+  };
+}
+
+/** The NEXT_SEQ word `stage`'s group has in `next`'s link, if that group is merged; else -1. */
+function nextSeqWord(next: StageInternals, stage: AnyStage): number {
+  const group = next.previous.indexOf(stage);
+  return groupOf(stage).merge
+    ? InputLink.groupWord(group, InputLink.NEXT_SEQ)
+    : -1;
 }
 
 async function inspectModule(stage: AnyStage): Promise<void> {
