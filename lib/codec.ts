@@ -195,9 +195,12 @@ export class Encoder {
     this.#seen.set(value, this.#seen.size);
     if (Array.isArray(value)) return this.#array(value);
     if (ArrayBuffer.isView(value)) return this.#view_(value);
-    if (value instanceof ArrayBuffer) {
-      this.#tag(Encoder.ARRAY_BUFFER);
-      return this.#raw(new Uint8Array(value));
+    if (value instanceof ArrayBuffer) return this.#arrayBuffer(value);
+    if (value instanceof SharedArrayBuffer) {
+      throw new DOMException(
+        "A SharedArrayBuffer cannot travel through a pipeline's rings: pass shared memory to the workers once, with the stage option args",
+        "DataCloneError",
+      );
     }
     if (value instanceof Date) {
       const at = this.#reserve(9);
@@ -228,7 +231,8 @@ export class Encoder {
     if (value instanceof DOMException) {
       this.#tag(Encoder.DOM_EXCEPTION);
       this.#string(value.message);
-      return this.#string(value.name);
+      this.#string(value.name);
+      return this.#value(value.stack);
     }
     if (value instanceof Error) return this.#error(value);
     if (
@@ -241,6 +245,12 @@ export class Encoder {
     if (typeof value === "function") {
       throw new DOMException(
         `${String(value)} could not be cloned`,
+        "DataCloneError",
+      );
+    }
+    if (Object.prototype.toString.call(value) === "[object Arguments]") {
+      throw new DOMException(
+        "An arguments object could not be cloned",
         "DataCloneError",
       );
     }
@@ -257,22 +267,22 @@ export class Encoder {
    * prototype which it is.
    */
   static #checkCloneable(value: object, prototype: object): void {
-    let cloneable = Encoder.cloneable.get(prototype);
-    if (cloneable === undefined) {
-      try {
-        structuredClone(value);
-        cloneable = true;
-      } catch (error) {
-        if (!(error instanceof DOMException)) throw error;
-        cloneable = false;
-      }
-      Encoder.cloneable.set(prototype, cloneable);
+    if (Encoder.cloneable.get(prototype) === true) return;
+    // Throws a DataCloneError for platform objects structuredClone refuses
+    // (URL, WeakMap, ...) and for instances holding what cannot be cloned.
+    const clone = structuredClone(value);
+    const name = (prototype as { constructor?: { name?: string } })
+      .constructor?.name ?? "object";
+    if (Object.getPrototypeOf(clone) !== Object.prototype) {
+      // A platform object structuredClone copies (Blob, File, ...) is not
+      // plain data the rings can carry.
+      throw new DOMException(
+        `${name} cannot travel through a pipeline's rings: send its contents (bytes, text or plain fields) instead`,
+        "DataCloneError",
+      );
     }
-    if (!cloneable) {
-      const name = (prototype as { constructor?: { name?: string } })
-        .constructor?.name ?? "object";
-      throw new DOMException(`${name} could not be cloned`, "DataCloneError");
-    }
+    // Only successes are remembered: a failure may be this instance's contents.
+    Encoder.cloneable.set(prototype, true);
   }
 
   #array(value: unknown[]): void {
@@ -297,9 +307,23 @@ export class Encoder {
     }
   }
 
+  #arrayBuffer(value: ArrayBuffer): void {
+    if (value.detached) {
+      throw new DOMException(
+        "A detached ArrayBuffer could not be cloned",
+        "DataCloneError",
+      );
+    }
+    this.#tag(Encoder.ARRAY_BUFFER);
+    // The maximum length of a resizable buffer, or 0 for a fixed one.
+    this.#u32(value.resizable ? value.maxByteLength : 0);
+    this.#raw(new Uint8Array(value));
+  }
+
   /** A view travels with its whole buffer, as in `structuredClone`, so views of one buffer stay views of one buffer. */
   #view_(value: ArrayBufferView): void {
-    const name = value.constructor.name;
+    // The built-in type, also for subclasses (node:buffer's Buffer).
+    const name = Object.prototype.toString.call(value).slice(8, -1);
     const kind = Encoder.VIEWS.indexOf(name);
     if (kind < 0 || !(value.buffer instanceof ArrayBuffer)) {
       throw new DOMException(
@@ -332,7 +356,9 @@ export class Encoder {
     this.#string(Encoder.ERRORS.includes(value.name) ? value.name : "Error");
     this.#string(value.message);
     this.#value(value.stack);
-    this.#value("cause" in value ? value.cause : undefined);
+    const hasCause = Object.hasOwn(value, "cause");
+    this.#tag(hasCause ? Encoder.TRUE : Encoder.FALSE);
+    if (hasCause) this.#value(value.cause);
   }
 }
 
@@ -342,7 +368,8 @@ export class Decoder {
   #view: DataView = new DataView(new ArrayBuffer(0));
   #at = 0;
   #objects: unknown[] = [];
-  #text = new TextDecoder();
+  // ignoreBOM: a leading U+FEFF is part of the string, not a byte order mark.
+  #text = new TextDecoder("utf-8", { ignoreBOM: true });
 
   /** Decodes the value encoded at `bytes[start, start + length)`. */
   decode(bytes: Uint8Array, view: DataView, start: number): unknown {
@@ -408,7 +435,16 @@ export class Decoder {
         this.#objects.push(object);
         for (let i = 0; i < n; i++) {
           const key = this.#string();
-          object[key] = this.#value();
+          const value = this.#value();
+          // An own "__proto__" key must stay a key, not set the prototype.
+          if (key === "__proto__") {
+            Object.defineProperty(object, key, {
+              value,
+              writable: true,
+              enumerable: true,
+              configurable: true,
+            });
+          } else object[key] = value;
         }
         return object;
       }
@@ -445,7 +481,13 @@ export class Decoder {
         return set;
       }
       case Encoder.ARRAY_BUFFER: {
-        const buffer = this.#raw().buffer;
+        const maxByteLength = this.#u32();
+        const bytes = this.#raw();
+        let buffer = bytes.buffer as ArrayBuffer;
+        if (maxByteLength !== 0) {
+          buffer = new ArrayBuffer(bytes.length, { maxByteLength });
+          new Uint8Array(buffer).set(bytes);
+        }
         this.#objects.push(buffer);
         return buffer;
       }
@@ -466,9 +508,18 @@ export class Decoder {
         return (this.#objects[index] = new Type(buffer, offset, length));
       }
       case Encoder.DOM_EXCEPTION: {
+        const index = this.#objects.push(null) - 1;
         const message = this.#string();
         const exception = new DOMException(message, this.#string());
-        this.#objects.push(exception);
+        this.#objects[index] = exception;
+        const stack = this.#value();
+        if (typeof stack === "string") {
+          Object.defineProperty(exception, "stack", {
+            value: stack,
+            writable: true,
+            configurable: true,
+          });
+        }
         return exception;
       }
       case Encoder.ERROR: {
@@ -484,10 +535,9 @@ export class Decoder {
         const stack = this.#value();
         if (typeof stack === "string") error.stack = stack;
         else delete error.stack;
-        const cause = this.#value();
-        if (cause !== undefined) {
+        if (this.#value() === true) {
           Object.defineProperty(error, "cause", {
-            value: cause,
+            value: this.#value(),
             writable: true,
             configurable: true,
           });

@@ -147,7 +147,12 @@ function runtimeUrl(): string {
  * ```
  */
 export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
-  /** Settles once every worker has exited (after the stop, a failure or `terminate()`). */
+  /**
+   * Settles once every worker has exited (after the stop, a failure or
+   * `terminate()`). If a stage failed and nothing ever read the results
+   * (`get`, `results()`, iteration), it rejects with the `StageError`, so a
+   * failure is never silent.
+   */
   readonly done: Promise<void>;
 
   #stages: AnyStage[];
@@ -155,6 +160,9 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
   #watchdog: ReturnType<typeof setInterval> | undefined;
   #alive = 0;
   #resolveDone!: () => void;
+  #rejectDone!: (error: StageError) => void;
+  /** Whether anything ever read results, and so will see a failure there. */
+  #read = false;
   #ringBytes: number;
   #spin: number;
 
@@ -190,7 +198,10 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
     const { ringBytes, spin } = checkOptions(options);
     this.#ringBytes = ringBytes;
     this.#spin = spin;
-    this.done = new Promise((resolve) => (this.#resolveDone = resolve));
+    this.done = new Promise((resolve, reject) => {
+      this.#resolveDone = resolve;
+      this.#rejectDone = reject;
+    });
     this.#stages = collectStages(root as unknown as AnyStage);
     const owner: StageOwner = {
       getFrom: (stage, options) => this.#get(this.#leafOf(stage), options),
@@ -264,7 +275,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
         ? []
         : sub !== undefined
         ? sub
-        : this.#addLeaf(stage, state);
+        : this.#addLeaf(stage);
       for (let index = 0; index < stage.size; index++) {
         const outputs: Branch[] = state.next.map((next) => {
           const target = plan.get(next)!;
@@ -334,7 +345,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
   }
 
   /** Makes the rings from a leaf stage's workers to the main thread. */
-  #addLeaf(stage: AnyStage, state: StageInternals): Branch[] {
+  #addLeaf(stage: AnyStage): Branch[] {
     const control = new SharedArrayBuffer(InputLink.bytes(1));
     const rings = Array.from(
       { length: stage.size },
@@ -548,7 +559,8 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
 
   #finish(): void {
     if (this.#watchdog !== undefined) clearInterval(this.#watchdog);
-    this.#resolveDone();
+    if (this.#failure !== null && !this.#read) this.#rejectDone(this.#failure);
+    else this.#resolveDone();
   }
 
   #fail(error: StageError): void {
@@ -796,6 +808,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
     leaf: Leaf | null,
     options: GetOptions | undefined,
   ): AsyncIterableIterator<unknown> {
+    this.#read = true;
     return new ResultIterator(
       () => this.#take(leaf),
       () => this.#get(leaf, options),
@@ -806,6 +819,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
     leaf: Leaf | null,
     options: GetOptions | undefined,
   ): Promise<unknown> {
+    this.#read = true;
     const { timeout, signal } = checkGetOptions(options);
     const deadline = timeout === undefined ? Infinity : Date.now() + timeout;
     for (;;) {
