@@ -194,6 +194,13 @@ export class Encoder {
     }
     this.#seen.set(value, this.#seen.size);
     if (Array.isArray(value)) return this.#array(value);
+    // Plain objects first: the common case skips the type checks below.
+    // (An arguments object also has Object.prototype; it has a callee.)
+    if (
+      Object.getPrototypeOf(value) === Object.prototype && !("callee" in value)
+    ) {
+      return this.#plain(value as Record<string, unknown>);
+    }
     if (ArrayBuffer.isView(value)) return this.#view_(value);
     if (value instanceof ArrayBuffer) return this.#arrayBuffer(value);
     if (value instanceof SharedArrayBuffer) {
@@ -297,14 +304,19 @@ export class Encoder {
   }
 
   #plain(value: Record<string, unknown>): void {
-    const keys = Object.keys(value);
-    this.#tag(Encoder.OBJECT);
-    this.#u32(keys.length);
-    for (let i = 0; i < keys.length; i++) {
-      const key = keys[i]!;
+    const at = this.#reserve(5);
+    this.bytes[at] = Encoder.OBJECT;
+    // for-in walks V8's enum cache without allocating a key array; only class
+    // instances can inherit enumerable keys, so only they need the own check.
+    const plain = Object.getPrototypeOf(value) === Object.prototype;
+    let count = 0;
+    for (const key in value) {
+      if (!plain && !Object.hasOwn(value, key)) continue;
       this.#string(key);
       this.#value(value[key]);
+      count++;
     }
+    this.#view.setUint32(at + 1, count, true);
   }
 
   #arrayBuffer(value: ArrayBuffer): void {
@@ -364,6 +376,10 @@ export class Encoder {
 
 /** Decodes values written by `Encoder`. */
 export class Decoder {
+  /** Slots of the short-string cache (a power of two). */
+  static readonly CACHE_SLOTS = 512;
+
+  #strings: (string | undefined)[] = new Array(Decoder.CACHE_SLOTS);
   #bytes: Uint8Array = new Uint8Array(0);
   #view: DataView = new DataView(new ArrayBuffer(0));
   #at = 0;
@@ -566,15 +582,36 @@ export class Decoder {
       return text;
     }
     this.#at = start + n;
-    if (tag === Encoder.ASCII && n <= 24) {
-      const bytes = this.#bytes;
-      let text = "";
-      for (let i = start; i < start + n; i++) {
-        text += String.fromCharCode(bytes[i]!);
-      }
-      return text;
-    }
+    if (tag === Encoder.ASCII && n <= 64) return this.#shortAscii(start, n);
     return this.#text.decode(this.#bytes.subarray(start, start + n));
+  }
+
+  /**
+   * Short ASCII strings (object keys above all) come from a small cache of
+   * recent strings, checked byte by byte: building them anew costs far more.
+   */
+  #shortAscii(start: number, n: number): string {
+    const bytes = this.#bytes;
+    if (n > 24) return Decoder.#ascii(bytes, start, n);
+    let hash = n;
+    for (let i = start; i < start + n; i++) hash = (hash * 31 + bytes[i]!) | 0;
+    const slot = hash & (Decoder.CACHE_SLOTS - 1);
+    const cached = this.#strings[slot];
+    if (cached !== undefined && cached.length === n) {
+      let i = 0;
+      while (i < n && cached.charCodeAt(i) === bytes[start + i]) i++;
+      if (i === n) return cached;
+    }
+    return (this.#strings[slot] = Decoder.#ascii(bytes, start, n));
+  }
+
+  /** Builds an ASCII string by hand: TextDecoder costs ~1 µs a call on shared memory. */
+  static #ascii(bytes: Uint8Array, start: number, n: number): string {
+    let text = "";
+    for (let i = start; i < start + n; i++) {
+      text += String.fromCharCode(bytes[i]!);
+    }
+    return text;
   }
 
   #raw(): Uint8Array {
