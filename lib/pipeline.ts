@@ -232,14 +232,8 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
   // ---- building ----
 
   /** Allocates every link's control block and rings. */
-  #plan(): Map<
-    AnyStage,
-    { control: SharedArrayBuffer; rings: SharedArrayBuffer[] }
-  > {
-    const plan = new Map<
-      AnyStage,
-      { control: SharedArrayBuffer; rings: SharedArrayBuffer[] }
-    >();
+  #plan(): Plan {
+    const plan: Plan = new Map();
     for (const stage of this.#stages) {
       internalsOf(stage).status = StageStatus.allocate(stage.size);
       const previous = internalsOf(stage).previous;
@@ -259,12 +253,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
     return plan;
   }
 
-  #start(
-    plan: Map<
-      AnyStage,
-      { control: SharedArrayBuffer; rings: SharedArrayBuffer[] }
-    >,
-  ): void {
+  #start(plan: Plan): void {
     if (this.#failure !== null || this.#terminated) return;
     const { subLinks, filters } = this.#planFilters(plan);
     for (const stage of this.#stages) {
