@@ -99,7 +99,7 @@ export class PostMessagePipeline {
 
   private constructor(workers: Worker[][], options: PostMessageOptions) {
     this.#workers = workers.flat();
-    this.#first = workers[0];
+    this.#first = workers[0]!;
     this.#maxInFlight = Math.max(1, options.maxInFlight ?? 4096);
     const batch = Math.max(1, Math.floor(options.batch ?? 1));
     this.#batched = batch > 1;
@@ -149,17 +149,17 @@ export class PostMessagePipeline {
     const ins = workers.map((row) => row.map((): MessagePort[] => []));
     const outs = workers.map((row) => row.map((): MessagePort[] => []));
     for (let k = 0; k + 1 < workers.length; k++) {
-      for (let u = 0; u < workers[k].length; u++) {
-        for (let d = 0; d < workers[k + 1].length; d++) {
+      for (let u = 0; u < workers[k]!.length; u++) {
+        for (let d = 0; d < workers[k + 1]!.length; d++) {
           const ch = new MessageChannel();
-          outs[k][u].push(ch.port1);
-          ins[k + 1][d].push(ch.port2);
+          outs[k]![u]!.push(ch.port1);
+          ins[k + 1]![d]!.push(ch.port2);
         }
       }
     }
     workers.forEach((row, k) =>
       row.forEach((w, i) => {
-        const init = { index: i, ins: ins[k][i], outs: outs[k][i] };
+        const init = { index: i, ins: ins[k]![i]!, outs: outs[k]![i]! };
         w.postMessage(init, [...init.ins, ...init.outs]);
       })
     );
@@ -183,7 +183,7 @@ export class PostMessagePipeline {
       w.onmessageerror = () =>
         p.#failWith(new Error("message could not be deserialized"));
     }
-    for (const w of workers[workers.length - 1]) {
+    for (const w of workers[workers.length - 1]!) {
       w.onmessage = (e) => p.#sink(e.data);
     }
     return p;
@@ -294,7 +294,7 @@ export class PostMessagePipeline {
 
   // Sends one message to the next first-stage worker, round-robin.
   #post(s: number, v: unknown): void {
-    const w = this.#first[this.#rr];
+    const w = this.#first[this.#rr]!;
     this.#rr = this.#rr + 1 === this.#first.length ? 0 : this.#rr + 1;
     if (this.#transfer) w.postMessage({ s, v }, transferList(v, this.#batched));
     else w.postMessage({ s, v });

@@ -66,7 +66,7 @@ async function latency(name: string, n: number): Promise<void> {
       us.push((performance.now() - t0) * 1000);
     }
     us.sort((a, b) => a - b);
-    const rank = (q: number) => us[Math.ceil(q * us.length) - 1]; // nearest rank
+    const rank = (q: number) => us[Math.ceil(q * us.length) - 1]!; // nearest rank
     console.log(
       `${name.padEnd(34)} p50 ${rank(0.5).toFixed(0)} µs  p99 ${
         rank(0.99).toFixed(0)

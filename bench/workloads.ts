@@ -199,7 +199,8 @@ export function w4Check(i: number, result: unknown): void {
     mismatch("W4", i, `${W4_BYTES} bytes`, result);
   }
   const got =
-    (result[0] | result[1] << 8 | result[2] << 16 | result[3] << 24) >>> 0;
+    (result[0]! | result[1]! << 8 | result[2]! << 16 | result[3]! << 24) >>>
+    0;
   if (got !== i >>> 0) mismatch("W4", i, `task number ${i}`, got);
   for (const j of [4, 255, 256, 4097, W4_BYTES - 1]) {
     if (result[j] !== (j & 255)) {

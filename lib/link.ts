@@ -158,7 +158,7 @@ export class InputLink {
 
   /** Sleeps until a producer rings the bell after `arm()` returned `counter`. */
   sleep(counter: number): void {
-    Atomics.wait(this.bell, this.bellBase + Bell.COUNTER, counter);
+    Bell.sleep(this.bell, this.bellBase + Bell.COUNTER, counter);
   }
 
   /** Counts a claimed task as started, freeing a place in a bounded backlog. */
@@ -362,7 +362,7 @@ export class InputLink {
     }
     if (state !== 2) state = Atomics.exchange(control, InputLink.LOCK, 2);
     while (state !== 0) {
-      Atomics.wait(control, InputLink.LOCK, 2);
+      Bell.sleep(control, InputLink.LOCK, 2);
       state = Atomics.exchange(control, InputLink.LOCK, 2);
     }
   }
@@ -465,7 +465,7 @@ export class OutputPort {
         : ring.write(kind, seq, bytes, done, length);
       if (bytes === null ? done === 1 : done === length) return;
       if (done === before) {
-        Atomics.wait(ring.control, Ring.SPACE_BELL + Bell.COUNTER, counter);
+        Bell.sleep(ring.control, Ring.SPACE_BELL + Bell.COUNTER, counter);
       }
     }
   }
@@ -501,7 +501,7 @@ export class OutputPort {
         Atomics.load(link, InputLink.BACKLOG) < max ||
         (nextSeq >= 0 && Atomics.load(link, nextSeq) === seq)
       ) continue;
-      Atomics.wait(link, InputLink.SPACE_BELL + Bell.COUNTER, counter);
+      Bell.sleep(link, InputLink.SPACE_BELL + Bell.COUNTER, counter);
     }
   }
 }

@@ -187,6 +187,12 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
   #seqs: number[] = [];
   /** Readers sleeping in `waitAsync`, which `put` wakes when results are here. */
   #readers: (() => void)[] = [];
+  /**
+   * Every word a worker may sleep on. A worker blocked in `Atomics.wait`
+   * ignores `terminate()` until woken, so terminating is always followed by
+   * notifying all of them.
+   */
+  #sleepWords: [Int32Array, number][] = [];
 
   /**
    * Builds and starts every stage reachable from `root`.
@@ -234,21 +240,31 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
   /** Allocates every link's control block and rings. */
   #plan(): Plan {
     const plan: Plan = new Map();
+    const words = this.#sleepWords;
     for (const stage of this.#stages) {
       internalsOf(stage).status = StageStatus.allocate(stage.size);
       const previous = internalsOf(stage).previous;
       const producers = previous.length === 0
         ? 1
         : previous.reduce((sum, p) => sum + p.size, 0);
-      plan.set(stage, {
-        control: new SharedArrayBuffer(
-          InputLink.bytes(Math.max(1, previous.length)),
-        ),
-        rings: Array.from(
-          { length: producers },
-          () => Ring.allocate(this.#ringBytes),
-        ),
-      });
+      const control = new SharedArrayBuffer(
+        InputLink.bytes(Math.max(1, previous.length)),
+      );
+      const rings = Array.from(
+        { length: producers },
+        () => this.#allocateRing(),
+      );
+      plan.set(stage, { control, rings });
+      const link = new Int32Array(control);
+      words.push(
+        [link, InputLink.BELL + Bell.COUNTER],
+        [link, InputLink.LOCK],
+        [link, InputLink.SPACE_BELL + Bell.COUNTER],
+      );
+      const status = new StageStatus(internalsOf(stage).status!, stage.size);
+      for (let i = 0; i < stage.size; i++) {
+        words.push([status.words, status.at(i, StageStatus.RUNNING)]);
+      }
     }
     return plan;
   }
@@ -301,6 +317,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
             : stage.size > 1
             ? SHARED_CLAIM
             : SOLE_CLAIM,
+          generation: 0,
           recover: null,
           filter: filters.get(stage) ?? null,
         });
@@ -308,6 +325,36 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
     }
     if (this.#stages.some((s) => Number.isFinite(internalsOf(s).taskTimeout))) {
       this.#startWatchdog();
+    }
+  }
+
+  /** A ring whose space bell `#wakeSleepers` will ring. */
+  #allocateRing(): SharedArrayBuffer {
+    const ring = Ring.allocate(this.#ringBytes);
+    this.#sleepWords.push([
+      new Int32Array(ring, 0, Ring.CONTROL_BYTES >> 2),
+      Ring.SPACE_BELL + Bell.COUNTER,
+    ]);
+    return ring;
+  }
+
+  /** Stops a worker for good: even one asleep in `Atomics.wait` (see Bell.stop). */
+  #stopWorker(record: WorkerRecord): void {
+    record.gone = true;
+    const { stage, config } = record;
+    const status = new StageStatus(internalsOf(stage).status!, stage.size);
+    Atomics.store(
+      status.words,
+      status.at(config.index, StageStatus.STOPPED),
+      config.generation + 1,
+    );
+    record.worker.terminate();
+  }
+
+  /** Wakes every sleeping worker: the stopped ones then end, the others look again. */
+  #wakeSleepers(): void {
+    for (const [words, index] of this.#sleepWords) {
+      Atomics.notify(words, index);
     }
   }
 
@@ -338,7 +385,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
     const control = new SharedArrayBuffer(InputLink.bytes(1));
     const rings = Array.from(
       { length: stage.size },
-      () => Ring.allocate(this.#ringBytes),
+      () => this.#allocateRing(),
     );
     const mode: InputMode = {
       shared: false,
@@ -382,11 +429,15 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
           internalsOf(s).next.length === 0
         );
         const control = new SharedArrayBuffer(InputLink.bytes(leaves.length));
+        this.#sleepWords.push([
+          new Int32Array(control),
+          InputLink.BELL + Bell.COUNTER,
+        ]);
         const rings: SharedArrayBuffer[] = [];
         for (const leaf of leaves) {
           const branches: Branch[] = [];
           for (let i = 0; i < leaf.size; i++) {
-            const ring = Ring.allocate(this.#ringBytes);
+            const ring = this.#allocateRing();
             rings.push(ring);
             branches.push({
               ring,
@@ -440,8 +491,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
     const { stage, config } = record;
     switch (message.type) {
       case "exit":
-        record.gone = true;
-        record.worker.terminate();
+        this.#stopWorker(record);
         this.#exited();
         break;
       case "error":
@@ -473,8 +523,8 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
    */
   #lost(record: WorkerRecord, reason: string, cause: unknown): void {
     if (record.gone || this.#failure !== null || this.#terminated) return;
-    record.gone = true;
-    record.worker.terminate();
+    this.#stopWorker(record);
+    this.#wakeSleepers();
     const { stage, config } = record;
     const state = internalsOf(stage);
     const status = new StageStatus(state.status!, stage.size);
@@ -507,7 +557,11 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
     );
     this.#alive--;
     this.#workers.splice(this.#workers.indexOf(record), 1);
-    this.#spawn(stage, { ...config, recover: { from, to } });
+    this.#spawn(stage, {
+      ...config,
+      generation: config.generation + 1,
+      recover: { from, to },
+    });
     if (typeof state.onError === "function") state.onError(error);
   }
 
@@ -561,10 +615,8 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
   /** Terminates every worker and wakes every waiter on the main thread. */
   #shutDown(reason: unknown): void {
     clearTimeout(this.#flush);
-    for (const record of this.#workers) {
-      record.gone = true;
-      record.worker.terminate();
-    }
+    for (const record of this.#workers) this.#stopWorker(record);
+    this.#wakeSleepers();
     this.#workers = [];
     this.#alive = 0;
     this.#finish();

@@ -44,6 +44,26 @@ export class Bell {
     }
   }
 
+  /**
+   * Where this thread learns it was stopped: a word and the generation of the
+   * worker; set by the worker runtime. A worker blocked in `Atomics.wait`
+   * ignores `Worker.terminate()`, so the main thread raises the word, wakes
+   * every sleeper, and a stopped worker unwinds from its next sleep.
+   */
+  static stop: { words: Int32Array; index: number; generation: number } | null =
+    null;
+
+  /** `Atomics.wait` for workers, which throws once this worker was stopped. */
+  static sleep(words: Int32Array, index: number, value: number): void {
+    Atomics.wait(words, index, value);
+    const stop = Bell.stop;
+    if (
+      stop !== null && Atomics.load(stop.words, stop.index) > stop.generation
+    ) {
+      throw new Error("This worker was stopped by its pipeline");
+    }
+  }
+
   /** Wakes every waiter unconditionally (used on stop and on failure). */
   static ringAlways(words: Int32Array, base: number): void {
     Atomics.store(words, base + Bell.WAITING, 0);

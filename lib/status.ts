@@ -17,7 +17,7 @@ export class StageStatus {
   /** Words before the first worker's slot. */
   static readonly HEADER = 4;
   /** Words of a worker's slot. */
-  static readonly SLOT = 4;
+  static readonly SLOT = 5;
   /** Slot word: 1 while a timed task runs; the main thread swaps it to 2 to take the task over. */
   static readonly RUNNING = 0;
   /** Slot word: the first claimed task whose results are not all published. */
@@ -26,6 +26,8 @@ export class StageStatus {
   static readonly TO = 2;
   /** Slot word: the task running now. */
   static readonly SEQ = 3;
+  /** Slot word: workers of a lower generation than this must stop (see Bell.stop). */
+  static readonly STOPPED = 4;
 
   /** Creates the shared memory of a stage of `size` workers. */
   static allocate(size: number): SharedArrayBuffer {

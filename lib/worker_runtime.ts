@@ -9,7 +9,7 @@
 
 import { type Branch, InputLink, type InputMode, OutputPort } from "./link.ts";
 import { type FilterConfig, FilterRuntime } from "./filter.ts";
-import { Ring } from "./ring.ts";
+import { Bell, Ring } from "./ring.ts";
 import { StageStatus } from "./status.ts";
 import type { ShippedTarget } from "./target.ts";
 import { OrderedWorker, TaskWorker, UnorderedWorker } from "./worker.ts";
@@ -44,6 +44,8 @@ export interface WorkerConfig {
    * workers bounds what a sudden slow task can hold back from the others.
    */
   maxClaim: number;
+  /** How many workers held this place before (0, or more after restarts). */
+  generation: number;
   /** Tasks a lost worker held, which this replacement must close. */
   recover: { from: number; to: number } | null;
   /** The stage is a FilterStage: run the built-in filter, not a target. */
@@ -95,6 +97,11 @@ export class WorkerRuntime {
     );
     this.output = new OutputPort(config.outputs);
     this.status = new StageStatus(config.status, config.size);
+    Bell.stop = {
+      words: this.status.words,
+      index: this.status.at(config.index, StageStatus.STOPPED),
+      generation: config.generation,
+    };
     // What is published is safe; a replacement must close what is not.
     const from = this.status.at(config.index, StageStatus.FROM);
     this.output.onPublish = () => {
@@ -253,7 +260,7 @@ export class WorkerRuntime {
     const { words } = this.status;
     const running = this.status.at(this.config.index, StageStatus.RUNNING);
     if (Atomics.compareExchange(words, running, 1, 0) === 1) return;
-    for (;;) Atomics.wait(words, running, 2);
+    for (;;) Bell.sleep(words, running, 2);
   }
 
   /** Closes the tasks a lost worker held, so an ordered merge does not wait for them. */
