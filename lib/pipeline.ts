@@ -61,10 +61,18 @@ type Plan = Map<
 /** A leaf stage's output, read on the main thread. */
 interface Leaf {
   stage: AnyStage;
-  link: InputLink;
+  /** Null until the workers start (a Stage of a module target is inspected first). */
+  link: InputLink | null;
   queue: unknown[];
   head: number;
   ended: boolean;
+}
+
+/** A word a worker may sleep on, and how to wake it. */
+interface SleepWord {
+  words: Int32Array;
+  index: number;
+  kind: "counter" | "lock" | "running";
 }
 
 /** A running worker and what it was started with. */
@@ -192,7 +200,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
    * ignores `terminate()` until woken, so terminating is always followed by
    * notifying all of them.
    */
-  #sleepWords: [Int32Array, number][] = [];
+  #sleepWords: SleepWord[] = [];
 
   /**
    * Builds and starts every stage reachable from `root`.
@@ -209,6 +217,23 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
       this.#rejectDone = reject;
     });
     this.#stages = collectStages(root as unknown as AnyStage);
+    // Leaves are known now, so stage.get() works while workers start.
+    const inFilters = new Set(
+      this.#stages.flatMap((s) =>
+        (internalsOf(s).filter?.stages ?? []).flatMap(reachable)
+      ),
+    );
+    for (const stage of this.#stages) {
+      if (internalsOf(stage).next.length === 0 && !inFilters.has(stage)) {
+        this.#leaves.push({
+          stage,
+          link: null,
+          queue: [],
+          head: 0,
+          ended: false,
+        });
+      }
+    }
     const owner: StageOwner = {
       getFrom: (stage, options) => this.#get(this.#leafOf(stage), options),
       resultsFrom: (stage, options) =>
@@ -257,13 +282,21 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
       plan.set(stage, { control, rings });
       const link = new Int32Array(control);
       words.push(
-        [link, InputLink.BELL + Bell.COUNTER],
-        [link, InputLink.LOCK],
-        [link, InputLink.SPACE_BELL + Bell.COUNTER],
+        { words: link, index: InputLink.BELL + Bell.COUNTER, kind: "counter" },
+        { words: link, index: InputLink.LOCK, kind: "lock" },
+        {
+          words: link,
+          index: InputLink.SPACE_BELL + Bell.COUNTER,
+          kind: "counter",
+        },
       );
       const status = new StageStatus(internalsOf(stage).status!, stage.size);
       for (let i = 0; i < stage.size; i++) {
-        words.push([status.words, status.at(i, StageStatus.RUNNING)]);
+        words.push({
+          words: status.words,
+          index: status.at(i, StageStatus.RUNNING),
+          kind: "running",
+        });
       }
     }
     return plan;
@@ -331,10 +364,11 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
   /** A ring whose space bell `#wakeSleepers` will ring. */
   #allocateRing(): SharedArrayBuffer {
     const ring = Ring.allocate(this.#ringBytes);
-    this.#sleepWords.push([
-      new Int32Array(ring, 0, Ring.CONTROL_BYTES >> 2),
-      Ring.SPACE_BELL + Bell.COUNTER,
-    ]);
+    this.#sleepWords.push({
+      words: new Int32Array(ring, 0, Ring.CONTROL_BYTES >> 2),
+      index: Ring.SPACE_BELL + Bell.COUNTER,
+      kind: "counter",
+    });
     return ring;
   }
 
@@ -351,9 +385,18 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
     record.worker.terminate();
   }
 
-  /** Wakes every sleeping worker: the stopped ones then end, the others look again. */
-  #wakeSleepers(): void {
-    for (const [words, index] of this.#sleepWords) {
+  /**
+   * Wakes sleeping workers: the stopped ones then end, the others look again.
+   * Each word's value changes, so that a worker between reading a bell and
+   * sleeping on it cannot miss the wake-up. Lock and running words are only
+   * touched when every worker stops (`all`): a lost worker never sleeps on a
+   * lock, since it is lost while running task code.
+   */
+  #wakeSleepers(all: boolean): void {
+    for (const { words, index, kind } of this.#sleepWords) {
+      if (kind === "counter") Atomics.add(words, index, 1);
+      else if (!all) continue;
+      else Atomics.store(words, index, kind === "lock" ? 0 : 3);
       Atomics.notify(words, index);
     }
   }
@@ -393,12 +436,9 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
       bounded: false,
       blocking: false,
     };
-    this.#leaves.push({
-      stage,
-      link: new InputLink(control, rings, mode, { words: this.#bell, base: 0 }),
-      queue: [],
-      head: 0,
-      ended: false,
+    this.#leafOf(stage).link = new InputLink(control, rings, mode, {
+      words: this.#bell,
+      base: 0,
     });
     return rings.map((ring) => ({
       ring,
@@ -429,10 +469,11 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
           internalsOf(s).next.length === 0
         );
         const control = new SharedArrayBuffer(InputLink.bytes(leaves.length));
-        this.#sleepWords.push([
-          new Int32Array(control),
-          InputLink.BELL + Bell.COUNTER,
-        ]);
+        this.#sleepWords.push({
+          words: new Int32Array(control),
+          index: InputLink.BELL + Bell.COUNTER,
+          kind: "counter",
+        });
         const rings: SharedArrayBuffer[] = [];
         for (const leaf of leaves) {
           const branches: Branch[] = [];
@@ -510,7 +551,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
         break;
       }
       case "lost":
-        this.#lost(record, message.reason, undefined);
+        this.#lost(record, message.reason, message.error);
         break;
     }
   }
@@ -524,7 +565,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
   #lost(record: WorkerRecord, reason: string, cause: unknown): void {
     if (record.gone || this.#failure !== null || this.#terminated) return;
     this.#stopWorker(record);
-    this.#wakeSleepers();
+    this.#wakeSleepers(false);
     const { stage, config } = record;
     const state = internalsOf(stage);
     const status = new StageStatus(state.status!, stage.size);
@@ -616,7 +657,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
   #shutDown(reason: unknown): void {
     clearTimeout(this.#flush);
     for (const record of this.#workers) this.#stopWorker(record);
-    this.#wakeSleepers();
+    this.#wakeSleepers(true);
     this.#workers = [];
     this.#alive = 0;
     this.#finish();
@@ -639,6 +680,11 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
    * @param options Options, such as an `AbortSignal`.
    */
   put(task: I | null, options?: PutOptions): Promise<void> {
+    try {
+      checkCallOptions("put", options)?.signal?.throwIfAborted();
+    } catch (error) {
+      return Promise.reject(error);
+    }
     if (this.#failure !== null) return Promise.reject(this.#failure);
     if (this.#stopped || this.#terminated) {
       return Promise.reject(
@@ -849,6 +895,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
     leaf: Leaf | null,
     options: GetOptions | undefined,
   ): AsyncIterableIterator<unknown> {
+    checkCallOptions("results", options);
     this.#read = true;
     return new ResultIterator(
       () => this.#take(leaf),
@@ -861,7 +908,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
     options: GetOptions | undefined,
   ): Promise<unknown> {
     this.#read = true;
-    const { timeout, signal } = checkGetOptions(options);
+    const { timeout, signal } = checkCallOptions("get", options);
     const deadline = timeout === undefined ? Infinity : Date.now() + timeout;
     for (;;) {
       if (this.#failure !== null) throw this.#failure;
@@ -874,22 +921,21 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
       if (this.#ended(leaf) || this.#failure !== null) continue;
       if (this.#unpublished !== 0) this.#publishInput();
       if (this.#pending.length !== 0) this.#pump();
-      if (this.#spinForOutput(leaf)) continue;
+      if (this.#spinForOutput(counter)) continue;
       await this.#waitForOutput(counter, deadline, timeout, signal);
     }
   }
 
   /**
-   * Looks at the rings a bounded number of times before sleeping: a result
+   * Watches the doorbell a bounded number of times before sleeping: a result
    * that is microseconds away is worth a short spin, since a `waitAsync`
-   * wake-up costs tens of microseconds.
+   * wake-up costs tens of microseconds. The bell, armed with `counter`, moves
+   * only when something new is published; records already in the rings may
+   * be ones an ordered merge cannot take yet.
    */
-  #spinForOutput(leaf: Leaf | null): boolean {
-    const leaves = leaf === null ? this.#leaves : [leaf];
+  #spinForOutput(counter: number): boolean {
     for (let spin = 0; spin < this.#spin; spin++) {
-      for (let i = 0; i < leaves.length; i++) {
-        if (leaves[i]!.link.hasData()) return true;
-      }
+      if (Atomics.load(this.#bell, Bell.COUNTER) !== counter) return true;
     }
     return false;
   }
@@ -935,7 +981,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
 
   /** Wakes the sleeping readers if a leaf ring holds results. */
   #wakeReaders(): void {
-    if (!this.#leaves.some((leaf) => leaf.link.hasData())) return;
+    if (!this.#leaves.some((leaf) => leaf.link?.hasData())) return;
     for (const wake of this.#readers.splice(0)) wake();
   }
 
@@ -965,6 +1011,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
     if (this.#pending.length !== 0) this.#pump();
     leaf.queue.length = 0;
     leaf.head = 0;
+    if (leaf.link === null) return NONE;
     const count = leaf.link.claim(leaf.queue, this.#seqs, CLAIM);
     if (count < 0) leaf.ended = true;
     if (count <= 0) return NONE;
@@ -1258,14 +1305,26 @@ function checkOptions(options: unknown): { ringBytes: number; spin: number } {
   return { ringBytes, spin };
 }
 
-function checkGetOptions(
+/** Checks the options of `call`: `{ timeout?, signal? }` (`put` takes no timeout). */
+function checkCallOptions(
+  call: "get" | "results" | "put",
   options: GetOptions | undefined,
 ): { timeout: number | undefined; signal: AbortSignal | undefined } {
   if (options === undefined) return { timeout: undefined, signal: undefined };
   if (typeof options !== "object" || options === null) {
     throw new TypeError(
-      `get: 'options' must be an object, got ${describe(options)}`,
+      `${call}: 'options' must be an object, got ${describe(options)}`,
     );
+  }
+  const names = call === "put" ? ["signal"] : ["timeout", "signal"];
+  for (const key of Object.keys(options)) {
+    if (!names.includes(key)) {
+      throw new TypeError(
+        `${call}: 'options.${key}' is not an option; the options are ${
+          names.join(", ")
+        }`,
+      );
+    }
   }
   const { timeout, signal } = options;
   if (
@@ -1273,14 +1332,16 @@ function checkGetOptions(
     (typeof timeout !== "number" || Number.isNaN(timeout) || timeout < 0)
   ) {
     throw new RangeError(
-      `get: 'options.timeout' must be a non-negative number of milliseconds, got ${
+      `${call}: 'options.timeout' must be a non-negative number of milliseconds, got ${
         describe(timeout)
       }`,
     );
   }
   if (signal !== undefined && !(signal instanceof AbortSignal)) {
     throw new TypeError(
-      `get: 'options.signal' must be an AbortSignal, got ${describe(signal)}`,
+      `${call}: 'options.signal' must be an AbortSignal, got ${
+        describe(signal)
+      }`,
     );
   }
   return { timeout, signal };

@@ -53,15 +53,30 @@ export class Bell {
   static stop: { words: Int32Array; index: number; generation: number } | null =
     null;
 
-  /** `Atomics.wait` for workers, which throws once this worker was stopped. */
-  static sleep(words: Int32Array, index: number, value: number): void {
-    Atomics.wait(words, index, value);
+  /** Whether this worker was stopped by its pipeline. */
+  static stopped(): boolean {
     const stop = Bell.stop;
-    if (
-      stop !== null && Atomics.load(stop.words, stop.index) > stop.generation
-    ) {
+    return stop !== null &&
+      Atomics.load(stop.words, stop.index) > stop.generation;
+  }
+
+  /** Throws if this worker was stopped, so that it unwinds and closes itself. */
+  static checkStopped(): void {
+    if (Bell.stopped()) {
       throw new Error("This worker was stopped by its pipeline");
     }
+  }
+
+  /**
+   * `Atomics.wait` for workers, which throws once this worker was stopped.
+   * It checks before sleeping too: a worker that was still starting when it
+   * was stopped may come to sleep after the wake-ups (the main thread raises
+   * the stop word before it wakes anyone, so one of the checks sees it).
+   */
+  static sleep(words: Int32Array, index: number, value: number): void {
+    Bell.checkStopped();
+    Atomics.wait(words, index, value);
+    Bell.checkStopped();
   }
 
   /** Wakes every waiter unconditionally (used on stop and on failure). */

@@ -64,8 +64,8 @@ export type WorkerMessage =
   }
   /** A task failed and was dropped (onError "skip"). */
   | { type: "skipped"; task: number; error: unknown }
-  /** The worker is about to end itself (close() or Deno.exit()). */
-  | { type: "lost"; reason: string };
+  /** The worker is about to end: close(), Deno.exit(), or an error outside doTask(). */
+  | { type: "lost"; reason: string; error?: unknown };
 
 type Run = (task: unknown) => unknown;
 
@@ -76,8 +76,17 @@ export class WorkerRuntime {
 
   /** Starts the worker described by `config`; reports every failure. */
   static async start(config: WorkerConfig): Promise<void> {
-    await new WorkerRuntime(config).run();
+    try {
+      await new WorkerRuntime(config).run();
+    } finally {
+      // A terminate() that came while this worker slept in Atomics.wait is
+      // lost (Deno), so a stopped worker ends itself.
+      if (Bell.stopped()) WorkerRuntime.close();
+    }
   }
+
+  /** The worker scope's own close(), kept before user code can replace it. */
+  static close: () => void = () => {};
 
   readonly config: WorkerConfig;
   readonly input: InputLink;
@@ -204,6 +213,8 @@ export class WorkerRuntime {
   }
 
   #succeeded(result: unknown): void {
+    // A stopped worker whose task outlived the stop must not touch the rings.
+    Bell.checkStopped();
     if (this.config.timed) this.#endTimed();
     try {
       this.#finish(result);
@@ -216,6 +227,7 @@ export class WorkerRuntime {
   }
 
   #failed(error: unknown, timed = this.config.timed): undefined {
+    Bell.checkStopped();
     if (timed) this.#endTimed();
     if (this.config.onError === "fail") throw error;
     Atomics.add(this.status.words, StageStatus.SKIPPED, 1);
@@ -276,12 +288,40 @@ export class WorkerRuntime {
 
   /** Reports close() and Deno.exit() before they end the worker without a word. */
   #interceptExits(): void {
-    const scope = globalThis as unknown as { close(): void };
+    const scope = globalThis as unknown as {
+      close(): void;
+      addEventListener(
+        type: string,
+        listener: (
+          event: Event & { error?: unknown; reason?: unknown },
+        ) => void,
+      ): void;
+    };
     const close = scope.close.bind(scope);
+    WorkerRuntime.close = close;
     scope.close = () => {
       WorkerRuntime.post({ type: "lost", reason: "it called close()" });
       close();
     };
+    // An error outside doTask() (a timer, an event): report it with its
+    // cause, then end, rather than let it surface as a bare error event.
+    const lost = (what: string, error: unknown) => {
+      const text = error instanceof Error ? error.message : String(error);
+      try {
+        WorkerRuntime.post({ type: "lost", reason: `${what}: ${text}`, error });
+      } catch {
+        WorkerRuntime.post({ type: "lost", reason: `${what}: ${text}` });
+      }
+      close();
+    };
+    scope.addEventListener("error", (event) => {
+      event.preventDefault();
+      lost("it threw outside doTask()", event.error);
+    });
+    scope.addEventListener("unhandledrejection", (event) => {
+      event.preventDefault();
+      lost("a Promise outside doTask() rejected", event.reason);
+    });
     const exit = Deno.exit;
     Object.defineProperty(Deno, "exit", {
       configurable: true,
