@@ -220,7 +220,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
     // Leaves are known now, so stage.get() works while workers start.
     const inFilters = new Set(
       this.#stages.flatMap((s) =>
-        (internalsOf(s).filter?.stages ?? []).flatMap(reachable)
+        (internalsOf(s).filter?.stages ?? []).flatMap((sub) => reachable(sub))
       ),
     );
     for (const stage of this.#stages) {
@@ -1101,8 +1101,8 @@ class ResultIterator implements AsyncIterableIterator<unknown> {
   }
 }
 
-/** `root` and every stage its links lead to. */
-function reachable(root: AnyStage): AnyStage[] {
+/** `root` and every stage its links (and, `throughFilters`, its filters' sub-pipelines) lead to. */
+function reachable(root: AnyStage, throughFilters = false): AnyStage[] {
   const stages: AnyStage[] = [];
   const stack = [root];
   while (stack.length > 0) {
@@ -1110,6 +1110,9 @@ function reachable(root: AnyStage): AnyStage[] {
     if (stages.includes(stage)) continue;
     stages.push(stage);
     stack.push(...internalsOf(stage).next);
+    if (throughFilters) {
+      stack.push(...(internalsOf(stage).filter?.stages ?? []));
+    }
   }
   return stages;
 }
@@ -1121,15 +1124,7 @@ function collectStages(root: AnyStage): AnyStage[] {
       `Pipeline: 'root' must be a Stage, got ${describe(root)}`,
     );
   }
-  const stages: AnyStage[] = [];
-  const stack = [root];
-  while (stack.length > 0) {
-    const stage = stack.pop()!;
-    if (stages.includes(stage)) continue;
-    stages.push(stage);
-    stack.push(...internalsOf(stage).next);
-    stack.push(...(internalsOf(stage).filter?.stages ?? []));
-  }
+  const stages = reachable(root, true);
   for (const stage of stages) {
     const state = internalsOf(stage);
     if (state.owner !== null) {

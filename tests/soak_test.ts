@@ -8,6 +8,7 @@ import {
   UnorderedStage,
 } from "../mod.ts";
 import { guarded } from "./fixtures/faults/harness.ts";
+import { Prng } from "./support/prng.ts";
 
 // Soak: seeded random pipelines (chains and forks of up to five stages of one
 // to four workers, ordered and unordered), random tasks (payloads from 0 B to
@@ -34,35 +35,8 @@ function env(name: string): string | undefined {
 
 // ---- randomness ----
 
-/** A seeded random source (mulberry32), so a failure reports a seed that replays it. */
-class Random {
-  #state: number;
-
-  constructor(seed: number) {
-    this.#state = seed >>> 0;
-  }
-
-  /** A uniform float in [0, 1). */
-  next(): number {
-    let t = (this.#state = (this.#state + 0x6d2b79f5) >>> 0);
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  }
-
-  /** A uniform integer in [min, max]. */
-  int(min: number, max: number): number {
-    return min + Math.floor(this.next() * (max - min + 1));
-  }
-
-  chance(p: number): boolean {
-    return this.next() < p;
-  }
-
-  pick<T>(items: readonly T[]): T {
-    return items[Math.floor(this.next() * items.length)]!;
-  }
-}
+/** A seeded random source, so a failure reports a seed that replays it. */
+const Random = Prng;
 
 // ---- the task and the stage target ----
 
