@@ -450,24 +450,33 @@ export class OutputPort {
     length: number,
   ): void {
     const ring = this.rings[branch]!;
-    let done = 0;
-    for (;;) {
-      done = bytes === null
-        ? (ring.writeEmpty(kind, seq) ? 1 : 0)
-        : ring.write(kind, seq, bytes, done, length);
-      if (bytes === null ? done === 1 : done === length) return;
+    // An empty record counts as one unit written, so both kinds share a target.
+    const target = bytes === null ? 1 : length;
+    let done = this.#attempt(ring, kind, seq, bytes, 0, length);
+    while (done !== target) {
       // Full: publish so the consumer can make room, then sleep until it does.
       this.publish();
       const counter = Bell.arm(ring.control, Ring.SPACE_BELL);
       const before = done;
-      done = bytes === null
-        ? (ring.writeEmpty(kind, seq) ? 1 : 0)
-        : ring.write(kind, seq, bytes, done, length);
-      if (bytes === null ? done === 1 : done === length) return;
+      done = this.#attempt(ring, kind, seq, bytes, done, length);
       if (done === before) {
         Bell.sleep(ring.control, Ring.SPACE_BELL + Bell.COUNTER, counter);
+        done = this.#attempt(ring, kind, seq, bytes, done, length);
       }
     }
+  }
+
+  /** Writes what fits of a record from `from` on; an empty one is 0 or 1 written. */
+  #attempt(
+    ring: Ring,
+    kind: number,
+    seq: number,
+    bytes: Uint8Array | null,
+    from: number,
+    length: number,
+  ): number {
+    if (bytes === null) return ring.writeEmpty(kind, seq) ? 1 : 0;
+    return ring.write(kind, seq, bytes, from, length);
   }
 
   /**

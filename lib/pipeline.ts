@@ -267,7 +267,11 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
     const plan: Plan = new Map();
     const words = this.#sleepWords;
     for (const stage of this.#stages) {
-      internalsOf(stage).status = StageStatus.allocate(stage.size);
+      const status = new StageStatus(
+        StageStatus.allocate(stage.size),
+        stage.size,
+      );
+      internalsOf(stage).status = status;
       const previous = internalsOf(stage).previous;
       const producers = previous.length === 0
         ? 1
@@ -290,7 +294,6 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
           kind: "counter",
         },
       );
-      const status = new StageStatus(internalsOf(stage).status!, stage.size);
       for (let i = 0; i < stage.size; i++) {
         words.push({
           words: status.words,
@@ -342,7 +345,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
           outputs,
           spin: this.#spin,
           onError: state.onError === "fail" ? "fail" : "skip",
-          status: state.status!,
+          status: state.status!.buffer,
           size: stage.size,
           timed: Number.isFinite(state.taskTimeout),
           maxClaim: state.restart || Number.isFinite(state.taskTimeout)
@@ -376,7 +379,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
   #stopWorker(record: WorkerRecord): void {
     record.gone = true;
     const { stage, config } = record;
-    const status = new StageStatus(internalsOf(stage).status!, stage.size);
+    const status = internalsOf(stage).status!;
     Atomics.store(
       status.words,
       status.at(config.index, StageStatus.STOPPED),
@@ -568,7 +571,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
     this.#wakeSleepers(false);
     const { stage, config } = record;
     const state = internalsOf(stage);
-    const status = new StageStatus(state.status!, stage.size);
+    const status = state.status!;
     const from = status.words[status.at(config.index, StageStatus.FROM)]!;
     const to = status.words[status.at(config.index, StageStatus.TO)]!;
     const held = to > from
@@ -615,7 +618,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
       for (const record of [...this.#workers]) {
         const state = internalsOf(record.stage);
         if (record.gone || !Number.isFinite(state.taskTimeout)) continue;
-        const status = new StageStatus(state.status!, record.stage.size);
+        const status = state.status!;
         const index = record.config.index;
         const running = status.at(index, StageStatus.RUNNING);
         if (

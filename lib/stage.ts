@@ -98,8 +98,8 @@ export interface StageInternals {
   onError: "fail" | "skip" | ((error: StageError) => void);
   restart: boolean;
   taskTimeout: number;
-  /** The stage's StageStatus block, once a pipeline is built. */
-  status: SharedArrayBuffer | null;
+  /** The stage's status block, once a pipeline is built. */
+  status: StageStatus | null;
   next: Stage<never, unknown>[];
   previous: Stage<never, unknown>[];
   owner: StageOwner | null;
@@ -218,7 +218,7 @@ export class Stage<I, O> {
   /** Tasks this stage has dropped: by its `onError` policy, past `taskTimeout`, or held by a lost worker. */
   get skipped(): number {
     const status = internalsOf(this as unknown as Stage<never, unknown>).status;
-    return status === null ? 0 : new StageStatus(status, this.size).skipped;
+    return status === null ? 0 : status.skipped;
   }
 
   /** Whether the stage keeps the order of its tasks (undefined until a module target is loaded). */

@@ -38,12 +38,14 @@ export class StageStatus {
     return ((StageStatus.HEADER + size * StageStatus.SLOT) * 4 + 7) & ~7;
   }
 
+  readonly buffer: SharedArrayBuffer;
   readonly words: Int32Array;
   /** Start time (ms since the epoch) of each worker's running timed task. */
   readonly started: Float64Array;
 
   constructor(buffer: SharedArrayBuffer, size: number) {
     const offset = StageStatus.#timesOffset(size);
+    this.buffer = buffer;
     this.words = new Int32Array(buffer, 0, offset >> 2);
     this.started = new Float64Array(buffer, offset, size);
   }

@@ -96,6 +96,8 @@ export class WorkerRuntime {
   /** One past the last task whose results were all written. */
   #finished = 0;
   #claimMax = 1;
+  /** This worker's words in the stage's status block, found once. */
+  readonly #slot: { seq: number; from: number; to: number; running: number };
 
   constructor(config: WorkerConfig) {
     this.config = config;
@@ -111,8 +113,15 @@ export class WorkerRuntime {
       index: this.status.at(config.index, StageStatus.STOPPED),
       generation: config.generation,
     };
+    const at = (word: number) => this.status.at(config.index, word);
+    this.#slot = {
+      seq: at(StageStatus.SEQ),
+      from: at(StageStatus.FROM),
+      to: at(StageStatus.TO),
+      running: at(StageStatus.RUNNING),
+    };
     // What is published is safe; a replacement must close what is not.
-    const from = this.status.at(config.index, StageStatus.FROM);
+    const from = this.#slot.from;
     this.output.onPublish = () => {
       this.status.words[from] = this.#finished;
     };
@@ -195,7 +204,7 @@ export class WorkerRuntime {
    */
   #runTask(run: Run, task: unknown, seq: number): Promise<void> | undefined {
     this.#seq = seq;
-    this.status.words[this.status.at(this.config.index, StageStatus.SEQ)] = seq;
+    this.status.words[this.#slot.seq] = seq;
     if (this.config.timed) this.#startTimed();
     let result: unknown;
     try {
@@ -249,19 +258,15 @@ export class WorkerRuntime {
   /** Records the claimed tasks [from, to), for whoever replaces a lost worker. */
   #claimed(from: number, to: number): void {
     const { words } = this.status;
-    words[this.status.at(this.config.index, StageStatus.TO)] = to;
-    words[this.status.at(this.config.index, StageStatus.FROM)] = from;
+    words[this.#slot.to] = to;
+    words[this.#slot.from] = from;
     this.#finished = from;
   }
 
   #startTimed(): void {
-    const index = this.config.index;
-    this.status.started[index] = performance.timeOrigin + performance.now();
-    Atomics.store(
-      this.status.words,
-      this.status.at(index, StageStatus.RUNNING),
-      1,
-    );
+    this.status.started[this.config.index] = performance.timeOrigin +
+      performance.now();
+    Atomics.store(this.status.words, this.#slot.running, 1);
   }
 
   /**
@@ -270,7 +275,7 @@ export class WorkerRuntime {
    */
   #endTimed(): void {
     const { words } = this.status;
-    const running = this.status.at(this.config.index, StageStatus.RUNNING);
+    const running = this.#slot.running;
     if (Atomics.compareExchange(words, running, 1, 0) === 1) return;
     for (;;) Bell.sleep(words, running, 2);
   }
