@@ -5,7 +5,7 @@
  */
 
 import type { StageError } from "./errors.ts";
-import { StageStatus } from "./status.ts";
+import type { StageStatus } from "./status.ts";
 import { describe, type ShippedTarget, shipTarget } from "./target.ts";
 import type {
   ModuleTarget,
