@@ -939,6 +939,31 @@ Deno.test("Encoder grows its buffer and stays correct across values", () => {
   }
 });
 
+Deno.test("Encoder starts byte runs 8-aligned in the record, which decodes at any start", () => {
+  // V8 copies shared memory word by word only when source and target align.
+  const run = Uint8Array.from({ length: 64 }, (_, i) => i + 1);
+  for (const prefix of ["", "a", "abc", "abcdefg", "abcdefgh"]) {
+    const value = [prefix, run];
+    const bytes = encode(value);
+    const at = bytes.findIndex((_, i) =>
+      run.every((byte, j) => bytes[i + j] === byte)
+    );
+    assert.equal(at % 8, 0, `run at ${at} after ${JSON.stringify(prefix)}`);
+    for (const start of [0, 3, 16]) {
+      const shared = new Uint8Array(
+        new SharedArrayBuffer(start + bytes.length),
+      );
+      shared.set(bytes, start);
+      const decoded = new Decoder().decode(
+        shared,
+        new DataView(shared.buffer),
+        start,
+      );
+      assert.deepStrictEqual(decoded, value, `record at ${start}`);
+    }
+  }
+});
+
 Deno.test("Decoder decodes several records laid end to end", () => {
   const values = [{ a: 1 }, "two", [3n, new Date(4)], new Map([[5, 6]])];
   const parts = values.map((value) => encode(value));
