@@ -9,10 +9,34 @@
  * refused with a `DataCloneError`, before anything is written. One difference:
  * an array's non-index properties (`array.label = ...`) are not carried.
  *
- * Shipped to workers by source, like `ring.ts`: no module-level helpers.
+ * Plain objects travel as shapes: the key list once per record in a block a
+ * decoder that has seen it only compares, then the values alone. Each side
+ * makes code per shape (object literal, named loads and stores), which V8
+ * runs much faster than keys handled one by one.
+ *
+ * Shipped to workers by source, like `ring.ts`: no module-level helpers
+ * (the interfaces below are types only).
  *
  * @module
  */
+
+/** A node of an encoder's shape trie: the keys so far, and a shape once a value ends here. */
+interface ShapeNode {
+  next: Map<string, ShapeNode>;
+  /** The shape's number, or -1 while no value has had exactly these keys. */
+  index: number;
+  keys: string[];
+  /** The encoded key block, made on first use. */
+  block: Uint8Array | null;
+  /** Writes the values of an object of this shape, made on first use. */
+  write: ((encoder: Encoder, value: object) => void) | null;
+}
+
+/** A shape a decoder learnt: its key block, and the reader made for it. */
+interface Shape {
+  block: Uint8Array;
+  read: (decoder: Decoder) => object;
+}
 
 /** Encodes values into a reusable scratch buffer. */
 export class Encoder {
@@ -39,6 +63,11 @@ export class Encoder {
   static readonly HOLE = 20;
   static readonly UTF16 = 21;
   static readonly DOM_EXCEPTION = 22;
+  static readonly SHAPE = 23;
+
+  /** Bounds on the shape table: objects beyond them travel with plain OBJECT records. */
+  static readonly MAX_SHAPE_NODES = 4096;
+  static readonly MAX_SHAPE_KEYS = 64;
 
   /** Error types that keep their name, as in `structuredClone`; others become `Error`. */
   static readonly ERRORS = [
@@ -76,6 +105,13 @@ export class Encoder {
   length = 0;
   #view = new DataView(this.bytes.buffer);
   #seen = new Map<object, number>();
+  /** Key sequences seen so far, as a trie; each end node is a shape. */
+  #shapes = Encoder.#node();
+  #shapeNodes = 0;
+  #shapeCount = 0;
+  #lastShape: ShapeNode | null = null;
+  /** Names this encoder's shapes apart from other encoders' in a decoder's cache. */
+  #shapeSalt = crypto.getRandomValues(new Uint32Array(1))[0]!;
   #text = new TextEncoder();
 
   /** Encodes `value`; throws a `DataCloneError` if it cannot be cloned. */
@@ -304,11 +340,13 @@ export class Encoder {
   }
 
   #plain(value: Record<string, unknown>): void {
-    const at = this.#reserve(5);
-    this.bytes[at] = Encoder.OBJECT;
     // for-in walks V8's enum cache without allocating a key array; only class
     // instances can inherit enumerable keys, so only they need the own check.
     const plain = Object.getPrototypeOf(value) === Object.prototype;
+    const shape = this.#shapeOf(value, plain);
+    if (shape !== null) return this.#shaped(value, shape);
+    const at = this.#reserve(5);
+    this.bytes[at] = Encoder.OBJECT;
     let count = 0;
     for (const key in value) {
       if (!plain && !Object.hasOwn(value, key)) continue;
@@ -317,6 +355,91 @@ export class Encoder {
       count++;
     }
     this.#view.setUint32(at + 1, count, true);
+  }
+
+  /**
+   * The shape (key sequence) of `value` from the trie, added if new; null
+   * when the table is full, or for a "__proto__" key (which must not become
+   * an object literal's prototype on the other side).
+   */
+  #shapeOf(value: Record<string, unknown>, plain: boolean): ShapeNode | null {
+    // Most streams repeat one shape: compare keys by identity against it first.
+    const last = this.#lastShape;
+    if (last !== null) {
+      const keys = last.keys;
+      let i = 0;
+      for (const key in value) {
+        if (!plain && !Object.hasOwn(value, key)) continue;
+        if (keys[i] !== key) {
+          i = -1;
+          break;
+        }
+        i++;
+      }
+      if (i === keys.length) return last;
+    }
+    let node = this.#shapes;
+    let count = 0;
+    for (const key in value) {
+      if (!plain && !Object.hasOwn(value, key)) continue;
+      if (++count > Encoder.MAX_SHAPE_KEYS || key === "__proto__") return null;
+      let next = node.next.get(key);
+      if (next === undefined) {
+        if (this.#shapeNodes >= Encoder.MAX_SHAPE_NODES) return null;
+        this.#shapeNodes++;
+        next = Encoder.#node();
+        node.next.set(key, next);
+      }
+      node = next;
+    }
+    if (node.index < 0) {
+      node.index = this.#shapeCount++;
+      for (const key in value) {
+        if (plain || Object.hasOwn(value, key)) node.keys.push(key);
+      }
+    }
+    return (this.#lastShape = node);
+  }
+
+  static #node(): ShapeNode {
+    return { next: new Map(), index: -1, keys: [], block: null, write: null };
+  }
+
+  /**
+   * A SHAPE record: the shape's key, the key block (count and keys, so any
+   * decoder can learn it), then the values alone. A decoder that knows the
+   * shape checks the block and builds the object with code made for it.
+   */
+  #shaped(value: Record<string, unknown>, shape: ShapeNode): void {
+    const at = this.#reserve(11);
+    this.bytes[at] = Encoder.SHAPE;
+    this.#view.setUint32(at + 1, this.#shapeSalt, true);
+    this.#view.setUint16(at + 5, shape.index, true);
+    const keys = shape.keys;
+    const block = shape.block;
+    if (block === null) {
+      const start = this.#reserve(4);
+      this.#view.setUint32(start, keys.length, true);
+      for (let i = 0; i < keys.length; i++) this.#string(keys[i]!);
+      shape.block = this.bytes.slice(start, this.length);
+    } else {
+      const start = this.#reserve(block.length);
+      const bytes = this.bytes;
+      for (let i = 0; i < block.length; i++) bytes[start + i] = block[i]!;
+    }
+    this.#view.setUint32(at + 7, this.length - at - 11, true);
+    // The listed keys, not a new walk: a getter could add or delete keys.
+    shape.write ??= new Function(
+      "e",
+      "o",
+      keys.map((key) => `e.writeValue(o[${JSON.stringify(key)}]);`).join("\n"),
+    ) as (encoder: Encoder, value: object) => void;
+    shape.write(this, value);
+  }
+
+  /** Writes one value (for shape writers). */
+  writeValue(value: unknown): void {
+    this.#value(value);
   }
 
   #arrayBuffer(value: ArrayBuffer): void {
@@ -384,6 +507,8 @@ export class Encoder {
 export class Decoder {
   /** Slots of the short-string cache (a power of two). */
   static readonly CACHE_SLOTS = 512;
+  /** Shapes remembered at most; past that the cache starts over. */
+  static readonly MAX_SHAPES = 4096;
 
   #strings: (string | undefined)[] = new Array(Decoder.CACHE_SLOTS);
   #bytes: Uint8Array = new Uint8Array(0);
@@ -391,6 +516,8 @@ export class Decoder {
   #at = 0;
   #start = 0;
   #objects: unknown[] = [];
+  /** Shapes learnt from SHAPE records, by encoder salt and shape number. */
+  #shapes = new Map<number, Shape>();
   // ignoreBOM: a leading U+FEFF is part of the string, not a byte order mark.
   #text = new TextDecoder("utf-8", { ignoreBOM: true });
 
@@ -471,6 +598,21 @@ export class Decoder {
           } else object[key] = value;
         }
         return object;
+      }
+      case Encoder.SHAPE: {
+        const view = this.#view;
+        const id = view.getUint32(this.#at, true) * 65536 +
+          view.getUint16(this.#at + 4, true);
+        const size = view.getUint32(this.#at + 6, true);
+        const block = this.#at + 10;
+        this.#at = block + size;
+        let shape = this.#shapes.get(id);
+        if (shape === undefined || !this.#matches(shape.block, block, size)) {
+          shape = this.#learn(block, size);
+          if (this.#shapes.size >= Decoder.MAX_SHAPES) this.#shapes.clear();
+          this.#shapes.set(id, shape);
+        }
+        return shape.read(this);
       }
       case Encoder.REF:
         return this.#objects[this.#u32()];
@@ -575,6 +717,49 @@ export class Decoder {
       default:
         throw new RangeError(`Corrupt record: unknown tag ${tag}`);
     }
+  }
+
+  /** Whether the key block at `start` is `block` (a salt alone could collide). */
+  #matches(block: Uint8Array, start: number, size: number): boolean {
+    if (block.length !== size) return false;
+    const bytes = this.#bytes;
+    for (let i = 0; i < block.length; i++) {
+      if (bytes[start + i] !== block[i]) return false;
+    }
+    return true;
+  }
+
+  /**
+   * Reads the key block at `block` and makes the shape's reader: an object
+   * literal with the keys in order, then a store per key, which V8 runs far
+   * faster than keys added one by one under names known only at run time.
+   */
+  #learn(block: number, size: number): Shape {
+    const at = this.#at;
+    this.#at = block;
+    const keys: string[] = [];
+    for (let n = this.#u32(); n > 0; n--) keys.push(this.#string());
+    this.#at = at;
+    const names = keys.map((key) => JSON.stringify(key));
+    const read = new Function(
+      "d",
+      `"use strict";
+      const o = { ${names.map((name) => `${name}: undefined`).join(", ")} };
+      d.register(o);
+      ${names.map((name) => `o[${name}] = d.readValue();`).join("\n")}
+      return o;`,
+    ) as (decoder: Decoder) => object;
+    return { block: this.#bytes.slice(block, block + size), read };
+  }
+
+  /** Reads the next value (for shape readers). */
+  readValue(): unknown {
+    return this.#value();
+  }
+
+  /** Registers an object before its values, so references to it resolve (for shape readers). */
+  register(object: object): void {
+    this.#objects.push(object);
   }
 
   #string(): string {

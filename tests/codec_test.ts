@@ -335,6 +335,70 @@ Deno.test("Encoder/Decoder round-trip plain objects", () => {
   });
 });
 
+Deno.test("Encoder/Decoder carry objects of a repeated shape, cycles and key order included", () => {
+  // The shared decoder learns each shape once, then builds from its cache.
+  for (let i = 0; i < 5; i++) {
+    assertClones({ id: i, name: `item-${i}`, tags: ["a", "b"] }, `plain ${i}`);
+    const node: Record<string, unknown> = { value: i, self: null, next: null };
+    node.self = node;
+    node.next = { value: i + 1, self: node, next: null };
+    assertClones(node, `cycle ${i}`);
+    assertClones({ b: i, 2: "two", a: i, 1: "one" }, `integer keys ${i}`);
+    assertClones(
+      JSON.parse(`{"x": ${i}, "__proto__": {"polluted": true}}`),
+      `__proto__ ${i}`,
+    );
+  }
+});
+
+Deno.test("Decoder checks a shape's keys, not only its number", () => {
+  // Two encoders whose shape numbers collide (the salt is random; force it).
+  const first = new Encoder();
+  const second = new Encoder();
+  const decoder = new Decoder();
+  const decode = (bytes: Uint8Array<ArrayBuffer>) =>
+    decoder.decode(bytes, new DataView(bytes.buffer), 0);
+  const a = first.bytes.slice(0, first.encode({ a: 1 }));
+  const b = second.bytes.slice(0, second.encode({ b: 2 }));
+  assert.equal(a[0], Encoder.SHAPE);
+  b.set(a.subarray(1, 7), 1); // same salt and shape number as `a`
+  assert.deepStrictEqual(decode(a), { a: 1 });
+  assert.deepStrictEqual(decode(b), { b: 2 });
+  assert.deepStrictEqual(decode(a), { a: 1 });
+});
+
+Deno.test("Encoder reads each listed key once, even when a getter adds keys", () => {
+  let calls = 0;
+  const value = {
+    get x() {
+      calls++;
+      (this as Record<string, unknown>).y = 2;
+      return 1;
+    },
+  };
+  const [plain, shared] = roundTrip(value);
+  assert.deepStrictEqual(plain, { x: 1 });
+  assert.deepStrictEqual(shared, { x: 1 });
+  assert.equal(calls, 1);
+  assert.deepStrictEqual(roundTrip(value)[1], { x: 1, y: 2 });
+});
+
+Deno.test("Encoder/Decoder stay correct once the shape table is full", () => {
+  const decoder = new Decoder();
+  const local = new Encoder();
+  const count = Encoder.MAX_SHAPE_NODES + 100;
+  for (let i = 0; i < count; i++) {
+    const value = { [`key${i}`]: i, common: true };
+    const bytes = local.bytes.slice(0, local.encode(value));
+    const decoded = decoder.decode(bytes, new DataView(bytes.buffer), 0);
+    assert.deepStrictEqual(decoded, value);
+  }
+  const wide = Object.fromEntries(
+    Array.from({ length: Encoder.MAX_SHAPE_KEYS + 1 }, (_, i) => [`k${i}`, i]),
+  );
+  assertClones(wide, "more keys than a shape holds");
+});
+
 Deno.test("Encoder/Decoder turn class instances into plain objects", () => {
   class Point {
     #secret = 1;
