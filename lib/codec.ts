@@ -25,6 +25,7 @@ interface ShapeNode {
   next: Map<string, ShapeNode>;
   /** The shape's number, or -1 while no value has had exactly these keys. */
   index: number;
+  /** The keys on the path to this node, in order. */
   keys: string[];
   /** The encoded key block, made on first use. */
   block: Uint8Array | null;
@@ -106,7 +107,7 @@ export class Encoder {
   #view = new DataView(this.bytes.buffer);
   #seen = new Map<object, number>();
   /** Key sequences seen so far, as a trie; each end node is a shape. */
-  #shapes = Encoder.#node();
+  #shapes = Encoder.#node([]);
   #shapeNodes = 0;
   #shapeCount = 0;
   #lastShape: ShapeNode | null = null;
@@ -387,22 +388,17 @@ export class Encoder {
       if (next === undefined) {
         if (this.#shapeNodes >= Encoder.MAX_SHAPE_NODES) return null;
         this.#shapeNodes++;
-        next = Encoder.#node();
+        next = Encoder.#node([...node.keys, key]);
         node.next.set(key, next);
       }
       node = next;
     }
-    if (node.index < 0) {
-      node.index = this.#shapeCount++;
-      for (const key in value) {
-        if (plain || Object.hasOwn(value, key)) node.keys.push(key);
-      }
-    }
+    if (node.index < 0) node.index = this.#shapeCount++;
     return (this.#lastShape = node);
   }
 
-  static #node(): ShapeNode {
-    return { next: new Map(), index: -1, keys: [], block: null, write: null };
+  static #node(keys: string[]): ShapeNode {
+    return { next: new Map(), index: -1, keys, block: null, write: null };
   }
 
   /**

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { runScript } from "./support/run_script.ts";
 
 // Each example runs in its own Deno process, as a user would run it, and its
 // output is checked: exactly where the program is deterministic, as a sorted
@@ -6,27 +7,16 @@ import assert from "node:assert/strict";
 // properties where timing decides the interleaving. The timeout is a hang
 // guard, not a speed check.
 
-const HANG_GUARD_MS = 30_000;
-
 /** Runs `examples/<name>.ts` with `deno run` and returns its output; fails on a non-zero exit or stderr. */
 async function runExample(
   name: string,
-  { flags = [], args = [] }: { flags?: string[]; args?: string[] } = {},
+  options: { flags?: string[]; args?: string[] } = {},
 ): Promise<string> {
   const script = new URL(`../examples/${name}.ts`, import.meta.url);
-  const command = new Deno.Command(Deno.execPath(), {
-    args: ["run", ...flags, script.href, ...args],
-    stdout: "piped",
-    stderr: "piped",
-    env: { NO_COLOR: "1" },
-    signal: AbortSignal.timeout(HANG_GUARD_MS),
-  });
-  const { code, stdout, stderr } = await command.output();
-  const decoder = new TextDecoder();
-  const errors = decoder.decode(stderr);
-  assert.equal(code, 0, `examples/${name}.ts exited with ${code}:\n${errors}`);
-  assert.equal(errors, "", `examples/${name}.ts wrote to stderr`);
-  return decoder.decode(stdout);
+  const { code, stdout, stderr } = await runScript(script, options);
+  assert.equal(code, 0, `examples/${name}.ts exited with ${code}:\n${stderr}`);
+  assert.equal(stderr, "", `examples/${name}.ts wrote to stderr`);
+  return stdout;
 }
 
 /** The lines of `text`, each checked to be an integer. */

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { runScript } from "./support/run_script.ts";
 import {
   OrderedStage,
   OrderedWorker,
@@ -725,20 +726,12 @@ UNLOADABLE.forEach(({ what, make, says, failsTasks, inspected }, i) => {
 });
 
 Deno.test("fault: a module target without --allow-read fails with a StageError that says to grant read access", async () => {
-  const command = new Deno.Command(Deno.execPath(), {
-    // No --allow-read: the workers cannot import the module target.
-    args: ["run", "--no-prompt", fixture("no_read_main.ts").href],
-    stdout: "piped",
-    stderr: "piped",
-    env: { NO_COLOR: "1" },
-    signal: AbortSignal.timeout(30_000),
+  // No --allow-read: the workers cannot import the module target.
+  const { code, stdout, stderr } = await runScript(fixture("no_read_main.ts"), {
+    flags: ["--no-prompt"],
   });
-  const { code, stdout, stderr } = await command.output();
-  const text = new TextDecoder();
-  assert.equal(code, 0, text.decode(stderr));
-  const reports = text.decode(stdout).trimEnd().split("\n").map((line) =>
-    JSON.parse(line)
-  );
+  assert.equal(code, 0, stderr);
+  const reports = stdout.trimEnd().split("\n").map((line) => JSON.parse(line));
   assert.deepEqual(
     reports.map((report) => report.stage),
     ["unreadable-ordered", "unreadable-unordered", "unreadable-class"],

@@ -1,31 +1,9 @@
 import assert from "node:assert/strict";
+import { runScript } from "./support/run_script.ts";
 
 // These tests run scripts in their own Deno process: a pipeline must let the
 // process exit by itself once the stop request has drained. The timeout is a
 // hang guard, not a speed check.
-
-const HANG_GUARD_MS = 30_000;
-
-/** Runs a script with `deno run` and returns its exit code and output. */
-async function runScript(
-  script: URL,
-  flags: string[] = [],
-): Promise<{ code: number; stdout: string; stderr: string }> {
-  const command = new Deno.Command(Deno.execPath(), {
-    args: ["run", ...flags, script.href],
-    stdout: "piped",
-    stderr: "piped",
-    env: { NO_COLOR: "1" },
-    signal: AbortSignal.timeout(HANG_GUARD_MS),
-  });
-  const { code, stdout, stderr } = await command.output();
-  const decoder = new TextDecoder();
-  return {
-    code,
-    stdout: decoder.decode(stdout),
-    stderr: decoder.decode(stderr),
-  };
-}
 
 function range(n: number): number[] {
   return Array.from({ length: n }, (_, i) => i);
@@ -59,7 +37,7 @@ Deno.test("examples/cookbook.ts prints the cookbook's results and exits", async 
   // unordered workers: every result (i + 1) * 2 - 1, in any order.
   const { code, stdout, stderr } = await runScript(
     new URL("../examples/cookbook.ts", import.meta.url),
-    ["--allow-read"],
+    { flags: ["--allow-read"] },
   );
   assert.equal(code, 0, stderr);
   assert.match(stdout, /^(-?\d+\n)+$/);
