@@ -96,6 +96,10 @@ export class WorkerRuntime {
   /** One past the last task whose results were all written. */
   #finished = 0;
   #claimMax = 1;
+  // Idle state between claims: spins left, and the armed doorbell's counter.
+  #spinLeft = 0;
+  #armed = false;
+  #counter = 0;
   /** This worker's words in the stage's status block, found once. */
   readonly #slot: { seq: number; from: number; to: number; running: number };
 
@@ -175,9 +179,16 @@ export class WorkerRuntime {
     const values: unknown[] = [];
     const seqs: number[] = [];
     for (;;) {
-      let count = input.claim(values, seqs, this.#claimMax);
-      if (count === 0) count = this.#waitForTasks(values, seqs);
+      // The only claim call site: the hot path is compiled once, not inlined
+      // again into the idle path.
+      const count = input.claim(values, seqs, this.#claimMax);
+      if (count === 0) {
+        this.#idle();
+        continue;
+      }
       if (count < 0) return;
+      this.#spinLeft = this.config.spin;
+      this.#armed = false;
       const started = performance.now();
       this.#claimed(seqs[0]!, seqs[count - 1]! + 1);
       for (let i = 0; i < count; i++) {
@@ -341,22 +352,27 @@ export class WorkerRuntime {
     });
   }
 
-  /** Publishes what is done, spins briefly, then sleeps until tasks come. */
-  #waitForTasks(values: unknown[], seqs: number[]): number {
+  /**
+   * Called when a claim found nothing: publishes what is done, then spins
+   * until records may have come. Once the spin is spent it arms the doorbell,
+   * so that the next claim is the re-check; when that one finds nothing too,
+   * it sleeps. Records a claim cannot take (an ordered merge waiting for
+   * another ring) end the spin early, so it still comes to sleep.
+   */
+  #idle(): void {
     const input = this.input;
-    this.output.publish();
-    for (let spin = 0; spin < this.config.spin; spin++) {
-      if (input.hasData()) {
-        const count = input.claim(values, seqs, this.#claimMax);
-        if (count !== 0) return count;
-      }
+    if (this.#armed) {
+      this.#armed = false;
+      input.sleep(this.#counter);
+      return;
     }
-    for (;;) {
-      const counter = input.arm();
-      const count = input.claim(values, seqs, this.#claimMax);
-      if (count !== 0) return count;
-      input.sleep(counter);
+    if (this.#spinLeft === this.config.spin) this.output.publish();
+    while (this.#spinLeft > 0) {
+      this.#spinLeft--;
+      if (input.hasData()) return;
     }
+    this.#counter = input.arm();
+    this.#armed = true;
   }
 
   #finish(result: unknown): void {
