@@ -17,6 +17,7 @@ import {
   waitUntilAtLeast,
   waitUntilChanged,
 } from "./fixtures/guard.ts";
+import { defaultSpin, SPIN } from "../lib/pipeline.ts";
 
 // Task functions and worker classes are shipped to the workers by their
 // source, so each one below is self-contained: it uses only globals, its
@@ -1362,4 +1363,25 @@ Deno.test("Pipeline constructor throws a TypeError for a stage that already belo
   assert.deepEqual(await Array.fromAsync(pipe), []);
   assert.throws(() => new Pipeline<number, number>(first), TypeError);
   await pipe.done;
+});
+
+Deno.test("the default spin: only when every thread of the pipeline has a core of its own", async () => {
+  assert.equal(defaultSpin(2, 2), SPIN);
+  assert.equal(defaultSpin(1, 4), SPIN);
+  assert.equal(defaultSpin(3, 2), 0);
+  assert.equal(defaultSpin(9, 8), 0);
+  // More workers than cores, and an explicit spin: both run to the end.
+  for (const options of [{}, { spin: undefined }, { spin: 5 }]) {
+    const stage = new UnorderedStage(
+      (x: number) => x + 1,
+      navigator.hardwareConcurrency + 1,
+    );
+    const pipe = new Pipeline<number, number>(stage, options);
+    for (let i = 0; i < 100; i++) pipe.put(i);
+    pipe.put(null);
+    let sum = 0;
+    for await (const result of pipe.results()) sum += result;
+    assert.equal(sum, 5050);
+    await pipe.done;
+  }
 });
