@@ -68,8 +68,10 @@ interface Leaf {
   stage: AnyStage;
   /** Null until the workers start (a Stage of a module target is inspected first). */
   link: InputLink | null;
+  /** Results claimed and not yet read: `queue[head, count)`. The array keeps its length, so claims do not regrow it. */
   queue: unknown[];
   head: number;
+  count: number;
   ended: boolean;
 }
 
@@ -236,6 +238,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
           link: null,
           queue: [],
           head: 0,
+          count: 0,
           ended: false,
         });
       }
@@ -1015,20 +1018,17 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
   }
 
   #takeFrom(leaf: Leaf): unknown {
-    if (leaf.head < leaf.queue.length) {
-      const value = leaf.queue[leaf.head];
-      leaf.queue[leaf.head++] = undefined;
-      return value;
+    if (leaf.head === leaf.count) {
+      if (leaf.ended || this.#terminated) return NONE;
+      if (this.#pending.length !== 0) this.#pump();
+      if (leaf.link === null) return NONE;
+      const count = leaf.link.claim(leaf.queue, this.#seqs, CLAIM);
+      if (count < 0) leaf.ended = true;
+      if (count <= 0) return NONE;
+      leaf.head = 0;
+      leaf.count = count;
     }
-    if (leaf.ended || this.#terminated) return NONE;
-    if (this.#pending.length !== 0) this.#pump();
-    leaf.queue.length = 0;
-    leaf.head = 0;
-    if (leaf.link === null) return NONE;
-    const count = leaf.link.claim(leaf.queue, this.#seqs, CLAIM);
-    if (count < 0) leaf.ended = true;
-    if (count <= 0) return NONE;
-    const value = leaf.queue[0];
+    const value = leaf.queue[leaf.head];
     leaf.queue[leaf.head++] = undefined;
     return value;
   }
@@ -1036,7 +1036,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
   /** Whether no result will ever come (from `leaf`, or from any leaf). */
   #ended(leaf: Leaf | null): boolean {
     if (this.#terminated) return true;
-    const done = (l: Leaf) => l.ended && l.head >= l.queue.length;
+    const done = (l: Leaf) => l.ended && l.head === l.count;
     return leaf !== null ? done(leaf) : this.#leaves.every(done) &&
       this.#leaves.length > 0;
   }
