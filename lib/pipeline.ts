@@ -42,11 +42,11 @@ export interface PipelineOptions {
    * thread waiting for results) looks again before it sleeps. Spinning saves
    * the tens of microseconds a wake-up costs, but only while the thread it
    * waits for runs on another core: with more threads than cores, a spinning
-   * thread takes CPU from the very threads it waits for. A long spin costs
-   * CPU in each gap of a bursty stream: lower it if gaps are the rule.
-   * @default {50000 (about 0.5 ms on the main thread, 1.5 ms in a worker)
-   * when the pipeline's workers and the main thread fit in
-   * `navigator.hardwareConcurrency` cores, else 0}
+   * thread takes CPU from the very threads it waits for. A longer spin
+   * (50 000: about 0.5 ms on the main thread, 1.5 ms in a worker) trims the
+   * tail of one-at-a-time round trips, at that much CPU per idle gap.
+   * @default {2000 (20 to 50 µs) when the pipeline's workers and the main
+   * thread fit in `navigator.hardwareConcurrency` cores, else 0}
    */
   spin?: number;
 }
@@ -110,7 +110,7 @@ const PUBLISH_EVERY = 32;
 const SOLE_CLAIM = 64;
 const SHARED_CLAIM = 16;
 /** The default spin when every thread of the pipeline has a core of its own. */
-export const SPIN = 50_000;
+export const SPIN = 2000;
 
 let workerUrl: string | undefined;
 
@@ -1282,13 +1282,13 @@ function workerError(
 
 /**
  * The spin of a pipeline of `threads` threads (its workers and the main
- * thread): spin only when each has a core of its own, and then long enough
- * (about 0.5 ms on the main thread, 1.5 ms in a worker) to ride out the
- * usual hiccups without a wake-up. On a 2-core box, spin 0 against 2000
- * raised W2 (5 threads) by 9% and W3's speedup (3 threads) from 1.79 to 1.93;
- * W6 (2 threads) has a 5 µs median with a spin and 16–19 µs without, and its
- * p99 fell from 80–170 µs at 2000 to 22–26 µs at 50 000 (the worker's spin
- * is the one that counts).
+ * thread): spin briefly, and only when each has a core of its own. On a 2-core
+ * box, spin 0 against 2000 raised W2 (5 threads) by 9% and W3's speedup
+ * (3 threads) from 1.79 to 1.93; W6 (2 threads) has a 5 µs median with the
+ * spin and 16–19 µs without. A spin of 50 000 (1.5 ms in a worker) cuts W6's
+ * p99 from 80–170 µs to 22–26 µs, but costs W4 14% (a spinning worker takes
+ * the core V8's garbage collector needs) and burns that much CPU in every gap
+ * of a bursty stream, so it is an option, not the default.
  */
 export function defaultSpin(
   threads: number,
