@@ -353,10 +353,10 @@ export class WorkerRuntime {
   }
 
   /**
-   * Called when a claim found nothing: publishes what is done, then spins
-   * until records may have come. Once the spin is spent it arms the doorbell,
-   * so that the next claim is the re-check; when that one finds nothing too,
-   * it sleeps. Records a claim cannot take (an ordered merge waiting for
+   * Called when a claim found nothing (each batch was published at its end):
+   * spins until records may have come. Once the spin is spent it arms the
+   * doorbell, so that the next claim is the re-check; when that one finds
+   * nothing too, it sleeps. Records a claim cannot take (an ordered merge waiting for
    * another ring) end the spin early, so it still comes to sleep.
    */
   #idle(): void {
@@ -366,7 +366,6 @@ export class WorkerRuntime {
       input.sleep(this.#counter);
       return;
     }
-    if (this.#spinLeft === this.config.spin) this.output.publish();
     while (this.#spinLeft > 0) {
       this.#spinLeft--;
       if (input.hasData()) return;
