@@ -846,6 +846,32 @@ Deno.test("Encoder/Decoder preserve shared references", () => {
   }
 });
 
+Deno.test("Encoder/Decoder preserve shared references past the objects the encoder keeps in a list", () => {
+  const count = Encoder.LISTED_OBJECTS * 3;
+  const objects = Array.from({ length: count }, (_, i) => ({ i }));
+  // Each object again after all of them, in reverse, then the array itself:
+  // the references to listed objects are found in the Map once it is made.
+  const value: unknown[] = [...objects, ...objects.toReversed()];
+  value.push(value);
+  assertClones(value);
+  for (const decoded of roundTrip(value) as unknown[][]) {
+    assert.equal(decoded.length, 2 * count + 1);
+    for (let i = 0; i < count; i++) {
+      assert.deepStrictEqual(decoded[i], { i });
+      assert.equal(decoded[2 * count - 1 - i], decoded[i], `object ${i}`);
+    }
+    assert.equal(decoded[2 * count], decoded);
+  }
+  // A record exactly at the bound, with its last object shared.
+  const bound = Array.from({ length: Encoder.LISTED_OBJECTS - 1 }, () => ({}));
+  const atBound = [...bound, bound.at(-1), bound[0]];
+  for (const decoded of roundTrip(atBound) as object[][]) {
+    assert.equal(decoded.at(-2), decoded.at(-3));
+    assert.equal(decoded.at(-1), decoded[0]);
+    assert.notEqual(decoded[0], decoded[1]);
+  }
+});
+
 Deno.test("Encoder/Decoder preserve cycles", () => {
   type Node = { name: string; self?: Node; children: unknown[] };
   const root: Node = { name: "root", children: [] };
