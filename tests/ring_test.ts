@@ -154,6 +154,40 @@ Deno.test("Ring.peek sees records published while a read is in progress", () => 
   consumer.endRead();
 });
 
+Deno.test("Ring.write copies payloads of every length byte for byte, from any offset of any source", () => {
+  // Tiny payloads are copied in a loop, the others through set(): both,
+  // from sources that start and end anywhere in their buffers.
+  const lengths = Array.from({ length: 300 }, (_, i) => i);
+  const big = pattern(4096, 5);
+  const sources: [string, (n: number) => Uint8Array][] = [
+    ["a buffer of its own", (n) => pattern(n, n)],
+    ...[1, 2, 3, 4, 8].map((
+      offset,
+    ): [string, (n: number) => Uint8Array] => [
+      `a view at byte ${offset}`,
+      (n) => big.subarray(offset, offset + n),
+    ]),
+  ];
+  for (const [name, source] of sources) {
+    const { producer, consumer } = makeRing(1 << 16);
+    for (const n of lengths) {
+      const src = source(n);
+      // Written from `start` within the source, as a resumed write would be.
+      for (const start of [0, 1, 4]) {
+        if (start !== 0 && start >= n) continue;
+        assert.equal(producer.write(Ring.DATA, n, src, start, n), n);
+        producer.publish();
+        const [frame] = drain(consumer);
+        assert.deepEqual(
+          frame!.payload,
+          src.slice(start, n),
+          `${name}, length ${n}, from ${start}`,
+        );
+      }
+    }
+  }
+});
+
 Deno.test("Ring frames carry sequence numbers and kinds with their flags", () => {
   const { producer, consumer } = makeRing();
   const cases: [number, number][] = [
