@@ -112,8 +112,13 @@ export class Encoder {
   bytes: Uint8Array = new Uint8Array(256);
   length = 0;
   #view = new DataView(this.bytes.buffer);
-  /** The objects written so far, in order: a reference is an index. */
-  #seenList: object[] = [];
+  /**
+   * The objects written so far, in order: a reference is an index. Entries
+   * are overwritten, not pushed: emptying an array frees its storage, which
+   * the next record would allocate again.
+   */
+  #seenList: (object | undefined)[] = [];
+  #seenCount = 0;
   /** The same, by object, once there are more than LISTED_OBJECTS. */
   #seen = new Map<object, number>();
   /** Key sequences seen so far, as a trie; each end node is a shape. */
@@ -131,7 +136,9 @@ export class Encoder {
     try {
       this.#value(value);
     } finally {
-      if (this.#seenList.length !== 0) this.#seenList.length = 0;
+      const list = this.#seenList;
+      for (let i = 0; i < this.#seenCount; i++) list[i] = undefined;
+      this.#seenCount = 0;
       if (this.#seen.size !== 0) this.#seen.clear();
     }
     return this.length;
@@ -318,7 +325,7 @@ export class Encoder {
   /** The index of `value` among the objects written so far; -1 (and listed) if new. */
   #indexOf(value: object): number {
     const list = this.#seenList;
-    const n = list.length;
+    const n = this.#seenCount;
     if (n < Encoder.LISTED_OBJECTS) {
       for (let i = 0; i < n; i++) if (list[i] === value) return i;
       if (n === Encoder.LISTED_OBJECTS - 1) {
@@ -330,7 +337,8 @@ export class Encoder {
       if (seen !== undefined) return seen;
       this.#seen.set(value, n);
     }
-    list.push(value);
+    list[n] = value;
+    this.#seenCount = n + 1;
     return -1;
   }
 
@@ -551,7 +559,9 @@ export class Decoder {
   #view: DataView = new DataView(new ArrayBuffer(0));
   #at = 0;
   #start = 0;
+  /** The objects read so far, in order (overwritten, like the encoder's list). */
   #objects: unknown[] = [];
+  #objectCount = 0;
   /** Shapes learnt from SHAPE records, by encoder salt and shape number. */
   #shapes = new Map<number, Shape>();
   // ignoreBOM: a leading U+FEFF is part of the string, not a byte order mark.
@@ -563,8 +573,11 @@ export class Decoder {
     this.#view = view;
     this.#at = start;
     this.#start = start;
+    this.#objectCount = 0;
     const value = this.#value();
-    if (this.#objects.length !== 0) this.#objects.length = 0;
+    // Let go of this record's objects.
+    const objects = this.#objects;
+    for (let i = 0; i < this.#objectCount; i++) objects[i] = undefined;
     return value;
   }
 
@@ -609,7 +622,7 @@ export class Decoder {
       case Encoder.ARRAY: {
         const n = this.#u32();
         const array = new Array(n);
-        this.#objects.push(array);
+        this.register(array);
         for (let i = 0; i < n; i++) {
           if (this.#bytes[this.#at] === Encoder.HOLE) this.#at++;
           else array[i] = this.#value();
@@ -619,7 +632,7 @@ export class Decoder {
       case Encoder.OBJECT: {
         const n = this.#u32();
         const object: Record<string, unknown> = {};
-        this.#objects.push(object);
+        this.register(object);
         for (let i = 0; i < n; i++) {
           const key = this.#string();
           const value = this.#value();
@@ -655,11 +668,11 @@ export class Decoder {
       case Encoder.DATE: {
         const date = new Date(this.#view.getFloat64(this.#at, true));
         this.#at += 8;
-        this.#objects.push(date);
+        this.register(date);
         return date;
       }
       case Encoder.REGEXP: {
-        const index = this.#objects.push(null) - 1;
+        const index = this.register(null);
         const source = this.#string();
         const regexp = new RegExp(source, this.#string());
         this.#objects[index] = regexp;
@@ -668,7 +681,7 @@ export class Decoder {
       case Encoder.MAP: {
         const n = this.#u32();
         const map = new Map();
-        this.#objects.push(map);
+        this.register(map);
         for (let i = 0; i < n; i++) {
           const key = this.#value();
           map.set(key, this.#value());
@@ -678,7 +691,7 @@ export class Decoder {
       case Encoder.SET: {
         const n = this.#u32();
         const set = new Set();
-        this.#objects.push(set);
+        this.register(set);
         for (let i = 0; i < n; i++) set.add(this.#value());
         return set;
       }
@@ -690,11 +703,11 @@ export class Decoder {
           buffer = new ArrayBuffer(bytes.length, { maxByteLength });
           new Uint8Array(buffer).set(bytes);
         }
-        this.#objects.push(buffer);
+        this.register(buffer);
         return buffer;
       }
       case Encoder.VIEW: {
-        const index = this.#objects.push(null) - 1;
+        const index = this.register(null);
         const name = Encoder.VIEWS[this.#bytes[this.#at++]!]!;
         const buffer = this.#value() as ArrayBuffer;
         const offset = this.#u32();
@@ -710,7 +723,7 @@ export class Decoder {
         return (this.#objects[index] = new Type(buffer, offset, length));
       }
       case Encoder.DOM_EXCEPTION: {
-        const index = this.#objects.push(null) - 1;
+        const index = this.register(null);
         const message = this.#string();
         const exception = new DOMException(message, this.#string());
         this.#objects[index] = exception;
@@ -725,7 +738,7 @@ export class Decoder {
         return exception;
       }
       case Encoder.ERROR: {
-        const index = this.#objects.push(null) - 1;
+        const index = this.register(null);
         const name = this.#string();
         const message = this.#string();
         const Type =
@@ -747,7 +760,7 @@ export class Decoder {
         return error;
       }
       case Encoder.BOXED: {
-        const index = this.#objects.push(null) - 1;
+        const index = this.register(null);
         return (this.#objects[index] = Object(this.#value()));
       }
       default:
@@ -797,9 +810,11 @@ export class Decoder {
     return this.#value();
   }
 
-  /** Registers an object before its values, so references to it resolve (for shape readers). */
-  register(object: object): void {
-    this.#objects.push(object);
+  /** Registers an object before its values, so references to it resolve (also for shape readers); returns its index. */
+  register(object: unknown): number {
+    const index = this.#objectCount++;
+    this.#objects[index] = object;
+    return index;
   }
 
   #string(): string {
@@ -840,10 +855,24 @@ export class Decoder {
 
   /** Builds an ASCII string by hand: TextDecoder costs ~1 µs a call on shared memory. */
   static #ascii(bytes: Uint8Array, start: number, n: number): string {
+    // Eight characters a step: a string grown by one is copied at every step
+    // (40 characters: 760 ns one by one, 160 ns eight at a time).
     let text = "";
-    for (let i = start; i < start + n; i++) {
-      text += String.fromCharCode(bytes[i]!);
+    let i = start;
+    const end = start + n;
+    for (; i + 8 <= end; i += 8) {
+      text += String.fromCharCode(
+        bytes[i]!,
+        bytes[i + 1]!,
+        bytes[i + 2]!,
+        bytes[i + 3]!,
+        bytes[i + 4]!,
+        bytes[i + 5]!,
+        bytes[i + 6]!,
+        bytes[i + 7]!,
+      );
     }
+    for (; i < end; i++) text += String.fromCharCode(bytes[i]!);
     return text;
   }
 
