@@ -255,6 +255,11 @@ export class Encoder {
     ) {
       return this.#plain(value as Record<string, unknown>);
     }
+    this.#other(value);
+  }
+
+  /** The kinds of object that are rarer in tasks, apart so that the hot path stays small for V8 to compile. */
+  #other(value: object): void {
     if (ArrayBuffer.isView(value)) return this.#view_(value);
     if (value instanceof ArrayBuffer) return this.#arrayBuffer(value);
     if (value instanceof SharedArrayBuffer) {
@@ -613,12 +618,6 @@ export class Decoder {
         return false;
       case Encoder.TRUE:
         return true;
-      case Encoder.BIGINT: {
-        const text = this.#string();
-        return text[0] === "-"
-          ? -BigInt("0x" + text.slice(1))
-          : BigInt("0x" + text);
-      }
       case Encoder.ARRAY: {
         const n = this.#u32();
         const array = new Array(n);
@@ -628,6 +627,37 @@ export class Decoder {
           else array[i] = this.#value();
         }
         return array;
+      }
+      case Encoder.SHAPE: {
+        const view = this.#view;
+        const id = view.getUint32(this.#at, true) * 65536 +
+          view.getUint16(this.#at + 4, true);
+        const size = view.getUint32(this.#at + 6, true);
+        const block = this.#at + 10;
+        this.#at = block + size;
+        let shape = this.#shapes.get(id);
+        if (shape === undefined || !this.#matches(shape.block, block, size)) {
+          shape = this.#learn(block, size);
+          if (this.#shapes.size >= Decoder.MAX_SHAPES) this.#shapes.clear();
+          this.#shapes.set(id, shape);
+        }
+        return shape.read(this);
+      }
+      case Encoder.REF:
+        return this.#objects[this.#u32()];
+      default:
+        return this.#other(tag);
+    }
+  }
+
+  /** The kinds of value that are rarer in tasks, apart so that the hot switch stays small for V8 to compile. */
+  #other(tag: number | undefined): unknown {
+    switch (tag) {
+      case Encoder.BIGINT: {
+        const text = this.#string();
+        return text[0] === "-"
+          ? -BigInt("0x" + text.slice(1))
+          : BigInt("0x" + text);
       }
       case Encoder.OBJECT: {
         const n = this.#u32();
@@ -648,23 +678,6 @@ export class Decoder {
         }
         return object;
       }
-      case Encoder.SHAPE: {
-        const view = this.#view;
-        const id = view.getUint32(this.#at, true) * 65536 +
-          view.getUint16(this.#at + 4, true);
-        const size = view.getUint32(this.#at + 6, true);
-        const block = this.#at + 10;
-        this.#at = block + size;
-        let shape = this.#shapes.get(id);
-        if (shape === undefined || !this.#matches(shape.block, block, size)) {
-          shape = this.#learn(block, size);
-          if (this.#shapes.size >= Decoder.MAX_SHAPES) this.#shapes.clear();
-          this.#shapes.set(id, shape);
-        }
-        return shape.read(this);
-      }
-      case Encoder.REF:
-        return this.#objects[this.#u32()];
       case Encoder.DATE: {
         const date = new Date(this.#view.getFloat64(this.#at, true));
         this.#at += 8;
