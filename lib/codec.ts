@@ -130,12 +130,24 @@ export class Encoder {
   #shapeSalt = crypto.getRandomValues(new Uint32Array(1))[0]!;
   #text = new TextEncoder();
 
+  #busy = false;
+
+  /**
+   * Whether an `encode()` is under way: a getter of the value being copied
+   * may put another value, which must then take an encoder of its own.
+   */
+  get busy(): boolean {
+    return this.#busy;
+  }
+
   /** Encodes `value`; throws a `DataCloneError` if it cannot be cloned. */
   encode(value: unknown): number {
     this.length = 0;
+    this.#busy = true;
     try {
       this.#value(value);
     } finally {
+      this.#busy = false;
       const list = this.#seenList;
       for (let i = 0; i < this.#seenCount; i++) list[i] = undefined;
       this.#seenCount = 0;

@@ -419,7 +419,8 @@ export class OutputPort {
    * `DataCloneError` before writing anything if the value cannot be cloned.
    */
   put(value: unknown, kind: number, seq: number): void {
-    const encoder = this.#encoder;
+    // A getter of a result being copied may put a result itself.
+    const encoder = this.#encoder.busy ? new Encoder() : this.#encoder;
     const length = encoder.encode(value);
     for (let i = 0; i < this.rings.length; i++) {
       if (this.maxBacklogs[i]! > 0) this.#enterBacklog(i, seq);

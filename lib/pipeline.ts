@@ -715,13 +715,15 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
     let bytes: Uint8Array | null = null;
     if (task === null) this.#stopped = true;
     else {
+      // A getter of a task being copied may put a task itself.
+      const encoder = this.#encoder.busy ? new Encoder() : this.#encoder;
       let length: number;
       try {
-        length = this.#encoder.encode(task);
+        length = encoder.encode(task);
       } catch (error) {
         return Promise.reject(error);
       }
-      const encoded = this.#encoder.bytes;
+      const encoded = encoder.bytes;
       if (this.#pending.length === 0 && this.#enterBacklog()) {
         const written = this.#input.write(Ring.DATA, 0, encoded, 0, length);
         if (written === length) {

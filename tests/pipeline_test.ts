@@ -148,6 +148,20 @@ class Spreader extends OrderedWorker<number, string> {
   }
 }
 
+/** Returns an object whose getter puts another result while the object is copied. */
+class GetterPutter extends OrderedWorker<number, unknown> {
+  doTask(task: number): unknown {
+    const worker = this;
+    return {
+      task,
+      get note() {
+        worker.putResult({ inner: task });
+        return "copied";
+      },
+    };
+  }
+}
+
 /** The results `Spreader` puts for tasks 0 to n - 1, in order. */
 function spread(n: number): string[] {
   const expected: string[] = [];
@@ -247,6 +261,30 @@ Deno.test("Pipeline.put() takes tasks in call order when not awaited, across lar
   puts.push(pipe.put(null));
   assert.deepEqual(await Array.fromAsync(pipe), expected);
   await Promise.all(puts);
+  await pipe.done;
+});
+
+Deno.test("Pipeline.put() copies a task whose getter puts another task: both arrive whole, the inner one first (as with postMessage)", async () => {
+  await using pipe = new Pipeline<unknown, unknown>(
+    new OrderedStage((task: unknown) => task),
+  );
+  using _guard = hangGuard(pipe);
+  let inner: Promise<void> | undefined;
+  const outer = {
+    a: 1,
+    get b() {
+      inner ??= pipe.put({ inner: [1, 2, 3] });
+      return "two";
+    },
+    c: [3],
+  };
+  await pipe.put(outer);
+  await inner;
+  pipe.put(null);
+  assert.deepEqual(await Array.fromAsync(pipe), [
+    { inner: [1, 2, 3] },
+    { a: 1, b: "two", c: [3] },
+  ]);
   await pipe.done;
 });
 
@@ -364,6 +402,18 @@ Deno.test("OrderedWorker.putResult() keeps all results of task k before any of t
   for (let i = 0; i < 40; i++) pipe.put(i);
   pipe.put(null);
   assert.deepEqual(await Array.fromAsync(pipe), spread(40));
+  await pipe.done;
+});
+
+Deno.test("OrderedWorker.putResult() from a getter of a result being copied: both results arrive whole, in order", async () => {
+  await using pipe = new Pipeline<number, unknown>(new Stage(GetterPutter, 2));
+  using _guard = hangGuard(pipe);
+  for (let i = 0; i < 20; i++) pipe.put(i);
+  pipe.put(null);
+  assert.deepEqual(
+    await Array.fromAsync(pipe),
+    range(20).flatMap((task) => [{ inner: task }, { task, note: "copied" }]),
+  );
   await pipe.done;
 });
 
