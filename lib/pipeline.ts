@@ -691,6 +691,8 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
    * task is in the root stage's input ring, so awaiting it is the backpressure.
    * The task is copied at the call, as by `structuredClone`: a value that
    * cannot be cloned is refused (the Promise rejects) and nothing else is lost.
+   * A getter of the task may itself put a task; that one enters first, as
+   * with `postMessage`.
    *
    * @param task The task, or `null` to request the stop.
    * @param options Options, such as an `AbortSignal`.
