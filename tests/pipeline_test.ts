@@ -151,14 +151,13 @@ class Spreader extends OrderedWorker<number, string> {
 /** Returns an object whose getter puts another result while the object is copied. */
 class GetterPutter extends OrderedWorker<number, unknown> {
   doTask(task: number): unknown {
-    const worker = this;
-    return {
-      task,
-      get note() {
-        worker.putResult({ inner: task });
+    return Object.defineProperty({ task }, "note", {
+      get: () => {
+        this.putResult({ inner: task });
         return "copied";
       },
-    };
+      enumerable: true,
+    });
   }
 }
 
