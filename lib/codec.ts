@@ -270,7 +270,7 @@ export class Encoder {
     this.#other(value);
   }
 
-  /** The kinds of object that are rarer in tasks, apart so that the hot path stays small for V8 to compile. */
+  /** The kinds of object rarer in tasks, kept out of `#object` so that its hot path stays short. */
   #other(value: object): void {
     if (ArrayBuffer.isView(value)) return this.#view_(value);
     if (value instanceof ArrayBuffer) return this.#arrayBuffer(value);
@@ -662,7 +662,7 @@ export class Decoder {
     }
   }
 
-  /** The kinds of value that are rarer in tasks, apart so that the hot switch stays small for V8 to compile. */
+  /** The kinds of value rarer in tasks, kept out of `#value` so that its hot switch stays short. */
   #other(tag: number | undefined): unknown {
     switch (tag) {
       case Encoder.BIGINT: {
