@@ -131,13 +131,15 @@ export class Encoder {
   #text = new TextEncoder();
 
   #busy = false;
+  #spare: Encoder | null = null;
 
   /**
-   * Whether an `encode()` is under way: a getter of the value being copied
-   * may put another value, which must then take an encoder of its own.
+   * This encoder, or while it is encoding a spare of its own: a getter of the
+   * value being copied may put another value, which must not overwrite it.
    */
-  get busy(): boolean {
-    return this.#busy;
+  idle(): Encoder {
+    if (!this.#busy) return this;
+    return (this.#spare ??= new Encoder()).idle();
   }
 
   /** Encodes `value`; throws a `DataCloneError` if it cannot be cloned. */

@@ -10,7 +10,7 @@
 
 import { InputLink, type InputMode, OutputPort } from "./link.ts";
 import type { Branch } from "./link.ts";
-import { Bell, Ring } from "./ring.ts";
+import { Ring } from "./ring.ts";
 import { internalsOf, OrderedStage, Stage } from "./stage.ts";
 import { describe } from "./target.ts";
 
@@ -256,7 +256,7 @@ export class FilterRuntime {
     }
     for (const output of this.outputs) {
       for (;;) {
-        const counter = Bell.arm(output.bell, output.bellBase);
+        const counter = output.arm();
         const taken = output.claim(this.#values, this.#seqs, 256);
         this.#values.length = 0;
         if (taken < 0) break;

@@ -419,8 +419,7 @@ export class OutputPort {
    * `DataCloneError` before writing anything if the value cannot be cloned.
    */
   put(value: unknown, kind: number, seq: number): void {
-    // A getter of a result being copied may put a result itself.
-    const encoder = this.#encoder.busy ? new Encoder() : this.#encoder;
+    const encoder = this.#encoder.idle();
     const length = encoder.encode(value);
     for (let i = 0; i < this.rings.length; i++) {
       if (this.maxBacklogs[i]! > 0) this.#enterBacklog(i, seq);
@@ -492,10 +491,7 @@ export class OutputPort {
     const nextSeq = this.nextSeqWords[branch]!;
     for (;;) {
       const backlog = Atomics.load(link, InputLink.BACKLOG);
-      if (
-        backlog < max ||
-        (nextSeq >= 0 && Atomics.load(link, nextSeq) === seq)
-      ) {
+      if (OutputPort.#mayEnter(link, backlog, max, nextSeq, seq)) {
         if (
           Atomics.compareExchange(
             link,
@@ -508,11 +504,21 @@ export class OutputPort {
       }
       this.publish();
       const counter = Bell.arm(link, InputLink.SPACE_BELL);
-      if (
-        Atomics.load(link, InputLink.BACKLOG) < max ||
-        (nextSeq >= 0 && Atomics.load(link, nextSeq) === seq)
-      ) continue;
+      const now = Atomics.load(link, InputLink.BACKLOG);
+      if (OutputPort.#mayEnter(link, now, max, nextSeq, seq)) continue;
       Bell.sleep(link, InputLink.SPACE_BELL + Bell.COUNTER, counter);
     }
+  }
+
+  /** Whether record `seq` may enter a backlog of `backlog`: there is room, or the merge waits for it. */
+  static #mayEnter(
+    link: Int32Array,
+    backlog: number,
+    max: number,
+    nextSeq: number,
+    seq: number,
+  ): boolean {
+    return backlog < max ||
+      (nextSeq >= 0 && Atomics.load(link, nextSeq) === seq);
   }
 }

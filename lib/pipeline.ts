@@ -334,16 +334,12 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
         const outputs: Branch[] = state.next.map((next) => {
           const target = plan.get(next)!;
           const nextState = internalsOf(next);
-          return {
-            ring: target.rings[ringIndex(nextState, stage, index)]!,
-            bell: target.control,
-            bellBase: InputLink.BELL,
-            link: target.control,
-            maxBacklog: Number.isFinite(nextState.maxBacklog)
-              ? nextState.maxBacklog
-              : 0,
-            nextSeqWord: nextSeqWord(nextState, stage),
-          };
+          return linkBranch(
+            target.control,
+            target.rings[ringIndex(nextState, stage, index)]!,
+            nextState.maxBacklog,
+            nextSeqWord(nextState, stage),
+          );
         });
         if (leafRings.length > 0) outputs.push(leafRings[index]!);
         this.#spawn(stage, {
@@ -496,30 +492,18 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
           for (let i = 0; i < leaf.size; i++) {
             const ring = this.#allocateRing();
             rings.push(ring);
-            branches.push({
-              ring,
-              bell: control,
-              bellBase: InputLink.BELL,
-              link: control,
-              maxBacklog: 0,
-              nextSeqWord: -1,
-            });
+            branches.push(linkBranch(control, ring, Infinity, -1));
           }
           subLinks.set(leaf, branches);
         }
         const rootPlan = plan.get(root)!;
-        const rootState = internalsOf(root);
         return {
-          input: {
-            ring: rootPlan.rings[0]!,
-            bell: rootPlan.control,
-            bellBase: InputLink.BELL,
-            link: rootPlan.control,
-            maxBacklog: Number.isFinite(rootState.maxBacklog)
-              ? rootState.maxBacklog
-              : 0,
-            nextSeqWord: -1,
-          },
+          input: linkBranch(
+            rootPlan.control,
+            rootPlan.rings[0]!,
+            internalsOf(root).maxBacklog,
+            -1,
+          ),
           output: {
             control,
             rings,
@@ -699,7 +683,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
    */
   put(task: I | null, options?: PutOptions): Promise<void> {
     try {
-      checkCallOptions("put", options)?.signal?.throwIfAborted();
+      checkCallOptions("put", options).signal?.throwIfAborted();
     } catch (error) {
       return Promise.reject(error);
     }
@@ -717,8 +701,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
     let bytes: Uint8Array | null = null;
     if (task === null) this.#stopped = true;
     else {
-      // A getter of a task being copied may put a task itself.
-      const encoder = this.#encoder.busy ? new Encoder() : this.#encoder;
+      const encoder = this.#encoder.idle();
       let length: number;
       try {
         length = encoder.encode(task);
@@ -1003,8 +986,14 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
 
   /** Wakes the sleeping readers if a leaf ring holds results. */
   #wakeReaders(): void {
-    if (!this.#leaves.some((leaf) => leaf.link?.hasData())) return;
-    for (const wake of this.#readers.splice(0)) wake();
+    // A loop, not some(): this runs on every put while a reader waits.
+    const leaves = this.#leaves;
+    for (let i = 0; i < leaves.length; i++) {
+      if (leaves[i]!.link?.hasData()) {
+        for (const wake of this.#readers.splice(0)) wake();
+        return;
+      }
+    }
   }
 
   /** Takes one result that is already here, or NONE. */
@@ -1165,6 +1154,26 @@ function collectStages(root: AnyStage): AnyStage[] {
     }
   }
   return stages;
+}
+
+/**
+ * A producer's branch into a stage's input link, whose control block is also
+ * the consumers' doorbell; an unbounded backlog (Infinity) is sent as 0.
+ */
+function linkBranch(
+  control: SharedArrayBuffer,
+  ring: SharedArrayBuffer,
+  maxBacklog: number,
+  nextSeqWord: number,
+): Branch {
+  return {
+    ring,
+    bell: control,
+    bellBase: InputLink.BELL,
+    link: control,
+    maxBacklog: Number.isFinite(maxBacklog) ? maxBacklog : 0,
+    nextSeqWord,
+  };
 }
 
 /** The index, among `next`'s input rings, of the ring from `stage`'s worker `index`. */
@@ -1340,12 +1349,18 @@ function checkOptions(
   return { ringBytes, spin };
 }
 
+/** What `checkCallOptions` returns for no options: one object, not one per call. */
+const NO_CALL_OPTIONS = Object.freeze({
+  timeout: undefined,
+  signal: undefined,
+});
+
 /** Checks the options of `call`: `{ timeout?, signal? }` (`put` takes no timeout). */
 function checkCallOptions(
   call: "get" | "results" | "put",
   options: GetOptions | undefined,
 ): { timeout: number | undefined; signal: AbortSignal | undefined } {
-  if (options === undefined) return { timeout: undefined, signal: undefined };
+  if (options === undefined) return NO_CALL_OPTIONS;
   if (typeof options !== "object" || options === null) {
     throw new TypeError(
       `${call}: 'options' must be an object, got ${describe(options)}`,

@@ -255,15 +255,7 @@ export class WorkerRuntime {
       this.output.putEmpty(Ring.END | Ring.LAST, this.#seq);
     }
     this.#finished = this.#seq + 1;
-    try {
-      WorkerRuntime.post({ type: "skipped", task: this.#seq, error });
-    } catch {
-      WorkerRuntime.post({
-        type: "skipped",
-        task: this.#seq,
-        error: String(error),
-      });
-    }
+    WorkerRuntime.postError({ type: "skipped", task: this.#seq, error });
   }
 
   /** Records the claimed tasks [from, to), for whoever replaces a lost worker. */
@@ -463,18 +455,24 @@ export class WorkerRuntime {
     error: unknown,
   ): void {
     this.output.publish();
-    try {
-      WorkerRuntime.post({ type: "error", phase, task, error });
-    } catch {
-      // The error itself could not be cloned: send what it says.
-      WorkerRuntime.post({ type: "error", phase, task, error: String(error) });
-    }
+    WorkerRuntime.postError({ type: "error", phase, task, error });
   }
 
   /** Whether `value` is a Promise or another thenable. */
   static isThenable(value: unknown): value is PromiseLike<unknown> {
     return value !== null && typeof value === "object" &&
       typeof (value as { then?: unknown }).then === "function";
+  }
+
+  /** Sends a message carrying an error; if the error cannot be cloned, sends what it says. */
+  static postError(
+    message: Extract<WorkerMessage, { type: "error" | "skipped" }>,
+  ): void {
+    try {
+      WorkerRuntime.post(message);
+    } catch {
+      WorkerRuntime.post({ ...message, error: String(message.error) });
+    }
   }
 
   /** Sends a message to the main thread. */

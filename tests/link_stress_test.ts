@@ -17,6 +17,7 @@
 import assert from "node:assert/strict";
 import { InputLink, type InputMode } from "../lib/link.ts";
 import { Ring } from "../lib/ring.ts";
+import { readEnv } from "./support/env.ts";
 import { Prng } from "./support/prng.ts";
 import {
   type ConsumerConfig,
@@ -32,17 +33,8 @@ const RUN_TIMEOUT_MS = 20_000;
 
 /** How many random configurations to run (STRESS_SEEDS raises it locally). */
 function stressSeeds(fallback: number): number {
-  try {
-    const state = Deno.permissions.querySync({
-      name: "env",
-      variable: "STRESS_SEEDS",
-    }).state;
-    if (state !== "granted") return fallback;
-    const wanted = Number(Deno.env.get("STRESS_SEEDS"));
-    return Number.isInteger(wanted) && wanted > 0 ? wanted : fallback;
-  } catch {
-    return fallback;
-  }
+  const wanted = Number(readEnv("STRESS_SEEDS"));
+  return Number.isInteger(wanted) && wanted > 0 ? wanted : fallback;
 }
 
 type Done = Extract<WorkerReport, { type: "done" }>;
@@ -454,7 +446,7 @@ const FIXED_JOIN_CONFIGS: StressConfig[] = [
   },
 ];
 
-const RANDOM_CONFIGS = stressSeeds(24);
+const RANDOM_CONFIGS = stressSeeds(64);
 const CONFIGS = [
   ...FIXED_CONFIGS,
   ...Array.from({ length: RANDOM_CONFIGS }, (_, i) => randomUnordered(100 + i)),

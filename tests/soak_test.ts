@@ -8,6 +8,7 @@ import {
   UnorderedStage,
 } from "../mod.ts";
 import { guarded } from "./fixtures/faults/harness.ts";
+import { readEnv } from "./support/env.ts";
 import { Prng } from "./support/prng.ts";
 
 // Soak: seeded random pipelines (chains and forks of up to five stages of one
@@ -26,17 +27,6 @@ const DEFAULT_SECONDS = 20;
 const PIPELINE_GUARD_MS = 60_000;
 /** The most payload bytes one pipeline's tasks carry in all. */
 const PAYLOAD_BUDGET = 12 * 1024 * 1024;
-
-/** Reads `name` from the environment if the test may, else `undefined`. */
-function env(name: string): string | undefined {
-  const { state } = Deno.permissions.querySync({ name: "env", variable: name });
-  return state === "granted" ? Deno.env.get(name) : undefined;
-}
-
-// ---- randomness ----
-
-/** A seeded random source, so a failure reports a seed that replays it. */
-const Random = Prng;
 
 // ---- the task and the stage target ----
 
@@ -120,7 +110,7 @@ interface Plan {
 }
 
 function makePlan(seed: number): Plan {
-  const random = new Random(seed);
+  const random = new Prng(seed);
   const count = random.int(1, 5);
   const stages: StageSpec[] = [];
   const fanTo: number[] = [];
@@ -239,7 +229,7 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** Runs one random pipeline and checks the invariant; returns its numbers. */
 async function soakOne(plan: Plan): Promise<{ results: number }> {
-  const random = new Random(plan.seed ^ 0x5bd1e995);
+  const random = new Prng(plan.seed ^ 0x5bd1e995);
   const stages: Stage<Task, Task>[] = plan.stages.map((spec) => {
     const options = {
       name: spec.tag,
@@ -379,9 +369,9 @@ async function soakOne(plan: Plan): Promise<{ results: number }> {
 // ---- the soak ----
 
 Deno.test("soak: random chains and forks deliver every result exactly once at every leaf, in order on ordered paths, and end", async () => {
-  const fromEnv = Number(env("SOAK_SECONDS"));
+  const fromEnv = Number(readEnv("SOAK_SECONDS"));
   const seconds = fromEnv > 0 ? fromEnv : DEFAULT_SECONDS;
-  const seedText = env("SOAK_SEED");
+  const seedText = readEnv("SOAK_SEED");
   const base = seedText !== undefined && seedText !== ""
     ? Number(seedText) >>> 0
     : crypto.getRandomValues(new Uint32Array(1))[0]!;
