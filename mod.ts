@@ -35,8 +35,22 @@
  * @module
  */
 
-export * from "./lib/errors.ts";
-export * from "./lib/filter.ts";
-export * from "./lib/pipeline.ts";
-export * from "./lib/stage.ts";
-export * from "./lib/worker.ts";
+export { PipelineClosedError, StageError } from "./lib/errors.ts";
+export type { StageErrorOptions } from "./lib/errors.ts";
+export { FilterStage } from "./lib/filter.ts";
+export type { FilterStageOptions } from "./lib/filter.ts";
+export { Pipeline } from "./lib/pipeline.ts";
+export type {
+  GetOptions,
+  PipelineOptions,
+  PutOptions,
+} from "./lib/pipeline.ts";
+export { OrderedStage, Stage, UnorderedStage } from "./lib/stage.ts";
+export type {
+  ModuleTarget,
+  StageOptions,
+  Target,
+  TaskFunction,
+  WorkerClass,
+} from "./lib/stage.ts";
+export { OrderedWorker, TaskWorker, UnorderedWorker } from "./lib/worker.ts";

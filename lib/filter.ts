@@ -3,15 +3,14 @@
  *
  * The filter is a one-worker ordered stage. Each stage it wraps is the root
  * of a sub-pipeline whose only producer is the filter's worker and whose
- * leaves write back to it, through the same rings as every other link.
+ * leaves write back to it, through the same rings as every other link. The
+ * logic that runs in the filter's worker is in `filter_runtime.ts`.
  *
  * @module
  */
 
-import { InputLink, type InputMode, OutputPort } from "./link.ts";
-import type { Branch } from "./link.ts";
-import { Ring } from "./ring.ts";
-import { internalsOf, OrderedStage, Stage } from "./stage.ts";
+import { OrderedStage, Stage } from "./stage.ts";
+import { internalsOf } from "./stage_internals.ts";
 import { describe } from "./target.ts";
 
 /** Options of a `FilterStage`. */
@@ -45,24 +44,6 @@ export interface FilterStageOptions {
    * @default {"filter"}
    */
   name?: string;
-}
-
-/** What the filter's worker is told: its settings and its sub-pipelines' links. */
-export interface FilterConfig {
-  maxTasks: number;
-  dropResults: boolean;
-  cacheResults: boolean;
-  doStopTask: boolean;
-  subs: {
-    /** The ring into the sub-pipeline's root stage. */
-    input: Branch;
-    /** The rings from the sub-pipeline's leaf stages. */
-    output: {
-      control: SharedArrayBuffer;
-      rings: SharedArrayBuffer[];
-      mode: InputMode;
-    };
-  }[];
 }
 
 const OPTION_NAMES = [
@@ -195,73 +176,4 @@ function checkFilterOptions(options: unknown): FilterStageOptions {
     );
   }
   return o as FilterStageOptions;
-}
-
-/**
- * The filter's logic in its worker. Shipped to workers by source, like
- * `ring.ts`.
- */
-export class FilterRuntime {
-  readonly config: FilterConfig;
-  readonly inputs: OutputPort[];
-  readonly outputs: InputLink[];
-  /** Tasks put into each sub-pipeline, less results drained from it. */
-  readonly counts: number[];
-  /** The latest result of each sub-pipeline (kept across tasks with cacheResults). */
-  readonly latest: Map<number, unknown> = new Map();
-  #values: unknown[] = [];
-  #seqs: number[] = [];
-
-  constructor(config: FilterConfig) {
-    this.config = config;
-    this.inputs = config.subs.map((sub) => new OutputPort([sub.input]));
-    this.outputs = config.subs.map((sub) =>
-      new InputLink(sub.output.control, sub.output.rings, sub.output.mode)
-    );
-    this.counts = config.subs.map(() => 0);
-  }
-
-  /** Drains each sub-pipeline, feeds the task to those with room, and returns the filter's result. */
-  doTask(task: unknown): unknown {
-    const { maxTasks, dropResults, cacheResults } = this.config;
-    if (!cacheResults) this.latest.clear();
-    for (let i = 0; i < this.inputs.length; i++) {
-      let count = this.counts[i]!;
-      for (;;) {
-        const taken = this.outputs[i]!.claim(this.#values, this.#seqs, 256);
-        if (taken <= 0) break;
-        if (!dropResults) this.latest.set(i, this.#values[taken - 1]);
-        this.#values.length = 0;
-        count = Math.max(0, count - taken);
-      }
-      if (count < maxTasks) {
-        this.inputs[i]!.put(task, Ring.DATA, 0);
-        this.inputs[i]!.publish();
-        count++;
-      }
-      this.counts[i] = count;
-    }
-    if (dropResults) return task;
-    const results = [...this.latest.keys()].sort((a, b) => a - b).map((i) =>
-      this.latest.get(i)
-    );
-    return [task, results];
-  }
-
-  /** Passes the stop to every sub-pipeline and drains them until they end. */
-  finish(): void {
-    for (const input of this.inputs) {
-      input.putEmpty(Ring.STOP, 0);
-      input.publish();
-    }
-    for (const output of this.outputs) {
-      for (;;) {
-        const counter = output.arm();
-        const taken = output.claim(this.#values, this.#seqs, 256);
-        this.#values.length = 0;
-        if (taken < 0) break;
-        if (taken === 0) output.sleep(counter);
-      }
-    }
-  }
 }

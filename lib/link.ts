@@ -9,12 +9,18 @@
  * next record in order and stamp it with the stage's own sequence number. The
  * lock is held only while records are decoded, never while a task runs.
  *
+ * Who calls what: `OutputPort` runs on the producing thread of its rings;
+ * `InputLink` on each consumer of the link (several workers of a stage, or
+ * the main thread alone for a leaf or a filter's sub-pipeline).
+ *
  * Shipped to workers by source, like `ring.ts`.
  *
  * @module
  */
 
-import { Bell, Ring } from "./ring.ts";
+import { Bell } from "./bell.ts";
+import { Mutex } from "./mutex.ts";
+import { Ring } from "./ring.ts";
 import { Decoder, Encoder } from "./codec.ts";
 
 /** How the consumers of a link read it. */
@@ -45,8 +51,8 @@ export class InputLink {
   static readonly BACKLOG = 6;
   /** Base index of the doorbell for producers waiting on the backlog. */
   static readonly SPACE_BELL = 7;
-  /** How many rings have delivered their stop record. */
-  static readonly STOPPED = 9;
+  /** How many rings have delivered their stop record (ended). */
+  static readonly ENDED_RINGS = 9;
   /** Words before the groups' merge words. */
   static readonly GROUPS = 16;
   /** Group word: the next upstream sequence number to take (ordered merge). */
@@ -109,7 +115,9 @@ export class InputLink {
 
   /** Whether every upstream producer has stopped and nothing is left. */
   get ended(): boolean {
-    return Atomics.load(this.control, InputLink.STOPPED) ===
+    // Counts only grow, and a ring's end is counted after its last record
+    // was consumed, so "ended" is never reported early.
+    return Atomics.load(this.control, InputLink.ENDED_RINGS) ===
         this.rings.length &&
       this.#partial === null;
   }
@@ -119,7 +127,7 @@ export class InputLink {
    * Returns how many, or -1 once every upstream has stopped and all is taken.
    */
   claim(values: unknown[], seqs: number[], max: number): number {
-    if (this.mode.shared) this.#lock();
+    if (this.mode.shared) Mutex.lock(this.control, InputLink.LOCK);
     try {
       const rings = this.rings;
       for (let i = 0; i < rings.length; i++) rings[i]!.beginRead();
@@ -140,13 +148,13 @@ export class InputLink {
       for (let i = 0; i < rings.length; i++) rings[i]!.endRead();
       if (count === 0) return this.ended ? -1 : 0;
       // The stamps order an ordered stage's results and number tasks in
-      // errors. One atomic add per claim: V8 runs each Atomics call as a
-      // builtin (about 10 ns), not inline.
+      // errors. One atomic add per claim, not per record: V8 runs each
+      // Atomics call as a builtin, not inline.
       const first = Atomics.add(this.control, InputLink.OWN_SEQ, count);
       for (let i = 0; i < count; i++) seqs[i] = first + i;
       return count;
     } finally {
-      if (this.mode.shared) this.#unlock();
+      if (this.mode.shared) Mutex.unlock(this.control, InputLink.LOCK);
     }
   }
 
@@ -170,15 +178,17 @@ export class InputLink {
   /** Counts a claimed task as started, freeing a place in a bounded backlog. */
   taskStarted(): void {
     if (!this.mode.bounded) return;
+    // Free the place first, then ring: a producer woken by the bell finds it.
     Atomics.sub(this.control, InputLink.BACKLOG, 1);
     Bell.ring(this.control, InputLink.SPACE_BELL);
   }
 
   /** Takes the next sequence number for a task this consumer makes up itself (the stop task). */
   nextOwnSeq(): number {
-    if (this.mode.shared) this.#lock();
+    if (this.mode.shared) Mutex.lock(this.control, InputLink.LOCK);
+    // Under the lock, so no claim stamps between its records and this one.
     const seq = Atomics.add(this.control, InputLink.OWN_SEQ, 1);
-    if (this.mode.shared) this.#unlock();
+    if (this.mode.shared) Mutex.unlock(this.control, InputLink.LOCK);
     return seq;
   }
 
@@ -218,6 +228,8 @@ export class InputLink {
     const current = InputLink.groupWord(group, InputLink.CURRENT);
     const next = InputLink.groupWord(group, InputLink.NEXT_SEQ);
     while (count < max) {
+      // The merge words are read and written only under the link's lock (or
+      // by its lone consumer), so these loads are exact.
       let index = Atomics.load(control, current) - 1;
       if (index < 0) {
         index = this.#findRingOf(group, Atomics.load(control, next));
@@ -239,7 +251,7 @@ export class InputLink {
       const at = ring.peek();
       if (at < 0) continue;
       if ((ring.kindAt(at) & 0xff) === Ring.STOP) {
-        this.#stopRing(i);
+        this.#endRing(i);
         continue;
       }
       if (ring.seqAt(at) === seq) return i;
@@ -263,7 +275,7 @@ export class InputLink {
     const kind = ring.kindAt(at);
     const base = kind & 0xff;
     if (base === Ring.STOP) {
-      this.#stopRing(index);
+      this.#endRing(index);
       return InputLink.NOTHING;
     }
     let value: unknown = undefined;
@@ -284,6 +296,9 @@ export class InputLink {
       ring.advance();
     }
     if (merged >= 0 && kind & Ring.LAST) {
+      // The group's next task is the one after this: move NEXT_SEQ first (a
+      // producer waiting on the backlog compares its record with it), then
+      // forget which ring held this one.
       Atomics.add(
         this.control,
         InputLink.groupWord(merged, InputLink.NEXT_SEQ),
@@ -342,37 +357,14 @@ export class InputLink {
     }
   }
 
-  #stopRing(index: number): void {
+  #endRing(index: number): void {
     const ring = this.rings[index]!;
     ring.advance();
-    Atomics.store(ring.control, Ring.STOPPED, 1);
-    Atomics.add(this.control, InputLink.STOPPED, 1);
+    // The ring's flag (for inspection), then the link's count that `ended` reads.
+    Atomics.store(ring.control, Ring.ENDED, 1);
+    Atomics.add(this.control, InputLink.ENDED_RINGS, 1);
     // Other consumers of this link may sleep on the bell: let them see the end.
     Bell.ringAlways(this.bell, this.bellBase);
-  }
-
-  // A futex-style mutex (0 free, 1 held, 2 held with waiters): uncontended
-  // lock and unlock are one atomic operation each.
-  #lock(): void {
-    const control = this.control;
-    let state = Atomics.compareExchange(control, InputLink.LOCK, 0, 1);
-    if (state === 0) return;
-    for (let spin = 0; spin < 100 && state !== 0; spin++) {
-      state = Atomics.compareExchange(control, InputLink.LOCK, 0, 1);
-      if (state === 0) return;
-    }
-    if (state !== 2) state = Atomics.exchange(control, InputLink.LOCK, 2);
-    while (state !== 0) {
-      Bell.sleep(control, InputLink.LOCK, 2);
-      state = Atomics.exchange(control, InputLink.LOCK, 2);
-    }
-  }
-
-  #unlock(): void {
-    if (Atomics.sub(this.control, InputLink.LOCK, 1) !== 1) {
-      Atomics.store(this.control, InputLink.LOCK, 0);
-      Atomics.notify(this.control, InputLink.LOCK, 1);
-    }
   }
 }
 
@@ -490,6 +482,8 @@ export class OutputPort {
     const max = this.maxBacklogs[branch]!;
     const nextSeq = this.nextSeqWords[branch]!;
     for (;;) {
+      // A snapshot: consumers lower it and other producers raise it at any
+      // time, so a place is only taken by the compare-exchange below.
       const backlog = Atomics.load(link, InputLink.BACKLOG);
       if (OutputPort.#mayEnter(link, backlog, max, nextSeq, seq)) {
         if (
@@ -503,6 +497,8 @@ export class OutputPort {
         continue;
       }
       this.publish();
+      // Arm, then look again, then sleep: the bell is rung after each place
+      // is freed, so a place freed after this load still wakes us.
       const counter = Bell.arm(link, InputLink.SPACE_BELL);
       const now = Atomics.load(link, InputLink.BACKLOG);
       if (OutputPort.#mayEnter(link, now, max, nextSeq, seq)) continue;
@@ -518,6 +514,8 @@ export class OutputPort {
     nextSeq: number,
     seq: number,
   ): boolean {
+    // NEXT_SEQ may be stale towards the past: then this record waits for the
+    // next ring of the space bell, which every merge step rings.
     return backlog < max ||
       (nextSeq >= 0 && Atomics.load(link, nextSeq) === seq);
   }

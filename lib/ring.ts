@@ -1,91 +1,21 @@
 /**
  * A bounded single-producer ring of variable-length records in a
- * SharedArrayBuffer, and the doorbell its waiters sleep on.
+ * SharedArrayBuffer.
  *
- * These classes are shipped to stage workers by their source text
- * (`Function.prototype.toString`), so they refer only to globals and to each
- * other by name, and keep their constants as static fields.
+ * Who calls what: one producer thread calls the producer half (`write`,
+ * `writeEmpty`, `publish`) for the ring's whole life; the consumer half
+ * (`beginRead` … `endRead`) belongs to one consumer at a time: the lone
+ * consumer of a link, or whichever consumer holds the link's lock (see
+ * `InputLink`). Roles never change.
+ *
+ * Shipped to stage workers by its source text (`Function.prototype.toString`,
+ * see `worker_script.ts`), so it refers only to globals and to the other
+ * shipped classes by name, and keeps its constants as static fields.
  *
  * @module
  */
 
-/**
- * A doorbell: a wake-up counter and a "someone may be waiting" flag, two
- * adjacent words of an `Int32Array`.
- *
- * Waiting takes three steps, in this order: read the counter (`arm`), then
- * re-check the condition, then sleep on the counter value read. Reading the
- * counter before raising the flag is what makes a wake-up impossible to lose: a
- * signaller that finds the flag raised bumps the counter, so the sleeper's
- * `Atomics.wait` returns at once even if the bump came before it slept.
- * Signallers check the flag first, so a bell nobody waits on costs one load.
- */
-export class Bell {
-  /** Offset of the wake-up counter from the bell's base index. */
-  static readonly COUNTER = 0;
-  /** Offset of the waiting flag from the bell's base index. */
-  static readonly WAITING = 1;
-
-  /** Reads the counter and raises the flag; re-check, then sleep on the result. */
-  static arm(words: Int32Array, base: number): number {
-    const counter = Atomics.load(words, base + Bell.COUNTER);
-    Atomics.store(words, base + Bell.WAITING, 1);
-    return counter;
-  }
-
-  /** Wakes every waiter, if the flag says there may be one. */
-  static ring(words: Int32Array, base: number): void {
-    if (
-      Atomics.load(words, base + Bell.WAITING) !== 0 &&
-      Atomics.exchange(words, base + Bell.WAITING, 0) !== 0
-    ) {
-      Atomics.add(words, base + Bell.COUNTER, 1);
-      Atomics.notify(words, base + Bell.COUNTER);
-    }
-  }
-
-  /**
-   * Where this thread learns it was stopped: a word and the generation of the
-   * worker; set by the worker runtime. A worker blocked in `Atomics.wait`
-   * ignores `Worker.terminate()`, so the main thread raises the word, wakes
-   * every sleeper, and a stopped worker unwinds from its next sleep.
-   */
-  static stop: { words: Int32Array; index: number; generation: number } | null =
-    null;
-
-  /** Whether this worker was stopped by its pipeline. */
-  static stopped(): boolean {
-    const stop = Bell.stop;
-    return stop !== null &&
-      Atomics.load(stop.words, stop.index) > stop.generation;
-  }
-
-  /** Throws if this worker was stopped, so that it unwinds and closes itself. */
-  static checkStopped(): void {
-    if (Bell.stopped()) {
-      throw new Error("This worker was stopped by its pipeline");
-    }
-  }
-
-  /**
-   * `Atomics.wait` for workers, which throws once this worker was stopped.
-   * It checks before sleeping too: a worker that was still starting when it
-   * was stopped may come to sleep after the wake-ups (the main thread raises
-   * the stop word before it wakes anyone, so one of the checks sees it).
-   */
-  static sleep(words: Int32Array, index: number, value: number): void {
-    Bell.checkStopped();
-    Atomics.wait(words, index, value);
-    Bell.checkStopped();
-  }
-
-  /** Wakes every waiter unconditionally (used on stop and on failure). */
-  static ringAlways(words: Int32Array, base: number): void {
-    Atomics.store(words, base + Bell.WAITING, 0);
-    Atomics.add(words, base + Bell.COUNTER, 1);
-    Atomics.notify(words, base + Bell.COUNTER);
-  }
-}
+import { Bell } from "./bell.ts";
 
 /**
  * A single-producer ring of framed records. Each record is a 16-byte frame
@@ -106,8 +36,8 @@ export class Ring {
   static readonly HEAD = 0;
   /** Base index of the producer's space doorbell. */
   static readonly SPACE_BELL = 1;
-  /** Word index of the flag set once the stop record was consumed. */
-  static readonly STOPPED = 3;
+  /** Word index of the flag set once the stop record was consumed: the ring has ended. */
+  static readonly ENDED = 3;
   /** Word index of the released tail (consumers); on its own cache line. */
   static readonly TAIL = 16;
   /** Bytes of control words before the data area. */
@@ -159,6 +89,7 @@ export class Ring {
     this.view = new DataView(buffer, Ring.CONTROL_BYTES, this.capacity);
     // At most a quarter of the ring, so a record always fits once the ring drains.
     this.maxPayload = (this.capacity >> 2) - Ring.FRAME_BYTES;
+    // A new producer (a replacement worker) resumes from what was published.
     this.#head = Atomics.load(this.control, Ring.HEAD);
     this.#tailSeen = Atomics.load(this.control, Ring.TAIL);
   }
@@ -213,6 +144,8 @@ export class Ring {
     const contiguous = this.capacity - offset;
     const needed = size > contiguous ? size + contiguous : size;
     if (this.capacity - ((this.#head - this.#tailSeen) | 0) < needed) {
+      // The cached tail may be stale (too old, never too new): only when it
+      // says "full" is the shared tail worth a load.
       this.#tailSeen = Atomics.load(this.control, Ring.TAIL);
       if (this.capacity - ((this.#head - this.#tailSeen) | 0) < needed) {
         return false;
@@ -244,7 +177,8 @@ export class Ring {
 
   /** Makes written records visible; returns whether there was anything new. */
   publish(): boolean {
-    // The seq-cst store orders every payload write before the new head.
+    // Only this thread stores HEAD, so the load is exact; the seq-cst store
+    // orders every payload write before the new head.
     if (Atomics.load(this.control, Ring.HEAD) === this.#head) return false;
     Atomics.store(this.control, Ring.HEAD, this.#head);
     return true;
@@ -252,6 +186,7 @@ export class Ring {
 
   /** Whether the producer has written records it has not published. */
   get unpublished(): boolean {
+    // Exact: only this thread stores HEAD.
     return Atomics.load(this.control, Ring.HEAD) !== this.#head;
   }
 
@@ -259,6 +194,8 @@ export class Ring {
 
   /** Loads the shared tail and head; call before peeking (under the link lock if shared). */
   beginRead(): void {
+    // The tail is exact (this consumer owns it now); the head may be stale,
+    // and peek() loads it again before it reports the ring empty.
     this.#tail = Atomics.load(this.control, Ring.TAIL);
     this.#headSeen = Atomics.load(this.control, Ring.HEAD);
   }
@@ -266,11 +203,17 @@ export class Ring {
   /** Releases what was consumed and wakes the producer if it waits for room. */
   endRead(): void {
     if (Atomics.load(this.control, Ring.TAIL) === this.#tail) return;
+    // Every read of the records consumed happened before this store, so the
+    // producer may overwrite them once it sees the new tail.
     Atomics.store(this.control, Ring.TAIL, this.#tail);
     Bell.ring(this.control, Ring.SPACE_BELL);
   }
 
-  /** Whether a record is published and not consumed (a cheap check for spinning). */
+  /**
+   * Whether a record is published and not consumed (a cheap check for
+   * spinning). Lock-free, so it may be stale either way: a record published
+   * just now may be missed, and one another consumer just took may be seen.
+   */
   hasData(): boolean {
     return Atomics.load(this.control, Ring.HEAD) !==
       Atomics.load(this.control, Ring.TAIL);
@@ -280,6 +223,7 @@ export class Ring {
   peek(): number {
     for (;;) {
       if (this.#tail === this.#headSeen) {
+        // The head seen is stale only towards the past: load it once more.
         this.#headSeen = Atomics.load(this.control, Ring.HEAD);
         if (this.#tail === this.#headSeen) return -1;
       }

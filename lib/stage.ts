@@ -5,8 +5,14 @@
  */
 
 import type { StageError } from "./errors.ts";
-import type { StageStatus } from "./status.ts";
-import { describe, type ShippedTarget, shipTarget } from "./target.ts";
+import { reaches } from "./graph.ts";
+import {
+  type AnyStage,
+  internalsOf,
+  setInternals,
+  type StageOwner,
+} from "./stage_internals.ts";
+import { describe, shipTarget } from "./target.ts";
 import type {
   ModuleTarget,
   Target,
@@ -73,51 +79,6 @@ export interface GetOptions {
   timeout?: number;
   /** Give up when this signal aborts, with its reason; nothing is lost. */
   signal?: AbortSignal;
-}
-
-/** What a built pipeline offers its stages. */
-export interface StageOwner {
-  getFrom(stage: Stage<never, unknown>, options?: GetOptions): Promise<unknown>;
-  resultsFrom(
-    stage: Stage<never, unknown>,
-    options?: GetOptions,
-  ): AsyncIterableIterator<unknown>;
-}
-
-/** A stage's wiring and settings, for the pipeline that builds it. */
-export interface StageInternals {
-  shipped: ShippedTarget;
-  /** Whether the stage keeps order; undefined until a module target is inspected. */
-  ordered: boolean | undefined;
-  /** Whether the target must be a worker class (`Stage`). */
-  classOnly: boolean;
-  disableResult: boolean;
-  doStopTask: boolean;
-  maxBacklog: number;
-  args: unknown[];
-  onError: "fail" | "skip" | ((error: StageError) => void);
-  restart: boolean;
-  taskTimeout: number;
-  /** The stage's status block, once a pipeline is built. */
-  status: StageStatus | null;
-  next: Stage<never, unknown>[];
-  previous: Stage<never, unknown>[];
-  owner: StageOwner | null;
-  /** A FilterStage's sub-pipeline roots and settings. */
-  filter: {
-    stages: Stage<never, unknown>[];
-    maxTasks: number;
-    dropResults: boolean;
-    cacheResults: boolean;
-    doStopTask: boolean;
-  } | null;
-}
-
-const internals = new WeakMap<object, StageInternals>();
-
-/** The wiring of `stage` (for `Pipeline`). */
-export function internalsOf(stage: Stage<never, unknown>): StageInternals {
-  return internals.get(stage)!;
 }
 
 const OPTION_NAMES = [
@@ -192,7 +153,7 @@ export class Stage<I, O> {
     }
     this.size = size;
     this.name = checked.name ?? defaultName(target);
-    internals.set(this, {
+    setInternals(this, {
       shipped,
       ordered: this instanceof OrderedStage
         ? true
@@ -217,7 +178,7 @@ export class Stage<I, O> {
 
   /** Tasks this stage has dropped: by its `onError` policy, past `taskTimeout`, or held by a lost worker. */
   get skipped(): number {
-    const status = internalsOf(this as unknown as Stage<never, unknown>).status;
+    const status = internalsOf(this as unknown as AnyStage).status;
     return status === null ? 0 : status.skipped;
   }
 
@@ -239,8 +200,8 @@ export class Stage<I, O> {
         `Stage '${this.name}': 'next' must be a Stage, got ${describe(next)}`,
       );
     }
-    const self = this as unknown as Stage<never, unknown>;
-    const other = next as unknown as Stage<never, unknown>;
+    const self = this as unknown as AnyStage;
+    const other = next as unknown as AnyStage;
     const mine = internalsOf(self);
     const theirs = internalsOf(other);
     if (mine.owner !== null || theirs.owner !== null) {
@@ -273,7 +234,7 @@ export class Stage<I, O> {
    */
   get(options?: GetOptions): Promise<O | null> {
     return this.#owner().getFrom(
-      this as unknown as Stage<never, unknown>,
+      this as unknown as AnyStage,
       options,
     ) as Promise<O | null>;
   }
@@ -281,13 +242,13 @@ export class Stage<I, O> {
   /** Iterates over the results of this (leaf) stage alone, until it has stopped. */
   results(options?: GetOptions): AsyncIterableIterator<O> {
     return this.#owner().resultsFrom(
-      this as unknown as Stage<never, unknown>,
+      this as unknown as AnyStage,
       options,
     ) as AsyncIterableIterator<O>;
   }
 
   #owner(): StageOwner {
-    const owner = internalsOf(this as unknown as Stage<never, unknown>).owner;
+    const owner = internalsOf(this as unknown as AnyStage).owner;
     if (owner === null) {
       throw new TypeError(
         `Stage '${this.name}' has no results to read: create a Pipeline with it first`,
@@ -373,22 +334,6 @@ export class UnorderedStage<I, O> extends Stage<I, O> {
 
 /** Re-exported here so stage users find the target types beside the stages. */
 export type { ModuleTarget, Target, TaskFunction, WorkerClass };
-
-function reaches(
-  from: Stage<never, unknown>,
-  to: Stage<never, unknown>,
-): boolean {
-  const stack = [from];
-  const seen = new Set<Stage<never, unknown>>();
-  while (stack.length > 0) {
-    const stage = stack.pop()!;
-    if (stage === to) return true;
-    if (seen.has(stage)) continue;
-    seen.add(stage);
-    stack.push(...internalsOf(stage).next);
-  }
-  return false;
-}
 
 function checkOptions(kind: string, options: unknown): StageOptions {
   if (typeof options !== "object" || options === null) {

@@ -2,6 +2,10 @@
  * A stage's shared status block: what the main thread needs to know of its
  * workers without asking them (they are busy, or dead).
  *
+ * Who writes what: each worker writes its own slot (except `KILL`) and the
+ * header's counters; the main thread writes `KILL`, and takes a timed task
+ * over by swapping `TASK_STATE`. Everyone else only reads.
+ *
  * Shipped to workers by source, like `ring.ts`.
  *
  * @module
@@ -18,16 +22,25 @@ export class StageStatus {
   static readonly HEADER = 4;
   /** Words of a worker's slot. */
   static readonly SLOT = 5;
-  /** Slot word: 1 while a timed task runs; the main thread swaps it to 2 to take the task over. */
-  static readonly RUNNING = 0;
+  /** Slot word: what the worker's timed task is doing, one of the task states below. */
+  static readonly TASK_STATE = 0;
   /** Slot word: the first claimed task whose results are not all published. */
   static readonly FROM = 1;
   /** Slot word: one past the last claimed task. */
   static readonly TO = 2;
   /** Slot word: the task running now. */
   static readonly SEQ = 3;
-  /** Slot word: workers of a lower generation than this must stop (see Bell.stop). */
-  static readonly STOPPED = 4;
+  /** Slot word: workers of a generation below this one were killed (see `Bell.kill`). */
+  static readonly KILL = 4;
+
+  /** Task state: no timed task runs. */
+  static readonly IDLE = 0;
+  /** Task state: a timed task runs (its start time is in `started`). */
+  static readonly RUNNING = 1;
+  /** Task state: the main thread took the task over (it ran too long); the worker is being replaced. */
+  static readonly TAKEN_OVER = 2;
+  /** Task state: the pipeline shut down; a worker sleeping on the word wakes and ends. */
+  static readonly SHUT_DOWN = 3;
 
   /** Creates the shared memory of a stage of `size` workers. */
   static allocate(size: number): SharedArrayBuffer {
@@ -57,6 +70,7 @@ export class StageStatus {
 
   /** Tasks the stage has dropped so far. */
   get skipped(): number {
+    // Workers add to it at any time: a snapshot, exact once they have exited.
     return Atomics.load(this.words, StageStatus.SKIPPED);
   }
 }

@@ -7,12 +7,17 @@
  * @module
  */
 
+import { Bell } from "./bell.ts";
+import { ClaimPolicy } from "./claim_policy.ts";
+import { type FilterConfig, FilterRuntime } from "./filter_runtime.ts";
 import { type Branch, InputLink, type InputMode, OutputPort } from "./link.ts";
-import { type FilterConfig, FilterRuntime } from "./filter.ts";
-import { Bell, Ring } from "./ring.ts";
+import { Ring } from "./ring.ts";
 import { StageStatus } from "./status.ts";
 import type { ShippedTarget } from "./target.ts";
-import { OrderedWorker, TaskWorker, UnorderedWorker } from "./worker.ts";
+import { type Run, TargetLoader } from "./target_loader.ts";
+import { WorkerScope } from "./worker_scope.ts";
+
+export type { WorkerMessage } from "./worker_scope.ts";
 
 /** What a worker is told when it starts. */
 export interface WorkerConfig {
@@ -52,41 +57,18 @@ export interface WorkerConfig {
   filter: FilterConfig | null;
 }
 
-/** What a worker tells the main thread (never per task). */
-export type WorkerMessage =
-  | { type: "ready" }
-  | { type: "exit" }
-  | {
-    type: "error";
-    phase: "load" | "init" | "task";
-    task: number | undefined;
-    error: unknown;
-  }
-  /** A task failed and was dropped (onError "skip"). */
-  | { type: "skipped"; task: number; error: unknown }
-  /** The worker is about to end: close(), Deno.exit(), or an error outside doTask(). */
-  | { type: "lost"; reason: string; error?: unknown };
-
-type Run = (task: unknown) => unknown;
-
 /** Runs one stage worker. */
 export class WorkerRuntime {
-  /** Tasks slower than this (ms) are claimed one at a time, for balance. */
-  static readonly SLOW_TASK_MS = 0.05;
-
   /** Starts the worker described by `config`; reports every failure. */
   static async start(config: WorkerConfig): Promise<void> {
     try {
       await new WorkerRuntime(config).run();
     } finally {
       // A terminate() that came while this worker slept in Atomics.wait is
-      // lost (Deno), so a stopped worker ends itself.
-      if (Bell.stopped()) WorkerRuntime.close();
+      // lost (Deno), so a killed worker ends itself.
+      if (Bell.killed()) WorkerScope.close();
     }
   }
-
-  /** The worker scope's own close(), kept before user code can replace it. */
-  static close: () => void = () => {};
 
   readonly config: WorkerConfig;
   readonly input: InputLink;
@@ -101,7 +83,12 @@ export class WorkerRuntime {
   #armed = false;
   #counter = 0;
   /** This worker's words in the stage's status block, found once. */
-  readonly #slot: { seq: number; from: number; to: number; running: number };
+  readonly #slot: {
+    seq: number;
+    from: number;
+    to: number;
+    taskState: number;
+  };
 
   constructor(config: WorkerConfig) {
     this.config = config;
@@ -112,9 +99,9 @@ export class WorkerRuntime {
     );
     this.output = new OutputPort(config.outputs);
     this.status = new StageStatus(config.status, config.size);
-    Bell.stop = {
+    Bell.kill = {
       words: this.status.words,
-      index: this.status.at(config.index, StageStatus.STOPPED),
+      index: this.status.at(config.index, StageStatus.KILL),
       generation: config.generation,
     };
     const at = (word: number) => this.status.at(config.index, word);
@@ -122,9 +109,10 @@ export class WorkerRuntime {
       seq: at(StageStatus.SEQ),
       from: at(StageStatus.FROM),
       to: at(StageStatus.TO),
-      running: at(StageStatus.RUNNING),
+      taskState: at(StageStatus.TASK_STATE),
     };
-    // What is published is safe; a replacement must close what is not.
+    // What is published is safe; a replacement must close what is not. A
+    // plain store, read only once this worker is lost (see #claimed).
     const from = this.#slot.from;
     this.output.onPublish = () => {
       this.status.words[from] = this.#finished;
@@ -133,11 +121,15 @@ export class WorkerRuntime {
 
   /** Loads the target, runs every task, then passes the stop downstream. */
   async run(): Promise<void> {
-    this.#interceptExits();
+    WorkerScope.watchExits();
     let run: Run;
     let init: () => unknown;
     try {
-      [run, init] = await this.#load();
+      [run, init] = await TargetLoader.load(
+        this.config.target,
+        this.config.ordered,
+        this.config.args,
+      );
     } catch (error) {
       return this.#report("load", undefined, error);
     }
@@ -146,7 +138,7 @@ export class WorkerRuntime {
     } catch (error) {
       return this.#report("init", undefined, error);
     }
-    WorkerRuntime.post({ type: "ready" });
+    WorkerScope.post({ type: "ready" });
     (globalThis as Record<symbol, unknown>)[Symbol.for("mpipe.putResult")] = (
       result: unknown,
     ) => this.#putResult(result);
@@ -171,7 +163,7 @@ export class WorkerRuntime {
     this.output.putEmpty(Ring.STOP, 0);
     this.output.publish();
     if (filter !== null && !filter.config.doStopTask) filter.finish();
-    WorkerRuntime.post({ type: "exit" });
+    WorkerScope.post({ type: "exit" });
   }
 
   async #loop(run: Run): Promise<void> {
@@ -201,7 +193,7 @@ export class WorkerRuntime {
       // Claim one task at a time when tasks are slow, so that idle workers
       // can take the rest; claim many when they are fast, to save on locking.
       const perTask = (performance.now() - started) / count;
-      this.#claimMax = perTask > WorkerRuntime.SLOW_TASK_MS
+      this.#claimMax = perTask > ClaimPolicy.SLOW_TASK_MS
         ? 1
         : Math.min(this.#claimMax * 2, this.config.maxClaim);
       this.output.publish();
@@ -215,6 +207,7 @@ export class WorkerRuntime {
    */
   #runTask(run: Run, task: unknown, seq: number): Promise<void> | undefined {
     this.#seq = seq;
+    // Plain: read for the watchdog's message after the task state's store.
     this.status.words[this.#slot.seq] = seq;
     if (this.config.timed) this.#startTimed();
     let result: unknown;
@@ -223,7 +216,7 @@ export class WorkerRuntime {
     } catch (error) {
       return this.#failed(error);
     }
-    if (WorkerRuntime.isThenable(result)) {
+    if (WorkerScope.isThenable(result)) {
       return Promise.resolve(result).then(
         (value) => this.#succeeded(value),
         (error) => this.#failed(error),
@@ -233,8 +226,8 @@ export class WorkerRuntime {
   }
 
   #succeeded(result: unknown): void {
-    // A stopped worker whose task outlived the stop must not touch the rings.
-    Bell.checkStopped();
+    // A killed worker whose task outlived the kill must not touch the rings.
+    Bell.checkKilled();
     if (this.config.timed) this.#endTimed();
     try {
       this.#finish(result);
@@ -247,20 +240,23 @@ export class WorkerRuntime {
   }
 
   #failed(error: unknown, timed = this.config.timed): undefined {
-    Bell.checkStopped();
+    Bell.checkKilled();
     if (timed) this.#endTimed();
     if (this.config.onError === "fail") throw error;
+    // The main thread reads the count at any time: an atomic add, not a store.
     Atomics.add(this.status.words, StageStatus.SKIPPED, 1);
     if (this.config.ordered && !this.config.disableResult) {
       this.output.putEmpty(Ring.END | Ring.LAST, this.#seq);
     }
     this.#finished = this.#seq + 1;
-    WorkerRuntime.postError({ type: "skipped", task: this.#seq, error });
+    WorkerScope.postError({ type: "skipped", task: this.#seq, error });
   }
 
   /** Records the claimed tasks [from, to), for whoever replaces a lost worker. */
   #claimed(from: number, to: number): void {
     const { words } = this.status;
+    // Plain stores: the main thread reads the slot only once this worker is
+    // lost, after it stopped writing (a message or a kill orders them).
     words[this.#slot.to] = to;
     words[this.#slot.from] = from;
     this.#finished = from;
@@ -269,18 +265,28 @@ export class WorkerRuntime {
   #startTimed(): void {
     this.status.started[this.config.index] = performance.timeOrigin +
       performance.now();
-    Atomics.store(this.status.words, this.#slot.running, 1);
+    // The start time first, then the state: the watchdog reads the time only
+    // after it sees RUNNING.
+    Atomics.store(this.status.words, this.#slot.taskState, StageStatus.RUNNING);
   }
 
   /**
    * Ends a timed task. If the main thread already took it over (it ran too
-   * long), this worker is being terminated: it must not touch the rings again.
+   * long), this worker is being replaced: it must not touch the rings again.
    */
   #endTimed(): void {
     const { words } = this.status;
-    const running = this.#slot.running;
-    if (Atomics.compareExchange(words, running, 1, 0) === 1) return;
-    for (;;) Bell.sleep(words, running, 2);
+    const taskState = this.#slot.taskState;
+    // The compare-exchange races the watchdog's: exactly one of them wins.
+    if (
+      Atomics.compareExchange(
+        words,
+        taskState,
+        StageStatus.RUNNING,
+        StageStatus.IDLE,
+      ) === StageStatus.RUNNING
+    ) return;
+    for (;;) Bell.sleep(words, taskState, StageStatus.TAKEN_OVER);
   }
 
   /** Closes the tasks a lost worker held, so an ordered merge does not wait for them. */
@@ -292,56 +298,6 @@ export class WorkerRuntime {
     }
     this.#claimed(to, to);
     this.output.publish();
-  }
-
-  /** Reports close() and Deno.exit() before they end the worker without a word. */
-  #interceptExits(): void {
-    const scope = globalThis as unknown as {
-      close(): void;
-      addEventListener(
-        type: string,
-        listener: (
-          event: Event & { error?: unknown; reason?: unknown },
-        ) => void,
-      ): void;
-    };
-    const close = scope.close.bind(scope);
-    WorkerRuntime.close = close;
-    scope.close = () => {
-      WorkerRuntime.post({ type: "lost", reason: "it called close()" });
-      close();
-    };
-    // An error outside doTask() (a timer, an event): report it with its
-    // cause, then end, rather than let it surface as a bare error event.
-    const lost = (what: string, error: unknown) => {
-      const text = error instanceof Error ? error.message : String(error);
-      try {
-        WorkerRuntime.post({ type: "lost", reason: `${what}: ${text}`, error });
-      } catch {
-        WorkerRuntime.post({ type: "lost", reason: `${what}: ${text}` });
-      }
-      close();
-    };
-    scope.addEventListener("error", (event) => {
-      event.preventDefault();
-      lost("it threw outside doTask()", event.error);
-    });
-    scope.addEventListener("unhandledrejection", (event) => {
-      event.preventDefault();
-      lost("a Promise outside doTask() rejected", event.reason);
-    });
-    const exit = Deno.exit;
-    Object.defineProperty(Deno, "exit", {
-      configurable: true,
-      writable: true,
-      value: (code?: number) => {
-        WorkerRuntime.post({
-          type: "lost",
-          reason: `it called Deno.exit(${code ?? ""})`,
-        });
-        return exit(code);
-      },
-    });
   }
 
   /**
@@ -384,100 +340,12 @@ export class WorkerRuntime {
     if (this.#claimMax === 1) this.output.publish();
   }
 
-  async #load(): Promise<[Run, () => unknown]> {
-    const target = this.config.target;
-    let made: unknown;
-    if (target.kind === "source") {
-      const names: string[] = [];
-      const values: unknown[] = [];
-      const bases = { TaskWorker, OrderedWorker, UnorderedWorker };
-      if (target.binding !== "") {
-        names.push(target.binding);
-        values.push(
-          target.namespace
-            ? bases
-            : this.config.ordered
-            ? OrderedWorker
-            : UnorderedWorker,
-        );
-      }
-      for (const [name, base] of Object.entries(bases)) {
-        if (!names.includes(name)) {
-          names.push(name);
-          values.push(base);
-        }
-      }
-      made = new Function(
-        ...names,
-        `"use strict";\nreturn (${target.source});`,
-      )(
-        ...values,
-      );
-    } else {
-      const module = await import(target.specifier);
-      if (!(target.exportName in module)) {
-        throw new TypeError(
-          `Module ${target.specifier} has no export named '${target.exportName}': export the task function or worker class${
-            target.exportName === "default" ? " as default" : ""
-          }, or name the export with { module, export }`,
-        );
-      }
-      made = module[target.exportName];
-    }
-    if (typeof made !== "function") {
-      throw new TypeError(
-        `The target is ${typeof made}, not a task function or worker class`,
-      );
-    }
-    if (/^class\b/.test(Function.prototype.toString.call(made))) {
-      const worker = new (made as new (...args: unknown[]) => {
-        doTask(task: unknown): unknown;
-        doInit?(): unknown;
-      })(...this.config.args);
-      if (typeof worker.doTask !== "function") {
-        throw new TypeError(
-          `The target class ${
-            (made as { name: string }).name
-          } has no doTask() method: extend OrderedWorker or UnorderedWorker and implement doTask()`,
-        );
-      }
-      return [
-        (task) => worker.doTask(task),
-        () => worker.doInit?.(),
-      ];
-    }
-    return [made as Run, () => undefined];
-  }
-
   #report(
     phase: "load" | "init" | "task",
     task: number | undefined,
     error: unknown,
   ): void {
     this.output.publish();
-    WorkerRuntime.postError({ type: "error", phase, task, error });
-  }
-
-  /** Whether `value` is a Promise or another thenable. */
-  static isThenable(value: unknown): value is PromiseLike<unknown> {
-    return value !== null && typeof value === "object" &&
-      typeof (value as { then?: unknown }).then === "function";
-  }
-
-  /** Sends a message carrying an error; if the error cannot be cloned, sends what it says. */
-  static postError(
-    message: Extract<WorkerMessage, { type: "error" | "skipped" }>,
-  ): void {
-    try {
-      WorkerRuntime.post(message);
-    } catch {
-      WorkerRuntime.post({ ...message, error: String(message.error) });
-    }
-  }
-
-  /** Sends a message to the main thread. */
-  static post(message: WorkerMessage): void {
-    (globalThis as unknown as { postMessage(message: unknown): void })
-      .postMessage(message);
+    WorkerScope.postError({ type: "error", phase, task, error });
   }
 }

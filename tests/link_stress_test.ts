@@ -112,7 +112,7 @@ function describeLink(
     const ring = new Int32Array(buffer, 0, Ring.CONTROL_BYTES >> 2);
     return `ring ${i}: head ${ring[Ring.HEAD]} tail ${
       ring[Ring.TAIL]
-    } stopped ${ring[Ring.STOPPED]}`;
+    } stopped ${ring[Ring.ENDED]}`;
   });
   return `link: [${[...words].join(", ")}]; ${ringState.join("; ")}`;
 }
@@ -659,7 +659,7 @@ async function runStress(c: StressConfig): Promise<number> {
   });
   // The link ended cleanly.
   const words = new Int32Array(control);
-  assert.equal(words[InputLink.STOPPED], producers, "every stop was seen");
+  assert.equal(words[InputLink.ENDED_RINGS], producers, "every stop was seen");
   assert.equal(words[InputLink.OWN_SEQ], total, "one stamp per record");
   if (c.maxBacklog > 0) {
     assert.equal(words[InputLink.BACKLOG], 0, "backlog drained");
@@ -672,7 +672,7 @@ async function runStress(c: StressConfig): Promise<number> {
   for (const buffer of rings) {
     const ring = new Int32Array(buffer, 0, Ring.CONTROL_BYTES >> 2);
     assert.equal(ring[Ring.TAIL], ring[Ring.HEAD], "ring fully consumed");
-    assert.equal(ring[Ring.STOPPED], 1, "ring marked stopped");
+    assert.equal(ring[Ring.ENDED], 1, "ring marked stopped");
   }
   return total;
 }

@@ -17,7 +17,7 @@ import {
   waitUntilAtLeast,
   waitUntilChanged,
 } from "./fixtures/guard.ts";
-import { defaultSpin, SPIN } from "../lib/pipeline.ts";
+import { defaultSpin, SPIN } from "../lib/options.ts";
 
 // Task functions and worker classes are shipped to the workers by their
 // source, so each one below is self-contained: it uses only globals, its

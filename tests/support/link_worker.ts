@@ -2,7 +2,7 @@
  * Worker-side helpers for the link stress tests: a producer loop around an
  * `OutputPort` and a consumer loop around an `InputLink`, shipped to Web
  * Workers by source with the library's own classes, the same way
- * `runtimeUrl()` in lib/pipeline.ts ships the stage runtime.
+ * `stageWorkerScript()` in lib/worker_script.ts ships the stage runtime.
  *
  * Everything below that runs in a worker refers only to globals and to the
  * shipped classes (`Bell`, `Ring`, `Encoder`, `Decoder`, `InputLink`,
@@ -11,9 +11,9 @@
  * @module
  */
 
-import { Bell, Ring } from "../../lib/ring.ts";
-import { Decoder, Encoder } from "../../lib/codec.ts";
 import { InputLink, type InputMode, OutputPort } from "../../lib/link.ts";
+import { Ring } from "../../lib/ring.ts";
+import { ENGINE_CLASSES, scriptUrl } from "../../lib/worker_script.ts";
 
 /** What a producer worker does. */
 export interface ProducerConfig {
@@ -320,25 +320,17 @@ export function linkWorkerMain(config: ProducerConfig | ConsumerConfig): void {
 
 /** A Blob URL of a worker script made of the shipped classes and the loops above. */
 export function linkWorkerUrl(): string {
-  const parts = [
-    Bell,
-    Ring,
-    Encoder,
-    Decoder,
-    InputLink,
-    OutputPort,
-    payloadByte,
-    makeRecordValue,
-    checkRecordValue,
-    awaitBarrier,
-    runProducer,
-    runConsumer,
-    linkWorkerMain,
-  ].map(String);
-  parts.push(
+  return scriptUrl(
+    [
+      ...ENGINE_CLASSES,
+      payloadByte,
+      makeRecordValue,
+      checkRecordValue,
+      awaitBarrier,
+      runProducer,
+      runConsumer,
+      linkWorkerMain,
+    ],
     "self.onmessage = (event) => { self.onmessage = null; linkWorkerMain(event.data); };",
-  );
-  return URL.createObjectURL(
-    new Blob([parts.join("\n\n")], { type: "text/javascript" }),
   );
 }

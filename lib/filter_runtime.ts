@@ -1,0 +1,105 @@
+/**
+ * What a `FilterStage`'s worker runs instead of a target: it feeds its
+ * sub-pipelines and drains their results, as the only producer of each
+ * sub-pipeline's root and the only consumer of its leaves.
+ *
+ * Shipped to workers by source, like `ring.ts`.
+ *
+ * @module
+ */
+
+import { ClaimPolicy } from "./claim_policy.ts";
+import { type Branch, InputLink, type InputMode, OutputPort } from "./link.ts";
+import { Ring } from "./ring.ts";
+
+/** What the filter's worker is told: its settings and its sub-pipelines' links. */
+export interface FilterConfig {
+  maxTasks: number;
+  dropResults: boolean;
+  cacheResults: boolean;
+  doStopTask: boolean;
+  subs: {
+    /** The ring into the sub-pipeline's root stage. */
+    input: Branch;
+    /** The rings from the sub-pipeline's leaf stages. */
+    output: {
+      control: SharedArrayBuffer;
+      rings: SharedArrayBuffer[];
+      mode: InputMode;
+    };
+  }[];
+}
+
+/** The filter's logic in its worker. */
+export class FilterRuntime {
+  readonly config: FilterConfig;
+  readonly inputs: OutputPort[];
+  readonly outputs: InputLink[];
+  /** Tasks put into each sub-pipeline, less results drained from it. */
+  readonly counts: number[];
+  /** The latest result of each sub-pipeline (kept across tasks with cacheResults). */
+  readonly latest: Map<number, unknown> = new Map();
+  #values: unknown[] = [];
+  #seqs: number[] = [];
+
+  constructor(config: FilterConfig) {
+    this.config = config;
+    this.inputs = config.subs.map((sub) => new OutputPort([sub.input]));
+    this.outputs = config.subs.map((sub) =>
+      new InputLink(sub.output.control, sub.output.rings, sub.output.mode)
+    );
+    this.counts = config.subs.map(() => 0);
+  }
+
+  /** Drains each sub-pipeline, feeds the task to those with room, and returns the filter's result. */
+  doTask(task: unknown): unknown {
+    const { maxTasks, dropResults, cacheResults } = this.config;
+    if (!cacheResults) this.latest.clear();
+    for (let i = 0; i < this.inputs.length; i++) {
+      let count = this.counts[i]!;
+      for (;;) {
+        const taken = this.outputs[i]!.claim(
+          this.#values,
+          this.#seqs,
+          ClaimPolicy.FILTER_DRAIN,
+        );
+        if (taken <= 0) break;
+        if (!dropResults) this.latest.set(i, this.#values[taken - 1]);
+        this.#values.length = 0;
+        count = Math.max(0, count - taken);
+      }
+      if (count < maxTasks) {
+        this.inputs[i]!.put(task, Ring.DATA, 0);
+        this.inputs[i]!.publish();
+        count++;
+      }
+      this.counts[i] = count;
+    }
+    if (dropResults) return task;
+    const results = [...this.latest.keys()].sort((a, b) => a - b).map((i) =>
+      this.latest.get(i)
+    );
+    return [task, results];
+  }
+
+  /** Passes the stop to every sub-pipeline and drains them until they end. */
+  finish(): void {
+    for (const input of this.inputs) {
+      input.putEmpty(Ring.STOP, 0);
+      input.publish();
+    }
+    for (const output of this.outputs) {
+      for (;;) {
+        const counter = output.arm();
+        const taken = output.claim(
+          this.#values,
+          this.#seqs,
+          ClaimPolicy.FILTER_DRAIN,
+        );
+        this.#values.length = 0;
+        if (taken < 0) break;
+        if (taken === 0) output.sleep(counter);
+      }
+    }
+  }
+}

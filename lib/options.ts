@@ -1,0 +1,145 @@
+/**
+ * The pipeline's options and the options of its calls: their types, their
+ * checks, and the default spin.
+ *
+ * @module
+ */
+
+import type { GetOptions } from "./stage.ts";
+import { describe } from "./target.ts";
+
+/** Options of a pipeline. */
+export interface PipelineOptions {
+  /**
+   * Bytes of each ring between two workers (a power of two, at least 4096).
+   * Records larger than a quarter of it are carried in fragments.
+   * @default {1048576}
+   */
+  ringBytes?: number;
+  /**
+   * How many times an idle thread (a worker waiting for tasks, or the main
+   * thread waiting for results) looks again before it sleeps. Spinning saves
+   * the tens of microseconds a wake-up costs, but only while the thread it
+   * waits for runs on another core: with more threads than cores, a spinning
+   * thread takes CPU from the very threads it waits for. A longer spin trims
+   * the tail of one-at-a-time round trips, at that much CPU per idle gap.
+   * @default {2000 when the pipeline's workers and the main thread fit in
+   * `navigator.hardwareConcurrency` cores, else 0}
+   */
+  spin?: number;
+}
+
+/** Options of `put`. */
+export interface PutOptions {
+  /** Withdraw the task if it is still waiting for room when this signal aborts. */
+  signal?: AbortSignal;
+}
+
+/** The pipeline's options, checked, with their defaults. */
+export interface CheckedPipelineOptions {
+  ringBytes: number;
+  /** Undefined: the default spin, once the number of workers is known. */
+  spin: number | undefined;
+}
+
+/** The default spin when every thread of the pipeline has a core of its own. */
+export const SPIN = 2000;
+
+/**
+ * The spin of a pipeline of `threads` threads (its workers and the main
+ * thread): spin briefly, and only when each has a core of its own, since a
+ * spinning thread takes CPU from the threads it waits for. (The README's
+ * performance section has the measurements.)
+ */
+export function defaultSpin(
+  threads: number,
+  cores: number = navigator.hardwareConcurrency,
+): number {
+  return threads <= cores ? SPIN : 0;
+}
+
+/** Checks the options of `new Pipeline`; throws a `TypeError` or `RangeError` naming the bad one. */
+export function checkPipelineOptions(options: unknown): CheckedPipelineOptions {
+  if (typeof options !== "object" || options === null) {
+    throw new TypeError(
+      `Pipeline: 'options' must be an object, got ${describe(options)}`,
+    );
+  }
+  const { ringBytes = 1 << 20, spin, ...rest } = options as PipelineOptions;
+  const unknown = Object.keys(rest)[0];
+  if (unknown !== undefined) {
+    throw new TypeError(
+      `Pipeline: 'options.${unknown}' is not a pipeline option; the options are ringBytes, spin`,
+    );
+  }
+  if (
+    typeof ringBytes !== "number" || !Number.isInteger(ringBytes) ||
+    ringBytes < 4096 || (ringBytes & (ringBytes - 1)) !== 0 ||
+    ringBytes > 1 << 30
+  ) {
+    throw new RangeError(
+      `Pipeline: 'options.ringBytes' must be a power of two from 4096 to 2^30, got ${
+        describe(ringBytes)
+      }`,
+    );
+  }
+  if (
+    spin !== undefined &&
+    (typeof spin !== "number" || !Number.isInteger(spin) || spin < 0)
+  ) {
+    throw new RangeError(
+      `Pipeline: 'options.spin' must be a non-negative integer, got ${
+        describe(spin)
+      }`,
+    );
+  }
+  return { ringBytes, spin };
+}
+
+/** What `checkCallOptions` returns for no options: one object, not one per call. */
+const NO_CALL_OPTIONS = Object.freeze({
+  timeout: undefined,
+  signal: undefined,
+});
+
+/** Checks the options of `call`: `{ timeout?, signal? }` (`put` takes no timeout). */
+export function checkCallOptions(
+  call: "get" | "results" | "put",
+  options: GetOptions | undefined,
+): { timeout: number | undefined; signal: AbortSignal | undefined } {
+  if (options === undefined) return NO_CALL_OPTIONS;
+  if (typeof options !== "object" || options === null) {
+    throw new TypeError(
+      `${call}: 'options' must be an object, got ${describe(options)}`,
+    );
+  }
+  const names = call === "put" ? ["signal"] : ["timeout", "signal"];
+  for (const key of Object.keys(options)) {
+    if (!names.includes(key)) {
+      throw new TypeError(
+        `${call}: 'options.${key}' is not an option; the options are ${
+          names.join(", ")
+        }`,
+      );
+    }
+  }
+  const { timeout, signal } = options;
+  if (
+    timeout !== undefined &&
+    (typeof timeout !== "number" || Number.isNaN(timeout) || timeout < 0)
+  ) {
+    throw new RangeError(
+      `${call}: 'options.timeout' must be a non-negative number of milliseconds, got ${
+        describe(timeout)
+      }`,
+    );
+  }
+  if (signal !== undefined && !(signal instanceof AbortSignal)) {
+    throw new TypeError(
+      `${call}: 'options.signal' must be an AbortSignal, got ${
+        describe(signal)
+      }`,
+    );
+  }
+  return { timeout, signal };
+}

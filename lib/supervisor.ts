@@ -1,0 +1,290 @@
+/**
+ * The pipeline's workers, seen from the main thread: it starts them, listens
+ * to their (rare) messages, replaces the lost ones, watches timed tasks, and
+ * kills them all at the end.
+ *
+ * Workers tell the main thread only what happens once or seldom (ready,
+ * exit, an error, a lost worker, a skipped task); tasks and results never go
+ * through messages.
+ *
+ * @module
+ */
+
+import { StageError } from "./errors.ts";
+import type { RunView } from "./run_state.ts";
+import { type AnyStage, internalsOf } from "./stage_internals.ts";
+import { StageStatus } from "./status.ts";
+import { loadError, skippedError, workerError } from "./worker_errors.ts";
+import type { WorkerConfig } from "./worker_runtime.ts";
+import type { WorkerMessage } from "./worker_scope.ts";
+import { stageWorkerScript } from "./worker_script.ts";
+import type { SleepWord } from "./wiring.ts";
+
+/** A running worker and what it was started with. */
+interface WorkerRecord {
+  stage: AnyStage;
+  config: WorkerConfig;
+  worker: Worker;
+  /** It exited, was lost or was killed: ignore what it still says. */
+  gone: boolean;
+}
+
+/** What the supervisor tells the pipeline. */
+export interface SupervisorEvents {
+  /** A worker failed the pipeline. */
+  fail(error: StageError): void;
+  /** Every worker has exited, after the stop or a shutdown. */
+  exited(): void;
+}
+
+/** Starts, watches, replaces and kills the workers of a pipeline. */
+export class Supervisor {
+  readonly #run: RunView;
+  readonly #events: SupervisorEvents;
+  readonly #sleepWords: readonly SleepWord[];
+  #workers: WorkerRecord[] = [];
+  #alive = 0;
+  #watchdog: ReturnType<typeof setInterval> | undefined;
+
+  constructor(
+    run: RunView,
+    sleepWords: readonly SleepWord[],
+    events: SupervisorEvents,
+  ) {
+    this.#run = run;
+    this.#sleepWords = sleepWords;
+    this.#events = events;
+  }
+
+  /** Whether any worker still runs. */
+  get running(): boolean {
+    return this.#alive > 0;
+  }
+
+  /** Starts every stage's workers, and the watchdog if a stage has a task timeout. */
+  start(stages: readonly { stage: AnyStage; configs: WorkerConfig[] }[]): void {
+    for (const { stage, configs } of stages) {
+      for (const config of configs) this.#spawn(stage, config);
+    }
+    const timeouts = stages.map(({ stage }) => internalsOf(stage).taskTimeout)
+      .filter(Number.isFinite);
+    if (timeouts.length > 0) this.#startWatchdog(Math.min(...timeouts));
+  }
+
+  /** Kills every worker, even one asleep in `Atomics.wait`, and reports them exited. */
+  killAll(): void {
+    for (const record of this.#workers) this.#kill(record);
+    this.#wakeSleepers(true);
+    this.#workers = [];
+    this.#alive = 0;
+    this.#allExited();
+  }
+
+  /** Starts one worker; `config.recover` says if it replaces a lost one. */
+  #spawn(stage: AnyStage, config: WorkerConfig): void {
+    const worker = new Worker(stageWorkerScript(), {
+      type: "module",
+      name: `${stage.name}#${config.index}`,
+    });
+    const record: WorkerRecord = { stage, config, worker, gone: false };
+    worker.onmessage = (event: MessageEvent<WorkerMessage>) =>
+      this.#onMessage(record, event.data);
+    worker.onerror = (event: ErrorEvent) => {
+      event.preventDefault();
+      this.#lost(
+        record,
+        `it threw outside doTask(): ${event.message}`,
+        event.error,
+      );
+    };
+    worker.postMessage(config);
+    this.#workers.push(record);
+    this.#alive++;
+  }
+
+  #onMessage(record: WorkerRecord, message: WorkerMessage): void {
+    if (record.gone) return;
+    const { stage, config } = record;
+    switch (message.type) {
+      case "exit":
+        this.#kill(record);
+        if (--this.#alive === 0) this.#allExited();
+        break;
+      case "error":
+        this.#events.fail(workerError(stage, config.index, message));
+        break;
+      case "skipped": {
+        const handler = internalsOf(stage).onError;
+        if (typeof handler === "function") {
+          handler(
+            skippedError(stage, config.index, message.task, message.error),
+          );
+        }
+        break;
+      }
+      case "lost":
+        this.#lost(record, message.reason, message.error);
+        break;
+    }
+  }
+
+  /**
+   * A worker ended without finishing (it called close() or Deno.exit(), threw
+   * outside a task, or ran a task past its timeout). Fails the pipeline, or,
+   * with `restart` (or a timeout under a skipping policy), starts a worker in
+   * its place that first closes the tasks the lost one held.
+   */
+  #lost(record: WorkerRecord, reason: string, cause: unknown): void {
+    if (record.gone || this.#run.failure !== null || this.#run.terminated) {
+      return;
+    }
+    this.#kill(record);
+    this.#wakeSleepers(false);
+    const { stage, config } = record;
+    const state = internalsOf(stage);
+    const status = state.status!;
+    // The lost worker wrote its slot last; nothing writes it now.
+    const from = status.words[status.at(config.index, StageStatus.FROM)]!;
+    const to = status.words[status.at(config.index, StageStatus.TO)]!;
+    const held = to > from
+      ? `; it held task${to - from > 1 ? `s ${from} to ${to - 1}` : ` ${from}`}`
+      : "";
+    const timedOut = reason.startsWith("task");
+    const replace = state.restart || (timedOut && state.onError !== "fail");
+    const error = new StageError(
+      `the worker was lost: ${reason}${held}${
+        replace
+          ? "; a new worker took its place and the held tasks were dropped"
+          : ""
+      }`,
+      {
+        stage: stage.name,
+        worker: config.index,
+        task: to > from ? from : undefined,
+        cause,
+      },
+    );
+    if (!replace) return this.#events.fail(error);
+    Atomics.add(status.words, StageStatus.SKIPPED, to - from);
+    // The replacement starts with no timed task running.
+    Atomics.store(
+      status.words,
+      status.at(config.index, StageStatus.TASK_STATE),
+      StageStatus.IDLE,
+    );
+    this.#alive--;
+    this.#workers.splice(this.#workers.indexOf(record), 1);
+    this.#spawn(stage, {
+      ...config,
+      generation: config.generation + 1,
+      recover: { from, to },
+    });
+    if (typeof state.onError === "function") state.onError(error);
+  }
+
+  /** Kills a worker for good: even one asleep in `Atomics.wait` (see `Bell.kill`). */
+  #kill(record: WorkerRecord): void {
+    record.gone = true;
+    const { stage, config } = record;
+    const status = internalsOf(stage).status!;
+    // Raised before any wake-up, so a worker that wakes sees it.
+    Atomics.store(
+      status.words,
+      status.at(config.index, StageStatus.KILL),
+      config.generation + 1,
+    );
+    record.worker.terminate();
+  }
+
+  /**
+   * Wakes sleeping workers: the killed ones then end, the others look again.
+   * Each word's value changes, so that a worker between reading a bell and
+   * sleeping on it cannot miss the wake-up. Lock and task-state words are
+   * only touched when every worker is killed (`all`): a lost worker never
+   * sleeps on a lock, since it is lost while running task code.
+   */
+  #wakeSleepers(all: boolean): void {
+    for (const { words, index, kind } of this.#sleepWords) {
+      if (kind === "counter") Atomics.add(words, index, 1);
+      else if (!all) continue;
+      else {
+        Atomics.store(
+          words,
+          index,
+          kind === "lock" ? 0 : StageStatus.SHUT_DOWN,
+        );
+      }
+      Atomics.notify(words, index);
+    }
+  }
+
+  /** Checks timed tasks regularly; a task past its stage's taskTimeout loses its worker. */
+  #startWatchdog(shortestTimeout: number): void {
+    const period = Math.max(5, Math.min(250, shortestTimeout / 4));
+    this.#watchdog = setInterval(() => {
+      const now = performance.timeOrigin + performance.now();
+      for (const record of [...this.#workers]) {
+        const state = internalsOf(record.stage);
+        if (record.gone || !Number.isFinite(state.taskTimeout)) continue;
+        const status = state.status!;
+        const index = record.config.index;
+        const taskState = status.at(index, StageStatus.TASK_STATE);
+        if (
+          Atomics.load(status.words, taskState) === StageStatus.RUNNING &&
+          now - status.started[index]! > state.taskTimeout &&
+          // Take the task over; fails if the worker has just finished it.
+          Atomics.compareExchange(
+              status.words,
+              taskState,
+              StageStatus.RUNNING,
+              StageStatus.TAKEN_OVER,
+            ) === StageStatus.RUNNING
+        ) {
+          const task = status.words[status.at(index, StageStatus.SEQ)];
+          this.#lost(
+            record,
+            `task ${task} ran longer than its taskTimeout of ${state.taskTimeout} ms`,
+            undefined,
+          );
+        }
+      }
+    }, period);
+    // The watchdog alone must not keep the process alive.
+    Deno.unrefTimer(this.#watchdog as unknown as number);
+  }
+
+  #allExited(): void {
+    if (this.#watchdog !== undefined) clearInterval(this.#watchdog);
+    this.#events.exited();
+  }
+}
+
+/**
+ * Imports the module target of each `Stage` whose ordering is not known yet,
+ * to learn it from the worker class it exports.
+ */
+export async function inspectModules(stages: AnyStage[]): Promise<void> {
+  await Promise.all(stages.map(inspectModule));
+}
+
+async function inspectModule(stage: AnyStage): Promise<void> {
+  const state = internalsOf(stage);
+  const shipped = state.shipped;
+  if (shipped.kind !== "module") return;
+  let value: unknown;
+  try {
+    value = (await import(shipped.specifier))[shipped.exportName];
+  } catch (error) {
+    throw loadError(stage.name, undefined, error);
+  }
+  const ordered = typeof value === "function"
+    ? (value as { ordered?: unknown }).ordered
+    : undefined;
+  if (typeof ordered !== "boolean") {
+    throw new StageError(
+      `export '${shipped.exportName}' of ${shipped.specifier} is not a worker class: a Stage needs a class extending OrderedWorker or UnorderedWorker; use OrderedStage or UnorderedStage for a task function`,
+      { stage: stage.name },
+    );
+  }
+  state.ordered = ordered;
+}

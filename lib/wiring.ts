@@ -1,0 +1,290 @@
+/**
+ * The shared memory of a pipeline, and what each worker is told about it.
+ *
+ * Allocation comes first, as soon as the stages are known: every stage's
+ * status block, every link's control block and rings (one ring per producer),
+ * the rings from leaf stages to the main thread, and those from a filter's
+ * sub-pipelines back to the filter. The worker configs and the main thread's
+ * leaf links come second, once every stage's ordering is known (a `Stage` of
+ * a module target is inspected first), since ordering decides how a link
+ * merges its rings.
+ *
+ * @module
+ */
+
+import { Bell } from "./bell.ts";
+import { ClaimPolicy } from "./claim_policy.ts";
+import type { FilterConfig } from "./filter_runtime.ts";
+import { groupOf, leavesOf, producersOf, ringIndex } from "./graph.ts";
+import { type Branch, InputLink, type InputMode } from "./link.ts";
+import { Ring } from "./ring.ts";
+import { type AnyStage, internalsOf } from "./stage_internals.ts";
+import { StageStatus } from "./status.ts";
+import type { WorkerConfig } from "./worker_runtime.ts";
+
+/** The memory of one link: its control block and one ring per producer. */
+interface LinkMemory {
+  control: SharedArrayBuffer;
+  rings: SharedArrayBuffer[];
+}
+
+/**
+ * A word a worker may sleep on, and how to wake it: a bell's counter is
+ * bumped; a lock word is freed; a task-state word is set to `SHUT_DOWN`.
+ */
+export interface SleepWord {
+  words: Int32Array;
+  index: number;
+  kind: "counter" | "lock" | "task-state";
+}
+
+/** Every link's memory, and the worker configs and leaf links built on it. */
+export class Wiring {
+  /** The main thread's result bell: every leaf stage's workers ring it. */
+  readonly resultBell: Int32Array = new Int32Array(new SharedArrayBuffer(16));
+  /** The root stage's input link, whose only producer is the main thread. */
+  readonly rootLink: LinkMemory;
+  /**
+   * Every word a worker may sleep on. A worker blocked in `Atomics.wait`
+   * ignores `Worker.terminate()` until woken, so killing workers is always
+   * followed by waking all of them (see `Supervisor`).
+   */
+  readonly sleepWords: SleepWord[] = [];
+  readonly #ringBytes: number;
+  /** Each stage's input link. */
+  readonly #inputs = new Map<AnyStage, LinkMemory>();
+  /** Each leaf's link to the main thread. */
+  readonly #leafLinks = new Map<AnyStage, LinkMemory>();
+  /** Each filter's links back from its sub-pipelines, one per sub-pipeline. */
+  readonly #filterReturns = new Map<AnyStage, LinkMemory[]>();
+  /** The link each leaf stage of a filter's sub-pipeline writes to. */
+  readonly #subLeafLinks = new Map<AnyStage, LinkMemory>();
+
+  /**
+   * Allocates the memory of `stages` (root first), whose pipeline leaves are
+   * `leaves`, with rings of `ringBytes` bytes.
+   */
+  constructor(stages: AnyStage[], leaves: AnyStage[], ringBytes: number) {
+    this.#ringBytes = ringBytes;
+    for (const stage of stages) {
+      const state = internalsOf(stage);
+      state.status = new StageStatus(
+        StageStatus.allocate(stage.size),
+        stage.size,
+      );
+      this.#inputs.set(
+        stage,
+        this.#link(Math.max(1, state.previous.length), producersOf(stage)),
+      );
+      for (let i = 0; i < stage.size; i++) {
+        this.sleepWords.push({
+          words: state.status.words,
+          index: state.status.at(i, StageStatus.TASK_STATE),
+          kind: "task-state",
+        });
+      }
+    }
+    for (const leaf of leaves) {
+      this.#leafLinks.set(leaf, this.#link(1, leaf.size));
+    }
+    for (const stage of stages) {
+      const filter = internalsOf(stage).filter;
+      if (filter === null) continue;
+      this.#filterReturns.set(
+        stage,
+        filter.stages.map((root) => {
+          const subLeaves = leavesOf(root);
+          const back = this.#link(
+            subLeaves.length,
+            subLeaves.reduce((sum, leaf) => sum + leaf.size, 0),
+          );
+          let ring = 0;
+          for (const leaf of subLeaves) {
+            this.#subLeafLinks.set(leaf, {
+              control: back.control,
+              rings: back.rings.slice(ring, ring += leaf.size),
+            });
+          }
+          return back;
+        }),
+      );
+    }
+    this.rootLink = this.#inputs.get(stages[0]!)!;
+  }
+
+  /**
+   * The configs of `stage`'s workers, in worker order. Call once every
+   * stage's ordering is known.
+   */
+  workerConfigs(stage: AnyStage, spin: number): WorkerConfig[] {
+    const state = internalsOf(stage);
+    const input = this.#inputs.get(stage)!;
+    const mode = inputMode(stage);
+    const ownLink = this.#leafLinks.get(stage) ?? this.#subLeafLinks.get(stage);
+    const holdOne = state.restart || Number.isFinite(state.taskTimeout);
+    const filter = this.#filterConfig(stage);
+    return Array.from({ length: stage.size }, (_, index) => {
+      const outputs = state.next.map((next) => {
+        const target = this.#inputs.get(next)!;
+        return linkBranch(
+          target.control,
+          target.rings[ringIndex(next, stage, index)]!,
+          internalsOf(next).maxBacklog,
+          nextSeqWord(next, stage),
+        );
+      });
+      if (this.#leafLinks.has(stage)) {
+        outputs.push({
+          ring: ownLink!.rings[index]!,
+          bell: this.resultBell.buffer as SharedArrayBuffer,
+          bellBase: 0,
+          link: ownLink!.control,
+          maxBacklog: 0,
+          nextSeqWord: -1,
+        });
+      } else if (ownLink !== undefined) {
+        outputs.push(
+          linkBranch(ownLink.control, ownLink.rings[index]!, Infinity, -1),
+        );
+      }
+      return {
+        stage: stage.name,
+        index,
+        target: state.shipped,
+        ordered: state.ordered!,
+        args: state.args,
+        disableResult: state.disableResult,
+        doStopTask: state.doStopTask,
+        input: { control: input.control, rings: input.rings, mode },
+        outputs,
+        spin,
+        onError: state.onError === "fail" ? "fail" : "skip",
+        status: state.status!.buffer,
+        size: stage.size,
+        timed: Number.isFinite(state.taskTimeout),
+        maxClaim: ClaimPolicy.maxClaim(stage.size, holdOne),
+        generation: 0,
+        recover: null,
+        filter,
+      };
+    });
+  }
+
+  /** The main thread's link from leaf `stage`. Call once every stage's ordering is known. */
+  leafLink(stage: AnyStage): InputLink {
+    const { control, rings } = this.#leafLinks.get(stage)!;
+    const mode: InputMode = {
+      shared: false,
+      groups: [groupOf(stage)],
+      bounded: false,
+      blocking: false,
+    };
+    return new InputLink(control, rings, mode, {
+      words: this.resultBell,
+      base: 0,
+    });
+  }
+
+  /**
+   * A filter's wiring to its sub-pipelines: the filter's worker is the only
+   * producer of each sub-pipeline's root, and the only consumer of the link
+   * its leaves write to.
+   */
+  #filterConfig(stage: AnyStage): FilterConfig | null {
+    const filter = internalsOf(stage).filter;
+    if (filter === null) return null;
+    const returns = this.#filterReturns.get(stage)!;
+    return {
+      maxTasks: filter.maxTasks,
+      dropResults: filter.dropResults,
+      cacheResults: filter.cacheResults,
+      doStopTask: filter.doStopTask,
+      subs: filter.stages.map((root, i) => {
+        const rootLink = this.#inputs.get(root)!;
+        return {
+          input: linkBranch(
+            rootLink.control,
+            rootLink.rings[0]!,
+            internalsOf(root).maxBacklog,
+            -1,
+          ),
+          output: {
+            control: returns[i]!.control,
+            rings: returns[i]!.rings,
+            mode: {
+              shared: false,
+              groups: leavesOf(root).map(groupOf),
+              bounded: false,
+              blocking: true,
+            },
+          },
+        };
+      }),
+    };
+  }
+
+  /**
+   * Allocates a link fed by `groups` upstream stages through `producers`
+   * rings, and records the words a worker may sleep on in it.
+   */
+  #link(groups: number, producers: number): LinkMemory {
+    const control = new SharedArrayBuffer(InputLink.bytes(groups));
+    const words = new Int32Array(control);
+    this.sleepWords.push(
+      { words, index: InputLink.BELL + Bell.COUNTER, kind: "counter" },
+      { words, index: InputLink.LOCK, kind: "lock" },
+      { words, index: InputLink.SPACE_BELL + Bell.COUNTER, kind: "counter" },
+    );
+    const rings = Array.from({ length: producers }, () => {
+      const ring = Ring.allocate(this.#ringBytes);
+      this.sleepWords.push({
+        words: new Int32Array(ring, 0, Ring.CONTROL_BYTES >> 2),
+        index: Ring.SPACE_BELL + Bell.COUNTER,
+        kind: "counter",
+      });
+      return ring;
+    });
+    return { control, rings };
+  }
+}
+
+/**
+ * A producer's branch into a stage's input link, whose control block is also
+ * the consumers' doorbell; an unbounded backlog (Infinity) is sent as 0.
+ */
+function linkBranch(
+  control: SharedArrayBuffer,
+  ring: SharedArrayBuffer,
+  maxBacklog: number,
+  nextSeqWord: number,
+): Branch {
+  return {
+    ring,
+    bell: control,
+    bellBase: InputLink.BELL,
+    link: control,
+    maxBacklog: Number.isFinite(maxBacklog) ? maxBacklog : 0,
+    nextSeqWord,
+  };
+}
+
+/** How `stage`'s workers read their input link. */
+function inputMode(stage: AnyStage): InputMode {
+  const state = internalsOf(stage);
+  return {
+    shared: stage.size > 1,
+    groups: state.previous.length === 0
+      ? [{ size: 1, merge: false }]
+      : state.previous.map(groupOf),
+    bounded: Number.isFinite(state.maxBacklog),
+    blocking: true,
+  };
+}
+
+/** The NEXT_SEQ word `stage`'s group has in `next`'s link, if that group is merged; else -1. */
+function nextSeqWord(next: AnyStage, stage: AnyStage): number {
+  const group = internalsOf(next).previous.indexOf(stage);
+  return groupOf(stage).merge
+    ? InputLink.groupWord(group, InputLink.NEXT_SEQ)
+    : -1;
+}

@@ -1,0 +1,81 @@
+/**
+ * The `StageError`s made of what workers report: a target that cannot be
+ * loaded, a `doInit()` that throws, a task that fails. Each says what went
+ * wrong, where, and what to do.
+ *
+ * @module
+ */
+
+import { StageError } from "./errors.ts";
+import { type AnyStage, internalsOf } from "./stage_internals.ts";
+import type { WorkerMessage } from "./worker_scope.ts";
+
+/** The error of a target that could not be loaded (by a worker, or by the main thread's inspection). */
+export function loadError(
+  stage: string,
+  worker: number | undefined,
+  error: unknown,
+): StageError {
+  const message = error instanceof Error ? error.message : String(error);
+  const hint = /read access|NotCapable|PermissionDenied/i.test(message)
+    ? " (a module target is imported by the stage's workers, which need read access for a local file; or pass the function or class itself)"
+    : "";
+  return new StageError(`cannot load the target: ${message}${hint}`, {
+    stage,
+    worker,
+    cause: error,
+  });
+}
+
+/** What to do when a shipped target used a name that does not exist in the worker. */
+function missingNameHint(stage: AnyStage, error: unknown): string {
+  const missing = error instanceof ReferenceError
+    ? /^(\S+) is not defined$/.exec(error.message)
+    : null;
+  if (missing === null || internalsOf(stage).shipped.kind !== "source") {
+    return "";
+  }
+  return `: the target refers to '${
+    missing[1]
+  }', which does not exist in the worker. A function or class target is shipped by its source and may use only globals and its parameters: move it into a module and pass a module target, e.g. new URL("./task.ts", import.meta.url)`;
+}
+
+/** The error of a worker's "error" message: a failed load, `doInit()` or task. */
+export function workerError(
+  stage: AnyStage,
+  index: number,
+  message: Extract<WorkerMessage, { type: "error" }>,
+): StageError {
+  const { phase, task, error } = message;
+  const hint = missingNameHint(stage, error);
+  if (phase === "load" && hint === "") {
+    return loadError(stage.name, index, error);
+  }
+  const text = error instanceof Error ? error.message : String(error);
+  const what = phase === "load"
+    ? "cannot load the target"
+    : phase === "init"
+    ? "doInit() failed"
+    : `task ${task} failed`;
+  return new StageError(`${what}: ${text}${hint}`, {
+    stage: stage.name,
+    worker: index,
+    task,
+    cause: error,
+  });
+}
+
+/** The error of a task that failed and was skipped, for an `onError` function. */
+export function skippedError(
+  stage: AnyStage,
+  index: number,
+  task: number,
+  error: unknown,
+): StageError {
+  return workerError(stage, index, {
+    type: "error",
+    phase: "task",
+    task,
+    error,
+  });
+}
