@@ -1,553 +1,405 @@
 // Side-by-side comparison of MPipe and the plain postMessage baseline on the workloads of
 // /work/shared/BENCHMARKS.md, at full size, each measurement in a fresh process, project and
-// baselines alternating, and a markdown table of medians and ratios at the end.
+// baselines alternating, and a markdown table of medians, ranges and ratios at the end.
 //
 //   deno run --allow-read --allow-run bench/compare.ts [--rounds N] [--quick] [--only W1,W4]
-//                                                      [--timeout SECONDS]
+//                                                      [--timeout SECONDS] [--no-bare]
 //
 // (`--allow-sys=osRelease,loadavg` spares the subprocesses that read the kernel release and
-// the load average for the header.) Progress goes to
-// stderr, the table to stdout. Each measurement is a child process
-// `deno run --allow-read bench/compare.ts --one <workload> <variant> [--quick]` printing one
-// JSON line; a child that fails or exceeds the timeout is reported and left out of the table.
+// the load average for the header.) Progress goes to stderr, the table to stdout.
+//
+// Each measurement is a child process `deno run --allow-read bench/measure.ts <case>
+// <variant> [--quick]` printing one JSON line; a child that fails or exceeds the timeout is
+// reported and left out of the table. Throughput workloads (W1, W2, W4, W5) run 6 timed
+// passes of N through one pipeline per process: the first pass (pass 1) and the steady state
+// (median of passes 2–6) are tabulated apart, each against the same figure of the baselines.
+// With W1, every round also runs `bench/bare_rings.ts` (the project's own Ring, the same two
+// stages in tight loops, no API, runs of 16 records), and W1's steady state is quoted as a
+// share of it (goal: at least 75%); `--no-bare` leaves it out.
 
-import process from "node:process";
-import { OrderedStage, Pipeline } from "../mod.ts";
+import { fileURLToPath } from "node:url";
 import {
-  type BaselineVariant,
-  MPipeRunner,
-  type Runner,
-  SPECS,
-  startMPipe,
-  startPostMessage,
-  w3Spec,
-  type WorkloadId,
-} from "./mpipe_runner.ts";
-import { PostMessagePipeline } from "./postmessage_pipeline.ts";
-import * as w from "./workloads.ts";
+  BARE_BATCH,
+  bareCount,
+  type Case,
+  CASES,
+  figure,
+  type Figures,
+  parseCases,
+  PASSES,
+  sizeOf,
+  STARTUP_WORKERS,
+  THROUGHPUT,
+  VARIANTS,
+} from "./cases.ts";
+import {
+  cell,
+  format,
+  loadAverage,
+  machine,
+  type Outcome,
+  ratioCell,
+  runChild,
+  type Style,
+  timestamp,
+} from "./harness.ts";
+import type { WorkloadId } from "./mpipe_runner.ts";
+import { spread } from "./stats.ts";
 
-/** Everything measured, in the order of the table. */
-const CASES = ["W1", "W2", "W3", "W4", "W5", "W6", "startup", "idle"] as const;
-type Case = typeof CASES[number];
+/** The bare-ring reference, run in W1's rounds as a variant of its own. */
+const BARE = "bare";
 
-/** The variants of each case: the simple baseline first, MPipe last. */
-const VARIANTS: Record<Case, string[]> = {
-  W1: ["pm", "pm-batch", "mpipe"],
-  W2: ["pm", "pm-batch", "mpipe"],
-  W3: ["pm", "mpipe"],
-  W4: ["pm", "pm-transfer", "mpipe"],
-  W5: ["pm", "pm-batch", "mpipe"],
-  W6: ["pm", "mpipe"],
-  startup: ["workers", "mpipe"],
-  idle: ["pm", "mpipe"],
-};
+/** W1's steady state should be at least this share of the bare rings. */
+const BARE_GOAL = 0.75;
 
-/** One child's figures. */
-type Figures = Record<string, number>;
-
-const IDLE_MS = 2000;
-const STARTUP_WORKERS = 4;
-
-// ================================================================ child: one measurement
-
-function sizeOf(id: WorkloadId, quick: boolean): number {
-  return quick ? Math.max(1, Math.round(w.N[id] / 10)) : w.N[id];
-}
-
-function start(
-  id: WorkloadId,
-  variant: string,
-  w3Workers?: number,
-): Promise<Runner & { close(): unknown }> {
-  if (variant === "mpipe") return startMPipe(id, { w3Workers });
-  const pm: Record<string, BaselineVariant> = {
-    "pm": "simple",
-    "pm-batch": "batch",
-    "pm-transfer": "transfer",
-  };
-  const v = pm[variant];
-  if (v === undefined) throw new Error(`unknown variant ${variant} of ${id}`);
-  return startPostMessage(id, v, { w3Workers });
-}
-
-/** Items/s (and MB/s) of one timed run of N tasks through a warmed-up pipeline. */
-async function throughput(
-  id: WorkloadId,
-  variant: string,
-  quick: boolean,
-): Promise<Figures> {
-  const n = sizeOf(id, quick);
-  const spec = SPECS[id];
-  const runner = await start(id, variant);
-  try {
-    const c = spec.checker(n);
-    const t0 = performance.now();
-    await runner.run(n, spec.task, c.check);
-    c.done();
-    const seconds = (performance.now() - t0) / 1000;
-    const figures: Figures = { n, seconds, itemsPerSec: n / seconds };
-    if (spec.bytes > 0) figures.mbPerSec = n * spec.bytes / 1e6 / seconds;
-    return figures;
-  } finally {
-    await runner.close();
-  }
-}
-
-/** W3: the same N tasks with 1 worker, then 2; speedup t1/t2 and efficiency. */
-async function w3(variant: string, quick: boolean): Promise<Figures> {
-  const n = sizeOf("W3", quick);
-  const figures: Figures = { n };
-  for (const workers of [1, 2]) {
-    const spec = w3Spec(workers);
-    const runner = await start("W3", variant, workers);
-    try {
-      const c = w.w3Checker(n);
-      const t0 = performance.now();
-      await runner.run(n, spec.task, c.check);
-      const taskMs = c.done();
-      const wallMs = performance.now() - t0;
-      figures[`wallMs${workers}`] = wallMs;
-      figures[`taskMs${workers}`] = taskMs / n;
-      figures[`efficiency${workers}`] = taskMs / (workers * wallMs);
-    } finally {
-      await runner.close();
-    }
-  }
-  figures.speedup = figures.wallMs1! / figures.wallMs2!;
-  figures.itemsPerSec2 = n / (figures.wallMs2! / 1000);
-  return figures;
-}
-
-/** W6: N round trips after the warm-up; nearest-rank p50 and p99 in µs. */
-async function w6(variant: string, quick: boolean): Promise<Figures> {
-  const n = sizeOf("W6", quick);
-  const runner = await start("W6", variant);
-  try {
-    const us = new Float64Array(n);
-    for (let i = 0; i < n; i++) {
-      const t0 = performance.now();
-      w.w6Check(i, await runner.roundTrip(w.w6Task(i)));
-      us[i] = (performance.now() - t0) * 1000;
-    }
-    us.sort();
-    const rank = (q: number) => us[Math.max(0, Math.ceil(q * n) - 1)]!;
-    return {
-      n,
-      p50: rank(0.5),
-      p99: rank(0.99),
-      mean: us.reduce((a, b) => a + b) / n,
-    };
-  } finally {
-    await runner.close();
-  }
-}
-
-/** Start-up: MPipe's `new Pipeline` of a 4-worker stage until its first result, or 4 bare Workers answering a ping. */
-async function startup(variant: string): Promise<Figures> {
-  if (variant === "mpipe") {
-    const t0 = performance.now();
-    const pipe = new Pipeline<number, number>(
-      new OrderedStage(w.w1Increment, STARTUP_WORKERS),
-    );
-    await pipe.put(0);
-    const first = await pipe.get();
-    const ms = performance.now() - t0;
-    if (first !== 1) throw new Error(`start-up: expected 1, got ${first}`);
-    await pipe.put(null);
-    if (await pipe.get() !== null) throw new Error("start-up: extra result");
-    await pipe.done;
-    return { ms };
-  }
-  const t0 = performance.now();
-  const url = URL.createObjectURL(
-    new Blob(["self.onmessage = (e) => self.postMessage(e.data);"], {
-      type: "text/javascript",
-    }),
-  );
-  const workers = Array.from(
-    { length: STARTUP_WORKERS },
-    () => new Worker(url, { type: "module" }),
-  );
-  await Promise.all(
-    workers.map((worker, i) =>
-      new Promise<void>((resolve, reject) => {
-        worker.onmessage = (e) =>
-          e.data === i ? resolve() : reject(new Error("start-up: bad pong"));
-        worker.onerror = (e) => {
-          e.preventDefault();
-          reject(new Error(`start-up: ${e.message}`));
-        };
-        worker.postMessage(i);
-      })
-    ),
-  );
-  const ms = performance.now() - t0;
-  for (const worker of workers) worker.terminate();
-  URL.revokeObjectURL(url);
-  return { ms };
-}
-
-/** Idle: a built and warmed-up 2-stage pipeline of 2 + 2 workers, left waiting 2 s. */
-async function idle(variant: string): Promise<Figures> {
-  const stages = [
-    { fn: w.w1Increment, workers: 2, ordered: true },
-    { fn: w.w1Double, workers: 2, ordered: true },
-  ];
-  const spec = { ...SPECS.W1, stages };
-  const measure = async () => {
-    const cpu0 = process.cpuUsage();
-    const t0 = performance.now();
-    await new Promise((resolve) => setTimeout(resolve, IDLE_MS));
-    const cpu = process.cpuUsage(cpu0);
-    const wallUs = (performance.now() - t0) * 1000;
-    return { cpu: (cpu.user + cpu.system) / wallUs, wallMs: wallUs / 1000 };
-  };
-  if (variant === "mpipe") {
-    const runner = await MPipeRunner.start(stages, { id: "W1", spec });
-    // A consumer waiting for the next result, as in an application between bursts.
-    const waiting = runner.pipe.get();
-    waiting.catch(() => {}); // a failure is reported when it is awaited below
-    const figures = await measure();
-    await runner.pipe.put(null);
-    if (await waiting !== null) throw new Error("idle: unexpected result");
-    await runner.pipe.done;
-    runner.terminate(); // already ended: this only stops the runner's watchdog
-    return figures;
-  }
-  const p = await PostMessagePipeline.start(stages, {});
-  try {
-    const c = spec.checker(w.WARMUP.W1);
-    await p.run(w.WARMUP.W1, spec.task, c.check);
-    return await measure();
-  } finally {
-    p.close();
-  }
-}
-
-async function measureOne(
-  what: Case,
-  variant: string,
-  quick: boolean,
-): Promise<Figures> {
-  if (!VARIANTS[what]?.includes(variant)) {
-    throw new Error(
-      `unknown measurement ${what} ${variant}; known: ${
-        CASES.map((c) => `${c} ${VARIANTS[c].join("|")}`).join(", ")
-      }`,
-    );
-  }
-  switch (what) {
-    case "W3":
-      return await w3(variant, quick);
-    case "W6":
-      return await w6(variant, quick);
-    case "startup":
-      return await startup(variant);
-    case "idle":
-      return await idle(variant);
-    default:
-      return await throughput(what, variant, quick);
-  }
-}
-
-// ================================================================ parent: rounds and table
+const MEASURE = fileURLToPath(new URL("./measure.ts", import.meta.url));
+const BARE_RINGS = fileURLToPath(new URL("./bare_rings.ts", import.meta.url));
 
 interface Options {
   rounds: number;
   quick: boolean;
   only: Case[];
   timeoutS: number;
+  bare: boolean;
 }
 
-function parseArgs(args: string[]): Options & { one?: [Case, string] } {
-  const o: Options & { one?: [Case, string] } = {
+const USAGE =
+  "usage: compare.ts [--rounds N] [--quick] [--only W1,W4,...] [--timeout SECONDS] [--no-bare]";
+
+function parseArgs(args: string[]): Options {
+  const o: Options = {
     rounds: 3,
     quick: false,
     only: [...CASES],
     timeoutS: 300,
+    bare: true,
   };
   for (let i = 0; i < args.length; i++) {
     const a = args[i]!;
     const value = () => {
       const v = args[++i];
-      if (v === undefined) throw new Error(`${a} needs a value`);
+      if (v === undefined) throw new TypeError(`${a} needs a value; ${USAGE}`);
       return v;
     };
     if (a === "--quick") o.quick = true;
-    else if (a === "--rounds") o.rounds = Math.max(1, parseInt(value(), 10));
+    else if (a === "--no-bare") o.bare = false;
+    else if (a === "--rounds") o.rounds = Number(value());
     else if (a === "--timeout") o.timeoutS = Number(value());
-    else if (a === "--only") {
-      o.only = value().split(",").map((s) => {
-        const c = CASES.find((x) => x.toLowerCase() === s.trim().toLowerCase());
-        if (c === undefined) throw new Error(`--only: unknown case ${s}`);
-        return c;
-      });
-    } else if (a === "--one") o.one = [value() as Case, value()];
-    else {
-      throw new Error(
-        `unknown argument ${a}; usage: compare.ts [--rounds N] [--quick] [--only W1,W4,...] [--timeout SECONDS]`,
-      );
-    }
+    else if (a === "--only") o.only = parseCases(value());
+    else throw new TypeError(`unknown argument ${a}; ${USAGE}`);
   }
-  if (!Number.isFinite(o.rounds)) throw new Error("--rounds: a number");
+  if (!Number.isInteger(o.rounds) || o.rounds < 1) {
+    throw new RangeError(
+      `'--rounds' must be a positive integer, got ${o.rounds}`,
+    );
+  }
+  if (!(o.timeoutS > 0)) {
+    throw new RangeError(`'--timeout' must be positive, got ${o.timeoutS}`);
+  }
   return o;
 }
 
-type Outcome = { ok: true; figures: Figures } | { ok: false; error: string };
+/** The variants of `what` in this run: W1 gains the bare rings unless `--no-bare`. */
+function variantsOf(what: Case, o: Options): string[] {
+  const list = [...VARIANTS[what]];
+  if (what === "W1" && o.bare) list.push(BARE);
+  return list;
+}
 
-async function runChild(
-  what: Case,
-  variant: string,
-  o: Options,
-): Promise<Outcome> {
-  const args = [
-    "run",
-    "--allow-read",
-    import.meta.filename ?? new URL(import.meta.url).pathname,
-    "--one",
-    what,
-    variant,
+/**
+ * The order of `what`'s variants in round `round`: the simple baseline, MPipe, the bare
+ * rings, the other baseline; reversed in odd rounds, so that no side always runs on a
+ * warmer (or busier) machine and MPipe always sits next to the baseline and the bare rings.
+ */
+function orderOf(what: Case, round: number, o: Options): string[] {
+  const variants = variantsOf(what, o);
+  const order = [
+    variants[0]!,
+    "mpipe",
+    ...variants.filter((v) => v === BARE),
+    ...variants.slice(1).filter((v) => v !== "mpipe" && v !== BARE),
   ];
-  if (o.quick) args.push("--quick");
-  const child = new Deno.Command(Deno.execPath(), {
-    args,
-    env: { NO_COLOR: "1" },
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  let timedOut = false;
-  const timer = setTimeout(() => {
-    timedOut = true;
-    child.kill("SIGKILL");
-  }, o.timeoutS * 1000);
-  const out = await child.output();
-  clearTimeout(timer);
-  const stdout = new TextDecoder().decode(out.stdout);
-  // The head of the child's stderr: the error message and the top of its stack.
-  const stderr = new TextDecoder().decode(out.stderr)
-    // deno-lint-ignore no-control-regex
-    .replace(/\x1b\[[0-9;]*m/g, "")
-    .split("\n").filter((l) => l.trim() !== "").slice(0, 4).join("\n");
-  if (timedOut) {
-    return {
-      ok: false,
-      error: `timed out after ${o.timeoutS} s (killed)${
-        stderr ? ": " + stderr : ""
-      }`,
-    };
-  }
-  const line = stdout.trim().split("\n").filter((l) => l.startsWith("{"))
-    .pop();
-  if (!out.success || line === undefined) {
-    return {
-      ok: false,
-      error: `exit code ${out.code}: ${stderr || stdout.slice(-500)}`,
-    };
-  }
-  return { ok: true, figures: JSON.parse(line) as Figures };
+  return round % 2 === 0 ? order : order.reverse();
 }
 
-function median(values: number[]): number | undefined {
-  if (values.length === 0) return undefined;
-  const s = [...values].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 === 1 ? s[m] : (s[m - 1]! + s[m]!) / 2;
-}
-
-function summary(f: Figures, what: Case): string {
-  const n = (x: number | undefined, d = 0) =>
-    x === undefined ? "?" : x.toLocaleString("en", {
-      maximumFractionDigits: d,
-      minimumFractionDigits: d,
+function runOne(what: Case, variant: string, o: Options): Promise<Outcome> {
+  if (variant === BARE) {
+    return runChild({
+      script: BARE_RINGS,
+      args: [String(bareCount(o.quick)), String(BARE_BATCH)],
+      permissions: [],
+      timeoutS: o.timeoutS,
     });
+  }
+  return runChild({
+    script: MEASURE,
+    args: [what, variant, ...(o.quick ? ["--quick"] : [])],
+    permissions: ["--allow-read"],
+    timeoutS: o.timeoutS,
+  });
+}
+
+/** One line of progress for a child's figures. */
+function summary(f: Figures, what: Case, variant: string): string {
+  const n = (x: number | undefined, style: Style) =>
+    x === undefined ? "?" : format(x, style);
+  if (variant === BARE) {
+    return `${n(figure(f, "itemsPerSecond"), "rate")} items/s`;
+  }
+  if (THROUGHPUT.includes(what)) {
+    const style: Style = what === "W4" ? "int" : "rate";
+    const passes = Array.isArray(f.perPass)
+      ? f.perPass.map((x) => format(x, style)).join(" | ")
+      : "?";
+    return `steady ${n(figure(f, "steady"), style)} ${f.unit}, first ${
+      n(figure(f, "first"), style)
+    } (passes ${passes})`;
+  }
   switch (what) {
     case "W3":
-      return `speedup ${n(f.speedup, 2)}, efficiency ${n(f.efficiency2, 2)}`;
-    case "W4":
-      return `${n(f.mbPerSec)} MB/s`;
+      return `speedup ${n(figure(f, "speedup"), { digits: 2 })}, efficiency ${
+        n(figure(f, "efficiency2"), { digits: 2 })
+      }`;
     case "W6":
-      return `p50 ${n(f.p50, 1)} µs, p99 ${n(f.p99, 1)} µs`;
+      return `p50 ${n(figure(f, "p50"), { digits: 1 })} µs, p99 ${
+        n(figure(f, "p99"), { digits: 1 })
+      } µs`;
     case "startup":
-      return `${n(f.ms, 1)} ms`;
-    case "idle":
-      return `${n(f.cpu, 4)} of a core`;
+      return `${n(figure(f, "ms"), { digits: 1 })} ms`;
     default:
-      return `${n(f.itemsPerSec)} items/s`;
+      return `${n(figure(f, "cpu"), { digits: 4 })} of a core`;
   }
 }
 
-/** The 1-minute load average (other work on the machine skews every figure), or "?". */
-async function loadAverage(): Promise<string> {
-  try {
-    return Deno.loadavg()[0]!.toFixed(2);
-  } catch {
-    // needs --allow-sys=loadavg; /proc/loadavg read by a subprocess is the fallback
-    try {
-      const out = await new Deno.Command("cat", { args: ["/proc/loadavg"] })
-        .output();
-      return new TextDecoder().decode(out.stdout).split(" ")[0] || "?";
-    } catch {
-      return "?";
-    }
-  }
+/** Every child's figures by `${case} ${variant}`, indexed by round (undefined: failed). */
+type Results = Map<string, (Figures | undefined)[]>;
+
+/** One row of the table. */
+interface Row {
+  what: Case;
+  label: string;
+  figure: string;
+  key: string;
+  style: Style;
+  /** The simple baseline's variant (start-up: bare Workers). */
+  base?: string;
 }
 
-async function machine(): Promise<string> {
-  let os = `${Deno.build.os} ${Deno.build.arch}`;
-  try {
-    os += ` ${Deno.osRelease()}`;
-  } catch {
-    // needs --allow-sys=osRelease; uname is the fallback
-    try {
-      const out = await new Deno.Command("uname", { args: ["-r"] }).output();
-      if (out.success) os += ` ${new TextDecoder().decode(out.stdout).trim()}`;
-    } catch { /* unknown */ }
-  }
-  let cpu = "CPU model unknown";
-  try {
-    const text = await Deno.readTextFile("/proc/cpuinfo");
-    cpu = /^model name\s*:\s*(.*)$/m.exec(text)?.[1] ?? cpu;
-  } catch {
-    // /proc needs more than --allow-read in Deno 2; read it with a subprocess
-    try {
-      const out = await new Deno.Command("grep", {
-        args: ["-m1", "^model name", "/proc/cpuinfo"],
-      }).output();
-      const line = new TextDecoder().decode(out.stdout);
-      cpu = /:\s*(.*)$/m.exec(line)?.[1]?.trim() || cpu;
-    } catch { /* unknown */ }
-  }
-  return `${cpu}, ${navigator.hardwareConcurrency} logical CPUs; ${os}; Deno ${Deno.version.deno} (V8 ${Deno.version.v8})`;
+function rows(o: Options): Row[] {
+  const n = (id: WorkloadId) => sizeOf(id, o.quick).toLocaleString("en");
+  const passes = (id: WorkloadId) => `N ${n(id)} × ${PASSES} passes`;
+  const throughput = (
+    id: WorkloadId & Case,
+    what: string,
+    unit: string,
+    style: Style,
+  ): Row[] => [
+    {
+      what: id,
+      label: `${id} ${what} (${passes(id)})`,
+      figure: `${unit}, steady state ↑`,
+      key: "steady",
+      style,
+    },
+    {
+      what: id,
+      label: id,
+      figure: `${unit}, first pass ↑`,
+      key: "first",
+      style,
+    },
+  ];
+  const digits = (d: number): Style => ({ digits: d });
+  return [
+    ...throughput("W1", "2 ordered stages ×1", "items/s", "rate"),
+    ...throughput("W2", "2 unordered stages ×2", "items/s", "rate"),
+    {
+      what: "W3",
+      label: `W3 ~1 ms tasks, 1 vs 2 workers (N ${n("W3")})`,
+      figure: "speedup t₁/t₂ ↑",
+      key: "speedup",
+      style: digits(2),
+    },
+    {
+      what: "W3",
+      label: "W3",
+      figure: "efficiency, 2 workers ↑",
+      key: "efficiency2",
+      style: digits(2),
+    },
+    {
+      what: "W3",
+      label: "W3",
+      figure: "efficiency, 1 worker ↑",
+      key: "efficiency1",
+      style: digits(2),
+    },
+    {
+      what: "W3",
+      label: "W3",
+      figure: "items/s, 2 workers ↑",
+      key: "itemsPerSec2",
+      style: "int",
+    },
+    ...throughput("W4", "64 KiB identity", "MB/s", "int"),
+    ...throughput("W5", "3 ordered stages, objects", "items/s", "rate"),
+    {
+      what: "W6",
+      label: `W6 round trip (N ${n("W6")})`,
+      figure: "p50 µs ↓",
+      key: "p50",
+      style: digits(1),
+    },
+    {
+      what: "W6",
+      label: "W6",
+      figure: "p99 µs ↓",
+      key: "p99",
+      style: digits(1),
+    },
+    {
+      what: "startup",
+      label:
+        `start-up, ${STARTUP_WORKERS} workers (baseline: bare Workers + ping)`,
+      figure: "ms ↓",
+      key: "ms",
+      style: digits(1),
+      base: "workers",
+    },
+    {
+      what: "idle",
+      label: "idle, 2 stages × 2 workers, 2 s",
+      figure: "CPU, fraction of one core ↓",
+      key: "cpu",
+      style: digits(4),
+    },
+  ];
 }
 
-type Results = Map<string, Figures[]>; // key: `${case} ${variant}`
+/** The values of `key` over the rounds of `what variant`. */
+function valuesOf(
+  results: Results,
+  what: Case,
+  variant: string,
+  key: string,
+): number[] {
+  return (results.get(`${what} ${variant}`) ?? [])
+    .map((f) => figure(f, key))
+    .filter((x): x is number => x !== undefined);
+}
+
+/** The ratios `a ÷ b` of `key` within each round where both were measured. */
+function roundRatios(
+  results: Results,
+  a: [Case, string, string],
+  b: [Case, string, string],
+): number[] {
+  const as = results.get(`${a[0]} ${a[1]}`) ?? [];
+  const bs = results.get(`${b[0]} ${b[1]}`) ?? [];
+  const ratios: number[] = [];
+  for (let round = 0; round < as.length; round++) {
+    const x = figure(as[round], a[2]);
+    const y = figure(bs[round], b[2]);
+    if (x !== undefined && y !== undefined && y !== 0) ratios.push(x / y);
+  }
+  return ratios;
+}
 
 function table(results: Results, o: Options): string {
-  const get = (what: Case, variant: string, key: string) =>
-    median(
-      (results.get(`${what} ${variant}`) ?? []).map((f) => f[key]).filter((
-        x,
-      ): x is number => typeof x === "number"),
-    );
-  const fmt = (x: number | undefined, digits: number) =>
-    x === undefined ? "failed" : x.toLocaleString("en", {
-      maximumFractionDigits: digits,
-      minimumFractionDigits: digits,
-    });
-  const ratio = (a: number | undefined, b: number | undefined) =>
-    a === undefined || b === undefined || b === 0
-      ? "—"
-      : `${(a / b).toFixed(2)}×`;
-  const rows: string[] = [
+  const lines: string[] = [
     "| workload | figure | postMessage (simple) | postMessage batch 256 / transfer | MPipe | MPipe ÷ simple | MPipe ÷ batch/transfer |",
     "|---|---|--:|--:|--:|--:|--:|",
   ];
-  const row = (
-    what: Case,
-    label: string,
-    figure: string,
-    key: string,
-    digits: number,
-    base = "pm",
-  ) => {
-    if (!o.only.includes(what)) return;
-    const second = VARIANTS[what].find((v) => v !== base && v !== "mpipe");
-    const simple = get(what, base, key);
-    const other = second === undefined ? undefined : get(what, second, key);
-    const mpipe = get(what, "mpipe", key);
-    rows.push(
-      `| ${label} | ${figure} | ${fmt(simple, digits)} | ${
-        second === undefined ? "—" : fmt(other, digits)
-      } | ${fmt(mpipe, digits)} | ${ratio(mpipe, simple)} | ${
-        second === undefined ? "—" : ratio(mpipe, other)
+  for (const r of rows(o)) {
+    if (!o.only.includes(r.what)) continue;
+    const base = r.base ?? "pm";
+    const second = VARIANTS[r.what].find((v) => v !== base && v !== "mpipe");
+    const of = (variant: string) =>
+      cell(spread(valuesOf(results, r.what, variant, r.key)), r.style);
+    const ratio = (variant: string) =>
+      ratioCell(
+        spread(
+          roundRatios(results, [r.what, "mpipe", r.key], [
+            r.what,
+            variant,
+            r.key,
+          ]),
+        ),
+      );
+    lines.push(
+      `| ${r.label} | ${r.figure} | ${of(base)} | ${
+        second === undefined ? "—" : of(second)
+      } | ${of("mpipe")} | ${ratio(base)} | ${
+        second === undefined ? "—" : ratio(second)
       } |`,
     );
-  };
-  const n = (id: WorkloadId) => sizeOf(id, o.quick).toLocaleString("en");
-  row(
-    "W1",
-    `W1 2 ordered stages ×1 (N ${n("W1")})`,
-    "items/s ↑",
-    "itemsPerSec",
-    0,
-  );
-  row(
-    "W2",
-    `W2 2 unordered stages ×2 (N ${n("W2")})`,
-    "items/s ↑",
-    "itemsPerSec",
-    0,
-  );
-  row(
-    "W3",
-    `W3 ~1 ms tasks, 1 vs 2 workers (N ${n("W3")})`,
-    "speedup t₁/t₂ ↑",
-    "speedup",
-    2,
-  );
-  row("W3", "W3", "efficiency, 2 workers ↑", "efficiency2", 2);
-  row("W3", "W3", "efficiency, 1 worker ↑", "efficiency1", 2);
-  row("W3", "W3", "items/s, 2 workers ↑", "itemsPerSec2", 0);
-  row("W4", `W4 64 KiB identity (N ${n("W4")})`, "MB/s ↑", "mbPerSec", 0);
-  row(
-    "W5",
-    `W5 3 ordered stages, objects (N ${n("W5")})`,
-    "items/s ↑",
-    "itemsPerSec",
-    0,
-  );
-  row("W6", `W6 round trip (N ${n("W6")})`, "p50 µs ↓", "p50", 1);
-  row("W6", "W6", "p99 µs ↓", "p99", 1);
-  row(
-    "startup",
-    `start-up, ${STARTUP_WORKERS} workers (baseline: bare Workers + ping)`,
-    "ms ↓",
-    "ms",
-    1,
-    "workers",
-  );
-  row(
-    "idle",
-    "idle, 2 stages × 2 workers, 2 s",
-    "CPU, fraction of one core ↓",
-    "cpu",
-    4,
-  );
-  return rows.join("\n");
+    if (r.what === "W1" && r.key === "first" && o.bare) {
+      const bare = spread(valuesOf(results, "W1", BARE, "itemsPerSecond"));
+      lines.push(
+        `| W1 bare rings: own Ring, no API, runs of ${BARE_BATCH} (N ${
+          bareCount(o.quick).toLocaleString("en")
+        }, 1 pass) | items/s ↑ | — | — | ${cell(bare, "rate")} | — | — |`,
+      );
+    }
+  }
+  return lines.join("\n");
 }
 
-async function parent(o: Options): Promise<void> {
+/** "W1 steady state … 85% (70–95%) of the bare rings …", or undefined without both. */
+function bareShare(results: Results, o: Options): string | undefined {
+  if (!o.bare || !o.only.includes("W1")) return undefined;
+  const share = spread(
+    roundRatios(results, ["W1", "mpipe", "steady"], [
+      "W1",
+      BARE,
+      "itemsPerSecond",
+    ]),
+  );
+  if (share === undefined) {
+    return "W1 steady state as a share of the bare rings: not measured (a child failed)";
+  }
+  const pct = (x: number) => `${Math.round(x * 100)}%`;
+  const range = share.count > 1
+    ? ` (${pct(share.min)}–${pct(share.max)} over ${share.count} rounds)`
+    : "";
+  return `W1 steady state as a share of the bare rings of the same round: **${
+    pct(share.median)
+  }**${range}; goal ≥ ${pct(BARE_GOAL)}: ${
+    share.median >= BARE_GOAL ? "met" : "not met"
+  }${
+    o.quick
+      ? " (quick run: N / 10 and 1/10 of the bare count, indicative only)"
+      : ""
+  }.`;
+}
+
+async function main(o: Options): Promise<void> {
   const info = await machine();
+  const date = timestamp();
   const loadBefore = await loadAverage();
   console.error(`Machine: ${info}`);
   console.error(
     `${o.rounds} round(s), ${o.quick ? "quick (N / 10)" : "full N"}, cases: ${
       o.only.join(", ")
-    }`,
+    }${o.only.includes("W1") && o.bare ? " (W1 with bare rings)" : ""}`,
   );
   const results: Results = new Map();
   const failures: string[] = [];
   const started = performance.now();
   for (let round = 0; round < o.rounds; round++) {
     for (const what of o.only) {
-      // Alternate: baselines first in even rounds, MPipe first in odd ones, with MPipe
-      // between the two baselines, so neither side always runs on a warmer machine.
-      const [simple, ...rest] = VARIANTS[what];
-      const mpipe = rest.pop()!;
-      const order = round % 2 === 0
-        ? [simple!, mpipe, ...rest]
-        : [...rest, mpipe, simple!];
-      for (const variant of order) {
+      for (const variant of orderOf(what, round, o)) {
         const t0 = performance.now();
-        const outcome = await runChild(what, variant, o);
+        const outcome = await runOne(what, variant, o);
         const s = ((performance.now() - t0) / 1000).toFixed(1);
         const tag = `[round ${round + 1}/${o.rounds}] ${what} ${variant}`;
+        const key = `${what} ${variant}`;
+        if (!results.has(key)) results.set(key, []);
         if (outcome.ok) {
-          const key = `${what} ${variant}`;
-          if (!results.has(key)) results.set(key, []);
-          results.get(key)!.push(outcome.figures);
-          console.error(`${tag}: ${summary(outcome.figures, what)} (${s} s)`);
+          results.get(key)![round] = outcome.figures;
+          console.error(
+            `${tag}: ${summary(outcome.figures, what, variant)} (${s} s)`,
+          );
         } else {
           failures.push(`${tag}: ${outcome.error}`);
           console.error(`${tag}: FAILED, skipped: ${outcome.error}`);
@@ -557,15 +409,18 @@ async function parent(o: Options): Promise<void> {
   }
   const total = ((performance.now() - started) / 1000).toFixed(0);
   console.log(
-    `## MPipe vs postMessage — medians of ${o.rounds} fresh process(es) per cell\n`,
+    `## MPipe vs postMessage — medians (min–max) of ${o.rounds} fresh process(es) per cell\n`,
   );
   console.log(`Machine: ${info}  `);
+  console.log(`Date: ${date}  `);
   console.log(
     `Mode: ${
       o.quick ? "quick (N / 10)" : "full N (BENCHMARKS.md)"
-    }; warm-up as BENCHMARKS.md; ↑ higher is better, ↓ lower is better; ratios are MPipe ÷ baseline medians; ${total} s in all; load average ${loadBefore} before, ${await loadAverage()} after.\n`,
+    }; warm-up as BENCHMARKS.md; throughput workloads run ${PASSES} timed passes of N per process: first pass = pass 1, steady state = median of passes 2–${PASSES}; ↑ higher is better, ↓ lower is better; ratios are the median (min–max) over rounds of MPipe ÷ the baseline process of the same round; ${total} s in all; load average ${loadBefore} before, ${await loadAverage()} after.\n`,
   );
   console.log(table(results, o));
+  const share = bareShare(results, o);
+  if (share !== undefined) console.log(`\n${share}`);
   if (failures.length > 0) {
     console.log(`\nFailed measurements (left out of the medians):\n`);
     for (const f of failures) {
@@ -574,22 +429,4 @@ async function parent(o: Options): Promise<void> {
   }
 }
 
-if (import.meta.main) {
-  const o = parseArgs(Deno.args);
-  if (o.one !== undefined) {
-    const [what, variant] = o.one;
-    try {
-      const figures = await measureOne(what, variant, o.quick);
-      console.log(JSON.stringify({ case: what, variant, ...figures }));
-    } catch (e) {
-      console.error(
-        `${what} ${variant} failed: ${e instanceof Error ? e.stack : e}`,
-      );
-      Deno.exit(1); // a failed pipeline's workers may keep the process alive
-    }
-    // Every pipeline was closed; exit regardless, as a stuck worker would keep us here.
-    Deno.exit(0);
-  } else {
-    await parent(o);
-  }
-}
+if (import.meta.main) await main(parseArgs(Deno.args));

@@ -7,19 +7,48 @@
 //
 // One MPipe pipeline serves the warm-up and every timed run: a pipeline ends after its stop
 // request, so `run` never puts null; `close` does (put(null), drain, await done).
+//
+// The library is imported on demand (`loadLibrary`): this checkout's mod.ts by default, or
+// another commit's, so that bench/ab.ts can measure an old commit with today's bench code.
 
-import {
-  OrderedStage,
-  Pipeline,
-  type PipelineOptions,
-  type Stage,
-  UnorderedStage,
-} from "../mod.ts";
+import { resolve } from "node:path";
+import { pathToFileURL } from "node:url";
+import type { Pipeline, PipelineOptions, Stage } from "../mod.ts";
 import {
   type PostMessageOptions,
   PostMessagePipeline,
 } from "./postmessage_pipeline.ts";
 import * as w from "./workloads.ts";
+
+/**
+ * The part of the public API the benchmarks build pipelines with. Every commit's mod.ts has
+ * offered it with these signatures (`put`, `get`, `results()`, `done`, `terminate()`).
+ */
+export type Library = Pick<
+  typeof import("../mod.ts"),
+  "OrderedStage" | "UnorderedStage" | "Pipeline"
+>;
+
+/**
+ * Imports the library: this checkout's mod.ts, or the mod.ts at `modPath` (a path, relative
+ * to the working directory, or a file URL), e.g. another commit's exported by bench/ab.ts.
+ * The other library is trusted to offer `Library`; nothing checks its types at run time.
+ */
+export async function loadLibrary(modPath?: string): Promise<Library> {
+  if (modPath === undefined) return await import("../mod.ts");
+  const url = modPath.startsWith("file:")
+    ? modPath
+    : pathToFileURL(resolve(modPath)).href;
+  const library = await import(url) as Partial<Library>;
+  for (const name of ["OrderedStage", "UnorderedStage", "Pipeline"] as const) {
+    if (typeof library[name] !== "function") {
+      throw new TypeError(
+        `'${modPath}' does not export ${name}; pass the mod.ts of an MPipe checkout`,
+      );
+    }
+  }
+  return library as Library;
+}
 
 /** The workloads with a throughput or latency figure. */
 export type WorkloadId = "W1" | "W2" | "W3" | "W4" | "W5" | "W6";
@@ -156,6 +185,11 @@ export async function warmUp(
 
 /** Options of `MPipeRunner.start`. */
 export interface MPipeRunnerOptions {
+  /**
+   * The library to build the pipeline with (`loadLibrary`).
+   * @default {this checkout's mod.ts}
+   */
+  library?: Library;
   /** Pipeline options (ring size, spin), passed to `new Pipeline`. */
   pipeline?: PipelineOptions;
   /**
@@ -205,13 +239,14 @@ export class MPipeRunner implements Runner {
     options: MPipeRunnerOptions = {},
   ): Promise<MPipeRunner> {
     if (stages.length === 0) throw new Error("need at least one stage");
+    const library = options.library ?? await loadLibrary();
     const built: Stage<never, unknown>[] = stages.map((s) =>
       s.ordered
-        ? new OrderedStage(s.fn, s.workers)
-        : new UnorderedStage(s.fn, s.workers)
+        ? new library.OrderedStage(s.fn, s.workers)
+        : new library.UnorderedStage(s.fn, s.workers)
     );
     for (let i = 0; i + 1 < built.length; i++) built[i]!.link(built[i + 1]!);
-    const pipe = new Pipeline<unknown, unknown>(
+    const pipe = new library.Pipeline<unknown, unknown>(
       built[0] as unknown as Stage<unknown, unknown>,
       options.pipeline,
     );

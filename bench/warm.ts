@@ -1,8 +1,9 @@
 /**
  * A workload as it warms up: one pipeline, built and warmed up as in the
  * compare table, then timed passes of the workload's full N, printing the
- * figure of each pass. The compare table times the first pass; this shows
- * what the same pipeline does once V8 has compiled its hot paths.
+ * figure of each pass. The compare table times 6 passes and quotes the first
+ * and the median of the other five; this prints every pass, as many as asked,
+ * to show how the same pipeline goes on once V8 has compiled its hot paths.
  *
  * Run with `deno run --allow-read bench/warm.ts [W1|W2|W4|W5] [passes]`
  * (default W1, 4 passes).
