@@ -90,6 +90,9 @@ export class FilterStage<I, R = unknown, O = [task: I, results: R[]]>
    *
    * @param stages The stage, or stages, to filter tasks into.
    * @param options The filter's options.
+   * @throws {TypeError} If `stages` is empty or holds something else than a
+   * stage that roots no other pipeline, or an option is unknown.
+   * @throws {RangeError} If `maxTasks` is not a positive integer.
    */
   constructor(
     stages: Stage<I, R> | Stage<I, R>[],

@@ -169,6 +169,8 @@ export class ResultOutput implements ResultWaker {
         "TimeoutError",
       );
     if (left <= 0) throw timedOut();
+    // Sleeps only if the counter still holds the value armed before the last
+    // look; a publish since then has moved it, and the wait returns at once.
     const wait = Atomics.waitAsync(
       this.#resultBell,
       Bell.COUNTER,

@@ -128,6 +128,10 @@ export class Stage<I, O> {
    * @param target A self-contained worker class, or a module target whose export is one.
    * @param size The number of workers, a positive integer.
    * @param options The stage's options.
+   * @throws {TypeError} If `target` cannot be shipped to a worker, or an
+   * option is unknown or of the wrong type.
+   * @throws {RangeError} If `size` is not a positive integer, or an option is
+   * out of range.
    */
   constructor(
     target: WorkerClass<I, O> | ModuleTarget,
@@ -193,6 +197,8 @@ export class Stage<I, O> {
    *
    * @param next The stage that takes this stage's results as its tasks.
    * @returns This stage.
+   * @throws {TypeError} If `next` is not a stage, is this stage, would make a
+   * cycle, or either stage already belongs to a pipeline.
    */
   link(next: Stage<O, unknown>): this {
     if (!(next instanceof Stage)) {
@@ -231,6 +237,11 @@ export class Stage<I, O> {
   /**
    * Reads the next result of this (leaf) stage alone: `null` once it has
    * stopped and every result was read.
+   *
+   * @param options A timeout or an `AbortSignal`; giving up loses nothing.
+   * @returns A Promise of the next result, or of `null` at the end; it
+   * rejects as `Pipeline.get` does.
+   * @throws {TypeError} If the stage belongs to no pipeline, or is not a leaf.
    */
   get(options?: GetOptions): Promise<O | null> {
     return this.#owner().getFrom(
@@ -239,7 +250,13 @@ export class Stage<I, O> {
     ) as Promise<O | null>;
   }
 
-  /** Iterates over the results of this (leaf) stage alone, until it has stopped. */
+  /**
+   * Iterates over the results of this (leaf) stage alone, until it has stopped.
+   *
+   * @param options A timeout for each result, or an `AbortSignal`.
+   * @returns An async iterator of the stage's results.
+   * @throws {TypeError} If the stage belongs to no pipeline, or is not a leaf.
+   */
   results(options?: GetOptions): AsyncIterableIterator<O> {
     return this.#owner().resultsFrom(
       this as unknown as AnyStage,
@@ -285,6 +302,10 @@ export class OrderedStage<I, O> extends Stage<I, O> {
    * @param target A self-contained task function or worker class, or a module target.
    * @param size The number of workers, a positive integer.
    * @param options The stage's options.
+   * @throws {TypeError} If `target` cannot be shipped to a worker, or an
+   * option is unknown or of the wrong type.
+   * @throws {RangeError} If `size` is not a positive integer, or an option is
+   * out of range.
    */
   constructor(
     target: Target<I, O>,
@@ -322,6 +343,10 @@ export class UnorderedStage<I, O> extends Stage<I, O> {
    * @param target A self-contained task function or worker class, or a module target.
    * @param size The number of workers, a positive integer.
    * @param options The stage's options.
+   * @throws {TypeError} If `target` cannot be shipped to a worker, or an
+   * option is unknown or of the wrong type.
+   * @throws {RangeError} If `size` is not a positive integer, or an option is
+   * out of range.
    */
   constructor(
     target: Target<I, O>,

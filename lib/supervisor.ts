@@ -165,6 +165,7 @@ export class Supervisor {
       },
     );
     if (!replace) return this.#events.fail(error);
+    // Readers of `skipped` load it at any time; other workers add to it too.
     Atomics.add(status.words, StageStatus.SKIPPED, to - from);
     // The replacement starts with no timed task running.
     Atomics.store(
@@ -205,6 +206,8 @@ export class Supervisor {
    */
   #wakeSleepers(all: boolean): void {
     for (const { words, index, kind } of this.#sleepWords) {
+      // Change the value first, then notify: a worker about to sleep on the
+      // old value returns at once.
       if (kind === "counter") Atomics.add(words, index, 1);
       else if (!all) continue;
       else {
@@ -229,6 +232,8 @@ export class Supervisor {
         const status = state.status!;
         const index = record.config.index;
         const taskState = status.at(index, StageStatus.TASK_STATE);
+        // The state is loaded before the start time it guards (the worker
+        // stores them in the other order).
         if (
           Atomics.load(status.words, taskState) === StageStatus.RUNNING &&
           now - status.started[index]! > state.taskTimeout &&

@@ -184,6 +184,8 @@ export class TaskInput implements InputPump {
         if (this.#write()) continue;
         const first = this.#waiting[0];
         if (first === undefined) break;
+        // Wait for the bell of what is missing: room in the ring, or a place
+        // in the backlog; a bell rung since it was armed returns at once.
         await (first.inBacklog
           ? Atomics.waitAsync(
             this.#ring.control,

@@ -1,0 +1,70 @@
+// The public API is what mod.ts exports, and nothing else: every export is a
+// promise kept for ever. These tests fail when an export appears or
+// disappears, so that it never happens unnoticed. Update the lists only on
+// purpose, with the README and the docs.
+
+import assert from "node:assert/strict";
+import * as mpipe from "../mod.ts";
+
+/** The values mod.ts exports (classes). */
+const VALUES = [
+  "FilterStage",
+  "OrderedStage",
+  "OrderedWorker",
+  "Pipeline",
+  "PipelineClosedError",
+  "Stage",
+  "StageError",
+  "TaskWorker",
+  "UnorderedStage",
+  "UnorderedWorker",
+];
+
+/** The types mod.ts exports besides the classes. */
+const TYPES = [
+  "FilterStageOptions",
+  "GetOptions",
+  "ModuleTarget",
+  "PipelineOptions",
+  "PutOptions",
+  "StageErrorOptions",
+  "StageOptions",
+  "Target",
+  "TaskFunction",
+  "WorkerClass",
+];
+
+Deno.test("mod.ts exports exactly the public values", () => {
+  assert.deepEqual(Object.keys(mpipe).sort(), VALUES);
+});
+
+Deno.test("mod.ts exports exactly the public symbols, each documented (deno doc)", async () => {
+  const output = await new Deno.Command(Deno.execPath(), {
+    args: ["doc", "--json", new URL("../mod.ts", import.meta.url).href],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.equal(output.code, 0, new TextDecoder().decode(output.stderr));
+  const doc = JSON.parse(new TextDecoder().decode(output.stdout)) as {
+    nodes: Record<
+      string,
+      {
+        symbols: {
+          name: string;
+          declarations: { jsDoc?: { doc?: string } }[];
+        }[];
+      }
+    >;
+  };
+  const symbols = Object.values(doc.nodes).flatMap((node) => node.symbols);
+  assert.deepEqual(
+    symbols.map((symbol) => symbol.name).sort(),
+    [...VALUES, ...TYPES].sort(),
+  );
+  for (const symbol of symbols) {
+    assert.ok(
+      symbol.declarations.some((d) => (d.jsDoc?.doc ?? "").trim() !== ""),
+      `${symbol.name} has no documentation`,
+    );
+  }
+});
