@@ -68,17 +68,34 @@ export class Bell {
   static kill: { words: Int32Array; index: number; generation: number } | null =
     null;
 
-  /** Whether this worker was killed by its pipeline (false on the main thread). */
+  /**
+   * Whether this worker gave up its place itself: it called `close()` or
+   * `Deno.exit()`, threw outside a task, or found its timed task taken over.
+   * A plain field, so the hot path can test it per record.
+   */
+  static revoked = false;
+
+  /** Gives up this worker's place: from now on it writes nothing shared. */
+  static revoke(): void {
+    Bell.revoked = true;
+  }
+
+  /** Whether this worker was killed by its pipeline or gave up its place (false on the main thread). */
   static killed(): boolean {
     const kill = Bell.kill;
     // A fresh load each time: the main thread writes it at any moment.
-    return kill !== null &&
-      Atomics.load(kill.words, kill.index) > kill.generation;
+    return Bell.revoked ||
+      (kill !== null && Atomics.load(kill.words, kill.index) > kill.generation);
   }
 
   /** Throws if this worker was killed, so that it unwinds and closes itself. */
   static checkKilled(): void {
     if (Bell.killed()) throw new Error(Bell.KILLED_MESSAGE);
+  }
+
+  /** Throws if this worker gave up its place (the cheap check, per record). */
+  static checkRevoked(): void {
+    if (Bell.revoked) throw new Error(Bell.KILLED_MESSAGE);
   }
 
   /** The message of the error a killed worker unwinds with. */

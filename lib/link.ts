@@ -127,6 +127,8 @@ export class InputLink {
    * Returns how many, or -1 once every upstream has stopped and all is taken.
    */
   claim(values: unknown[], seqs: number[], max: number): number {
+    // Once per claim: a killed worker must not take tasks from a replacement.
+    Bell.checkKilled();
     if (this.mode.shared) Mutex.lock(this.control, InputLink.LOCK);
     try {
       const rings = this.rings;
@@ -411,16 +413,37 @@ export class OutputPort {
    * `DataCloneError` before writing anything if the value cannot be cloned.
    */
   put(value: unknown, kind: number, seq: number): void {
+    Bell.checkRevoked();
     const encoder = this.#encoder.idle();
     const length = encoder.encode(value);
+    this.#putBytes(encoder.bytes, length, kind, seq);
+  }
+
+  /**
+   * Encodes `value` into bytes of its own, to be written later with
+   * `putEncoded`. Throws a `DataCloneError` if it cannot be cloned.
+   */
+  encode(value: unknown): Uint8Array {
+    const encoder = this.#encoder.idle();
+    return encoder.bytes.slice(0, encoder.encode(value));
+  }
+
+  /** Writes a value encoded by `encode` to every branch. */
+  putEncoded(bytes: Uint8Array, kind: number, seq: number): void {
+    Bell.checkRevoked();
+    this.#putBytes(bytes, bytes.length, kind, seq);
+  }
+
+  #putBytes(bytes: Uint8Array, length: number, kind: number, seq: number) {
     for (let i = 0; i < this.rings.length; i++) {
       if (this.maxBacklogs[i]! > 0) this.#enterBacklog(i, seq);
-      this.#write(i, kind, seq, encoder.bytes, length);
+      this.#write(i, kind, seq, bytes, length);
     }
   }
 
   /** Writes a record without payload (END or STOP) to every branch. */
   putEmpty(kind: number, seq: number): void {
+    Bell.checkRevoked();
     for (let i = 0; i < this.rings.length; i++) {
       this.#write(i, kind, seq, null, 0);
     }
@@ -428,6 +451,8 @@ export class OutputPort {
 
   /** Publishes what was written and wakes the consumers that sleep. */
   publish(): void {
+    // Once per batch: a killed worker must not move a head a replacement owns.
+    Bell.checkKilled();
     const rings = this.rings;
     for (let i = 0; i < rings.length; i++) {
       if (rings[i]!.publish()) Bell.ring(this.bells[i]!, this.bellBases[i]!);

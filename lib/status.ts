@@ -22,7 +22,11 @@ export class StageStatus {
   static readonly HEADER = 4;
   /** Words of a worker's slot. */
   static readonly SLOT = 5;
-  /** Slot word: what the worker's timed task is doing, one of the task states below. */
+  /**
+   * Slot word: what the worker's timed task is doing: one of the task states
+   * below, tagged with the worker's generation (`taskState()`), so that a
+   * killed worker's late compare-exchange can never match its replacement's.
+   */
   static readonly TASK_STATE = 0;
   /** Slot word: the first claimed task whose results are not all published. */
   static readonly FROM = 1;
@@ -39,8 +43,10 @@ export class StageStatus {
   static readonly RUNNING = 1;
   /** Task state: the main thread took the task over (it ran too long); the worker is being replaced. */
   static readonly TAKEN_OVER = 2;
-  /** Task state: the pipeline shut down; a worker sleeping on the word wakes and ends. */
-  static readonly SHUT_DOWN = 3;
+  /** The task-state word of a worker of `generation` in `state`. */
+  static taskState(generation: number, state: number): number {
+    return (generation << 2) | state;
+  }
 
   /** Creates the shared memory of a stage of `size` workers. */
   static allocate(size: number): SharedArrayBuffer {

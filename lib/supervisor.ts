@@ -171,7 +171,7 @@ export class Supervisor {
     Atomics.store(
       status.words,
       status.at(config.index, StageStatus.TASK_STATE),
-      StageStatus.IDLE,
+      StageStatus.taskState(config.generation + 1, StageStatus.IDLE),
     );
     this.#alive--;
     this.#workers.splice(this.#workers.indexOf(record), 1);
@@ -200,9 +200,9 @@ export class Supervisor {
   /**
    * Wakes sleeping workers: the killed ones then end, the others look again.
    * Each word's value changes, so that a worker between reading a bell and
-   * sleeping on it cannot miss the wake-up. Lock and task-state words are
-   * only touched when every worker is killed (`all`): a lost worker never
-   * sleeps on a lock, since it is lost while running task code.
+   * sleeping on it cannot miss the wake-up. Lock words are only freed when
+   * every worker is killed (`all`): a lost worker never sleeps on a lock,
+   * since it is lost while running task code.
    */
   #wakeSleepers(all: boolean): void {
     for (const { words, index, kind } of this.#sleepWords) {
@@ -210,13 +210,7 @@ export class Supervisor {
       // old value returns at once.
       if (kind === "counter") Atomics.add(words, index, 1);
       else if (!all) continue;
-      else {
-        Atomics.store(
-          words,
-          index,
-          kind === "lock" ? 0 : StageStatus.SHUT_DOWN,
-        );
-      }
+      else Atomics.store(words, index, 0);
       Atomics.notify(words, index);
     }
   }
@@ -232,18 +226,25 @@ export class Supervisor {
         const status = state.status!;
         const index = record.config.index;
         const taskState = status.at(index, StageStatus.TASK_STATE);
+        const running = StageStatus.taskState(
+          record.config.generation,
+          StageStatus.RUNNING,
+        );
         // The state is loaded before the start time it guards (the worker
         // stores them in the other order).
         if (
-          Atomics.load(status.words, taskState) === StageStatus.RUNNING &&
+          Atomics.load(status.words, taskState) === running &&
           now - status.started[index]! > state.taskTimeout &&
           // Take the task over; fails if the worker has just finished it.
           Atomics.compareExchange(
               status.words,
               taskState,
-              StageStatus.RUNNING,
-              StageStatus.TAKEN_OVER,
-            ) === StageStatus.RUNNING
+              running,
+              StageStatus.taskState(
+                record.config.generation,
+                StageStatus.TAKEN_OVER,
+              ),
+            ) === running
         ) {
           const task = status.words[status.at(index, StageStatus.SEQ)];
           this.#lost(

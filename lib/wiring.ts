@@ -30,12 +30,12 @@ interface LinkMemory {
 
 /**
  * A word a worker may sleep on, and how to wake it: a bell's counter is
- * bumped; a lock word is freed; a task-state word is set to `SHUT_DOWN`.
+ * bumped; a lock word is freed.
  */
 export interface SleepWord {
   words: Int32Array;
   index: number;
-  kind: "counter" | "lock" | "task-state";
+  kind: "counter" | "lock";
 }
 
 /** Every link's memory, and the worker configs and leaf links built on it. */
@@ -76,13 +76,6 @@ export class Wiring {
         stage,
         this.#link(Math.max(1, state.previous.length), producersOf(stage)),
       );
-      for (let i = 0; i < stage.size; i++) {
-        this.sleepWords.push({
-          words: state.status.words,
-          index: state.status.at(i, StageStatus.TASK_STATE),
-          kind: "task-state",
-        });
-      }
     }
     for (const leaf of leaves) {
       this.#leafLinks.set(leaf, this.#link(1, leaf.size));

@@ -63,6 +63,9 @@ export class WorkerRuntime {
   static async start(config: WorkerConfig): Promise<void> {
     try {
       await new WorkerRuntime(config).run();
+    } catch (error) {
+      // A killed worker unwinds with an error of its own; nothing to report.
+      if (!Bell.killed()) throw error;
     } finally {
       // A terminate() that came while this worker slept in Atomics.wait is
       // lost (Deno), so a killed worker ends itself.
@@ -78,6 +81,8 @@ export class WorkerRuntime {
   /** One past the last task whose results were all written. */
   #finished = 0;
   #claimMax = 1;
+  /** Results a timed task put with `putResult()`, written at its end. */
+  #held: Uint8Array[] = [];
   // Idle state between claims: spins left, and the armed doorbell's counter.
   #spinLeft = 0;
   #armed = false;
@@ -226,10 +231,9 @@ export class WorkerRuntime {
   }
 
   #succeeded(result: unknown): void {
-    // A killed worker whose task outlived the kill must not touch the rings.
-    Bell.checkKilled();
     if (this.config.timed) this.#endTimed();
     try {
+      this.#putHeld();
       this.#finish(result);
     } catch (error) {
       // The result could not be cloned: a task error like any other.
@@ -240,9 +244,10 @@ export class WorkerRuntime {
   }
 
   #failed(error: unknown, timed = this.config.timed): undefined {
-    Bell.checkKilled();
+    Bell.checkRevoked();
     if (timed) this.#endTimed();
     if (this.config.onError === "fail") throw error;
+    this.#putHeld();
     // The main thread reads the count at any time: an atomic add, not a store.
     Atomics.add(this.status.words, StageStatus.SKIPPED, 1);
     if (this.config.ordered && !this.config.disableResult) {
@@ -267,26 +272,50 @@ export class WorkerRuntime {
       performance.now();
     // The start time first, then the state: the watchdog reads the time only
     // after it sees RUNNING.
-    Atomics.store(this.status.words, this.#slot.taskState, StageStatus.RUNNING);
+    Atomics.store(
+      this.status.words,
+      this.#slot.taskState,
+      StageStatus.taskState(this.config.generation, StageStatus.RUNNING),
+    );
   }
 
   /**
    * Ends a timed task. If the main thread already took it over (it ran too
-   * long), this worker is being replaced: it must not touch the rings again.
+   * long), a replacement owns this worker's place: this one gives it up and
+   * unwinds without writing anything more.
    */
   #endTimed(): void {
-    const { words } = this.status;
-    const taskState = this.#slot.taskState;
     // The compare-exchange races the watchdog's: exactly one of them wins.
+    // Both values carry this worker's generation, so it cannot match a
+    // replacement's running task.
+    const running = StageStatus.taskState(
+      this.config.generation,
+      StageStatus.RUNNING,
+    );
     if (
       Atomics.compareExchange(
-        words,
-        taskState,
-        StageStatus.RUNNING,
-        StageStatus.IDLE,
-      ) === StageStatus.RUNNING
+        this.status.words,
+        this.#slot.taskState,
+        running,
+        StageStatus.taskState(this.config.generation, StageStatus.IDLE),
+      ) === running
     ) return;
-    for (;;) Bell.sleep(words, taskState, StageStatus.TAKEN_OVER);
+    Bell.revoke();
+    Bell.checkRevoked();
+  }
+
+  /**
+   * Writes the results a timed task put with `putResult()`: they wait until
+   * its end has won the race against the watchdog, so that a task taken over
+   * never writes into rings its replacement owns.
+   */
+  #putHeld(): void {
+    const held = this.#held;
+    if (held.length === 0) return;
+    for (let i = 0; i < held.length; i++) {
+      this.output.putEncoded(held[i]!, Ring.DATA, this.#seq);
+    }
+    held.length = 0;
   }
 
   /** Closes the tasks a lost worker held, so an ordered merge does not wait for them. */
@@ -335,6 +364,11 @@ export class WorkerRuntime {
 
   #putResult(result: unknown): void {
     if (this.config.disableResult) return;
+    if (this.config.timed) {
+      // Copied now, as putResult() promises; written at the task's end.
+      this.#held.push(this.output.encode(result));
+      return;
+    }
     this.output.put(result, Ring.DATA, this.#seq);
     // Slow tasks publish each result at once; fast ones publish per batch.
     if (this.#claimMax === 1) this.output.publish();
@@ -345,6 +379,9 @@ export class WorkerRuntime {
     task: number | undefined,
     error: unknown,
   ): void {
+    // A killed worker says nothing and writes nothing: it is replaced, or
+    // the pipeline has ended.
+    if (Bell.killed()) return;
     this.output.publish();
     WorkerScope.postError({ type: "error", phase, task, error });
   }
