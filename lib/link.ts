@@ -531,7 +531,13 @@ export class OutputPort {
     }
   }
 
-  /** Whether record `seq` may enter a backlog of `backlog`: there is room, or the merge waits for it. */
+  /**
+   * Whether record `seq` may enter a backlog of `backlog`. A record the merge
+   * waits for (its group's NEXT_SEQ) always enters; one it cannot take yet
+   * leaves a place free for records it can take: otherwise such records could
+   * fill the backlog while the awaited one's producer waits on another
+   * upstream stage that waits on this backlog (a join), and nothing moves.
+   */
   static #mayEnter(
     link: Int32Array,
     backlog: number,
@@ -539,9 +545,11 @@ export class OutputPort {
     nextSeq: number,
     seq: number,
   ): boolean {
+    if (nextSeq < 0) return backlog < max;
     // NEXT_SEQ may be stale towards the past: then this record waits for the
     // next ring of the space bell, which every merge step rings.
-    return backlog < max ||
-      (nextSeq >= 0 && Atomics.load(link, nextSeq) === seq);
+    if (Atomics.load(link, nextSeq) === seq) return true;
+    return backlog < max - 1;
   }
+
 }
