@@ -44,11 +44,23 @@ export class FilterRuntime {
 
   constructor(config: FilterConfig) {
     this.config = config;
-    this.inputs = config.subs.map((sub) => new OutputPort([sub.input]));
-    this.outputs = config.subs.map((sub) =>
-      new InputLink(sub.output.control, sub.output.rings, sub.output.mode)
-    );
     this.counts = config.subs.map(() => 0);
+    this.inputs = config.subs.map((sub, i) => {
+      const port = new OutputPort([sub.input]);
+      // While a task waits for room in a sub-pipeline, drain what that
+      // sub-pipeline returns: it may be waiting for room in the filter.
+      port.whileFull = () => this.#drain(i);
+      return port;
+    });
+    // The sub-pipeline's leaves ring the bell the filter sleeps on while it
+    // waits for room in the sub-pipeline's input (see Wiring): one bell for
+    // both, so either wakes it.
+    this.outputs = config.subs.map((sub) =>
+      new InputLink(sub.output.control, sub.output.rings, sub.output.mode, {
+        words: new Int32Array(sub.input.ring, 0, Ring.CONTROL_BYTES >> 2),
+        base: Ring.SPACE_BELL,
+      })
+    );
   }
 
   /** Drains each sub-pipeline, feeds the task to those with room, and returns the filter's result. */
@@ -56,30 +68,37 @@ export class FilterRuntime {
     const { maxTasks, dropResults, cacheResults } = this.config;
     if (!cacheResults) this.latest.clear();
     for (let i = 0; i < this.inputs.length; i++) {
-      let count = this.counts[i]!;
-      for (;;) {
-        const taken = this.outputs[i]!.claim(
-          this.#values,
-          this.#seqs,
-          ClaimPolicy.FILTER_DRAIN,
-        );
-        if (taken <= 0) break;
-        if (!dropResults) this.latest.set(i, this.#values[taken - 1]);
-        this.#values.length = 0;
-        count = Math.max(0, count - taken);
-      }
-      if (count < maxTasks) {
-        this.inputs[i]!.put(task, Ring.DATA, 0);
+      this.#drain(i);
+      // A sub-pipeline whose root's backlog is full holds too many tasks too.
+      if (
+        this.counts[i]! < maxTasks && this.inputs[i]!.offer(task, Ring.DATA, 0)
+      ) {
         this.inputs[i]!.publish();
-        count++;
+        this.counts[i]!++;
       }
-      this.counts[i] = count;
     }
     if (dropResults) return task;
     const results = [...this.latest.keys()].sort((a, b) => a - b).map((i) =>
       this.latest.get(i)
     );
     return [task, results];
+  }
+
+  /** Takes every result sub-pipeline `i` has returned so far. */
+  #drain(i: number): void {
+    for (;;) {
+      const taken = this.outputs[i]!.claim(
+        this.#values,
+        this.#seqs,
+        ClaimPolicy.FILTER_DRAIN,
+      );
+      if (taken <= 0) return;
+      if (!this.config.dropResults) {
+        this.latest.set(i, this.#values[taken - 1]);
+      }
+      this.#values.length = 0;
+      this.counts[i] = Math.max(0, this.counts[i]! - taken);
+    }
   }
 
   /** Passes the stop to every sub-pipeline and drains them until they end. */

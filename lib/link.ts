@@ -397,6 +397,13 @@ export class OutputPort {
   readonly nextSeqWords: number[];
   /** Called after anything was published. */
   onPublish: (() => void) | null = null;
+  /**
+   * Called while a write waits for room, once the ring's space bell is armed.
+   * A thread that also consumes what its output leads to (a filter and its
+   * sub-pipelines) drains it here, so that the two never wait on each other;
+   * whatever it consumes must ring this same bell (see `Wiring`).
+   */
+  whileFull: (() => void) | null = null;
   #encoder = new Encoder();
 
   constructor(branches: Branch[]) {
@@ -426,6 +433,21 @@ export class OutputPort {
   encode(value: unknown): Uint8Array {
     const encoder = this.#encoder.idle();
     return encoder.bytes.slice(0, encoder.encode(value));
+  }
+
+  /**
+   * Like `put` for a port of one branch, but when the branch's backlog is
+   * full it writes nothing and returns false (a filter sheds the task).
+   */
+  offer(value: unknown, kind: number, seq: number): boolean {
+    Bell.checkRevoked();
+    const encoder = this.#encoder.idle();
+    const length = encoder.encode(value);
+    if (this.maxBacklogs[0]! > 0 && !this.#tryEnterBacklog(0, seq)) {
+      return false;
+    }
+    this.#write(0, kind, seq, encoder.bytes, length);
+    return true;
   }
 
   /** Writes a value encoded by `encode` to every branch. */
@@ -475,6 +497,7 @@ export class OutputPort {
       // Full: publish so the consumer can make room, then sleep until it does.
       this.publish();
       const counter = Bell.arm(ring.control, Ring.SPACE_BELL);
+      this.whileFull?.();
       const before = done;
       done = this.#attempt(ring, kind, seq, bytes, done, length);
       if (done === before) {
@@ -504,30 +527,34 @@ export class OutputPort {
    */
   #enterBacklog(branch: number, seq: number): void {
     const link = this.links[branch]!;
+    while (!this.#tryEnterBacklog(branch, seq)) {
+      this.publish();
+      // Arm, then look again, then sleep: the bell is rung after each place
+      // is freed, so a place freed after the arm still wakes us.
+      const counter = Bell.arm(link, InputLink.SPACE_BELL);
+      if (this.#tryEnterBacklog(branch, seq)) return;
+      Bell.sleep(link, InputLink.SPACE_BELL + Bell.COUNTER, counter);
+    }
+  }
+
+  /** Takes a place in the downstream backlog if record `seq` may enter now. */
+  #tryEnterBacklog(branch: number, seq: number): boolean {
+    const link = this.links[branch]!;
     const max = this.maxBacklogs[branch]!;
     const nextSeq = this.nextSeqWords[branch]!;
     for (;;) {
       // A snapshot: consumers lower it and other producers raise it at any
       // time, so a place is only taken by the compare-exchange below.
       const backlog = Atomics.load(link, InputLink.BACKLOG);
-      if (OutputPort.#mayEnter(link, backlog, max, nextSeq, seq)) {
-        if (
-          Atomics.compareExchange(
-            link,
-            InputLink.BACKLOG,
-            backlog,
-            backlog + 1,
-          ) === backlog
-        ) return;
-        continue;
-      }
-      this.publish();
-      // Arm, then look again, then sleep: the bell is rung after each place
-      // is freed, so a place freed after this load still wakes us.
-      const counter = Bell.arm(link, InputLink.SPACE_BELL);
-      const now = Atomics.load(link, InputLink.BACKLOG);
-      if (OutputPort.#mayEnter(link, now, max, nextSeq, seq)) continue;
-      Bell.sleep(link, InputLink.SPACE_BELL + Bell.COUNTER, counter);
+      if (!OutputPort.#mayEnter(link, backlog, max, nextSeq, seq)) return false;
+      if (
+        Atomics.compareExchange(
+          link,
+          InputLink.BACKLOG,
+          backlog,
+          backlog + 1,
+        ) === backlog
+      ) return true;
     }
   }
 
@@ -551,5 +578,4 @@ export class OutputPort {
     if (Atomics.load(link, nextSeq) === seq) return true;
     return backlog < max - 1;
   }
-
 }

@@ -57,8 +57,15 @@ export class Wiring {
   readonly #leafLinks = new Map<AnyStage, LinkMemory>();
   /** Each filter's links back from its sub-pipelines, one per sub-pipeline. */
   readonly #filterReturns = new Map<AnyStage, LinkMemory[]>();
-  /** The link each leaf stage of a filter's sub-pipeline writes to. */
-  readonly #subLeafLinks = new Map<AnyStage, LinkMemory>();
+  /**
+   * The link each leaf stage of a filter's sub-pipeline writes to, and the
+   * bell it rings: the space bell of the sub-pipeline's input ring, which the
+   * filter sleeps on while it waits for room there (see `FilterRuntime`).
+   */
+  readonly #subLeafLinks = new Map<
+    AnyStage,
+    LinkMemory & { bell: SharedArrayBuffer }
+  >();
 
   /**
    * Allocates the memory of `stages` (root first), whose pipeline leaves are
@@ -91,11 +98,13 @@ export class Wiring {
             subLeaves.length,
             subLeaves.reduce((sum, leaf) => sum + leaf.size, 0),
           );
+          const bell = this.#inputs.get(root)!.rings[0]!;
           let ring = 0;
           for (const leaf of subLeaves) {
             this.#subLeafLinks.set(leaf, {
               control: back.control,
               rings: back.rings.slice(ring, ring += leaf.size),
+              bell,
             });
           }
           return back;
@@ -113,7 +122,8 @@ export class Wiring {
     const state = internalsOf(stage);
     const input = this.#inputs.get(stage)!;
     const mode = inputMode(stage);
-    const ownLink = this.#leafLinks.get(stage) ?? this.#subLeafLinks.get(stage);
+    const leafLink = this.#leafLinks.get(stage);
+    const subLeafLink = this.#subLeafLinks.get(stage);
     const holdOne = state.restart || Number.isFinite(state.taskTimeout);
     const filter = this.#filterConfig(stage);
     return Array.from({ length: stage.size }, (_, index) => {
@@ -126,19 +136,24 @@ export class Wiring {
           nextSeqWord(next, stage),
         );
       });
-      if (this.#leafLinks.has(stage)) {
+      if (leafLink !== undefined) {
         outputs.push({
-          ring: ownLink!.rings[index]!,
+          ring: leafLink.rings[index]!,
           bell: this.resultBell.buffer as SharedArrayBuffer,
           bellBase: 0,
-          link: ownLink!.control,
+          link: leafLink.control,
           maxBacklog: 0,
           nextSeqWord: -1,
         });
-      } else if (ownLink !== undefined) {
-        outputs.push(
-          linkBranch(ownLink.control, ownLink.rings[index]!, Infinity, -1),
-        );
+      } else if (subLeafLink !== undefined) {
+        outputs.push({
+          ring: subLeafLink.rings[index]!,
+          bell: subLeafLink.bell,
+          bellBase: Ring.SPACE_BELL,
+          link: subLeafLink.control,
+          maxBacklog: 0,
+          nextSeqWord: -1,
+        });
       }
       return {
         stage: stage.name,
