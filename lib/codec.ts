@@ -14,6 +14,12 @@
  * makes code per shape (object literal, named loads and stores), which V8
  * runs much faster than keys handled one by one.
  *
+ * Limits: values nest as deep as memory allows (containers deeper than
+ * `Encoder.MAX_RECURSION` are walked with a stack of their own, not the
+ * thread's), a sparse array costs in proportion to its elements, and a record
+ * holds at most `Encoder.MAX_BYTES` bytes (a larger value is refused with a
+ * `RangeError` before anything is sent).
+ *
  * Shipped to workers by source, like `ring.ts`: no module-level helpers
  * (the interfaces below are types only).
  *
@@ -33,11 +39,36 @@ interface ShapeNode {
   write: ((encoder: Encoder, value: object) => void) | null;
 }
 
-/** A shape a decoder learnt: its key block (as in `ShapeNode`), and the reader made for it. */
+/** A shape a decoder learnt: its key block (as in `ShapeNode`), its keys, and the reader made for it. */
 interface Shape {
   block: number[];
+  keys: string[];
   read: (decoder: Decoder) => object;
 }
+
+/**
+ * A container's parts, for the encoder: a generator that writes the
+ * container's own bytes and yields each value inside it in turn.
+ */
+type Parts = Generator<unknown, void, undefined>;
+
+/** Where an encoder's walk of an array from its first hole stands (see `Encoder.#nextElement`). */
+interface HoleWalk {
+  /** Holes passed one by one. */
+  holes: number;
+  /** The array's keys, once the walk goes by them; the next one to look at. */
+  keys: string[] | null;
+  key: number;
+  /** The element found. */
+  item: unknown;
+}
+
+/**
+ * A container's reader, for the decoder: a generator that reads the
+ * container's own bytes, yields (nothing) for each value inside it, takes
+ * that value back, and returns the container.
+ */
+type Reader = Generator<void, unknown, unknown>;
 
 /** Encodes values into a reusable scratch buffer. */
 export class Encoder {
@@ -61,6 +92,7 @@ export class Encoder {
   static readonly VIEW = 17;
   static readonly ERROR = 18;
   static readonly BOXED = 19;
+  /** A run of holes in an array (see `#holes`). */
   static readonly HOLE = 20;
   static readonly UTF16 = 21;
   static readonly DOM_EXCEPTION = 22;
@@ -72,6 +104,30 @@ export class Encoder {
    * identity hash, which costs more than scanning a few entries.
    */
   static readonly LISTED_OBJECTS = 16;
+
+  /**
+   * The most bytes a record may hold: a ring frame carries the length of the
+   * record it belongs to as an Int32 (`Ring.totalAt`). Values that encode to
+   * more are refused with a RangeError.
+   */
+  static readonly MAX_BYTES = 0x7fffffff;
+
+  /**
+   * Containers nested deeper than this are walked with an explicit stack
+   * instead of by recursion, so that depth costs heap, not native stack: a
+   * cold worker's recursion overflowed at about 1,200 nested objects. Below
+   * it, values take the recursive path, which is faster.
+   */
+  static readonly MAX_RECURSION = 256;
+
+  /**
+   * Holes an array's walk index by index may pass beyond one per element:
+   * past them, the encoder goes by the array's keys (`Object.keys`), so that
+   * a sparse array costs in proportion to its elements, as with
+   * structuredClone. Keys cost more than indices for an array that is dense
+   * after all, hence a margin.
+   */
+  static readonly SCANNED_HOLES = 4096;
 
   /** Bounds on the shape table: objects beyond them travel with plain OBJECT records. */
   static readonly MAX_SHAPE_NODES = 4096;
@@ -108,10 +164,14 @@ export class Encoder {
     "Float16Array",
   ];
 
+  /** The most bytes this encoder writes for one value: `MAX_BYTES`, or less (tests). */
+  readonly maxBytes: number;
   /** The encoded bytes are `bytes[0, length)` after `encode()`. */
-  bytes: Uint8Array = new Uint8Array(256);
+  bytes: Uint8Array;
   length = 0;
-  #view = new DataView(this.bytes.buffer);
+  #view: DataView;
+  /** Containers open in the recursive walk (see MAX_RECURSION). */
+  #depth = 0;
   /**
    * The objects written so far, in order: a reference is an index. Entries
    * are overwritten, not pushed: emptying an array frees its storage, which
@@ -133,18 +193,29 @@ export class Encoder {
   #busy = false;
   #spare: Encoder | null = null;
 
+  /** Creates an encoder that refuses values of more than `maxBytes` bytes. */
+  constructor(maxBytes: number = Encoder.MAX_BYTES) {
+    this.maxBytes = Math.min(maxBytes, Encoder.MAX_BYTES);
+    this.bytes = new Uint8Array(Math.min(256, this.maxBytes));
+    this.#view = new DataView(this.bytes.buffer);
+  }
+
   /**
    * This encoder, or while it is encoding a spare of its own: a getter of the
    * value being copied may put another value, which must not overwrite it.
    */
   idle(): Encoder {
     if (!this.#busy) return this;
-    return (this.#spare ??= new Encoder()).idle();
+    return (this.#spare ??= new Encoder(this.maxBytes)).idle();
   }
 
-  /** Encodes `value`; throws a `DataCloneError` if it cannot be cloned. */
+  /**
+   * Encodes `value`. Throws a `DataCloneError` if it cannot be cloned, and a
+   * `RangeError` if it encodes to more than `maxBytes`.
+   */
   encode(value: unknown): number {
     this.length = 0;
+    this.#depth = 0;
     this.#busy = true;
     try {
       this.#value(value);
@@ -160,14 +231,26 @@ export class Encoder {
 
   #reserve(n: number): number {
     const at = this.length;
-    if (at + n > this.bytes.length) {
-      const grown = new Uint8Array(Math.max(this.bytes.length * 2, at + n));
-      grown.set(this.bytes.subarray(0, at));
-      this.bytes = grown;
-      this.#view = new DataView(grown.buffer);
-    }
+    if (at + n > this.bytes.length) this.#grow(at + n);
     this.length = at + n;
     return at;
+  }
+
+  /** Grows the buffer to hold `needed` bytes; refuses, before allocating, a record over `maxBytes`. */
+  #grow(needed: number): void {
+    if (needed > this.maxBytes) throw this.#tooLarge();
+    const grown = new Uint8Array(
+      Math.min(Math.max(this.bytes.length * 2, needed), this.maxBytes),
+    );
+    grown.set(this.bytes.subarray(0, this.length));
+    this.bytes = grown;
+    this.#view = new DataView(grown.buffer);
+  }
+
+  #tooLarge(): RangeError {
+    return new RangeError(
+      `The value encodes to more than ${this.maxBytes} bytes, the most a record in a pipeline's rings can hold: split it into smaller tasks or results`,
+    );
   }
 
   #tag(tag: number): void {
@@ -245,11 +328,16 @@ export class Encoder {
       }
       return;
     }
-    const at = this.#reserve(5 + n * 3);
-    const { written } = this.#text.encodeInto(
+    // Up to 3 bytes a code unit, but no more room than the limit leaves: a
+    // long string that needs less may still fit.
+    const at = this.#reserve(
+      Math.max(5 + n, Math.min(5 + n * 3, this.maxBytes - this.length)),
+    );
+    const { read, written } = this.#text.encodeInto(
       value,
       this.bytes.subarray(at + 5),
     );
+    if (read < n) throw this.#tooLarge();
     this.bytes[at] = Encoder.UTF8;
     this.#view.setUint32(at + 1, written, true);
     this.length = at + 5 + written;
@@ -269,13 +357,76 @@ export class Encoder {
     ) {
       return this.#plain(value as Record<string, unknown>);
     }
-    this.#other(value);
+    const parts = this.#other(value, false);
+    if (parts !== null) this.#children(parts);
   }
 
-  /** The kinds of object rarer in tasks, kept out of `#object` so that its hot path stays short. */
-  #other(value: object): void {
-    if (ArrayBuffer.isView(value)) return this.#view_(value);
-    if (value instanceof ArrayBuffer) return this.#arrayBuffer(value);
+  /**
+   * Writes the values `parts` yields, each after the bytes `parts` writes
+   * before it (a container's header, an error's name): by recursion, or once
+   * the walk is MAX_RECURSION deep, with a stack of its own.
+   */
+  #children(parts: Parts): void {
+    if (this.#depth >= Encoder.MAX_RECURSION) return this.#deep(parts);
+    this.#depth++;
+    for (let step = parts.next(); !step.done; step = parts.next()) {
+      this.#value(step.value);
+    }
+    this.#depth--;
+  }
+
+  /**
+   * The walk past MAX_RECURSION: an explicit stack of the containers open,
+   * each a generator that writes its own bytes and yields its children, in
+   * the order the recursion writes them. The bytes are the same.
+   */
+  #deep(parts: Parts): void {
+    const open = [parts];
+    while (open.length > 0) {
+      const step = open[open.length - 1]!.next();
+      if (step.done) open.pop();
+      else if (typeof step.value !== "object" || step.value === null) {
+        this.#value(step.value);
+      } else {
+        const inner = this.#parts(step.value);
+        if (inner !== null) open.push(inner);
+      }
+    }
+  }
+
+  /** What `#object` does, for the explicit stack: writes `value` if it has no children, else returns its parts. */
+  #parts(value: object): Parts | null {
+    const seen = this.#indexOf(value);
+    if (seen >= 0) {
+      this.#tag(Encoder.REF);
+      this.#u32(seen);
+      return null;
+    }
+    if (Array.isArray(value)) return this.#arrayParts(value);
+    if (
+      Object.getPrototypeOf(value) === Object.prototype && !("callee" in value)
+    ) {
+      return this.#plainParts(value as Record<string, unknown>);
+    }
+    return this.#other(value, true);
+  }
+
+  /**
+   * The kinds of object rarer in tasks, kept out of `#object` so that its hot
+   * path stays short. Writes the value whole and returns null, except for the
+   * explicit stack (`deep`), which takes the parts of a Map, Set or class
+   * instance; errors always return their parts (the recursion takes them to
+   * `#children`: rarer still, and costly anyway for their stacks).
+   */
+  #other(value: object, deep: boolean): Parts | null {
+    if (ArrayBuffer.isView(value)) {
+      this.#view_(value);
+      return null;
+    }
+    if (value instanceof ArrayBuffer) {
+      this.#arrayBuffer(value);
+      return null;
+    }
     if (value instanceof SharedArrayBuffer) {
       throw new DOMException(
         "A SharedArrayBuffer cannot travel through a pipeline's rings: pass shared memory to the workers once, with the stage option args",
@@ -286,41 +437,33 @@ export class Encoder {
       const at = this.#reserve(9);
       this.bytes[at] = Encoder.DATE;
       this.#view.setFloat64(at + 1, value.getTime(), true);
-      return;
+      return null;
     }
     if (value instanceof RegExp) {
       this.#tag(Encoder.REGEXP);
       this.#string(value.source);
-      return this.#string(value.flags);
+      this.#string(value.flags);
+      return null;
     }
     if (value instanceof Map) {
-      this.#tag(Encoder.MAP);
-      this.#u32(value.size);
-      for (const [k, v] of value) {
-        this.#value(k);
-        this.#value(v);
-      }
-      return;
+      if (deep) return this.#mapParts(value);
+      this.#map(value);
+      return null;
     }
     if (value instanceof Set) {
-      this.#tag(Encoder.SET);
-      this.#u32(value.size);
-      for (const v of value) this.#value(v);
-      return;
+      if (deep) return this.#setParts(value);
+      this.#set(value);
+      return null;
     }
-    if (value instanceof DOMException) {
-      this.#tag(Encoder.DOM_EXCEPTION);
-      this.#string(value.message);
-      this.#string(value.name);
-      return this.#value(value.stack);
-    }
-    if (value instanceof Error) return this.#error(value);
+    if (value instanceof DOMException) return this.#domExceptionParts(value);
+    if (value instanceof Error) return this.#errorParts(value);
     if (
       value instanceof Boolean || value instanceof Number ||
       value instanceof String || value instanceof BigInt
     ) {
       this.#tag(Encoder.BOXED);
-      return this.#value(value.valueOf());
+      this.#value(value.valueOf()); // a primitive: no deeper
+      return null;
     }
     if (typeof value === "function") {
       throw new DOMException(
@@ -338,7 +481,68 @@ export class Encoder {
     if (prototype !== Object.prototype && prototype !== null) {
       Encoder.#checkCloneable(value, prototype);
     }
+    if (deep) return this.#plainParts(value as Record<string, unknown>);
     this.#plain(value as Record<string, unknown>);
+    return null;
+  }
+
+  #map(value: Map<unknown, unknown>): void {
+    if (this.#depth >= Encoder.MAX_RECURSION) {
+      return this.#deep(this.#mapParts(value));
+    }
+    this.#depth++;
+    this.#tag(Encoder.MAP);
+    this.#u32(value.size);
+    for (const [k, v] of value) {
+      this.#value(k);
+      this.#value(v);
+    }
+    this.#depth--;
+  }
+
+  /** `#map` for the explicit stack. */
+  *#mapParts(value: Map<unknown, unknown>): Parts {
+    this.#tag(Encoder.MAP);
+    this.#u32(value.size);
+    for (const [k, v] of value) {
+      yield k;
+      yield v;
+    }
+  }
+
+  #set(value: Set<unknown>): void {
+    if (this.#depth >= Encoder.MAX_RECURSION) {
+      return this.#deep(this.#setParts(value));
+    }
+    this.#depth++;
+    this.#tag(Encoder.SET);
+    this.#u32(value.size);
+    for (const v of value) this.#value(v);
+    this.#depth--;
+  }
+
+  /** `#set` for the explicit stack. */
+  *#setParts(value: Set<unknown>): Parts {
+    this.#tag(Encoder.SET);
+    this.#u32(value.size);
+    for (const v of value) yield v;
+  }
+
+  *#domExceptionParts(value: DOMException): Parts {
+    this.#tag(Encoder.DOM_EXCEPTION);
+    this.#string(value.message);
+    this.#string(value.name);
+    yield value.stack;
+  }
+
+  *#errorParts(value: Error): Parts {
+    this.#tag(Encoder.ERROR);
+    this.#string(Encoder.ERRORS.includes(value.name) ? value.name : "Error");
+    this.#string(value.message);
+    yield value.stack;
+    const hasCause = Object.hasOwn(value, "cause");
+    this.#tag(hasCause ? Encoder.TRUE : Encoder.FALSE);
+    if (hasCause) yield value.cause;
   }
 
   /** The index of `value` among the objects written so far; -1 (and listed) if new. */
@@ -368,9 +572,20 @@ export class Encoder {
    */
   static #checkCloneable(value: object, prototype: object): void {
     if (Encoder.cloneable.get(prototype) === true) return;
-    // Throws a DataCloneError for platform objects structuredClone refuses
-    // (URL, WeakMap, ...) and for instances holding what cannot be cloned.
-    const clone = structuredClone(value);
+    let clone: unknown;
+    try {
+      // Throws a DataCloneError for platform objects structuredClone refuses
+      // (URL, WeakMap, ...) and for instances holding what cannot be cloned.
+      clone = structuredClone(value);
+    } catch (error) {
+      // Out of stack deep in the contents (a RangeError): structuredClone
+      // refuses or copies a platform object before it visits any contents,
+      // so this instance is an ordinary object, whose contents this encoder
+      // walks itself, as deep as they go.
+      if (!(error instanceof RangeError)) throw error;
+      Encoder.cloneable.set(prototype, true);
+      return;
+    }
     const name = (prototype as { constructor?: { name?: string } })
       .constructor?.name ?? "object";
     if (Object.getPrototypeOf(clone) !== Object.prototype) {
@@ -385,23 +600,142 @@ export class Encoder {
     Encoder.cloneable.set(prototype, true);
   }
 
+  /** An array: its length, then its elements; from the first hole on, `#holey` takes over. */
   #array(value: unknown[]): void {
+    if (this.#depth >= Encoder.MAX_RECURSION) {
+      return this.#deep(this.#arrayParts(value));
+    }
+    this.#depth++;
     const n = value.length;
     this.#tag(Encoder.ARRAY);
     this.#u32(n);
     for (let i = 0; i < n; i++) {
       const item = value[i];
-      if (item === undefined && !(i in value)) this.#tag(Encoder.HOLE);
-      else this.#value(item);
+      if (item === undefined && !(i in value)) {
+        this.#holey(value, i, n);
+        break;
+      }
+      this.#value(item);
+    }
+    this.#depth--;
+  }
+
+  /** The rest of an array of length `n` from its first hole, `from`: see `#nextElement`. */
+  #holey(value: unknown[], from: number, n: number): void {
+    const walk: HoleWalk = { holes: 0, keys: null, key: 0, item: undefined };
+    for (
+      let i = this.#nextElement(value, from, n, walk);
+      i < n;
+      i = this.#nextElement(value, i + 1, n, walk)
+    ) {
+      this.#value(walk.item);
+    }
+  }
+
+  /** `#array` for the explicit stack. */
+  *#arrayParts(value: unknown[]): Parts {
+    const n = value.length;
+    this.#tag(Encoder.ARRAY);
+    this.#u32(n);
+    for (let i = 0; i < n; i++) {
+      const item = value[i];
+      if (item === undefined && !(i in value)) {
+        const walk: HoleWalk = {
+          holes: 0,
+          keys: null,
+          key: 0,
+          item: undefined,
+        };
+        for (
+          i = this.#nextElement(value, i, n, walk);
+          i < n;
+          i = this.#nextElement(value, i + 1, n, walk)
+        ) {
+          yield walk.item;
+        }
+        return;
+      }
+      yield item;
+    }
+  }
+
+  /**
+   * The index of the array's next element from `i` on (its value in
+   * `walk.item`), or `n` at the end, after writing the holes before it as
+   * runs. It looks at each index in turn until the holes passed exceed the
+   * elements by SCANNED_HOLES; from then on it goes by the array's keys.
+   */
+  #nextElement(
+    value: unknown[],
+    i: number,
+    n: number,
+    walk: HoleWalk,
+  ): number {
+    if (walk.keys !== null) return this.#nextKey(value, i, n, walk);
+    const run = i;
+    for (; i < n; i++) {
+      const item = value[i];
+      if (item !== undefined || i in value) {
+        if (i > run) this.#holes(i - run);
+        walk.item = item;
+        return i;
+      }
+      // Elements in [0, i]: i + 1 - holes (there is no hole before the walk).
+      if (++walk.holes > i + 1 - walk.holes + Encoder.SCANNED_HOLES) {
+        walk.keys = Object.keys(value);
+        return this.#nextKey(value, run, n, walk);
+      }
+    }
+    if (n > run) this.#holes(n - run);
+    return n;
+  }
+
+  /**
+   * `#nextElement` by the array's keys (an array's indices come first, in
+   * ascending order): a sparse array costs in proportion to its elements,
+   * not its length.
+   */
+  #nextKey(value: unknown[], next: number, n: number, walk: HoleWalk): number {
+    const keys = walk.keys!;
+    while (walk.key < keys.length) {
+      const key = keys[walk.key++]!;
+      const index = Number(key);
+      if (
+        !Number.isInteger(index) || index < next || index >= n ||
+        String(index) !== key || !(index in value) // gone: a getter deleted it
+      ) continue;
+      if (index > next) this.#holes(index - next);
+      walk.item = value[index];
+      return index;
+    }
+    if (n > next) this.#holes(n - next);
+    return n;
+  }
+
+  /** A run of `count` holes: HOLE and the count in a byte, or HOLE, 0 and the count in 4. */
+  #holes(count: number): void {
+    if (count < 256) {
+      const at = this.#reserve(2);
+      this.bytes[at] = Encoder.HOLE;
+      this.bytes[at + 1] = count;
+    } else {
+      const at = this.#reserve(6);
+      this.bytes[at] = Encoder.HOLE;
+      this.bytes[at + 1] = 0;
+      this.#view.setUint32(at + 2, count, true);
     }
   }
 
   #plain(value: Record<string, unknown>): void {
+    if (this.#depth >= Encoder.MAX_RECURSION) {
+      return this.#deep(this.#plainParts(value));
+    }
     // for-in walks V8's enum cache without allocating a key array; only class
     // instances can inherit enumerable keys, so only they need the own check.
     const plain = Object.getPrototypeOf(value) === Object.prototype;
     const shape = this.#shapeOf(value, plain);
     if (shape !== null) return this.#shaped(value, shape);
+    this.#depth++;
     const at = this.#reserve(5);
     this.bytes[at] = Encoder.OBJECT;
     let count = 0;
@@ -409,6 +743,31 @@ export class Encoder {
       if (!plain && !Object.hasOwn(value, key)) continue;
       this.#string(key);
       this.#value(value[key]);
+      count++;
+    }
+    this.#view.setUint32(at + 1, count, true);
+    this.#depth--;
+  }
+
+  /** `#plain` for the explicit stack. */
+  *#plainParts(value: Record<string, unknown>): Parts {
+    const plain = Object.getPrototypeOf(value) === Object.prototype;
+    const shape = this.#shapeOf(value, plain);
+    if (shape === null) return yield* this.#objectParts(value, plain);
+    this.#shapeHeader(shape);
+    const keys = shape.keys;
+    for (let i = 0; i < keys.length; i++) yield value[keys[i]!];
+  }
+
+  /** An OBJECT record (as in `#plain`) for the explicit stack: each key, then its value; the count last, once known. */
+  *#objectParts(value: Record<string, unknown>, plain: boolean): Parts {
+    const at = this.#reserve(5);
+    this.bytes[at] = Encoder.OBJECT;
+    let count = 0;
+    for (const key in value) {
+      if (!plain && !Object.hasOwn(value, key)) continue;
+      this.#string(key);
+      yield value[key];
       count++;
     }
     this.#view.setUint32(at + 1, count, true);
@@ -465,6 +824,21 @@ export class Encoder {
    * made for it.
    */
   #shaped(value: Record<string, unknown>, shape: ShapeNode): void {
+    this.#shapeHeader(shape);
+    // The listed keys, not a new walk: a getter could add or delete keys.
+    shape.write ??= new Function(
+      "e",
+      "o",
+      shape.keys.map((key) => `e.writeValue(o[${JSON.stringify(key)}]);`)
+        .join("\n"),
+    ) as (encoder: Encoder, value: object) => void;
+    this.#depth++;
+    shape.write(this, value);
+    this.#depth--;
+  }
+
+  /** A SHAPE record's bytes before the values. */
+  #shapeHeader(shape: ShapeNode): void {
     const at = this.#reserve(11);
     this.bytes[at] = Encoder.SHAPE;
     this.#view.setUint32(at + 1, this.#shapeSalt, true);
@@ -491,13 +865,6 @@ export class Encoder {
       }
     }
     this.#view.setUint32(at + 7, this.length - at - 11, true);
-    // The listed keys, not a new walk: a getter could add or delete keys.
-    shape.write ??= new Function(
-      "e",
-      "o",
-      keys.map((key) => `e.writeValue(o[${JSON.stringify(key)}]);`).join("\n"),
-    ) as (encoder: Encoder, value: object) => void;
-    shape.write(this, value);
   }
 
   /** Writes one value (for shape writers). */
@@ -554,16 +921,6 @@ export class Encoder {
     const at = this.#reserve(pad + bytes.length) + pad;
     this.bytes.set(bytes, at);
   }
-
-  #error(value: Error): void {
-    this.#tag(Encoder.ERROR);
-    this.#string(Encoder.ERRORS.includes(value.name) ? value.name : "Error");
-    this.#string(value.message);
-    this.#value(value.stack);
-    const hasCause = Object.hasOwn(value, "cause");
-    this.#tag(hasCause ? Encoder.TRUE : Encoder.FALSE);
-    if (hasCause) this.#value(value.cause);
-  }
 }
 
 /** Decodes values written by `Encoder`. */
@@ -581,6 +938,8 @@ export class Decoder {
   /** The objects read so far, in order (overwritten, like the encoder's list). */
   #objects: unknown[] = [];
   #objectCount = 0;
+  /** Containers open in the recursive walk (see Encoder.MAX_RECURSION). */
+  #depth = 0;
   /** Shapes learnt from SHAPE records, by encoder salt and shape number. */
   #shapes = new Map<number, Shape>();
   // ignoreBOM: a leading U+FEFF is part of the string, not a byte order mark.
@@ -593,6 +952,7 @@ export class Decoder {
     this.#at = start;
     this.#start = start;
     this.#objectCount = 0;
+    this.#depth = 0;
     const value = this.#value();
     // Let go of this record's objects.
     const objects = this.#objects;
@@ -633,29 +993,29 @@ export class Decoder {
       case Encoder.TRUE:
         return true;
       case Encoder.ARRAY: {
+        if (this.#depth >= Encoder.MAX_RECURSION) {
+          return this.#deep(this.#arrayReader());
+        }
+        this.#depth++;
         const n = this.#u32();
         const array = new Array(n);
         this.register(array);
-        for (let i = 0; i < n; i++) {
-          if (this.#bytes[this.#at] === Encoder.HOLE) this.#at++;
-          else array[i] = this.#value();
+        for (let i = 0; i < n;) {
+          if (this.#bytes[this.#at] === Encoder.HOLE) i += this.#holes();
+          else array[i++] = this.#value();
         }
+        this.#depth--;
         return array;
       }
       case Encoder.SHAPE: {
-        const view = this.#view;
-        const id = view.getUint32(this.#at, true) * 65536 +
-          view.getUint16(this.#at + 4, true);
-        const size = view.getUint32(this.#at + 6, true);
-        const block = this.#at + 10;
-        this.#at = block + size;
-        let shape = this.#shapes.get(id);
-        if (shape === undefined || !this.#matches(shape.block, block, size)) {
-          shape = this.#learn(block, size);
-          if (this.#shapes.size >= Decoder.MAX_SHAPES) this.#shapes.clear();
-          this.#shapes.set(id, shape);
+        const shape = this.#shape();
+        if (this.#depth >= Encoder.MAX_RECURSION) {
+          return this.#deep(this.#shapeReader(shape));
         }
-        return shape.read(this);
+        this.#depth++;
+        const object = shape.read(this);
+        this.#depth--;
+        return object;
       }
       case Encoder.REF:
         return this.#objects[this.#u32()];
@@ -674,22 +1034,18 @@ export class Decoder {
           : BigInt("0x" + text);
       }
       case Encoder.OBJECT: {
+        if (this.#depth >= Encoder.MAX_RECURSION) {
+          return this.#deep(this.#objectReader());
+        }
+        this.#depth++;
         const n = this.#u32();
         const object: Record<string, unknown> = {};
         this.register(object);
         for (let i = 0; i < n; i++) {
           const key = this.#string();
-          const value = this.#value();
-          // An own "__proto__" key must stay a key, not set the prototype.
-          if (key === "__proto__") {
-            Object.defineProperty(object, key, {
-              value,
-              writable: true,
-              enumerable: true,
-              configurable: true,
-            });
-          } else object[key] = value;
+          Decoder.#setKey(object, key, this.#value());
         }
+        this.#depth--;
         return object;
       }
       case Encoder.DATE: {
@@ -706,6 +1062,10 @@ export class Decoder {
         return regexp;
       }
       case Encoder.MAP: {
+        if (this.#depth >= Encoder.MAX_RECURSION) {
+          return this.#deep(this.#mapReader());
+        }
+        this.#depth++;
         const n = this.#u32();
         const map = new Map();
         this.register(map);
@@ -713,13 +1073,19 @@ export class Decoder {
           const key = this.#value();
           map.set(key, this.#value());
         }
+        this.#depth--;
         return map;
       }
       case Encoder.SET: {
+        if (this.#depth >= Encoder.MAX_RECURSION) {
+          return this.#deep(this.#setReader());
+        }
+        this.#depth++;
         const n = this.#u32();
         const set = new Set();
         this.register(set);
         for (let i = 0; i < n; i++) set.add(this.#value());
+        this.#depth--;
         return set;
       }
       case Encoder.ARRAY_BUFFER: {
@@ -749,50 +1115,231 @@ export class Decoder {
         >)[name]!;
         return (this.#objects[index] = new Type(buffer, offset, length));
       }
-      case Encoder.DOM_EXCEPTION: {
-        const index = this.register(null);
-        const message = this.#string();
-        const exception = new DOMException(message, this.#string());
-        this.#objects[index] = exception;
-        const stack = this.#value();
-        if (typeof stack === "string") {
-          Object.defineProperty(exception, "stack", {
-            value: stack,
-            writable: true,
-            configurable: true,
-          });
-        }
-        return exception;
-      }
-      case Encoder.ERROR: {
-        const index = this.register(null);
-        const name = this.#string();
-        const message = this.#string();
-        const Type =
-          (globalThis as unknown as Record<string, ErrorConstructor>)[
-            Encoder.ERRORS.includes(name) ? name : "Error"
-          ]!;
-        const error = new Type(message);
-        this.#objects[index] = error;
-        const stack = this.#value();
-        if (typeof stack === "string") error.stack = stack;
-        else delete error.stack;
-        if (this.#value() === true) {
-          Object.defineProperty(error, "cause", {
-            value: this.#value(),
-            writable: true,
-            configurable: true,
-          });
-        }
-        return error;
-      }
+      case Encoder.DOM_EXCEPTION:
+        return this.#read(this.#domExceptionReader());
+      case Encoder.ERROR:
+        return this.#read(this.#errorReader());
       case Encoder.BOXED: {
         const index = this.register(null);
-        return (this.#objects[index] = Object(this.#value()));
+        return (this.#objects[index] = Object(this.#value())); // a primitive
       }
       default:
         throw new RangeError(`Corrupt record: unknown tag ${tag}`);
     }
+  }
+
+  /**
+   * Runs a container's reader (an error's), reading each value it asks for:
+   * by recursion, or once the walk is MAX_RECURSION deep, with a stack of its
+   * own.
+   */
+  #read(reader: Reader): unknown {
+    if (this.#depth >= Encoder.MAX_RECURSION) return this.#deep(reader);
+    this.#depth++;
+    let step = reader.next();
+    while (!step.done) step = reader.next(this.#value());
+    this.#depth--;
+    return step.value;
+  }
+
+  /**
+   * The walk past MAX_RECURSION: an explicit stack of the containers open,
+   * each a reader that asks for its values in turn and returns the container.
+   */
+  #deep(reader: Reader): unknown {
+    const open = [reader];
+    let value: unknown = undefined;
+    for (;;) {
+      const step = open[open.length - 1]!.next(value);
+      if (step.done) {
+        open.pop();
+        if (open.length === 0) return step.value;
+        value = step.value;
+      } else {
+        const inner = this.#reader();
+        if (inner === null) value = this.#value();
+        else {
+          open.push(inner);
+          value = undefined; // a reader's first next() takes nothing
+        }
+      }
+    }
+  }
+
+  /** The reader of the container whose tag is next, past its tag; null (nothing read) for a value without children. */
+  #reader(): Reader | null {
+    switch (this.#bytes[this.#at]) {
+      case Encoder.ARRAY:
+        this.#at++;
+        return this.#arrayReader();
+      case Encoder.SHAPE:
+        this.#at++;
+        return this.#shapeReader(this.#shape());
+      case Encoder.OBJECT:
+        this.#at++;
+        return this.#objectReader();
+      case Encoder.MAP:
+        this.#at++;
+        return this.#mapReader();
+      case Encoder.SET:
+        this.#at++;
+        return this.#setReader();
+      case Encoder.DOM_EXCEPTION:
+        this.#at++;
+        return this.#domExceptionReader();
+      case Encoder.ERROR:
+        this.#at++;
+        return this.#errorReader();
+      default:
+        return null;
+    }
+  }
+
+  /** The ARRAY case of `#value`, for the explicit stack. */
+  *#arrayReader(): Reader {
+    const n = this.#u32();
+    const array = new Array(n);
+    this.register(array);
+    for (let i = 0; i < n;) {
+      if (this.#bytes[this.#at] === Encoder.HOLE) i += this.#holes();
+      else {
+        const item = yield;
+        array[i++] = item;
+      }
+    }
+    return array;
+  }
+
+  /** Reads a run of holes (see `Encoder.#holes`); returns how many. */
+  #holes(): number {
+    const at = this.#at;
+    const count = this.#bytes[at + 1]!;
+    if (count !== 0) {
+      this.#at = at + 2;
+      return count;
+    }
+    this.#at = at + 6;
+    return this.#view.getUint32(at + 2, true);
+  }
+
+  /** The SHAPE case of `#value`, for the explicit stack: the keys in order, as the shape's reader makes them. */
+  *#shapeReader(shape: Shape): Reader {
+    const object: Record<string, unknown> = {};
+    this.register(object);
+    const keys = shape.keys;
+    for (let i = 0; i < keys.length; i++) {
+      const value = yield;
+      Decoder.#setKey(object, keys[i]!, value);
+    }
+    return object;
+  }
+
+  /** The OBJECT case of `#other`, for the explicit stack. */
+  *#objectReader(): Reader {
+    const n = this.#u32();
+    const object: Record<string, unknown> = {};
+    this.register(object);
+    for (let i = 0; i < n; i++) {
+      const key = this.#string();
+      const value = yield;
+      Decoder.#setKey(object, key, value);
+    }
+    return object;
+  }
+
+  /** Sets an own key; "__proto__" too stays a key, rather than set the prototype. */
+  static #setKey(
+    object: Record<string, unknown>,
+    key: string,
+    value: unknown,
+  ): void {
+    if (key === "__proto__") {
+      Object.defineProperty(object, key, {
+        value,
+        writable: true,
+        enumerable: true,
+        configurable: true,
+      });
+    } else object[key] = value;
+  }
+
+  /** The MAP case of `#other`, for the explicit stack. */
+  *#mapReader(): Reader {
+    const n = this.#u32();
+    const map = new Map();
+    this.register(map);
+    for (let i = 0; i < n; i++) {
+      const key = yield;
+      const value = yield;
+      map.set(key, value);
+    }
+    return map;
+  }
+
+  /** The SET case of `#other`, for the explicit stack. */
+  *#setReader(): Reader {
+    const n = this.#u32();
+    const set = new Set();
+    this.register(set);
+    for (let i = 0; i < n; i++) set.add(yield);
+    return set;
+  }
+
+  *#domExceptionReader(): Reader {
+    const index = this.register(null);
+    const message = this.#string();
+    const exception = new DOMException(message, this.#string());
+    this.#objects[index] = exception;
+    const stack = yield;
+    if (typeof stack === "string") {
+      Object.defineProperty(exception, "stack", {
+        value: stack,
+        writable: true,
+        configurable: true,
+      });
+    }
+    return exception;
+  }
+
+  *#errorReader(): Reader {
+    const index = this.register(null);
+    const name = this.#string();
+    const message = this.#string();
+    const Type = (globalThis as unknown as Record<string, ErrorConstructor>)[
+      Encoder.ERRORS.includes(name) ? name : "Error"
+    ]!;
+    const error = new Type(message);
+    this.#objects[index] = error;
+    const stack = yield;
+    if (typeof stack === "string") error.stack = stack;
+    else delete error.stack;
+    // Whether a cause follows: a TRUE or FALSE tag.
+    if (this.#bytes[this.#at++] === Encoder.TRUE) {
+      const cause = yield;
+      Object.defineProperty(error, "cause", {
+        value: cause,
+        writable: true,
+        configurable: true,
+      });
+    }
+    return error;
+  }
+
+  /** Reads a SHAPE record's header and key block: the shape, learnt if new. */
+  #shape(): Shape {
+    const view = this.#view;
+    const id = view.getUint32(this.#at, true) * 65536 +
+      view.getUint16(this.#at + 4, true);
+    const size = view.getUint32(this.#at + 6, true);
+    const block = this.#at + 10;
+    this.#at = block + size;
+    let shape = this.#shapes.get(id);
+    if (shape === undefined || !this.#matches(shape.block, block, size)) {
+      shape = this.#learn(block, size);
+      if (this.#shapes.size >= Decoder.MAX_SHAPES) this.#shapes.clear();
+      this.#shapes.set(id, shape);
+    }
+    return shape;
   }
 
   /** Whether the key block at `start` is `block` (a salt alone could collide). */
@@ -829,7 +1376,7 @@ export class Decoder {
     for (let i = 0; i < size >> 2; i++) {
       words.push(this.#view.getInt32(block + i * 4, true));
     }
-    return { block: words, read };
+    return { block: words, keys, read };
   }
 
   /** Reads the next value (for shape readers). */

@@ -155,7 +155,9 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
    * in call order even when not awaited; the returned Promise settles once the
    * task is in the root stage's input ring, so awaiting it is the backpressure.
    * The task is copied at the call, as by `structuredClone`: a value that
-   * cannot be cloned is refused (the Promise rejects) and nothing else is lost.
+   * cannot be cloned (a `DataCloneError`), or that encodes to more than
+   * 2 GiB - 1 bytes (a `RangeError`), is refused (the Promise rejects) and
+   * nothing else is lost.
    * A getter of the task may itself put a task; that one enters first, as
    * with `postMessage`.
    *

@@ -99,8 +99,10 @@ export class Ring {
   /**
    * Writes `src[start, end)` as one record, or as fragments when it is larger
    * than `maxPayload`, as far as there is room. Returns how far it got: `end`
-   * when all was written, less when the ring is full (call again with the rest).
-   * Nothing is visible to the consumer until `publish()`.
+   * when all was written, less when the ring is full (call again with the
+   * rest). Nothing is visible to the consumer until `publish()`. A record is
+   * at most 2^31 - 1 bytes (`end`): each frame carries its record's length as
+   * an Int32 (the encoder refuses larger values, `Encoder.MAX_BYTES`).
    */
   write(
     kind: number,

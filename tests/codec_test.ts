@@ -1073,6 +1073,279 @@ Deno.test("Decoder decodes several records laid end to end", () => {
   });
 });
 
+// ---- limits: depth, sparse arrays, size ----
+
+/** A box whose instances travel as plain objects `{ inner }`. */
+class Box {
+  constructor(public inner: unknown) {}
+}
+
+/**
+ * Kinds of container a deep value nests, each with how it wraps a value and
+ * how the test unwraps the decoded one (throwing if the level is wrong).
+ */
+const LEVELS: Record<
+  string,
+  { wrap(inner: unknown): unknown; unwrap(outer: unknown): unknown }
+> = {
+  array: {
+    wrap: (inner) => [inner],
+    unwrap: (outer) => {
+      assert.ok(Array.isArray(outer) && outer.length === 1, "array");
+      return outer[0];
+    },
+  },
+  "holey array": {
+    // deno-lint-ignore no-sparse-arrays
+    wrap: (inner) => [, inner],
+    unwrap: (outer) => {
+      assert.ok(Array.isArray(outer) && !(0 in outer), "holey array");
+      return outer[1];
+    },
+  },
+  object: {
+    wrap: (inner) => ({ a: inner }),
+    unwrap: (outer) => (outer as { a: unknown }).a,
+  },
+  // An own "__proto__" key keeps an object out of the shapes: an OBJECT record.
+  "object record": {
+    wrap: (inner) => ({ ["__proto__"]: inner }),
+    unwrap: (outer) => {
+      assert.ok(Object.hasOwn(outer as object, "__proto__"), "object record");
+      return (outer as Record<string, unknown>)["__proto__"];
+    },
+  },
+  "class instance": {
+    wrap: (inner) => new Box(inner),
+    unwrap: (outer) => {
+      assert.equal(Object.getPrototypeOf(outer), Object.prototype);
+      return (outer as Box).inner;
+    },
+  },
+  "Map value": {
+    wrap: (inner) => new Map([["k", inner]]),
+    unwrap: (outer) => {
+      assert.ok(outer instanceof Map && outer.size === 1, "Map value");
+      return outer.get("k");
+    },
+  },
+  "Map key": {
+    wrap: (inner) => new Map([[inner, 1]]),
+    unwrap: (outer) => {
+      assert.ok(outer instanceof Map && outer.size === 1, "Map key");
+      return [...outer.keys()][0];
+    },
+  },
+  Set: {
+    wrap: (inner) => new Set([inner]),
+    unwrap: (outer) => {
+      assert.ok(outer instanceof Set && outer.size === 1, "Set");
+      return [...outer][0];
+    },
+  },
+  "error cause": {
+    wrap: (inner) => new RangeError("level", { cause: inner }),
+    unwrap: (outer) => {
+      assert.ok(outer instanceof RangeError, "error");
+      return outer.cause;
+    },
+  },
+};
+
+/** `depth` levels of the given kinds, taken in turn from the outside in, around `bottom`. */
+function nest(kinds: string[], depth: number, bottom: unknown): unknown {
+  let value = bottom;
+  for (let i = depth - 1; i >= 0; i--) {
+    value = LEVELS[kinds[i % kinds.length]!]!.wrap(value);
+  }
+  return value;
+}
+
+/** Unwraps `depth` levels without recursion (node:assert would overflow); returns the bottom. */
+function unnest(kinds: string[], depth: number, value: unknown): unknown {
+  for (let i = 0; i < depth; i++) {
+    value = LEVELS[kinds[i % kinds.length]!]!.unwrap(value);
+  }
+  return value;
+}
+
+/** More levels than structuredClone carries here (2,700 objects to 5,000 Sets, main thread or worker). */
+const DEEP = 20_000;
+
+Deno.test("Encoder/Decoder carry each kind of container nested deeper than structuredClone carries", () => {
+  for (const kind of Object.keys(LEVELS)) {
+    const [plain, shared] = roundTrip(nest([kind], DEEP, "bottom"));
+    assert.equal(unnest([kind], DEEP, plain), "bottom", kind);
+    assert.equal(unnest([kind], DEEP, shared), "bottom", kind);
+  }
+});
+
+Deno.test("Encoder/Decoder carry every kind of container mixed, nested deeper than structuredClone carries", () => {
+  const kinds = Object.keys(LEVELS);
+  const [plain, shared] = roundTrip(nest(kinds, DEEP, { end: [1, 2] }));
+  assert.deepEqual(unnest(kinds, DEEP, plain), { end: [1, 2] });
+  assert.deepEqual(unnest(kinds, DEEP, shared), { end: [1, 2] });
+});
+
+Deno.test("Encoder/Decoder match structuredClone on a mixed value that crosses into the explicit stack", () => {
+  // Deeper than MAX_RECURSION, shallow enough for structuredClone and
+  // node:assert: both walks meet in one value, with values beside the chain.
+  const depth = Encoder.MAX_RECURSION * 3;
+  const kinds = Object.keys(LEVELS);
+  let value: unknown = "bottom";
+  for (let i = depth - 1; i >= 0; i--) {
+    const level = LEVELS[kinds[i % kinds.length]!]!.wrap(value);
+    value = i % 5 === 0 ? [level, { n: i, s: "x".repeat(i % 70) }, i] : level;
+  }
+  assertClones(value);
+});
+
+Deno.test("Encoder/Decoder keep shared references and cycles deep in the explicit stack", () => {
+  // Arrays one inside the other; at two levels, near the top and near the
+  // bottom, a pair [shared, next level] instead of the next level alone.
+  const shared = { shared: true };
+  const top: unknown[] = [];
+  let level = top;
+  for (let i = 1; i < DEEP; i++) {
+    const next: unknown[] = [];
+    level.push(i === 3 || i === DEEP - 3 ? [shared, next] : next);
+    level = next;
+  }
+  level.push(top); // the bottom leads back to the top
+  for (const decoded of roundTrip(top)) {
+    let at = decoded as unknown[];
+    const found: unknown[] = [];
+    for (let i = 1; i < DEEP; i++) {
+      const item = at[0] as unknown[];
+      if (i === 3 || i === DEEP - 3) {
+        found.push(item[0]);
+        at = item[1] as unknown[];
+      } else at = item;
+    }
+    assert.equal(at[0], decoded, "the cycle back to the top");
+    assert.deepEqual(found[0], shared);
+    assert.equal(found[0], found[1], "one shared object, not two copies");
+  }
+});
+
+Deno.test("Encoder/Decoder carry a sparse array in bytes in proportion to its elements, holes kept apart from undefined", () => {
+  const sparse: unknown[] = [];
+  sparse[2e8 - 1] = "last";
+  sparse[5] = undefined;
+  sparse[7] = { seven: 7 };
+  const bytes = encode(sparse);
+  assert.ok(bytes.length < 64, `${bytes.length} bytes for 3 elements`);
+  const expected = structuredClone(sparse);
+  for (const decoded of roundTrip(sparse) as unknown[][]) {
+    assert.equal(decoded.length, 2e8);
+    assert.deepEqual(Object.keys(decoded), Object.keys(expected));
+    assert.ok(5 in decoded && decoded[5] === undefined, "undefined stays");
+    assert.ok(!(6 in decoded), "a hole stays a hole");
+    assert.deepEqual(decoded[7], { seven: 7 });
+    assert.equal(decoded[2e8 - 1], "last");
+  }
+});
+
+Deno.test("Encoder/Decoder keep runs of holes of every length, at the start, between elements and at the end", () => {
+  const runs = [1, 2, 255, 256, 257, 1000];
+  const array: unknown[] = [];
+  let at = 0;
+  for (const run of runs) {
+    at += run;
+    array[at++] = run;
+    array[at++] = undefined;
+  }
+  array.length = at + 300;
+  assertClones(array);
+  assertClones(new Array(70_000));
+});
+
+Deno.test("Encoder/Decoder carry an array that turns dense after many holes, by its keys, as structuredClone does", () => {
+  const array: unknown[] = [];
+  for (let i = 10_000; i < 13_000; i++) array[i] = i % 7 === 0 ? undefined : i;
+  array[20_000] = "far";
+  array.length = 20_100;
+  assertClones(array);
+  // Named properties come after the indices among the keys, and are not
+  // carried (see the module doc).
+  const indices = Object.keys(array);
+  (array as unknown as { label: string }).label = "named";
+  for (const decoded of roundTrip(array) as unknown[][]) {
+    assert.deepEqual(Object.keys(decoded), indices);
+  }
+});
+
+Deno.test("Encoder reads a sparse array's elements as structuredClone does when a getter deletes one", () => {
+  for (const start of [0, 10_000]) {
+    const make = () => {
+      const array: unknown[] = [];
+      array[start] = 0;
+      Object.defineProperty(array, start + 1, {
+        get() {
+          delete array[start + 3];
+          return "getter";
+        },
+        enumerable: true,
+        configurable: true,
+      });
+      array[start + 3] = 3;
+      array[start + 5] = 5;
+      array.length = start + 10;
+      return array;
+    };
+    const expected = structuredClone(make());
+    const [plain] = roundTrip(make()) as unknown[][];
+    assert.deepEqual(Object.keys(plain!), Object.keys(expected), `at ${start}`);
+    assert.equal(plain![start + 1], "getter");
+  }
+});
+
+Deno.test("Encoder.encode refuses a value over its limit with a RangeError, and stays usable", () => {
+  const limited = new Encoder(100);
+  const decoder = new Decoder();
+  const decode = (length: number) => {
+    const bytes = limited.bytes.slice(0, length);
+    return decoder.decode(bytes, new DataView(bytes.buffer), 0);
+  };
+  const tooLarge = (error: unknown) => {
+    assert.ok(error instanceof RangeError, `got ${String(error)}`);
+    assert.match(error.message, /more than 100 bytes/);
+    assert.match(error.message, /split it/);
+    return true;
+  };
+  // A string's record: 5 bytes, then its UTF-8. At most 3 bytes a code unit
+  // would not fit, but what it needs does.
+  const ascii = "a".repeat(95);
+  assert.equal(limited.encode(ascii), 100);
+  assert.equal(decode(100), ascii);
+  assert.throws(() => limited.encode(ascii + "a"), tooLarge);
+  const accented = "é".repeat(47);
+  assert.equal(limited.encode(accented), 99);
+  assert.equal(decode(99), accented);
+  assert.throws(() => limited.encode(accented + "é"), tooLarge);
+  assert.throws(() => limited.encode(new Uint8Array(100)), tooLarge);
+  assert.throws(
+    () => limited.encode({ list: Array.from({ length: 30 }, (_, i) => i) }),
+    tooLarge,
+  );
+  const small = { list: [1, 2, 3] };
+  assert.deepEqual(decode(limited.encode(small)), small);
+});
+
+Deno.test("Encoder.encode refuses a value over 2 GiB - 1 bytes, the most a ring frame's Int32 length carries, before copying it", () => {
+  assert.equal(Encoder.MAX_BYTES, 2 ** 31 - 1);
+  const local = new Encoder();
+  // Never written, so the system gives these 2 GiB no memory.
+  const huge = new Uint8Array(2 ** 31);
+  assert.throws(() => local.encode(huge), (error: unknown) => {
+    assert.ok(error instanceof RangeError, `got ${String(error)}`);
+    assert.match(error.message, /more than 2147483647 bytes/);
+    return true;
+  });
+  assert.ok(local.bytes.length < 1024, "the encoder grew its buffer");
+  assert.equal(local.encode(1), 5);
+});
+
 // ---- fuzz ----
 
 /**

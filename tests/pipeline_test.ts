@@ -958,6 +958,74 @@ Deno.test("Pipeline round-trips a 32 MiB Uint8Array through two stages", async (
   await pipe.done;
 });
 
+/** Wraps `bottom` in `depth` levels of `kind` ("mix": array, object, Map, Set in turn). */
+function nest(kind: string, depth: number, bottom: unknown): unknown {
+  let value = bottom;
+  for (let i = depth - 1; i >= 0; i--) {
+    const level = kind === "mix"
+      ? ["array", "object", "Map", "Set"][i % 4]
+      : kind;
+    value = level === "array"
+      ? [value]
+      : level === "object"
+      ? { a: value }
+      : level === "Map"
+      ? new Map([[value, 1]])
+      : new Set([value]);
+  }
+  return value;
+}
+
+/** Unwraps the levels `nest` made, without recursion; returns the bottom. */
+function unnest(kind: string, depth: number, value: unknown): unknown {
+  for (let i = 0; i < depth; i++) {
+    const level = kind === "mix"
+      ? ["array", "object", "Map", "Set"][i % 4]
+      : kind;
+    if (level === "array") {
+      assert.ok(Array.isArray(value), `level ${i}: an array`);
+      value = value[0];
+    } else if (level === "object") value = (value as { a: unknown }).a;
+    else {
+      assert.ok(value instanceof (level === "Map" ? Map : Set), `level ${i}`);
+      value = [...(value as Map<unknown, unknown>).keys()][0];
+    }
+  }
+  return value;
+}
+
+Deno.test("Pipeline carries values nested deeper than structuredClone carries, through workers both ways", async () => {
+  // structuredClone carries 2,700 (objects) to 5,000 (Sets) levels here, in
+  // the main thread or a worker; every hop decodes and encodes these.
+  const depth = 20_000;
+  const kinds = ["array", "object", "Map", "Set", "mix"];
+  await using pipe = echoPipeline<unknown>(1);
+  using _guard = hangGuard(pipe);
+  for (const kind of kinds) pipe.put(nest(kind, depth, kind));
+  pipe.put(null);
+  const results = await Array.fromAsync(pipe);
+  assert.equal(results.length, kinds.length);
+  kinds.forEach((kind, i) => {
+    assert.equal(unnest(kind, depth, results[i]), kind);
+  });
+  await pipe.done;
+});
+
+Deno.test("Pipeline carries a sparse array of length 2e8 in proportion to its elements, holes kept apart from undefined", async () => {
+  const sparse: unknown[] = [];
+  sparse[2e8 - 1] = "last";
+  sparse[3] = undefined;
+  await using pipe = echoPipeline<unknown[]>(1);
+  using _guard = hangGuard(pipe);
+  pipe.put(sparse);
+  pipe.put(null);
+  const [result] = await Array.fromAsync(pipe);
+  assert.equal(result!.length, 2e8);
+  assert.deepEqual(Object.keys(result!), ["3", "199999999"]);
+  assert.ok(3 in result! && !(2 in result!));
+  await pipe.done;
+});
+
 // ---- copying and refusing values ----
 
 Deno.test("Pipeline.put() copies the task at the call: a later mutation does not change it", async () => {
@@ -1033,6 +1101,24 @@ Deno.test("Pipeline.put() refuses a value that cannot be cloned with a DataClone
   pipe.put(null);
   await Promise.all(checks);
   assert.deepEqual(await Array.fromAsync(pipe), range(refused.length + 1));
+  await pipe.done;
+});
+
+Deno.test("Pipeline.put() refuses a task that encodes to more than 2 GiB - 1 bytes with a RangeError, losing nothing else", async () => {
+  await using pipe = echoPipeline<unknown>(1);
+  using _guard = hangGuard(pipe);
+  pipe.put(0);
+  // Never written, so the system gives these 2 GiB no memory; the encoder
+  // refuses them before it copies anything.
+  const refused = pipe.put(new Uint8Array(2 ** 31));
+  pipe.put(1);
+  pipe.put(null);
+  await assert.rejects(refused, (error: unknown) => {
+    assert.ok(error instanceof RangeError, `got ${String(error)}`);
+    assert.match(error.message, /more than 2147483647 bytes/);
+    return true;
+  });
+  assert.deepEqual(await Array.fromAsync(pipe), [0, 1]);
   await pipe.done;
 });
 
@@ -1306,6 +1392,38 @@ Deno.test("Pipeline.get() rejects with StageError when a task's result cannot be
   });
   await pipe.done;
 });
+
+for (const ordered of [true, false]) {
+  const kind = ordered ? "OrderedStage" : "UnorderedStage";
+  Deno.test(`${kind}: a result that encodes to more than 2 GiB - 1 bytes fails its task under onError "fail", and is skipped under "skip"`, async () => {
+    for (const onError of ["fail", "skip"] as const) {
+      // Never written, so the system gives these 2 GiB no memory.
+      const huge = (x: number) => x === 2 ? new Uint8Array(2 ** 31) : x;
+      const stage = ordered
+        ? new OrderedStage(huge, 1, { name: "huge", onError })
+        : new UnorderedStage(huge, 1, { name: "huge", onError });
+      const pipe = new Pipeline<number, unknown>(stage);
+      using _guard = hangGuard(pipe);
+      for (let i = 0; i < 5; i++) pipe.put(i).catch(() => {});
+      pipe.put(null).catch(() => {});
+      if (onError === "fail") {
+        await assert.rejects(Array.fromAsync(pipe), (error: unknown) => {
+          assert.ok(error instanceof StageError, `got ${String(error)}`);
+          assert.equal(error.stage, "huge");
+          assert.equal(error.task, 2);
+          assert.ok(error.cause instanceof RangeError);
+          assert.match(error.cause.message, /more than 2147483647 bytes/);
+          return true;
+        });
+      } else {
+        const results = await Array.fromAsync(pipe) as number[];
+        assert.deepEqual(results.sort(byNumber), [0, 1, 3, 4]);
+        assert.equal(stage.skipped, 1);
+      }
+      await pipe.done;
+    }
+  });
+}
 
 // ---- terminate, dispose, done ----
 
