@@ -22,7 +22,8 @@
  * @module
  */
 
-import { PipelineClosedError, type StageError } from "./errors.ts";
+import { PipelineClosedError, StageError } from "./errors.ts";
+import { FailureReport, WatchedPromise } from "./failure_report.ts";
 import { collectStages, pipelineLeaves } from "./graph.ts";
 import {
   checkPipelineOptions,
@@ -38,6 +39,7 @@ import {
   internalsOf,
   type StageOwner,
 } from "./stage_internals.ts";
+import { SkipReports } from "./skip_reports.ts";
 import { inspectModules, Supervisor } from "./supervisor.ts";
 import { TaskInput } from "./task_input.ts";
 import { Wiring } from "./wiring.ts";
@@ -78,6 +80,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
   readonly done: Promise<void>;
 
   readonly #run = new RunState();
+  readonly #report = new FailureReport();
   readonly #input: TaskInput;
   readonly #output: ResultOutput;
   readonly #supervisor: Supervisor;
@@ -95,7 +98,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
    */
   constructor(root: Stage<I, unknown>, options: PipelineOptions = {}) {
     const { ringBytes, spin } = checkPipelineOptions(options);
-    this.done = new Promise((resolve, reject) => {
+    this.done = WatchedPromise.create((resolve, reject) => {
       this.#resolveDone = resolve;
       this.#rejectDone = reject;
     });
@@ -105,8 +108,27 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
     const workers = stages.reduce((sum, stage) => sum + stage.size, 0);
     const threadSpin = spin ?? defaultSpin(workers + 1);
 
+    const reports = new SkipReports(
+      stages,
+      (stage, thrown, report) =>
+        this.#fail(
+          new StageError(
+            `its onError callback threw while handling a skipped task: ${
+              thrown instanceof Error ? thrown.message : String(thrown)
+            }`,
+            {
+              stage: stage.name,
+              worker: report.worker,
+              task: report.task,
+              cause: thrown,
+            },
+          ),
+        ),
+    );
     this.#output = new ResultOutput(
       this.#run,
+      this.#report,
+      reports,
       leaves,
       wiring.resultBell,
       threadSpin,
@@ -115,10 +137,11 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
       { control: wiring.rootLink.control, ring: wiring.rootLink.rings[0]! },
       internalsOf(stages[0]!).maxBacklog,
       this.#run,
+      this.#report,
       this.#output,
     );
     this.#output.pump = this.#input;
-    this.#supervisor = new Supervisor(this.#run, wiring.sleepWords, {
+    this.#supervisor = new Supervisor(this.#run, wiring.sleepWords, reports, {
       fail: (error) => this.#fail(error),
       exited: () => this.#settleDone(),
     });
@@ -173,13 +196,16 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
   }
 
   /**
-   * Requests the stop, like `put(null)`.
+   * Requests the stop, like `put(null)`, but may be called again: once the
+   * stop request was put, each call returns the same Promise (as
+   * `WritableStream.close` users expect), while a second `put(null)` rejects.
    *
    * @returns A Promise that resolves once the stop request has entered the
-   * pipeline; it rejects as `put` does.
+   * pipeline; it rejects with the `StageError` of a failed pipeline, or a
+   * `PipelineClosedError` after `terminate()`.
    */
   close(): Promise<void> {
-    return this.put(null);
+    return this.#input.close();
   }
 
   /**
@@ -240,6 +266,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
   #fail(error: StageError): void {
     if (this.#run.ended) return;
     this.#run.failure = error;
+    this.#report.failed(error);
     this.#shutDown(error);
   }
 
@@ -253,6 +280,10 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
   #settleDone(): void {
     const failure = this.#run.failure;
     if (failure !== null && !this.#output.readerAttached) {
+      // Code that awaits `done`, now or later, observes the failure.
+      const done = this.done as WatchedPromise<void>;
+      if (done.watched) this.#report.observed();
+      else done.onWatched = () => this.#report.observed();
       this.#rejectDone(failure);
     } else this.#resolveDone();
   }

@@ -16,6 +16,13 @@ import { internalsOf } from "./stage_internals.ts";
 import { checkCallOptions } from "./options.ts";
 import type { RunView } from "./run_state.ts";
 import type { InputPump, ResultWaker } from "./task_input.ts";
+import type { FailureReport } from "./failure_report.ts";
+
+/** What the output needs of the supervisor: the `onError` callbacks still to run. */
+export interface CallbackGate {
+  /** A promise that settles once every callback reported so far has run, or null if none is pending. */
+  pending(): Promise<void> | null;
+}
 
 /** A leaf stage's output, read on the main thread. */
 interface Leaf {
@@ -34,12 +41,22 @@ interface Leaf {
 }
 
 const RESOLVED = Promise.resolve();
+
+/** The error of a `get` whose timeout passed. */
+function timedOut(timeout: number | undefined): DOMException {
+  return new DOMException(
+    `get() timed out after ${timeout} ms; nothing was lost: call get() again to wait longer`,
+    "TimeoutError",
+  );
+}
 /** What `take` returns when no result is here. */
 const NONE: unique symbol = Symbol("none");
 
 /** The main thread's side of every leaf stage's link. */
 export class ResultOutput implements ResultWaker {
   readonly #run: RunView;
+  readonly #report: FailureReport;
+  readonly #callbacks: CallbackGate;
   readonly #resultBell: Int32Array;
   readonly #spin: number;
   readonly #leaves: Leaf[];
@@ -47,18 +64,23 @@ export class ResultOutput implements ResultWaker {
   /** The leaf the last result came from: reading resumes there, for fairness. */
   #nextLeaf = 0;
   #seqs: number[] = [];
-  /** Readers sleeping in `waitAsync`, which `put` wakes when results are here. */
-  #readers: (() => void)[] = [];
+  /** The readers' shared sleep in `waitAsync`, which `put` also ends when results are here. */
+  #sleep: { counter: number; woken: Promise<void>; wake: () => void } | null =
+    null;
   /** Whether anything ever read results, and so will see a failure there. */
   #readerAttached = false;
 
   constructor(
     run: RunView,
+    report: FailureReport,
+    callbacks: CallbackGate,
     leaves: AnyStage[],
     resultBell: Int32Array,
     spin: number,
   ) {
     this.#run = run;
+    this.#report = report;
+    this.#callbacks = callbacks;
     this.#resultBell = resultBell;
     this.#spin = spin;
     this.#leaves = leaves.map((stage) => ({
@@ -87,12 +109,15 @@ export class ResultOutput implements ResultWaker {
   }
 
   get readersAsleep(): boolean {
-    return this.#readers.length !== 0;
+    return this.#sleep !== null;
   }
 
   /** Wakes every waiting reader: the pipeline ended. */
   shutDown(): void {
     Bell.ringAlways(this.#resultBell, 0);
+    // Directly too: a `waitAsync` wake-up does not keep the process alive,
+    // and there may be nothing else left to (a module that failed to load).
+    this.#wake(this.#sleep);
   }
 
   /** See `Pipeline.results`; `stage` is a leaf, or null for every leaf. */
@@ -125,10 +150,13 @@ export class ResultOutput implements ResultWaker {
     const { timeout, signal } = checkCallOptions("get", options);
     const deadline = timeout === undefined ? Infinity : Date.now() + timeout;
     for (;;) {
-      if (this.#run.failure !== null) throw this.#run.failure;
+      this.#throwIfFailed();
       const value = this.#take(leaf);
       if (value !== NONE) return value;
-      if (this.#ended(leaf)) return null;
+      if (this.#ended(leaf)) {
+        if (await this.#callbacksRun()) continue;
+        return null;
+      }
       const counter = Bell.arm(this.#resultBell, 0);
       const again = this.#take(leaf);
       if (again !== NONE) return again;
@@ -139,6 +167,25 @@ export class ResultOutput implements ResultWaker {
       if (this.#spinForOutput(counter)) continue;
       await this.#waitForOutput(counter, deadline, timeout, signal);
     }
+  }
+
+  #throwIfFailed(): void {
+    const failure = this.#run.failure;
+    if (failure === null) return;
+    this.#report.observed();
+    throw failure;
+  }
+
+  /**
+   * Before a reader sees the end: lets the `onError` callbacks of skipped
+   * tasks run, whose messages may still be on their way. True if the reader
+   * must look again (the pipeline may have failed meanwhile).
+   */
+  async #callbacksRun(): Promise<boolean> {
+    const pending = this.#callbacks.pending();
+    if (pending === null) return false;
+    await pending;
+    return true;
   }
 
   /**
@@ -155,61 +202,74 @@ export class ResultOutput implements ResultWaker {
     return false;
   }
 
+  /**
+   * Sleeps until the result bell moves past `counter`, `put` sees results, or
+   * the pipeline ends; or until this reader's deadline or signal. Every
+   * reader asleep on the same counter shares one sleep, and one that gives
+   * up leaves nothing behind.
+   */
   #waitForOutput(
     counter: number,
     deadline: number,
     timeout: number | undefined,
     signal: AbortSignal | undefined,
-  ): Promise<unknown> {
+  ): Promise<void> {
     signal?.throwIfAborted();
     const left = deadline - Date.now();
-    const timedOut = () =>
-      new DOMException(
-        `get() timed out after ${timeout} ms; nothing was lost: call get() again to wait longer`,
-        "TimeoutError",
-      );
-    if (left <= 0) throw timedOut();
+    if (left <= 0) throw timedOut(timeout);
+    const woken = this.#sleepOn(counter);
+    if (left === Infinity && signal === undefined) return woken;
+    return new Promise((resolve, reject) => {
+      const onAbort = () => done(() => reject(signal!.reason));
+      const timer = left === Infinity
+        ? undefined
+        : setTimeout(() => done(() => reject(timedOut(timeout))), left);
+      const done = (settle: () => void) => {
+        clearTimeout(timer);
+        signal?.removeEventListener("abort", onAbort);
+        settle();
+      };
+      signal?.addEventListener("abort", onAbort, { once: true });
+      woken.then(() => done(resolve));
+    });
+  }
+
+  /** The readers' shared sleep on `counter`, made on first need. */
+  #sleepOn(counter: number): Promise<void> {
+    const sleep = this.#sleep;
+    if (sleep !== null && sleep.counter === counter) return sleep.woken;
     // Sleeps only if the counter still holds the value armed before the last
     // look; a publish since then has moved it, and the wait returns at once.
-    const wait = Atomics.waitAsync(
-      this.#resultBell,
-      Bell.COUNTER,
-      counter,
-      left === Infinity ? undefined : left,
-    );
+    const wait = Atomics.waitAsync(this.#resultBell, Bell.COUNTER, counter);
     if (!wait.async) return RESOLVED;
+    let wake!: () => void;
+    const woken = new Promise<void>((resolve) => wake = resolve);
+    const next = { counter, woken, wake };
+    this.#sleep = next;
     // Whichever comes first: a worker's doorbell, or `put` seeing results
     // (a doorbell wake-up waits behind the producer's microtasks).
-    const woken = Promise.race([
-      wait.value,
-      new Promise<"ok">((resolve) => this.#readers.push(() => resolve("ok"))),
-    ]).then((result) => {
-      if (result === "timed-out") throw timedOut();
-    });
-    if (signal === undefined) return woken;
-    return new Promise((resolve, reject) => {
-      const onAbort = () => reject(signal.reason);
-      signal.addEventListener("abort", onAbort, { once: true });
-      woken.then(resolve, reject).finally(() =>
-        signal.removeEventListener("abort", onAbort)
-      );
-    });
+    wait.value.then(() => this.#wake(next));
+    return woken;
+  }
+
+  /** Ends a shared sleep (an older one than the current ends when its own wait does). */
+  #wake(sleep: { woken: Promise<void>; wake: () => void } | null): void {
+    if (sleep === null) return;
+    if (this.#sleep === sleep) this.#sleep = null;
+    sleep.wake();
   }
 
   wakeIfResults(): void {
     // A loop, not some(): this runs on every put while a reader waits.
     const leaves = this.#leaves;
     for (let i = 0; i < leaves.length; i++) {
-      if (leaves[i]!.link?.hasData()) {
-        for (const wake of this.#readers.splice(0)) wake();
-        return;
-      }
+      if (leaves[i]!.link?.hasData()) return this.#wake(this.#sleep);
     }
   }
 
-  /** Takes one result that is already here, or NONE. */
+  /** Takes one result that is already here, or NONE (none after a failure or terminate()). */
   #take(leaf: Leaf | null): unknown {
-    if (this.#run.failure !== null) return NONE;
+    if (this.#run.failure !== null || this.#run.terminated) return NONE;
     if (leaf !== null) return this.#takeFrom(leaf);
     const leaves = this.#leaves;
     for (let i = 0; i < leaves.length; i++) {
@@ -225,7 +285,7 @@ export class ResultOutput implements ResultWaker {
 
   #takeFrom(leaf: Leaf): unknown {
     if (leaf.head === leaf.end) {
-      if (leaf.ended || this.#run.terminated) return NONE;
+      if (leaf.ended) return NONE;
       this.#pump!.pump();
       if (leaf.link === null) return NONE;
       const count = leaf.link.claim(leaf.queue, this.#seqs, ClaimPolicy.READER);

@@ -168,7 +168,7 @@ export class Stage<I, O> {
       disableResult: checked.disableResult ?? false,
       doStopTask: checked.doStopTask ?? false,
       maxBacklog: checked.maxBacklog ?? Infinity,
-      args: checked.args ?? [],
+      args: cloneArgs(kind, this.name, checked.args ?? []),
       onError: checked.onError ?? "fail",
       restart: checked.restart ?? false,
       taskTimeout: checked.taskTimeout ?? Infinity,
@@ -421,6 +421,24 @@ function checkOptions(kind: string, options: unknown): StageOptions {
     }
   }
   return o as StageOptions;
+}
+
+/**
+ * A copy of a worker class's constructor arguments, made when the stage is,
+ * as its workers will get them: arguments that cannot be sent to a worker are
+ * refused here, before any worker of any stage starts.
+ */
+function cloneArgs(kind: string, stage: string, args: unknown[]): unknown[] {
+  try {
+    return structuredClone(args);
+  } catch (error) {
+    throw new TypeError(
+      `${kind} '${stage}': 'options.args' cannot be sent to its workers (${
+        error instanceof Error ? error.message : String(error)
+      }): pass only structured-cloneable values, and create anything else (a function, a connection) in the worker class's constructor or doInit()`,
+      { cause: error },
+    );
+  }
 }
 
 function defaultName(target: unknown): string {

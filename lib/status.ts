@@ -13,7 +13,7 @@
 
 /**
  * Layout: a header of stage-wide counters, then one slot of words per worker,
- * then one float per worker for the start time of its running task.
+ * then one slot of figures (64-bit floats) per worker.
  */
 export class StageStatus {
   /** Header word: tasks dropped by the `onError` policy, timeouts and lost workers. */
@@ -39,7 +39,7 @@ export class StageStatus {
 
   /** Task state: no timed task runs. */
   static readonly IDLE = 0;
-  /** Task state: a timed task runs (its start time is in `started`). */
+  /** Task state: a timed task runs (its start time is figure `STARTED`). */
   static readonly RUNNING = 1;
   /** Task state: the main thread took the task over (it ran too long); the worker is being replaced. */
   static readonly TAKEN_OVER = 2;
@@ -48,9 +48,34 @@ export class StageStatus {
     return (generation << 2) | state;
   }
 
+  /**
+   * Figures of a worker's slot, written by the worker alone with plain
+   * stores (a reader may see them a batch late). Counters are floats so
+   * they never wrap.
+   */
+  static readonly FIGURES = 8;
+  /** Figure: when the running timed task started (ms since the epoch). */
+  static readonly STARTED = 0;
+  /** Figure: tasks this slot's workers finished, with a result or without. */
+  static readonly TASKS = 1;
+  /** Figure: results this slot's workers put downstream. */
+  static readonly RESULTS = 2;
+  /** Figure: ms this slot's workers spent running tasks. */
+  static readonly BUSY_MS = 3;
+  /** Figure: ms this slot's workers spent waiting for tasks. */
+  static readonly IDLE_MS = 4;
+  /** Figure: ms from the worker's spawn to its target being loaded (the latest worker). */
+  static readonly START_MS = 5;
+  /** Figure: ms its `doInit()` took (the latest worker). */
+  static readonly INIT_MS = 6;
+  /** Figure: how many times this slot's worker was replaced (the main thread writes it, as it replaces the worker). */
+  static readonly RESTARTS = 7;
+
   /** Creates the shared memory of a stage of `size` workers. */
   static allocate(size: number): SharedArrayBuffer {
-    return new SharedArrayBuffer(StageStatus.#timesOffset(size) + size * 8);
+    return new SharedArrayBuffer(
+      StageStatus.#timesOffset(size) + size * StageStatus.FIGURES * 8,
+    );
   }
 
   static #timesOffset(size: number): number {
@@ -59,19 +84,28 @@ export class StageStatus {
 
   readonly buffer: SharedArrayBuffer;
   readonly words: Int32Array;
-  /** Start time (ms since the epoch) of each worker's running timed task. */
-  readonly started: Float64Array;
+  /** Each worker's figures, `FIGURES` floats a worker. */
+  readonly figures: Float64Array;
 
   constructor(buffer: SharedArrayBuffer, size: number) {
     const offset = StageStatus.#timesOffset(size);
     this.buffer = buffer;
     this.words = new Int32Array(buffer, 0, offset >> 2);
-    this.started = new Float64Array(buffer, offset, size);
+    this.figures = new Float64Array(
+      buffer,
+      offset,
+      size * StageStatus.FIGURES,
+    );
   }
 
   /** Index of word `word` in worker `index`'s slot. */
   at(index: number, word: number): number {
     return StageStatus.HEADER + index * StageStatus.SLOT + word;
+  }
+
+  /** Index of figure `figure` of worker `index`. */
+  figure(index: number, figure: number): number {
+    return index * StageStatus.FIGURES + figure;
   }
 
   /** Tasks the stage has dropped so far. */

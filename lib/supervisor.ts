@@ -17,6 +17,7 @@ import { StageStatus } from "./status.ts";
 import { loadError, skippedError, workerError } from "./worker_errors.ts";
 import type { WorkerConfig } from "./worker_runtime.ts";
 import type { WorkerMessage } from "./worker_scope.ts";
+import type { SkipReports } from "./skip_reports.ts";
 import { stageWorkerScript } from "./worker_script.ts";
 import type { SleepWord } from "./wiring.ts";
 
@@ -27,7 +28,18 @@ interface WorkerRecord {
   worker: Worker;
   /** It exited, was lost or was killed: ignore what it still says. */
   gone: boolean;
+  /** The tasks its place had finished when it started. */
+  tasksAtStart: number;
+  /** How many workers before it in its place were lost in a row without finishing a task. */
+  lostInRow: number;
 }
+
+/**
+ * How many workers in one place may be lost in a row without finishing a
+ * task before the stage fails instead of replacing them again (a worker that
+ * dies in `doInit()` would otherwise be replaced for ever).
+ */
+const MAX_LOST_IN_ROW = 3;
 
 /** What the supervisor tells the pipeline. */
 export interface SupervisorEvents {
@@ -41,6 +53,9 @@ export interface SupervisorEvents {
 export class Supervisor {
   readonly #run: RunView;
   readonly #events: SupervisorEvents;
+  readonly #reports: SkipReports;
+  /** Workers still running in each stage, to tell the reports when a stage is done. */
+  readonly #running = new Map<AnyStage, number>();
   readonly #sleepWords: readonly SleepWord[];
   #workers: WorkerRecord[] = [];
   #alive = 0;
@@ -49,9 +64,11 @@ export class Supervisor {
   constructor(
     run: RunView,
     sleepWords: readonly SleepWord[],
+    reports: SkipReports,
     events: SupervisorEvents,
   ) {
     this.#run = run;
+    this.#reports = reports;
     this.#sleepWords = sleepWords;
     this.#events = events;
   }
@@ -63,8 +80,15 @@ export class Supervisor {
 
   /** Starts every stage's workers, and the watchdog if a stage has a task timeout. */
   start(stages: readonly { stage: AnyStage; configs: WorkerConfig[] }[]): void {
-    for (const { stage, configs } of stages) {
-      for (const config of configs) this.#spawn(stage, config);
+    try {
+      for (const { stage, configs } of stages) {
+        this.#running.set(stage, configs.length);
+        for (const config of configs) this.#spawn(stage, config, 0);
+      }
+    } catch (error) {
+      // Starting failed part-way: stop what was started.
+      this.killAll();
+      throw error;
     }
     const timeouts = stages.map(({ stage }) => internalsOf(stage).taskTimeout)
       .filter(Number.isFinite);
@@ -81,12 +105,23 @@ export class Supervisor {
   }
 
   /** Starts one worker; `config.recover` says if it replaces a lost one. */
-  #spawn(stage: AnyStage, config: WorkerConfig): void {
+  #spawn(stage: AnyStage, config: WorkerConfig, lostInRow: number): void {
     const worker = new Worker(stageWorkerScript(), {
       type: "module",
       name: `${stage.name}#${config.index}`,
     });
-    const record: WorkerRecord = { stage, config, worker, gone: false };
+    const status = internalsOf(stage).status!;
+    const record: WorkerRecord = {
+      stage,
+      config,
+      worker,
+      gone: false,
+      // The last worker in this place wrote it; nothing writes it now.
+      tasksAtStart: status.figures[
+        status.figure(config.index, StageStatus.TASKS)
+      ]!,
+      lostInRow,
+    };
     worker.onmessage = (event: MessageEvent<WorkerMessage>) =>
       this.#onMessage(record, event.data);
     worker.onerror = (event: ErrorEvent) => {
@@ -106,22 +141,24 @@ export class Supervisor {
     if (record.gone) return;
     const { stage, config } = record;
     switch (message.type) {
-      case "exit":
+      case "exit": {
         this.#kill(record);
+        const running = this.#running.get(stage)! - 1;
+        this.#running.set(stage, running);
+        if (running === 0) this.#reports.exited(stage);
         if (--this.#alive === 0) this.#allExited();
         break;
+      }
       case "error":
         this.#events.fail(workerError(stage, config.index, message));
         break;
-      case "skipped": {
-        const handler = internalsOf(stage).onError;
-        if (typeof handler === "function") {
-          handler(
-            skippedError(stage, config.index, message.task, message.error),
-          );
-        }
+      case "skipped":
+        this.#reports.skipped(
+          stage,
+          message.task,
+          skippedError(stage, config.index, message.task, message.error),
+        );
         break;
-      }
       case "lost":
         this.#lost(record, message.reason, message.error);
         break;
@@ -150,11 +187,19 @@ export class Supervisor {
       ? `; it held task${to - from > 1 ? `s ${from} to ${to - 1}` : ` ${from}`}`
       : "";
     const timedOut = reason.startsWith("task");
-    const replace = state.restart || (timedOut && state.onError !== "fail");
+    const finished = status.figures[
+      status.figure(config.index, StageStatus.TASKS)
+    ]! > record.tasksAtStart;
+    const lostInRow = finished ? 1 : record.lostInRow + 1;
+    const giveUp = lostInRow >= MAX_LOST_IN_ROW;
+    const replace = !giveUp &&
+      (state.restart || (timedOut && state.onError !== "fail"));
     const error = new StageError(
       `the worker was lost: ${reason}${held}${
         replace
           ? "; a new worker took its place and the held tasks were dropped"
+          : giveUp
+          ? `; ${lostInRow} workers in its place were lost in a row without finishing a task, so it is not replaced again: fix the cause (in doInit() or the target's loading, or an error outside doTask())`
           : ""
       }`,
       {
@@ -175,12 +220,13 @@ export class Supervisor {
     );
     this.#alive--;
     this.#workers.splice(this.#workers.indexOf(record), 1);
+    status.figures[status.figure(config.index, StageStatus.RESTARTS)]!++;
     this.#spawn(stage, {
       ...config,
       generation: config.generation + 1,
       recover: { from, to },
-    });
-    if (typeof state.onError === "function") state.onError(error);
+    }, lostInRow);
+    this.#reports.lost(stage, to - from, error);
   }
 
   /** Kills a worker for good: even one asleep in `Atomics.wait` (see `Bell.kill`). */
@@ -234,7 +280,8 @@ export class Supervisor {
         // stores them in the other order).
         if (
           Atomics.load(status.words, taskState) === running &&
-          now - status.started[index]! > state.taskTimeout &&
+          now - status.figures[status.figure(index, StageStatus.STARTED)]! >
+            state.taskTimeout &&
           // Take the task over; fails if the worker has just finished it.
           Atomics.compareExchange(
               status.words,

@@ -16,8 +16,32 @@ export type Run = (task: unknown) => unknown;
 
 /** Makes a stage's target in its worker. */
 export class TargetLoader {
+  /**
+   * Globals that exist in a worker but not on the main thread, or mean
+   * something else there (`name` is the worker's name, `close()` ends the
+   * worker). A shipped target that uses one as if it were an outer variable
+   * must fail, not run with the worker's value: each is declared, and left
+   * uninitialised, around the target, so any use throws a ReferenceError.
+   */
+  static readonly WORKER_GLOBALS = [
+    "name",
+    "close",
+    "self",
+    "location",
+    "postMessage",
+    "onmessage",
+    "onmessageerror",
+    "onerror",
+    "onunhandledrejection",
+    "DedicatedWorkerGlobalScope",
+    "WorkerGlobalScope",
+    "WorkerLocation",
+    "WorkerNavigator",
+  ];
+
   /** Loads `target`; a worker class is constructed with `args`. */
   static async load(
+    stage: string,
     target: ShippedTarget,
     ordered: boolean,
     args: unknown[],
@@ -39,12 +63,7 @@ export class TargetLoader {
           values.push(base);
         }
       }
-      made = new Function(
-        ...names,
-        `"use strict";\nreturn (${target.source});`,
-      )(
-        ...values,
-      );
+      made = TargetLoader.#evaluate(stage, target.source, names)(...values);
     } else {
       const module = await import(target.specifier);
       if (!(target.exportName in module)) {
@@ -79,5 +98,28 @@ export class TargetLoader {
       ];
     }
     return [made as Run, () => undefined];
+  }
+
+  /**
+   * Evaluates a shipped target's source as a function of `names`, with the
+   * worker globals shadowed. The source starts on the script's first line, so
+   * a stack trace's line numbers count from the target's first line, in a
+   * script named after the stage and the target.
+   */
+  static #evaluate(
+    stage: string,
+    source: string,
+    names: string[],
+  ): (...values: unknown[]) => unknown {
+    const shadowed = TargetLoader.WORKER_GLOBALS.join(", ");
+    const name = /^(?:async\s+)?(?:function\*?|class)\s+([\w$]+)/.exec(source)
+      ?.[1] ?? "target";
+    const url = `mpipe:stage/${encodeURIComponent(stage)}/${name}.js`;
+    // An indirect eval runs in the global scope, like `new Function`.
+    return (0, eval)(
+      `(function (${
+        names.join(", ")
+      }) { "use strict"; return (${source}\n); let ${shadowed}; })\n//# sourceURL=${url}`,
+    );
   }
 }

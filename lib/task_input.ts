@@ -17,6 +17,7 @@ import { InputLink } from "./link.ts";
 import { checkCallOptions, type PutOptions } from "./options.ts";
 import { Ring } from "./ring.ts";
 import type { StopRequest } from "./run_state.ts";
+import { type FailureReport, WatchedPromise } from "./failure_report.ts";
 
 /** What the input needs of the output: to wake readers when results are there. */
 export interface ResultWaker {
@@ -44,6 +45,8 @@ interface WaitingTask {
   inBacklog: boolean;
   resolve(): void;
   reject(reason: unknown): void;
+  /** The put's promise. */
+  promise: WatchedPromise<void>;
 }
 
 const RESOLVED = Promise.resolve();
@@ -57,7 +60,10 @@ export class TaskInput implements InputPump {
   readonly #rootControl: Int32Array;
   readonly #maxBacklog: number;
   readonly #run: StopRequest;
+  readonly #report: FailureReport;
   readonly #waker: ResultWaker;
+  /** The stop request's put, once it was put: `close()` returns it again. */
+  #stop: Promise<void> | null = null;
   readonly #encoder = new Encoder();
   #waiting: WaitingTask[] = [];
   #draining = false;
@@ -69,12 +75,14 @@ export class TaskInput implements InputPump {
     link: { control: SharedArrayBuffer; ring: SharedArrayBuffer },
     maxBacklog: number,
     run: StopRequest,
+    report: FailureReport,
     waker: ResultWaker,
   ) {
     this.#ring = new Ring(link.ring);
     this.#rootControl = new Int32Array(link.control);
     this.#maxBacklog = maxBacklog;
     this.#run = run;
+    this.#report = report;
     this.#waker = waker;
   }
 
@@ -86,7 +94,12 @@ export class TaskInput implements InputPump {
       return Promise.reject(error);
     }
     const run = this.#run;
-    if (run.failure !== null) return Promise.reject(run.failure);
+    if (run.failure !== null) {
+      return WatchedPromise.rejected(
+        run.failure,
+        () => this.#report.observed(),
+      );
+    }
     if (run.stopRequested || run.terminated) {
       return Promise.reject(
         new PipelineClosedError(
@@ -98,8 +111,10 @@ export class TaskInput implements InputPump {
       );
     }
     let bytes: Uint8Array | null = null;
-    if (task === null) run.stopRequested = true;
-    else {
+    if (task === null) {
+      run.stopRequested = true;
+      return this.#stop = this.#enqueue(null, 0, false, options);
+    } else {
       const encoder = this.#encoder.idle();
       let length: number;
       try {
@@ -123,10 +138,33 @@ export class TaskInput implements InputPump {
     return this.#enqueue(bytes, 0, false, options);
   }
 
+  /**
+   * The stop request, as `close()` puts it: once it was put, the same promise
+   * again, however often it is called.
+   */
+  close(): Promise<void> {
+    const run = this.#run;
+    if (this.#stop !== null && run.stopRequested && !run.terminated) {
+      return run.failure === null
+        ? this.#stop
+        : WatchedPromise.rejected(run.failure, () => this.#report.observed());
+    }
+    return this.put(null, undefined);
+  }
+
   /** Rejects every waiting task with `reason` and stops waiting for room (the pipeline ended). */
   shutDown(reason: unknown): void {
     clearTimeout(this.#publishTimer);
-    for (const waiting of this.#waiting.splice(0)) waiting.reject(reason);
+    const failed = reason === this.#run.failure;
+    for (const waiting of this.#waiting.splice(0)) {
+      // A put that code awaits sees the failure; one that nobody awaits may
+      // be awaited later (see failure_report.ts).
+      if (failed) {
+        if (waiting.promise.watched) this.#report.observed();
+        else waiting.promise.onWatched = () => this.#report.observed();
+      }
+      waiting.reject(reason);
+    }
     // Wake the drain loop, which then sees the end.
     Bell.ringAlways(this.#ring.control, Ring.SPACE_BELL);
     Bell.ringAlways(this.#rootControl, InputLink.SPACE_BELL);
@@ -138,34 +176,36 @@ export class TaskInput implements InputPump {
     inBacklog: boolean,
     options: PutOptions | undefined,
   ): Promise<void> {
-    return new Promise((resolve, reject) => {
-      const waiting: WaitingTask = {
-        bytes,
-        written,
-        inBacklog,
-        resolve,
-        reject,
-      };
-      const signal = options?.signal;
-      if (signal !== undefined && written === 0) {
-        signal.throwIfAborted();
-        signal.addEventListener("abort", () => {
-          const at = this.#waiting.indexOf(waiting);
-          // Only a task none of whose bytes were written can be withdrawn.
-          if (at > 0 || (at === 0 && waiting.written === 0)) {
-            this.#waiting.splice(at, 1);
-            if (waiting.inBacklog) {
-              // Give back the place it held; no worker will start it.
-              Atomics.sub(this.#rootControl, InputLink.BACKLOG, 1);
-            }
-            if (waiting.bytes === null) this.#run.stopRequested = false;
-            reject(signal.reason);
+    let settle!: Pick<WaitingTask, "resolve" | "reject">;
+    const promise = WatchedPromise.create<void>((resolve, reject) =>
+      settle = { resolve, reject }
+    );
+    const waiting: WaitingTask = {
+      bytes,
+      written,
+      inBacklog,
+      promise,
+      ...settle,
+    };
+    const signal = options?.signal;
+    if (signal !== undefined && written === 0) {
+      signal.addEventListener("abort", () => {
+        const at = this.#waiting.indexOf(waiting);
+        // Only a task none of whose bytes were written can be withdrawn.
+        if (at > 0 || (at === 0 && waiting.written === 0)) {
+          this.#waiting.splice(at, 1);
+          if (waiting.inBacklog) {
+            // Give back the place it held; no worker will start it.
+            Atomics.sub(this.#rootControl, InputLink.BACKLOG, 1);
           }
-        }, { once: true });
-      }
-      this.#waiting.push(waiting);
-      this.#drain();
-    });
+          if (waiting.bytes === null) this.#run.stopRequested = false;
+          waiting.reject(signal.reason);
+        }
+      }, { once: true });
+    }
+    this.#waiting.push(waiting);
+    this.#drain();
+    return promise;
   }
 
   /**

@@ -166,7 +166,7 @@ export class Wiring {
         input: { control: input.control, rings: input.rings, mode },
         outputs,
         spin,
-        onError: state.onError === "fail" ? "fail" : "skip",
+        onError: typeof state.onError === "function" ? "report" : state.onError,
         status: state.status!.buffer,
         size: stage.size,
         timed: Number.isFinite(state.taskTimeout),

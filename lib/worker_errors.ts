@@ -7,6 +7,7 @@
  */
 
 import { StageError } from "./errors.ts";
+import { TargetLoader } from "./target_loader.ts";
 import { type AnyStage, internalsOf } from "./stage_internals.ts";
 import type { WorkerMessage } from "./worker_scope.ts";
 
@@ -29,15 +30,23 @@ export function loadError(
 
 /** What to do when a shipped target used a name that does not exist in the worker. */
 function missingNameHint(stage: AnyStage, error: unknown): string {
+  // A worker global shadowed around the target (see TargetLoader) reads as
+  // uninitialised; any other missing name is not defined.
+  const shadowed = error instanceof ReferenceError
+    ? /^Cannot access '(\S+)' before initialization$/.exec(error.message)
+    : null;
   const missing = error instanceof ReferenceError
-    ? /^(\S+) is not defined$/.exec(error.message)
+    ? /^(\S+) is not defined$/.exec(error.message) ??
+      (TargetLoader.WORKER_GLOBALS.includes(shadowed?.[1] ?? "")
+        ? shadowed
+        : null)
     : null;
   if (missing === null || internalsOf(stage).shipped.kind !== "source") {
     return "";
   }
   return `: the target refers to '${
     missing[1]
-  }', which does not exist in the worker. A function or class target is shipped by its source and may use only globals and its parameters: move it into a module and pass a module target, e.g. new URL("./task.ts", import.meta.url)`;
+  }', which does not exist in the worker (or is the worker's own). A function or class target is shipped by its source and may use only globals and its parameters: move it into a module and pass a module target, e.g. new URL("./task.ts", import.meta.url)`;
 }
 
 /** The error of a worker's "error" message: a failed load, `doInit()` or task. */

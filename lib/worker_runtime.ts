@@ -36,8 +36,8 @@ export interface WorkerConfig {
   outputs: Branch[];
   /** How many times to look for input before sleeping. */
   spin: number;
-  /** What a failed task does: fail the pipeline, or drop the task and go on. */
-  onError: "fail" | "skip";
+  /** What a failed task does: fail the pipeline, or drop the task and go on (and report it, for an onError callback). */
+  onError: "fail" | "skip" | "report";
   /** The stage's status block (StageStatus) and its number of workers. */
   status: SharedArrayBuffer;
   size: number;
@@ -81,6 +81,10 @@ export class WorkerRuntime {
   /** One past the last task whose results were all written. */
   #finished = 0;
   #claimMax = 1;
+  /** Where this worker's figures start in the stage's status block. */
+  readonly #figures: number;
+  /** Tasks this worker's place has finished (published with each batch). */
+  #tasks: number;
   /** Results a timed task put with `putResult()`, written at its end. */
   #held: Uint8Array[] = [];
   // Idle state between claims: spins left, and the armed doorbell's counter.
@@ -116,10 +120,13 @@ export class WorkerRuntime {
       to: at(StageStatus.TO),
       taskState: at(StageStatus.TASK_STATE),
     };
+    this.#figures = this.status.figure(config.index, 0);
+    this.#tasks = this.status.figures[this.#figures + StageStatus.TASKS]!;
     // What is published is safe; a replacement must close what is not. A
     // plain store, read only once this worker is lost (see #claimed).
     const from = this.#slot.from;
     this.output.onPublish = () => {
+      this.status.figures[this.#figures + StageStatus.TASKS] = this.#tasks;
       this.status.words[from] = this.#finished;
     };
   }
@@ -131,6 +138,7 @@ export class WorkerRuntime {
     let init: () => unknown;
     try {
       [run, init] = await TargetLoader.load(
+        this.config.stage,
         this.config.target,
         this.config.ordered,
         this.config.args,
@@ -241,6 +249,7 @@ export class WorkerRuntime {
       return;
     }
     this.#finished = this.#seq + 1;
+    this.#tasks++;
   }
 
   #failed(error: unknown, timed = this.config.timed): undefined {
@@ -254,7 +263,11 @@ export class WorkerRuntime {
       this.output.putEmpty(Ring.END | Ring.LAST, this.#seq);
     }
     this.#finished = this.#seq + 1;
-    WorkerScope.postError({ type: "skipped", task: this.#seq, error });
+    this.#tasks++;
+    // Only a callback needs the error: a skip without one sends nothing.
+    if (this.config.onError === "report") {
+      WorkerScope.postError({ type: "skipped", task: this.#seq, error });
+    }
   }
 
   /** Records the claimed tasks [from, to), for whoever replaces a lost worker. */
@@ -268,7 +281,8 @@ export class WorkerRuntime {
   }
 
   #startTimed(): void {
-    this.status.started[this.config.index] = performance.timeOrigin +
+    this.status.figures[this.#figures + StageStatus.STARTED] =
+      performance.timeOrigin +
       performance.now();
     // The start time first, then the state: the watchdog reads the time only
     // after it sees RUNNING.
