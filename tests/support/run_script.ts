@@ -11,25 +11,38 @@ export interface ScriptOutput {
   code: number;
   stdout: string;
   stderr: string;
+  /** The signal that ended the script (SIGTERM when the hang guard killed it), or null. */
+  signal: Deno.Signal | null;
+}
+
+/** How to run a script. */
+export interface ScriptOptions {
+  /** Flags for `deno run`, before the script. */
+  flags?: string[];
+  /** Arguments for the script, after it. */
+  args?: string[];
+  /** Milliseconds after which the script is killed (a hang guard, not a speed check). */
+  timeout?: number;
 }
 
 /** Runs `deno run <flags> <script> <args>` without colour and returns its exit code and output. */
 export async function runScript(
   script: URL,
-  { flags = [], args = [] }: { flags?: string[]; args?: string[] } = {},
+  { flags = [], args = [], timeout = HANG_GUARD_MS }: ScriptOptions = {},
 ): Promise<ScriptOutput> {
   const command = new Deno.Command(Deno.execPath(), {
     args: ["run", ...flags, script.href, ...args],
     stdout: "piped",
     stderr: "piped",
     env: { NO_COLOR: "1" },
-    signal: AbortSignal.timeout(HANG_GUARD_MS),
+    signal: AbortSignal.timeout(timeout),
   });
-  const { code, stdout, stderr } = await command.output();
+  const { code, stdout, stderr, signal } = await command.output();
   const decoder = new TextDecoder();
   return {
     code,
     stdout: decoder.decode(stdout),
     stderr: decoder.decode(stderr),
+    signal,
   };
 }
