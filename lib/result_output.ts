@@ -49,6 +49,12 @@ function timedOut(timeout: number | undefined): DOMException {
     "TimeoutError",
   );
 }
+/** The readers asleep on one value of the result bell's counter. */
+interface Sleep {
+  counter: number;
+  waiters: Set<() => void>;
+}
+
 /** What `take` returns when no result is here. */
 const NONE: unique symbol = Symbol("none");
 
@@ -65,8 +71,7 @@ export class ResultOutput implements ResultWaker {
   #nextLeaf = 0;
   #seqs: number[] = [];
   /** The readers' shared sleep in `waitAsync`, which `put` also ends when results are here. */
-  #sleep: { counter: number; woken: Promise<void>; wake: () => void } | null =
-    null;
+  #sleep: Sleep | null = null;
   /** Whether anything ever read results, and so will see a failure there. */
   #readerAttached = false;
 
@@ -217,46 +222,57 @@ export class ResultOutput implements ResultWaker {
     signal?.throwIfAborted();
     const left = deadline - Date.now();
     if (left <= 0) throw timedOut(timeout);
-    const woken = this.#sleepOn(counter);
-    if (left === Infinity && signal === undefined) return woken;
+    const sleep = this.#sleepOn(counter);
+    if (sleep === null) return RESOLVED;
     return new Promise((resolve, reject) => {
-      const onAbort = () => done(() => reject(signal!.reason));
-      const timer = left === Infinity
-        ? undefined
-        : setTimeout(() => done(() => reject(timedOut(timeout))), left);
-      const done = (settle: () => void) => {
+      // A reader that gives up takes itself out of the sleep: nothing of it
+      // stays behind, however many give up.
+      const leave = () => {
         clearTimeout(timer);
         signal?.removeEventListener("abort", onAbort);
-        settle();
+        sleep.waiters.delete(wake);
       };
+      const wake = () => {
+        leave();
+        resolve();
+      };
+      const onAbort = () => {
+        leave();
+        reject(signal!.reason);
+      };
+      const timer = left === Infinity ? undefined : setTimeout(() => {
+        leave();
+        reject(timedOut(timeout));
+      }, left);
       signal?.addEventListener("abort", onAbort, { once: true });
-      woken.then(() => done(resolve));
+      sleep.waiters.add(wake);
     });
   }
 
-  /** The readers' shared sleep on `counter`, made on first need. */
-  #sleepOn(counter: number): Promise<void> {
-    const sleep = this.#sleep;
-    if (sleep !== null && sleep.counter === counter) return sleep.woken;
+  /**
+   * The readers' shared sleep on `counter`, made on first need; null if the
+   * counter has moved already (look again).
+   */
+  #sleepOn(counter: number): Sleep | null {
+    const current = this.#sleep;
+    if (current !== null && current.counter === counter) return current;
     // Sleeps only if the counter still holds the value armed before the last
     // look; a publish since then has moved it, and the wait returns at once.
     const wait = Atomics.waitAsync(this.#resultBell, Bell.COUNTER, counter);
-    if (!wait.async) return RESOLVED;
-    let wake!: () => void;
-    const woken = new Promise<void>((resolve) => wake = resolve);
-    const next = { counter, woken, wake };
-    this.#sleep = next;
+    if (!wait.async) return null;
+    const sleep: Sleep = { counter, waiters: new Set() };
+    this.#sleep = sleep;
     // Whichever comes first: a worker's doorbell, or `put` seeing results
     // (a doorbell wake-up waits behind the producer's microtasks).
-    wait.value.then(() => this.#wake(next));
-    return woken;
+    wait.value.then(() => this.#wake(sleep));
+    return sleep;
   }
 
   /** Ends a shared sleep (an older one than the current ends when its own wait does). */
-  #wake(sleep: { woken: Promise<void>; wake: () => void } | null): void {
+  #wake(sleep: Sleep | null): void {
     if (sleep === null) return;
     if (this.#sleep === sleep) this.#sleep = null;
-    sleep.wake();
+    for (const wake of [...sleep.waiters]) wake();
   }
 
   wakeIfResults(): void {

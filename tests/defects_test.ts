@@ -230,7 +230,7 @@ for (
 
 // ---- D8: args that cannot be cloned ----
 
-Deno.test("D8: args that cannot be cloned make new Pipeline throw a TypeError naming the stage and 'options.args' before any worker starts, and the script ends by itself", async () => {
+Deno.test("D8: args that cannot be cloned throw a TypeError naming the stage and 'options.args' before any worker starts, and the script ends by itself", async () => {
   const outcome = await runDefect("d8_uncloneable_args", { timeout: 5_000 });
   const report = assertEnded(outcome);
   const error = report.error as Record<string, unknown> | null;
