@@ -1,9 +1,11 @@
 /**
  * The MPipe cookbook in TypeScript: a function stage, a worker-class stage and
- * a module stage, linked into a chain.
+ * a module stage, linked into a chain. The README's cookbook is this program.
  *
  * Run with `deno run --allow-read examples/cookbook.ts` (the module target is
- * imported by its workers, which needs read access).
+ * imported by its workers, which needs read access). It prints
+ * `1 3 5 7 9 11 13 15 17 19`: the last stage is unordered, so its results are
+ * sorted before they are printed.
  */
 import {
   OrderedStage,
@@ -27,14 +29,16 @@ class Doubler extends OrderedWorker<number, number> {
 const stage1 = new OrderedStage(increment, 3);
 const stage2 = new Stage(Doubler, 4); // ordered because Doubler is an OrderedWorker
 const stage3 = new UnorderedStage<number, number>(
-  new URL("./work.ts", import.meta.url),
+  new URL("./work.ts", import.meta.url), // a module target: its default export
   2,
 );
 // 3. Link: link() returns the stage it is called on; a stage may fork to several.
 stage1.link(stage2.link(stage3));
 // 4. Create the pipeline: it builds and starts every worker reachable from the root.
 const pipe = new Pipeline<number, number>(stage1);
-// 5. Operate it: put tasks, then the stop request, then read every result.
+// 5. Operate it.
 for (let i = 0; i < 10; i++) pipe.put(i);
 pipe.put(null); // the stop request
-for await (const result of pipe.results()) console.log(result);
+// stage3 is unordered: its results come in any order, so sort them to print.
+const results = await Array.fromAsync(pipe.results());
+console.log(results.sort((a, b) => a - b).join(" ")); // 1 3 5 7 9 11 13 15 17 19

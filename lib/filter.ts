@@ -10,7 +10,7 @@
  */
 
 import { OrderedStage, Stage } from "./stage.ts";
-import { internalsOf } from "./stage_internals.ts";
+import { type AnyStage, internalsOf } from "./stage_internals.ts";
 import { describe } from "./target.ts";
 
 /** Options of a `FilterStage`. */
@@ -118,7 +118,7 @@ export class FilterStage<I, R = unknown, O = [task: I, results: R[]]>
           `FilterStage: 'stages' must hold Stages, got ${describe(sub)}`,
         );
       }
-      const state = internalsOf(sub as Stage<never, unknown>);
+      const state = internalsOf(sub as unknown as AnyStage);
       if (state.previous.length > 0 || state.owner !== null) {
         throw new TypeError(
           `FilterStage: stage '${sub.name}' is linked from another stage or belongs to a pipeline: each filtered stage must be the root of its own sub-pipeline`,

@@ -72,10 +72,13 @@ export type { GetOptions, PipelineOptions, PutOptions };
  */
 export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
   /**
-   * Settles once every worker has exited (after the stop, a failure or
-   * `terminate()`). If a stage failed and nothing ever read the results
-   * (`get`, `results()`, iteration), it rejects with the `StageError`, so a
-   * failure is never silent.
+   * Settles once every worker has exited after the stop, or was killed (after
+   * a failure or `terminate()`). If a stage failed and nothing ever read the
+   * results (`get`, `results()`, iteration), it rejects with the
+   * `StageError`. It never counts as an unhandled rejection by itself: it may
+   * be awaited long after the failure (see the README on how a failure
+   * reaches you). A killed worker stuck in a synchronous loop goes on running
+   * (Deno cannot stop it) but no longer touches the pipeline.
    */
   readonly done: Promise<void>;
 
@@ -96,7 +99,16 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
    * pipeline, the root is linked from another stage, or an option is unknown.
    * @throws {RangeError} If an option's value is out of range.
    */
-  constructor(root: Stage<I, unknown>, options: PipelineOptions = {}) {
+  constructor(
+    root:
+      // Tasks typed `unknown` accept any root stage.
+      | (Stage<unknown extends I ? never : I, unknown, unknown> & {
+        readonly resultType?: O;
+      })
+      // Any `O` for a root whose links the types do not show (see Stage's R).
+      | Stage<unknown extends I ? never : I, unknown, never>,
+    options: PipelineOptions = {},
+  ) {
     const { ringBytes, spin } = checkPipelineOptions(options);
     this.done = WatchedPromise.create((resolve, reject) => {
       this.#resolveDone = resolve;
@@ -241,7 +253,12 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
     return this.results();
   }
 
-  /** Stops now: terminates every worker; results not yet read are dropped. */
+  /**
+   * Stops now: kills every worker; results not yet read are dropped, and
+   * waiting `put`s reject with a `PipelineClosedError`. A worker stuck in a
+   * synchronous loop keeps its thread (and the process) running until the
+   * loop ends: Deno cannot stop it; it no longer touches the pipeline.
+   */
   terminate(): void {
     if (this.#run.terminated) return;
     this.#run.terminated = true;

@@ -44,7 +44,9 @@ export interface StageOptions {
    */
   maxBacklog?: number;
   /**
-   * Arguments for the worker class's constructor (structured-cloneable).
+   * Arguments for the worker class's constructor (structured-cloneable). They
+   * are copied when the stage is made, which throws a `TypeError` if they
+   * cannot be.
    * @default {[]}
    */
   args?: unknown[];
@@ -60,14 +62,17 @@ export interface StageOptions {
    * Replace a worker that is lost (it called `close()` or `Deno.exit()`, or
    * threw outside `doTask`) and go on; the tasks it held are dropped, counted
    * in `stage.skipped` and reported to an `onError` function. Without it, a
-   * lost worker fails the pipeline.
+   * lost worker fails the pipeline. A place whose workers are lost 3 times in a
+   * row without finishing a task fails the pipeline instead.
    * @default {false}
    */
   restart?: boolean;
   /**
    * Milliseconds a task may run, from its start. A task that runs longer has
    * its worker replaced, and fails the pipeline (`onError: "fail"`) or is
-   * dropped (`"skip"` or a function).
+   * dropped (`"skip"` or a function). A task stuck in a synchronous loop
+   * goes on running in its old thread (Deno cannot stop it), but its worker
+   * no longer touches the pipeline.
    * @default {Infinity}
    */
   taskTimeout?: number;
@@ -99,6 +104,10 @@ const OPTION_NAMES = [
  *
  * @typeParam I The type of the stage's tasks.
  * @typeParam O The type of the stage's results.
+ * @typeParam R The type of the results of the leaf stages linked below this
+ * one by `link()` calls, as far as the types show them (`never` for none:
+ * then the stage's own results are the pipeline's). A pipeline whose root is
+ * this stage takes tasks of type `I` and gives results of type `R`, or `O`.
  *
  * @example A stage of four ordered workers
  * ```ts
@@ -116,7 +125,18 @@ const OPTION_NAMES = [
  * assert.deepEqual(await Array.fromAsync(pipe), [0, 2, 4, 6, 8, 10, 12, 14, 16, 18]);
  * ```
  */
-export class Stage<I, O> {
+export class Stage<I, O, R = never> {
+  /**
+   * Type-level only, no value: makes the task type part of the stage's type,
+   * so that `link` and `Pipeline` check it.
+   * @ignore
+   */
+  declare readonly taskType?: (task: I) => void;
+  /**
+   * Type-level only, no value: the results a pipeline rooted here gives.
+   * @ignore
+   */
+  declare readonly resultType?: [R] extends [never] ? O : R;
   /** The stage's name, used in errors. */
   readonly name: string;
   /** The number of workers. */
@@ -188,19 +208,26 @@ export class Stage<I, O> {
 
   /** Whether the stage keeps the order of its tasks (undefined until a module target is loaded). */
   get ordered(): boolean | undefined {
-    return internalsOf(this).ordered;
+    return internalsOf(this as unknown as AnyStage).ordered;
   }
 
   /**
    * Links this stage's output to `next`'s input and returns this stage. A stage
    * may link to several (a fork) and be linked from several (a join).
    *
+   * @typeParam N The next stage's type: its tasks must be this stage's results.
    * @param next The stage that takes this stage's results as its tasks.
-   * @returns This stage.
+   * @returns This stage, typed with the results of the leaves below `next`
+   * added to those below it (so that a chain written as
+   * `a.link(b.link(c))`, or a fork as `a.link(b).link(c)`, types the
+   * pipeline's results).
    * @throws {TypeError} If `next` is not a stage, is this stage, would make a
    * cycle, or either stage already belongs to a pipeline.
    */
-  link(next: Stage<O, unknown>): this {
+  // A stage whose results are typed `unknown` may link to any stage.
+  link<N extends Stage<unknown extends O ? never : O, unknown, unknown>>(
+    next: N,
+  ): Stage<I, O, R | NonNullable<N["resultType"]>> {
     if (!(next instanceof Stage)) {
       throw new TypeError(
         `Stage '${this.name}': 'next' must be a Stage, got ${describe(next)}`,

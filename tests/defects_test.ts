@@ -399,3 +399,32 @@ Deno.test("N7: Pipeline.close() after put(null), and again, resolves: close() is
     assert.deepEqual(await Array.fromAsync(pipe), [1]);
   });
 });
+
+// ---- N8: stack traces of shipped targets ----
+
+Deno.test("N8: the stack of a shipped target's error names the stage and the target, with the target's own line", async () => {
+  function twice(x: number): number {
+    if (x === 1) {
+      throw new Error("one");
+    }
+    return 2 * x;
+  }
+  const pipe = new Pipeline<number, number>(
+    new OrderedStage(twice, 1, { name: "doubling" }),
+  );
+  await guarded(pipe, async () => {
+    pipe.put(1).catch(() => {});
+    await assert.rejects(pipe.get(), (error: unknown) => {
+      assert.ok(error instanceof StageError);
+      const stack = String((error.cause as Error).stack);
+      // The throw is on the target's third line.
+      // V8 writes an evaluated script's frame as "(<sourceURL>, <anonymous>:3:13)".
+      assert.match(
+        stack,
+        /at twice \(mpipe:stage\/doubling\/twice\.js\b[^)]*:3:\d+\)/,
+        stack,
+      );
+      return true;
+    });
+  });
+});

@@ -1044,7 +1044,8 @@ Deno.test("Pipeline.put() copies the task at the call: a later mutation does not
 
 Deno.test("Pipeline.put() copies a task that waits for room: mutating it before the put settles does not change it", async () => {
   const words = sharedWords();
-  await using pipe = new Pipeline<number | { n: number }, unknown>(
+  // Tasks typed `unknown`: the test puts objects into a stage of numbers.
+  await using pipe = new Pipeline<unknown, unknown>(
     new Stage(HoldFirst, 1, { args: [words], maxBacklog: 1 }),
   );
   using _guard = hangGuard(pipe);
