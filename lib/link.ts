@@ -172,6 +172,17 @@ export class InputLink {
     return Bell.arm(this.bell, this.bellBase);
   }
 
+  /** Like `sleep`, without blocking: settles when the bell moves past `counter`. */
+  sleepAsync(counter: number): Promise<unknown> {
+    Bell.checkKilled();
+    const wait = Atomics.waitAsync(
+      this.bell,
+      this.bellBase + Bell.COUNTER,
+      counter,
+    );
+    return wait.async ? wait.value : Promise.resolve();
+  }
+
   /** Sleeps until a producer rings the bell after `arm()` returned `counter`. */
   sleep(counter: number): void {
     Bell.sleep(this.bell, this.bellBase + Bell.COUNTER, counter);
@@ -397,6 +408,8 @@ export class OutputPort {
   readonly nextSeqWords: number[];
   /** Called after anything was published. */
   onPublish: (() => void) | null = null;
+  /** Ms this port spent asleep waiting for room downstream. */
+  blockedMs = 0;
   /**
    * Called while a write waits for room, once the ring's space bell is armed.
    * A thread that also consumes what its output leads to (a filter and its
@@ -501,7 +514,9 @@ export class OutputPort {
       const before = done;
       done = this.#attempt(ring, kind, seq, bytes, done, length);
       if (done === before) {
+        const asleep = performance.now();
         Bell.sleep(ring.control, Ring.SPACE_BELL + Bell.COUNTER, counter);
+        this.blockedMs += performance.now() - asleep;
         done = this.#attempt(ring, kind, seq, bytes, done, length);
       }
     }
@@ -533,7 +548,9 @@ export class OutputPort {
       // is freed, so a place freed after the arm still wakes us.
       const counter = Bell.arm(link, InputLink.SPACE_BELL);
       if (this.#tryEnterBacklog(branch, seq)) return;
+      const asleep = performance.now();
       Bell.sleep(link, InputLink.SPACE_BELL + Bell.COUNTER, counter);
+      this.blockedMs += performance.now() - asleep;
     }
   }
 

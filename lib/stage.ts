@@ -76,6 +76,16 @@ export interface StageOptions {
    * @default {Infinity}
    */
   taskTimeout?: number;
+  /**
+   * The most tasks one worker runs at once (a positive integer). With more
+   * than 1, a worker whose task returns a promise starts further tasks while
+   * earlier ones await, up to this many at a time; an ordered stage still
+   * puts its results in task order. A worker takes a task from its ring
+   * only for a free slot, so the rings stay the only queue. With more than 1,
+   * `putResult()` works only before a task's first await.
+   * @default {1}
+   */
+  concurrency?: number;
 }
 
 /** Options for reading results. */
@@ -95,6 +105,7 @@ const OPTION_NAMES = [
   "onError",
   "restart",
   "taskTimeout",
+  "concurrency",
 ];
 
 /**
@@ -192,6 +203,7 @@ export class Stage<I, O, R = never> {
       onError: checked.onError ?? "fail",
       restart: checked.restart ?? false,
       taskTimeout: checked.taskTimeout ?? Infinity,
+      concurrency: checked.concurrency ?? 1,
       status: null,
       next: [],
       previous: [],
@@ -433,6 +445,17 @@ function checkOptions(kind: string, options: unknown): StageOptions {
         }`,
       );
     }
+  }
+  if (
+    o.concurrency !== undefined &&
+    !(typeof o.concurrency === "number" && Number.isInteger(o.concurrency) &&
+      o.concurrency >= 1)
+  ) {
+    throw new RangeError(
+      `${kind}: 'options.concurrency' must be a positive integer, got ${
+        describe(o.concurrency)
+      }`,
+    );
   }
   if (o.maxBacklog !== undefined) {
     const max = o.maxBacklog;

@@ -37,6 +37,8 @@ export interface StageInternals {
   onError: "fail" | "skip" | ((error: StageError) => void);
   restart: boolean;
   taskTimeout: number;
+  /** The most tasks one worker runs at once. */
+  concurrency: number;
   /** The stage's status block, once a pipeline is built. */
   status: StageStatus | null;
   next: AnyStage[];

@@ -53,7 +53,7 @@ export class StageStatus {
    * stores (a reader may see them a batch late). Counters are floats so
    * they never wrap.
    */
-  static readonly FIGURES = 8;
+  static readonly FIGURES = 20;
   /** Figure: when the running timed task started (ms since the epoch). */
   static readonly STARTED = 0;
   /** Figure: tasks this slot's workers finished, with a result or without. */
@@ -70,6 +70,12 @@ export class StageStatus {
   static readonly INIT_MS = 6;
   /** Figure: how many times this slot's worker was replaced (the main thread writes it, as it replaces the worker). */
   static readonly RESTARTS = 7;
+  /** Figure: tasks the worker has claimed and not finished. */
+  static readonly IN_FLIGHT = 8;
+  /** Figure: ms the worker was blocked writing results (a full ring or backlog downstream), within its busy time. */
+  static readonly BLOCKED_MS = 9;
+  /** Figures: the worker's five slowest tasks so far, as (seq, ms) pairs, slowest first; ms is a batch's time per task. */
+  static readonly SLOWEST = 10;
 
   /** Creates the shared memory of a stage of `size` workers. */
   static allocate(size: number): SharedArrayBuffer {

@@ -106,6 +106,7 @@ export class Supervisor {
 
   /** Starts one worker; `config.recover` says if it replaces a lost one. */
   #spawn(stage: AnyStage, config: WorkerConfig, lostInRow: number): void {
+    config.spawnedAt = performance.timeOrigin + performance.now();
     const worker = new Worker(stageWorkerScript(), {
       type: "module",
       name: `${stage.name}#${config.index}`,
@@ -210,8 +211,13 @@ export class Supervisor {
       },
     );
     if (!replace) return this.#events.fail(error);
+    // An unordered worker of several tasks at once may have finished some
+    // of [from, to): it counted the ones still in flight.
+    const dropped = config.concurrency > 1 && !config.ordered
+      ? status.figures[status.figure(config.index, StageStatus.IN_FLIGHT)]!
+      : to - from;
     // Readers of `skipped` load it at any time; other workers add to it too.
-    Atomics.add(status.words, StageStatus.SKIPPED, to - from);
+    Atomics.add(status.words, StageStatus.SKIPPED, dropped);
     // The replacement starts with no timed task running.
     Atomics.store(
       status.words,
@@ -226,7 +232,7 @@ export class Supervisor {
       generation: config.generation + 1,
       recover: { from, to },
     }, lostInRow);
-    this.#reports.lost(stage, to - from, error);
+    this.#reports.lost(stage, dropped, error);
   }
 
   /** Kills a worker for good: even one asleep in `Atomics.wait` (see `Bell.kill`). */
