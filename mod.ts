@@ -41,6 +41,7 @@ export { FilterStage } from "./lib/filter.ts";
 export type { FilterStageOptions } from "./lib/filter.ts";
 export { Pipeline } from "./lib/pipeline.ts";
 export type {
+  FeedOptions,
   GetOptions,
   PipelineOptions,
   PutOptions,
@@ -54,3 +55,4 @@ export type {
   WorkerClass,
 } from "./lib/stage.ts";
 export { OrderedWorker, TaskWorker, UnorderedWorker } from "./lib/worker.ts";
+export type { PermissionValue, StagePermissions } from "./lib/permissions.ts";

@@ -31,6 +31,7 @@ import {
   type PipelineOptions,
   type PutOptions,
 } from "./options.ts";
+import { workerOptionsAllowed } from "./permissions.ts";
 import { ResultOutput } from "./result_output.ts";
 import { RunState } from "./run_state.ts";
 import type { GetOptions, Stage } from "./stage.ts";
@@ -42,9 +43,10 @@ import {
 import { SkipReports } from "./skip_reports.ts";
 import { inspectModules, Supervisor } from "./supervisor.ts";
 import { TaskInput } from "./task_input.ts";
+import { feed, type FeedOptions, PipelineStreams } from "./streams.ts";
 import { Wiring } from "./wiring.ts";
 
-export type { GetOptions, PipelineOptions, PutOptions };
+export type { FeedOptions, GetOptions, PipelineOptions, PutOptions };
 
 /**
  * A pipeline of stages. Creating it builds and starts every worker of every
@@ -87,6 +89,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
   readonly #input: TaskInput;
   readonly #output: ResultOutput;
   readonly #supervisor: Supervisor;
+  readonly #streams: PipelineStreams<I, O>;
   #resolveDone!: () => void;
   #rejectDone!: (error: StageError) => void;
 
@@ -115,6 +118,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
       this.#rejectDone = reject;
     });
     const stages = collectStages(root as unknown as AnyStage);
+    checkSandboxes(stages);
     const leaves = pipelineLeaves(stages);
     const wiring = new Wiring(stages, leaves, ringBytes);
     const workers = stages.reduce((sum, stage) => sum + stage.size, 0);
@@ -156,6 +160,10 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
     this.#supervisor = new Supervisor(this.#run, wiring.sleepWords, reports, {
       fail: (error) => this.#fail(error),
       exited: () => this.#settleDone(),
+    });
+    this.#streams = new PipelineStreams(this.#input, this.#output, {
+      run: this.#run,
+      terminate: () => this.terminate(),
     });
     // Leaves are known now, so stage.get() works while workers start.
     const owner: StageOwner = {
@@ -254,6 +262,82 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
   }
 
   /**
+   * The pipeline's input as a stream: each chunk written is put as a task,
+   * and a write settles when its task has entered the pipeline, so
+   * `writer.ready` and `writer.desiredSize` show the room in the pipeline
+   * (`pipeTo` never floods memory). `close()` is the stop request;
+   * `abort(reason)` terminates the pipeline. The stream errors with the
+   * `StageError` if the pipeline fails. The same stream every time.
+   *
+   * @example Pipe a stream of numbers through a pipeline
+   * ```ts
+   * import { OrderedStage, Pipeline } from "@mpipe/mpipe";
+   * import assert from "node:assert/strict";
+   *
+   * const pipe = new Pipeline(new OrderedStage((x: number) => x * 10));
+   * const results = ReadableStream.from([1, 2, 3]).pipeThrough(pipe);
+   * assert.deepEqual(await Array.fromAsync(results), [10, 20, 30]);
+   * ```
+   */
+  get writable(): WritableStream<I> {
+    return this.#streams.writable;
+  }
+
+  /**
+   * The pipeline's results as a stream: exactly what `results()` would
+   * yield (reading both divides the results between them). It closes once
+   * the stop request has drained, and errors with the `StageError` if the
+   * pipeline fails; `cancel(reason)` terminates the pipeline. A slow reader
+   * holds the results back in the rings: the stream reads ahead at most 256.
+   * The same stream every time.
+   *
+   * @example Read the results as a stream
+   * ```ts
+   * import { OrderedStage, Pipeline } from "@mpipe/mpipe";
+   * import assert from "node:assert/strict";
+   *
+   * const pipe = new Pipeline(new OrderedStage((x: number) => x + 1));
+   * await pipe.feed([1, 2, 3]);
+   * assert.deepEqual(await Array.fromAsync(pipe.readable), [2, 3, 4]);
+   * ```
+   */
+  get readable(): ReadableStream<O> {
+    return this.#streams.readable;
+  }
+
+  /**
+   * Puts every item of `source`, in order, taking the next item only when
+   * there is room, then the stop request (unless `{ close: false }`).
+   *
+   * @param source An iterable, an async iterable or a `ReadableStream` of tasks.
+   * @param options `close` (put the stop request at the end, default true)
+   * and `signal` (stop feeding and close the source; tasks already put stay).
+   * @returns A Promise that resolves once everything has entered the
+   * pipeline. It rejects with the pipeline's failure (or the signal's
+   * reason, or an item's `DataCloneError`), after closing the source's
+   * iterator.
+   * @throws {TypeError} If `source` or an option is of the wrong type.
+   *
+   * @example Feed an iterable, read the results
+   * ```ts
+   * import { Pipeline, UnorderedStage } from "@mpipe/mpipe";
+   * import assert from "node:assert/strict";
+   *
+   * const pipe = new Pipeline(new UnorderedStage((x: number) => x * x, 2));
+   * const fed = pipe.feed([1, 2, 3, 4]);
+   * const results = await Array.fromAsync(pipe);
+   * await fed;
+   * assert.deepEqual(results.sort((a, b) => a - b), [1, 4, 9, 16]);
+   * ```
+   */
+  feed(
+    source: Iterable<I> | AsyncIterable<I> | ReadableStream<I>,
+    options?: FeedOptions,
+  ): Promise<void> {
+    return feed(this.#input, source, options);
+  }
+
+  /**
    * Stops now: kills every worker; results not yet read are dropped, and
    * waiting `put`s reject with a `PipelineClosedError`. A worker stuck in a
    * synchronous loop keeps its thread (and the process) running until the
@@ -285,6 +369,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
     this.#run.failure = error;
     this.#report.failed(error);
     this.#shutDown(error);
+    this.#streams.failed(error);
   }
 
   /** Kills every worker, rejects the waiting puts and wakes every reader. */
@@ -304,4 +389,18 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
       this.#rejectDone(failure);
     } else this.#resolveDone();
   }
+}
+
+/**
+ * Throws before any worker starts if a stage is sandboxed and Deno will not
+ * allow it: a `Worker` with permissions would end the whole process.
+ */
+function checkSandboxes(stages: AnyStage[]): void {
+  const sandboxed = stages.find((stage) =>
+    internalsOf(stage).permissions !== "inherit"
+  );
+  if (sandboxed === undefined || workerOptionsAllowed() !== false) return;
+  throw new TypeError(
+    `Pipeline: stage '${sandboxed.name}' has 'options.permissions', which needs Deno's --unstable-worker-options flag or "unstable": ["worker-options"] in deno.json; without it Deno would end the whole process (exit code 70)`,
+  );
 }

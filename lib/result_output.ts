@@ -139,6 +139,22 @@ export class ResultOutput implements ResultWaker {
     );
   }
 
+  /**
+   * Hands up to `max` results that are already here to `enqueue`, without
+   * waiting; returns how many (a readable stream fills its queue so).
+   */
+  takeInto(enqueue: (result: unknown) => void, max: number): number {
+    this.#readerAttached = true;
+    let count = 0;
+    while (count < max) {
+      const value = this.#take(null);
+      if (value === NONE) break;
+      enqueue(value);
+      count++;
+    }
+    return count;
+  }
+
   /** See `Pipeline.get`; `stage` is a leaf, or null for every leaf. */
   get(
     stage: AnyStage | null,

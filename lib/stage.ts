@@ -12,6 +12,7 @@ import {
   setInternals,
   type StageOwner,
 } from "./stage_internals.ts";
+import { checkPermissions, type StagePermissions } from "./permissions.ts";
 import { describe, shipTarget } from "./target.ts";
 import type {
   ModuleTarget,
@@ -86,6 +87,18 @@ export interface StageOptions {
    * @default {1}
    */
   concurrency?: number;
+  /**
+   * The permissions of the stage's workers: `"inherit"`, `"none"`, or an
+   * object with `read`/`write`/`net`/`env`/`run`/`sys`/`ffi`/`import` fields,
+   * each `"inherit"`, a boolean or a list, as Deno's `Worker` takes them;
+   * fields left out are denied. A task that tries what it may not do fails
+   * like any other task, its `StageError`'s cause Deno's `NotCapable` error.
+   * Needs Deno's `--unstable-worker-options` flag (or `"unstable":
+   * ["worker-options"]` in deno.json): where the pipeline can tell the flag
+   * is missing, `new Pipeline` throws a `TypeError` before any worker starts.
+   * @default {"inherit"}
+   */
+  permissions?: StagePermissions;
 }
 
 /** Options for reading results. */
@@ -106,6 +119,7 @@ const OPTION_NAMES = [
   "restart",
   "taskTimeout",
   "concurrency",
+  "permissions",
 ];
 
 /**
@@ -204,6 +218,7 @@ export class Stage<I, O, R = never> {
       restart: checked.restart ?? false,
       taskTimeout: checked.taskTimeout ?? Infinity,
       concurrency: checked.concurrency ?? 1,
+      permissions: checked.permissions ?? "inherit",
       status: null,
       next: [],
       previous: [],
@@ -457,6 +472,7 @@ function checkOptions(kind: string, options: unknown): StageOptions {
       }`,
     );
   }
+  if (o.permissions !== undefined) checkPermissions(kind, o.permissions);
   if (o.maxBacklog !== undefined) {
     const max = o.maxBacklog;
     if (typeof max !== "number") fail("maxBacklog", "a number");

@@ -10,6 +10,7 @@ import type { StageError } from "./errors.ts";
 import type { GetOptions, Stage } from "./stage.ts";
 import type { StageStatus } from "./status.ts";
 import type { ShippedTarget } from "./target.ts";
+import type { StagePermissions } from "./permissions.ts";
 
 /** A stage of any task and result type, as the pipeline's parts handle it. */
 export type AnyStage = Stage<never, unknown>;
@@ -39,6 +40,8 @@ export interface StageInternals {
   taskTimeout: number;
   /** The most tasks one worker runs at once. */
   concurrency: number;
+  /** The permissions of its workers. */
+  permissions: StagePermissions;
   /** The stage's status block, once a pipeline is built. */
   status: StageStatus | null;
   next: AnyStage[];

@@ -28,6 +28,8 @@ interface WorkerRecord {
   worker: Worker;
   /** It exited, was lost or was killed: ignore what it still says. */
   gone: boolean;
+  /** It loaded its target and ran doInit(). */
+  ready: boolean;
   /** The tasks its place had finished when it started. */
   tasksAtStart: number;
   /** How many workers before it in its place were lost in a row without finishing a task. */
@@ -107,16 +109,24 @@ export class Supervisor {
   /** Starts one worker; `config.recover` says if it replaces a lost one. */
   #spawn(stage: AnyStage, config: WorkerConfig, lostInRow: number): void {
     config.spawnedAt = performance.timeOrigin + performance.now();
-    const worker = new Worker(stageWorkerScript(), {
+    const { permissions, shipped } = internalsOf(stage);
+    const preload = permissions !== "inherit" && shipped.kind === "module"
+      ? shipped.specifier
+      : "";
+    const worker = new Worker(stageWorkerScript(preload), {
       type: "module",
       name: `${stage.name}#${config.index}`,
-    });
+      // Only a sandboxed stage passes permissions: they need Deno's
+      // --unstable-worker-options (checked in new Pipeline).
+      ...(permissions === "inherit" ? {} : { deno: { permissions } }),
+    } as WorkerOptions);
     const status = internalsOf(stage).status!;
     const record: WorkerRecord = {
       stage,
       config,
       worker,
       gone: false,
+      ready: false,
       // The last worker in this place wrote it; nothing writes it now.
       tasksAtStart: status.figures[
         status.figure(config.index, StageStatus.TASKS)
@@ -127,6 +137,13 @@ export class Supervisor {
       this.#onMessage(record, event.data);
     worker.onerror = (event: ErrorEvent) => {
       event.preventDefault();
+      if (preload !== "" && !record.ready) {
+        // Its script could not import the module target it preloads.
+        if (record.gone) return;
+        return this.#events.fail(
+          loadError(stage.name, config.index, event.error ?? event.message),
+        );
+      }
       this.#lost(
         record,
         `it threw outside doTask(): ${event.message}`,
@@ -142,6 +159,9 @@ export class Supervisor {
     if (record.gone) return;
     const { stage, config } = record;
     switch (message.type) {
+      case "ready":
+        record.ready = true;
+        break;
       case "exit": {
         this.#kill(record);
         const running = this.#running.get(stage)! - 1;
@@ -157,7 +177,13 @@ export class Supervisor {
         this.#reports.skipped(
           stage,
           message.task,
-          skippedError(stage, config.index, message.task, message.error),
+          skippedError(
+            stage,
+            config.index,
+            message.task,
+            message.error,
+            message.errorName,
+          ),
         );
         break;
       case "lost":

@@ -16,6 +16,9 @@ export type Run = (task: unknown) => unknown;
 
 /** Makes a stage's target in its worker. */
 export class TargetLoader {
+  /** The global symbol's key under which a worker's script preloads its module target (see `stageWorkerScript`). */
+  static readonly PRELOADED = "mpipe.preloaded";
+
   /**
    * Globals that exist in a worker but not on the main thread, or mean
    * something else there (`name` is the worker's name, `close()` ends the
@@ -65,7 +68,11 @@ export class TargetLoader {
       }
       made = TargetLoader.#evaluate(stage, target.source, names)(...values);
     } else {
-      const module = await import(target.specifier);
+      // A sandboxed worker's script imported its module target already.
+      const module = (globalThis as Record<symbol, unknown>)[
+        Symbol.for(TargetLoader.PRELOADED)
+      ] as Record<string, unknown> | undefined ??
+        await import(target.specifier);
       if (!(target.exportName in module)) {
         throw new TypeError(
           `Module ${target.specifier} has no export named '${target.exportName}': export the task function or worker class${

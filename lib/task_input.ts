@@ -49,7 +49,8 @@ interface WaitingTask {
   promise: WatchedPromise<void>;
 }
 
-const RESOLVED = Promise.resolve();
+/** What `put` returns for a task that entered at once: a caller may skip awaiting it. */
+export const ENTERED: Promise<void> = Promise.resolve();
 /** The main thread publishes at least every this many records. */
 const PUBLISH_EVERY = 32;
 
@@ -128,7 +129,7 @@ export class TaskInput implements InputPump {
         if (written === length) {
           this.#publishSoon();
           if (this.#waker.readersAsleep) this.#waker.wakeIfResults();
-          return RESOLVED;
+          return ENTERED;
         }
         this.#publishNow();
         return this.#enqueue(encoded.slice(0, length), written, true, options);

@@ -49,13 +49,37 @@ function missingNameHint(stage: AnyStage, error: unknown): string {
   }', which does not exist in the worker (or is the worker's own). A function or class target is shipped by its source and may use only globals and its parameters: move it into a module and pass a module target, e.g. new URL("./task.ts", import.meta.url)`;
 }
 
+/**
+ * The error a worker sent, as it was thrown there: a structured clone makes
+ * Deno's own errors (`NotCapable`, `NotFound`, ...) plain `Error`s, so they
+ * are made again from their name.
+ */
+function revive(error: unknown, name: string | undefined): unknown {
+  const errors = Deno.errors as unknown as Record<
+    string,
+    new (message: string) => Error
+  >;
+  if (!(error instanceof Error) || name === undefined || name === error.name) {
+    return error;
+  }
+  const Class = Object.hasOwn(errors, name) ? errors[name] : undefined;
+  if (Class === undefined) {
+    error.name = name;
+    return error;
+  }
+  const revived = new Class(error.message);
+  revived.stack = error.stack;
+  return revived;
+}
+
 /** The error of a worker's "error" message: a failed load, `doInit()` or task. */
 export function workerError(
   stage: AnyStage,
   index: number,
   message: Extract<WorkerMessage, { type: "error" }>,
 ): StageError {
-  const { phase, task, error } = message;
+  const { phase, task } = message;
+  const error = revive(message.error, message.errorName);
   const hint = missingNameHint(stage, error);
   if (phase === "load" && hint === "") {
     return loadError(stage.name, index, error);
@@ -80,11 +104,13 @@ export function skippedError(
   index: number,
   task: number,
   error: unknown,
+  errorName?: string,
 ): StageError {
   return workerError(stage, index, {
     type: "error",
     phase: "task",
     task,
     error,
+    errorName,
   });
 }

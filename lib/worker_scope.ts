@@ -19,9 +19,11 @@ export type WorkerMessage =
     phase: "load" | "init" | "task";
     task: number | undefined;
     error: unknown;
+    /** The error's name, which a structured clone keeps only for standard errors. */
+    errorName?: string;
   }
   /** A task failed and was dropped (onError "skip"). */
-  | { type: "skipped"; task: number; error: unknown }
+  | { type: "skipped"; task: number; error: unknown; errorName?: string }
   /** The worker is about to end: close(), Deno.exit(), or an error outside doTask(). */
   | { type: "lost"; reason: string; error?: unknown };
 
@@ -95,6 +97,8 @@ export class WorkerScope {
   static postError(
     message: Extract<WorkerMessage, { type: "error" | "skipped" }>,
   ): void {
+    const { error } = message;
+    if (error instanceof Error) message.errorName = error.name;
     try {
       WorkerScope.post(message);
     } catch {

@@ -37,18 +37,37 @@ export const ENGINE_CLASSES: readonly unknown[] = [
 
 /**
  * A Blob URL of a worker script made of `parts` (classes and functions,
- * shipped by source) and a last line `main` that starts the worker.
+ * shipped by source) and a last line `main` that starts the worker, after
+ * any `imports` (statements at the top of the module).
  */
-export function scriptUrl(parts: readonly unknown[], main: string): string {
-  const source = [...parts.map(String), main].join("\n\n");
+export function scriptUrl(
+  parts: readonly unknown[],
+  main: string,
+  imports = "",
+): string {
+  const source = imports + [...parts.map(String), main].join("\n\n");
   return URL.createObjectURL(new Blob([source], { type: "text/javascript" }));
 }
 
-let stageWorkerUrl: string | undefined;
+/** The scripts of stage workers, made once per process: by preloaded module ("" for none). */
+const stageWorkerUrls = new Map<string, string>();
 
-/** The script of every stage worker, made once per process. */
-export function stageWorkerScript(): string {
-  stageWorkerUrl ??= scriptUrl(
+/**
+ * The script of every stage worker. With `preload`, a module target's
+ * specifier, the script imports that module statically: a sandboxed worker
+ * (one with permissions) loads its main script's module graph with the
+ * pipeline's permissions, but may not `import()` anything itself.
+ */
+export function stageWorkerScript(preload = ""): string {
+  const known = stageWorkerUrls.get(preload);
+  if (known !== undefined) return known;
+  const imports = preload === ""
+    ? ""
+    : `import * as preloaded from ${JSON.stringify(preload)};\n` +
+      `globalThis[Symbol.for(${
+        JSON.stringify(TargetLoader.PRELOADED)
+      })] = preloaded;\n`;
+  const url = scriptUrl(
     [
       ...ENGINE_CLASSES,
       TaskWorker,
@@ -60,6 +79,8 @@ export function stageWorkerScript(): string {
       WorkerRuntime,
     ],
     "self.onmessage = (event) => { self.onmessage = null; WorkerRuntime.start(event.data); };",
+    imports,
   );
-  return stageWorkerUrl;
+  stageWorkerUrls.set(preload, url);
+  return url;
 }

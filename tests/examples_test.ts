@@ -43,6 +43,27 @@ const INCREMENTED_DOUBLED = range(10).map((i) => (i + 1) * 2);
 
 // ---- getting started ----
 
+Deno.test("examples/lines.ts streams a file's lines through two stages into a file, in order", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const lines = Array.from(
+      { length: 500 },
+      (_, i) => "word ".repeat(i % 7).trim(),
+    );
+    await Deno.writeTextFile(`${dir}/in.txt`, lines.join("\n") + "\n");
+    await runExample("lines", {
+      flags: ["--allow-read", "--allow-write"],
+      args: [`${dir}/in.txt`, `${dir}/out.txt`],
+    });
+    const expected = lines.map((line, i) =>
+      `${String(i % 7).padStart(3)}  ${line}\n`
+    ).join("");
+    assert.equal(await Deno.readTextFile(`${dir}/out.txt`), expected);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("examples/hello_world.ts prints 0 to 3", async () => {
   assert.equal(await runExample("hello_world"), lines([0, 1, 2, 3]));
 });

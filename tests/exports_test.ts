@@ -22,13 +22,16 @@ const VALUES = [
 
 /** The types mod.ts exports besides the classes. */
 const TYPES = [
+  "FeedOptions",
   "FilterStageOptions",
   "GetOptions",
   "ModuleTarget",
+  "PermissionValue",
   "PipelineOptions",
   "PutOptions",
   "StageErrorOptions",
   "StageOptions",
+  "StagePermissions",
   "Target",
   "TaskFunction",
   "WorkerClass",

@@ -47,7 +47,14 @@ for (const [index, { code, files }] of programs().entries()) {
       await Deno.writeTextFile(`${dir}/main.ts`, code);
       const { code: exit, stderr } = await runScript(
         new URL(`file://${dir}/main.ts`),
-        { flags: ["--allow-read", `--config=${dir}/deno.json`] },
+        {
+          // The sandbox snippet needs the flag (see the README).
+          flags: [
+            "--allow-read",
+            "--unstable-worker-options",
+            `--config=${dir}/deno.json`,
+          ],
+        },
       );
       assert.equal(exit, 0, `the snippet exited with ${exit}:\n${stderr}`);
     } finally {

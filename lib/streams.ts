@@ -1,0 +1,200 @@
+/**
+ * The pipeline as Web Streams, and `feed`: a `WritableStream` of tasks, a
+ * `ReadableStream` of results, and a loop that puts every item of an
+ * iterable or stream. All three sit on the same input and output as `put`
+ * and `get`, so backpressure reaches the rings in both directions: a write
+ * settles when its task has entered, and results wait in the rings until a
+ * reader asks for them.
+ *
+ * @module
+ */
+
+import { ENTERED, type TaskInput } from "./task_input.ts";
+import type { ResultOutput } from "./result_output.ts";
+import type { RunView } from "./run_state.ts";
+import { describe } from "./target.ts";
+
+/** Options of `feed`. */
+export interface FeedOptions {
+  /**
+   * Put the stop request after the last item.
+   * @default {true}
+   */
+  close?: boolean;
+  /** Stop feeding (and close the source) when this signal aborts; the tasks already put stay. */
+  signal?: AbortSignal;
+}
+
+/** What the streams need of the pipeline besides its input and output. */
+export interface StreamOwner {
+  readonly run: RunView;
+  /** Ends the pipeline at once (a stream's abort or cancel). */
+  terminate(): void;
+}
+
+/** Results a readable stream holds ahead of its reader, at most: a claim's worth. */
+const READ_AHEAD = 256;
+/** A feed yields to other microtasks (the readers) at least this often. */
+const FEED_YIELD_EVERY = 256;
+
+/** The pipeline's two streams, made on first use. */
+export class PipelineStreams<I, O> {
+  readonly #input: TaskInput;
+  readonly #output: ResultOutput;
+  readonly #owner: StreamOwner;
+  #writable: WritableStream<I> | null = null;
+  #readable: ReadableStream<O> | null = null;
+  /** How to error each stream when the pipeline fails. */
+  #errorWritable: ((error: unknown) => void) | null = null;
+  #errorReadable: ((error: unknown) => void) | null = null;
+
+  constructor(input: TaskInput, output: ResultOutput, owner: StreamOwner) {
+    this.#input = input;
+    this.#output = output;
+    this.#owner = owner;
+  }
+
+  /** See `Pipeline.writable`. */
+  get writable(): WritableStream<I> {
+    if (this.#writable !== null) return this.#writable;
+    const input = this.#input;
+    return this.#writable = new WritableStream<I>({
+      start: (controller) => {
+        this.#errorWritable = (error) => controller.error(error);
+      },
+      // The write settles when the task has entered: the stream's queue of
+      // one is then free, so `ready` and `desiredSize` show the room.
+      write: (task) => input.put(task, undefined),
+      close: () => input.close(),
+      abort: () => this.#owner.terminate(),
+    }, new CountQueuingStrategy({ highWaterMark: 1 }));
+  }
+
+  /** See `Pipeline.readable`. */
+  get readable(): ReadableStream<O> {
+    if (this.#readable !== null) return this.#readable;
+    const output = this.#output;
+    return this.#readable = new ReadableStream<O>({
+      start: (controller) => {
+        this.#errorReadable = (error) => controller.error(error);
+      },
+      // Called only while the queue has room: what is not asked for stays in
+      // the rings, and the workers wait.
+      pull: async (controller) => {
+        const room = Math.max(1, controller.desiredSize ?? 1);
+        const enqueue = (result: unknown) => controller.enqueue(result as O);
+        if (output.takeInto(enqueue, room) > 0) return;
+        const next = await output.get(null, undefined);
+        if (next === null) controller.close();
+        else enqueue(next);
+      },
+      cancel: () => this.#owner.terminate(),
+    }, new CountQueuingStrategy({ highWaterMark: READ_AHEAD }));
+  }
+
+  /** The pipeline failed: error the streams that exist. */
+  failed(error: unknown): void {
+    this.#errorWritable?.(error);
+    this.#errorReadable?.(error);
+  }
+}
+
+/** See `Pipeline.feed`. */
+export async function feed<I>(
+  input: TaskInput,
+  source: Iterable<I> | AsyncIterable<I> | ReadableStream<I>,
+  options: FeedOptions = {},
+): Promise<void> {
+  const { close = true, signal } = checkFeedOptions(options);
+  const putOptions = signal === undefined ? undefined : { signal };
+  const iterator = iteratorOf(source);
+  signal?.throwIfAborted();
+  let closed = false;
+  const closeSource = async () => {
+    if (closed) return;
+    closed = true;
+    await iterator.return?.();
+  };
+  try {
+    let count = 0;
+    for (;;) {
+      const step = iterator.next();
+      const { done, value } = isPromise(step) ? await step : step;
+      if (done) break;
+      signal?.throwIfAborted();
+      const entered = input.put(value, putOptions);
+      // Skip the await (a microtask) for a task that entered at once, but
+      // let the readers run now and then.
+      if (entered !== ENTERED) await quietly(entered);
+      else if (++count % FEED_YIELD_EVERY === 0) await null;
+      signal?.throwIfAborted();
+    }
+    closed = true;
+    if (close) await quietly(input.close());
+  } catch (error) {
+    await closeSource().catch(() => {});
+    throw error;
+  }
+}
+
+/** An iterator over any of feed's sources, sync or async. */
+function iteratorOf<I>(
+  source: Iterable<I> | AsyncIterable<I> | ReadableStream<I>,
+): Iterator<I> | AsyncIterator<I> {
+  if (source instanceof ReadableStream) return source.values();
+  const value = source as Partial<Iterable<I> & AsyncIterable<I>>;
+  if (typeof value?.[Symbol.asyncIterator] === "function") {
+    return value[Symbol.asyncIterator]!();
+  }
+  if (typeof value?.[Symbol.iterator] === "function") {
+    return value[Symbol.iterator]!();
+  }
+  throw new TypeError(
+    `feed: 'source' must be an Iterable, an AsyncIterable or a ReadableStream, got ${
+      describe(source)
+    }`,
+  );
+}
+
+/**
+ * Waits for one of the pipeline's own promises without counting as code that
+ * observes its failure: feed's caller observes it, through feed's promise.
+ */
+function quietly(promise: Promise<void>): Promise<void> {
+  return new Promise((resolve, reject) =>
+    Promise.prototype.then.call(promise, resolve, reject)
+  );
+}
+
+function isPromise<T>(value: T | Promise<T>): value is Promise<T> {
+  return typeof (value as { then?: unknown })?.then === "function";
+}
+
+function checkFeedOptions(options: unknown): FeedOptions {
+  if (typeof options !== "object" || options === null) {
+    throw new TypeError(
+      `feed: 'options' must be an object, got ${describe(options)}`,
+    );
+  }
+  const o = options as Record<string, unknown>;
+  for (const key of Object.keys(o)) {
+    if (key !== "close" && key !== "signal") {
+      throw new TypeError(
+        `feed: 'options.${key}' is not an option; the options are close, signal`,
+      );
+    }
+  }
+  if (o.close !== undefined && typeof o.close !== "boolean") {
+    throw new TypeError(
+      `feed: 'options.close' must be a boolean, got ${describe(o.close)}`,
+    );
+  }
+  if (o.signal !== undefined && !(o.signal instanceof AbortSignal)) {
+    throw new TypeError(
+      `feed: 'options.signal' must be an AbortSignal, got ${
+        describe(o.signal)
+      }`,
+    );
+  }
+  return o as FeedOptions;
+}

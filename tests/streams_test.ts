@@ -1,0 +1,287 @@
+import assert from "node:assert/strict";
+import {
+  OrderedStage,
+  OrderedWorker,
+  Pipeline,
+  PipelineClosedError,
+  Stage,
+  StageError,
+  UnorderedStage,
+} from "../mod.ts";
+
+function range(n: number): number[] {
+  return Array.from({ length: n }, (_, i) => i);
+}
+
+const double = (x: number) => x * 2;
+
+/** A stage whose task `x === 3` throws. */
+function failingAt3() {
+  return new OrderedStage(
+    (x: number) => {
+      if (x === 3) throw new Error("three");
+      return x;
+    },
+    1,
+    { name: "picky" },
+  );
+}
+
+// ---- writable and readable ----
+
+Deno.test("Pipeline.writable and .readable are the same streams every time", async () => {
+  await using pipe = new Pipeline(new OrderedStage(double));
+  assert.equal(pipe.writable, pipe.writable);
+  assert.equal(pipe.readable, pipe.readable);
+  await pipe.close();
+  assert.deepEqual(await Array.fromAsync(pipe.readable), []);
+});
+
+Deno.test("source.pipeThrough(pipe).pipeTo(sink) carries every result in order", async () => {
+  const pipe = new Pipeline(new OrderedStage(double, 2));
+  const seen: number[] = [];
+  await ReadableStream.from(range(1000)).pipeThrough(pipe).pipeTo(
+    new WritableStream({ write: (x) => void seen.push(x) }),
+  );
+  assert.deepEqual(seen, range(1000).map(double));
+  await pipe.done;
+});
+
+Deno.test("a chain of pipelines through pipeThrough", async () => {
+  const first = new Pipeline(new OrderedStage((x: number) => x + 1));
+  const second = new Pipeline(new UnorderedStage(double, 2));
+  const results = await Array.fromAsync(
+    ReadableStream.from(range(100)).pipeThrough(first).pipeThrough(second),
+  );
+  assert.deepEqual(
+    results.sort((a, b) => a - b),
+    range(100).map((x) => (x + 1) * 2),
+  );
+  await Promise.all([first.done, second.done]);
+});
+
+Deno.test("Pipeline.writable: backpressure: writes wait while the pipeline is full, and none is lost", async () => {
+  const pipe = new Pipeline(
+    new OrderedStage(
+      async (x: number) => {
+        await new Promise((resolve) => setTimeout(resolve, 1));
+        return x;
+      },
+      1,
+      { maxBacklog: 2 },
+    ),
+  );
+  const writer = pipe.writable.getWriter();
+  const reading = Array.fromAsync(pipe.readable);
+  let sawFull = false;
+  for (let i = 0; i < 50; i++) {
+    await writer.ready;
+    if (writer.desiredSize !== null && writer.desiredSize <= 0) sawFull = true;
+    writer.write(i);
+    if (writer.desiredSize === 0) sawFull = true;
+  }
+  await writer.close();
+  assert.deepEqual(await reading, range(50));
+  assert.ok(sawFull, "desiredSize never showed a full pipeline");
+  await pipe.done;
+});
+
+Deno.test("Pipeline.writable.close() is the stop request; close() after it resolves too", async () => {
+  const pipe = new Pipeline(new OrderedStage(double));
+  const writer = pipe.writable.getWriter();
+  await writer.write(1);
+  await writer.close();
+  await pipe.close();
+  assert.deepEqual(await Array.fromAsync(pipe), [2]);
+  await pipe.done;
+});
+
+Deno.test("Pipeline.writable.abort() terminates the pipeline", async () => {
+  const pipe = new Pipeline(new OrderedStage(double));
+  const writer = pipe.writable.getWriter();
+  await writer.write(1);
+  await writer.abort(new Error("enough"));
+  await pipe.done;
+  assert.equal(await pipe.get(), null);
+  await assert.rejects(pipe.put(2), PipelineClosedError);
+});
+
+Deno.test("Pipeline.writable errors with the StageError when the pipeline fails", async () => {
+  const pipe = new Pipeline(failingAt3());
+  const writer = pipe.writable.getWriter();
+  for (let i = 0; i < 5; i++) writer.write(i).catch(() => {});
+  await assert.rejects(pipe.done, StageError);
+  await assert.rejects(writer.ready, StageError);
+  await assert.rejects(writer.write(9), StageError);
+});
+
+Deno.test("Pipeline.readable errors with the StageError when the pipeline fails", async () => {
+  const pipe = new Pipeline(failingAt3());
+  pipe.feed(range(10)).catch(() => {});
+  await assert.rejects(Array.fromAsync(pipe.readable), (error: unknown) => {
+    assert.ok(error instanceof StageError);
+    assert.equal(error.stage, "picky");
+    return true;
+  });
+});
+
+Deno.test("Pipeline.readable.cancel() terminates the pipeline", async () => {
+  const pipe = new Pipeline(new OrderedStage(double));
+  pipe.feed(range(10), { close: false }).catch(() => {});
+  const reader = pipe.readable.getReader();
+  assert.deepEqual(await reader.read(), { value: 0, done: false });
+  await reader.cancel(new Error("enough"));
+  await pipe.done;
+  await assert.rejects(pipe.put(1), PipelineClosedError);
+});
+
+Deno.test("Pipeline.readable and results() divide the results between them", async () => {
+  const pipe = new Pipeline(new OrderedStage(double));
+  await pipe.feed(range(200));
+  const reader = pipe.readable.getReader();
+  const first = await reader.read();
+  reader.releaseLock();
+  const rest = await Array.fromAsync(pipe.results());
+  const streamed = await Array.fromAsync(pipe.readable);
+  const all = [first.value!, ...rest, ...streamed].sort((a, b) => a - b);
+  assert.deepEqual(all, range(200).map(double));
+});
+
+/** Counts its tasks on a shared word and returns a 1 KiB result. */
+class Counting extends OrderedWorker<number, Uint8Array> {
+  words: Int32Array;
+  constructor(words: Int32Array) {
+    super();
+    this.words = words;
+  }
+  doTask(task: number) {
+    Atomics.add(this.words, 0, 1);
+    return new Uint8Array(1024).fill(task & 255);
+  }
+}
+
+Deno.test("Pipeline.readable: a slow reader holds the results back in the rings (the workers wait)", async () => {
+  // 4 KiB rings and 1 KiB results: before the reader reads on, the worker
+  // can finish only what the rings and the stream's read-ahead (256) hold.
+  const words = new Int32Array(new SharedArrayBuffer(4));
+  const pipe = new Pipeline(new Stage(Counting, 1, { args: [words] }), {
+    ringBytes: 4096,
+  });
+  const fed = pipe.feed(range(2000));
+  const reader = pipe.readable.getReader();
+  await reader.read();
+  // Let the worker run as far as it can.
+  for (let last = -1; last !== Atomics.load(words, 0);) {
+    last = Atomics.load(words, 0);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  const ran = Atomics.load(words, 0);
+  assert.ok(
+    ran < 400,
+    `the worker ran ${ran} tasks ahead of a reader that read 1`,
+  );
+  let count = 1;
+  while (!(await reader.read()).done) count++;
+  await fed;
+  assert.equal(count, 2000);
+  await pipe.done;
+});
+
+// ---- feed ----
+
+Deno.test("Pipeline.feed() puts an iterable, an async iterable and a ReadableStream, in order, then the stop", async () => {
+  async function* numbers() {
+    for (let i = 0; i < 300; i++) yield i;
+  }
+  const sources = [
+    () => range(300),
+    () => numbers(),
+    () => ReadableStream.from(range(300)),
+  ];
+  for (const source of sources) {
+    const pipe = new Pipeline(new OrderedStage(double, 2));
+    const fed = pipe.feed(source());
+    assert.deepEqual(await Array.fromAsync(pipe), range(300).map(double));
+    await fed;
+    await pipe.done;
+  }
+});
+
+Deno.test("Pipeline.feed({ close: false }) leaves the pipeline open for more", async () => {
+  const pipe = new Pipeline(new OrderedStage(double));
+  await pipe.feed([1, 2], { close: false });
+  await pipe.feed([3]);
+  assert.deepEqual(await Array.fromAsync(pipe), [2, 4, 6]);
+});
+
+Deno.test("Pipeline.feed() rejects with the pipeline's failure, then closes the source's iterator", async () => {
+  let returned = false;
+  const source = {
+    i: 0,
+    [Symbol.iterator]() {
+      return this;
+    },
+    next() {
+      return { value: this.i++, done: false };
+    },
+    return() {
+      returned = true;
+      return { value: undefined, done: true as const };
+    },
+  };
+  const pipe = new Pipeline(failingAt3());
+  const reading = Array.fromAsync(pipe).catch((error) => error);
+  await assert.rejects(pipe.feed(source), StageError);
+  assert.ok(returned, "the source's return() was not called");
+  assert.ok(await reading instanceof StageError);
+});
+
+Deno.test("Pipeline.feed({ signal }) stops feeding and closes the source; the tasks already put stay", async () => {
+  const controller = new AbortController();
+  async function* endless() {
+    try {
+      for (let i = 0;; i++) {
+        if (i === 50) controller.abort(new Error("stop feeding"));
+        yield i;
+      }
+    } finally {
+      closed = true;
+    }
+  }
+  let closed = false;
+  const pipe = new Pipeline(new OrderedStage(double));
+  await assert.rejects(
+    pipe.feed(endless(), { signal: controller.signal }),
+    /stop feeding/,
+  );
+  assert.ok(closed, "the source was not closed");
+  await pipe.close();
+  const results = await Array.fromAsync(pipe);
+  assert.deepEqual(results, range(results.length).map(double));
+  assert.ok(results.length >= 50);
+});
+
+Deno.test("Pipeline.feed() refuses a source that is not iterable, and bad options", async () => {
+  const pipe = new Pipeline(new OrderedStage(double));
+  await assert.rejects(pipe.feed(42 as never), TypeError);
+  await assert.rejects(pipe.feed([], { closed: true } as never), TypeError);
+  pipe.terminate();
+  await pipe.done;
+});
+
+Deno.test("Pipeline.feed() does not hang on a throw while the pipeline is throttled (a full backlog)", async () => {
+  const pipe = new Pipeline(
+    new OrderedStage(
+      async (x: number) => {
+        await new Promise((resolve) => setTimeout(resolve, 2));
+        if (x === 20) throw new Error("twenty");
+        return x;
+      },
+      1,
+      { maxBacklog: 1, name: "throttled" },
+    ),
+  );
+  const fed = pipe.feed(range(1000));
+  await assert.rejects(Array.fromAsync(pipe.readable), StageError);
+  await assert.rejects(fed, StageError);
+});
