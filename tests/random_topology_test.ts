@@ -1,0 +1,1205 @@
+import assert from "node:assert/strict";
+import {
+  FilterStage,
+  OrderedStage,
+  OrderedWorker,
+  Pipeline,
+  type PipelineOptions,
+  type Stage,
+  StageError,
+  type StageOptions,
+  UnorderedStage,
+} from "../mod.ts";
+import { readEnv } from "./support/env.ts";
+import { Prng } from "./support/prng.ts";
+
+// Random topologies, in the spirit of a stress campaign: seeded random
+// pipelines of chains, forks, joins and FilterStages, ordered and unordered
+// stages of one to four workers, on small rings (4 KiB to 64 KiB) with
+// records from empty to twice a ring (fragmented past a quarter of it), tasks
+// of random lengths, and faults: tasks that throw or reject under every
+// onError ("fail", "skip", a function), workers that call close() under
+// `restart`, tasks that overrun `taskTimeout`, `maxBacklog` on random stages.
+//
+// Each task id has at most one fault, at one stage, so the expected output is
+// exact: every surviving (path, task, result index) reaches its leaf once, in
+// order at a leaf that is ordered relative to the input (every stage on every
+// path to it ordered, and no join on the way); each stage's `skipped` counts
+// its faulty tasks, once per copy that reached it; a callback stage's
+// function gets one StageError per skipped task; a plan with a failing
+// stage rejects with a StageError naming that stage; and nothing hangs (a
+// run that makes no progress for STALL_MS fails with its seed).
+//
+// Known defects: each family the generator can produce is behind a flag of
+// KNOWN below. A flag that is off only vetoes what was drawn (a fault becomes
+// a plain throw, a maxBacklog is dropped, a payload is cut down), so the rest
+// of each plan stays the same: replaying a failing seed with one family off,
+// or with all but one off, tells which family made it fail. With every flag
+// off the runs pass today; with them on, plans that contain a family fail
+// today as often as that defect shows (a test's name lists the families its
+// plan contains, which it may or may not hit).
+//
+// One test per seed. The default is a CI-sized run (SEEDS seeds, about 25 s
+// with every flag off on a quiet 2-core box; each plan that hangs adds
+// STALL_MS). By hand: `MPIPE_SEEDS=5000 deno test --allow-read --allow-run
+// --allow-env tests/random_topology_test.ts`, and MPIPE_SEED=n to replay
+// seed n alone; both are read only if --allow-env grants them. A failure
+// names its seed and prints its plan: every stage, its options and its
+// faults (`throw@3,17`: tasks 3 and 17 throw there).
+
+/**
+ * Families of known defects (tests/defects_test.ts) the generator may
+ * produce. Plans that contain one fail today: set its flag to false to keep
+ * it out of the runs.
+ */
+const KNOWN = {
+  /** D1: a task that overruns taskTimeout and then finishes. */
+  timeoutOverrun: true,
+  /** D2: maxBacklog on a join fed by an ordered stage of two or more workers. */
+  joinBacklog: true,
+  /** D3: a FilterStage whose tasks and results do not fit the rings together. */
+  filterBig: true,
+  /** D6: restart with a worker that dies in doInit(). */
+  initDeath: true,
+  /**
+   * N5: check a callback stage's onError calls when the reader sees the end
+   * of results; when false, they are checked only once `done` settles.
+   */
+  lateCallbacks: true,
+  /**
+   * F1, found by this test (tests/defects_test.ts has its regression test):
+   * a task blocked in putResult() by a full ring counts against its
+   * taskTimeout, so its worker is replaced mid-write: healthy tasks are
+   * dropped (counted in `skipped`) and a fragmented record cut short
+   * corrupts the stream. Here: a stage with a short taskTimeout (it has a
+   * task that overruns it) and two results per task (one by putResult()).
+   */
+  timeoutPutResult: true,
+};
+
+/** How many seeds a plain `deno test` runs. */
+const SEEDS = 40;
+/** A run that makes no progress (no result, put or callback) for this long has hung: a hang guard, not a speed check. */
+const STALL_MS = 5_000;
+/** The most a run may take in all: a hang guard, not a speed check. */
+const RUN_MS = 30_000;
+/** The most payload bytes one run's results carry in all. */
+const PAYLOAD_BUDGET = 24 * 1024 * 1024;
+/** The taskTimeout of a stage whose tasks overrun it. */
+const TASK_TIMEOUT_MS = 250;
+const RING_SIZES = [4096, 8192, 16384, 32768, 65536];
+
+// ---- the task and the worker ----
+
+/** A task, and a result: the stages it went through and which result of each it is. */
+interface Task {
+  id: number;
+  payload: Uint8Array;
+  hops: string[];
+  trail: number[];
+}
+
+type FaultKind =
+  /** The task throws. */
+  | "throw"
+  /** The task's Promise rejects. */
+  | "reject"
+  /** The worker calls close() mid-task. */
+  | "close"
+  /** The task busy-waits past its taskTimeout, then finishes (D1). */
+  | "overrun"
+  /** The task blocks past its taskTimeout until the run ends, then closes. */
+  | "hang";
+
+/** What a `Hop` worker is told. */
+interface HopConfig {
+  tag: string;
+  /** Results per task. */
+  fan: number;
+  /** The longest busy wait of a task, in µs (each task waits a share of it). */
+  busyUs: number;
+  /** Every this many tasks awaits a timer first (0: never). */
+  asyncEvery: number;
+  /** [task id, fault] pairs. */
+  faults: [number, FaultKind][];
+  timeoutMs: number;
+  /** Word 0 is set when the run ends: "hang" tasks wait for it. */
+  release: Int32Array;
+  /** doInit() calls close(). */
+  initDeath: boolean;
+}
+
+/**
+ * The target of every stage: waits a little, injects its fault for the task
+ * if it has one, and puts `fan` results, each the task annotated with the
+ * stage's tag and the result's index. Takes a FilterStage's `[task, results]`
+ * as its task. Self-contained: it is shipped to the workers by its source.
+ */
+class Hop extends OrderedWorker<Task | [Task, Task[]], Task> {
+  config: HopConfig;
+  faults: Map<number, FaultKind>;
+
+  constructor(config: HopConfig) {
+    super();
+    this.config = config;
+    this.faults = new Map(config.faults);
+  }
+
+  override doInit(): void {
+    if (this.config.initDeath) {
+      (globalThis as unknown as { close(): void }).close();
+    }
+  }
+
+  doTask(input: Task | [Task, Task[]]): Task | null | Promise<Task | null> {
+    const task = Array.isArray(input) ? input[0] : input;
+    const { tag, fan, busyUs, asyncEvery, timeoutMs, release } = this.config;
+    const busy = (ms: number) => {
+      const end = performance.now() + ms;
+      while (performance.now() < end) {
+        // Busy: a task that takes time without yielding.
+      }
+    };
+    const close = () => (globalThis as unknown as { close(): void }).close();
+    switch (this.faults.get(task.id)) {
+      case "throw":
+        throw new Error(`fault: ${tag} throws on task ${task.id}`);
+      case "reject":
+        return Promise.resolve().then(() => {
+          throw new Error(`fault: ${tag} rejects on task ${task.id}`);
+        });
+      case "close":
+        close();
+        return null;
+      case "overrun":
+        busy(timeoutMs * 2.5);
+        break;
+      case "hang":
+        Atomics.wait(release, 0, 0, 60_000);
+        close();
+        return null;
+    }
+    busy((busyUs * ((task.id * 7919) % 5)) / 4000);
+    const emit = (): Task => {
+      const result = (index: number): Task => ({
+        id: task.id,
+        payload: task.payload,
+        hops: [...task.hops, tag],
+        trail: [...task.trail, index],
+      });
+      for (let i = 0; i < fan - 1; i++) this.putResult(result(i));
+      return result(fan - 1);
+    };
+    if (asyncEvery > 0 && task.id % asyncEvery === 0) {
+      return new Promise((resolve) => setTimeout(resolve, task.id % 3))
+        .then(emit);
+    }
+    return emit();
+  }
+}
+
+// ---- a random plan ----
+
+type Policy = "fail" | "skip" | "callback";
+
+interface HopSpec {
+  kind: "hop";
+  tag: string;
+  parents: number[];
+  ordered: boolean;
+  size: number;
+  fan: number;
+  busyUs: number;
+  asyncEvery: number;
+  maxBacklog: number | undefined;
+  onError: Policy;
+  restart: boolean;
+  taskTimeout: number | undefined;
+  faults: Map<number, FaultKind>;
+  initDeath: boolean;
+}
+
+/** A stage of a FilterStage's sub-pipeline (a chain, without faults). */
+interface SubSpec {
+  tag: string;
+  ordered: boolean;
+  size: number;
+  busyUs: number;
+}
+
+interface FilterSpec {
+  kind: "filter";
+  tag: string;
+  parents: number[];
+  maxTasks: number;
+  dropResults: boolean;
+  cacheResults: boolean;
+  doStopTask: boolean;
+  subs: SubSpec[][];
+}
+
+type NodeSpec = HopSpec | FilterSpec;
+
+interface Plan {
+  seed: number;
+  nodes: NodeSpec[];
+  options: PipelineOptions & { ringBytes: number };
+  /** Each task's payload size. */
+  sizes: number[];
+  /** The stage expected to fail the pipeline, if any. */
+  failing: number | undefined;
+  reader: "get" | "results" | "leaves" | "get-timeout";
+  awaitPuts: number;
+  pauses: number;
+  /** The known-defect families the plan contains. */
+  families: (keyof typeof KNOWN)[];
+}
+
+/** Every path from the root to node `to`, as lists of node indices. */
+function pathsTo(nodes: NodeSpec[], to: number): number[][] {
+  const node = nodes[to]!;
+  if (node.parents.length === 0) return [[to]];
+  return node.parents.flatMap((parent) =>
+    pathsTo(nodes, parent).map((path) => [...path, to])
+  );
+}
+
+function fanOf(node: NodeSpec): number {
+  return node.kind === "hop" ? node.fan : 1;
+}
+
+/** How many copies of each task reach node `at` (its paths, times the fan-outs before it). */
+function arrivals(nodes: NodeSpec[], at: number): number {
+  return pathsTo(nodes, at).reduce(
+    (sum, path) =>
+      sum + path.slice(0, -1).reduce((p, i) => p * fanOf(nodes[i]!), 1),
+    0,
+  );
+}
+
+function leavesOf(nodes: NodeSpec[]): number[] {
+  return nodes.map((_, i) => i).filter((i) =>
+    !nodes.some((n) => n.parents.includes(i))
+  );
+}
+
+/** Whether leaf `leaf` keeps the order of the input: one path, every stage on it ordered. */
+function isOrderedLeaf(nodes: NodeSpec[], leaf: number): boolean {
+  const paths = pathsTo(nodes, leaf);
+  return paths.length === 1 &&
+    paths[0]!.every((i) => {
+      const node = nodes[i]!;
+      return node.kind === "filter" || node.ordered;
+    });
+}
+
+/** A drawn fault, or "throw" in its place if its family is off. */
+function allowed<K extends FaultKind | "initDeath">(kind: K): K | "throw" {
+  if (kind === "overrun" && !KNOWN.timeoutOverrun) return "throw";
+  if (kind === "initDeath" && !KNOWN.initDeath) return "throw";
+  return kind;
+}
+
+function makePlan(seed: number): Plan {
+  const random = new Prng(seed);
+  const families = new Set<keyof typeof KNOWN>();
+  const count = random.int(1, 6);
+  const nodes: NodeSpec[] = [];
+  for (let i = 0; i < count; i++) {
+    const parents: number[] = [];
+    if (i > 0) {
+      parents.push(random.chance(0.6) ? i - 1 : random.int(0, i - 1));
+      if (i >= 2 && random.chance(0.3)) {
+        const other = random.int(0, i - 1);
+        if (!parents.includes(other)) parents.push(other);
+      }
+    }
+    const tag = `s${i}`;
+    if (random.chance(0.15)) {
+      const subs = Array.from(
+        { length: random.int(1, 2) },
+        (_, s) =>
+          Array.from({ length: random.int(1, 2) }, (_, k) => ({
+            tag: `${tag}.${s}${"ab"[k]}`,
+            ordered: random.chance(0.6),
+            size: random.int(1, 2),
+            busyUs: random.pick([0, 100, 1000]),
+          })),
+      );
+      nodes.push({
+        kind: "filter",
+        tag,
+        parents,
+        maxTasks: random.chance(0.8) ? random.int(1, 4) : random.int(8, 64),
+        dropResults: random.chance(0.5),
+        cacheResults: random.chance(0.3),
+        doStopTask: random.chance(0.8),
+        subs,
+      });
+      continue;
+    }
+    // Copies of each task that reach this stage: fan out only while few do.
+    const copies = parents.length === 0 ? 1 : parents.reduce(
+      (sum, p) => sum + arrivals(nodes, p) * fanOf(nodes[p]!),
+      0,
+    );
+    nodes.push({
+      kind: "hop",
+      tag,
+      parents,
+      ordered: random.chance(0.6),
+      size: random.int(1, 4),
+      fan: random.chance(0.15) && copies <= 2 ? 2 : 1,
+      busyUs: random.pick([0, 0, 50, 200, 1000]),
+      asyncEvery: random.chance(0.25) ? random.int(1, 5) : 0,
+      maxBacklog: undefined,
+      onError: "fail",
+      restart: random.chance(0.15),
+      taskTimeout: random.chance(0.1) ? 5_000 : undefined,
+      faults: new Map(),
+      initDeath: false,
+    });
+  }
+  // maxBacklog on random stages; on a join fed by an ordered stage of two or
+  // more workers only with KNOWN.joinBacklog (D2). A flag that is off only
+  // vetoes what was drawn, so the rest of the plan stays the same: a seed
+  // replayed with a family off shows whether that family made it fail.
+  for (const node of nodes) {
+    if (node.kind !== "hop") continue;
+    const wanted = random.chance(0.2);
+    const max = random.int(1, 8);
+    if (!wanted) continue;
+    const joinBacklog = node.parents.length > 1 &&
+      node.parents.some((p) => {
+        const parent = nodes[p]!;
+        return parent.kind === "hop" && parent.ordered && parent.size > 1;
+      });
+    if (joinBacklog && !KNOWN.joinBacklog) continue;
+    if (joinBacklog) families.add("joinBacklog");
+    node.maxBacklog = max;
+  }
+
+  const ringBytes = random.pick(RING_SIZES);
+  // Mostly short runs; a few long ones, which some deadlocks need (D2).
+  const n = random.chance(0.08) ? random.int(1000, 3000) : random.pick([
+    random.int(0, 10),
+    random.int(10, 100),
+    random.int(100, 300),
+  ]);
+  // Payloads: mostly small, some past a quarter of a ring (fragmented), a
+  // few up to twice a ring. With a filter, tasks and results must fit its
+  // rings together (maxTasks of each), unless KNOWN.filterBig (D3).
+  const filters = nodes.filter((n): n is FilterSpec => n.kind === "filter");
+  const maxTasks = Math.max(0, ...filters.map((f) => f.maxTasks));
+  /** Past this, maxTasks tasks and their results may not fit a ring together. */
+  const unfit = filters.length === 0
+    ? Infinity
+    : Math.floor(ringBytes / (2 * (maxTasks + 1)));
+  /** With KNOWN.filterBig off, payloads stay well below it. */
+  const filterCap = KNOWN.filterBig ? Infinity : Math.floor(unfit / 4) - 64;
+  const copies = leavesOf(nodes).reduce(
+    (sum, leaf) => sum + arrivals(nodes, leaf) * fanOf(nodes[leaf]!),
+    0,
+  );
+  let bytes = 0;
+  const sizes: number[] = [];
+  for (let id = 0; id < n; id++) {
+    const roll = random.next();
+    let size = roll < 0.7
+      ? random.int(0, 64)
+      : roll < 0.9
+      ? random.int(65, ringBytes >> 2)
+      : random.int(ringBytes >> 2, 2 * ringBytes);
+    if (size > filterCap) size %= Math.max(1, filterCap);
+    if ((bytes + size) * copies > PAYLOAD_BUDGET) size %= 17;
+    if (size > unfit) families.add("filterBig");
+    bytes += size;
+    sizes.push(size);
+  }
+
+  // Faults: each task id at most once, at one stage. At most one stage fails
+  // the pipeline; every other faulty stage skips its faults.
+  /** Gives `node` a short taskTimeout, for a task that overruns it. */
+  const timed = (node: HopSpec, kind: "overrun" | "hang") => {
+    node.taskTimeout = TASK_TIMEOUT_MS;
+    if (kind === "overrun") families.add("timeoutOverrun");
+    if (node.fan > 1) families.add("timeoutPutResult");
+  };
+  const free = Array.from({ length: n }, (_, id) => id);
+  const takeId = () => free.splice(random.int(0, free.length - 1), 1)[0]!;
+  const hops = nodes.map((_, i) => i).filter((i) => nodes[i]!.kind === "hop");
+  let failing: number | undefined;
+  if (n > 0 && hops.length > 0 && random.chance(0.25)) {
+    failing = random.pick(hops);
+    const node = nodes[failing] as HopSpec;
+    let how = allowed(
+      random.pick(
+        ["throw", "reject", "close", "hang", "overrun", "initDeath"] as const,
+      ),
+    );
+    if (
+      (how === "overrun" || how === "hang") && node.fan > 1 &&
+      !KNOWN.timeoutPutResult
+    ) how = "throw";
+    node.onError = "fail";
+    if (how === "initDeath") {
+      node.restart = true;
+      node.initDeath = true;
+      families.add("initDeath");
+    } else {
+      node.restart = false;
+      node.faults.set(takeId(), how);
+      if (how === "overrun" || how === "hang") timed(node, how);
+    }
+  }
+  for (const i of hops) {
+    const node = nodes[i] as HopSpec;
+    if (i === failing) continue;
+    node.onError = random.pick(["fail", "skip", "callback"] as const);
+    if (free.length === 0 || !random.chance(0.5)) continue;
+    if (node.onError === "fail") {
+      node.onError = random.pick(["skip", "callback"]);
+    }
+    // Tasks past a taskTimeout are slow: one per stage, where few copies arrive.
+    const kinds: FaultKind[] = arrivals(nodes, i) <= 2
+      ? ["throw", "reject", "close", "hang", "overrun"]
+      : ["throw", "reject", "close"];
+    const faults = random.int(1, 5);
+    for (let f = 0; f < faults && free.length > 0; f++) {
+      let kind = allowed(random.pick(kinds));
+      const slow = (k: string) => k === "overrun" || k === "hang";
+      if (slow(kind) && [...node.faults.values()].some(slow)) kind = "throw";
+      if (slow(kind) && node.fan > 1 && !KNOWN.timeoutPutResult) {
+        kind = "throw";
+      }
+      const id = takeId();
+      if (kind === "overrun" || kind === "hang") timed(node, kind);
+      node.faults.set(id, kind);
+      if (kind === "close") node.restart = true;
+    }
+  }
+
+  const options: Plan["options"] = { ringBytes };
+  if (random.chance(0.3)) options.spin = 0;
+  const reader = random.pick(
+    ["get", "results", "leaves", "get-timeout"] as const,
+  );
+  if (
+    KNOWN.lateCallbacks && failing === undefined && reader !== "leaves" &&
+    nodes.some((node) =>
+      node.kind === "hop" && node.onError === "callback" && node.faults.size > 0
+    )
+  ) families.add("lateCallbacks");
+  return {
+    seed,
+    nodes,
+    options,
+    sizes,
+    failing,
+    reader,
+    awaitPuts: random.pick([0, 0, 0.1, 0.5, 1]),
+    pauses: random.pick([0, 0.01, 0.05]),
+    families: [...families],
+  };
+}
+
+function describeNode(node: NodeSpec): string {
+  const from = node.parents.length === 0
+    ? ""
+    : `<-${node.parents.map((p) => `s${p}`).join(",")}`;
+  if (node.kind === "filter") {
+    const subs = node.subs.map((chain) =>
+      chain.map((s) =>
+        `${s.tag} ${s.ordered ? "ordered" : "unordered"} x${s.size}${
+          s.busyUs ? ` busy ${s.busyUs}µs` : ""
+        }`
+      ).join(" > ")
+    );
+    return `${node.tag}${from} filter(maxTasks ${node.maxTasks}${
+      node.dropResults ? ", dropResults" : ""
+    }${node.cacheResults ? ", cacheResults" : ""}${
+      node.doStopTask ? "" : ", doStopTask false"
+    }) [${subs.join(" | ")}]`;
+  }
+  const faults = new Map<FaultKind, number[]>();
+  for (const [id, kind] of node.faults) {
+    faults.set(kind, [...(faults.get(kind) ?? []), id]);
+  }
+  const parts = [
+    `${node.tag}${from} ${
+      node.ordered ? "ordered" : "unordered"
+    } x${node.size}`,
+    node.fan > 1 ? `fan ${node.fan}` : "",
+    node.busyUs ? `busy ${node.busyUs}µs` : "",
+    node.asyncEvery ? `async/${node.asyncEvery}` : "",
+    node.maxBacklog === undefined ? "" : `maxBacklog ${node.maxBacklog}`,
+    `onError ${node.onError}`,
+    node.restart ? "restart" : "",
+    node.taskTimeout === undefined ? "" : `taskTimeout ${node.taskTimeout}`,
+    node.initDeath ? "dies in doInit" : "",
+    ...[...faults].map(([kind, ids]) => `${kind}@${ids.join(",")}`),
+  ];
+  return parts.filter((part) => part !== "").join(" ");
+}
+
+function describePlan(plan: Plan): string {
+  const largest = Math.max(0, ...plan.sizes);
+  return `seed ${plan.seed}: ${plan.sizes.length} tasks (largest ${largest} B), ${
+    JSON.stringify(plan.options)
+  }, reader ${plan.reader}, awaitPuts ${plan.awaitPuts}, pauses ${plan.pauses}${
+    plan.failing === undefined ? "" : `, expect failure of s${plan.failing}`
+  }; [${plan.nodes.map(describeNode).join("; ")}]${
+    plan.families.length === 0 ? "" : `; known: ${plan.families.join(", ")}`
+  }`;
+}
+
+// ---- the expected output ----
+
+/** A result's identity: its path's tags, its task and its result indices. */
+function keyOf(hops: readonly string[], id: number, trail: readonly number[]) {
+  return `${hops.join(">")}|${id}|${trail.join(".")}`;
+}
+
+/** Orders keys of one path as an ordered leaf delivers them: by task, then result index. */
+function compareKeys(a: string, b: string): number {
+  const [, idA, trailA] = a.split("|");
+  const [, idB, trailB] = b.split("|");
+  if (idA !== idB) return Number(idA) - Number(idB);
+  return trailA! < trailB! ? -1 : trailA! > trailB! ? 1 : 0;
+}
+
+interface Expected {
+  /** Every leaf's results, as keys: in order for an ordered leaf. */
+  byLeaf: Map<number, string[]>;
+  /** Each stage's skipped count, and of which fault kinds. */
+  skipped: Map<number, Map<FaultKind, number>>;
+}
+
+function expectedOf(plan: Plan): Expected {
+  const { nodes, sizes } = plan;
+  const byLeaf = new Map<number, string[]>();
+  for (const leaf of leavesOf(nodes)) {
+    const keys: string[] = [];
+    for (const path of pathsTo(nodes, leaf)) {
+      const tags = path.map((i) => nodes[i]!).filter((n) => n.kind === "hop")
+        .map((n) => n.tag);
+      for (let id = 0; id < sizes.length; id++) {
+        const dropped = path.some((i) => {
+          const node = nodes[i]!;
+          return node.kind === "hop" && node.faults.has(id);
+        });
+        if (dropped) continue;
+        let trails: number[][] = [[]];
+        for (const i of path) {
+          const node = nodes[i]!;
+          if (node.kind !== "hop") continue;
+          trails = trails.flatMap((trail) =>
+            Array.from({ length: node.fan }, (_, k) => [...trail, k])
+          );
+        }
+        for (const trail of trails) keys.push(keyOf(tags, id, trail));
+      }
+    }
+    if (isOrderedLeaf(nodes, leaf)) keys.sort(compareKeys);
+    byLeaf.set(leaf, keys);
+  }
+  const skipped = new Map<number, Map<FaultKind, number>>();
+  nodes.forEach((node, i) => {
+    if (node.kind !== "hop") return;
+    const copies = arrivals(nodes, i);
+    const kinds = new Map<FaultKind, number>();
+    for (const kind of node.faults.values()) {
+      kinds.set(kind, (kinds.get(kind) ?? 0) + copies);
+    }
+    skipped.set(i, kinds);
+  });
+  return { byLeaf, skipped };
+}
+
+// ---- checking what arrived ----
+
+/** A payload whose bytes say which task it belongs to. */
+function payloadOf(id: number, size: number): Uint8Array {
+  const payload = new Uint8Array(size);
+  for (let i = 0; i < size; i++) payload[i] = (id * 31 + i) & 0xff;
+  return payload;
+}
+
+/** What is wrong with a result's payload, or "". */
+function payloadProblem(task: Task, size: number | undefined): string {
+  const { id, payload } = task;
+  if (size === undefined) return `task ${id} was never put`;
+  if (!(payload instanceof Uint8Array)) return `task ${id}: payload ${payload}`;
+  if (payload.length !== size) {
+    return `task ${id}: payload of ${payload.length} bytes, expected ${size}`;
+  }
+  const step = size <= 4096 ? 1 : 997;
+  for (let i = 0; i < size; i += step) {
+    if (payload[i] !== ((id * 31 + i) & 0xff)) {
+      return `task ${id}: payload byte ${i} is ${payload[i]}`;
+    }
+  }
+  if (size > 0 && payload[size - 1] !== ((id * 31 + size - 1) & 0xff)) {
+    return `task ${id}: the last payload byte is wrong`;
+  }
+  return "";
+}
+
+function isTask(value: unknown): value is Task {
+  const task = value as Task;
+  return typeof value === "object" && value !== null &&
+    Number.isInteger(task.id) && Array.isArray(task.hops) &&
+    Array.isArray(task.trail);
+}
+
+/** The sub-pipeline chains' leaf tags of every filter, to check what filters pass on. */
+function subLeafTags(plan: Plan): Set<string> {
+  return new Set(
+    plan.nodes.flatMap((node) =>
+      node.kind === "filter" ? node.subs.map((chain) => chain.at(-1)!.tag) : []
+    ),
+  );
+}
+
+/** Names the first few items of a list, and how many there are. */
+function some(items: string[], max = 8): string {
+  return `${items.length} (${items.slice(0, max).join(", ")}${
+    items.length > max ? ", ..." : ""
+  })`;
+}
+
+/**
+ * Compares what arrived with what was expected; returns every problem found.
+ * `received` holds each leaf's results in the order they arrived, or, with a
+ * pipeline-wide reader, all of them under leaf -1.
+ */
+function checkResults(
+  plan: Plan,
+  expected: Expected,
+  received: Map<number, unknown[]>,
+  complete: boolean,
+): string[] {
+  const problems: string[] = [];
+  const subLeaves = subLeafTags(plan);
+  const leafOfHops = new Map<string, number[]>();
+  for (const [leaf, keys] of expected.byLeaf) {
+    for (const key of keys) {
+      const hops = key.split("|")[0]!;
+      const leaves = leafOfHops.get(hops) ?? [];
+      if (!leaves.includes(leaf)) leaves.push(leaf);
+      leafOfHops.set(hops, leaves);
+    }
+  }
+  // Each result as a key, under the leaf it came from (when that is known).
+  const arrived = new Map<number, string[]>(
+    [...expected.byLeaf.keys()].map((leaf) => [leaf, []]),
+  );
+  const all: string[] = [];
+  for (const [from, values] of received) {
+    for (const value of values) {
+      let task = value;
+      if (Array.isArray(value)) {
+        // A leaf FilterStage's [task, results]: each result is a
+        // sub-pipeline's, of an earlier task.
+        const [first, subResults] = value as [unknown, unknown];
+        task = first;
+        if (!Array.isArray(subResults)) {
+          problems.push(`a filter result's results are ${subResults}`);
+        } else {
+          for (const sub of subResults) {
+            const problem = !isTask(sub)
+              ? `a filter's sub-result is ${String(sub)}`
+              : !subLeaves.has(sub.hops.at(-1) ?? "")
+              ? `a filter's sub-result came through ${sub.hops.join(">")}`
+              : payloadProblem(sub, plan.sizes[sub.id]);
+            if (problem !== "") problems.push(problem);
+          }
+        }
+      }
+      if (!isTask(task)) {
+        problems.push(`a result that is not a task: ${String(task)}`);
+        continue;
+      }
+      const problem = payloadProblem(task, plan.sizes[task.id]);
+      if (problem !== "") problems.push(problem);
+      const key = keyOf(task.hops, task.id, task.trail);
+      all.push(key);
+      const hops = key.split("|")[0]!;
+      if (from >= 0 && !leafOfHops.get(hops)?.includes(from)) {
+        problems.push(
+          `leaf s${from} gave ${key}, which is not one of its paths`,
+        );
+      }
+      const leaves = from >= 0 ? [from] : leafOfHops.get(hops);
+      if (leaves?.length === 1) arrived.get(leaves[0]!)!.push(key);
+    }
+  }
+  // Exactly once: the multiset of keys.
+  const want = new Map<string, number>();
+  for (const keys of expected.byLeaf.values()) {
+    for (const key of keys) want.set(key, (want.get(key) ?? 0) + 1);
+  }
+  const got = new Map<string, number>();
+  for (const key of all) got.set(key, (got.get(key) ?? 0) + 1);
+  const extra: string[] = [];
+  const missing: string[] = [];
+  for (const [key, count] of got) {
+    const wanted = want.get(key) ?? 0;
+    if (count > wanted) {
+      extra.push(wanted === 0 ? key : `${key} ×${count}/${wanted}`);
+    }
+  }
+  if (complete) {
+    for (const [key, count] of want) {
+      if ((got.get(key) ?? 0) < count) missing.push(key);
+    }
+  }
+  if (extra.length > 0) {
+    problems.push(`unexpected or repeated results: ${some(extra)}`);
+  }
+  if (missing.length > 0) problems.push(`missing results: ${some(missing)}`);
+  // Order, at the leaves that promise it.
+  for (const [leaf, keys] of arrived) {
+    if (!isOrderedLeaf(plan.nodes, leaf)) continue;
+    const sorted = [...keys].sort(compareKeys);
+    const at = keys.findIndex((key, i) => key !== sorted[i]);
+    if (at >= 0) {
+      problems.push(
+        `leaf s${leaf} is ordered, but result ${at} is ${keys[at]} (expected ${
+          sorted[at]
+        }; ${keys.slice(Math.max(0, at - 2), at + 3).join(" ")})`,
+      );
+    }
+  }
+  return problems.slice(0, 20);
+}
+
+/** Checks each stage's skipped count and its callback's calls; returns the problems. */
+function checkSkipped(
+  plan: Plan,
+  expected: Expected,
+  stages: Stage<never, unknown>[],
+  callbacks: Map<number, StageError[]>,
+  when: string,
+): string[] {
+  const problems: string[] = [];
+  plan.nodes.forEach((node, i) => {
+    if (node.kind !== "hop") return;
+    const kinds = expected.skipped.get(i)!;
+    const total = [...kinds.values()].reduce((a, b) => a + b, 0);
+    if (stages[i]!.skipped !== total) {
+      problems.push(
+        `${node.tag}.skipped is ${
+          stages[i]!.skipped
+        } ${when}, expected ${total}`,
+      );
+    }
+    if (node.onError !== "callback") return;
+    const calls = callbacks.get(i) ?? [];
+    const byKind = new Map<string, number>();
+    for (const error of calls) {
+      const kind = classify(error, node);
+      byKind.set(kind, (byKind.get(kind) ?? 0) + 1);
+    }
+    const want = new Map<string, number>();
+    for (const [kind, count] of kinds) {
+      const as = kind === "hang" || kind === "overrun" ? "timeout" : kind;
+      want.set(as, (want.get(as) ?? 0) + count);
+    }
+    const show = (map: Map<string, number>) =>
+      JSON.stringify(Object.fromEntries([...map].sort()));
+    if (show(byKind) !== show(want)) {
+      problems.push(
+        `${node.tag}'s onError calls ${when} were ${show(byKind)}, expected ${
+          show(want)
+        }`,
+      );
+    }
+  });
+  return problems;
+}
+
+/** Which fault a callback's StageError reports, or what is wrong with it. */
+function classify(error: StageError, node: HopSpec): string {
+  if (!(error instanceof StageError)) return `not a StageError: ${error}`;
+  if (error.stage !== node.tag) return `a StageError of ${error.stage}`;
+  const cause = (error.cause as Error | undefined)?.message ?? "";
+  const thrown = /^fault: (\S+) (throws|rejects) on task (\d+)$/.exec(cause);
+  if (thrown !== null) {
+    const kind = thrown[2] === "throws" ? "throw" : "reject";
+    return node.faults.get(Number(thrown[3])) === kind
+      ? kind
+      : `${kind} of a task without that fault (${cause})`;
+  }
+  if (/close\(\)/.test(error.message)) return "close";
+  if (/taskTimeout/.test(error.message)) return "timeout";
+  return `unexplained: ${error.message}`;
+}
+
+// ---- running a plan ----
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Builds the plan's stages; returns them by node index (and the sub-stages). */
+function buildStages(
+  plan: Plan,
+  release: Int32Array,
+  callbacks: Map<number, StageError[]>,
+  progress: () => void,
+): Stage<never, unknown>[] {
+  const hopConfig = (
+    tag: string,
+    fields: Partial<HopConfig>,
+  ): HopConfig => ({
+    tag,
+    fan: 1,
+    busyUs: 0,
+    asyncEvery: 0,
+    faults: [],
+    timeoutMs: TASK_TIMEOUT_MS,
+    release,
+    initDeath: false,
+    ...fields,
+  });
+  const stages = plan.nodes.map((node, i): Stage<Task, unknown> => {
+    if (node.kind === "filter") {
+      const subs = node.subs.map((chain) => {
+        const subStages = chain.map((sub) => {
+          const options = {
+            name: sub.tag,
+            args: [hopConfig(sub.tag, { busyUs: sub.busyUs })],
+          };
+          return sub.ordered
+            ? new OrderedStage(Hop, sub.size, options)
+            : new UnorderedStage(Hop, sub.size, options);
+        });
+        for (let k = 1; k < subStages.length; k++) {
+          subStages[k - 1]!.link(subStages[k]!);
+        }
+        return subStages[0]!;
+      });
+      return new FilterStage(subs as Stage<Task, Task>[], {
+        name: node.tag,
+        maxTasks: node.maxTasks,
+        dropResults: node.dropResults,
+        cacheResults: node.cacheResults,
+        doStopTask: node.doStopTask,
+      }) as unknown as Stage<Task, unknown>;
+    }
+    const options: StageOptions = {
+      name: node.tag,
+      args: [hopConfig(node.tag, {
+        fan: node.fan,
+        busyUs: node.busyUs,
+        asyncEvery: node.asyncEvery,
+        faults: [...node.faults],
+        initDeath: node.initDeath,
+      })],
+      restart: node.restart,
+      onError: node.onError === "callback"
+        ? (error: StageError) => {
+          callbacks.set(i, [...(callbacks.get(i) ?? []), error]);
+          progress();
+        }
+        : node.onError,
+    };
+    if (node.maxBacklog !== undefined) options.maxBacklog = node.maxBacklog;
+    if (node.taskTimeout !== undefined) options.taskTimeout = node.taskTimeout;
+    return node.ordered
+      ? new OrderedStage(Hop, node.size, options)
+      : new UnorderedStage(Hop, node.size, options);
+  });
+  plan.nodes.forEach((node, i) => {
+    for (const parent of node.parents) {
+      stages[parent]!.link(stages[i] as Stage<unknown, unknown>);
+    }
+  });
+  return stages as unknown as Stage<never, unknown>[];
+}
+
+/** A run that stopped making progress, or ran too long. */
+class Stalled extends Error {}
+
+/** Runs one plan and returns every problem found (none: it passed). */
+async function runPlan(plan: Plan): Promise<string[]> {
+  const random = new Prng(plan.seed ^ 0x5bd1e995);
+  const expected = expectedOf(plan);
+  const release = new Int32Array(new SharedArrayBuffer(4));
+  const callbacks = new Map<number, StageError[]>();
+  let last = Date.now();
+  const progress = () => {
+    last = Date.now();
+  };
+  const stages = buildStages(plan, release, callbacks, progress);
+  const leaves = leavesOf(plan.nodes);
+  const pipe = new Pipeline<Task, unknown>(
+    stages[0] as unknown as Stage<Task, unknown>,
+    plan.options,
+  );
+  const expectedTotal = [...expected.byLeaf.values()].reduce(
+    (sum, keys) => sum + keys.length,
+    0,
+  );
+  const received = new Map<number, unknown[]>();
+  let count = 0;
+  /** Ends the run at once with `error` (set once the run starts). */
+  let stop: (error: Stalled) => void = () => {};
+  const receive = (leaf: number, value: unknown) => {
+    progress();
+    const list = received.get(leaf) ?? [];
+    received.set(leaf, list);
+    list.push(value);
+    // A stream of duplicates must not run the test out of memory: the run
+    // ends at once.
+    if (++count > 2 * expectedTotal + 100) {
+      const error = new Stalled(
+        `more than ${count - 1} results arrived, expected ${expectedTotal}`,
+      );
+      stop(error);
+      throw error;
+    }
+  };
+  const readerErrors: unknown[] = [];
+  const putErrors: unknown[] = [];
+  const problems: string[] = [];
+
+  // Every put is handled at once: a put that rejects while the producer
+  // still puts is no unhandled rejection.
+  const put = (task: Task | null) =>
+    pipe.put(task).then(progress, (error) => {
+      putErrors.push(error);
+    });
+  const produce = async () => {
+    const puts: Promise<void>[] = [];
+    for (let id = 0; id < plan.sizes.length; id++) {
+      const task: Task = {
+        id,
+        payload: payloadOf(id, plan.sizes[id]!),
+        hops: [],
+        trail: [],
+      };
+      const putting = put(task);
+      puts.push(putting);
+      if (random.chance(plan.awaitPuts)) await putting;
+      if (random.chance(plan.pauses)) await sleep(random.int(0, 3));
+    }
+    puts.push(put(null));
+    await Promise.all(puts);
+  };
+  const pause = async () => {
+    if (random.chance(plan.pauses)) await sleep(random.int(1, 5));
+  };
+  const readAll = async (
+    read: () => Promise<unknown>,
+    leaf: number,
+    timeouts = false,
+  ) => {
+    try {
+      for (;;) {
+        let value: unknown;
+        try {
+          value = await read();
+        } catch (error) {
+          if (timeouts && (error as Error).name === "TimeoutError") continue;
+          throw error;
+        }
+        if (value === null) return;
+        receive(leaf, value);
+        await pause();
+      }
+    } catch (error) {
+      readerErrors.push(error);
+    }
+  };
+  const consume = async () => {
+    switch (plan.reader) {
+      case "get":
+        return readAll(() => pipe.get(), -1);
+      case "get-timeout":
+        return readAll(() => pipe.get({ timeout: random.int(0, 3) }), -1, true);
+      case "results": {
+        const iterator = pipe.results();
+        return readAll(
+          () => iterator.next().then((r) => r.done ? null : r.value),
+          -1,
+        );
+      }
+      case "leaves":
+        await Promise.all(leaves.map((leaf) => {
+          const iterator = stages[leaf]!.results();
+          return readAll(
+            () => iterator.next().then((r) => r.done ? null : r.value),
+            leaf,
+          );
+        }));
+    }
+  };
+
+  const started = Date.now();
+  let timer: ReturnType<typeof setInterval> | undefined;
+  const stalled = new Promise<never>((_, reject) => {
+    stop = reject;
+    timer = setInterval(() => {
+      if (Date.now() - last > STALL_MS) {
+        reject(
+          new Stalled(
+            `hang: no result, put or callback for ${STALL_MS} ms (${count} of ${expectedTotal} results read${
+              readerErrors.length === 0
+                ? ""
+                : `; a reader failed: ${describeError(readerErrors[0])}`
+            })`,
+          ),
+        );
+      } else if (Date.now() - started > RUN_MS) {
+        reject(new Stalled(`hang: still running after ${RUN_MS} ms`));
+      }
+    }, 200);
+  });
+  const failing = plan.failing === undefined
+    ? undefined
+    : plan.nodes[plan.failing]!.tag;
+  const body = async () => {
+    await Promise.all([produce(), consume()]);
+    progress();
+    const complete = failing === undefined;
+    problems.push(...checkResults(plan, expected, received, complete));
+    if (failing === undefined) {
+      for (const error of readerErrors) {
+        problems.push(`a reader failed: ${describeError(error)}`);
+      }
+      // A failed reader says it all: the checks below would repeat it.
+      if (readerErrors.length > 0) return;
+      if (putErrors.length > 0) {
+        problems.push(
+          `${putErrors.length} puts rejected, the first with ${
+            describeError(putErrors[0])
+          }`,
+        );
+      }
+      if (
+        KNOWN.lateCallbacks && plan.reader !== "leaves" &&
+        readerErrors.length === 0
+      ) {
+        problems.push(
+          ...checkSkipped(
+            plan,
+            expected,
+            stages,
+            callbacks,
+            "at the end of results",
+          ),
+        );
+      }
+      const after = await pipe.get();
+      if (after !== null) {
+        problems.push(`get() after the end returned ${after}`);
+      }
+      await pipe.done;
+      problems.push(
+        ...checkSkipped(plan, expected, stages, callbacks, "once done"),
+      );
+    } else {
+      const isTheFailure = (error: unknown) =>
+        error instanceof StageError && error.stage === failing;
+      for (const error of readerErrors) {
+        if (!isTheFailure(error)) {
+          problems.push(
+            `a reader failed with ${
+              describeError(error)
+            }, expected a StageError of ${failing}`,
+          );
+        }
+      }
+      const after = await pipe.get().then(
+        (value) => `get() after the failure returned ${value}`,
+        (error) =>
+          isTheFailure(error)
+            ? ""
+            : `get() after the failure rejected with ${describeError(error)}`,
+      );
+      if (after !== "") problems.push(after);
+      await pipe.done;
+    }
+  };
+  const run = body();
+  run.catch(() => {});
+  try {
+    await Promise.race([run, stalled]);
+  } catch (error) {
+    problems.push(
+      error instanceof Stalled ? error.message : describeError(error),
+    );
+  } finally {
+    clearInterval(timer);
+  }
+  // What the body finds after a hang is what terminate() did: not news.
+  const found = [...problems];
+  if (found.length > 0) {
+    pipe.terminate();
+    await pipe.done.catch(() => {});
+    // The body ends once the terminated pipeline wakes its readers.
+    if (!(await settlesWithin(run, 5_000))) {
+      found.push("the run did not end after terminate()");
+    }
+  }
+  // Tasks blocked past their taskTimeout may end now.
+  Atomics.store(release, 0, 1);
+  Atomics.notify(release, 0);
+  return found;
+}
+
+/** Whether `promise` settles within `ms` (a hang guard). */
+async function settlesWithin(
+  promise: Promise<unknown>,
+  ms: number,
+): Promise<boolean> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<false>((resolve) => {
+    timer = setTimeout(() => resolve(false), ms);
+  });
+  try {
+    return await Promise.race([promise.then(() => true, () => true), late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+function describeError(error: unknown): string {
+  if (!(error instanceof Error)) return String(error);
+  const stage = error instanceof StageError ? ` (stage ${error.stage})` : "";
+  return `${error.name}${stage}: ${error.message}`;
+}
+
+// ---- the tests ----
+
+function seeds(): number[] {
+  const one = readEnv("MPIPE_SEED");
+  if (one !== undefined && one !== "") return [Number(one) >>> 0];
+  const many = Number(readEnv("MPIPE_SEEDS"));
+  const n = Number.isInteger(many) && many > 0 ? many : SEEDS;
+  return Array.from({ length: n }, (_, i) => i + 1);
+}
+
+for (const seed of seeds()) {
+  const plan = makePlan(seed);
+  const joins = plan.nodes.filter((n) => n.parents.length > 1).length;
+  const filters = plan.nodes.filter((n) => n.kind === "filter").length;
+  const shape = [
+    `${plan.nodes.length} stage${plan.nodes.length > 1 ? "s" : ""}`,
+    joins > 0 ? `${joins} join${joins > 1 ? "s" : ""}` : "",
+    filters > 0 ? `${filters} filter${filters > 1 ? "s" : ""}` : "",
+    plan.failing === undefined ? "" : "fails",
+  ].filter((part) => part !== "").join(", ");
+  const known = plan.families.length === 0
+    ? ""
+    : `; known defects: ${plan.families.join(", ")}`;
+  Deno.test(`random topology: seed ${seed} (${shape}${known}) delivers every result once, in order where promised, counts skips and ends`, async () => {
+    const problems = await runPlan(plan);
+    assert.ok(
+      problems.length === 0,
+      `random topology failed (replay: MPIPE_SEED=${seed}): ${
+        describePlan(plan)
+      }\n  - ${problems.join("\n  - ")}`,
+    );
+  });
+}
