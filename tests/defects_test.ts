@@ -344,30 +344,67 @@ for (const [name, greet] of GREETERS) {
 
 // ---- N5: when onError callbacks run ----
 
-/** Throws on every third task, after an uneven pause, so workers finish out of order. */
-async function everyThirdThrows(task: number): Promise<number> {
-  await new Promise((resolve) => setTimeout(resolve, (task * 7919) % 3));
-  if (task % 3 === 2) throw new Error(`task ${task} throws`);
-  return task;
+/**
+ * Throws on every third task (tasks 2, 8, 14, ... after a 1 ms pause, so
+ * that workers fail out of task order); at the stop (doStopTask) counts
+ * itself on word 0, so the test knows when every worker is done.
+ */
+class EveryThirdThrows extends OrderedWorker<number | null, number> {
+  words: Int32Array;
+
+  constructor(words: Int32Array) {
+    super();
+    this.words = words;
+  }
+
+  doTask(task: number | null): number | null {
+    if (task === null) {
+      Atomics.add(this.words, 0, 1);
+      Atomics.notify(this.words, 0);
+      return null;
+    }
+    if (task % 3 !== 2) return task;
+    const end = performance.now() + (task % 6 === 2 ? 1 : 0);
+    while (performance.now() < end) {
+      // Busy: this failure comes after a later task's.
+    }
+    throw new Error(`task ${task} throws`);
+  }
 }
 
 for (const ordered of [true, false]) {
   const kind = ordered ? "OrderedStage" : "UnorderedStage";
   Deno.test(`N5: every onError callback of an ${kind} runs before the reader sees the end of results${ordered ? ", in task order" : ""}`, async () => {
     const tasks: number[] = [];
+    const words = new Int32Array(new SharedArrayBuffer(4));
     const options = {
       name: "flaky",
+      doStopTask: true,
+      args: [words],
       onError: (error: StageError) => {
         tasks.push(error.task!);
       },
     };
     const stage = ordered
-      ? new OrderedStage(everyThirdThrows, 3, options)
-      : new UnorderedStage(everyThirdThrows, 3, options);
-    const pipe = new Pipeline<number, number>(stage);
+      ? new OrderedStage(EveryThirdThrows, 3, options)
+      : new UnorderedStage(EveryThirdThrows, 3, options);
+    const pipe = new Pipeline<number | null, number>(stage);
     await guarded(pipe, async () => {
       for (let task = 0; task < 300; task++) pipe.put(task);
-      pipe.put(null);
+      await pipe.put(null);
+      // The main thread waits, blocked, until every worker has done its last
+      // task and is passing the stop on: the results and the stop are in the
+      // rings, and whatever the workers told the main thread is still to be
+      // read. (The wait is bounded: a hang guard.)
+      const deadline = Date.now() + 10_000;
+      for (let done; (done = Atomics.load(words, 0)) < 3;) {
+        assert.ok(Date.now() < deadline, "the workers never reached the stop");
+        Atomics.wait(words, 0, done, 100);
+      }
+      const end = performance.now() + 50;
+      while (performance.now() < end) {
+        // Busy: the stop records follow at once.
+      }
       const results = await Array.fromAsync(pipe);
       // The end of results: every callback must have run by now.
       const seen = [...tasks];
