@@ -82,7 +82,7 @@ const SEEDS = 40;
 /** A run that makes no progress (no result, put or callback) for this long has hung: a hang guard, not a speed check. */
 const STALL_MS = 5_000;
 /** The most a run may take in all: a hang guard, not a speed check. */
-const RUN_MS = 30_000;
+const RUN_MS = 20_000;
 /** The most payload bytes one run's results carry in all. */
 const PAYLOAD_BUDGET = 24 * 1024 * 1024;
 /** The taskTimeout of a stage whose tasks overrun it. */
