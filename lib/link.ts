@@ -445,7 +445,9 @@ export class OutputPort {
    */
   encode(value: unknown): Uint8Array {
     const encoder = this.#encoder.idle();
-    return encoder.bytes.slice(0, encoder.encode(value));
+    // The length first: encoding may grow the encoder's buffer.
+    const length = encoder.encode(value);
+    return encoder.bytes.slice(0, length);
   }
 
   /**

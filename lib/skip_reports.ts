@@ -27,8 +27,8 @@ interface Report {
 interface StageReports {
   stage: AnyStage;
   callback: (error: StageError) => void;
-  /** Reports received from workers (lost workers' tasks are not counted here). */
-  received: number;
+  /** Reports received from each worker slot (lost workers' held tasks are not counted here). */
+  received: number[];
   /** Tasks dropped with lost workers, reported at once. */
   lost: number;
   /** An ordered stage's reports not yet run, in task order. */
@@ -62,25 +62,30 @@ export class SkipReports implements CallbackGate {
       this.#stages.set(stage, {
         stage,
         callback,
-        received: 0,
+        received: new Array(stage.size).fill(0),
         lost: 0,
         waiting: [],
       });
     }
   }
 
-  /** A worker reported skipped task `task` of `stage`. */
-  skipped(stage: AnyStage, task: number, error: StageError): void {
+  /** Worker `worker` of `stage` reported skipped task `task`. */
+  skipped(
+    stage: AnyStage,
+    worker: number,
+    task: number,
+    error: StageError,
+  ): void {
     const reports = this.#stages.get(stage);
     if (reports === undefined) return;
-    reports.received++;
+    reports.received[worker]!++;
     if (internalsOf(stage).ordered) {
       // Insert in task order: reports of different workers interleave.
       const waiting = reports.waiting;
       let at = waiting.length;
       while (at > 0 && waiting[at - 1]!.task > task) at--;
       waiting.splice(at, 0, { task, error });
-      this.#release(reports, this.#finishedBelow(stage));
+      this.#release(reports, this.#releasableBelow(reports));
     } else this.#run(reports, error);
     const arrival = this.#arrival;
     this.#arrival = null;
@@ -95,6 +100,21 @@ export class SkipReports implements CallbackGate {
     this.#run(reports, error);
   }
 
+  /**
+   * Worker slot `worker` of `stage` was killed: the reports it sent and the
+   * main thread had not received are lost with it (no callback runs).
+   */
+  abandoned(stage: AnyStage, worker: number): void {
+    const reports = this.#stages.get(stage);
+    if (reports === undefined) return;
+    const status = internalsOf(stage).status!;
+    const sent = Atomics.load(
+      status.words,
+      status.at(worker, StageStatus.SKIPS),
+    );
+    reports.received[worker] = sent;
+  }
+
   /** Every worker of `stage` has exited: run what waits. */
   exited(stage: AnyStage): void {
     const reports = this.#stages.get(stage);
@@ -104,7 +124,8 @@ export class SkipReports implements CallbackGate {
   pending(): Promise<void> | null {
     for (const reports of this.#stages.values()) {
       const status = internalsOf(reports.stage).status!;
-      if (status.skipped - reports.lost > reports.received) {
+      const received = reports.received.reduce((sum, n) => sum + n, 0);
+      if (status.skipped - reports.lost > received) {
         this.#arrival ??= Promise.withResolvers<void>();
         return this.#arrival.promise;
       }
@@ -133,21 +154,29 @@ export class SkipReports implements CallbackGate {
   }
 
   /**
-   * A task number below which every task of `stage` has finished: below the
-   * first unfinished task any worker holds, and below every task claimed
-   * (stamps grow, so a task claimed after this look is above every `TO`).
-   * The slots are read plainly and may be a batch stale, which only lowers
-   * the figure.
+   * A task number below which every task of the stage has finished and every
+   * skip has been received, so its reports may run in order: below the first
+   * unfinished task any worker holds, and below every task claimed (stamps
+   * grow, so a task claimed after this look is above every `TO`); none at
+   * all while a worker's report is on its way (its slot counted more skips
+   * than were received). Each slot's FROM is stored after the skip counts of
+   * the tasks below it, and loaded here before them.
    */
-  #finishedBelow(stage: AnyStage): number {
+  #releasableBelow(reports: StageReports): number {
+    const { stage } = reports;
     const status = internalsOf(stage).status!;
+    const words = status.words;
     let below = 0;
     let held = Infinity;
     for (let i = 0; i < stage.size; i++) {
-      const from = status.words[status.at(i, StageStatus.FROM)]!;
-      const to = status.words[status.at(i, StageStatus.TO)]!;
+      const from = Atomics.load(words, status.at(i, StageStatus.FROM));
+      const to = Atomics.load(words, status.at(i, StageStatus.TO));
       if (to > below) below = to;
       if (from < to && from < held) held = from;
+    }
+    for (let i = 0; i < stage.size; i++) {
+      const sent = Atomics.load(words, status.at(i, StageStatus.SKIPS));
+      if (sent > reports.received[i]!) return 0;
     }
     return Math.min(below, held);
   }

@@ -21,7 +21,7 @@ export class StageStatus {
   /** Words before the first worker's slot. */
   static readonly HEADER = 4;
   /** Words of a worker's slot. */
-  static readonly SLOT = 5;
+  static readonly SLOT = 6;
   /**
    * Slot word: what the worker's timed task is doing: one of the task states
    * below, tagged with the worker's generation (`taskState()`), so that a
@@ -36,6 +36,8 @@ export class StageStatus {
   static readonly SEQ = 3;
   /** Slot word: workers of a generation below this one were killed (see `Bell.kill`). */
   static readonly KILL = 4;
+  /** Slot word: tasks this place's workers skipped (added to before each is reported). */
+  static readonly SKIPS = 5;
 
   /** Task state: no timed task runs. */
   static readonly IDLE = 0;

@@ -176,6 +176,7 @@ export class Supervisor {
       case "skipped":
         this.#reports.skipped(
           stage,
+          config.index,
           message.task,
           skippedError(
             stage,
@@ -253,6 +254,7 @@ export class Supervisor {
     this.#alive--;
     this.#workers.splice(this.#workers.indexOf(record), 1);
     status.figures[status.figure(config.index, StageStatus.RESTARTS)]!++;
+    this.#reports.abandoned(stage, config.index);
     this.#spawn(stage, {
       ...config,
       generation: config.generation + 1,

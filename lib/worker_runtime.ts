@@ -135,6 +135,7 @@ export class WorkerRuntime {
     from: number;
     to: number;
     taskState: number;
+    skips: number;
   };
 
   constructor(config: WorkerConfig) {
@@ -157,6 +158,7 @@ export class WorkerRuntime {
       from: at(StageStatus.FROM),
       to: at(StageStatus.TO),
       taskState: at(StageStatus.TASK_STATE),
+      skips: at(StageStatus.SKIPS),
     };
     this.#figures = this.status.figure(config.index, 0);
     // A replacement goes on counting where its place's last worker stopped.
@@ -171,7 +173,8 @@ export class WorkerRuntime {
     const from = this.#slot.from;
     this.output.onPublish = () => {
       this.#writeFigures();
-      this.status.words[from] = this.#finished;
+      // Atomic, after the skip counts it covers (see SkipReports).
+      Atomics.store(this.status.words, from, this.#finished);
     };
   }
 
@@ -313,8 +316,11 @@ export class WorkerRuntime {
     if (timed) this.#endTimed();
     if (this.config.onError === "fail") throw error;
     this.#putHeld();
-    // The main thread reads the count at any time: an atomic add, not a store.
+    // The main thread reads the counts at any time: atomic adds, not stores.
+    // The slot's count is raised before the skip is reported, so the main
+    // thread knows when a report is still on its way (see SkipReports).
     Atomics.add(this.status.words, StageStatus.SKIPPED, 1);
+    Atomics.add(this.status.words, this.#slot.skips, 1);
     if (this.config.ordered && !this.config.disableResult) {
       this.output.putEmpty(Ring.END | Ring.LAST, this.#seq);
     }
@@ -333,7 +339,7 @@ export class WorkerRuntime {
     // Plain stores: the main thread reads the slot only once this worker is
     // lost, after it stopped writing (a message or a kill orders them).
     words[this.#slot.to] = to;
-    words[this.#slot.from] = from;
+    Atomics.store(words, this.#slot.from, from);
     this.#finished = from;
   }
 

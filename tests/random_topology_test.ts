@@ -30,14 +30,13 @@ import { Prng } from "./support/prng.ts";
 // stage rejects with a StageError naming that stage; and nothing hangs (a
 // run that makes no progress for STALL_MS fails with its seed).
 //
-// Known defects: each family the generator can produce is behind a flag of
-// KNOWN below. A flag that is off only vetoes what was drawn (a fault becomes
-// a plain throw, a maxBacklog is dropped, a payload is cut down), so the rest
-// of each plan stays the same: replaying a failing seed with one family off,
-// or with all but one off, tells which family made it fail. With every flag
-// off the runs pass today; with them on, plans that contain a family fail
-// today as often as that defect shows (a test's name lists the families its
-// plan contains, which it may or may not hit).
+// Fault families: each family of once-known defects (tests/defects_test.ts,
+// all fixed) is behind a flag of FAMILIES below, all on. A flag that is off
+// only vetoes what was drawn (a fault becomes a plain throw, a maxBacklog is
+// dropped, a payload is cut down), so the rest of each plan stays the same:
+// replaying a failing seed with one family off, or with all but one off,
+// tells which family made it fail (a test's name lists the families its plan
+// contains, which it may or may not hit).
 //
 // One test per seed. The default is a CI-sized run (SEEDS seeds, about 25 s
 // with every flag off on a quiet 2-core box; each plan that hangs adds
@@ -48,11 +47,10 @@ import { Prng } from "./support/prng.ts";
 // faults (`throw@3,17`: tasks 3 and 17 throw there).
 
 /**
- * Families of known defects (tests/defects_test.ts) the generator may
- * produce. Plans that contain one fail today: set its flag to false to keep
- * it out of the runs.
+ * Families of once-known defects (tests/defects_test.ts) the generator may
+ * produce: set a flag to false to keep that family out of the runs.
  */
-const KNOWN = {
+const FAMILIES = {
   /** D1: a task that overruns taskTimeout and then finishes. */
   timeoutOverrun: true,
   /** D2: maxBacklog on a join fed by an ordered stage of two or more workers. */
@@ -252,7 +250,7 @@ interface Plan {
   awaitPuts: number;
   pauses: number;
   /** The known-defect families the plan contains. */
-  families: (keyof typeof KNOWN)[];
+  families: (keyof typeof FAMILIES)[];
 }
 
 /** Every path from the root to node `to`, as lists of node indices. */
@@ -295,14 +293,14 @@ function isOrderedLeaf(nodes: NodeSpec[], leaf: number): boolean {
 
 /** A drawn fault, or "throw" in its place if its family is off. */
 function allowed<K extends FaultKind | "initDeath">(kind: K): K | "throw" {
-  if (kind === "overrun" && !KNOWN.timeoutOverrun) return "throw";
-  if (kind === "initDeath" && !KNOWN.initDeath) return "throw";
+  if (kind === "overrun" && !FAMILIES.timeoutOverrun) return "throw";
+  if (kind === "initDeath" && !FAMILIES.initDeath) return "throw";
   return kind;
 }
 
 function makePlan(seed: number): Plan {
   const random = new Prng(seed);
-  const families = new Set<keyof typeof KNOWN>();
+  const families = new Set<keyof typeof FAMILIES>();
   const count = random.int(1, 6);
   const nodes: NodeSpec[] = [];
   for (let i = 0; i < count; i++) {
@@ -361,7 +359,7 @@ function makePlan(seed: number): Plan {
     });
   }
   // maxBacklog on random stages; on a join fed by an ordered stage of two or
-  // more workers only with KNOWN.joinBacklog (D2). A flag that is off only
+  // more workers only with FAMILIES.joinBacklog (D2). A flag that is off only
   // vetoes what was drawn, so the rest of the plan stays the same: a seed
   // replayed with a family off shows whether that family made it fail.
   for (const node of nodes) {
@@ -374,7 +372,7 @@ function makePlan(seed: number): Plan {
         const parent = nodes[p]!;
         return parent.kind === "hop" && parent.ordered && parent.size > 1;
       });
-    if (joinBacklog && !KNOWN.joinBacklog) continue;
+    if (joinBacklog && !FAMILIES.joinBacklog) continue;
     if (joinBacklog) families.add("joinBacklog");
     node.maxBacklog = max;
   }
@@ -388,15 +386,15 @@ function makePlan(seed: number): Plan {
   ]);
   // Payloads: mostly small, some past a quarter of a ring (fragmented), a
   // few up to twice a ring. With a filter, tasks and results must fit its
-  // rings together (maxTasks of each), unless KNOWN.filterBig (D3).
+  // rings together (maxTasks of each), unless FAMILIES.filterBig (D3).
   const filters = nodes.filter((n): n is FilterSpec => n.kind === "filter");
   const maxTasks = Math.max(0, ...filters.map((f) => f.maxTasks));
   /** Past this, maxTasks tasks and their results may not fit a ring together. */
   const unfit = filters.length === 0
     ? Infinity
     : Math.floor(ringBytes / (2 * (maxTasks + 1)));
-  /** With KNOWN.filterBig off, payloads stay well below it. */
-  const filterCap = KNOWN.filterBig ? Infinity : Math.floor(unfit / 4) - 64;
+  /** With FAMILIES.filterBig off, payloads stay well below it. */
+  const filterCap = FAMILIES.filterBig ? Infinity : Math.floor(unfit / 4) - 64;
   const copies = leavesOf(nodes).reduce(
     (sum, leaf) => sum + arrivals(nodes, leaf) * fanOf(nodes[leaf]!),
     0,
@@ -439,7 +437,7 @@ function makePlan(seed: number): Plan {
     );
     if (
       (how === "overrun" || how === "hang") && node.fan > 1 &&
-      !KNOWN.timeoutPutResult
+      !FAMILIES.timeoutPutResult
     ) how = "throw";
     node.onError = "fail";
     if (how === "initDeath") {
@@ -469,7 +467,7 @@ function makePlan(seed: number): Plan {
       let kind = allowed(random.pick(kinds));
       const slow = (k: string) => k === "overrun" || k === "hang";
       if (slow(kind) && [...node.faults.values()].some(slow)) kind = "throw";
-      if (slow(kind) && node.fan > 1 && !KNOWN.timeoutPutResult) {
+      if (slow(kind) && node.fan > 1 && !FAMILIES.timeoutPutResult) {
         kind = "throw";
       }
       const id = takeId();
@@ -485,7 +483,7 @@ function makePlan(seed: number): Plan {
     ["get", "results", "leaves", "get-timeout"] as const,
   );
   if (
-    KNOWN.lateCallbacks && failing === undefined && reader !== "leaves" &&
+    FAMILIES.lateCallbacks && failing === undefined && reader !== "leaves" &&
     nodes.some((node) =>
       node.kind === "hop" && node.onError === "callback" && node.faults.size > 0
     )
@@ -1077,7 +1075,7 @@ async function runPlan(plan: Plan): Promise<string[]> {
         );
       }
       if (
-        KNOWN.lateCallbacks && plan.reader !== "leaves" &&
+        FAMILIES.lateCallbacks && plan.reader !== "leaves" &&
         readerErrors.length === 0
       ) {
         problems.push(
@@ -1192,7 +1190,7 @@ for (const seed of seeds()) {
   ].filter((part) => part !== "").join(", ");
   const known = plan.families.length === 0
     ? ""
-    : `; known defects: ${plan.families.join(", ")}`;
+    : `; fault families: ${plan.families.join(", ")}`;
   Deno.test(`random topology: seed ${seed} (${shape}${known}) delivers every result once, in order where promised, counts skips and ends`, async () => {
     const problems = await runPlan(plan);
     assert.ok(
