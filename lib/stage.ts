@@ -4,7 +4,6 @@
  * @module
  */
 
-import type { StageError } from "./errors.ts";
 import { reaches } from "./graph.ts";
 import {
   type AnyStage,
@@ -12,7 +11,12 @@ import {
   setInternals,
   type StageOwner,
 } from "./stage_internals.ts";
-import { checkPermissions, type StagePermissions } from "./permissions.ts";
+import {
+  checkStageOptions,
+  cloneArgs,
+  defaultName,
+  type StageOptions,
+} from "./stage_options.ts";
 import { describe, shipTarget } from "./target.ts";
 import type {
   ModuleTarget,
@@ -21,86 +25,6 @@ import type {
   WorkerClass,
 } from "./target.ts";
 
-/** Options of a stage. */
-export interface StageOptions {
-  /**
-   * The stage's name, used in errors.
-   * @default {the target's name}
-   */
-  name?: string;
-  /**
-   * Put no results downstream: the stage is a dead-end (the stop still passes).
-   * @default {false}
-   */
-  disableResult?: boolean;
-  /**
-   * At stop, call each worker's `doTask(null)` once after its last task.
-   * @default {false}
-   */
-  doStopTask?: boolean;
-  /**
-   * The most tasks that may wait at the stage's input; producers wait at `put`
-   * while it is full. `Infinity` means no bound beyond the rings' size.
-   * @default {Infinity}
-   */
-  maxBacklog?: number;
-  /**
-   * Arguments for the worker class's constructor (structured-cloneable). They
-   * are copied when the stage is made, which throws a `TypeError` if they
-   * cannot be.
-   * @default {[]}
-   */
-  args?: unknown[];
-  /**
-   * What a task that throws (or rejects, or returns a value that cannot be
-   * cloned) does: `"fail"` fails the pipeline with a `StageError`; `"skip"`
-   * drops the task, counts it in `stage.skipped`, and goes on; a function does
-   * as `"skip"` and is called on the main thread with the `StageError`.
-   * @default {"fail"}
-   */
-  onError?: "fail" | "skip" | ((error: StageError) => void);
-  /**
-   * Replace a worker that is lost (it called `close()` or `Deno.exit()`, or
-   * threw outside `doTask`) and go on; the tasks it held are dropped, counted
-   * in `stage.skipped` and reported to an `onError` function. Without it, a
-   * lost worker fails the pipeline. A place whose workers are lost 3 times in a
-   * row without finishing a task fails the pipeline instead.
-   * @default {false}
-   */
-  restart?: boolean;
-  /**
-   * Milliseconds a task may run, from its start. A task that runs longer has
-   * its worker replaced, and fails the pipeline (`onError: "fail"`) or is
-   * dropped (`"skip"` or a function). A task stuck in a synchronous loop
-   * goes on running in its old thread (Deno cannot stop it), but its worker
-   * no longer touches the pipeline.
-   * @default {Infinity}
-   */
-  taskTimeout?: number;
-  /**
-   * The most tasks one worker runs at once (a positive integer). With more
-   * than 1, a worker whose task returns a promise starts further tasks while
-   * earlier ones await, up to this many at a time; an ordered stage still
-   * puts its results in task order. A worker takes a task from its ring
-   * only for a free slot, so the rings stay the only queue. With more than 1,
-   * `putResult()` works only before a task's first await.
-   * @default {1}
-   */
-  concurrency?: number;
-  /**
-   * The permissions of the stage's workers: `"inherit"`, `"none"`, or an
-   * object with `read`/`write`/`net`/`env`/`run`/`sys`/`ffi`/`import` fields,
-   * each `"inherit"`, a boolean or a list, as Deno's `Worker` takes them;
-   * fields left out are denied. A task that tries what it may not do fails
-   * like any other task, its `StageError`'s cause Deno's `NotCapable` error.
-   * Needs Deno's `--unstable-worker-options` flag (or `"unstable":
-   * ["worker-options"]` in deno.json): where the pipeline can tell the flag
-   * is missing, `new Pipeline` throws a `TypeError` before any worker starts.
-   * @default {"inherit"}
-   */
-  permissions?: StagePermissions;
-}
-
 /** Options for reading results. */
 export interface GetOptions {
   /** Give up after this many milliseconds with a `TimeoutError` `DOMException`; nothing is lost. */
@@ -108,19 +32,6 @@ export interface GetOptions {
   /** Give up when this signal aborts, with its reason; nothing is lost. */
   signal?: AbortSignal;
 }
-
-const OPTION_NAMES = [
-  "name",
-  "disableResult",
-  "doStopTask",
-  "maxBacklog",
-  "args",
-  "onError",
-  "restart",
-  "taskTimeout",
-  "concurrency",
-  "permissions",
-];
 
 /**
  * A stage of identical workers running a worker class: ordered if the class
@@ -189,7 +100,7 @@ export class Stage<I, O, R = never> {
         `${kind}: 'size' must be a positive integer, got ${describe(size)}`,
       );
     }
-    const checked = checkOptions(kind, options);
+    const checked = checkStageOptions(kind, options);
     const { shipped, ordered, isClass } = shipTarget(target, kind);
     const classOnly = !(this instanceof OrderedStage ||
       this instanceof UnorderedStage);
@@ -411,109 +322,5 @@ export class UnorderedStage<I, O> extends Stage<I, O> {
   }
 }
 
-/** Re-exported here so stage users find the target types beside the stages. */
-export type { ModuleTarget, Target, TaskFunction, WorkerClass };
-
-function checkOptions(kind: string, options: unknown): StageOptions {
-  if (typeof options !== "object" || options === null) {
-    throw new TypeError(
-      `${kind}: 'options' must be an object, got ${describe(options)}`,
-    );
-  }
-  const o = options as Record<string, unknown>;
-  for (const key of Object.keys(o)) {
-    if (!OPTION_NAMES.includes(key)) {
-      throw new TypeError(
-        `${kind}: 'options.${key}' is not a stage option; the options are ${
-          OPTION_NAMES.join(", ")
-        }`,
-      );
-    }
-  }
-  const fail = (key: string, what: string) => {
-    throw new TypeError(
-      `${kind}: 'options.${key}' must be ${what}, got ${describe(o[key])}`,
-    );
-  };
-  if (o.name !== undefined && (typeof o.name !== "string" || o.name === "")) {
-    fail("name", "a non-empty string");
-  }
-  for (const key of ["disableResult", "doStopTask", "restart"]) {
-    if (o[key] !== undefined && typeof o[key] !== "boolean") {
-      fail(key, "a boolean");
-    }
-  }
-  if (o.args !== undefined && !Array.isArray(o.args)) fail("args", "an array");
-  if (
-    o.onError !== undefined && o.onError !== "fail" && o.onError !== "skip" &&
-    typeof o.onError !== "function"
-  ) {
-    fail("onError", '"fail", "skip" or a function');
-  }
-  if (o.taskTimeout !== undefined) {
-    const timeout = o.taskTimeout;
-    if (typeof timeout !== "number") fail("taskTimeout", "a number");
-    if (!((timeout as number) > 0)) {
-      throw new RangeError(
-        `${kind}: 'options.taskTimeout' must be a positive number of milliseconds or Infinity, got ${
-          describe(timeout)
-        }`,
-      );
-    }
-  }
-  if (
-    o.concurrency !== undefined &&
-    !(typeof o.concurrency === "number" && Number.isInteger(o.concurrency) &&
-      o.concurrency >= 1)
-  ) {
-    throw new RangeError(
-      `${kind}: 'options.concurrency' must be a positive integer, got ${
-        describe(o.concurrency)
-      }`,
-    );
-  }
-  if (o.permissions !== undefined) checkPermissions(kind, o.permissions);
-  if (o.maxBacklog !== undefined) {
-    const max = o.maxBacklog;
-    if (typeof max !== "number") fail("maxBacklog", "a number");
-    if (
-      !(max === Infinity || (Number.isInteger(max) && (max as number) >= 1))
-    ) {
-      throw new RangeError(
-        `${kind}: 'options.maxBacklog' must be a positive integer or Infinity, got ${
-          describe(max)
-        }`,
-      );
-    }
-  }
-  return o as StageOptions;
-}
-
-/**
- * A copy of a worker class's constructor arguments, made when the stage is,
- * as its workers will get them: arguments that cannot be sent to a worker are
- * refused here, before any worker of any stage starts.
- */
-function cloneArgs(kind: string, stage: string, args: unknown[]): unknown[] {
-  try {
-    return structuredClone(args);
-  } catch (error) {
-    throw new TypeError(
-      `${kind} '${stage}': 'options.args' cannot be sent to its workers (${
-        error instanceof Error ? error.message : String(error)
-      }): pass only structured-cloneable values, and create anything else (a function, a connection) in the worker class's constructor or doInit()`,
-      { cause: error },
-    );
-  }
-}
-
-function defaultName(target: unknown): string {
-  if (typeof target === "function" && target.name) return target.name;
-  if (target instanceof URL || typeof target === "string") {
-    return String(target).split("/").pop() || "stage";
-  }
-  if (typeof target === "object" && target !== null && "export" in target) {
-    return String((target as { export: unknown }).export);
-  }
-  return "stage";
-}
+/** Re-exported here so stage users find the target and option types beside the stages. */
+export type { ModuleTarget, StageOptions, Target, TaskFunction, WorkerClass };

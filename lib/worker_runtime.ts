@@ -15,6 +15,13 @@ import { Ring } from "./ring.ts";
 import { StageStatus } from "./status.ts";
 import type { ShippedTarget } from "./target.ts";
 import { type Run, TargetLoader } from "./target_loader.ts";
+import {
+  ConcurrentRunner,
+  type TaskHost,
+  type TaskSlot,
+} from "./concurrent_runner.ts";
+import { IdleWait } from "./idle_wait.ts";
+import { WorkerFigures } from "./worker_figures.ts";
 import { WorkerScope } from "./worker_scope.ts";
 
 export type { WorkerMessage } from "./worker_scope.ts";
@@ -63,21 +70,8 @@ export interface WorkerConfig {
   filter: FilterConfig | null;
 }
 
-/** A task in flight in a worker that runs several at once. */
-interface TaskSlot {
-  seq: number;
-  /** It settled: `ok` and `value` say how. */
-  done: boolean;
-  ok: boolean;
-  value: unknown;
-  /** Results it put with `putResult()`, written with its own result. */
-  held: Uint8Array[];
-  /** Its taskTimeout's timer, if it awaits. */
-  timer: ReturnType<typeof setTimeout> | undefined;
-}
-
 /** Runs one stage worker. */
-export class WorkerRuntime {
+export class WorkerRuntime implements TaskHost {
   /** Starts the worker described by `config`; reports every failure. */
   static async start(config: WorkerConfig): Promise<void> {
     try {
@@ -96,39 +90,16 @@ export class WorkerRuntime {
   readonly input: InputLink;
   readonly output: OutputPort;
   readonly status: StageStatus;
+  readonly figures: WorkerFigures;
+  readonly idleWait: IdleWait;
+  /** The loop of a worker that runs several tasks at once, if it does. */
+  readonly #runner: ConcurrentRunner | null;
   #seq = 0;
   /** One past the last task whose results were all written. */
   #finished = 0;
   #claimMax = 1;
-  /** Where this worker's figures start in the stage's status block. */
-  readonly #figures: number;
-  /** Tasks this worker's place has finished (published with each batch). */
-  #tasks: number;
-  /** Results this worker's place has put (published with each batch). */
-  #results: number;
-  /** Ms spent running tasks, and waiting for them, by this worker's place. */
-  #busyMs: number;
-  #idleMs: number;
-  /** Ms this worker's place was blocked writing results before this worker. */
-  readonly #blockedBase: number;
-  /** When the last batch ended (performance.now()), for the idle time. */
-  #lastBatchEnd = 0;
-  /** The five slowest tasks so far: seq and ms, slowest first. */
-  #slowest: { seq: number; ms: number }[] = [];
-  /** The tasks in flight (concurrency above 1), in the order they were claimed. */
-  #inFlight: TaskSlot[] = [];
-  /** The task whose synchronous part runs now, for putResult() (concurrency above 1). */
-  #current: TaskSlot | null = null;
-  /** A task error to rethrow in the loop (it came in a promise callback). */
-  #fatal: { error: unknown; seq: number } | null = null;
-  /** Wakes the loop when a task in flight completes. */
-  #completion: { promise: Promise<void>; resolve: () => void } | null = null;
   /** Results a timed task put with `putResult()`, written at its end. */
   #held: Uint8Array[] = [];
-  // Idle state between claims: spins left, and the armed doorbell's counter.
-  #spinLeft = 0;
-  #armed = false;
-  #counter = 0;
   /** This worker's words in the stage's status block, found once. */
   readonly #slot: {
     seq: number;
@@ -147,6 +118,9 @@ export class WorkerRuntime {
     );
     this.output = new OutputPort(config.outputs);
     this.status = new StageStatus(config.status, config.size);
+    this.figures = new WorkerFigures(this.status, config.index);
+    this.idleWait = new IdleWait(this.input, config.spin);
+    this.#runner = config.concurrency > 1 ? new ConcurrentRunner(this) : null;
     Bell.kill = {
       words: this.status.words,
       index: this.status.at(config.index, StageStatus.KILL),
@@ -160,19 +134,13 @@ export class WorkerRuntime {
       taskState: at(StageStatus.TASK_STATE),
       skips: at(StageStatus.SKIPS),
     };
-    this.#figures = this.status.figure(config.index, 0);
-    // A replacement goes on counting where its place's last worker stopped.
-    const figures = this.status.figures;
-    this.#tasks = figures[this.#figures + StageStatus.TASKS]!;
-    this.#results = figures[this.#figures + StageStatus.RESULTS]!;
-    this.#busyMs = figures[this.#figures + StageStatus.BUSY_MS]!;
-    this.#idleMs = figures[this.#figures + StageStatus.IDLE_MS]!;
-    this.#blockedBase = figures[this.#figures + StageStatus.BLOCKED_MS]!;
-    // What is published is safe; a replacement must close what is not. A
-    // plain store, read only once this worker is lost (see #claimed).
+    // What is published is safe; a replacement must close what is not.
     const from = this.#slot.from;
     this.output.onPublish = () => {
-      this.#writeFigures();
+      this.figures.write(
+        this.#runner?.inFlight.length ?? 0,
+        this.output.blockedMs,
+      );
       // Atomic, after the skip counts it covers (see SkipReports).
       Atomics.store(this.status.words, from, this.#finished);
     };
@@ -193,17 +161,14 @@ export class WorkerRuntime {
     } catch (error) {
       return this.#report("load", undefined, error);
     }
-    const figures = this.status.figures;
     const loaded = performance.now();
-    figures[this.#figures + StageStatus.START_MS] = performance.timeOrigin +
-      loaded - this.config.spawnedAt;
+    this.figures.loaded(loaded, this.config.spawnedAt);
     try {
       await init();
     } catch (error) {
       return this.#report("init", undefined, error);
     }
-    this.#lastBatchEnd = performance.now();
-    figures[this.#figures + StageStatus.INIT_MS] = this.#lastBatchEnd - loaded;
+    this.figures.ready(loaded, performance.now());
     WorkerScope.post({ type: "ready" });
     (globalThis as Record<symbol, unknown>)[Symbol.for("mpipe.putResult")] = (
       result: unknown,
@@ -214,9 +179,7 @@ export class WorkerRuntime {
       : new FilterRuntime(this.config.filter);
     if (filter !== null) run = (task) => filter.doTask(task);
     try {
-      await (this.config.concurrency > 1
-        ? this.#concurrentLoop(run)
-        : this.#loop(run));
+      await (this.#runner !== null ? this.#runner.run(run) : this.#loop(run));
       // A filter lets its sub-pipelines finish before or after its own stop.
       if (filter?.config.doStopTask) filter.finish();
       if (this.config.doStopTask) {
@@ -225,7 +188,7 @@ export class WorkerRuntime {
         await this.#runTask(run, null, seq);
       }
     } catch (error) {
-      return this.#report("task", this.#seq, error);
+      return this.#report("task", this.#runner?.failedTask ?? this.#seq, error);
     }
     this.output.publish();
     this.output.putEmpty(Ring.STOP, 0);
@@ -243,12 +206,11 @@ export class WorkerRuntime {
       // again into the idle path.
       const count = input.claim(values, seqs, this.#claimMax);
       if (count === 0) {
-        this.#idle();
+        this.idleWait.idle();
         continue;
       }
       if (count < 0) return;
-      this.#spinLeft = this.config.spin;
-      this.#armed = false;
+      this.idleWait.reset();
       const started = performance.now();
       this.#claimed(seqs[0]!, seqs[count - 1]! + 1);
       for (let i = 0; i < count; i++) {
@@ -261,7 +223,7 @@ export class WorkerRuntime {
       // Time the batch, not each task: two clock reads per batch.
       const ended = performance.now();
       const perTask = (ended - started) / count;
-      this.#timed(started, ended, perTask, seqs[0]!);
+      this.figures.batch(started, ended, perTask, seqs[0]!);
       // Claim one task at a time when tasks are slow, so that idle workers
       // can take the rest; claim many when they are fast, to save on locking.
       this.#claimMax = perTask > ClaimPolicy.SLOW_TASK_MS
@@ -277,10 +239,7 @@ export class WorkerRuntime {
    * that fails is dropped under onError "skip", and rethrown under "fail".
    */
   #runTask(run: Run, task: unknown, seq: number): Promise<void> | undefined {
-    this.#seq = seq;
-    // Plain: read for the watchdog's message after the task state's store.
-    this.status.words[this.#slot.seq] = seq;
-    if (this.config.timed) this.#startTimed();
+    this.begin(seq);
     let result: unknown;
     try {
       result = run(task);
@@ -296,9 +255,42 @@ export class WorkerRuntime {
     this.#succeeded(result);
   }
 
-  #succeeded(result: unknown): void {
-    // A concurrent worker ends a task's timing after its synchronous part.
-    if (this.config.timed && this.config.concurrency === 1) this.#endTimed();
+  // ---- TaskHost: what the concurrent runner calls ----
+
+  begin(seq: number): void {
+    this.#seq = seq;
+    // Plain: read for the watchdog's message after the task state's store.
+    this.status.words[this.#slot.seq] = seq;
+    if (this.config.timed) this.#startTimed();
+  }
+
+  endSync(): void {
+    if (this.config.timed) this.#endTimed();
+  }
+
+  finish(slot: TaskSlot): void {
+    this.#seq = slot.seq;
+    this.#held = slot.held;
+    if (slot.ok) this.#succeeded(slot.value, false);
+    else this.#failed(slot.value, false);
+  }
+
+  claimedTo(to: number): void {
+    this.status.words[this.#slot.to] = to;
+  }
+
+  resumeAt(seq: number): void {
+    this.#finished = seq;
+  }
+
+  publish(): void {
+    this.output.publish();
+  }
+
+  // ---- the end of a task ----
+
+  #succeeded(result: unknown, timed = this.config.timed): void {
+    if (timed) this.#endTimed();
     try {
       this.#putHeld();
       this.#finish(result);
@@ -308,7 +300,7 @@ export class WorkerRuntime {
       return;
     }
     this.#finished = this.#seq + 1;
-    this.#tasks++;
+    this.figures.tasks++;
   }
 
   #failed(error: unknown, timed = this.config.timed): undefined {
@@ -325,7 +317,7 @@ export class WorkerRuntime {
       this.output.putEmpty(Ring.END | Ring.LAST, this.#seq);
     }
     this.#finished = this.#seq + 1;
-    this.#tasks++;
+    this.figures.tasks++;
     // Only a callback needs the error: a skip without one sends nothing.
     if (this.config.onError === "report") {
       WorkerScope.postError({ type: "skipped", task: this.#seq, error });
@@ -335,18 +327,16 @@ export class WorkerRuntime {
   /** Records the claimed tasks [from, to), for whoever replaces a lost worker. */
   #claimed(from: number, to: number): void {
     const { words } = this.status;
-    this.status.figures[this.#figures + StageStatus.IN_FLIGHT] = to - from;
-    // Plain stores: the main thread reads the slot only once this worker is
-    // lost, after it stopped writing (a message or a kill orders them).
+    this.figures.claimed(to - from);
+    // The main thread reads the slot once this worker is lost, after it
+    // stopped writing; SkipReports reads FROM at any time (so: atomic).
     words[this.#slot.to] = to;
     Atomics.store(words, this.#slot.from, from);
     this.#finished = from;
   }
 
   #startTimed(): void {
-    this.status.figures[this.#figures + StageStatus.STARTED] =
-      performance.timeOrigin +
-      performance.now();
+    this.figures.taskStarted();
     // The start time first, then the state: the watchdog reads the time only
     // after it sees RUNNING.
     Atomics.store(
@@ -382,9 +372,10 @@ export class WorkerRuntime {
   }
 
   /**
-   * Writes the results a timed task put with `putResult()`: they wait until
+   * Writes the results a task put with `putResult()` while timed, or while
+   * running among others: they wait until its end (for a timed task, until
    * its end has won the race against the watchdog, so that a task taken over
-   * never writes into rings its replacement owns.
+   * never writes into rings its replacement owns).
    */
   #putHeld(): void {
     const held = this.#held;
@@ -392,7 +383,7 @@ export class WorkerRuntime {
     for (let i = 0; i < held.length; i++) {
       this.output.putEncoded(held[i]!, Ring.DATA, this.#seq);
     }
-    this.#results += held.length;
+    this.figures.results += held.length;
     held.length = 0;
   }
 
@@ -407,32 +398,10 @@ export class WorkerRuntime {
     this.output.publish();
   }
 
-  /**
-   * Called when a claim found nothing (each batch was published at its end):
-   * spins until records may have come. Once the spin is spent it arms the
-   * doorbell, so that the next claim is the re-check; when that one finds
-   * nothing too, it sleeps. Records a claim cannot take (an ordered merge waiting for
-   * another ring) end the spin early, so it still comes to sleep.
-   */
-  #idle(): void {
-    const input = this.input;
-    if (this.#armed) {
-      this.#armed = false;
-      input.sleep(this.#counter);
-      return;
-    }
-    while (this.#spinLeft > 0) {
-      this.#spinLeft--;
-      if (input.hasData()) return;
-    }
-    this.#counter = input.arm();
-    this.#armed = true;
-  }
-
   #finish(result: unknown): void {
     if (this.config.disableResult) return;
     const hasResult = result !== null && result !== undefined;
-    if (hasResult) this.#results++;
+    if (hasResult) this.figures.results++;
     if (this.config.ordered) {
       if (hasResult) this.output.put(result, Ring.DATA | Ring.LAST, this.#seq);
       else this.output.putEmpty(Ring.END | Ring.LAST, this.#seq);
@@ -443,8 +412,8 @@ export class WorkerRuntime {
 
   #putResult(result: unknown): void {
     if (this.config.disableResult) return;
-    if (this.config.concurrency > 1) {
-      const slot = this.#current;
+    if (this.#runner !== null) {
+      const slot = this.#runner.current;
       if (slot === null) {
         throw new Error(
           "putResult() was called after an await in a stage with concurrency above 1, where it cannot tell which task it belongs to: return the result from doTask() instead, or call putResult() before the first await",
@@ -459,220 +428,9 @@ export class WorkerRuntime {
       return;
     }
     this.output.put(result, Ring.DATA, this.#seq);
-    this.#results++;
+    this.figures.results++;
     // Slow tasks publish each result at once; fast ones publish per batch.
     if (this.#claimMax === 1) this.output.publish();
-  }
-
-  /** Counts a batch's time (busy, and idle since the last one) and notes a slow task. */
-  #timed(started: number, ended: number, perTask: number, seq: number): void {
-    this.#busyMs += ended - started;
-    this.#idleMs += started - this.#lastBatchEnd;
-    this.#lastBatchEnd = ended;
-    const slowest = this.#slowest;
-    if (
-      slowest.length === WorkerRuntime.SLOWEST && slowest.at(-1)!.ms >= perTask
-    ) {
-      return;
-    }
-    // Rare: a batch slower than the fifth slowest so far.
-    slowest.push({ seq, ms: perTask });
-    slowest.sort((a, b) => b.ms - a.ms);
-    if (slowest.length > WorkerRuntime.SLOWEST) slowest.pop();
-    const figures = this.status.figures;
-    const at = this.#figures + StageStatus.SLOWEST;
-    for (let i = 0; i < slowest.length; i++) {
-      figures[at + 2 * i] = slowest[i]!.seq;
-      figures[at + 2 * i + 1] = slowest[i]!.ms;
-    }
-  }
-
-  /** How many slow tasks each worker notes. */
-  static readonly SLOWEST = 5;
-
-  /**
-   * Writes this worker's counters to its figures: plain stores, once per
-   * published batch; a reader sees them a batch late at most.
-   */
-  #writeFigures(): void {
-    const figures = this.status.figures;
-    const at = this.#figures;
-    figures[at + StageStatus.TASKS] = this.#tasks;
-    figures[at + StageStatus.RESULTS] = this.#results;
-    figures[at + StageStatus.BUSY_MS] = this.#busyMs;
-    figures[at + StageStatus.IDLE_MS] = this.#idleMs;
-    figures[at + StageStatus.IN_FLIGHT] = this.#inFlight.length;
-    figures[at + StageStatus.BLOCKED_MS] = this.#blockedBase +
-      this.output.blockedMs;
-  }
-
-  /**
-   * The loop of a worker that runs up to `concurrency` tasks at once: it
-   * claims a task only for a free slot (the rings stay the only queue),
-   * starts it, and while tasks are in flight it waits with `waitAsync` (for
-   * a completion, or for input when a slot is free), so that their promises
-   * can settle. With nothing in flight it idles as the plain loop does.
-   */
-  async #concurrentLoop(run: Run): Promise<void> {
-    const input = this.input;
-    const values: unknown[] = [];
-    const seqs: number[] = [];
-    const inFlight = this.#inFlight;
-    for (;;) {
-      this.#throwFatal();
-      const free = this.config.concurrency - inFlight.length;
-      let count = 0;
-      if (free > 0) {
-        count = input.claim(values, seqs, Math.min(free, this.config.maxClaim));
-        if (count > 0) {
-          this.#spinLeft = this.config.spin;
-          this.#armed = false;
-          if (inFlight.length === 0) {
-            // Busy from now until nothing is in flight again (see #settle).
-            const now = performance.now();
-            this.#idleMs += now - this.#lastBatchEnd;
-            this.#lastBatchEnd = now;
-          }
-          this.status.words[this.#slot.to] = seqs[count - 1]! + 1;
-          for (let i = 0; i < count; i++) {
-            const task = values[i];
-            values[i] = undefined;
-            input.taskStarted();
-            this.#startTask(run, task, seqs[i]!);
-          }
-          this.#settle();
-          continue;
-        }
-        if (count < 0 && inFlight.length === 0) return;
-      }
-      if (inFlight.length === 0) {
-        this.#idle();
-        continue;
-      }
-      // Tasks in flight: arm the input's bell, look once more, then wait.
-      if (count === 0 && free > 0 && !this.#armed) {
-        this.#counter = input.arm();
-        this.#armed = true;
-        continue;
-      }
-      const armed = this.#armed;
-      this.#armed = false;
-      this.#completion ??= Promise.withResolvers<void>();
-      await (armed
-        ? Promise.race([
-          this.#completion.promise,
-          input.sleepAsync(this.#counter),
-        ])
-        : this.#completion.promise);
-    }
-  }
-
-  /** Starts one task of the concurrent loop, up to its first await. */
-  #startTask(run: Run, task: unknown, seq: number): void {
-    const slot: TaskSlot = {
-      seq,
-      done: false,
-      ok: true,
-      value: undefined,
-      held: [],
-      timer: undefined,
-    };
-    this.#inFlight.push(slot);
-    this.#seq = seq;
-    this.status.words[this.#slot.seq] = seq;
-    // The synchronous part is watched as a plain timed task is; an await
-    // past the timeout is caught by a timer of its own.
-    if (this.config.timed) this.#startTimed();
-    this.#current = slot;
-    let result: unknown;
-    let ok = true;
-    try {
-      result = run(task);
-    } catch (error) {
-      result = error;
-      ok = false;
-    }
-    this.#current = null;
-    if (this.config.timed) this.#endTimed();
-    if (ok && WorkerScope.isThenable(result)) {
-      Promise.resolve(result).then(
-        (value) => this.#complete(slot, true, value),
-        (error) => this.#complete(slot, false, error),
-      );
-      if (this.config.taskTimeout !== Infinity) {
-        slot.timer = setTimeout(() =>
-          this.#complete(
-            slot,
-            false,
-            new DOMException(
-              `task ${seq} ran longer than its taskTimeout of ${this.config.taskTimeout} ms`,
-              "TimeoutError",
-            ),
-          ), this.config.taskTimeout);
-      }
-      return;
-    }
-    slot.done = true;
-    slot.ok = ok;
-    slot.value = result;
-  }
-
-  /** A task in flight settled: note it, and let the loop write it. */
-  #complete(slot: TaskSlot, ok: boolean, value: unknown): void {
-    if (slot.done) return; // A late end of a task that timed out.
-    clearTimeout(slot.timer);
-    slot.done = true;
-    slot.ok = ok;
-    slot.value = value;
-    try {
-      this.#settle();
-    } catch (error) {
-      this.#fatal ??= { error, seq: slot.seq };
-    }
-    const completion = this.#completion;
-    this.#completion = null;
-    completion?.resolve();
-  }
-
-  /**
-   * Writes the settled tasks that may be written: in task order for an
-   * ordered stage (a worker's ring must hold its tasks in order), as they
-   * settled otherwise. Publishes what it wrote.
-   */
-  #settle(): void {
-    const inFlight = this.#inFlight;
-    let wrote = false;
-    for (let i = 0; i < inFlight.length;) {
-      const slot = inFlight[i]!;
-      if (!slot.done) {
-        if (this.config.ordered) break;
-        i++;
-        continue;
-      }
-      inFlight.splice(i, 1);
-      this.#seq = slot.seq;
-      this.#held = slot.held;
-      if (slot.ok) this.#succeeded(slot.value);
-      else this.#failed(slot.value, false);
-      wrote = true;
-    }
-    // The first task not written is where a replacement would resume.
-    this.#finished = inFlight.length > 0
-      ? inFlight[0]!.seq
-      : this.status.words[this.#slot.to]!;
-    if (inFlight.length === 0) {
-      const now = performance.now();
-      this.#busyMs += now - this.#lastBatchEnd;
-      this.#lastBatchEnd = now;
-    }
-    if (wrote) this.output.publish();
-  }
-
-  #throwFatal(): void {
-    const fatal = this.#fatal;
-    if (fatal === null) return;
-    this.#seq = fatal.seq;
-    throw fatal.error;
   }
 
   #report(

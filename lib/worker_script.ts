@@ -17,7 +17,10 @@ import { InputLink, OutputPort } from "./link.ts";
 import { Mutex } from "./mutex.ts";
 import { Ring } from "./ring.ts";
 import { StageStatus } from "./status.ts";
+import { ConcurrentRunner } from "./concurrent_runner.ts";
+import { IdleWait } from "./idle_wait.ts";
 import { TargetLoader } from "./target_loader.ts";
+import { WorkerFigures } from "./worker_figures.ts";
 import { OrderedWorker, TaskWorker, UnorderedWorker } from "./worker.ts";
 import { WorkerRuntime } from "./worker_runtime.ts";
 import { WorkerScope } from "./worker_scope.ts";
@@ -75,6 +78,9 @@ export function stageWorkerScript(preload = ""): string {
       UnorderedWorker,
       TargetLoader,
       WorkerScope,
+      WorkerFigures,
+      IdleWait,
+      ConcurrentRunner,
       FilterRuntime,
       WorkerRuntime,
     ],

@@ -1,0 +1,227 @@
+/**
+ * The loop of a worker that runs up to `concurrency` tasks at once (the stage
+ * option): it claims a task only for a free slot, so the rings stay the only
+ * queue, starts it, and while tasks are in flight it waits with `waitAsync`
+ * (for a completion, or for input when a slot is free), so that their
+ * promises can settle. With nothing in flight it idles as the plain loop
+ * does, in `Atomics.wait`. The worker runtime writes each settled task's
+ * results (`TaskHost.finish`).
+ *
+ * Shipped to workers by source, like `ring.ts`.
+ *
+ * @module
+ */
+
+import type { IdleWait } from "./idle_wait.ts";
+import type { InputLink } from "./link.ts";
+import type { Run } from "./target_loader.ts";
+import type { WorkerFigures } from "./worker_figures.ts";
+import type { WorkerConfig } from "./worker_runtime.ts";
+import { WorkerScope } from "./worker_scope.ts";
+
+/** A task in flight. */
+export interface TaskSlot {
+  seq: number;
+  /** It settled: `ok` and `value` say how. */
+  done: boolean;
+  ok: boolean;
+  value: unknown;
+  /** Results it put with `putResult()`, written with its own result. */
+  held: Uint8Array[];
+  /** Its taskTimeout's timer, if it awaits. */
+  timer: ReturnType<typeof setTimeout> | undefined;
+}
+
+/** What the runner needs of its worker runtime. */
+export interface TaskHost {
+  readonly config: WorkerConfig;
+  readonly input: InputLink;
+  readonly figures: WorkerFigures;
+  readonly idleWait: IdleWait;
+  /** Task `seq` starts now (its synchronous part is watched if timed). */
+  begin(seq: number): void;
+  /** The running task's synchronous part ended. */
+  endSync(): void;
+  /** Writes a settled task's results (or skips it, or throws under "fail"). */
+  finish(slot: TaskSlot): void;
+  /** The worker has claimed tasks below `to`. */
+  claimedTo(to: number): void;
+  /** A replacement would resume at `seq` (the first task not written). */
+  resumeAt(seq: number): void;
+  /** Publishes what was written. */
+  publish(): void;
+}
+
+/** Runs one worker's tasks, several at once. */
+export class ConcurrentRunner {
+  readonly #host: TaskHost;
+  /** The tasks in flight, in the order they were claimed. */
+  readonly inFlight: TaskSlot[] = [];
+  /** The task whose synchronous part runs now, for putResult(). */
+  current: TaskSlot | null = null;
+  /** One past the last task claimed. */
+  #claimedTo = 0;
+  /** A task error to rethrow in the loop (it came in a promise callback). */
+  #fatal: { error: unknown; seq: number } | null = null;
+  /** Wakes the loop when a task in flight settles. */
+  #completion: { promise: Promise<void>; resolve: () => void } | null = null;
+
+  constructor(host: TaskHost) {
+    this.#host = host;
+  }
+
+  /** Claims and runs tasks until the input ends and nothing is in flight. */
+  async run(run: Run): Promise<void> {
+    const host = this.#host;
+    const { input, idleWait, config } = host;
+    const values: unknown[] = [];
+    const seqs: number[] = [];
+    const inFlight = this.inFlight;
+    for (;;) {
+      this.#throwFatal();
+      const free = config.concurrency - inFlight.length;
+      let count = 0;
+      if (free > 0) {
+        count = input.claim(values, seqs, Math.min(free, config.maxClaim));
+        if (count > 0) {
+          idleWait.reset();
+          // Busy from now until nothing is in flight again (see #settle).
+          if (inFlight.length === 0) host.figures.busyFrom(performance.now());
+          this.#claimedTo = seqs[count - 1]! + 1;
+          host.claimedTo(this.#claimedTo);
+          for (let i = 0; i < count; i++) {
+            const task = values[i];
+            values[i] = undefined;
+            input.taskStarted();
+            this.#start(run, task, seqs[i]!);
+          }
+          this.#settle();
+          continue;
+        }
+        if (count < 0 && inFlight.length === 0) return;
+      }
+      if (inFlight.length === 0) {
+        idleWait.idle();
+        continue;
+      }
+      // Tasks in flight: arm the input's bell, look once more, then wait.
+      if (count === 0 && !idleWait.armed) {
+        idleWait.arm();
+        continue;
+      }
+      this.#completion ??= Promise.withResolvers<void>();
+      await (count === 0
+        ? Promise.race([this.#completion.promise, idleWait.wake()])
+        : this.#completion.promise);
+    }
+  }
+
+  /** Starts one task, up to its first await. */
+  #start(run: Run, task: unknown, seq: number): void {
+    const host = this.#host;
+    const slot: TaskSlot = {
+      seq,
+      done: false,
+      ok: true,
+      value: undefined,
+      held: [],
+      timer: undefined,
+    };
+    this.inFlight.push(slot);
+    host.begin(seq);
+    this.current = slot;
+    let result: unknown;
+    let ok = true;
+    try {
+      result = run(task);
+    } catch (error) {
+      result = error;
+      ok = false;
+    }
+    this.current = null;
+    host.endSync();
+    if (ok && WorkerScope.isThenable(result)) {
+      Promise.resolve(result).then(
+        (value) => this.#complete(slot, true, value),
+        (error) => this.#complete(slot, false, error),
+      );
+      // The synchronous part was watched; an await past the timeout is
+      // caught by a timer of its own.
+      const timeout = host.config.taskTimeout;
+      if (timeout !== Infinity) {
+        slot.timer = setTimeout(() =>
+          this.#complete(
+            slot,
+            false,
+            new DOMException(
+              `task ${seq} ran longer than its taskTimeout of ${timeout} ms`,
+              "TimeoutError",
+            ),
+          ), timeout);
+      }
+      return;
+    }
+    slot.done = true;
+    slot.ok = ok;
+    slot.value = result;
+  }
+
+  /** A task in flight settled: note it, and write what may be written. */
+  #complete(slot: TaskSlot, ok: boolean, value: unknown): void {
+    if (slot.done) return; // A late end of a task that timed out.
+    clearTimeout(slot.timer);
+    slot.done = true;
+    slot.ok = ok;
+    slot.value = value;
+    try {
+      this.#settle();
+    } catch {
+      // #settle kept the error for the loop to rethrow.
+    }
+    const completion = this.#completion;
+    this.#completion = null;
+    completion?.resolve();
+  }
+
+  /**
+   * Writes the settled tasks that may be written: in task order for an
+   * ordered stage (a worker's ring must hold its tasks in order), as they
+   * settled otherwise. Publishes what it wrote.
+   */
+  #settle(): void {
+    const host = this.#host;
+    const inFlight = this.inFlight;
+    let wrote = false;
+    for (let i = 0; i < inFlight.length;) {
+      const slot = inFlight[i]!;
+      if (!slot.done) {
+        if (host.config.ordered) break;
+        i++;
+        continue;
+      }
+      inFlight.splice(i, 1);
+      try {
+        host.finish(slot);
+      } catch (error) {
+        // Rethrown in the loop (see #complete), naming this task.
+        this.#fatal ??= { error, seq: slot.seq };
+        throw error;
+      }
+      wrote = true;
+    }
+    host.resumeAt(inFlight.length > 0 ? inFlight[0]!.seq : this.#claimedTo);
+    if (inFlight.length === 0) host.figures.idleFrom(performance.now());
+    if (wrote) host.publish();
+  }
+
+  #throwFatal(): void {
+    const fatal = this.#fatal;
+    if (fatal === null) return;
+    throw fatal.error;
+  }
+
+  /** The task whose error the loop last rethrew, for the report. */
+  get failedTask(): number | undefined {
+    return this.#fatal?.seq;
+  }
+}

@@ -1,0 +1,117 @@
+/**
+ * What a worker counts of its own work, kept in its slot of the stage's
+ * status block: tasks, results, busy, idle and blocked time, start-up and
+ * `doInit` time, its slowest tasks. The worker adds to private counters and
+ * writes them with plain stores once per published batch, so the main thread
+ * reads them without a message, at most a batch late.
+ *
+ * Shipped to workers by source, like `ring.ts`.
+ *
+ * @module
+ */
+
+import { StageStatus } from "./status.ts";
+
+/** One worker's counters and its figures in the status block. */
+export class WorkerFigures {
+  /** How many slow tasks each worker notes. */
+  static readonly SLOWEST = 5;
+
+  readonly #figures: Float64Array;
+  /** Where this worker's figures start in `#figures`. */
+  readonly #at: number;
+  /** Tasks finished, with a result or without. */
+  tasks: number;
+  /** Results put downstream. */
+  results: number;
+  #busyMs: number;
+  #idleMs: number;
+  /** Ms the place's earlier workers were blocked writing results. */
+  readonly #blockedBase: number;
+  /** When the last busy stretch ended (performance.now()), for the idle time. */
+  #lastEnd = 0;
+  /** The slowest tasks so far: seq and ms, slowest first. */
+  #slowest: { seq: number; ms: number }[] = [];
+
+  /** The figures of worker `index`; a replacement goes on where its place's last worker stopped. */
+  constructor(status: StageStatus, index: number) {
+    this.#figures = status.figures;
+    this.#at = status.figure(index, 0);
+    const figures = this.#figures;
+    this.tasks = figures[this.#at + StageStatus.TASKS]!;
+    this.results = figures[this.#at + StageStatus.RESULTS]!;
+    this.#busyMs = figures[this.#at + StageStatus.BUSY_MS]!;
+    this.#idleMs = figures[this.#at + StageStatus.IDLE_MS]!;
+    this.#blockedBase = figures[this.#at + StageStatus.BLOCKED_MS]!;
+  }
+
+  /** The target loaded (`now`, performance.now()), after a spawn at `spawnedAt` (ms since the epoch). */
+  loaded(now: number, spawnedAt: number): void {
+    this.#figures[this.#at + StageStatus.START_MS] = performance.timeOrigin +
+      now - spawnedAt;
+  }
+
+  /** `doInit()` ran from `loaded` to `now`: the worker is ready, idle from now. */
+  ready(loaded: number, now: number): void {
+    this.#figures[this.#at + StageStatus.INIT_MS] = now - loaded;
+    this.#lastEnd = now;
+  }
+
+  /** A timed task started now. */
+  taskStarted(): void {
+    this.#figures[this.#at + StageStatus.STARTED] = performance.timeOrigin +
+      performance.now();
+  }
+
+  /** The worker claimed `count` tasks. */
+  claimed(count: number): void {
+    this.#figures[this.#at + StageStatus.IN_FLIGHT] = count;
+  }
+
+  /** A batch ran from `started` to `ended`, `perTask` ms a task, its first task `seq`. */
+  batch(started: number, ended: number, perTask: number, seq: number): void {
+    this.#idleMs += started - this.#lastEnd;
+    this.#busyMs += ended - started;
+    this.#lastEnd = ended;
+    const slowest = this.#slowest;
+    if (
+      slowest.length === WorkerFigures.SLOWEST &&
+      slowest.at(-1)!.ms >= perTask
+    ) {
+      return;
+    }
+    // Rare: a batch slower than the slowest noted so far.
+    slowest.push({ seq, ms: perTask });
+    slowest.sort((a, b) => b.ms - a.ms);
+    if (slowest.length > WorkerFigures.SLOWEST) slowest.pop();
+    const at = this.#at + StageStatus.SLOWEST;
+    for (let i = 0; i < slowest.length; i++) {
+      this.#figures[at + 2 * i] = slowest[i]!.seq;
+      this.#figures[at + 2 * i + 1] = slowest[i]!.ms;
+    }
+  }
+
+  /** A busy stretch starts now (a worker running tasks at once: the first is in flight). */
+  busyFrom(now: number): void {
+    this.#idleMs += now - this.#lastEnd;
+    this.#lastEnd = now;
+  }
+
+  /** The busy stretch ends now (nothing is in flight). */
+  idleFrom(now: number): void {
+    this.#busyMs += now - this.#lastEnd;
+    this.#lastEnd = now;
+  }
+
+  /** Writes the counters: plain stores, once per published batch. */
+  write(inFlight: number, blockedMs: number): void {
+    const figures = this.#figures;
+    const at = this.#at;
+    figures[at + StageStatus.TASKS] = this.tasks;
+    figures[at + StageStatus.RESULTS] = this.results;
+    figures[at + StageStatus.BUSY_MS] = this.#busyMs;
+    figures[at + StageStatus.IDLE_MS] = this.#idleMs;
+    figures[at + StageStatus.IN_FLIGHT] = inFlight;
+    figures[at + StageStatus.BLOCKED_MS] = this.#blockedBase + blockedMs;
+  }
+}
