@@ -101,18 +101,13 @@ export class SkipReports implements CallbackGate {
   }
 
   /**
-   * Worker slot `worker` of `stage` was killed: the reports it sent and the
-   * main thread had not received are lost with it (no callback runs).
+   * `count` reports of worker slot `worker` of `stage` will never arrive (a
+   * replaced worker's, written off): no callback runs for them.
    */
-  abandoned(stage: AnyStage, worker: number): void {
+  abandoned(stage: AnyStage, worker: number, count: number): void {
     const reports = this.#stages.get(stage);
-    if (reports === undefined) return;
-    const status = internalsOf(stage).status!;
-    const sent = Atomics.load(
-      status.words,
-      status.at(worker, StageStatus.SKIPS),
-    );
-    reports.received[worker] = sent;
+    if (reports === undefined || count <= 0) return;
+    reports.received[worker]! += count;
   }
 
   /** Every worker of `stage` has exited: run what waits. */

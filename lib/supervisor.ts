@@ -30,11 +30,23 @@ interface WorkerRecord {
   gone: boolean;
   /** It loaded its target and ran doInit(). */
   ready: boolean;
+  /** Its place's skip count when it started (StageStatus.SKIPS). */
+  skipsAtStart: number;
+  /** Skip reports received from it. */
+  reports: number;
+  /**
+   * It was killed and replaced, but its thread lives on until its last skip
+   * reports have arrived (`Worker.terminate()` drops messages in flight).
+   */
+  retiring: ReturnType<typeof setTimeout> | null;
   /** The tasks its place had finished when it started. */
   tasksAtStart: number;
   /** How many workers before it in its place were lost in a row without finishing a task. */
   lostInRow: number;
 }
+
+/** How long a replaced worker's reports may take to arrive before they are written off. */
+const RETIRE_MS = 2000;
 
 /**
  * How many workers in one place may be lost in a row without finishing a
@@ -60,6 +72,8 @@ export class Supervisor {
   readonly #running = new Map<AnyStage, number>();
   readonly #sleepWords: readonly SleepWord[];
   #workers: WorkerRecord[] = [];
+  /** Replaced workers whose last reports are still on their way (see #retire). */
+  readonly #retiring = new Set<WorkerRecord>();
   #alive = 0;
   #watchdog: ReturnType<typeof setInterval> | undefined;
 
@@ -100,6 +114,7 @@ export class Supervisor {
   /** Kills every worker, even one asleep in `Atomics.wait`, and reports them exited. */
   killAll(): void {
     for (const record of this.#workers) this.#kill(record);
+    for (const record of this.#retiring) this.#endRetirement(record);
     this.#wakeSleepers(true);
     this.#workers = [];
     this.#alive = 0;
@@ -127,6 +142,12 @@ export class Supervisor {
       worker,
       gone: false,
       ready: false,
+      skipsAtStart: Atomics.load(
+        status.words,
+        status.at(config.index, StageStatus.SKIPS),
+      ),
+      reports: 0,
+      retiring: null,
       // The last worker in this place wrote it; nothing writes it now.
       tasksAtStart: status.figures[
         status.figure(config.index, StageStatus.TASKS)
@@ -156,7 +177,8 @@ export class Supervisor {
   }
 
   #onMessage(record: WorkerRecord, message: WorkerMessage): void {
-    if (record.gone) return;
+    // A replaced worker's skip reports still count; nothing else of it does.
+    if (record.gone && !(record.retiring && message.type === "skipped")) return;
     const { stage, config } = record;
     switch (message.type) {
       case "ready":
@@ -174,6 +196,7 @@ export class Supervisor {
         this.#events.fail(workerError(stage, config.index, message));
         break;
       case "skipped":
+        record.reports++;
         this.#reports.skipped(
           stage,
           config.index,
@@ -186,6 +209,7 @@ export class Supervisor {
             message.errorName,
           ),
         );
+        if (record.retiring !== null) this.#retireWhenReported(record);
         break;
       case "lost":
         this.#lost(record, message.reason, message.error);
@@ -203,7 +227,9 @@ export class Supervisor {
     if (record.gone || this.#run.failure !== null || this.#run.terminated) {
       return;
     }
-    this.#kill(record);
+    // Raise the kill word now (it never writes again); the thread itself is
+    // terminated once its reports are in (#retire), or at once if it fails.
+    this.#kill(record, false);
     this.#wakeSleepers(false);
     const { stage, config } = record;
     const state = internalsOf(stage);
@@ -237,7 +263,11 @@ export class Supervisor {
         cause,
       },
     );
-    if (!replace) return this.#events.fail(error);
+    if (!replace) {
+      record.worker.terminate();
+      return this.#events.fail(error);
+    }
+    this.#retire(record);
     // An unordered worker of several tasks at once may have finished some
     // of [from, to): it counted the ones still in flight.
     const dropped = config.concurrency > 1 && !config.ordered
@@ -254,7 +284,6 @@ export class Supervisor {
     this.#alive--;
     this.#workers.splice(this.#workers.indexOf(record), 1);
     status.figures[status.figure(config.index, StageStatus.RESTARTS)]!++;
-    this.#reports.abandoned(stage, config.index);
     this.#spawn(stage, {
       ...config,
       generation: config.generation + 1,
@@ -263,8 +292,44 @@ export class Supervisor {
     this.#reports.lost(stage, dropped, error);
   }
 
+  /**
+   * A replaced worker: terminated once the skip reports it sent have all
+   * arrived, or after RETIRE_MS (then the missing ones are written off).
+   */
+  #retire(record: WorkerRecord): void {
+    this.#retiring.add(record);
+    record.retiring = setTimeout(() => {
+      const { stage, config } = record;
+      this.#reports.abandoned(stage, config.index, this.#unreported(record));
+      this.#endRetirement(record);
+    }, RETIRE_MS);
+    Deno.unrefTimer(record.retiring as unknown as number);
+    this.#retireWhenReported(record);
+  }
+
+  #retireWhenReported(record: WorkerRecord): void {
+    if (this.#unreported(record) <= 0) this.#endRetirement(record);
+  }
+
+  /** Skips the worker counted and the main thread has not heard of. */
+  #unreported(record: WorkerRecord): number {
+    const status = internalsOf(record.stage).status!;
+    const sent = Atomics.load(
+      status.words,
+      status.at(record.config.index, StageStatus.SKIPS),
+    ) - record.skipsAtStart;
+    return sent - record.reports;
+  }
+
+  #endRetirement(record: WorkerRecord): void {
+    clearTimeout(record.retiring ?? undefined);
+    record.retiring = null;
+    this.#retiring.delete(record);
+    record.worker.terminate();
+  }
+
   /** Kills a worker for good: even one asleep in `Atomics.wait` (see `Bell.kill`). */
-  #kill(record: WorkerRecord): void {
+  #kill(record: WorkerRecord, terminate = true): void {
     record.gone = true;
     const { stage, config } = record;
     const status = internalsOf(stage).status!;
@@ -274,7 +339,7 @@ export class Supervisor {
       status.at(config.index, StageStatus.KILL),
       config.generation + 1,
     );
-    record.worker.terminate();
+    if (terminate) record.worker.terminate();
   }
 
   /**

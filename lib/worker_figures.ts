@@ -63,6 +63,12 @@ export class WorkerFigures {
       performance.now();
   }
 
+  /** Ms since the running timed task started. */
+  taskElapsed(): number {
+    return performance.timeOrigin + performance.now() -
+      this.#figures[this.#at + StageStatus.STARTED]!;
+  }
+
   /** The worker claimed `count` tasks. */
   claimed(count: number): void {
     this.#figures[this.#at + StageStatus.IN_FLIGHT] = count;

@@ -290,7 +290,24 @@ export class WorkerRuntime implements TaskHost {
   // ---- the end of a task ----
 
   #succeeded(result: unknown, timed = this.config.timed): void {
-    if (timed) this.#endTimed();
+    if (timed) {
+      this.#endTimed();
+      // It ran too long, though it ended before the watchdog saw it (a busy
+      // main thread looks late): a timed-out task all the same.
+      const elapsed = this.figures.taskElapsed();
+      if (elapsed > this.config.taskTimeout) {
+        this.#held.length = 0;
+        return this.#failed(
+          new DOMException(
+            `task ${this.#seq} ran longer than its taskTimeout of ${this.config.taskTimeout} ms (${
+              Math.round(elapsed)
+            } ms)`,
+            "TimeoutError",
+          ),
+          false,
+        );
+      }
+    }
     try {
       this.#putHeld();
       this.#finish(result);
