@@ -44,6 +44,7 @@ export type {
   FeedOptions,
   GetOptions,
   PipelineOptions,
+  ProgressOptions,
   PutOptions,
 } from "./lib/pipeline.ts";
 export { OrderedStage, Stage, UnorderedStage } from "./lib/stage.ts";
@@ -54,5 +55,11 @@ export type {
   TaskFunction,
   WorkerClass,
 } from "./lib/stage.ts";
+export type {
+  PipelineStats,
+  SlowTask,
+  StageStats,
+  WorkerStats,
+} from "./lib/stats.ts";
 export { OrderedWorker, TaskWorker, UnorderedWorker } from "./lib/worker.ts";
 export type { PermissionValue, StagePermissions } from "./lib/permissions.ts";

@@ -4,6 +4,7 @@
 //
 //   deno run --allow-read --allow-run bench/compare.ts [--rounds N] [--quick] [--only W1,W4]
 //                                                      [--timeout SECONDS] [--no-bare]
+//                                                      [--progress]
 //
 // (`--allow-sys=osRelease,loadavg` spares the subprocesses that read the kernel release and
 // the load average for the header.) Progress goes to stderr, the table to stdout.
@@ -15,7 +16,10 @@
 // (median of passes 2–6) are tabulated apart, each against the same figure of the baselines.
 // With W1, every round also runs `bench/bare_rings.ts` (the project's own Ring, the same two
 // stages in tight loops, no API, runs of 16 records), and W1's steady state is quoted as a
-// share of it (goal: at least 75%); `--no-bare` leaves it out.
+// share of it (goal: at least 75%); `--no-bare` leaves it out. `--progress` shows MPipe's
+// progress display (PipelineOptions.progress) while each MPipe child of W1–W6 runs: the
+// child's stderr then goes to ours (a failed child's message with it), and its figures
+// include the display's small cost.
 
 import { fileURLToPath } from "node:url";
 import {
@@ -61,10 +65,11 @@ interface Options {
   only: Case[];
   timeoutS: number;
   bare: boolean;
+  progress: boolean;
 }
 
 const USAGE =
-  "usage: compare.ts [--rounds N] [--quick] [--only W1,W4,...] [--timeout SECONDS] [--no-bare]";
+  "usage: compare.ts [--rounds N] [--quick] [--only W1,W4,...] [--timeout SECONDS] [--no-bare] [--progress]";
 
 function parseArgs(args: string[]): Options {
   const o: Options = {
@@ -73,6 +78,7 @@ function parseArgs(args: string[]): Options {
     only: [...CASES],
     timeoutS: 300,
     bare: true,
+    progress: false,
   };
   for (let i = 0; i < args.length; i++) {
     const a = args[i]!;
@@ -83,6 +89,7 @@ function parseArgs(args: string[]): Options {
     };
     if (a === "--quick") o.quick = true;
     else if (a === "--no-bare") o.bare = false;
+    else if (a === "--progress") o.progress = true;
     else if (a === "--rounds") o.rounds = Number(value());
     else if (a === "--timeout") o.timeoutS = Number(value());
     else if (a === "--only") o.only = parseCases(value());
@@ -131,11 +138,20 @@ function runOne(what: Case, variant: string, o: Options): Promise<Outcome> {
       timeoutS: o.timeoutS,
     });
   }
+  // Start-up and idle build their pipelines without the display.
+  const progress = o.progress && variant === "mpipe" &&
+    what !== "startup" && what !== "idle";
   return runChild({
     script: MEASURE,
-    args: [what, variant, ...(o.quick ? ["--quick"] : [])],
+    args: [
+      what,
+      variant,
+      ...(o.quick ? ["--quick"] : []),
+      ...(progress ? ["--progress"] : []),
+    ],
     permissions: ["--allow-read"],
     timeoutS: o.timeoutS,
+    inheritStderr: progress,
   });
 }
 

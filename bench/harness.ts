@@ -25,6 +25,11 @@ export interface ChildOptions {
   cwd?: string;
   /** Aborting kills the child (e.g. on Ctrl-C). */
   signal?: AbortSignal;
+  /**
+   * Let the child write to this process's stderr as it runs (a progress display), instead
+   * of keeping its stderr for the error message.
+   */
+  inheritStderr?: boolean;
 }
 
 /**
@@ -40,7 +45,7 @@ export async function runChild(o: ChildOptions): Promise<Outcome> {
     env: { NO_COLOR: "1" },
     stdin: "null",
     stdout: "piped",
-    stderr: "piped",
+    stderr: o.inheritStderr ? "inherit" : "piped",
   }).spawn();
   let killed: "timeout" | "aborted" | undefined;
   const kill = (why: "timeout" | "aborted") => {
@@ -57,10 +62,13 @@ export async function runChild(o: ChildOptions): Promise<Outcome> {
   o.signal?.removeEventListener("abort", onAbort);
   const stdout = new TextDecoder().decode(out.stdout);
   // The head of the child's stderr: the error message and the top of its stack.
-  const stderr = new TextDecoder().decode(out.stderr)
-    // deno-lint-ignore no-control-regex
-    .replace(/\x1b\[[0-9;]*m/g, "")
-    .split("\n").filter((l) => l.trim() !== "").slice(0, 4).join("\n");
+  const stderr =
+    (o.inheritStderr
+      ? "(its stderr went to ours, above)"
+      : new TextDecoder().decode(out.stderr))
+      // deno-lint-ignore no-control-regex
+      .replace(/\x1b\[[0-9;]*m/g, "")
+      .split("\n").filter((l) => l.trim() !== "").slice(0, 4).join("\n");
   if (killed !== undefined) {
     const why = killed === "timeout"
       ? `timed out after ${o.timeoutS} s (killed)`

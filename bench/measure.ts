@@ -2,11 +2,15 @@
 // on stdout (see `Figures` in cases.ts); the child of bench/compare.ts and bench/ab.ts.
 //
 //   deno run --allow-read bench/measure.ts <case> <variant> [--quick] [--lib PATH/mod.ts]
+//                                          [--progress]
 //
 // <case> is W1–W6, startup or idle; <variant> one of VARIANTS in cases.ts (mpipe, pm,
 // pm-batch, pm-transfer, workers). `--quick` runs N / 10 per pass. `--lib` builds the MPipe
 // side with another checkout's library (bench/ab.ts passes an exported commit's mod.ts);
 // every other line of code, the workloads and the baselines included, is this checkout's.
+// `--progress` turns on MPipe's progress display (PipelineOptions.progress) on stderr for
+// the pipelines of W1–W6 (not start-up or idle, which it would skew); it reads shared
+// memory on a timer, so its figures are for watching a run, not for the table.
 //
 // Throughput workloads (W1, W2, W4, W5) run 6 timed passes of N through one pipeline after
 // the warm-up, each timed from just before its first put until its last result is read and
@@ -48,6 +52,8 @@ interface Request {
   library: Library;
   /** Where it came from: `--lib`'s path, or undefined for this checkout's mod.ts. */
   libPath: string | undefined;
+  /** Show MPipe's progress display on stderr (`--progress`). */
+  progress: boolean;
 }
 
 function start(
@@ -56,7 +62,11 @@ function start(
   w3Workers?: number,
 ): Promise<Runner & { close(): unknown }> {
   if (r.variant === "mpipe") {
-    return startMPipe(id, { w3Workers, library: r.library });
+    return startMPipe(id, {
+      w3Workers,
+      library: r.library,
+      ...(r.progress ? { pipeline: { progress: true } } : {}),
+    });
   }
   const pm: Record<string, BaselineVariant> = {
     "pm": "simple",
@@ -248,15 +258,17 @@ function measure(r: Request): Promise<Figures> {
 }
 
 const USAGE =
-  "usage: measure.ts <case> <variant> [--quick] [--lib PATH/mod.ts]";
+  "usage: measure.ts <case> <variant> [--quick] [--lib PATH/mod.ts] [--progress]";
 
 async function parseArgs(args: string[]): Promise<Request> {
   const positional: string[] = [];
   let quick = false;
+  let progress = false;
   let lib: string | undefined;
   for (let i = 0; i < args.length; i++) {
     const a = args[i]!;
     if (a === "--quick") quick = true;
+    else if (a === "--progress") progress = true;
     else if (a === "--lib") {
       lib = args[++i];
       if (lib === undefined) {
@@ -283,6 +295,7 @@ async function parseArgs(args: string[]): Promise<Request> {
     quick,
     library: await loadLibrary(lib),
     libPath: lib,
+    progress,
   };
 }
 

@@ -95,6 +95,8 @@ export class ConcurrentRunner {
             input.taskStarted();
             this.#start(run, task, seqs[i]!);
           }
+          // What a replacement drops if this worker is lost (see Supervisor).
+          host.figures.claimed(inFlight.length);
           this.#settle();
           continue;
         }

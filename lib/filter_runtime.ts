@@ -11,6 +11,7 @@
 import { ClaimPolicy } from "./claim_policy.ts";
 import { type Branch, InputLink, type InputMode, OutputPort } from "./link.ts";
 import { Ring } from "./ring.ts";
+import type { FigureRef } from "./status.ts";
 
 /** What the filter's worker is told: its settings and its sub-pipelines' links. */
 export interface FilterConfig {
@@ -21,6 +22,8 @@ export interface FilterConfig {
   subs: {
     /** The ring into the sub-pipeline's root stage. */
     input: Branch;
+    /** The root's count of the tasks passed in (`StageStatus.RECEIVED`), written by the filter alone. */
+    received: FigureRef;
     /** The rings from the sub-pipeline's leaf stages. */
     output: {
       control: SharedArrayBuffer;
@@ -37,6 +40,9 @@ export class FilterRuntime {
   readonly outputs: InputLink[];
   /** Tasks put into each sub-pipeline, less results drained from it. */
   readonly counts: number[];
+  /** Each sub-pipeline root's count of the tasks passed in, and where it is. */
+  readonly received: Float64Array[];
+  readonly receivedAt: number[];
   /** The latest result of each sub-pipeline (kept across tasks with cacheResults). */
   readonly latest: Map<number, unknown> = new Map();
   #values: unknown[] = [];
@@ -45,6 +51,10 @@ export class FilterRuntime {
   constructor(config: FilterConfig) {
     this.config = config;
     this.counts = config.subs.map(() => 0);
+    this.received = config.subs.map((sub) =>
+      new Float64Array(sub.received.buffer)
+    );
+    this.receivedAt = config.subs.map((sub) => sub.received.index);
     this.inputs = config.subs.map((sub, i) => {
       const port = new OutputPort([sub.input]);
       // While a task waits for room in a sub-pipeline, drain what that
@@ -73,6 +83,8 @@ export class FilterRuntime {
       if (
         this.counts[i]! < maxTasks && this.inputs[i]!.offer(task, Ring.DATA, 0)
       ) {
+        // A plain store: the filter's worker alone writes it.
+        this.received[i]![this.receivedAt[i]!]!++;
         this.inputs[i]!.publish();
         this.counts[i]!++;
       }

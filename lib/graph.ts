@@ -124,3 +124,28 @@ export function ringIndex(
   }
   throw new Error("unreachable: stage is not upstream of next");
 }
+
+/**
+ * `root` and every stage after it in the order tasks reach them: a stage
+ * comes after every stage linked to it (a join after all of its upstream
+ * stages), and a `FilterStage`'s sub-pipelines, each in the same order,
+ * come right after the filter.
+ */
+export function flowOrder(root: AnyStage): AnyStage[] {
+  const order: AnyStage[] = [];
+  /** Links into each stage not yet followed. */
+  const linksLeft = new Map<AnyStage, number>();
+  const ready = [root];
+  for (let at = 0; at < ready.length; at++) {
+    const stage = ready[at]!;
+    const state = internalsOf(stage);
+    order.push(stage);
+    for (const sub of state.filter?.stages ?? []) order.push(...flowOrder(sub));
+    for (const next of state.next) {
+      const left = linksLeft.get(next) ?? internalsOf(next).previous.length;
+      linksLeft.set(next, left - 1);
+      if (left === 1) ready.push(next);
+    }
+  }
+  return order;
+}

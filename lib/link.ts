@@ -22,6 +22,7 @@ import { Bell } from "./bell.ts";
 import { Mutex } from "./mutex.ts";
 import { Ring } from "./ring.ts";
 import { Decoder, Encoder } from "./codec.ts";
+import type { FigureRef } from "./status.ts";
 
 /** How the consumers of a link read it. */
 export interface InputMode {
@@ -393,6 +394,12 @@ export interface Branch {
   maxBacklog: number;
   /** Index of the NEXT_SEQ word of this producer's group downstream, if that group is merged by sequence; -1 if not. */
   nextSeqWord: number;
+  /**
+   * Where this producer adds the ms it waits for room in the branch: a float
+   * of the downstream stage's status block (`StageStatus.FULL_MS`), as an
+   * index into a `Float64Array` over `buffer`; absent for the main thread.
+   */
+  fullMs?: FigureRef;
 }
 
 /**
@@ -410,6 +417,9 @@ export class OutputPort {
   onPublish: (() => void) | null = null;
   /** Ms this port spent asleep waiting for room downstream. */
   blockedMs = 0;
+  /** Each branch's float that counts its waits for room (see `Branch.fullMs`), or null. */
+  readonly fullMs: (Float64Array | null)[];
+  readonly fullMsAt: number[];
   /**
    * Called while a write waits for room, once the ring's space bell is armed.
    * A thread that also consumes what its output leads to (a filter and its
@@ -426,6 +436,10 @@ export class OutputPort {
     this.links = branches.map((b) => new Int32Array(b.link));
     this.maxBacklogs = branches.map((b) => b.maxBacklog);
     this.nextSeqWords = branches.map((b) => b.nextSeqWord);
+    this.fullMs = branches.map((b) =>
+      b.fullMs === undefined ? null : new Float64Array(b.fullMs.buffer)
+    );
+    this.fullMsAt = branches.map((b) => b.fullMs?.index ?? 0);
   }
 
   /**
@@ -518,7 +532,7 @@ export class OutputPort {
       if (done === before) {
         const asleep = performance.now();
         Bell.sleep(ring.control, Ring.SPACE_BELL + Bell.COUNTER, counter);
-        this.blockedMs += performance.now() - asleep;
+        this.#waited(branch, performance.now() - asleep);
         done = this.#attempt(ring, kind, seq, bytes, done, length);
       }
     }
@@ -552,8 +566,16 @@ export class OutputPort {
       if (this.#tryEnterBacklog(branch, seq)) return;
       const asleep = performance.now();
       Bell.sleep(link, InputLink.SPACE_BELL + Bell.COUNTER, counter);
-      this.blockedMs += performance.now() - asleep;
+      this.#waited(branch, performance.now() - asleep);
     }
+  }
+
+  /** Counts `ms` asleep waiting for room in `branch`: this port's and the branch's. */
+  #waited(branch: number, ms: number): void {
+    this.blockedMs += ms;
+    // A plain store: this producer alone writes its branch's float.
+    const fullMs = this.fullMs[branch]!;
+    if (fullMs !== null) fullMs[this.fullMsAt[branch]!]! += ms;
   }
 
   /** Takes a place in the downstream backlog if record `seq` may enter now. */

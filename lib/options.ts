@@ -27,6 +27,50 @@ export interface PipelineOptions {
    * `navigator.hardwareConcurrency` cores, else 0}
    */
   spin?: number;
+  /**
+   * Show the pipeline's progress on stderr (never stdout) while it runs, and
+   * a summary when it is done: `true`, or the display's options. On a
+   * terminal it redraws one line per stage; elsewhere (CI, a log file) it
+   * writes a plain line per stage every `intervalMs`. It stops by itself
+   * once every worker has exited, and never keeps the program alive.
+   * @default {false}
+   */
+  progress?: boolean | ProgressOptions;
+}
+
+/**
+ * Options of the progress display (`PipelineOptions.progress`).
+ *
+ * @example A bar, a percentage and an ETA for a known number of tasks
+ * ```ts
+ * import { OrderedStage, Pipeline, type ProgressOptions } from "@mpipe/mpipe";
+ * import assert from "node:assert/strict";
+ *
+ * const progress: ProgressOptions = { total: 3, intervalMs: 500 };
+ * const pipe = new Pipeline<number, number>(
+ *   new OrderedStage((x: number) => x + 1),
+ *   { progress },
+ * );
+ * for (let i = 0; i < 3; i++) pipe.put(i);
+ * pipe.put(null);
+ * assert.deepEqual(await Array.fromAsync(pipe), [1, 2, 3]);
+ * await pipe.done; // the display has written its summary to stderr
+ * ```
+ */
+export interface ProgressOptions {
+  /**
+   * The number of tasks you will put (a non-negative integer): each stage's
+   * line then gets a bar, a percentage and an ETA, measured against it as if
+   * every stage took one task per task put (as in a chain of stages that
+   * each return one result per task).
+   * @default {unknown: no bar}
+   */
+  total?: number;
+  /**
+   * Ms between two updates (a positive number).
+   * @default {200 on a terminal, else 1000}
+   */
+  intervalMs?: number;
 }
 
 /** Options of `put`. */
@@ -40,6 +84,8 @@ export interface CheckedPipelineOptions {
   ringBytes: number;
   /** Undefined: the default spin, once the number of workers is known. */
   spin: number | undefined;
+  /** The progress display's options, or null for none. */
+  progress: ProgressOptions | null;
 }
 
 /** The default spin when every thread of the pipeline has a core of its own. */
@@ -65,11 +111,12 @@ export function checkPipelineOptions(options: unknown): CheckedPipelineOptions {
       `Pipeline: 'options' must be an object, got ${describe(options)}`,
     );
   }
-  const { ringBytes = 1 << 20, spin, ...rest } = options as PipelineOptions;
+  const { ringBytes = 1 << 20, spin, progress = false, ...rest } =
+    options as PipelineOptions;
   const unknown = Object.keys(rest)[0];
   if (unknown !== undefined) {
     throw new TypeError(
-      `Pipeline: 'options.${unknown}' is not a pipeline option; the options are ringBytes, spin`,
+      `Pipeline: 'options.${unknown}' is not a pipeline option; the options are ringBytes, spin, progress`,
     );
   }
   if (
@@ -93,7 +140,49 @@ export function checkPipelineOptions(options: unknown): CheckedPipelineOptions {
       }`,
     );
   }
-  return { ringBytes, spin };
+  return { ringBytes, spin, progress: checkProgress(progress) };
+}
+
+/** Checks `options.progress`: a boolean or `{ total?, intervalMs? }`. */
+function checkProgress(progress: unknown): ProgressOptions | null {
+  if (progress === false) return null;
+  if (progress === true) return {};
+  if (typeof progress !== "object" || progress === null) {
+    throw new TypeError(
+      `Pipeline: 'options.progress' must be a boolean or an object ({ total?, intervalMs? }), got ${
+        describe(progress)
+      }`,
+    );
+  }
+  const { total, intervalMs, ...rest } = progress as ProgressOptions;
+  const unknown = Object.keys(rest)[0];
+  if (unknown !== undefined) {
+    throw new TypeError(
+      `Pipeline: 'options.progress.${unknown}' is not a progress option; the options are total, intervalMs`,
+    );
+  }
+  if (
+    total !== undefined &&
+    (typeof total !== "number" || !Number.isInteger(total) || total < 0)
+  ) {
+    throw new RangeError(
+      `Pipeline: 'options.progress.total' must be a non-negative integer (the number of tasks you will put), got ${
+        describe(total)
+      }`,
+    );
+  }
+  if (
+    intervalMs !== undefined &&
+    (typeof intervalMs !== "number" || !(intervalMs > 0) ||
+      !Number.isFinite(intervalMs))
+  ) {
+    throw new RangeError(
+      `Pipeline: 'options.progress.intervalMs' must be a positive number of milliseconds, got ${
+        describe(intervalMs)
+      }`,
+    );
+  }
+  return { total, intervalMs };
 }
 
 /** What `checkCallOptions` returns for no options: one object, not one per call. */

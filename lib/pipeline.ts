@@ -29,6 +29,7 @@ import {
   checkPipelineOptions,
   defaultSpin,
   type PipelineOptions,
+  type ProgressOptions,
   type PutOptions,
 } from "./options.ts";
 import { workerOptionsAllowed } from "./permissions.ts";
@@ -45,8 +46,17 @@ import { inspectModules, Supervisor } from "./supervisor.ts";
 import { TaskInput } from "./task_input.ts";
 import { feed, type FeedOptions, PipelineStreams } from "./streams.ts";
 import { Wiring } from "./wiring.ts";
+import { type PipelineStats, StatsReader } from "./stats.ts";
+import { ProgressDisplay } from "./progress.ts";
+import { insightsReport } from "./insights.ts";
 
-export type { FeedOptions, GetOptions, PipelineOptions, PutOptions };
+export type {
+  FeedOptions,
+  GetOptions,
+  PipelineOptions,
+  ProgressOptions,
+  PutOptions,
+};
 
 /**
  * A pipeline of stages. Creating it builds and starts every worker of every
@@ -90,6 +100,8 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
   readonly #output: ResultOutput;
   readonly #supervisor: Supervisor;
   readonly #streams: PipelineStreams<I, O>;
+  readonly #stats: StatsReader;
+  readonly #progress: ProgressDisplay | null = null;
   #resolveDone!: () => void;
   #rejectDone!: (error: StageError) => void;
 
@@ -112,7 +124,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
       | Stage<unknown extends I ? never : I, unknown, never>,
     options: PipelineOptions = {},
   ) {
-    const { ringBytes, spin } = checkPipelineOptions(options);
+    const { ringBytes, spin, progress } = checkPipelineOptions(options);
     this.done = WatchedPromise.create((resolve, reject) => {
       this.#resolveDone = resolve;
       this.#rejectDone = reject;
@@ -157,6 +169,14 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
       this.#output,
     );
     this.#output.pump = this.#input;
+    this.#stats = new StatsReader(
+      root as unknown as AnyStage,
+      this.#input,
+      this.#output,
+    );
+    if (progress !== null) {
+      this.#progress = new ProgressDisplay(() => this.stats(), progress);
+    }
     this.#supervisor = new Supervisor(this.#run, wiring.sleepWords, reports, {
       fail: (error) => this.#fail(error),
       exited: () => this.#settleDone(),
@@ -338,6 +358,71 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
   }
 
   /**
+   * A snapshot of the pipeline's figures: tasks put and results read, and for
+   * every stage (the root first, then in the order tasks reach them) what
+   * its workers did and what waits for it. It is read from the shared memory
+   * the workers write as they go, and sends them nothing, so it may be taken
+   * at any time: while the pipeline runs (the figures may then be a batch
+   * stale), after the stop, after `done` (final: every total adds up).
+   *
+   * @returns The figures of now.
+   *
+   * @example Every task that reached a stage was done or skipped
+   * ```ts
+   * import { OrderedStage, Pipeline } from "@mpipe/mpipe";
+   * import assert from "node:assert/strict";
+   *
+   * const pipe = new Pipeline<number, number>(
+   *   new OrderedStage((x: number) => x + 1, 2),
+   * );
+   * for (let i = 0; i < 10; i++) pipe.put(i);
+   * pipe.put(null);
+   * await Array.fromAsync(pipe);
+   * await pipe.done;
+   * const { put, read, stages: [stage] } = pipe.stats();
+   * assert.deepEqual([put, read], [10, 10]);
+   * assert.equal(stage!.tasks + stage!.skipped, stage!.received);
+   * assert.deepEqual([stage!.inFlight, stage!.backlog], [0, 0]);
+   * ```
+   */
+  stats(): PipelineStats {
+    return this.#stats.snapshot();
+  }
+
+  /**
+   * A readable report of the run so far (call it after `done` for the whole
+   * run): per stage and per worker the start-up, `doInit`, working, blocked
+   * and waiting time and their shares; each stage's five slowest tasks; the
+   * stage that held the run back, with the figures that show it; and a
+   * warning for each stage whose workers worked less than 80% of their time
+   * while tasks waited at its input. Its figures are those of `stats()`.
+   *
+   * @returns The report, lines separated by `\n`.
+   *
+   * @example The slow stage held the run back
+   * ```ts
+   * import { OrderedStage, Pipeline } from "@mpipe/mpipe";
+   * import assert from "node:assert/strict";
+   *
+   * const quick = new OrderedStage((x: number) => x + 1, 1, { name: "quick" });
+   * const slow = new OrderedStage(async (x: number) => {
+   *   await new Promise((resolve) => setTimeout(resolve, 5));
+   *   return x;
+   * }, 1, { name: "slow" });
+   * const pipe = new Pipeline<number, number>(quick.link(slow));
+   * for (let i = 0; i < 40; i++) pipe.put(i);
+   * pipe.put(null);
+   * await Array.fromAsync(pipe);
+   * await pipe.done;
+   * const report = pipe.insights();
+   * assert.match(report, /Bottleneck: stage 'slow' held the run back/);
+   * ```
+   */
+  insights(): string {
+    return insightsReport(this.stats());
+  }
+
+  /**
    * Stops now: kills every worker; results not yet read are dropped, and
    * waiting `put`s reject with a `PipelineClosedError`. A worker stuck in a
    * synchronous loop keeps its thread (and the process) running until the
@@ -380,6 +465,14 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
   }
 
   #settleDone(): void {
+    this.#stats.finished();
+    this.#progress?.finish(
+      this.#run.failure !== null
+        ? "failed"
+        : this.#run.terminated
+        ? "terminated"
+        : "done",
+    );
     const failure = this.#run.failure;
     if (failure !== null && !this.#output.readerAttached) {
       // Code that awaits `done`, now or later, observes the failure.

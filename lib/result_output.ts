@@ -74,6 +74,8 @@ export class ResultOutput implements ResultWaker {
   #sleep: Sleep | null = null;
   /** Whether anything ever read results, and so will see a failure there. */
   #readerAttached = false;
+  /** Results handed to readers, however they read them. */
+  #read = 0;
 
   constructor(
     run: RunView,
@@ -111,6 +113,11 @@ export class ResultOutput implements ResultWaker {
   /** Whether anything ever read results (`get`, `results()`, iteration). */
   get readerAttached(): boolean {
     return this.#readerAttached;
+  }
+
+  /** Results read so far (`get`, `results()`, a leaf's reads): every read takes them here. */
+  get read(): number {
+    return this.#read;
   }
 
   get readersAsleep(): boolean {
@@ -328,6 +335,7 @@ export class ResultOutput implements ResultWaker {
     }
     const value = leaf.queue[leaf.head];
     leaf.queue[leaf.head++] = undefined;
+    this.#read++;
     return value;
   }
 

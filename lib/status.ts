@@ -11,9 +11,16 @@
  * @module
  */
 
+/** A float in shared memory: an index into a `Float64Array` over `buffer`. */
+export interface FigureRef {
+  buffer: SharedArrayBuffer;
+  index: number;
+}
+
 /**
  * Layout: a header of stage-wide counters, then one slot of words per worker,
- * then one slot of figures (64-bit floats) per worker.
+ * then one slot of figures (64-bit floats) per worker, then the stage's own
+ * figures (`RECEIVED`, then `FULL_MS` of each producer ring of its input).
  */
 export class StageStatus {
   /** Header word: tasks dropped by the `onError` policy, timeouts and lost workers. */
@@ -55,10 +62,10 @@ export class StageStatus {
    * stores (a reader may see them a batch late). Counters are floats so
    * they never wrap.
    */
-  static readonly FIGURES = 20;
+  static readonly FIGURES = 22;
   /** Figure: when the running timed task started (ms since the epoch). */
   static readonly STARTED = 0;
-  /** Figure: tasks this slot's workers finished, with a result or without. */
+  /** Figure: tasks this slot's workers finished, with a result or without, and did not skip (see `SKIPS`). */
   static readonly TASKS = 1;
   /** Figure: results this slot's workers put downstream. */
   static readonly RESULTS = 2;
@@ -76,14 +83,66 @@ export class StageStatus {
   static readonly IN_FLIGHT = 8;
   /** Figure: ms the worker was blocked writing results (a full ring or backlog downstream), within its busy time. */
   static readonly BLOCKED_MS = 9;
-  /** Figures: the worker's five slowest tasks so far, as (seq, ms) pairs, slowest first; ms is a batch's time per task. */
+  /**
+   * Figures: the worker's five slowest tasks so far, as (seq, ms) pairs,
+   * slowest first; ms is a batch's time per task; seq -1 marks an empty pair.
+   */
   static readonly SLOWEST = 10;
+  /** How many (seq, ms) pairs `SLOWEST` holds. */
+  static readonly SLOWEST_PAIRS = 5;
+  /**
+   * Figure: tasks this slot's lost workers held, dropped as new workers took
+   * their place (the main thread adds them as it replaces the worker). The
+   * tasks the workers themselves skip are counted in the slot word `SKIPS`;
+   * `SKIPPED` counts both, for the whole stage.
+   */
+  static readonly DROPPED = 20;
+  /**
+   * Figure: when the worker last began working or waiting (ms since the
+   * epoch): working while `IN_FLIGHT` is above 0, waiting otherwise; 0 while
+   * it does neither (not ready yet, or gone). A reader adds the time since to
+   * `BUSY_MS` or `IDLE_MS`, which count only what has ended.
+   */
+  static readonly SINCE = 21;
 
-  /** Creates the shared memory of a stage of `size` workers. */
-  static allocate(size: number): SharedArrayBuffer {
-    return new SharedArrayBuffer(
-      StageStatus.#timesOffset(size) + size * StageStatus.FIGURES * 8,
+  /**
+   * Stage figure: tasks a `FilterStage` passed into this stage, the root of
+   * one of its sub-pipelines (the filter's worker writes it; other stages
+   * count what reached them from the results of the stages before them).
+   */
+  static readonly RECEIVED = 0;
+  /**
+   * Stage figures, one per producer ring of the stage's input: ms that
+   * producer waited for room there (a full ring, or a full `maxBacklog`),
+   * written by the producer alone.
+   */
+  static readonly FULL_MS = 1;
+
+  /**
+   * Creates the shared memory of a stage of `size` workers whose input has
+   * `producers` rings.
+   */
+  static allocate(size: number, producers: number): SharedArrayBuffer {
+    const buffer = new SharedArrayBuffer(
+      StageStatus.#timesOffset(size) +
+        (size * StageStatus.FIGURES + StageStatus.FULL_MS + producers) * 8,
     );
+    const status = new StageStatus(buffer, size);
+    for (let i = 0; i < size; i++) {
+      for (let pair = 0; pair < StageStatus.SLOWEST_PAIRS; pair++) {
+        status.figures[status.figure(i, StageStatus.SLOWEST + 2 * pair)] = -1;
+      }
+    }
+    return buffer;
+  }
+
+  /**
+   * The index of stage figure `figure` in a `Float64Array` over the whole
+   * block of a stage of `size` workers (for a thread that writes only it).
+   */
+  static stageFigureIndex(size: number, figure: number): number {
+    return (StageStatus.#timesOffset(size) >> 3) + size * StageStatus.FIGURES +
+      figure;
   }
 
   static #timesOffset(size: number): number {
@@ -94,6 +153,8 @@ export class StageStatus {
   readonly words: Int32Array;
   /** Each worker's figures, `FIGURES` floats a worker. */
   readonly figures: Float64Array;
+  /** The stage's own figures: `RECEIVED`, then `FULL_MS` of each producer ring. */
+  readonly stageFigures: Float64Array;
 
   constructor(buffer: SharedArrayBuffer, size: number) {
     const offset = StageStatus.#timesOffset(size);
@@ -103,6 +164,10 @@ export class StageStatus {
       buffer,
       offset,
       size * StageStatus.FIGURES,
+    );
+    this.stageFigures = new Float64Array(
+      buffer,
+      offset + size * StageStatus.FIGURES * 8,
     );
   }
 

@@ -39,7 +39,7 @@ interface WorkerRecord {
    * reports have arrived (`Worker.terminate()` drops messages in flight).
    */
   retiring: ReturnType<typeof setTimeout> | null;
-  /** The tasks its place had finished when it started. */
+  /** The tasks its place had finished or skipped when it started. */
   tasksAtStart: number;
   /** How many workers before it in its place were lost in a row without finishing a task. */
   lostInRow: number;
@@ -149,9 +149,7 @@ export class Supervisor {
       reports: 0,
       retiring: null,
       // The last worker in this place wrote it; nothing writes it now.
-      tasksAtStart: status.figures[
-        status.figure(config.index, StageStatus.TASKS)
-      ]!,
+      tasksAtStart: processed(status, config.index),
       lostInRow,
     };
     worker.onmessage = (event: MessageEvent<WorkerMessage>) =>
@@ -241,9 +239,7 @@ export class Supervisor {
       ? `; it held task${to - from > 1 ? `s ${from} to ${to - 1}` : ` ${from}`}`
       : "";
     const timedOut = reason.startsWith("task");
-    const finished = status.figures[
-      status.figure(config.index, StageStatus.TASKS)
-    ]! > record.tasksAtStart;
+    const finished = processed(status, config.index) > record.tasksAtStart;
     const lostInRow = finished ? 1 : record.lostInRow + 1;
     const giveUp = lostInRow >= MAX_LOST_IN_ROW;
     const replace = !giveUp &&
@@ -275,6 +271,14 @@ export class Supervisor {
       : to - from;
     // Readers of `skipped` load it at any time; other workers add to it too.
     Atomics.add(status.words, StageStatus.SKIPPED, dropped);
+    // The place's figures, which the replacement goes on from: the dropped
+    // tasks are counted, no longer in flight, and nothing runs until it is
+    // ready. Plain stores: the lost worker writes no more, and the
+    // replacement reads them after the message that starts it.
+    const figures = status.figures;
+    figures[status.figure(config.index, StageStatus.DROPPED)]! += dropped;
+    figures[status.figure(config.index, StageStatus.IN_FLIGHT)] = 0;
+    figures[status.figure(config.index, StageStatus.SINCE)] = 0;
     // The replacement starts with no timed task running.
     Atomics.store(
       status.words,
@@ -409,6 +413,12 @@ export class Supervisor {
     if (this.#watchdog !== undefined) clearInterval(this.#watchdog);
     this.#events.exited();
   }
+}
+
+/** The tasks worker place `index` has finished (`TASKS`) or skipped itself (`SKIPS`). */
+function processed(status: StageStatus, index: number): number {
+  return status.figures[status.figure(index, StageStatus.TASKS)]! +
+    Atomics.load(status.words, status.at(index, StageStatus.SKIPS));
 }
 
 /**

@@ -71,6 +71,10 @@ export class TaskInput implements InputPump {
   /** Records written to the input ring and not yet published. */
   #unpublished = 0;
   #publishTimer: ReturnType<typeof setTimeout> | undefined;
+  /** Tasks written to the input ring (the stop request not counted). */
+  #entered = 0;
+  /** Ms the first waiting task waited for room (a full ring or backlog). */
+  #fullMs = 0;
 
   constructor(
     link: { control: SharedArrayBuffer; ring: SharedArrayBuffer },
@@ -127,6 +131,7 @@ export class TaskInput implements InputPump {
       if (this.#waiting.length === 0 && this.#enterBacklog()) {
         const written = this.#ring.write(Ring.DATA, 0, encoded, 0, length);
         if (written === length) {
+          this.#entered++;
           this.#publishSoon();
           if (this.#waker.readersAsleep) this.#waker.wakeIfResults();
           return ENTERED;
@@ -151,6 +156,16 @@ export class TaskInput implements InputPump {
         : WatchedPromise.rejected(run.failure, () => this.#report.observed());
     }
     return this.put(null, undefined);
+  }
+
+  /** Tasks that entered the pipeline: written to the root stage's input ring. */
+  get entered(): number {
+    return this.#entered;
+  }
+
+  /** Ms tasks waited for room at the root stage's input. */
+  get fullMs(): number {
+    return this.#fullMs;
   }
 
   /** Rejects every waiting task with `reason` and stops waiting for room (the pipeline ended). */
@@ -227,6 +242,7 @@ export class TaskInput implements InputPump {
         if (first === undefined) break;
         // Wait for the bell of what is missing: room in the ring, or a place
         // in the backlog; a bell rung since it was armed returns at once.
+        const waitedFrom = performance.now();
         await (first.inBacklog
           ? Atomics.waitAsync(
             this.#ring.control,
@@ -238,6 +254,7 @@ export class TaskInput implements InputPump {
             InputLink.SPACE_BELL + Bell.COUNTER,
             backlog,
           )).value;
+        this.#fullMs += performance.now() - waitedFrom;
       }
     } finally {
       this.#draining = false;
@@ -281,6 +298,7 @@ export class TaskInput implements InputPump {
         break;
       }
       progress = true;
+      if (waiting.bytes !== null) this.#entered++;
       this.#waiting.shift();
       waiting.resolve();
     }

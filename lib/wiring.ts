@@ -19,7 +19,7 @@ import { groupOf, leavesOf, producersOf, ringIndex } from "./graph.ts";
 import { type Branch, InputLink, type InputMode } from "./link.ts";
 import { Ring } from "./ring.ts";
 import { type AnyStage, internalsOf } from "./stage_internals.ts";
-import { StageStatus } from "./status.ts";
+import { type FigureRef, StageStatus } from "./status.ts";
 import type { WorkerConfig } from "./worker_runtime.ts";
 
 /** The memory of one link: its control block and one ring per producer. */
@@ -76,7 +76,7 @@ export class Wiring {
     for (const stage of stages) {
       const state = internalsOf(stage);
       state.status = new StageStatus(
-        StageStatus.allocate(stage.size),
+        StageStatus.allocate(stage.size, producersOf(stage)),
         stage.size,
       );
       this.#inputs.set(
@@ -129,11 +129,13 @@ export class Wiring {
     return Array.from({ length: stage.size }, (_, index) => {
       const outputs = state.next.map((next) => {
         const target = this.#inputs.get(next)!;
+        const ring = ringIndex(next, stage, index);
         return linkBranch(
           target.control,
-          target.rings[ringIndex(next, stage, index)]!,
+          target.rings[ring]!,
           internalsOf(next).maxBacklog,
           nextSeqWord(next, stage),
+          stageFigure(next, StageStatus.FULL_MS + ring),
         );
       });
       if (leafLink !== undefined) {
@@ -218,7 +220,9 @@ export class Wiring {
             rootLink.rings[0]!,
             internalsOf(root).maxBacklog,
             -1,
+            stageFigure(root, StageStatus.FULL_MS),
           ),
+          received: stageFigure(root, StageStatus.RECEIVED),
           output: {
             control: returns[i]!.control,
             rings: returns[i]!.rings,
@@ -268,6 +272,7 @@ function linkBranch(
   ring: SharedArrayBuffer,
   maxBacklog: number,
   nextSeqWord: number,
+  fullMs: FigureRef,
 ): Branch {
   return {
     ring,
@@ -276,6 +281,15 @@ function linkBranch(
     link: control,
     maxBacklog: Number.isFinite(maxBacklog) ? maxBacklog : 0,
     nextSeqWord,
+    fullMs,
+  };
+}
+
+/** Stage figure `figure` of `stage`, for the one thread that writes it. */
+function stageFigure(stage: AnyStage, figure: number): FigureRef {
+  return {
+    buffer: internalsOf(stage).status!.buffer,
+    index: StageStatus.stageFigureIndex(stage.size, figure),
   };
 }
 

@@ -3,7 +3,9 @@
  * status block: tasks, results, busy, idle and blocked time, start-up and
  * `doInit` time, its slowest tasks. The worker adds to private counters and
  * writes them with plain stores once per published batch, so the main thread
- * reads them without a message, at most a batch late.
+ * reads them without a message, at most a batch late. It also stamps when
+ * it began working or waiting (`StageStatus.SINCE`), so that a reader can
+ * add the time since to what has ended.
  *
  * Shipped to workers by source, like `ring.ts`.
  *
@@ -15,12 +17,12 @@ import { StageStatus } from "./status.ts";
 /** One worker's counters and its figures in the status block. */
 export class WorkerFigures {
   /** How many slow tasks each worker notes. */
-  static readonly SLOWEST = 5;
+  static readonly SLOWEST = StageStatus.SLOWEST_PAIRS;
 
   readonly #figures: Float64Array;
   /** Where this worker's figures start in `#figures`. */
   readonly #at: number;
-  /** Tasks finished, with a result or without. */
+  /** Tasks finished, with a result or without, and not skipped (see `StageStatus.SKIPS`). */
   tasks: number;
   /** Results put downstream. */
   results: number;
@@ -31,7 +33,11 @@ export class WorkerFigures {
   /** When the last busy stretch ended (performance.now()), for the idle time. */
   #lastEnd = 0;
   /** The slowest tasks so far: seq and ms, slowest first. */
-  #slowest: { seq: number; ms: number }[] = [];
+  #slowest: { seq: number; ms: number }[];
+  /** This thread's `performance.timeOrigin`, for the `SINCE` figure. */
+  readonly #origin = performance.timeOrigin;
+  /** The worker is about to exit: it neither works nor waits any more. */
+  #exiting = false;
 
   /** The figures of worker `index`; a replacement goes on where its place's last worker stopped. */
   constructor(status: StageStatus, index: number) {
@@ -43,6 +49,12 @@ export class WorkerFigures {
     this.#busyMs = figures[this.#at + StageStatus.BUSY_MS]!;
     this.#idleMs = figures[this.#at + StageStatus.IDLE_MS]!;
     this.#blockedBase = figures[this.#at + StageStatus.BLOCKED_MS]!;
+    this.#slowest = [];
+    for (let i = 0; i < WorkerFigures.SLOWEST; i++) {
+      const seq = figures[this.#at + StageStatus.SLOWEST + 2 * i]!;
+      const ms = figures[this.#at + StageStatus.SLOWEST + 2 * i + 1]!;
+      if (seq >= 0) this.#slowest.push({ seq, ms });
+    }
   }
 
   /** The target loaded (`now`, performance.now()), after a spawn at `spawnedAt` (ms since the epoch). */
@@ -55,6 +67,7 @@ export class WorkerFigures {
   ready(loaded: number, now: number): void {
     this.#figures[this.#at + StageStatus.INIT_MS] = now - loaded;
     this.#lastEnd = now;
+    this.#since(now);
   }
 
   /** A timed task started now. */
@@ -74,9 +87,19 @@ export class WorkerFigures {
     this.#figures[this.#at + StageStatus.IN_FLIGHT] = count;
   }
 
-  /** A batch ran from `started` to `ended`, `perTask` ms a task, its first task `seq`. */
+  /**
+   * A batch begins now: the wait since the last one ends. Published at once
+   * (the batch's busy time is published as it ends), so that a reader counts
+   * the time from now as busy, not as idle.
+   */
+  began(now: number): void {
+    this.#idleMs += now - this.#lastEnd;
+    this.#figures[this.#at + StageStatus.IDLE_MS] = this.#idleMs;
+    this.#since(now);
+  }
+
+  /** A batch ran from `started` (see `began`) to `ended`, `perTask` ms a task, its first task `seq`. */
   batch(started: number, ended: number, perTask: number, seq: number): void {
-    this.#idleMs += started - this.#lastEnd;
     this.#busyMs += ended - started;
     this.#lastEnd = ended;
     const slowest = this.#slowest;
@@ -99,7 +122,7 @@ export class WorkerFigures {
 
   /** A busy stretch starts now (a worker running tasks at once: the first is in flight). */
   busyFrom(now: number): void {
-    this.#idleMs += now - this.#lastEnd;
+    this.began(now);
     this.#lastEnd = now;
   }
 
@@ -109,7 +132,14 @@ export class WorkerFigures {
     this.#lastEnd = now;
   }
 
-  /** Writes the counters: plain stores, once per published batch. */
+  /** The worker's last task is done (`now`): it waited since, for the stop, and is about to exit. */
+  exiting(now: number): void {
+    this.#idleMs += now - this.#lastEnd;
+    this.#lastEnd = now;
+    this.#exiting = true;
+  }
+
+  /** Writes the counters, with the tasks claimed and not finished: plain stores, once per published batch. */
   write(inFlight: number, blockedMs: number): void {
     const figures = this.#figures;
     const at = this.#at;
@@ -119,5 +149,17 @@ export class WorkerFigures {
     figures[at + StageStatus.IDLE_MS] = this.#idleMs;
     figures[at + StageStatus.IN_FLIGHT] = inFlight;
     figures[at + StageStatus.BLOCKED_MS] = this.#blockedBase + blockedMs;
+    // Stored after the times it completes: from the end of the last busy
+    // stretch on, the worker waits.
+    if (inFlight === 0) {
+      figures[at + StageStatus.SINCE] = this.#exiting
+        ? 0
+        : this.#origin + this.#lastEnd;
+    }
+  }
+
+  /** Stamps when the worker began working or waiting (see `StageStatus.SINCE`). */
+  #since(now: number): void {
+    this.#figures[this.#at + StageStatus.SINCE] = this.#origin + now;
   }
 }

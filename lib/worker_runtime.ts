@@ -136,9 +136,12 @@ export class WorkerRuntime implements TaskHost {
     };
     // What is published is safe; a replacement must close what is not.
     const from = this.#slot.from;
+    const to = this.#slot.to;
     this.output.onPublish = () => {
+      // The tasks claimed and not finished: a batch's stamps are consecutive.
       this.figures.write(
-        this.#runner?.inFlight.length ?? 0,
+        this.#runner?.inFlight.length ??
+          this.status.words[to]! - this.#finished,
         this.output.blockedMs,
       );
       // Atomic, after the skip counts it covers (see SkipReports).
@@ -185,11 +188,15 @@ export class WorkerRuntime implements TaskHost {
       if (this.config.doStopTask) {
         const seq = this.input.nextOwnSeq();
         this.#claimed(seq, seq + 1);
+        // The stop task is no task that reached the stage: not counted.
+        const tasks = this.figures.tasks;
         await this.#runTask(run, null, seq);
+        this.figures.tasks = tasks;
       }
     } catch (error) {
       return this.#report("task", this.#runner?.failedTask ?? this.#seq, error);
     }
+    this.figures.exiting(performance.now());
     this.output.publish();
     this.output.putEmpty(Ring.STOP, 0);
     this.output.publish();
@@ -212,6 +219,7 @@ export class WorkerRuntime implements TaskHost {
       if (count < 0) return;
       this.idleWait.reset();
       const started = performance.now();
+      this.figures.began(started);
       this.#claimed(seqs[0]!, seqs[count - 1]! + 1);
       for (let i = 0; i < count; i++) {
         const task = values[i];
@@ -327,14 +335,14 @@ export class WorkerRuntime implements TaskHost {
     this.#putHeld();
     // The main thread reads the counts at any time: atomic adds, not stores.
     // The slot's count is raised before the skip is reported, so the main
-    // thread knows when a report is still on its way (see SkipReports).
+    // thread knows when a report is still on its way (see SkipReports). A
+    // skipped task is counted there alone, not in `figures.tasks`.
     Atomics.add(this.status.words, StageStatus.SKIPPED, 1);
     Atomics.add(this.status.words, this.#slot.skips, 1);
     if (this.config.ordered && !this.config.disableResult) {
       this.output.putEmpty(Ring.END | Ring.LAST, this.#seq);
     }
     this.#finished = this.#seq + 1;
-    this.figures.tasks++;
     // Only a callback needs the error: a skip without one sends nothing.
     if (this.config.onError === "report") {
       WorkerScope.postError({ type: "skipped", task: this.#seq, error });

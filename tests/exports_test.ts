@@ -28,13 +28,18 @@ const TYPES = [
   "ModuleTarget",
   "PermissionValue",
   "PipelineOptions",
+  "PipelineStats",
+  "ProgressOptions",
   "PutOptions",
+  "SlowTask",
   "StageErrorOptions",
   "StageOptions",
   "StagePermissions",
+  "StageStats",
   "Target",
   "TaskFunction",
   "WorkerClass",
+  "WorkerStats",
 ];
 
 Deno.test("mod.ts exports exactly the public values", () => {

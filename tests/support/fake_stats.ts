@@ -1,0 +1,67 @@
+/**
+ * Made-up statistics for the tests of what reads them (the insights report,
+ * the progress display): a run described in a few numbers, shaped as
+ * `pipe.stats()` returns it.
+ *
+ * @module
+ */
+
+import type { PipelineStats, StageStats, WorkerStats } from "../../mod.ts";
+
+/** A worker that worked `working` ms, was blocked `blocked` ms and waited `waiting` ms. */
+export function fakeWorker(
+  working: number,
+  waiting: number,
+  blocked = 0,
+  more: Partial<WorkerStats> = {},
+): WorkerStats {
+  return {
+    tasks: 0,
+    results: 0,
+    skipped: 0,
+    inFlight: 0,
+    busyMs: working + blocked,
+    idleMs: waiting,
+    blockedMs: blocked,
+    startMs: 40,
+    initMs: 0.5,
+    restarts: 0,
+    slowest: [],
+    ...more,
+  };
+}
+
+/** A stage of `workers`, linked to the stages at `next`, that did `tasks` tasks. */
+export function fakeStage(
+  name: string,
+  workers: WorkerStats[],
+  more: Partial<StageStats> = {},
+): StageStats {
+  const tasks = more.tasks ?? 100;
+  return {
+    name,
+    size: workers.length,
+    ordered: true,
+    received: tasks,
+    tasks,
+    results: tasks,
+    skipped: 0,
+    inFlight: 0,
+    backlog: 0,
+    fullMs: 0,
+    next: [],
+    within: null,
+    workers,
+    slowest: [],
+    ...more,
+  };
+}
+
+/** A run of `stages`, `elapsedMs` long, over (`done`) unless told otherwise. */
+export function fakeRun(
+  stages: StageStats[],
+  elapsedMs = 1000,
+  more: Partial<PipelineStats> = {},
+): PipelineStats {
+  return { elapsedMs, done: true, put: 100, read: 100, stages, ...more };
+}
