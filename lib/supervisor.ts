@@ -19,6 +19,7 @@ import type { WorkerConfig } from "./worker_runtime.ts";
 import type { WorkerMessage } from "./worker_scope.ts";
 import type { SkipReports } from "./skip_reports.ts";
 import { stageWorkerScript } from "./worker_script.ts";
+import { Watchdog } from "./watchdog.ts";
 import type { SleepWord } from "./wiring.ts";
 
 /** A running worker and what it was started with. */
@@ -75,7 +76,7 @@ export class Supervisor {
   /** Replaced workers whose last reports are still on their way (see #retire). */
   readonly #retiring = new Set<WorkerRecord>();
   #alive = 0;
-  #watchdog: ReturnType<typeof setInterval> | undefined;
+  #watchdog: Watchdog | undefined;
 
   constructor(
     run: RunView,
@@ -108,7 +109,18 @@ export class Supervisor {
     }
     const timeouts = stages.map(({ stage }) => internalsOf(stage).taskTimeout)
       .filter(Number.isFinite);
-    if (timeouts.length > 0) this.#startWatchdog(Math.min(...timeouts));
+    if (timeouts.length > 0) {
+      this.#watchdog = new Watchdog(
+        Math.min(...timeouts),
+        () => this.#workers,
+        (record, task, timeout) =>
+          this.#lost(
+            record as WorkerRecord,
+            `task ${task} ran longer than its taskTimeout of ${timeout} ms`,
+            undefined,
+          ),
+      );
+    }
   }
 
   /** Kills every worker, even one asleep in `Atomics.wait`, and reports them exited. */
@@ -364,53 +376,8 @@ export class Supervisor {
     }
   }
 
-  /** Checks timed tasks regularly; a task past its stage's taskTimeout loses its worker. */
-  #startWatchdog(shortestTimeout: number): void {
-    const period = Math.max(5, Math.min(250, shortestTimeout / 4));
-    this.#watchdog = setInterval(() => {
-      const now = performance.timeOrigin + performance.now();
-      for (const record of [...this.#workers]) {
-        const state = internalsOf(record.stage);
-        if (record.gone || !Number.isFinite(state.taskTimeout)) continue;
-        const status = state.status!;
-        const index = record.config.index;
-        const taskState = status.at(index, StageStatus.TASK_STATE);
-        const running = StageStatus.taskState(
-          record.config.generation,
-          StageStatus.RUNNING,
-        );
-        // The state is loaded before the start time it guards (the worker
-        // stores them in the other order).
-        if (
-          Atomics.load(status.words, taskState) === running &&
-          now - status.figures[status.figure(index, StageStatus.STARTED)]! >
-            state.taskTimeout &&
-          // Take the task over; fails if the worker has just finished it.
-          Atomics.compareExchange(
-              status.words,
-              taskState,
-              running,
-              StageStatus.taskState(
-                record.config.generation,
-                StageStatus.TAKEN_OVER,
-              ),
-            ) === running
-        ) {
-          const task = status.words[status.at(index, StageStatus.SEQ)];
-          this.#lost(
-            record,
-            `task ${task} ran longer than its taskTimeout of ${state.taskTimeout} ms`,
-            undefined,
-          );
-        }
-      }
-    }, period);
-    // The watchdog alone must not keep the process alive.
-    Deno.unrefTimer(this.#watchdog as unknown as number);
-  }
-
   #allExited(): void {
-    if (this.#watchdog !== undefined) clearInterval(this.#watchdog);
+    this.#watchdog?.stop();
     this.#events.exited();
   }
 }
