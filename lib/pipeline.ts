@@ -34,10 +34,12 @@ import {
 import { ResultOutput } from "./result_output.ts";
 import { RunState } from "./run_state.ts";
 import type { GetOptions, Stage } from "./stage.ts";
+import { type ClusterRun, openClusterRuns } from "./remote.ts";
 import {
   type AnyStage,
   internalsOf,
   type StageOwner,
+  workersOf,
 } from "./stage_internals.ts";
 import { SkipReports } from "./skip_reports.ts";
 import { inspectModules, Supervisor } from "./supervisor.ts";
@@ -87,6 +89,9 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
   readonly #input: TaskInput;
   readonly #output: ResultOutput;
   readonly #supervisor: Supervisor;
+  /** The runs of its remote stages' clusters, closed before `done` settles. */
+  readonly #clusterRuns: ClusterRun[];
+  #clusterRunsClosed: Promise<unknown> | null = null;
   #resolveDone!: () => void;
   #rejectDone!: (error: StageError) => void;
 
@@ -115,9 +120,10 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
       this.#rejectDone = reject;
     });
     const stages = collectStages(root as unknown as AnyStage);
+    this.#clusterRuns = openClusterRuns(stages);
     const leaves = pipelineLeaves(stages);
     const wiring = new Wiring(stages, leaves, ringBytes);
-    const workers = stages.reduce((sum, stage) => sum + stage.size, 0);
+    const workers = stages.reduce((sum, stage) => sum + workersOf(stage), 0);
     const threadSpin = spin ?? defaultSpin(workers + 1);
 
     const reports = new SkipReports(
@@ -294,7 +300,16 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
     this.#output.shutDown();
   }
 
+  /** Settles `done`, once the runs of remote stages' clusters are closed. */
   #settleDone(): void {
+    if (this.#clusterRuns.length === 0) return this.#settleDoneNow();
+    this.#clusterRunsClosed ??= Promise.allSettled(
+      this.#clusterRuns.map(async (run) => await run.close()),
+    );
+    this.#clusterRunsClosed.then(() => this.#settleDoneNow());
+  }
+
+  #settleDoneNow(): void {
     const failure = this.#run.failure;
     if (failure !== null && !this.#output.readerAttached) {
       // Code that awaits `done`, now or later, observes the failure.

@@ -14,7 +14,7 @@
 
 import type { StageError } from "./errors.ts";
 import type { CallbackGate } from "./result_output.ts";
-import { type AnyStage, internalsOf } from "./stage_internals.ts";
+import { type AnyStage, internalsOf, workersOf } from "./stage_internals.ts";
 import { StageStatus } from "./status.ts";
 
 /** A report waiting for its turn. */
@@ -143,7 +143,7 @@ export class SkipReports implements CallbackGate {
     const status = internalsOf(stage).status!;
     let below = 0;
     let held = Infinity;
-    for (let i = 0; i < stage.size; i++) {
+    for (let i = 0; i < workersOf(stage); i++) {
       const from = status.words[status.at(i, StageStatus.FROM)]!;
       const to = status.words[status.at(i, StageStatus.TO)]!;
       if (to > below) below = to;

@@ -5,6 +5,7 @@
  */
 
 import type { StageError } from "./errors.ts";
+import type { Cluster } from "./remote.ts";
 import { reaches } from "./graph.ts";
 import {
   type AnyStage,
@@ -86,6 +87,19 @@ export interface StageOptions {
    * @default {1}
    */
   concurrency?: number;
+  /**
+   * Run the stage on other machines: on the worker hosts of this cluster,
+   * such as a `JetStreamCluster` from `@mpipe/mpipe/jetstream`. `size` is
+   * then how many of its tasks may run at once across the cluster; the
+   * stage's order, backpressure, stop and errors are as for a local stage.
+   * A function or class target travels by its source, a module target by
+   * its URL (which the hosts must be able to import). `taskTimeout` counts
+   * from when a task is sent until its result is back; `concurrency` is how
+   * many tasks each host worker runs at once; `doStopTask` and `restart`
+   * are refused.
+   * @default {null: the stage runs in this process's Web Workers}
+   */
+  cluster?: Cluster | null;
 }
 
 /** Options for reading results. */
@@ -106,6 +120,7 @@ const OPTION_NAMES = [
   "restart",
   "taskTimeout",
   "concurrency",
+  "cluster",
 ];
 
 /**
@@ -204,6 +219,8 @@ export class Stage<I, O, R = never> {
       restart: checked.restart ?? false,
       taskTimeout: checked.taskTimeout ?? Infinity,
       concurrency: checked.concurrency ?? 1,
+      cluster: checked.cluster ?? null,
+      standIn: null,
       status: null,
       next: [],
       previous: [],
@@ -456,6 +473,25 @@ function checkOptions(kind: string, options: unknown): StageOptions {
         describe(o.concurrency)
       }`,
     );
+  }
+  if (o.cluster !== undefined && o.cluster !== null) {
+    if (
+      typeof o.cluster !== "object" ||
+      typeof (o.cluster as { openRun?: unknown }).openRun !== "function"
+    ) {
+      fail("cluster", "a cluster (such as a JetStreamCluster) or null");
+    }
+    for (const key of ["doStopTask", "restart"]) {
+      if (o[key] === true) {
+        throw new TypeError(
+          `${kind}: 'options.${key}' cannot be used with 'options.cluster': ${
+            key === "restart"
+              ? "a remote stage's hosts replace their lost workers themselves, and a task that loses its worker fails (skip it with onError)"
+              : "a remote stage has no workers of its own to give a stop task to"
+          }`,
+        );
+      }
+    }
   }
   if (o.maxBacklog !== undefined) {
     const max = o.maxBacklog;

@@ -68,6 +68,8 @@ interface TaskSlot {
   seq: number;
   /** It settled: `ok` and `value` say how. */
   done: boolean;
+  /** Its results (or its failure) were written. */
+  written: boolean;
   ok: boolean;
   value: unknown;
   /** Results it put with `putResult()`, written with its own result. */
@@ -115,8 +117,18 @@ export class WorkerRuntime {
   #lastBatchEnd = 0;
   /** The five slowest tasks so far: seq and ms, slowest first. */
   #slowest: { seq: number; ms: number }[] = [];
-  /** The tasks in flight (concurrency above 1), in the order they were claimed. */
+  /**
+   * The tasks in flight (concurrency above 1), in the order they were
+   * claimed, from `#head` on: the slots before it were written.
+   */
   #inFlight: TaskSlot[] = [];
+  #head = 0;
+  /** How many tasks are in flight: claimed and not yet written. */
+  #running = 0;
+  /** An unordered stage's settled tasks not yet written, in the order they settled. */
+  #settled: TaskSlot[] = [];
+  /** A settle is queued (see `#complete`). */
+  #settleQueued = false;
   /** The task whose synchronous part runs now, for putResult() (concurrency above 1). */
   #current: TaskSlot | null = null;
   /** A task error to rethrow in the loop (it came in a promise callback). */
@@ -202,9 +214,23 @@ export class WorkerRuntime {
     this.#lastBatchEnd = performance.now();
     figures[this.#figures + StageStatus.INIT_MS] = this.#lastBatchEnd - loaded;
     WorkerScope.post({ type: "ready" });
-    (globalThis as Record<symbol, unknown>)[Symbol.for("mpipe.putResult")] = (
-      result: unknown,
-    ) => this.#putResult(result);
+    const globals = globalThis as Record<symbol, unknown>;
+    globals[Symbol.for("mpipe.putResult")] = (result: unknown) =>
+      this.#putResult(result);
+    if (this.config.concurrency > 1) {
+      // For a remote stage's stand-in (remote.ts): the task whose synchronous
+      // part runs now, and a way to put a result of it after its awaits,
+      // before it settles.
+      globals[Symbol.for("mpipe.currentTask")] = () => this.#current;
+      globals[Symbol.for("mpipe.putResultTo")] = (
+        slot: TaskSlot,
+        result: unknown,
+      ) => {
+        if (!this.config.disableResult) {
+          slot.held.push(this.output.encode(result));
+        }
+      };
+    }
     if (this.config.recover !== null) this.#recover(this.config.recover);
     const filter = this.config.filter === null
       ? null
@@ -423,6 +449,26 @@ export class WorkerRuntime {
     this.#armed = true;
   }
 
+  /**
+   * `#idle` for the concurrent loop: it sleeps in `Atomics.waitAsync`, so
+   * that the worker's event loop goes on (an async target's connections and
+   * timers) while it waits for tasks.
+   */
+  async #idleAsync(): Promise<void> {
+    const input = this.input;
+    if (this.#armed) {
+      this.#armed = false;
+      await input.sleepAsync(this.#counter);
+      return;
+    }
+    while (this.#spinLeft > 0) {
+      this.#spinLeft--;
+      if (input.hasData()) return;
+    }
+    this.#counter = input.arm();
+    this.#armed = true;
+  }
+
   #finish(result: unknown): void {
     if (this.config.disableResult) return;
     const hasResult = result !== null && result !== undefined;
@@ -495,7 +541,7 @@ export class WorkerRuntime {
     figures[at + StageStatus.RESULTS] = this.#results;
     figures[at + StageStatus.BUSY_MS] = this.#busyMs;
     figures[at + StageStatus.IDLE_MS] = this.#idleMs;
-    figures[at + StageStatus.IN_FLIGHT] = this.#inFlight.length;
+    figures[at + StageStatus.IN_FLIGHT] = this.#running;
     figures[at + StageStatus.BLOCKED_MS] = this.#blockedBase +
       this.output.blockedMs;
   }
@@ -511,17 +557,16 @@ export class WorkerRuntime {
     const input = this.input;
     const values: unknown[] = [];
     const seqs: number[] = [];
-    const inFlight = this.#inFlight;
     for (;;) {
       this.#throwFatal();
-      const free = this.config.concurrency - inFlight.length;
+      const free = this.config.concurrency - this.#running;
       let count = 0;
       if (free > 0) {
         count = input.claim(values, seqs, Math.min(free, this.config.maxClaim));
         if (count > 0) {
           this.#spinLeft = this.config.spin;
           this.#armed = false;
-          if (inFlight.length === 0) {
+          if (this.#running === 0) {
             // Busy from now until nothing is in flight again (see #settle).
             const now = performance.now();
             this.#idleMs += now - this.#lastBatchEnd;
@@ -537,10 +582,10 @@ export class WorkerRuntime {
           this.#settle();
           continue;
         }
-        if (count < 0 && inFlight.length === 0) return;
+        if (count < 0 && this.#running === 0) return;
       }
-      if (inFlight.length === 0) {
-        this.#idle();
+      if (this.#running === 0) {
+        await this.#idleAsync();
         continue;
       }
       // Tasks in flight: arm the input's bell, look once more, then wait.
@@ -566,12 +611,14 @@ export class WorkerRuntime {
     const slot: TaskSlot = {
       seq,
       done: false,
+      written: false,
       ok: true,
       value: undefined,
       held: [],
       timer: undefined,
     };
     this.#inFlight.push(slot);
+    this.#running++;
     this.#seq = seq;
     this.status.words[this.#slot.seq] = seq;
     // The synchronous part is watched as a plain timed task is; an await
@@ -609,57 +656,90 @@ export class WorkerRuntime {
     slot.done = true;
     slot.ok = ok;
     slot.value = result;
+    if (!this.config.ordered) this.#settled.push(slot);
   }
 
-  /** A task in flight settled: note it, and let the loop write it. */
+  /**
+   * A task in flight settled: note it, and let the loop write it. Tasks
+   * that settle together (a batch of promises resolved in one go) are
+   * written together, by one settle queued after their callbacks, and
+   * published once.
+   */
   #complete(slot: TaskSlot, ok: boolean, value: unknown): void {
     if (slot.done) return; // A late end of a task that timed out.
     clearTimeout(slot.timer);
     slot.done = true;
     slot.ok = ok;
     slot.value = value;
+    if (!this.config.ordered) this.#settled.push(slot);
+    if (this.#settleQueued) return;
+    this.#settleQueued = true;
+    queueMicrotask(this.#settleQueuedTasks);
+  }
+
+  /** The settle queued by `#complete`, which then wakes the loop. */
+  readonly #settleQueuedTasks = (): void => {
+    this.#settleQueued = false;
     try {
       this.#settle();
     } catch (error) {
-      this.#fatal ??= { error, seq: slot.seq };
+      this.#fatal ??= { error, seq: this.#seq };
     }
     const completion = this.#completion;
     this.#completion = null;
     completion?.resolve();
-  }
+  };
 
   /**
    * Writes the settled tasks that may be written: in task order for an
    * ordered stage (a worker's ring must hold its tasks in order), as they
-   * settled otherwise. Publishes what it wrote.
+   * settled otherwise. Publishes what it wrote. Each task is looked at once:
+   * an ordered stage writes from the oldest task in flight while it is done,
+   * an unordered one writes the tasks in the order they settled.
    */
   #settle(): void {
     const inFlight = this.#inFlight;
+    let head = this.#head;
     let wrote = false;
-    for (let i = 0; i < inFlight.length;) {
-      const slot = inFlight[i]!;
-      if (!slot.done) {
-        if (this.config.ordered) break;
-        i++;
-        continue;
+    if (this.config.ordered) {
+      while (head < inFlight.length && inFlight[head]!.done) {
+        this.#write(inFlight[head++]!);
+        wrote = true;
       }
-      inFlight.splice(i, 1);
-      this.#seq = slot.seq;
-      this.#held = slot.held;
-      if (slot.ok) this.#succeeded(slot.value);
-      else this.#failed(slot.value, false);
-      wrote = true;
+    } else {
+      const settled = this.#settled;
+      for (let i = 0; i < settled.length; i++) this.#write(settled[i]!);
+      wrote = settled.length > 0;
+      settled.length = 0;
+      while (head < inFlight.length && inFlight[head]!.written) head++;
     }
+    // Drop the written slots once they are most of the list: each slot is
+    // moved at most once on average.
+    if (head > 64 && head * 2 > inFlight.length) {
+      inFlight.splice(0, head);
+      head = 0;
+    }
+    this.#head = head;
     // The first task not written is where a replacement would resume.
-    this.#finished = inFlight.length > 0
-      ? inFlight[0]!.seq
+    this.#finished = head < inFlight.length
+      ? inFlight[head]!.seq
       : this.status.words[this.#slot.to]!;
-    if (inFlight.length === 0) {
+    if (this.#running === 0) {
       const now = performance.now();
       this.#busyMs += now - this.#lastBatchEnd;
       this.#lastBatchEnd = now;
     }
     if (wrote) this.output.publish();
+  }
+
+  /** Writes one settled task's results (or its failure). */
+  #write(slot: TaskSlot): void {
+    slot.written = true;
+    this.#running--;
+    this.#seq = slot.seq;
+    this.#held = slot.held;
+    if (slot.ok) this.#succeeded(slot.value);
+    else this.#failed(slot.value, false);
   }
 
   #throwFatal(): void {

@@ -22,11 +22,15 @@ const VALUES = [
 
 /** The types mod.ts exports besides the classes. */
 const TYPES = [
+  "Cluster",
+  "ClusterRun",
   "FilterStageOptions",
   "GetOptions",
   "ModuleTarget",
   "PipelineOptions",
   "PutOptions",
+  "RemoteStage",
+  "RemoteTarget",
   "StageErrorOptions",
   "StageOptions",
   "Target",
