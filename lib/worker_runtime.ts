@@ -14,7 +14,7 @@ import { type Branch, InputLink, type InputMode, OutputPort } from "./link.ts";
 import { Ring } from "./ring.ts";
 import { StageStatus } from "./status.ts";
 import type { ShippedTarget } from "./target.ts";
-import { type Run, TargetLoader } from "./target_loader.ts";
+import { type Instance, type Run, TargetLoader } from "./target_loader.ts";
 import { WorkerScope } from "./worker_scope.ts";
 
 export type { WorkerMessage } from "./worker_scope.ts";
@@ -61,6 +61,39 @@ export interface WorkerConfig {
   recover: { from: number; to: number } | null;
   /** The stage is a FilterStage: run the built-in filter, not a target. */
   filter: FilterConfig | null;
+}
+
+/**
+ * What a worker class may offer under `Symbol.for("mpipe.sendTasks")` to
+ * take its tasks in batches, as they are encoded, instead of one `doTask`
+ * call each: a remote stage's stand-in (`jetstream/bridge.ts`), which sends
+ * them elsewhere. The runtime numbers the tasks it claims 0, 1, 2, ... and
+ * hands over those of one turn at once: `count` tasks from number `first`,
+ * in `records`, whose first `SEND_HEADER` (16) bytes are free for the
+ * stand-in's use, followed by each task's record as the codec encoded it,
+ * after its length in LEB128 (7 bits a byte, low first). The buffer is the
+ * stand-in's. At most `concurrency` tasks are unsettled at a time. The
+ * stand-in settles each task once, in any order, through `settler` (later
+ * calls for a task are ignored), and calls `settler.flush()` after a run of
+ * them.
+ */
+export type SendTasks = (
+  first: number,
+  count: number,
+  records: Uint8Array,
+  settler: TaskSettler,
+) => void;
+
+/** How a batch stand-in settles the tasks it was sent (see `SendTasks`). */
+export interface TaskSettler {
+  /** Task `task` gave the result encoded in `record` (as the codec does), or none (null). */
+  resolve(task: number, record: Uint8Array | null): void;
+  /** Task `task` gave several results, encoded, in order. */
+  resolveMany(task: number, records: Uint8Array[]): void;
+  /** Task `task` failed with `error`: a task error, as if its doTask threw it. */
+  reject(task: number, error: unknown): void;
+  /** Writes the settled tasks that can be written (in task order for an ordered stage), and publishes them. */
+  flush(): void;
 }
 
 /** A task in flight in a worker that runs several at once. */
@@ -129,6 +162,21 @@ export class WorkerRuntime {
   #settled: TaskSlot[] = [];
   /** A settle is queued (see `#complete`). */
   #settleQueued = false;
+  /**
+   * A batch target's tasks (see `#batchLoop`), by number: those from
+   * `#kBase` (the oldest not written) to `#kNext`, at `number & #kMask` in
+   * each array: its state, value (result or error), input seq and start.
+   */
+  #batched = false;
+  #kBase = 0;
+  #kNext = 0;
+  #kMask = 0;
+  #kState = new Uint8Array(0);
+  #kValue: unknown[] = [];
+  #kSeq = new Float64Array(0);
+  #kStarted = new Float64Array(0);
+  /** An unordered stage's tasks settled since the last flush. */
+  #kSettled: number[] = [];
   /** The task whose synchronous part runs now, for putResult() (concurrency above 1). */
   #current: TaskSlot | null = null;
   /** A task error to rethrow in the loop (it came in a promise callback). */
@@ -192,8 +240,9 @@ export class WorkerRuntime {
     WorkerScope.watchExits();
     let run: Run;
     let init: () => unknown;
+    let instance: Instance;
     try {
-      [run, init] = await TargetLoader.load(
+      [run, init, instance] = await TargetLoader.load(
         this.config.stage,
         this.config.target,
         this.config.ordered,
@@ -217,27 +266,18 @@ export class WorkerRuntime {
     const globals = globalThis as Record<symbol, unknown>;
     globals[Symbol.for("mpipe.putResult")] = (result: unknown) =>
       this.#putResult(result);
-    if (this.config.concurrency > 1) {
-      // For a remote stage's stand-in (remote.ts): the task whose synchronous
-      // part runs now, and a way to put a result of it after its awaits,
-      // before it settles.
-      globals[Symbol.for("mpipe.currentTask")] = () => this.#current;
-      globals[Symbol.for("mpipe.putResultTo")] = (
-        slot: TaskSlot,
-        result: unknown,
-      ) => {
-        if (!this.config.disableResult) {
-          slot.held.push(this.output.encode(result));
-        }
-      };
-    }
     if (this.config.recover !== null) this.#recover(this.config.recover);
     const filter = this.config.filter === null
       ? null
       : new FilterRuntime(this.config.filter);
     if (filter !== null) run = (task) => filter.doTask(task);
     try {
-      await (this.config.concurrency > 1
+      const sendTasks = instance?.[Symbol.for("mpipe.sendTasks")];
+      await (typeof sendTasks === "function"
+        ? this.#batchLoop(
+          sendTasks.bind(instance) as SendTasks,
+        )
+        : this.config.concurrency > 1
         ? this.#concurrentLoop(run)
         : this.#loop(run));
       // A filter lets its sub-pipelines finish before or after its own stop.
@@ -320,8 +360,11 @@ export class WorkerRuntime {
   }
 
   #succeeded(result: unknown): void {
-    // A concurrent worker ends a task's timing after its synchronous part.
-    if (this.config.timed && this.config.concurrency === 1) this.#endTimed();
+    // A concurrent worker ends a task's timing after its synchronous part;
+    // a batch target's tasks are timed by #timeOutNumbered.
+    if (this.config.timed && this.config.concurrency === 1 && !this.#batched) {
+      this.#endTimed();
+    }
     try {
       this.#putHeld();
       this.#finish(result);
@@ -740,6 +783,289 @@ export class WorkerRuntime {
     this.#held = slot.held;
     if (slot.ok) this.#succeeded(slot.value);
     else this.#failed(slot.value, false);
+  }
+
+  /**
+   * The loop of a worker whose target takes tasks in batches (see
+   * `SendTasks`): it claims tasks for free slots as the concurrent loop
+   * does, and hands each turn's tasks to the target at once. Each task's
+   * state lives in arrays indexed by its number modulo their length (grown
+   * as needed), not in an object and a Promise of its own.
+   */
+  async #batchLoop(send: SendTasks): Promise<void> {
+    this.#batched = true;
+    const input = this.input;
+    const seqs: number[] = [];
+    // Each task's record is copied from the ring as it is, after its
+    // length (LEB128: 7 bits a byte, low first).
+    const records = {
+      bytes: new Uint8Array(1 << 14),
+      length: WorkerRuntime.SEND_HEADER,
+      add: (bytes: Uint8Array, start: number, length: number) => {
+        const needed = records.length + 5 + length;
+        if (needed > records.bytes.length) {
+          const grown = new Uint8Array(
+            Math.max(needed, 2 * records.bytes.length),
+          );
+          grown.set(records.bytes.subarray(0, records.length));
+          records.bytes = grown;
+        }
+        const out = records.bytes;
+        let at = records.length;
+        let n = length;
+        while (n >= 0x80) {
+          out[at++] = (n & 0x7f) | 0x80;
+          n >>>= 7;
+        }
+        out[at++] = n;
+        if (length <= 64) {
+          // A tiny record (the common case): a loop beats a subarray and set().
+          for (let i = 0; i < length; i++) out[at + i] = bytes[start + i]!;
+        } else out.set(bytes.subarray(start, start + length), at);
+        records.length = at + length;
+      },
+    };
+    const settler: TaskSettler = {
+      resolve: (task, record) =>
+        this.#settleNumbered(task, WorkerRuntime.DONE, record),
+      resolveMany: (task, list) =>
+        this.#settleNumbered(task, WorkerRuntime.MANY, list),
+      reject: (task, error) =>
+        this.#settleNumbered(task, WorkerRuntime.FAILED, error),
+      flush: () => this.#flushNumbered(),
+    };
+    this.#growNumbered(2 * this.config.concurrency);
+    const timeout = this.config.taskTimeout;
+    const watch = Number.isFinite(timeout)
+      ? setInterval(
+        () => this.#timeOutNumbered(),
+        Math.max(5, Math.min(1000, timeout / 4)),
+      )
+      : undefined;
+    let batch = 0;
+    let first = 0;
+    try {
+      for (;;) {
+        this.#throwFatal();
+        const free = this.config.concurrency - this.#running;
+        let count = 0;
+        if (free > 0) {
+          // As many as there are free slots: the stand-in sends them on
+          // together, and each claim may ring a producer that waits for room.
+          count = input.claimRaw(records, seqs, Math.min(free, 4096));
+          if (count > 0) {
+            this.#spinLeft = this.config.spin;
+            this.#armed = false;
+            if (this.#running === 0) {
+              const now = performance.now();
+              this.#idleMs += now - this.#lastBatchEnd;
+              this.#lastBatchEnd = now;
+            }
+            if (batch === 0) first = this.#kNext;
+            batch += count;
+            this.#growNumbered(this.#kNext + count - this.#kBase);
+            const mask = this.#kMask;
+            const now = watch === undefined ? 0 : performance.now();
+            for (let i = 0; i < count; i++) {
+              input.taskStarted();
+              const at = this.#kNext++ & mask;
+              this.#kState[at] = WorkerRuntime.PENDING;
+              this.#kSeq[at] = seqs[i]!;
+              this.#kStarted[at] = now;
+            }
+            this.#running += count;
+            this.status.words[this.#slot.to] = seqs[count - 1]! + 1;
+            continue;
+          }
+        }
+        if (batch > 0) {
+          // The turn's tasks go together: nothing more to claim now. The
+          // buffer goes with them; a new one of the same size takes its place.
+          const bytes = records.bytes.subarray(0, records.length);
+          // Sized for a turn like this one: a buffer grown once for a large
+          // turn is not allocated again for every small one.
+          records.bytes = new Uint8Array(
+            Math.max(1 << 14, records.length + (records.length >> 2)),
+          );
+          records.length = WorkerRuntime.SEND_HEADER;
+          const sent = batch;
+          batch = 0;
+          send(first, sent, bytes, settler);
+          continue;
+        }
+        if (count < 0 && this.#running === 0) return;
+        if (this.#running === 0) {
+          await this.#idleAsync();
+          continue;
+        }
+        if (count === 0 && free > 0 && !this.#armed) {
+          this.#counter = input.arm();
+          this.#armed = true;
+          continue;
+        }
+        const armed = this.#armed;
+        this.#armed = false;
+        this.#completion ??= Promise.withResolvers<void>();
+        await (armed
+          ? Promise.race([
+            this.#completion.promise,
+            input.sleepAsync(this.#counter),
+          ])
+          : this.#completion.promise);
+      }
+    } finally {
+      clearInterval(watch);
+    }
+  }
+
+  /** The bytes at the start of a batch's records that are the stand-in's (see `SendTasks`). */
+  static readonly SEND_HEADER = 16;
+
+  /** States of a batch target's tasks (see `#batchLoop`). */
+  static readonly PENDING = 0;
+  static readonly DONE = 1;
+  static readonly MANY = 2;
+  static readonly FAILED = 3;
+  static readonly WRITTEN = 4;
+
+  /** A batch target's task `task` settled as `state` with `value`; written at the next flush. */
+  #settleNumbered(task: number, state: number, value: unknown): void {
+    if (task < this.#kBase || task >= this.#kNext) return;
+    const at = task & this.#kMask;
+    if (this.#kState[at] !== WorkerRuntime.PENDING) return;
+    this.#kState[at] = state;
+    this.#kValue[at] = value;
+    if (!this.config.ordered) this.#kSettled.push(task);
+  }
+
+  /**
+   * Writes the settled tasks of a batch target that may be written, and
+   * publishes them: from the oldest while settled for an ordered stage, as
+   * they settled for an unordered one. Wakes the loop.
+   */
+  #flushNumbered(): void {
+    const mask = this.#kMask;
+    const state = this.#kState;
+    let base = this.#kBase;
+    const wrote = this.#running;
+    try {
+      if (this.config.ordered) {
+        while (
+          base < this.#kNext && state[base & mask] !== WorkerRuntime.PENDING
+        ) {
+          this.#writeNumbered(base++ & mask);
+        }
+      } else {
+        const settled = this.#kSettled;
+        for (let i = 0; i < settled.length; i++) {
+          this.#writeNumbered(settled[i]! & mask);
+        }
+        settled.length = 0;
+        while (
+          base < this.#kNext && state[base & mask] === WorkerRuntime.WRITTEN
+        ) base++;
+      }
+    } catch (error) {
+      this.#fatal ??= { error, seq: this.#seq };
+    }
+    this.#kBase = base;
+    this.#finished = base < this.#kNext
+      ? this.#kSeq[base & mask]!
+      : this.status.words[this.#slot.to]!;
+    if (this.#running === 0) {
+      const now = performance.now();
+      this.#busyMs += now - this.#lastBatchEnd;
+      this.#lastBatchEnd = now;
+    }
+    if (this.#running !== wrote) this.output.publish();
+    const completion = this.#completion;
+    this.#completion = null;
+    completion?.resolve();
+  }
+
+  /** Writes the results (or the failure) of the settled task in slot `at`. */
+  #writeNumbered(at: number): void {
+    const state = this.#kState[at]!;
+    const value = this.#kValue[at];
+    this.#kValue[at] = undefined;
+    this.#kState[at] = WorkerRuntime.WRITTEN;
+    this.#running--;
+    this.#seq = this.#kSeq[at]!;
+    if (state === WorkerRuntime.FAILED) return this.#failed(value, false);
+    let record = value as Uint8Array | null;
+    if (state === WorkerRuntime.MANY) {
+      const list = value as Uint8Array[];
+      record = list.length === 0 ? null : list[list.length - 1]!;
+      if (!this.config.disableResult) {
+        for (let i = 0; i < list.length - 1; i++) {
+          this.output.putEncoded(list[i]!, Ring.DATA, this.#seq);
+          this.#results++;
+        }
+      }
+    }
+    if (record === null) return this.#succeeded(null);
+    if (!this.config.disableResult) {
+      this.#results++;
+      this.output.putEncoded(
+        record,
+        this.config.ordered ? Ring.DATA | Ring.LAST : Ring.DATA,
+        this.#seq,
+      );
+    }
+    this.#finished = this.#seq + 1;
+    this.#tasks++;
+  }
+
+  /** Fails the tasks of a batch target that have run longer than the taskTimeout. */
+  #timeOutNumbered(): void {
+    const now = performance.now();
+    const timeout = this.config.taskTimeout;
+    let any = false;
+    for (let task = this.#kBase; task < this.#kNext; task++) {
+      const at = task & this.#kMask;
+      if (
+        this.#kState[at] === WorkerRuntime.PENDING &&
+        now - this.#kStarted[at]! > timeout
+      ) {
+        this.#settleNumbered(
+          task,
+          WorkerRuntime.FAILED,
+          new DOMException(
+            `task ${
+              this.#kSeq[at]
+            } ran longer than its taskTimeout of ${timeout} ms`,
+            "TimeoutError",
+          ),
+        );
+        any = true;
+      }
+    }
+    if (any) this.#flushNumbered();
+  }
+
+  /** Makes the numbered tasks' arrays hold at least `span` tasks from the oldest on. */
+  #growNumbered(span: number): void {
+    if (span <= this.#kState.length) return;
+    let size = Math.max(64, this.#kState.length);
+    while (size < span) size *= 2;
+    const mask = size - 1;
+    const state = new Uint8Array(size);
+    const value: unknown[] = new Array(size);
+    const seq = new Float64Array(size);
+    const started = new Float64Array(size);
+    for (let task = this.#kBase; task < this.#kNext; task++) {
+      const from = task & this.#kMask;
+      const to = task & mask;
+      state[to] = this.#kState[from]!;
+      value[to] = this.#kValue[from];
+      seq[to] = this.#kSeq[from]!;
+      started[to] = this.#kStarted[from]!;
+    }
+    this.#kState = state;
+    this.#kValue = value;
+    this.#kSeq = seq;
+    this.#kStarted = started;
+    this.#kMask = mask;
   }
 
   #throwFatal(): void {

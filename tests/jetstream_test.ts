@@ -537,6 +537,75 @@ timed(
   },
 );
 
+timed(
+  "JetStream: large tasks and results travel (split in the rings and across messages); one over the server's max_payload fails with a RangeError",
+  90_000,
+  async () => {
+    await using cluster = await JetStreamCluster.connect({
+      servers: URL_,
+      maxBatch: 8,
+    });
+    await withHosts(URL_, ["large-1"], async () => {
+      const errors: StageError[] = [];
+      // Tasks of 300 KB and 600 KB are split into fragments in the rings; a
+      // batch of them is split into messages under max_payload (1 MiB), and
+      // so is an answer of three 400 KB results.
+      const echo = new OrderedStage(
+        (task: Uint8Array | number) => {
+          if (typeof task === "number") return new Uint8Array(task).fill(7);
+          return task.length + task[task.length - 1]!;
+        },
+        8,
+        { cluster, onError: (error) => errors.push(error) },
+      );
+      const pipe = new Pipeline<Uint8Array | number, number | Uint8Array>(echo);
+      pipe.put(new Uint8Array(300_000).fill(1));
+      pipe.put(new Uint8Array(600_000).fill(2));
+      pipe.put(new Uint8Array(2_000_000).fill(3));
+      pipe.put(400_000);
+      pipe.put(400_000);
+      pipe.put(400_000);
+      pipe.put(new Uint8Array(10).fill(4));
+      pipe.put(2_000_000);
+      pipe.put(null);
+      const results = await Array.fromAsync(pipe);
+      assert.deepEqual(results.slice(0, 2), [300_001, 600_002]);
+      for (const result of results.slice(2, 5)) {
+        assert.ok(result instanceof Uint8Array && result.length === 400_000);
+        assert.equal(result[399_999], 7);
+      }
+      assert.deepEqual(results.slice(5), [14]);
+      assert.deepEqual(errors.map((e) => e.task), [2, 7]);
+      assert.ok(errors.every((e) => e.cause instanceof RangeError));
+      assert.match(errors[0]!.message, /max_payload/);
+      assert.match(errors[1]!.message, /max_payload/);
+    });
+  },
+);
+
+timed(
+  "JetStream: a result that cannot be cloned fails its task with a DataCloneError, as in a local stage",
+  60_000,
+  async () => {
+    await using cluster = await JetStreamCluster.connect({ servers: URL_ });
+    await withHosts(URL_, ["clone-1"], async () => {
+      const errors: StageError[] = [];
+      const pipe = new Pipeline<number, unknown>(
+        new OrderedStage((x: number) => x === 1 ? (() => x) : x, 4, {
+          cluster,
+          onError: (error) => errors.push(error),
+        }),
+      );
+      for (let i = 0; i < 3; i++) pipe.put(i);
+      pipe.put(null);
+      assert.deepEqual(await Array.fromAsync(pipe), [0, 2]);
+      assert.equal(errors.length, 1);
+      assert.equal(errors[0]!.task, 1);
+      assert.equal((errors[0]!.cause as Error).name, "DataCloneError");
+    });
+  },
+);
+
 // ---------------------------------------------------------------- security
 
 timed(

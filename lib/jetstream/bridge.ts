@@ -5,11 +5,13 @@
  *
  * The engine around it gives ordering (an ordered stage writes results in
  * task order), backpressure (at most `size` tasks in flight), the stop (it
- * waits for every task in flight) and error handling (a rejected task is a
- * task error). The bridge only carries tasks: it sends the tasks it starts
- * in one turn as one message (a batch), reads the hosts' answers, and
- * settles each task once, however many answers come for it (a redelivered
- * batch is answered again): results reach the reader exactly once.
+ * waits for every task in flight) and error handling (a failed task is a
+ * task error). The bridge only carries tasks: the runtime hands it the
+ * tasks of each turn at once (see `SendTasks` in worker_runtime.ts), it
+ * sends them as one message (a batch) or a few, reads the hosts' answers,
+ * and settles each task once, however many answers come for it (a
+ * redelivered batch is answered again): results reach the reader exactly
+ * once.
  *
  * Loaded by the stand-in worker as a module target (see `remote.ts`).
  *
@@ -17,6 +19,7 @@
  */
 
 import type { RemoteFailure } from "../remote.ts";
+import type { SendTasks, TaskSettler } from "../worker_runtime.ts";
 import { UnorderedWorker } from "../worker.ts";
 import { ensureStagesStream } from "./cluster.ts";
 import {
@@ -30,18 +33,23 @@ import {
   StorageType,
 } from "./nats.ts";
 import {
+  ANSWER,
   apiCode,
+  BATCH_HEADER,
+  batchMessage,
   type ConnectionOptions,
   connectNats,
-  decodeMessage,
   Decoder,
   encodeMessage,
   Encoder,
-  FAILED,
   MANY,
+  MessageReader,
   nanosOf,
+  NONE,
+  ONE,
   REFUSED,
   type StageSpec,
+  writeBatchHeader,
 } from "./protocol.ts";
 
 /** What the cluster gives a remote stage's bridge (structured-cloneable). */
@@ -57,48 +65,42 @@ export interface BridgeConfig {
 }
 
 /** Tasks sent in one message, numbered from `from`, until each is settled. */
-interface Batch {
+interface Sent {
   from: number;
-  /** The tasks, until they are sent. */
-  tasks: unknown[];
-  resolves: ((result: unknown) => void)[];
-  rejects: ((error: unknown) => void)[];
-  /** Each task's slot in the worker runtime, to put several results to. */
-  slots: unknown[];
-  /** 1 for each task settled, once the batch is sent. */
+  /** 1 for each task settled. */
   settled: Uint8Array;
   /** Tasks not yet settled. */
   left: number;
 }
 
-/** An entry of an answer's extras: [task index, MANY or FAILED, results or error]. */
-type Extra = [number, number, unknown];
-
-/** The stand-in worker class of a remote stage. */
+/**
+ * The stand-in worker class of a remote stage. It takes its tasks in
+ * batches from the runtime (`SendTasks`, see worker_runtime.ts) rather than
+ * through `doTask`, so that a task costs no Promise of its own.
+ */
 export default class Bridge extends UnorderedWorker<unknown, unknown> {
   readonly #config: BridgeConfig;
   readonly #encoder = new Encoder();
   readonly #decoder = new Decoder();
   #nc: NatsConnection | null = null;
   #js: JetStreamClient | null = null;
-  /** The number of the next task (the stage's own count, from 0). */
-  #next = 0;
-  /** The batch being filled in this turn. */
-  #open: Batch | null = null;
-  #flushQueued = false;
   /** Sent batches with tasks not settled, by their first task's number. */
-  readonly #batches = new Map<number, Batch>();
+  readonly #sent = new Map<number, Sent>();
+  /** How the runtime is told of settled tasks (given with the first tasks). */
+  #settler: TaskSettler | null = null;
   /** Set once a host refused the stage: every task fails with it. */
   #refusal: RemoteFailure | null = null;
   #maxPayload = 1 << 20;
-  /** The runtime's hooks (installed once doInit has run). */
-  #currentTask: (() => unknown) | null = null;
-  #putResultTo: ((slot: unknown, result: unknown) => void) | null = null;
 
   /** Makes the bridge of the stage that `config` describes. */
   constructor(config: BridgeConfig) {
     super();
     this.#config = config;
+    const send: SendTasks = (first, count, records, settler) =>
+      this.#sendTasks(first, count, records, settler);
+    (this as unknown as Record<symbol, unknown>)[
+      Symbol.for("mpipe.sendTasks")
+    ] = send;
   }
 
   /** Connects, makes the stage's stream and consumers, announces the stage, and reads answers. */
@@ -145,78 +147,81 @@ export default class Bridge extends UnorderedWorker<unknown, unknown> {
     this.#readAnswers();
   }
 
-  /**
-   * Sends `task` to the hosts (in this turn's batch) and returns a Promise
-   * of its result, or of `null` for none.
-   */
-  doTask(task: unknown): Promise<unknown> {
-    if (this.#refusal !== null) return Promise.reject(this.#refusal);
-    const globals = globalThis as Record<symbol, unknown>;
-    this.#currentTask ??= globals[Symbol.for("mpipe.currentTask")] as
-      | (() => unknown)
-      | null;
-    let batch = this.#open;
-    if (batch === null) {
-      batch = this.#open = {
-        from: this.#next,
-        tasks: [],
-        resolves: [],
-        rejects: [],
-        slots: [],
-        settled: new Uint8Array(0),
-        left: 0,
-      };
-      if (!this.#flushQueued) {
-        // Every task started in this turn goes in the batch: the runtime
-        // starts all it can take before it awaits.
-        this.#flushQueued = true;
-        queueMicrotask(this.#flush);
-      }
-    }
-    this.#next++;
-    batch.tasks.push(task);
-    batch.slots.push(this.#currentTask?.());
-    const promise = new Promise((resolve, reject) => {
-      batch.resolves.push(resolve);
-      batch.rejects.push(reject);
-    });
-    if (batch.tasks.length >= this.#config.maxBatch) {
-      this.#open = null;
-      this.#send(batch);
-    }
-    return promise;
+  /** Not called: the runtime sends the bridge its tasks in batches. */
+  doTask(): never {
+    throw new Error(
+      "unreachable: a remote stage's bridge takes its tasks in batches (mpipe.sendTasks)",
+    );
   }
 
-  readonly #flush = (): void => {
-    this.#flushQueued = false;
-    const batch = this.#open;
-    this.#open = null;
-    if (batch !== null) this.#send(batch);
-  };
-
-  /** Sends a batch, in halves if it is larger than a message may be. */
-  #send(batch: Batch): void {
-    const count = batch.tasks.length;
-    const bytes = encodeMessage(this.#encoder, [batch.from, batch.tasks]);
-    if (bytes.length > this.#maxPayload) {
-      if (count === 1) {
-        batch.rejects[0]!(
-          new RangeError(
-            `The task encodes to ${bytes.length} bytes, more than the ${this.#maxPayload} a message to the server may carry (its max_payload): split it into smaller tasks, or raise max_payload in the server's configuration`,
-          ),
-        );
-        return;
-      }
-      const half = count >> 1;
-      this.#send(sliceBatch(batch, 0, half));
-      this.#send(sliceBatch(batch, half, count));
+  /**
+   * The runtime's tasks of one turn, `count` from number `first`, framed in
+   * `records` after the header's room: sent as one message (the header
+   * written into that room), or as messages of up to maxBatch tasks.
+   */
+  #sendTasks(
+    first: number,
+    count: number,
+    records: Uint8Array,
+    settler: TaskSettler,
+  ): void {
+    this.#settler = settler;
+    if (this.#refusal !== null) {
+      for (let i = 0; i < count; i++) settler.reject(first + i, this.#refusal);
+      settler.flush();
       return;
     }
-    batch.tasks = [];
-    batch.settled = new Uint8Array(count);
-    batch.left = count;
-    this.#batches.set(batch.from, batch);
-    this.#publish(bytes, `b${batch.from}`, 0);
+    const max = this.#config.maxBatch;
+    if (count <= max && records.length <= this.#maxPayload) {
+      writeBatchHeader(records, first, count);
+      return this.#send(first, count, records);
+    }
+    // Split: walk the frames to find each message's end.
+    const reader = new MessageReader(records, BATCH_HEADER);
+    let from = first;
+    let start = BATCH_HEADER;
+    let tasks = 0;
+    for (let i = 0; i < count; i++) {
+      const before = reader.at;
+      reader.frame();
+      if (
+        tasks > 0 &&
+        (tasks === max ||
+          BATCH_HEADER + reader.at - start > this.#maxPayload)
+      ) {
+        this.#send(
+          from,
+          tasks,
+          batchMessage(from, tasks, records, start, before),
+        );
+        from += tasks;
+        start = before;
+        tasks = 0;
+      }
+      tasks++;
+    }
+    this.#send(
+      from,
+      tasks,
+      batchMessage(from, tasks, records, start, reader.at),
+    );
+  }
+
+  /** Sends a batch message of `count` tasks numbered from `from`. */
+  #send(from: number, count: number, message: Uint8Array): void {
+    if (message.length > this.#maxPayload) {
+      // One task alone is too large for a message.
+      this.#settler!.reject(
+        from,
+        new RangeError(
+          `The task encodes to ${message.length} bytes, more than the ${this.#maxPayload} a message to the server may carry (its max_payload): split it into smaller tasks, or raise max_payload in the server's configuration`,
+        ),
+      );
+      this.#settler!.flush();
+      return;
+    }
+    this.#sent.set(from, { from, settled: new Uint8Array(count), left: count });
+    this.#publish(message, `b${from}`, 0);
   }
 
   /**
@@ -265,67 +270,65 @@ export default class Bridge extends UnorderedWorker<unknown, unknown> {
 
   /** Settles the tasks an answer covers (each once: a repeat is dropped). */
   #answer(bytes: Uint8Array): void {
-    const message = decodeMessage(this.#decoder, bytes) as unknown[];
-    if (message[0] === REFUSED) {
-      return this.#refuse(message[1] as string, message[2] as string);
+    const settler = this.#settler;
+    if (settler === null) return;
+    const reader = new MessageReader(bytes);
+    const kind = reader.u32();
+    if (kind === REFUSED) {
+      reader.u32();
+      const [host, reason] = reader.record(this.#decoder) as [string, string];
+      return this.#refuse(host, reason);
     }
-    const [, from, results, extras, host, worker] = message as [
-      number,
-      number,
-      unknown[],
-      Extra[] | null,
-      string,
-      number,
-    ];
-    const batch = this.#batches.get(from);
-    let extra = 0;
-    for (let i = 0; i < results.length; i++) {
+    if (kind !== ANSWER) return;
+    const count = reader.u32();
+    const from = reader.f64();
+    const worker = reader.i32();
+    const host = reader.text();
+    const batch = this.#sent.get(from);
+    for (let i = 0; i < count; i++) {
+      const tag = reader.u8();
+      const n = tag === MANY ? reader.varint() : tag === NONE ? 0 : 1;
       // Most answers cover one whole batch; a redelivered batch is split
       // into single tasks, each answered on its own.
+      const task = from + i;
       const owner = batch !== undefined && i < batch.settled.length
         ? batch
-        : this.#batchOf(from + i);
-      if (owner === undefined) continue;
-      const index = from + i - owner.from;
-      if (owner.settled[index] === 1) continue;
+        : this.#sentWith(task);
+      const index = owner === undefined ? 0 : task - owner.from;
+      if (owner === undefined || owner.settled[index] === 1) {
+        for (let j = 0; j < n; j++) reader.frame();
+        continue;
+      }
       owner.settled[index] = 1;
-      if (extras !== null && extra < extras.length && extras[extra]![0] === i) {
-        const [, kind, payload] = extras[extra++]!;
-        if (kind === FAILED) {
-          owner.rejects[index]!(
-            {
-              mpipeRemote: { host, worker, what: undefined },
-              error: payload,
-            } satisfies RemoteFailure,
-          );
-        } else if (kind === MANY) {
-          owner.resolves[index]!(this.#many(owner.slots[index], payload));
-        }
-      } else owner.resolves[index]!(results[i]);
-      if (--owner.left === 0) this.#batches.delete(owner.from);
+      if (--owner.left === 0) this.#sent.delete(owner.from);
+      if (tag === ONE) settler.resolve(task, reader.recordBytes());
+      else if (tag === NONE) settler.resolve(task, null);
+      else if (tag === MANY) {
+        const records: Uint8Array[] = [];
+        for (let j = 0; j < n; j++) records.push(reader.recordBytes());
+        settler.resolveMany(task, records);
+      } else {
+        settler.reject(
+          task,
+          {
+            mpipeRemote: {
+              host,
+              worker: worker < 0 ? undefined : worker,
+              what: undefined,
+            },
+            error: reader.record(this.#decoder),
+          } satisfies RemoteFailure,
+        );
+      }
     }
-  }
-
-  /**
-   * Puts all but the last of a task's several results through the runtime,
-   * and returns the last, which the task's Promise resolves with.
-   */
-  #many(slot: unknown, payload: unknown): unknown {
-    const results = payload as unknown[];
-    this.#putResultTo ??= (globalThis as Record<symbol, unknown>)[
-      Symbol.for("mpipe.putResultTo")
-    ] as (slot: unknown, result: unknown) => void;
-    for (let i = 0; i < results.length - 1; i++) {
-      this.#putResultTo(slot, results[i]);
-    }
-    return results.length === 0 ? null : results[results.length - 1];
+    settler.flush();
   }
 
   /** The sent batch that holds task `task`, if it is not settled. */
-  #batchOf(task: number): Batch | undefined {
-    for (const batch of this.#batches.values()) {
-      if (task >= batch.from && task < batch.from + batch.settled.length) {
-        return batch;
+  #sentWith(task: number): Sent | undefined {
+    for (const sent of this.#sent.values()) {
+      if (task >= sent.from && task < sent.from + sent.settled.length) {
+        return sent;
       }
     }
     return undefined;
@@ -342,27 +345,15 @@ export default class Bridge extends UnorderedWorker<unknown, unknown> {
       },
       error: new Error(reason),
     };
-    const pending = [...this.#batches.values()];
-    if (this.#open !== null) pending.push(this.#open);
-    this.#batches.clear();
-    this.#open = null;
-    for (const batch of pending) {
-      for (let i = 0; i < batch.rejects.length; i++) {
-        if (batch.settled[i] !== 1) batch.rejects[i]!(this.#refusal);
+    const settler = this.#settler!;
+    for (const sent of this.#sent.values()) {
+      for (let i = 0; i < sent.settled.length; i++) {
+        if (sent.settled[i] !== 1) {
+          settler.reject(sent.from + i, this.#refusal);
+        }
       }
     }
+    this.#sent.clear();
+    settler.flush();
   }
-}
-
-/** Tasks [start, end) of an unsent batch, as a batch of their own. */
-function sliceBatch(batch: Batch, start: number, end: number): Batch {
-  return {
-    from: batch.from + start,
-    tasks: batch.tasks.slice(start, end),
-    resolves: batch.resolves.slice(start, end),
-    rejects: batch.rejects.slice(start, end),
-    slots: batch.slots.slice(start, end),
-    settled: new Uint8Array(0),
-    left: 0,
-  };
 }

@@ -50,9 +50,10 @@ export interface JetStreamClusterOptions extends ConnectionOptions {
   maxAttempts?: number;
   /**
    * The most tasks one message carries. By default a remote stage of size
-   * `n` sends up to `ceil(n / 16)` tasks per message (at most 1024), so that
-   * its tasks spread over 16 or more host workers.
-   * @default {undefined: ceil(size / 16), at most 1024}
+   * `n` sends up to `ceil(n / 16)` tasks per message (at most 4096), so that
+   * its tasks spread over 16 or more host workers. (A message also stays
+   * under the server's `max_payload`, 1 MiB by default.)
+   * @default {undefined: ceil(size / 16), at most 4096}
    */
   maxBatch?: number;
 }
@@ -211,7 +212,7 @@ export class JetStreamCluster implements Cluster, AsyncDisposable {
         announcement: names.announcement,
         size: stage.size,
         maxBatch: options.maxBatch ??
-          Math.min(1024, Math.ceil(stage.size / 16)),
+          Math.min(4096, Math.ceil(stage.size / 16)),
       };
     });
     let closed: Promise<void> | null = null;

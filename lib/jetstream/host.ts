@@ -38,18 +38,19 @@ import {
   type NatsConnection,
 } from "./nats.ts";
 import {
-  ANSWER,
   apiCode,
+  batchMessage,
   checkConnectionOptions,
   type ConnectionOptions,
   connectNats,
   decodeMessage,
   Decoder,
-  encodeMessage,
   Encoder,
-  FAILED,
+  failedAnswer,
   PROTOCOL,
-  REFUSED,
+  readBatch,
+  refusalMessage,
+  splitAnswer,
   STAGES_STREAM,
   STAGES_SUBJECTS,
   type StageSpec,
@@ -263,7 +264,7 @@ export class WorkerHost implements AsyncDisposable {
             onError: (error) => this.#lost(local, error),
           },
         ),
-        { ringBytes: 1 << 22 },
+        { ringBytes: 1 << 22, spin: 0 },
       ),
       held: new Map(),
       next: 0,
@@ -295,7 +296,12 @@ export class WorkerHost implements AsyncDisposable {
   /** Publishes `answer` for the batch `held` (id `id`), then acks the batch. */
   #answer(local: LocalRun, id: number, held: Held, answer: Uint8Array): void {
     const { message, server } = held;
-    this.#publish(server, answer, `a${message.info.streamSequence}`).then(
+    const max = this.#nc.info?.max_payload ?? 1 << 20;
+    const parts = splitAnswer(this.#encoder, answer, max);
+    const seq = message.info.streamSequence;
+    Promise.all(
+      parts.map((part, i) => this.#publish(server, part, `a${seq}.${i}`)),
+    ).then(
       () => {
         message.ack();
         this.#release(local, id);
@@ -367,11 +373,8 @@ export class WorkerHost implements AsyncDisposable {
       this.#waiting.delete(message);
       return await this.#hold(server, message, null);
     }
-    const [from, tasks] = decodeMessage(this.#decoder, message.data) as [
-      number,
-      unknown[],
-    ];
-    if (tasks.length > 1) return await this.#split(server, message);
+    const { from, count } = readBatch(message.data);
+    if (count > 1) return await this.#split(server, message);
     if (deliveries >= server.spec.maxDeliver) {
       // The consumer's last delivery: answer it, or it stays for ever.
       return await this.#fail(
@@ -464,15 +467,18 @@ export class WorkerHost implements AsyncDisposable {
 
   /** Puts each task of a batch back as a message of its own, then acks the batch. */
   async #split(server: StageServer, message: JsMsg): Promise<void> {
-    const [from, tasks] = decodeMessage(this.#decoder, message.data) as [
-      number,
-      unknown[],
-    ];
+    const { from, count, reader } = readBatch(message.data);
+    const singles: Uint8Array[] = [];
+    for (let i = 0; i < count; i++) {
+      const start = reader.at;
+      reader.frame();
+      singles.push(batchMessage(from + i, 1, message.data, start, reader.at));
+    }
     try {
-      await Promise.all(tasks.map((task, i) =>
+      await Promise.all(singles.map((single, i) =>
         this.#js.publish(
           server.spec.inSubject,
-          encodeMessage(this.#encoder, [from + i, [task]]),
+          single,
           // A batch split twice (by two hosts) gives each task once.
           { msgID: `t${from + i}`, timeout: 5_000 },
         )
@@ -491,18 +497,15 @@ export class WorkerHost implements AsyncDisposable {
     error: unknown,
     worker: number | undefined,
   ): Promise<void> {
-    const [, tasks] = decodeMessage(this.#decoder, message.data) as [
-      number,
-      unknown[],
-    ];
-    const answer = encodeMessage(this.#encoder, [
-      ANSWER,
+    const { count } = readBatch(message.data);
+    const answer = failedAnswer(
+      this.#encoder,
       from,
-      tasks.map(() => null),
-      tasks.map((_, i) => [i, FAILED, error]),
+      count,
       this.name,
       worker ?? -1,
-    ]);
+      error,
+    );
     try {
       await this.#publish(server, answer, `f${message.info.streamSequence}`);
       message.ack();
@@ -520,11 +523,8 @@ export class WorkerHost implements AsyncDisposable {
     const held = id === undefined ? undefined : local.held.get(id);
     if (held === undefined) return;
     const { message, server } = held;
-    const [from, tasks] = decodeMessage(this.#decoder, message.data) as [
-      number,
-      unknown[],
-    ];
-    const done = tasks.length > 1 ? this.#split(server, message) : this.#fail(
+    const { from, count } = readBatch(message.data);
+    const done = count > 1 ? this.#split(server, message) : this.#fail(
       server,
       message,
       from,
@@ -586,7 +586,7 @@ export class WorkerHost implements AsyncDisposable {
       this.#stages.set(key, null);
       this.#js.publish(
         spec.outSubject,
-        encodeMessage(this.#encoder, [REFUSED, this.name, refusal]),
+        refusalMessage(this.#encoder, this.name, refusal),
         { msgID: `r${this.name}` },
       ).catch(() => {});
       return;

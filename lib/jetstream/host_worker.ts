@@ -18,12 +18,16 @@ import { type Run, TargetLoader } from "../target_loader.ts";
 import { UnorderedWorker } from "../worker.ts";
 import {
   ANSWER,
-  decodeMessage,
   Decoder,
-  encodeMessage,
   Encoder,
+  errorValue,
   FAILED,
   MANY,
+  type MessageReader,
+  MessageWriter,
+  NONE,
+  ONE,
+  readBatch,
 } from "./protocol.ts";
 import type { RemoteTarget } from "../remote.ts";
 
@@ -48,11 +52,10 @@ export type HostResult = [number, Uint8Array];
 /** A stage's target, loaded (or the reason it could not be). */
 type Loaded = { run: Run; error: null } | { run: null; error: unknown };
 
-/** The answer being made: each task's one result, and the others' extras. */
-interface Answer {
-  results: unknown[];
-  extras: [number, number, unknown][] | null;
-}
+/** How one task ended: its result (and those it put before), or its error. */
+type Outcome =
+  | { ok: true; value: unknown; puts: unknown[] | null }
+  | { ok: false; error: unknown };
 
 /** A worker of a host's pipeline. */
 export default class HostWorker extends UnorderedWorker<HostTask, HostResult> {
@@ -84,53 +87,58 @@ export default class HostWorker extends UnorderedWorker<HostTask, HostResult> {
     // Most recently used last: the first is dropped when too many are kept.
     this.#loaded.delete(stage.key);
     this.#loaded.set(stage.key, loaded);
-    const [from, tasks] = decodeMessage(this.#decoder, bytes) as [
-      number,
-      unknown[],
-    ];
-    const answer: Answer = { results: new Array(tasks.length), extras: null };
-    if (loaded.run === null) {
-      for (let i = 0; i < tasks.length; i++) {
-        answer.results[i] = null;
-        this.#fail(answer, i, loaded.error);
-      }
-      return [id, this.#encode(stage, from, answer)];
-    }
+    const { from, count, reader } = readBatch(bytes);
+    const answer = new MessageWriter(256 + bytes.length);
+    answer.u32(ANSWER);
+    answer.u32(count);
+    answer.f64(from);
+    answer.i32(this.#worker);
+    answer.text(stage.host);
     const run = loaded.run;
-    for (let i = 0; i < tasks.length; i++) {
+    for (let i = 0; i < count; i++) {
+      let value: unknown;
+      let ok = true;
       this.#put = null;
       this.#putOpen = true;
-      let value: unknown;
       try {
-        value = run(tasks[i]);
+        const task = reader.record(this.#decoder);
+        if (run === null) throw loaded.error;
+        value = run(task);
       } catch (error) {
-        answer.results[i] = null;
-        this.#fail(answer, i, error);
-        continue;
+        value = error;
+        ok = false;
       }
-      if (isThenable(value)) {
-        return this.#runAsync(run, tasks, i, value, answer, stage)
-          .then(() => [id, this.#encode(stage, from, answer)]);
+      if (ok && isThenable(value)) {
+        return this.#runAsync(run!, reader, count - i, value, stage)
+          .then((outcomes) => {
+            for (const outcome of outcomes) this.#write(answer, outcome);
+            return [id, answer.take()];
+          });
       }
-      this.#record(answer, i, value);
+      this.#write(
+        answer,
+        ok ? { ok, value, puts: this.#put } : { ok, error: value },
+      );
     }
     this.#putOpen = false;
-    return [id, this.#encode(stage, from, answer)];
+    this.#put = null;
+    return [id, answer.take()];
   }
 
   /**
-   * Runs the rest of a batch once a task returned a Promise (`first`, of
-   * task `start`): one task at a time, or up to the stage's concurrency at
-   * once (then `putResult()` works only before a task's first await).
+   * Runs the rest of a batch once a task returned a Promise (`first`): one
+   * task at a time, or up to the stage's concurrency at once (then
+   * `putResult()` works only before a task's first await). Returns the
+   * `left` tasks' outcomes, in task order.
    */
   async #runAsync(
     run: Run,
-    tasks: unknown[],
-    start: number,
+    reader: MessageReader,
+    left: number,
     first: PromiseLike<unknown>,
-    answer: Answer,
     stage: HostStage,
-  ): Promise<void> {
+  ): Promise<Outcome[]> {
+    const outcomes: Outcome[] = new Array(left);
     // `puts`: the results the task put, taken after its synchronous part
     // when several run at once; else whatever it puts until it settles.
     const settle = async (
@@ -140,118 +148,88 @@ export default class HostWorker extends UnorderedWorker<HostTask, HostResult> {
     ) => {
       try {
         const result = await value;
-        if (puts !== undefined) this.#put = puts;
-        this.#record(answer, index, result);
+        outcomes[index] = {
+          ok: true,
+          value: result,
+          puts: puts === undefined ? this.#put : puts,
+        };
       } catch (error) {
-        answer.results[index] = null;
-        this.#fail(answer, index, error);
+        outcomes[index] = { ok: false, error };
+      }
+    };
+    /** Starts the next task (its synchronous part); returns what it returned. */
+    const start = (): { ok: boolean; value: unknown } => {
+      this.#put = null;
+      this.#putOpen = true;
+      try {
+        return { ok: true, value: run(reader.record(this.#decoder)) };
+      } catch (error) {
+        return { ok: false, value: error };
       }
     };
     if (stage.concurrency <= 1) {
-      await settle(start, first);
-      for (let i = start + 1; i < tasks.length; i++) {
-        this.#put = null;
-        this.#putOpen = true;
-        let value: unknown;
-        try {
-          value = run(tasks[i]);
-        } catch (error) {
-          answer.results[i] = null;
-          this.#fail(answer, i, error);
-          continue;
-        }
-        await settle(i, value);
+      await settle(0, first);
+      for (let i = 1; i < left; i++) {
+        const { ok, value } = start();
+        if (ok) await settle(i, value);
+        else outcomes[i] = { ok: false, error: value };
       }
       this.#putOpen = false;
-      return;
+      this.#put = null;
+      return outcomes;
     }
     // Several at once: each task's synchronous part runs alone, then its
     // Promise joins the others in flight.
     this.#putOpen = false;
-    let next = start + 1;
-    const lanes = [settle(start, first, this.#put)];
+    let next = 1;
     const lane = async () => {
-      while (next < tasks.length) {
+      while (next < left) {
         const index = next++;
-        this.#put = null;
-        this.#putOpen = true;
-        let value: unknown;
-        try {
-          value = run(tasks[index]);
-        } catch (error) {
-          this.#putOpen = false;
-          answer.results[index] = null;
-          this.#fail(answer, index, error);
-          continue;
-        }
+        const { ok, value } = start();
         this.#putOpen = false;
-        await settle(index, value, this.#put);
+        if (ok) await settle(index, value, this.#put);
+        else outcomes[index] = { ok: false, error: value };
       }
     };
+    const lanes = [settle(0, first, this.#put).then(lane)];
     for (let i = 1; i < stage.concurrency; i++) lanes.push(lane());
-    lanes[0] = lanes[0]!.then(lane);
     await Promise.all(lanes);
-  }
-
-  /** Notes task `index`'s result, with those it put before. */
-  #record(answer: Answer, index: number, value: unknown): void {
-    const put = this.#put;
     this.#put = null;
-    if (put === null) {
-      answer.results[index] = value ?? null;
-      return;
-    }
-    if (value !== null && value !== undefined) put.push(value);
-    answer.results[index] = null;
-    (answer.extras ??= []).push([index, MANY, put]);
-  }
-
-  #fail(answer: Answer, index: number, error: unknown): void {
-    this.#put = null;
-    (answer.extras ??= []).push([index, FAILED, error]);
+    return outcomes;
   }
 
   /**
-   * The answer's bytes. A result (or an error) that cannot be cloned fails
-   * its task with the `DataCloneError`, as in a local stage.
+   * Writes one task's part of the answer. A result that cannot be encoded
+   * (cloned) fails its task with the `DataCloneError`, as in a local stage.
    */
-  #encode(stage: HostStage, from: number, answer: Answer): Uint8Array {
-    answer.extras?.sort((a, b) => a[0] - b[0]);
-    const message = () => [
-      ANSWER,
-      from,
-      answer.results,
-      answer.extras,
-      stage.host,
-      this.#worker,
-    ];
-    try {
-      return encodeMessage(this.#encoder, message());
-    } catch {
-      // Rare: find the values that cannot be encoded, one by one.
-      const extras = answer.extras ?? [];
-      for (const extra of extras) {
-        try {
-          this.#encoder.encode(extra[2]);
-        } catch (error) {
-          // A thrown value that cannot travel travels as its text; results
-          // that cannot fail their task.
-          extra[2] = extra[1] === FAILED ? new Error(String(extra[2])) : error;
-          extra[1] = FAILED;
+  #write(answer: MessageWriter, outcome: Outcome): void {
+    if (outcome.ok) {
+      const { value, puts } = outcome;
+      const none = value === null || value === undefined;
+      try {
+        if (puts === null) {
+          if (none) return answer.u8(NONE);
+          const n = this.#encoder.encode(value);
+          answer.u8(ONE);
+          answer.frame(this.#encoder.bytes, 0, n);
+          return;
         }
+        const results = none ? puts : [...puts, value];
+        const records = results.map((result) => {
+          // Encode first: a long value grows the encoder's buffer.
+          const length = this.#encoder.encode(result);
+          return this.#encoder.bytes.slice(0, length);
+        });
+        answer.u8(MANY);
+        answer.varint(records.length);
+        for (const record of records) answer.frame(record);
+        return;
+      } catch (error) {
+        return this.#write(answer, { ok: false, error });
       }
-      for (let i = 0; i < answer.results.length; i++) {
-        try {
-          this.#encoder.encode(answer.results[i]);
-        } catch (error) {
-          answer.results[i] = null;
-          extras.push([i, FAILED, error]);
-        }
-      }
-      extras.sort((a, b) => a[0] - b[0]);
-      answer.extras = extras.length === 0 ? null : extras;
-      return encodeMessage(this.#encoder, message());
     }
+    answer.u8(FAILED);
+    answer.record(this.#encoder, errorValue(this.#encoder, outcome.error));
   }
 
   /** Loads a stage's target and runs its `doInit()`; keeps the failure if it cannot. */

@@ -70,6 +70,11 @@ export class NatsServer {
     return server;
   }
 
+  /** The running server's process id (NaN while stopped). */
+  get pid(): number {
+    return this.#process?.pid ?? NaN;
+  }
+
   /** The server's URL for clients. */
   get url(): string {
     return `127.0.0.1:${this.port}`;
