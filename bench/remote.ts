@@ -264,20 +264,26 @@ function summarize(rounds: ChildResult[][], opts: Options): void {
       : [
         ["items/s, pass 1", (r) => r.perPass![0]!],
         ["items/s, steady", (r) => median(r.perPass!.slice(1))!],
-        ["coordinator CPU µs/item", (r) => r.cpu!.coordinator],
-        ["host CPU µs/item", (r) => r.cpu!.host],
-        ["server CPU µs/item", (r) => r.cpu!.server],
+        ["CPU µs/item, coordinator", (r) => r.cpu!.coordinator],
+        ["CPU µs/item, host", (r) => r.cpu!.host],
+        ["CPU µs/item, server", (r) => r.cpu!.server],
+        [
+          "CPU µs/item, all three",
+          (r) => r.cpu!.coordinator + r.cpu!.host + r.cpu!.server,
+        ],
       ];
     for (const [label, figure] of figures) {
       const local = rounds.map((row) => figure(find(row, what, "local")));
       const remote = rounds.map((row) => figure(find(row, what, "remote")));
-      const ratios = rounds.map((_, i) => remote[i]! / local[i]!);
+      // A ratio only where the local figure is one (no host, no server).
+      const ratios = rounds.map((_, i) => remote[i]! / local[i]!)
+        .filter((ratio) => Number.isFinite(ratio) && median(local)! > 0.1);
       const show = (v: number) =>
         Math.abs(v) >= 100 ? Math.round(v).toLocaleString("en") : v.toFixed(2);
       console.log(
         `| ${what} | ${label} | ${show(median(local)!)} | ${
           show(median(remote)!)
-        } | ${median(ratios)!.toFixed(2)}× |`,
+        } | ${ratios.length === 0 ? "—" : `${median(ratios)!.toFixed(2)}×`} |`,
       );
     }
   }

@@ -57,14 +57,40 @@ export interface Cluster {
   openRun(stages: readonly RemoteStage[]): ClusterRun;
 }
 
-/** One pipeline's use of a cluster, from `Cluster.openRun`. */
+/**
+ * One pipeline's use of a cluster, from `Cluster.openRun`.
+ *
+ * @example A run whose stand-in doubles each task, closed once
+ * ```ts
+ * import type { ClusterRun } from "@mpipe/mpipe";
+ * import assert from "node:assert/strict";
+ *
+ * let closed = 0;
+ * const run: ClusterRun = {
+ *   standIn: () => ({
+ *     module: "data:text/javascript,export default class { " +
+ *       "doTask(task) { return Promise.resolve(task * 2); } }",
+ *     args: [],
+ *   }),
+ *   close: () => {
+ *     closed++;
+ *     return Promise.resolve();
+ *   },
+ * };
+ * assert.match(run.standIn(0).module, /^data:/);
+ * await run.close();
+ * assert.equal(closed, 1);
+ * ```
+ */
 export interface ClusterRun {
   /**
    * The local worker that stands in for a remote stage: a module whose
    * default export is a worker class, and its constructor's arguments
    * (structured-cloneable). The pipeline runs one such worker per remote
    * stage, with `concurrency` = the stage's size; each `doTask` returns a
-   * Promise of the task's result from the cluster.
+   * Promise of the task's result from the cluster. (A stand-in may instead
+   * take its tasks in batches, as encoded: see `SendTasks` in
+   * `worker_runtime.ts`, which `JetStreamCluster`'s does.)
    *
    * @param index The stage's index in the array given to `openRun`.
    * @returns The module's URL and the class's arguments.
@@ -80,7 +106,43 @@ export interface ClusterRun {
   close(): Promise<void>;
 }
 
-/** A remote stage as its pipeline describes it to its cluster. */
+/**
+ * A remote stage as its pipeline describes it to its cluster.
+ *
+ * @example What a cluster is told of a stage
+ * ```ts
+ * import {
+ *   type Cluster,
+ *   OrderedStage,
+ *   Pipeline,
+ *   type RemoteStage,
+ * } from "@mpipe/mpipe";
+ * import assert from "node:assert/strict";
+ *
+ * const told: RemoteStage[] = [];
+ * const cluster: Cluster = {
+ *   openRun: (stages) => {
+ *     told.push(...stages);
+ *     return {
+ *       standIn: () => ({
+ *         module: "data:text/javascript,export default class { " +
+ *           "doTask(task) { return Promise.resolve(task); } }",
+ *         args: [],
+ *       }),
+ *       close: () => Promise.resolve(),
+ *     };
+ *   },
+ * };
+ * const pipe = new Pipeline<number, number>(
+ *   new OrderedStage((x: number) => x, 8, { cluster, name: "echo" }),
+ * );
+ * await pipe.close();
+ * await pipe.done;
+ * assert.equal(told[0]!.name, "echo");
+ * assert.equal(told[0]!.size, 8);
+ * assert.equal(told[0]!.target.kind, "source");
+ * ```
+ */
 export interface RemoteStage {
   /** The stage's name. */
   name: string;
@@ -98,6 +160,19 @@ export interface RemoteStage {
  * A target as it travels to another machine: a function or class by its
  * source text (with the name its `extends` clause gives its base class), or
  * a module by its URL and export.
+ *
+ * @example A module target as it travels
+ * ```ts
+ * import type { RemoteTarget } from "@mpipe/mpipe";
+ * import assert from "node:assert/strict";
+ *
+ * const target: RemoteTarget = {
+ *   kind: "module",
+ *   specifier: "https://example.com/tasks/score.ts",
+ *   exportName: "default",
+ * };
+ * assert.equal(target.kind, "module");
+ * ```
  */
 export type RemoteTarget =
   | {

@@ -667,6 +667,138 @@ timed(
   },
 );
 
+timed(
+  "JetStream: a server with TLS and user accounts: the cluster and the hosts connect with a private CA and a password; a wrong password is refused",
+  90_000,
+  async () => {
+    const dir = await Deno.makeTempDir({ prefix: "mpipe-tls-" });
+    try {
+      await makeCertificates(dir);
+      await using server = await NatsServer.start([
+        "--tls",
+        "--tlscert",
+        `${dir}/server.pem`,
+        "--tlskey",
+        `${dir}/server.key`,
+        "--user",
+        "mpipe",
+        "--pass",
+        "s3cret",
+      ]);
+      await assert.rejects(
+        JetStreamCluster.connect({
+          servers: server.url,
+          user: "mpipe",
+          pass: "wrong",
+          tls: { caFile: `${dir}/ca.pem` },
+        }),
+        /Authorization|authorization|auth/,
+      );
+      await using cluster = await JetStreamCluster.connect({
+        servers: server.url,
+        user: "mpipe",
+        pass: "s3cret",
+        tls: { caFile: `${dir}/ca.pem` },
+      });
+      await withHosts(server.url, ["tls-1"], async () => {
+        const pipe = new Pipeline<number, number>(
+          new OrderedStage((x: number) => x * 3, 8, { cluster }),
+        );
+        for (let i = 0; i < 20; i++) pipe.put(i);
+        pipe.put(null);
+        assert.deepEqual(
+          await Array.fromAsync(pipe),
+          Array.from({ length: 20 }, (_, i) => i * 3),
+        );
+      }, [
+        "--allow-source",
+        "--workers",
+        "1",
+        "--user",
+        "mpipe",
+        "--pass",
+        "s3cret",
+        "--tls-ca",
+        `${dir}/ca.pem`,
+      ]);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
+
+/** A CA, and a certificate for 127.0.0.1 signed by it, made with openssl. */
+async function makeCertificates(dir: string): Promise<void> {
+  const openssl = async (...args: string[]) => {
+    const { code, stderr } = await new Deno.Command("openssl", {
+      args,
+      cwd: dir,
+      stdout: "null",
+      stderr: "piped",
+    }).output().catch((error) => {
+      throw new Error(
+        `openssl is needed for the TLS test (.ci/run installs it): ${error}`,
+      );
+    });
+    if (code !== 0) {
+      throw new Error(
+        `openssl ${args[0]} failed: ${new TextDecoder().decode(stderr)}`,
+      );
+    }
+  };
+  const key = [
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:prime256v1",
+    "-nodes",
+  ];
+  await openssl(
+    "req",
+    "-x509",
+    ...key,
+    "-keyout",
+    "ca.key",
+    "-out",
+    "ca.pem",
+    "-days",
+    "1",
+    "-subj",
+    "/CN=mpipe test CA",
+  );
+  await openssl(
+    "req",
+    ...key,
+    "-keyout",
+    "server.key",
+    "-out",
+    "server.csr",
+    "-subj",
+    "/CN=127.0.0.1",
+  );
+  await Deno.writeTextFile(
+    `${dir}/san.ext`,
+    "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+  );
+  await openssl(
+    "x509",
+    "-req",
+    "-in",
+    "server.csr",
+    "-CA",
+    "ca.pem",
+    "-CAkey",
+    "ca.key",
+    "-CAcreateserial",
+    "-out",
+    "server.pem",
+    "-days",
+    "1",
+    "-extfile",
+    "san.ext",
+  );
+}
+
 // ---------------------------------------------------------------- clean-up
 
 timed(

@@ -29,7 +29,26 @@ import {
   type StageSpec,
 } from "./protocol.ts";
 
-/** The options of `JetStreamCluster.connect`: the connection, and how remote stages behave. */
+/**
+ * The options of `JetStreamCluster.connect`: the connection, and how remote
+ * stages behave.
+ *
+ * @example A short ackWait, for hosts that may be lost
+ * ```ts ignore
+ * import {
+ *   JetStreamCluster,
+ *   type JetStreamClusterOptions,
+ * } from "@mpipe/mpipe/jetstream";
+ *
+ * const options: JetStreamClusterOptions = {
+ *   servers: ["127.0.0.1:4222"],
+ *   name: "nightly-scoring",
+ *   ackWait: 5_000,
+ *   maxAttempts: 2,
+ * };
+ * await using cluster = await JetStreamCluster.connect(options);
+ * ```
+ */
 export interface JetStreamClusterOptions extends ConnectionOptions {
   /**
    * Milliseconds a host may hold a batch of tasks without a sign of life

@@ -56,7 +56,22 @@ import {
   type StageSpec,
 } from "./protocol.ts";
 
-/** The options of `WorkerHost.start`: the connection, and what the host runs. */
+/**
+ * The options of `WorkerHost.start`: the connection, and what the host runs.
+ *
+ * @example A host that imports module targets from one place only
+ * ```ts ignore
+ * import { WorkerHost, type WorkerHostOptions } from "@mpipe/mpipe/jetstream";
+ *
+ * const options: WorkerHostOptions = {
+ *   servers: "127.0.0.1:4222",
+ *   workers: 2,
+ *   allowTargets: ["https://code.example.com/tasks/"],
+ *   hostName: "scorer-1",
+ * };
+ * await using host = await WorkerHost.start(options);
+ * ```
+ */
 export interface WorkerHostOptions extends ConnectionOptions {
   /**
    * The most Web Workers the host runs, shared by every stage it serves.
@@ -569,6 +584,12 @@ export class WorkerHost implements AsyncDisposable {
     take: (server, message) => this.#take(server, message),
     gone: (stream, error) => this.#gone(stream, error),
     heldBy: (server) => this.#heldBy(server),
+    // Its run has ended: forget it (its announcement was withdrawn first).
+    ended: (server) => {
+      if (this.#stages.get(server.stage.key) === server) {
+        this.#stages.delete(server.stage.key);
+      }
+    },
   };
 
   /** A stage was announced: serve it, or refuse it. */
@@ -647,6 +668,8 @@ interface HostPort {
   gone(stream: string, error: unknown): Promise<boolean>;
   /** The batches the server holds, to say they are being worked on. */
   heldBy(server: StageServer): JsMsg[];
+  /** The server's stage is gone: its run has ended. */
+  ended(server: StageServer): void;
 }
 
 /**
@@ -758,11 +781,16 @@ class StageServer {
             await this.#room.promise;
           }
         }
-        if (this.#stopped || await host.gone(this.spec.stream, undefined)) {
+        if (this.#stopped) break;
+        if (await host.gone(this.spec.stream, undefined)) {
+          host.ended(this);
           break;
         }
       } catch (error) {
-        if (await host.gone(this.spec.stream, error)) break;
+        if (await host.gone(this.spec.stream, error)) {
+          host.ended(this);
+          break;
+        }
       }
       await delay(Math.min(2_000, 50 * 2 ** attempt));
     }

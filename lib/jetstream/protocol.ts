@@ -378,6 +378,20 @@ export function errorValue(encoder: Encoder, error: unknown): unknown {
  * How to reach the NATS servers: the options of `JetStreamCluster.connect`
  * and of a worker host that concern the connection. Every field is plain
  * data, so that the options travel to the workers that connect on their own.
+ *
+ * @example A user account over TLS with a private CA
+ * ```ts ignore
+ * import type { ConnectionOptions } from "@mpipe/mpipe/jetstream";
+ * import assert from "node:assert/strict";
+ *
+ * const connection: ConnectionOptions = {
+ *   servers: "tls://nats.example.com:4222",
+ *   user: "mpipe",
+ *   pass: Deno.env.get("MPIPE_NATS_PASS"),
+ *   tls: { caFile: "/etc/mpipe/ca.pem" },
+ * };
+ * assert.equal(connection.user, "mpipe");
+ * ```
  */
 export interface ConnectionOptions {
   /** The servers, `host:port` or a `nats://` / `tls://` URL, one or several. */
