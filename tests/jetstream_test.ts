@@ -826,6 +826,19 @@ timed(
       terminated.terminate();
       await terminated.done;
       assert.deepEqual(await runStreams(URL_), []);
+
+      // The cluster closed as soon as the results are read (the end of a
+      // program's `await using` scope), while the pipeline is still ending.
+      const early = await JetStreamCluster.connect({ servers: URL_ });
+      const ending = new Pipeline<number, number>(
+        new OrderedStage((x: number) => x, 4, { cluster: early }),
+      );
+      ending.put(1);
+      ending.put(null);
+      assert.deepEqual(await Array.fromAsync(ending), [1]);
+      await early.close();
+      await ending.done;
+      assert.deepEqual(await runStreams(URL_), []);
     });
   },
 );

@@ -119,8 +119,8 @@ export class JetStreamCluster implements Cluster, AsyncDisposable {
   readonly #options: JetStreamClusterOptions;
   readonly #nc: NatsConnection;
   readonly #jsm: JetStreamManager;
-  /** Runs being closed, which `close()` waits for. */
-  readonly #closing = new Set<Promise<void>>();
+  /** Runs not yet removed: each settles once its pipeline has closed it and its streams are gone. */
+  readonly #open = new Set<Promise<void>>();
   #closed = false;
 
   private constructor(
@@ -235,33 +235,46 @@ export class JetStreamCluster implements Cluster, AsyncDisposable {
       };
     });
     let closed: Promise<void> | null = null;
+    const removed = Promise.withResolvers<void>();
+    this.#open.add(removed.promise);
     return {
       standIn: (index) => ({ module: BRIDGE, args: [configs[index]!] }),
       close: () => {
-        if (closed === null) {
-          closed = this.#removeRun(configs);
-          const closing = closed;
-          this.#closing.add(closing);
-          closing.finally(() => this.#closing.delete(closing));
-        }
+        closed ??= this.#removeRun(configs).finally(() => {
+          this.#open.delete(removed.promise);
+          removed.resolve();
+        });
         return closed;
       },
     };
   }
 
   /**
-   * Closes the connection, once every run being removed is removed.
-   * Pipelines still running on the cluster go on (their stand-ins have
-   * connections of their own), but their streams are then left behind.
+   * Closes the connection. It first waits, up to `CLOSE_WAIT_MS` (10 s), for
+   * the pipelines on the cluster to be done and their streams removed: a
+   * program that read all its results and then leaves the scope of
+   * `await using cluster` may close it while its pipelines are still
+   * ending. A pipeline still running after that goes on (its stand-ins have
+   * connections of their own) and removes its streams when it is done.
    *
    * @returns A Promise that settles once the connection is closed.
    */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    await Promise.allSettled([...this.#closing]);
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([
+      Promise.allSettled([...this.#open]),
+      new Promise((resolve) => {
+        timer = setTimeout(resolve, JetStreamCluster.CLOSE_WAIT_MS);
+      }),
+    ]);
+    clearTimeout(timer);
     await this.#nc.close();
   }
+
+  /** How long `close()` waits for the pipelines on the cluster to be done. */
+  static readonly CLOSE_WAIT_MS = 10_000;
 
   /**
    * Closes the cluster, like `close()`.
@@ -272,19 +285,32 @@ export class JetStreamCluster implements Cluster, AsyncDisposable {
     return this.close();
   }
 
-  /** Withdraws a run's announcements, then deletes its streams (and so their consumers). */
+  /**
+   * Withdraws a run's announcements, then deletes its streams (and so their
+   * consumers); on a connection of its own if the cluster was closed.
+   */
   async #removeRun(configs: BridgeConfig[]): Promise<void> {
-    await Promise.allSettled(configs.map(async ({ spec, announcement }) => {
-      try {
-        await this.#jsm.streams.purge(STAGES_STREAM, { filter: announcement });
-      } catch { /* The announcement is gone with its stream below. */ }
-      try {
-        await this.#jsm.streams.delete(spec.stream);
-      } catch (error) {
-        // 10059: the stream was never made (the pipeline ended first).
-        if (apiCode(error) !== 10059) throw error;
-      }
-    }));
+    let jsm = this.#jsm;
+    let own: NatsConnection | null = null;
+    if (this.#nc.isClosed()) {
+      own = await connectNats(this.#options, "mpipe coordinator");
+      jsm = await jetstreamManager(own);
+    }
+    try {
+      await Promise.allSettled(configs.map(async ({ spec, announcement }) => {
+        try {
+          await jsm.streams.purge(STAGES_STREAM, { filter: announcement });
+        } catch { /* The announcement is gone with its stream below. */ }
+        try {
+          await jsm.streams.delete(spec.stream);
+        } catch (error) {
+          // 10059: the stream was never made (the pipeline ended first).
+          if (apiCode(error) !== 10059) throw error;
+        }
+      }));
+    } finally {
+      await own?.close();
+    }
   }
 }
 

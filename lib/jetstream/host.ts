@@ -565,6 +565,8 @@ export class WorkerHost implements AsyncDisposable {
         });
         const messages = await consumer.consume();
         this.#stopWatching = () => messages.stop();
+        // close() may have come while the consumer was being made.
+        if (this.#closing) messages.stop();
         for await (const message of messages) {
           if (this.#closing) break;
           this.#announced(message.data);
@@ -769,6 +771,8 @@ class StageServer {
           abort_on_missing_resource: true,
         });
         this.#stopPulling = () => messages.stop();
+        // stop() may have come while the consumer was being made.
+        if (this.#stopped) messages.stop();
         for await (const message of messages) {
           attempt = 0;
           if (this.#stopped) {
