@@ -47,6 +47,12 @@ export type {
   ProgressOptions,
   PutOptions,
 } from "./lib/pipeline.ts";
+export type {
+  Cluster,
+  ClusterRun,
+  RemoteStage,
+  RemoteTarget,
+} from "./lib/remote.ts";
 export { OrderedStage, Stage, UnorderedStage } from "./lib/stage.ts";
 export type {
   ModuleTarget,

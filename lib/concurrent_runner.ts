@@ -30,6 +30,8 @@ export interface TaskSlot {
   held: Uint8Array[];
   /** Its taskTimeout's timer, if it awaits. */
   timer: ReturnType<typeof setTimeout> | undefined;
+  /** Its results (or its failure) were written. */
+  written: boolean;
 }
 
 /** What the runner needs of its worker runtime. */
@@ -55,8 +57,18 @@ export interface TaskHost {
 /** Runs one worker's tasks, several at once. */
 export class ConcurrentRunner {
   readonly #host: TaskHost;
-  /** The tasks in flight, in the order they were claimed. */
-  readonly inFlight: TaskSlot[] = [];
+  /**
+   * The tasks claimed, in order, from `#head` on: the slots before it were
+   * written (dropped in bulk, so that each slot is moved once on average).
+   */
+  readonly #slots: TaskSlot[] = [];
+  #head = 0;
+  /** Tasks claimed and not yet written. */
+  running = 0;
+  /** An unordered stage's settled tasks not yet written, in the order they settled. */
+  readonly #settled: TaskSlot[] = [];
+  /** A settle is queued (see `#complete`). */
+  #settleQueued = false;
   /** The task whose synchronous part runs now, for putResult(). */
   current: TaskSlot | null = null;
   /** One past the last task claimed. */
@@ -76,17 +88,16 @@ export class ConcurrentRunner {
     const { input, idleWait, config } = host;
     const values: unknown[] = [];
     const seqs: number[] = [];
-    const inFlight = this.inFlight;
     for (;;) {
       this.#throwFatal();
-      const free = config.concurrency - inFlight.length;
+      const free = config.concurrency - this.running;
       let count = 0;
       if (free > 0) {
         count = input.claim(values, seqs, Math.min(free, config.maxClaim));
         if (count > 0) {
           idleWait.reset();
           // Busy from now until nothing is in flight again (see #settle).
-          if (inFlight.length === 0) host.figures.busyFrom(performance.now());
+          if (this.running === 0) host.figures.busyFrom(performance.now());
           this.#claimedTo = seqs[count - 1]! + 1;
           host.claimedTo(this.#claimedTo);
           for (let i = 0; i < count; i++) {
@@ -96,13 +107,13 @@ export class ConcurrentRunner {
             this.#start(run, task, seqs[i]!);
           }
           // What a replacement drops if this worker is lost (see Supervisor).
-          host.figures.claimed(inFlight.length);
+          host.figures.claimed(this.running);
           this.#settle();
           continue;
         }
-        if (count < 0 && inFlight.length === 0) return;
+        if (count < 0 && this.running === 0) return;
       }
-      if (inFlight.length === 0) {
+      if (this.running === 0) {
         idleWait.idle();
         continue;
       }
@@ -128,8 +139,10 @@ export class ConcurrentRunner {
       value: undefined,
       held: [],
       timer: undefined,
+      written: false,
     };
-    this.inFlight.push(slot);
+    this.#slots.push(slot);
+    this.running++;
     host.begin(seq);
     this.current = slot;
     let result: unknown;
@@ -166,15 +179,29 @@ export class ConcurrentRunner {
     slot.done = true;
     slot.ok = ok;
     slot.value = result;
+    if (!host.config.ordered) this.#settled.push(slot);
   }
 
-  /** A task in flight settled: note it, and write what may be written. */
+  /**
+   * A task in flight settled: note it, and write what may be written. Tasks
+   * that settle together (promises resolved in one go) are written together,
+   * by one settle queued after their callbacks, and published once.
+   */
   #complete(slot: TaskSlot, ok: boolean, value: unknown): void {
     if (slot.done) return; // A late end of a task that timed out.
     clearTimeout(slot.timer);
     slot.done = true;
     slot.ok = ok;
     slot.value = value;
+    if (!this.#host.config.ordered) this.#settled.push(slot);
+    if (this.#settleQueued) return;
+    this.#settleQueued = true;
+    queueMicrotask(this.#settleQueuedTasks);
+  }
+
+  /** The settle queued by `#complete`, which then wakes the loop. */
+  readonly #settleQueuedTasks = (): void => {
+    this.#settleQueued = false;
     try {
       this.#settle();
     } catch {
@@ -183,37 +210,51 @@ export class ConcurrentRunner {
     const completion = this.#completion;
     this.#completion = null;
     completion?.resolve();
-  }
+  };
 
   /**
    * Writes the settled tasks that may be written: in task order for an
    * ordered stage (a worker's ring must hold its tasks in order), as they
-   * settled otherwise. Publishes what it wrote.
+   * settled otherwise; each task is looked at once. Publishes what it wrote.
    */
   #settle(): void {
     const host = this.#host;
-    const inFlight = this.inFlight;
+    const slots = this.#slots;
+    let head = this.#head;
     let wrote = false;
-    for (let i = 0; i < inFlight.length;) {
-      const slot = inFlight[i]!;
-      if (!slot.done) {
-        if (host.config.ordered) break;
-        i++;
-        continue;
+    if (host.config.ordered) {
+      while (head < slots.length && slots[head]!.done) {
+        this.#write(slots[head++]!);
+        wrote = true;
       }
-      inFlight.splice(i, 1);
-      try {
-        host.finish(slot);
-      } catch (error) {
-        // Rethrown in the loop (see #complete), naming this task.
-        this.#fatal ??= { error, seq: slot.seq };
-        throw error;
-      }
-      wrote = true;
+    } else {
+      const settled = this.#settled;
+      for (let i = 0; i < settled.length; i++) this.#write(settled[i]!);
+      wrote = settled.length > 0;
+      settled.length = 0;
+      while (head < slots.length && slots[head]!.written) head++;
     }
-    host.resumeAt(inFlight.length > 0 ? inFlight[0]!.seq : this.#claimedTo);
-    if (inFlight.length === 0) host.figures.idleFrom(performance.now());
+    if (head > 64 && head * 2 > slots.length) {
+      slots.splice(0, head);
+      head = 0;
+    }
+    this.#head = head;
+    host.resumeAt(head < slots.length ? slots[head]!.seq : this.#claimedTo);
+    if (this.running === 0) host.figures.idleFrom(performance.now());
     if (wrote) host.publish();
+  }
+
+  /** Writes one settled task's results (or its failure). */
+  #write(slot: TaskSlot): void {
+    slot.written = true;
+    this.running--;
+    try {
+      this.#host.finish(slot);
+    } catch (error) {
+      // Rethrown in the loop (see #complete), naming this task.
+      this.#fatal ??= { error, seq: slot.seq };
+      throw error;
+    }
   }
 
   #throwFatal(): void {

@@ -8,7 +8,12 @@
 export interface StageErrorOptions {
   /** The stage's name. */
   stage: string;
-  /** The worker's number within its stage (0-based), if one worker failed. */
+  /** The host that ran the task, for a stage on a cluster. */
+  host?: string;
+  /**
+   * The worker's number within its stage (0-based), if one worker failed;
+   * for a stage on a cluster, within its host.
+   */
   worker?: number;
   /** The task's sequence number at the stage's input (0-based), if a task failed. */
   task?: number;
@@ -19,7 +24,7 @@ export interface StageErrorOptions {
 /**
  * A stage failed: a task threw, a worker was lost, or its target could not be
  * loaded. Carries the stage, the worker, the task number and the original
- * error as `cause`.
+ * error as `cause`; for a stage on a cluster, also the host that ran it.
  *
  * @example Catch a failing task
  * ```ts
@@ -45,7 +50,9 @@ export interface StageErrorOptions {
 export class StageError extends Error {
   /** The stage's name. */
   readonly stage: string;
-  /** The worker's number within its stage, if one worker failed. */
+  /** The host that ran the task, for a stage on a cluster; else undefined. */
+  readonly host: string | undefined;
+  /** The worker's number within its stage (within its host, on a cluster), if one worker failed. */
   readonly worker: number | undefined;
   /** The task's sequence number at the stage's input, if a task failed. */
   readonly task: number | undefined;
@@ -53,11 +60,13 @@ export class StageError extends Error {
   /** Creates a stage error; `message` says what went wrong and what to do. */
   constructor(message: string, options: StageErrorOptions) {
     const where = `stage '${options.stage}'` +
+      (options.host === undefined ? "" : `, host '${options.host}'`) +
       (options.worker === undefined ? "" : `, worker ${options.worker}`) +
       (options.task === undefined ? "" : `, task ${options.task}`);
     super(`${where}: ${message}`, { cause: options.cause });
     this.name = "StageError";
     this.stage = options.stage;
+    this.host = options.host;
     this.worker = options.worker;
     this.task = options.task;
   }

@@ -7,7 +7,7 @@
  */
 
 import { describe } from "./target.ts";
-import { type AnyStage, internalsOf } from "./stage_internals.ts";
+import { type AnyStage, internalsOf, workersOf } from "./stage_internals.ts";
 
 /** Whether `to` is reachable from `from` by links (so linking `to` to `from` would make a cycle). */
 export function reaches(from: AnyStage, to: AnyStage): boolean {
@@ -96,7 +96,7 @@ export function pipelineLeaves(stages: AnyStage[]): AnyStage[] {
 export function producersOf(stage: AnyStage): number {
   const previous = internalsOf(stage).previous;
   if (previous.length === 0) return 1;
-  return previous.reduce((sum, upstream) => sum + upstream.size, 0);
+  return previous.reduce((sum, upstream) => sum + workersOf(upstream), 0);
 }
 
 /**
@@ -106,8 +106,8 @@ export function producersOf(stage: AnyStage): number {
  */
 export function groupOf(upstream: AnyStage): { size: number; merge: boolean } {
   return {
-    size: upstream.size,
-    merge: internalsOf(upstream).ordered === true && upstream.size > 1,
+    size: workersOf(upstream),
+    merge: internalsOf(upstream).ordered === true && workersOf(upstream) > 1,
   };
 }
 
@@ -120,7 +120,7 @@ export function ringIndex(
   let offset = 0;
   for (const previous of internalsOf(next).previous) {
     if (previous === stage) return offset + index;
-    offset += previous.size;
+    offset += workersOf(previous);
   }
   throw new Error("unreachable: stage is not upstream of next");
 }

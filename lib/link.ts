@@ -24,6 +24,15 @@ import { Ring } from "./ring.ts";
 import { Decoder, Encoder } from "./codec.ts";
 import type { FigureRef } from "./status.ts";
 
+/**
+ * Where `InputLink.claimRaw` puts each record's bytes: `add` is called with
+ * the bytes `[start, start + length)` of `bytes`, which it must copy (they
+ * are the ring's, soon overwritten).
+ */
+export interface RawRecords {
+  add(bytes: Uint8Array, start: number, length: number): void;
+}
+
 /** How the consumers of a link read it. */
 export interface InputMode {
   /** Several consumers share the link: claims take the lock. */
@@ -86,6 +95,8 @@ export class InputLink {
   /** The group of each ring. */
   readonly groupOf: number[] = [];
   #decoder = new Decoder();
+  /** Set during `claimRaw`: where each record's bytes go instead of being decoded. */
+  #raw: RawRecords | null = null;
   #group = 0;
   /** Where each group's as-arrived reading resumes, for fairness. */
   #cursors: number[];
@@ -160,6 +171,23 @@ export class InputLink {
       if (this.mode.shared) Mutex.unlock(this.control, InputLink.LOCK);
     }
   }
+
+  /**
+   * Like `claim`, but gives each task's record as it is encoded, appended
+   * to `records`, rather than decoded (for a stand-in that sends tasks on
+   * as they are: `jetstream/bridge.ts`).
+   */
+  claimRaw(records: RawRecords, seqs: number[], max: number): number {
+    this.#raw = records;
+    try {
+      return this.claim(this.#noValues, seqs, max);
+    } finally {
+      this.#raw = null;
+    }
+  }
+
+  /** What `claimRaw` gives `claim` for values: none are kept. */
+  #noValues: unknown[] = [];
 
   /** Whether any ring holds a published record (a lock-free check for spinning). */
   hasData(): boolean {
@@ -298,14 +326,19 @@ export class InputLink {
       const whole = this.#partial!;
       this.#partial = null;
       this.#partialRing = -1;
-      value = this.#decoder.decode(whole, new DataView(whole.buffer), 0);
+      if (this.#raw !== null) this.#raw.add(whole, 0, whole.length);
+      else value = this.#decoder.decode(whole, new DataView(whole.buffer), 0);
     } else {
       if (base === Ring.DATA) {
-        value = this.#decoder.decode(
-          ring.bytes,
-          ring.view,
-          at + Ring.FRAME_BYTES,
-        );
+        if (this.#raw !== null) {
+          this.#raw.add(ring.bytes, at + Ring.FRAME_BYTES, ring.lengthAt(at));
+        } else {
+          value = this.#decoder.decode(
+            ring.bytes,
+            ring.view,
+            at + Ring.FRAME_BYTES,
+          );
+        }
       }
       ring.advance();
     }

@@ -36,10 +36,12 @@ import { workerOptionsAllowed } from "./permissions.ts";
 import { ResultOutput } from "./result_output.ts";
 import { RunState } from "./run_state.ts";
 import type { GetOptions, Stage } from "./stage.ts";
+import { type ClusterRun, openClusterRuns } from "./remote.ts";
 import {
   type AnyStage,
   internalsOf,
   type StageOwner,
+  workersOf,
 } from "./stage_internals.ts";
 import { SkipReports } from "./skip_reports.ts";
 import { inspectModules, Supervisor } from "./supervisor.ts";
@@ -102,6 +104,9 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
   readonly #streams: PipelineStreams<I, O>;
   readonly #stats: StatsReader;
   readonly #progress: ProgressDisplay | null = null;
+  /** The runs of its remote stages' clusters, closed before `done` settles. */
+  readonly #clusterRuns: ClusterRun[];
+  #clusterRunsClosed: Promise<unknown> | null = null;
   #resolveDone!: () => void;
   #rejectDone!: (error: StageError) => void;
 
@@ -131,9 +136,10 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
     });
     const stages = collectStages(root as unknown as AnyStage);
     checkSandboxes(stages);
+    this.#clusterRuns = openClusterRuns(stages);
     const leaves = pipelineLeaves(stages);
     const wiring = new Wiring(stages, leaves, ringBytes);
-    const workers = stages.reduce((sum, stage) => sum + stage.size, 0);
+    const workers = stages.reduce((sum, stage) => sum + workersOf(stage), 0);
     const threadSpin = spin ?? defaultSpin(workers + 1);
 
     const reports = new SkipReports(
@@ -464,7 +470,16 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
     this.#output.shutDown();
   }
 
+  /** Settles `done`, once the runs of remote stages' clusters are closed. */
   #settleDone(): void {
+    if (this.#clusterRuns.length === 0) return this.#settleDoneNow();
+    this.#clusterRunsClosed ??= Promise.allSettled(
+      this.#clusterRuns.map(async (run) => await run.close()),
+    );
+    this.#clusterRunsClosed.then(() => this.#settleDoneNow());
+  }
+
+  #settleDoneNow(): void {
     this.#stats.finished();
     this.#progress?.finish(
       this.#run.failure !== null

@@ -14,7 +14,7 @@
 
 import type { StageError } from "./errors.ts";
 import type { CallbackGate } from "./result_output.ts";
-import { type AnyStage, internalsOf } from "./stage_internals.ts";
+import { type AnyStage, internalsOf, workersOf } from "./stage_internals.ts";
 import { StageStatus } from "./status.ts";
 
 /** A report waiting for its turn. */
@@ -62,7 +62,7 @@ export class SkipReports implements CallbackGate {
       this.#stages.set(stage, {
         stage,
         callback,
-        received: new Array(stage.size).fill(0),
+        received: new Array(workersOf(stage)).fill(0),
         lost: 0,
         waiting: [],
       });
@@ -163,13 +163,13 @@ export class SkipReports implements CallbackGate {
     const words = status.words;
     let below = 0;
     let held = Infinity;
-    for (let i = 0; i < stage.size; i++) {
+    for (let i = 0; i < workersOf(stage); i++) {
       const from = Atomics.load(words, status.at(i, StageStatus.FROM));
       const to = Atomics.load(words, status.at(i, StageStatus.TO));
       if (to > below) below = to;
       if (from < to && from < held) held = from;
     }
-    for (let i = 0; i < stage.size; i++) {
+    for (let i = 0; i < workersOf(stage); i++) {
       const sent = Atomics.load(words, status.at(i, StageStatus.SKIPS));
       if (sent > reports.received[i]!) return 0;
     }

@@ -130,6 +130,8 @@ export class Stage<I, O, R = never> {
       taskTimeout: checked.taskTimeout ?? Infinity,
       concurrency: checked.concurrency ?? 1,
       permissions: checked.permissions ?? "inherit",
+      cluster: checked.cluster ?? null,
+      standIn: null,
       status: null,
       next: [],
       previous: [],

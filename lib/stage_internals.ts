@@ -7,6 +7,7 @@
  */
 
 import type { StageError } from "./errors.ts";
+import type { Cluster } from "./remote.ts";
 import type { GetOptions, Stage } from "./stage.ts";
 import type { StageStatus } from "./status.ts";
 import type { ShippedTarget } from "./target.ts";
@@ -42,6 +43,10 @@ export interface StageInternals {
   concurrency: number;
   /** The permissions of its workers. */
   permissions: StagePermissions;
+  /** The cluster the stage runs on, or null for this process's workers. */
+  cluster: Cluster | null;
+  /** A remote stage's stand-in worker, once its pipeline opened a run. */
+  standIn: { module: string; args: unknown[] } | null;
   /** The stage's status block, once a pipeline is built. */
   status: StageStatus | null;
   next: AnyStage[];
@@ -62,6 +67,14 @@ const internals = new WeakMap<object, StageInternals>();
 /** The settings and links of `stage`; undefined for an object that is not a Stage. */
 export function internalsOf(stage: AnyStage): StageInternals {
   return internals.get(stage)!;
+}
+
+/**
+ * How many workers `stage` runs in this process: its size, or 1 for a
+ * remote stage, whose one stand-in worker runs `size` tasks at once.
+ */
+export function workersOf(stage: AnyStage): number {
+  return internals.get(stage)!.cluster === null ? stage.size : 1;
 }
 
 /** Records a new stage's settings (its constructor does). */

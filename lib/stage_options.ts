@@ -6,6 +6,7 @@
 
 import type { StageError } from "./errors.ts";
 import { checkPermissions, type StagePermissions } from "./permissions.ts";
+import type { Cluster } from "./remote.ts";
 import { describe } from "./target.ts";
 
 /** Options of a stage. */
@@ -86,6 +87,19 @@ export interface StageOptions {
    * @default {"inherit"}
    */
   permissions?: StagePermissions;
+  /**
+   * Run the stage on other machines: on the worker hosts of this cluster,
+   * such as a `JetStreamCluster` from `@mpipe/mpipe/jetstream`. `size` is
+   * then how many of its tasks may run at once across the cluster; the
+   * stage's order, backpressure, stop and errors are as for a local stage.
+   * A function or class target travels by its source, a module target by
+   * its URL (which the hosts must be able to import). `taskTimeout` counts
+   * from when a task is sent until its result is back; `concurrency` is how
+   * many tasks each host worker runs at once; `doStopTask` and `restart`
+   * are refused.
+   * @default {null: the stage runs in this process's Web Workers}
+   */
+  cluster?: Cluster | null;
 }
 
 const OPTION_NAMES = [
@@ -99,6 +113,7 @@ const OPTION_NAMES = [
   "taskTimeout",
   "concurrency",
   "permissions",
+  "cluster",
 ];
 
 /** Checks a stage's options; throws a `TypeError` or `RangeError` naming the bad one. */
@@ -164,6 +179,25 @@ export function checkStageOptions(
     );
   }
   if (o.permissions !== undefined) checkPermissions(kind, o.permissions);
+  if (o.cluster !== undefined && o.cluster !== null) {
+    if (
+      typeof o.cluster !== "object" ||
+      typeof (o.cluster as { openRun?: unknown }).openRun !== "function"
+    ) {
+      fail("cluster", "a cluster (such as a JetStreamCluster) or null");
+    }
+    for (const key of ["doStopTask", "restart"]) {
+      if (o[key] === true) {
+        throw new TypeError(
+          `${kind}: 'options.${key}' cannot be used with 'options.cluster': ${
+            key === "restart"
+              ? "a remote stage's hosts replace their lost workers themselves, and a task that loses its worker fails (skip it with onError)"
+              : "a remote stage has no workers of its own to give a stop task to"
+          }`,
+        );
+      }
+    }
+  }
   if (o.maxBacklog !== undefined) {
     const max = o.maxBacklog;
     if (typeof max !== "number") fail("maxBacklog", "a number");

@@ -13,7 +13,7 @@
  */
 
 import { flowOrder, reachable } from "./graph.ts";
-import { type AnyStage, internalsOf } from "./stage_internals.ts";
+import { type AnyStage, internalsOf, workersOf } from "./stage_internals.ts";
 import { StageStatus } from "./status.ts";
 
 /**
@@ -268,7 +268,7 @@ export class StatsReader {
     const state = internalsOf(stage);
     const status = state.status!;
     const workers = Array.from(
-      { length: stage.size },
+      { length: workersOf(stage) },
       (_, i) => workerStats(status, i, now),
     );
     const sum = (key: "tasks" | "results" | "skipped" | "inFlight") =>

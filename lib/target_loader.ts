@@ -14,6 +14,9 @@ import { OrderedWorker, TaskWorker, UnorderedWorker } from "./worker.ts";
 /** What a worker runs per task. */
 export type Run = (task: unknown) => unknown;
 
+/** A worker class's instance, for the runtime to look for a batch interface on. */
+export type Instance = Record<symbol, unknown> | null;
+
 /** Makes a stage's target in its worker. */
 export class TargetLoader {
   /** The global symbol's key under which a worker's script preloads its module target (see `stageWorkerScript`). */
@@ -42,13 +45,17 @@ export class TargetLoader {
     "WorkerNavigator",
   ];
 
-  /** Loads `target`; a worker class is constructed with `args`. */
+  /**
+   * Loads `target`; a worker class is constructed with `args`. Returns the
+   * task function, the `doInit` to call once, and the class's instance
+   * (null for a function).
+   */
   static async load(
     stage: string,
     target: ShippedTarget,
     ordered: boolean,
     args: unknown[],
-  ): Promise<[Run, () => unknown]> {
+  ): Promise<[Run, () => unknown, Instance]> {
     let made: unknown;
     if (target.kind === "source") {
       const names: string[] = [];
@@ -102,9 +109,10 @@ export class TargetLoader {
       return [
         (task) => worker.doTask(task),
         () => worker.doInit?.(),
+        worker as unknown as Instance,
       ];
     }
-    return [made as Run, () => undefined];
+    return [made as Run, () => undefined, null];
   }
 
   /**

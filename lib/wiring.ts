@@ -18,8 +18,9 @@ import type { FilterConfig } from "./filter_runtime.ts";
 import { groupOf, leavesOf, producersOf, ringIndex } from "./graph.ts";
 import { type Branch, InputLink, type InputMode } from "./link.ts";
 import { Ring } from "./ring.ts";
-import { type AnyStage, internalsOf } from "./stage_internals.ts";
+import { type AnyStage, internalsOf, workersOf } from "./stage_internals.ts";
 import { type FigureRef, StageStatus } from "./status.ts";
+import type { ShippedTarget } from "./target.ts";
 import type { WorkerConfig } from "./worker_runtime.ts";
 
 /** The memory of one link: its control block and one ring per producer. */
@@ -76,8 +77,8 @@ export class Wiring {
     for (const stage of stages) {
       const state = internalsOf(stage);
       state.status = new StageStatus(
-        StageStatus.allocate(stage.size, producersOf(stage)),
-        stage.size,
+        StageStatus.allocate(workersOf(stage), producersOf(stage)),
+        workersOf(stage),
       );
       this.#inputs.set(
         stage,
@@ -85,7 +86,7 @@ export class Wiring {
       );
     }
     for (const leaf of leaves) {
-      this.#leafLinks.set(leaf, this.#link(1, leaf.size));
+      this.#leafLinks.set(leaf, this.#link(1, workersOf(leaf)));
     }
     for (const stage of stages) {
       const filter = internalsOf(stage).filter;
@@ -96,14 +97,14 @@ export class Wiring {
           const subLeaves = leavesOf(root);
           const back = this.#link(
             subLeaves.length,
-            subLeaves.reduce((sum, leaf) => sum + leaf.size, 0),
+            subLeaves.reduce((sum, leaf) => sum + workersOf(leaf), 0),
           );
           const bell = this.#inputs.get(root)!.rings[0]!;
           let ring = 0;
           for (const leaf of subLeaves) {
             this.#subLeafLinks.set(leaf, {
               control: back.control,
-              rings: back.rings.slice(ring, ring += leaf.size),
+              rings: back.rings.slice(ring, ring += workersOf(leaf)),
               bell,
             });
           }
@@ -126,7 +127,15 @@ export class Wiring {
     const subLeafLink = this.#subLeafLinks.get(stage);
     const holdOne = state.restart || Number.isFinite(state.taskTimeout);
     const filter = this.#filterConfig(stage);
-    return Array.from({ length: stage.size }, (_, index) => {
+    // A remote stage runs one stand-in worker that keeps `size` tasks in
+    // flight on its cluster (see remote.ts).
+    const standIn = state.standIn;
+    const target: ShippedTarget = standIn === null ? state.shipped : {
+      kind: "module",
+      specifier: standIn.module,
+      exportName: "default",
+    };
+    return Array.from({ length: workersOf(stage) }, (_, index) => {
       const outputs = state.next.map((next) => {
         const target = this.#inputs.get(next)!;
         const ring = ringIndex(next, stage, index);
@@ -160,9 +169,9 @@ export class Wiring {
       return {
         stage: stage.name,
         index,
-        target: state.shipped,
+        target,
         ordered: state.ordered!,
-        args: state.args,
+        args: standIn?.args ?? state.args,
         disableResult: state.disableResult,
         doStopTask: state.doStopTask,
         input: { control: input.control, rings: input.rings, mode },
@@ -170,10 +179,10 @@ export class Wiring {
         spin,
         onError: typeof state.onError === "function" ? "report" : state.onError,
         status: state.status!.buffer,
-        size: stage.size,
+        size: workersOf(stage),
         timed: Number.isFinite(state.taskTimeout),
-        maxClaim: ClaimPolicy.maxClaim(stage.size, holdOne),
-        concurrency: state.concurrency,
+        maxClaim: ClaimPolicy.maxClaim(workersOf(stage), holdOne),
+        concurrency: standIn === null ? state.concurrency : stage.size,
         taskTimeout: state.taskTimeout,
         spawnedAt: 0,
         generation: 0,
@@ -289,7 +298,7 @@ function linkBranch(
 function stageFigure(stage: AnyStage, figure: number): FigureRef {
   return {
     buffer: internalsOf(stage).status!.buffer,
-    index: StageStatus.stageFigureIndex(stage.size, figure),
+    index: StageStatus.stageFigureIndex(workersOf(stage), figure),
   };
 }
 
@@ -297,7 +306,7 @@ function stageFigure(stage: AnyStage, figure: number): FigureRef {
 function inputMode(stage: AnyStage): InputMode {
   const state = internalsOf(stage);
   return {
-    shared: stage.size > 1,
+    shared: workersOf(stage) > 1,
     groups: state.previous.length === 0
       ? [{ size: 1, merge: false }]
       : state.previous.map(groupOf),

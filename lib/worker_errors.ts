@@ -7,6 +7,7 @@
  */
 
 import { StageError } from "./errors.ts";
+import { remoteFailure } from "./remote.ts";
 import { TargetLoader } from "./target_loader.ts";
 import { type AnyStage, internalsOf } from "./stage_internals.ts";
 import type { WorkerMessage } from "./worker_scope.ts";
@@ -79,6 +80,20 @@ export function workerError(
   message: Extract<WorkerMessage, { type: "error" }>,
 ): StageError {
   const { phase, task } = message;
+  const remote = remoteFailure(message.error);
+  if (remote !== null) {
+    // A remote stage's stand-in rejected the task with where it ran.
+    const { host, worker, what } = remote.mpipeRemote;
+    const cause = remote.error;
+    const text = cause instanceof Error ? cause.message : String(cause);
+    return new StageError(`${what ?? `task ${task} failed`}: ${text}`, {
+      stage: stage.name,
+      host,
+      worker,
+      task,
+      cause,
+    });
+  }
   const error = revive(message.error, message.errorName);
   const hint = missingNameHint(stage, error);
   if (phase === "load" && hint === "") {

@@ -14,7 +14,8 @@ import { type Branch, InputLink, type InputMode, OutputPort } from "./link.ts";
 import { Ring } from "./ring.ts";
 import { StageStatus } from "./status.ts";
 import type { ShippedTarget } from "./target.ts";
-import { type Run, TargetLoader } from "./target_loader.ts";
+import { type Instance, type Run, TargetLoader } from "./target_loader.ts";
+import { type BatchHost, BatchRunner, type SendTasks } from "./batch_runner.ts";
 import {
   ConcurrentRunner,
   type TaskHost,
@@ -71,7 +72,7 @@ export interface WorkerConfig {
 }
 
 /** Runs one stage worker. */
-export class WorkerRuntime implements TaskHost {
+export class WorkerRuntime implements TaskHost, BatchHost {
   /** Starts the worker described by `config`; reports every failure. */
   static async start(config: WorkerConfig): Promise<void> {
     try {
@@ -94,6 +95,8 @@ export class WorkerRuntime implements TaskHost {
   readonly idleWait: IdleWait;
   /** The loop of a worker that runs several tasks at once, if it does. */
   readonly #runner: ConcurrentRunner | null;
+  /** The loop of a worker whose target takes its tasks in batches, if it does (set once loaded). */
+  #batches: BatchRunner | null = null;
   #seq = 0;
   /** One past the last task whose results were all written. */
   #finished = 0;
@@ -140,7 +143,7 @@ export class WorkerRuntime implements TaskHost {
     this.output.onPublish = () => {
       // The tasks claimed and not finished: a batch's stamps are consecutive.
       this.figures.write(
-        this.#runner?.inFlight.length ??
+        this.#runner?.running ?? this.#batches?.running ??
           this.status.words[to]! - this.#finished,
         this.output.blockedMs,
       );
@@ -154,8 +157,9 @@ export class WorkerRuntime implements TaskHost {
     WorkerScope.watchExits();
     let run: Run;
     let init: () => unknown;
+    let instance: Instance;
     try {
-      [run, init] = await TargetLoader.load(
+      [run, init, instance] = await TargetLoader.load(
         this.config.stage,
         this.config.target,
         this.config.ordered,
@@ -181,8 +185,15 @@ export class WorkerRuntime implements TaskHost {
       ? null
       : new FilterRuntime(this.config.filter);
     if (filter !== null) run = (task) => filter.doTask(task);
+    // A stand-in that sends its tasks elsewhere takes them in batches.
+    const send = instance?.[Symbol.for("mpipe.sendTasks")];
+    if (typeof send === "function") this.#batches = new BatchRunner(this);
     try {
-      await (this.#runner !== null ? this.#runner.run(run) : this.#loop(run));
+      await (this.#batches !== null
+        ? this.#batches.run((send as SendTasks).bind(instance))
+        : this.#runner !== null
+        ? this.#runner.run(run)
+        : this.#loop(run));
       // A filter lets its sub-pipelines finish before or after its own stop.
       if (filter?.config.doStopTask) filter.finish();
       if (this.config.doStopTask) {
@@ -194,7 +205,11 @@ export class WorkerRuntime implements TaskHost {
         this.figures.tasks = tasks;
       }
     } catch (error) {
-      return this.#report("task", this.#runner?.failedTask ?? this.#seq, error);
+      return this.#report(
+        "task",
+        this.#runner?.failedTask ?? this.#batches?.failedTask ?? this.#seq,
+        error,
+      );
     }
     this.figures.exiting(performance.now());
     this.output.publish();
@@ -293,6 +308,26 @@ export class WorkerRuntime implements TaskHost {
 
   publish(): void {
     this.output.publish();
+  }
+
+  finishEncoded(seq: number, records: Uint8Array[] | null, error: unknown) {
+    this.#seq = seq;
+    if (records === null) return this.#failed(error, false);
+    if (records.length === 0) return this.#succeeded(null, false);
+    if (!this.config.disableResult) {
+      const last = records.length - 1;
+      for (let i = 0; i < last; i++) {
+        this.output.putEncoded(records[i]!, Ring.DATA, seq);
+      }
+      this.output.putEncoded(
+        records[last]!,
+        this.config.ordered ? Ring.DATA | Ring.LAST : Ring.DATA,
+        seq,
+      );
+      this.figures.results += records.length;
+    }
+    this.#finished = seq + 1;
+    this.figures.tasks++;
   }
 
   // ---- the end of a task ----

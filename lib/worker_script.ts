@@ -17,6 +17,7 @@ import { InputLink, OutputPort } from "./link.ts";
 import { Mutex } from "./mutex.ts";
 import { Ring } from "./ring.ts";
 import { StageStatus } from "./status.ts";
+import { BatchRunner } from "./batch_runner.ts";
 import { ConcurrentRunner } from "./concurrent_runner.ts";
 import { IdleWait } from "./idle_wait.ts";
 import { TargetLoader } from "./target_loader.ts";
@@ -81,6 +82,7 @@ export function stageWorkerScript(preload = ""): string {
       WorkerFigures,
       IdleWait,
       ConcurrentRunner,
+      BatchRunner,
       FilterRuntime,
       WorkerRuntime,
     ],

@@ -23,6 +23,8 @@ const VALUES = [
 /** The types mod.ts exports besides the classes. */
 const TYPES = [
   "FeedOptions",
+  "Cluster",
+  "ClusterRun",
   "FilterStageOptions",
   "GetOptions",
   "ModuleTarget",
@@ -32,6 +34,8 @@ const TYPES = [
   "ProgressOptions",
   "PutOptions",
   "SlowTask",
+  "RemoteStage",
+  "RemoteTarget",
   "StageErrorOptions",
   "StageOptions",
   "StagePermissions",

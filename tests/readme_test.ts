@@ -4,9 +4,14 @@
 // is a file that later snippets use, not a program. (`deno test --doc` runs
 // the snippets beside README.md instead, where a module target's relative URL
 // finds nothing: those are marked `ts ignore` for it, and run here.)
+//
+// A snippet that imports "@mpipe/mpipe/jetstream" runs against the test
+// server (tests/support/nats.ts) with a worker host, its "127.0.0.1:4222"
+// replaced by that server's address.
 
 import assert from "node:assert/strict";
 import { runScript } from "./support/run_script.ts";
+import { HostProcess, natsUrl, stopSharedServer } from "./support/nats.ts";
 
 const readme = await Deno.readTextFile(
   new URL("../README.md", import.meta.url),
@@ -27,24 +32,43 @@ function programs(): { code: string; files: Map<string, string> }[] {
   return found;
 }
 
+/** The test server, started before any test (so no test's sanitizers see it start) if a snippet needs it. */
+const SERVER =
+  programs().some(({ code }) => code.includes('"@mpipe/mpipe/jetstream"'))
+    ? await natsUrl()
+    : "";
+
 Deno.test("README: there are snippets to run", () => {
   assert.ok(programs().length >= 2);
 });
 
 for (const [index, { code, files }] of programs().entries()) {
   const first = code.split("\n").find((line) => line.trim() !== "")!;
+  const remote = code.includes('"@mpipe/mpipe/jetstream"');
   Deno.test(`README snippet ${index + 1} runs as written (${first.slice(0, 60)})`, async () => {
     const dir = await Deno.makeTempDir({ prefix: "mpipe-readme-" });
+    const url = SERVER;
+    const host = remote
+      ? await HostProcess.start(url, `readme-${index + 1}`)
+      : null;
     try {
-      const mod = new URL("../mod.ts", import.meta.url).href;
+      const at = (path: string) => new URL(path, import.meta.url).href;
       await Deno.writeTextFile(
         `${dir}/deno.json`,
-        JSON.stringify({ imports: { "@mpipe/mpipe": mod } }),
+        JSON.stringify({
+          imports: {
+            "@mpipe/mpipe": at("../mod.ts"),
+            "@mpipe/mpipe/jetstream": at("../jetstream.ts"),
+          },
+        }),
       );
       for (const [name, text] of files) {
         await Deno.writeTextFile(`${dir}/${name}`, text);
       }
-      await Deno.writeTextFile(`${dir}/main.ts`, code);
+      await Deno.writeTextFile(
+        `${dir}/main.ts`,
+        remote ? code.replaceAll("127.0.0.1:4222", url) : code,
+      );
       const { code: exit, stderr } = await runScript(
         new URL(`file://${dir}/main.ts`),
         {
@@ -52,13 +76,23 @@ for (const [index, { code, files }] of programs().entries()) {
           flags: [
             "--allow-read",
             "--unstable-worker-options",
+            ...(remote ? ["--allow-net"] : []),
             `--config=${dir}/deno.json`,
           ],
+          timeout: remote ? 60_000 : undefined,
         },
       );
       assert.equal(exit, 0, `the snippet exited with ${exit}:\n${stderr}`);
     } finally {
+      await host?.stop();
       await Deno.remove(dir, { recursive: true });
     }
   });
 }
+
+Deno.test({
+  name: "README: (the end) the test server stops",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  fn: stopSharedServer,
+});

@@ -1,0 +1,154 @@
+/**
+ * A worker host of a JetStream cluster, from the command line: it serves
+ * the remote stages of every pipeline on the cluster (see
+ * `@mpipe/mpipe/jetstream`), with up to `--workers` Web Workers.
+ *
+ * ```sh
+ * deno run -A jsr:@mpipe/mpipe/host --servers 127.0.0.1:4222 --workers 8 --allow-source
+ * ```
+ *
+ * | flag | meaning |
+ * | --- | --- |
+ * | `--servers LIST` | the NATS servers, comma-separated (`host:port` or URLs); default `127.0.0.1:4222` |
+ * | `--workers N` | the most Web Workers, shared by the stages it serves; default: the cores |
+ * | `--allow-source` | run function and class targets (they arrive as source text) |
+ * | `--allow-target PREFIX` | import module targets under this URL prefix; repeatable |
+ * | `--name NAME` | the host's name in errors; default `<hostname>:<pid>` |
+ * | `--user NAME`, `--pass PASSWORD` | a user account (or `MPIPE_NATS_PASS` for the password) |
+ * | `--token TOKEN` | a token (or `MPIPE_NATS_TOKEN`) |
+ * | `--creds FILE` | a `.creds` file (user JWT and NKey seed) |
+ * | `--tls` | require TLS; `--tls-ca FILE`, `--tls-cert FILE`, `--tls-key FILE` for a private CA or a client certificate |
+ *
+ * It prints `mpipe host <name> ready` once it serves, and on SIGINT or
+ * SIGTERM finishes the batches it holds and exits.
+ *
+ * @example Start a host from a program, as the command line does (needs a server)
+ * ```ts ignore
+ * import { main } from "@mpipe/mpipe/host";
+ *
+ * const host = await main(["--servers", "127.0.0.1:4222", "--workers", "2", "--allow-source"]);
+ * await host.close();
+ * ```
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import { WorkerHost, type WorkerHostOptions } from "./lib/jetstream/host.ts";
+
+const USAGE =
+  "usage: deno run -A host.ts [--servers LIST] [--workers N] [--allow-source] [--allow-target PREFIX]... [--name NAME] [--user NAME --pass PASSWORD | --token TOKEN | --creds FILE] [--tls [--tls-ca FILE] [--tls-cert FILE --tls-key FILE]]";
+
+/**
+ * Parses the command line's flags (see the module's doc) and starts a host.
+ *
+ * @param args The flags, as in `Deno.args`.
+ * @returns The running host.
+ * @throws {TypeError} If a flag is unknown or lacks its value.
+ *
+ * @example Parse flags and start (needs a server)
+ * ```ts ignore
+ * import { main } from "@mpipe/mpipe/host";
+ * import assert from "node:assert/strict";
+ *
+ * const host = await main(["--servers", "127.0.0.1:4222", "--name", "h1"]);
+ * assert.equal(host.name, "h1");
+ * await host.close();
+ * ```
+ */
+export async function main(args: string[]): Promise<WorkerHost> {
+  return await WorkerHost.start(hostOptions(args));
+}
+
+/** The options of `WorkerHost.start` that the flags `args` give. */
+function hostOptions(args: string[]): WorkerHostOptions {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args,
+      options: {
+        servers: { type: "string", multiple: true },
+        workers: { type: "string" },
+        "allow-source": { type: "boolean" },
+        "allow-target": { type: "string", multiple: true },
+        name: { type: "string" },
+        user: { type: "string" },
+        pass: { type: "string" },
+        token: { type: "string" },
+        creds: { type: "string" },
+        tls: { type: "boolean" },
+        "tls-ca": { type: "string" },
+        "tls-cert": { type: "string" },
+        "tls-key": { type: "string" },
+      },
+      strict: true,
+      allowPositionals: false,
+    }).values;
+  } catch (error) {
+    throw new TypeError(
+      `${error instanceof Error ? error.message : error}\n${USAGE}`,
+    );
+  }
+  const env = (name: string) => {
+    try {
+      return Deno.env.get(name);
+    } catch {
+      return undefined;
+    }
+  };
+  const options: WorkerHostOptions = {
+    servers: (parsed.servers ?? ["127.0.0.1:4222"]).flatMap((list) =>
+      list.split(",").map((s) => s.trim()).filter((s) => s !== "")
+    ),
+  };
+  if (parsed.workers !== undefined) {
+    const workers = Number(parsed.workers);
+    if (!Number.isInteger(workers) || workers < 1) {
+      throw new RangeError(
+        `--workers must be a positive integer, got ${parsed.workers}`,
+      );
+    }
+    options.workers = workers;
+  }
+  if (parsed["allow-source"]) options.allowSource = true;
+  if (parsed["allow-target"]) options.allowTargets = parsed["allow-target"];
+  if (parsed.name !== undefined) options.hostName = parsed.name;
+  if (parsed.user !== undefined) options.user = parsed.user;
+  const pass = parsed.pass ?? env("MPIPE_NATS_PASS");
+  if (pass !== undefined) options.pass = pass;
+  const token = parsed.token ?? env("MPIPE_NATS_TOKEN");
+  if (token !== undefined) options.token = token;
+  if (parsed.creds !== undefined) options.credentials = parsed.creds;
+  const ca = parsed["tls-ca"];
+  const cert = parsed["tls-cert"];
+  const key = parsed["tls-key"];
+  if (ca !== undefined || cert !== undefined || key !== undefined) {
+    options.tls = {
+      ...(ca === undefined ? {} : { caFile: ca }),
+      ...(cert === undefined ? {} : { certFile: cert }),
+      ...(key === undefined ? {} : { keyFile: key }),
+    };
+  } else if (parsed.tls) options.tls = true;
+  return options;
+}
+
+if (import.meta.main) {
+  let host: WorkerHost;
+  try {
+    host = await main(Deno.args);
+  } catch (error) {
+    console.error(
+      `mpipe host: ${error instanceof Error ? error.message : error}`,
+    );
+    Deno.exit(2);
+  }
+  let stopping = false;
+  const stop = () => {
+    if (stopping) Deno.exit(1);
+    stopping = true;
+    host.close().then(() => Deno.exit(0), () => Deno.exit(1));
+  };
+  Deno.addSignalListener("SIGINT", stop);
+  Deno.addSignalListener("SIGTERM", stop);
+  console.log(`mpipe host ${host.name} ready`);
+}

@@ -1,0 +1,359 @@
+/**
+ * The stand-in of a remote stage on the coordinator: one local worker, run
+ * with `concurrency` = the stage's size, whose every task settles when its
+ * result comes back from a worker host.
+ *
+ * The engine around it gives ordering (an ordered stage writes results in
+ * task order), backpressure (at most `size` tasks in flight), the stop (it
+ * waits for every task in flight) and error handling (a failed task is a
+ * task error). The bridge only carries tasks: the runtime hands it the
+ * tasks of each turn at once (see `SendTasks` in batch_runner.ts), it
+ * sends them as one message (a batch) or a few, reads the hosts' answers,
+ * and settles each task once, however many answers come for it (a
+ * redelivered batch is answered again): results reach the reader exactly
+ * once.
+ *
+ * Loaded by the stand-in worker as a module target (see `remote.ts`).
+ *
+ * @module
+ */
+
+import type { RemoteFailure } from "../remote.ts";
+import type { SendTasks, TaskSettler } from "../batch_runner.ts";
+import { UnorderedWorker } from "../worker.ts";
+import { ensureStagesStream } from "./cluster.ts";
+import {
+  AckPolicy,
+  DiscardPolicy,
+  jetstream,
+  type JetStreamClient,
+  jetstreamManager,
+  type NatsConnection,
+  RetentionPolicy,
+  StorageType,
+} from "./nats.ts";
+import {
+  ANSWER,
+  apiCode,
+  BATCH_HEADER,
+  batchMessage,
+  type ConnectionOptions,
+  connectNats,
+  Decoder,
+  encodeMessage,
+  Encoder,
+  MANY,
+  MessageReader,
+  nanosOf,
+  NONE,
+  ONE,
+  REFUSED,
+  type StageSpec,
+  writeBatchHeader,
+} from "./protocol.ts";
+
+/** What the cluster gives a remote stage's bridge (structured-cloneable). */
+export interface BridgeConfig {
+  connection: ConnectionOptions;
+  spec: StageSpec;
+  /** The subject of the stage's announcement. */
+  announcement: string;
+  /** How many tasks may be in flight (the stage's size). */
+  size: number;
+  /** The most tasks per message. */
+  maxBatch: number;
+}
+
+/** Tasks sent in one message, numbered from `from`, until each is settled. */
+interface Sent {
+  from: number;
+  /** 1 for each task settled. */
+  settled: Uint8Array;
+  /** Tasks not yet settled. */
+  left: number;
+}
+
+/**
+ * The stand-in worker class of a remote stage. It takes its tasks in
+ * batches from the runtime (`SendTasks`, see batch_runner.ts) rather than
+ * through `doTask`, so that a task costs no Promise of its own.
+ */
+export default class Bridge extends UnorderedWorker<unknown, unknown> {
+  readonly #config: BridgeConfig;
+  readonly #encoder = new Encoder();
+  readonly #decoder = new Decoder();
+  #nc: NatsConnection | null = null;
+  #js: JetStreamClient | null = null;
+  /** Sent batches with tasks not settled, by their first task's number. */
+  readonly #sent = new Map<number, Sent>();
+  /** How the runtime is told of settled tasks (given with the first tasks). */
+  #settler: TaskSettler | null = null;
+  /** Set once a host refused the stage: every task fails with it. */
+  #refusal: RemoteFailure | null = null;
+  #maxPayload = 1 << 20;
+
+  /** Makes the bridge of the stage that `config` describes. */
+  constructor(config: BridgeConfig) {
+    super();
+    this.#config = config;
+    const send: SendTasks = (first, count, records, settler) =>
+      this.#sendTasks(first, count, records, settler);
+    (this as unknown as Record<symbol, unknown>)[
+      Symbol.for("mpipe.sendTasks")
+    ] = send;
+  }
+
+  /** Connects, makes the stage's stream and consumers, announces the stage, and reads answers. */
+  override async doInit(): Promise<void> {
+    const { connection, spec, announcement, size } = this.#config;
+    const nc = await connectNats(connection, `mpipe bridge ${spec.name}`);
+    this.#nc = nc;
+    this.#maxPayload = nc.info?.max_payload ?? this.#maxPayload;
+    const jsm = await jetstreamManager(nc);
+    await ensureStagesStream(jsm);
+    // Work-queue: a message is removed once acked. In flight at once: at
+    // most `size` tasks, so at most that many batches and answers, and as
+    // many again while a redelivered batch is split; the cap is a guard.
+    await jsm.streams.add({
+      name: spec.stream,
+      subjects: [spec.inSubject, spec.outSubject, `${spec.aloneSubject}.>`],
+      retention: RetentionPolicy.Workqueue,
+      storage: StorageType.File,
+      max_msgs: 4 * size + 64,
+      discard: DiscardPolicy.New,
+    });
+    await jsm.consumers.add(spec.stream, {
+      durable_name: "hosts",
+      filter_subject: spec.inSubject,
+      ack_policy: AckPolicy.Explicit,
+      ack_wait: nanosOf(spec.ackWait),
+      // The last delivery is answered with an error, not run (see host.ts).
+      max_deliver: spec.maxDeliver,
+      // Stage-wide across hosts: every message holds at least one task.
+      max_ack_pending: size,
+    });
+    await jsm.consumers.add(spec.stream, {
+      durable_name: "bridge",
+      filter_subject: spec.outSubject,
+      ack_policy: AckPolicy.Explicit,
+      ack_wait: nanosOf(60_000),
+      max_ack_pending: 2 * size + 64,
+    });
+    this.#js = jetstream(nc);
+    await this.#js.publish(
+      announcement,
+      encodeMessage(this.#encoder, spec),
+    );
+    this.#readAnswers();
+  }
+
+  /** Not called: the runtime sends the bridge its tasks in batches. */
+  doTask(): never {
+    throw new Error(
+      "unreachable: a remote stage's bridge takes its tasks in batches (mpipe.sendTasks)",
+    );
+  }
+
+  /**
+   * The runtime's tasks of one turn, `count` from number `first`, framed in
+   * `records` after the header's room: sent as one message (the header
+   * written into that room), or as messages of up to maxBatch tasks.
+   */
+  #sendTasks(
+    first: number,
+    count: number,
+    records: Uint8Array,
+    settler: TaskSettler,
+  ): void {
+    this.#settler = settler;
+    if (this.#refusal !== null) {
+      for (let i = 0; i < count; i++) settler.reject(first + i, this.#refusal);
+      settler.flush();
+      return;
+    }
+    const max = this.#config.maxBatch;
+    if (count <= max && records.length <= this.#maxPayload) {
+      writeBatchHeader(records, first, count);
+      return this.#send(first, count, records);
+    }
+    // Split: walk the frames to find each message's end.
+    const reader = new MessageReader(records, BATCH_HEADER);
+    let from = first;
+    let start = BATCH_HEADER;
+    let tasks = 0;
+    for (let i = 0; i < count; i++) {
+      const before = reader.at;
+      reader.frame();
+      if (
+        tasks > 0 &&
+        (tasks === max ||
+          BATCH_HEADER + reader.at - start > this.#maxPayload)
+      ) {
+        this.#send(
+          from,
+          tasks,
+          batchMessage(from, tasks, records, start, before),
+        );
+        from += tasks;
+        start = before;
+        tasks = 0;
+      }
+      tasks++;
+    }
+    this.#send(
+      from,
+      tasks,
+      batchMessage(from, tasks, records, start, reader.at),
+    );
+  }
+
+  /** Sends a batch message of `count` tasks numbered from `from`. */
+  #send(from: number, count: number, message: Uint8Array): void {
+    if (message.length > this.#maxPayload) {
+      // One task alone is too large for a message.
+      this.#settler!.reject(
+        from,
+        new RangeError(
+          `The task encodes to ${message.length} bytes, more than the ${this.#maxPayload} a message to the server may carry (its max_payload): split it into smaller tasks, or raise max_payload in the server's configuration`,
+        ),
+      );
+      this.#settler!.flush();
+      return;
+    }
+    this.#sent.set(from, { from, settled: new Uint8Array(count), left: count });
+    this.#publish(message, `b${from}`, 0);
+  }
+
+  /**
+   * Publishes a batch to the stage's input until the server has stored it:
+   * after a failure (the server restarts, the stream is full) it tries
+   * again; the message id makes a repeat that was stored after all a
+   * duplicate, which the server drops.
+   */
+  #publish(bytes: Uint8Array, msgID: string, attempt: number): void {
+    const { inSubject } = this.#config.spec;
+    this.#js!.publish(inSubject, bytes, { msgID, timeout: 5_000 }).then(
+      undefined,
+      () => {
+        setTimeout(
+          () => this.#publish(bytes, msgID, attempt + 1),
+          Math.min(2_000, 25 * 2 ** attempt),
+        );
+      },
+    );
+  }
+
+  /** Reads the hosts' answers for as long as the worker runs. */
+  async #readAnswers(): Promise<void> {
+    const { stream } = this.#config.spec;
+    for (let attempt = 0;; attempt++) {
+      try {
+        const consumer = await this.#js!.consumers.get(stream, "bridge");
+        const messages = await consumer.consume({ max_messages: 256 });
+        for await (const message of messages) {
+          attempt = 0;
+          try {
+            this.#answer(message.data);
+          } finally {
+            message.ack();
+          }
+        }
+      } catch (error) {
+        // 10059: the stream is gone, so the run has ended.
+        if (apiCode(error) === 10059) return;
+      }
+      await new Promise((resolve) =>
+        setTimeout(resolve, Math.min(2_000, 50 * 2 ** attempt))
+      );
+    }
+  }
+
+  /** Settles the tasks an answer covers (each once: a repeat is dropped). */
+  #answer(bytes: Uint8Array): void {
+    const settler = this.#settler;
+    if (settler === null) return;
+    const reader = new MessageReader(bytes);
+    const kind = reader.u32();
+    if (kind === REFUSED) {
+      reader.u32();
+      const [host, reason] = reader.record(this.#decoder) as [string, string];
+      return this.#refuse(host, reason);
+    }
+    if (kind !== ANSWER) return;
+    const count = reader.u32();
+    const from = reader.f64();
+    const worker = reader.i32();
+    const host = reader.text();
+    const batch = this.#sent.get(from);
+    for (let i = 0; i < count; i++) {
+      const tag = reader.u8();
+      const n = tag === MANY ? reader.varint() : tag === NONE ? 0 : 1;
+      // Most answers cover one whole batch; a redelivered batch is split
+      // into single tasks, each answered on its own.
+      const task = from + i;
+      const owner = batch !== undefined && i < batch.settled.length
+        ? batch
+        : this.#sentWith(task);
+      const index = owner === undefined ? 0 : task - owner.from;
+      if (owner === undefined || owner.settled[index] === 1) {
+        for (let j = 0; j < n; j++) reader.frame();
+        continue;
+      }
+      owner.settled[index] = 1;
+      if (--owner.left === 0) this.#sent.delete(owner.from);
+      if (tag === ONE) settler.resolve(task, reader.recordBytes());
+      else if (tag === NONE) settler.resolve(task, null);
+      else if (tag === MANY) {
+        const records: Uint8Array[] = [];
+        for (let j = 0; j < n; j++) records.push(reader.recordBytes());
+        settler.resolveMany(task, records);
+      } else {
+        settler.reject(
+          task,
+          {
+            mpipeRemote: {
+              host,
+              worker: worker < 0 ? undefined : worker,
+              what: undefined,
+            },
+            error: reader.record(this.#decoder),
+          } satisfies RemoteFailure,
+        );
+      }
+    }
+    settler.flush();
+  }
+
+  /** The sent batch that holds task `task`, if it is not settled. */
+  #sentWith(task: number): Sent | undefined {
+    for (const sent of this.#sent.values()) {
+      if (task >= sent.from && task < sent.from + sent.settled.length) {
+        return sent;
+      }
+    }
+    return undefined;
+  }
+
+  /** A host refused the stage: every task in flight, and every later one, fails. */
+  #refuse(host: string, reason: string): void {
+    if (this.#refusal !== null) return;
+    this.#refusal = {
+      mpipeRemote: {
+        host,
+        worker: undefined,
+        what: "the host refused the stage",
+      },
+      error: new Error(reason),
+    };
+    const settler = this.#settler!;
+    for (const sent of this.#sent.values()) {
+      for (let i = 0; i < sent.settled.length; i++) {
+        if (sent.settled[i] !== 1) {
+          settler.reject(sent.from + i, this.#refusal);
+        }
+      }
+    }
+    this.#sent.clear();
+    settler.flush();
+  }
+}

@@ -1,0 +1,565 @@
+/**
+ * What coordinators and worker hosts say to each other on JetStream: the
+ * names of streams and subjects, the messages, and how to connect.
+ *
+ * Per remote stage of a run, one work-queue stream `MPIPE_<run>_<stage>`
+ * holds two subjects: `mpipe.<run>.<stage>.in`, the batches of tasks that
+ * the hosts share through the durable consumer `hosts`, and
+ * `mpipe.<run>.<stage>.out`, the hosts' answers, read by the stage's bridge
+ * through the durable consumer `bridge`; and `mpipe.<run>.<stage>.alone.<k>`
+ * counts the runs of task k alone on a host (no consumer reads them; see
+ * `host.ts`). The stream `MPIPE_STAGES` holds one
+ * announcement per live stage, `mpipe.stages.<run>.<stage>`, which every
+ * host watches. Message bodies are the library's own codec (`codec.ts`).
+ *
+ * @module
+ */
+
+import { Decoder, Encoder } from "../codec.ts";
+import type { RemoteTarget } from "../remote.ts";
+import {
+  connect,
+  credsAuthenticator,
+  type NatsConnection,
+  type NodeConnectionOptions,
+} from "./nats.ts";
+
+/** The version of these messages; a host refuses a stage of another. */
+export const PROTOCOL = 1;
+
+/** The stream of stage announcements, and its subjects' prefix. */
+export const STAGES_STREAM = "MPIPE_STAGES";
+export const STAGES_SUBJECTS = "mpipe.stages.>";
+
+/**
+ * The kinds of message on a stage's subjects, their first 32-bit word. Each
+ * message is little-endian words and framed records: a record is a task or
+ * a result as the codec encodes it (as it lies in the rings), framed as its
+ * length (LEB128: 7 bits a byte, low first) and its bytes. Tiny tasks are
+ * the common case, and every byte costs the server (about 6 ns a byte a
+ * hop, measured on 2.9.10), so nothing is padded.
+ *
+ * - BATCH (bridge to host): [u32 kind][u32 count][f64 first task's number],
+ *   then `count` framed tasks.
+ * - ANSWER (host to bridge): [u32 kind][u32 count][f64 first task's
+ *   number][i32 host worker], the host's name (a framed UTF-8 string), then
+ *   per task a byte NONE, ONE, MANY or FAILED: ONE is followed by one framed
+ *   result, MANY by a LEB128 count and that many, FAILED by the framed
+ *   error.
+ * - REFUSED (host to bridge): [u32 kind][u32 0], then one framed record,
+ *   the codec's `[host, reason]`.
+ */
+export const BATCH = 1;
+export const ANSWER = 2;
+export const REFUSED = 3;
+
+/** What an answer says of one task. */
+export const NONE = 0;
+export const ONE = 1;
+export const MANY = 2;
+export const FAILED = 3;
+
+/** The bytes before a batch's first task. */
+export const BATCH_HEADER = 16;
+
+/** Writes a message: words and framed records, into a buffer that grows. */
+export class MessageWriter {
+  bytes: Uint8Array;
+  view: DataView;
+  length = 0;
+  readonly #text = new TextEncoder();
+
+  constructor(capacity = 1024) {
+    this.bytes = new Uint8Array(capacity);
+    this.view = new DataView(this.bytes.buffer);
+  }
+
+  /** Makes room for `n` more bytes. */
+  reserve(n: number): void {
+    const needed = this.length + n;
+    if (needed <= this.bytes.length) return;
+    const grown = new Uint8Array(Math.max(needed, 2 * this.bytes.length));
+    grown.set(this.bytes.subarray(0, this.length));
+    this.bytes = grown;
+    this.view = new DataView(grown.buffer);
+  }
+
+  u32(value: number): void {
+    this.reserve(4);
+    this.view.setUint32(this.length, value, true);
+    this.length += 4;
+  }
+
+  i32(value: number): void {
+    this.reserve(4);
+    this.view.setInt32(this.length, value, true);
+    this.length += 4;
+  }
+
+  f64(value: number): void {
+    this.reserve(8);
+    this.view.setFloat64(this.length, value, true);
+    this.length += 8;
+  }
+
+  u8(value: number): void {
+    this.reserve(1);
+    this.bytes[this.length++] = value;
+  }
+
+  /** Appends `value` (a non-negative integer) as LEB128. */
+  varint(value: number): void {
+    this.reserve(8);
+    while (value >= 0x80) {
+      this.bytes[this.length++] = (value & 0x7f) | 0x80;
+      value = Math.floor(value / 128);
+    }
+    this.bytes[this.length++] = value;
+  }
+
+  /** Appends the framed record `bytes[start, start + n)`. */
+  frame(bytes: Uint8Array, start = 0, n = bytes.length - start): void {
+    this.varint(n);
+    this.reserve(n);
+    const out = this.bytes;
+    const at = this.length;
+    if (n <= 64) {
+      // A tiny record (the common case): a loop beats a subarray and set().
+      for (let i = 0; i < n; i++) out[at + i] = bytes[start + i]!;
+    } else out.set(bytes.subarray(start, start + n), at);
+    this.length += n;
+  }
+
+  /** Appends `value` encoded by `encoder`, framed. */
+  record(encoder: Encoder, value: unknown): void {
+    const n = encoder.encode(value);
+    this.frame(encoder.bytes, 0, n);
+  }
+
+  /** Appends a string, framed, as UTF-8. */
+  text(value: string): void {
+    this.frame(this.#text.encode(value));
+  }
+
+  /** The message written so far, in bytes of its own. */
+  take(): Uint8Array {
+    return this.bytes.slice(0, this.length);
+  }
+}
+
+/** Reads a message that a `MessageWriter` (or the runtime's raw records) made. */
+export class MessageReader {
+  readonly bytes: Uint8Array;
+  readonly view: DataView;
+  at = 0;
+  /** The length of the record `frame()` found last. */
+  recordLength = 0;
+
+  constructor(bytes: Uint8Array, at = 0) {
+    this.bytes = bytes;
+    this.view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    this.at = at;
+  }
+
+  u32(): number {
+    const value = this.view.getUint32(this.at, true);
+    this.at += 4;
+    return value;
+  }
+
+  i32(): number {
+    const value = this.view.getInt32(this.at, true);
+    this.at += 4;
+    return value;
+  }
+
+  f64(): number {
+    const value = this.view.getFloat64(this.at, true);
+    this.at += 8;
+    return value;
+  }
+
+  u8(): number {
+    return this.bytes[this.at++]!;
+  }
+
+  /** Reads a LEB128 integer. */
+  varint(): number {
+    let value = 0;
+    let scale = 1;
+    for (;;) {
+      const byte = this.bytes[this.at++]!;
+      value += (byte & 0x7f) * scale;
+      if (byte < 0x80) return value;
+      scale *= 128;
+    }
+  }
+
+  /** Skips to after the next framed record; returns where its bytes start (its length in `recordLength`). */
+  frame(): number {
+    const n = this.varint();
+    const start = this.at;
+    this.recordLength = n;
+    this.at = start + n;
+    return start;
+  }
+
+  /** The next framed record, decoded by `decoder`. */
+  record(decoder: Decoder): unknown {
+    const start = this.frame();
+    return decoder.decode(this.bytes, this.view, start);
+  }
+
+  /** The next framed record, as a view of its bytes (no copy). */
+  recordBytes(): Uint8Array {
+    const start = this.frame();
+    return this.bytes.subarray(start, start + this.recordLength);
+  }
+
+  /** The next framed UTF-8 string. */
+  text(): string {
+    return new TextDecoder().decode(this.recordBytes());
+  }
+}
+
+/** A batch of already framed tasks, as one message. */
+export function batchMessage(
+  from: number,
+  count: number,
+  frames: Uint8Array,
+  start = 0,
+  end = frames.length,
+): Uint8Array {
+  const message = new Uint8Array(BATCH_HEADER + end - start);
+  writeBatchHeader(message, from, count);
+  message.set(frames.subarray(start, end), BATCH_HEADER);
+  return message;
+}
+
+/** Writes a batch's header into its first `BATCH_HEADER` bytes. */
+export function writeBatchHeader(
+  message: Uint8Array,
+  from: number,
+  count: number,
+): void {
+  const view = new DataView(message.buffer, message.byteOffset, BATCH_HEADER);
+  view.setUint32(0, BATCH, true);
+  view.setUint32(4, count, true);
+  view.setFloat64(8, from, true);
+}
+
+/** A batch's first task number, its tasks' count, and a reader at its first task. */
+export function readBatch(
+  message: Uint8Array,
+): { from: number; count: number; reader: MessageReader } {
+  const reader = new MessageReader(message);
+  if (reader.u32() !== BATCH) throw new TypeError("not a batch of tasks");
+  const count = reader.u32();
+  const from = reader.f64();
+  return { from, count, reader };
+}
+
+/** An answer that every task of a batch failed with `error`. */
+export function failedAnswer(
+  encoder: Encoder,
+  from: number,
+  count: number,
+  host: string,
+  worker: number,
+  error: unknown,
+): Uint8Array {
+  const writer = new MessageWriter();
+  writer.u32(ANSWER);
+  writer.u32(count);
+  writer.f64(from);
+  writer.i32(worker);
+  writer.text(host);
+  const length = encoder.encode(errorValue(encoder, error));
+  const record = encoder.bytes.slice(0, length);
+  for (let i = 0; i < count; i++) {
+    writer.u8(FAILED);
+    writer.frame(record);
+  }
+  return writer.take();
+}
+
+/**
+ * An answer as messages of at most `max` bytes each: itself if it fits,
+ * else split by tasks; a task whose part alone is too large fails with a
+ * `RangeError` instead.
+ */
+export function splitAnswer(
+  encoder: Encoder,
+  answer: Uint8Array,
+  max: number,
+): Uint8Array[] {
+  if (answer.length <= max) return [answer];
+  const reader = new MessageReader(answer);
+  reader.u32();
+  const count = reader.u32();
+  const from = reader.f64();
+  const worker = reader.i32();
+  const host = reader.text();
+  const head = reader.at;
+  const parts: Uint8Array[] = [];
+  let writer: MessageWriter | null = null;
+  let first = from;
+  let tasks = 0;
+  const start = () => {
+    const w = new MessageWriter();
+    w.u32(ANSWER);
+    w.u32(0);
+    w.f64(first);
+    w.i32(worker);
+    w.text(host);
+    return w;
+  };
+  const finish = () => {
+    if (writer === null || tasks === 0) return;
+    writer.view.setUint32(4, tasks, true);
+    parts.push(writer.take());
+    first += tasks;
+    tasks = 0;
+    writer = null;
+  };
+  for (let i = 0; i < count; i++) {
+    const at = reader.at;
+    const tag = reader.u8();
+    const n = tag === MANY ? reader.varint() : tag === NONE ? 0 : 1;
+    for (let j = 0; j < n; j++) reader.frame();
+    let entry = answer.subarray(at, reader.at);
+    if (head + entry.length > max) {
+      // Too large even alone: the task fails.
+      const failed = new MessageWriter();
+      failed.u8(FAILED);
+      failed.record(
+        encoder,
+        new RangeError(
+          `The task's results encode to ${entry.length} bytes, more than the ${max} a message to the server may carry (its max_payload): return smaller results, or raise max_payload in the server's configuration`,
+        ),
+      );
+      entry = failed.take();
+    }
+    if (writer !== null && writer.length + entry.length > max) finish();
+    writer ??= start();
+    writer.reserve(entry.length);
+    writer.bytes.set(entry, writer.length);
+    writer.length += entry.length;
+    tasks++;
+  }
+  finish();
+  return parts;
+}
+
+/** A refusal of a stage by `host`, for `reason`. */
+export function refusalMessage(
+  encoder: Encoder,
+  host: string,
+  reason: string,
+): Uint8Array {
+  const writer = new MessageWriter();
+  writer.u32(REFUSED);
+  writer.u32(0);
+  writer.record(encoder, [host, reason]);
+  return writer.take();
+}
+
+/** `error` if the codec can carry it, else an Error that says what it was. */
+export function errorValue(encoder: Encoder, error: unknown): unknown {
+  try {
+    encoder.encode(error);
+    return error;
+  } catch {
+    return new Error(String(error));
+  }
+}
+
+/**
+ * How to reach the NATS servers: the options of `JetStreamCluster.connect`
+ * and of a worker host that concern the connection. Every field is plain
+ * data, so that the options travel to the workers that connect on their own.
+ *
+ * @example A user account over TLS with a private CA
+ * ```ts ignore
+ * import type { ConnectionOptions } from "@mpipe/mpipe/jetstream";
+ * import assert from "node:assert/strict";
+ *
+ * const connection: ConnectionOptions = {
+ *   servers: "tls://nats.example.com:4222",
+ *   user: "mpipe",
+ *   pass: Deno.env.get("MPIPE_NATS_PASS"),
+ *   tls: { caFile: "/etc/mpipe/ca.pem" },
+ * };
+ * assert.equal(connection.user, "mpipe");
+ * ```
+ */
+export interface ConnectionOptions {
+  /** The servers, `host:port` or a `nats://` / `tls://` URL, one or several. */
+  servers: string | string[];
+  /** A name for the connection, shown by the server (`nats-server` monitoring, logs). */
+  name?: string;
+  /** A user name (with `pass`), for servers with user accounts. */
+  user?: string;
+  /** The user's password. */
+  pass?: string;
+  /** An authentication token, for servers that take one. */
+  token?: string;
+  /** The path of a `.creds` file (a user JWT and its NKey seed), for servers in operator mode. */
+  credentials?: string;
+  /**
+   * TLS: `true` to require it with the system's trust, or files (PEM) for a
+   * private CA and a client certificate.
+   */
+  tls?: boolean | {
+    /** The CA certificate(s) to trust. */
+    caFile?: string;
+    /** The client certificate, for servers that verify clients. */
+    certFile?: string;
+    /** The client certificate's key. */
+    keyFile?: string;
+    /** Start TLS before the server's greeting (servers with `handshake_first`). */
+    handshakeFirst?: boolean;
+  };
+}
+
+/** A remote stage as its bridge announces it to the hosts. */
+export interface StageSpec {
+  protocol: number;
+  /** The run, and the stage's index in it. */
+  run: string;
+  index: number;
+  /** The stage's name, for errors. */
+  name: string;
+  /** The stage's stream and its two subjects. */
+  stream: string;
+  inSubject: string;
+  outSubject: string;
+  /** The prefix of the subjects of its tasks' runs alone (see host.ts). */
+  aloneSubject: string;
+  target: RemoteTarget;
+  /** The worker class's constructor arguments. */
+  args: unknown[];
+  /** How many tasks each host worker runs at once. */
+  concurrency: number;
+  /** Milliseconds a host may hold a batch without a sign of life. */
+  ackWait: number;
+  /** How many times a task may lose its host while it runs alone before it fails. */
+  maxAttempts: number;
+  /** How many times a task may be delivered at all (the consumer's `max_deliver`). */
+  maxDeliver: number;
+}
+
+/** The names of a run's stage `index`. */
+export function stageNames(run: string, index: number): {
+  stream: string;
+  inSubject: string;
+  outSubject: string;
+  aloneSubject: string;
+  announcement: string;
+} {
+  return {
+    stream: `MPIPE_${run}_${index}`,
+    inSubject: `mpipe.${run}.${index}.in`,
+    outSubject: `mpipe.${run}.${index}.out`,
+    aloneSubject: `mpipe.${run}.${index}.alone`,
+    announcement: `mpipe.stages.${run}.${index}`,
+  };
+}
+
+/** Checks connection options, throwing a `TypeError` that names a bad one. */
+export function checkConnectionOptions(
+  where: string,
+  options: unknown,
+): ConnectionOptions {
+  if (typeof options !== "object" || options === null) {
+    throw new TypeError(`${where}: 'options' must be an object`);
+  }
+  const o = options as Record<string, unknown>;
+  const servers = o.servers;
+  if (
+    !(typeof servers === "string" && servers !== "") &&
+    !(Array.isArray(servers) && servers.length > 0 &&
+      servers.every((s) => typeof s === "string" && s !== ""))
+  ) {
+    throw new TypeError(
+      `${where}: 'options.servers' must be a server address ("127.0.0.1:4222") or an array of them, got ${
+        JSON.stringify(servers)
+      }`,
+    );
+  }
+  for (const key of ["name", "user", "pass", "token", "credentials"]) {
+    if (o[key] !== undefined && typeof o[key] !== "string") {
+      throw new TypeError(
+        `${where}: 'options.${key}' must be a string, got ${typeof o[key]}`,
+      );
+    }
+  }
+  if (
+    o.tls !== undefined && typeof o.tls !== "boolean" &&
+    (typeof o.tls !== "object" || o.tls === null)
+  ) {
+    throw new TypeError(
+      `${where}: 'options.tls' must be true, false or { caFile, certFile, keyFile, handshakeFirst }`,
+    );
+  }
+  return o as unknown as ConnectionOptions;
+}
+
+/** Connects to NATS with `options`; `role` names the connection when it has no name. */
+export async function connectNats(
+  options: ConnectionOptions,
+  role: string,
+): Promise<NatsConnection> {
+  const nats: NodeConnectionOptions = {
+    servers: options.servers,
+    name: options.name === undefined ? role : `${options.name} (${role})`,
+    // A request's TimeoutError then has no stack: it costs a third of the
+    // client's CPU per publish otherwise (research, section 8).
+    noAsyncTraces: true,
+    // Keep trying while a server restarts: a run waits, it does not fail.
+    maxReconnectAttempts: -1,
+    reconnectTimeWait: 250,
+  };
+  if (options.user !== undefined) nats.user = options.user;
+  if (options.pass !== undefined) nats.pass = options.pass;
+  if (options.token !== undefined) nats.token = options.token;
+  if (options.credentials !== undefined) {
+    nats.authenticator = credsAuthenticator(
+      await Deno.readFile(options.credentials),
+    );
+  }
+  if (options.tls === true) nats.tls = {};
+  else if (typeof options.tls === "object") nats.tls = { ...options.tls };
+  return await connect(nats);
+}
+
+/** Encodes `value` with the library's codec into bytes of its own. */
+export function encodeMessage(encoder: Encoder, value: unknown): Uint8Array {
+  const length = encoder.encode(value);
+  return encoder.bytes.slice(0, length);
+}
+
+/** Decodes a message body that `encodeMessage` made. */
+export function decodeMessage(decoder: Decoder, bytes: Uint8Array): unknown {
+  // The decoder reads `bytes` and `view` at the same offsets, both from the
+  // message's first byte.
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  return decoder.decode(bytes, view, 0);
+}
+
+/** Nanoseconds, as JetStream's durations are given, of `ms` milliseconds. */
+export function nanosOf(ms: number): number {
+  return Math.round(ms * 1_000_000);
+}
+
+/** The error code of a JetStream API error, if `error` is one. */
+export function apiCode(error: unknown): number | undefined {
+  const code = (error as { code?: unknown; api_error?: { err_code?: unknown } })
+    ?.code;
+  if (typeof code === "number") return code;
+  const nested = (error as { api_error?: { err_code?: unknown } })?.api_error
+    ?.err_code;
+  return typeof nested === "number" ? nested : undefined;
+}
+
+export { Decoder, Encoder };

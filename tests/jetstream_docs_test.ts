@@ -1,0 +1,133 @@
+// The JSDoc examples of the JetStream modules need a server (and most a
+// worker host), so they are marked `ts ignore` for `deno test --doc`: this
+// file runs each of them as written, from a fresh folder whose deno.json maps
+// the package's names to this checkout, against the test server (its
+// "127.0.0.1:4222" replaced by that server's address), with a host running.
+
+import assert from "node:assert/strict";
+import { HostProcess, natsUrl, stopSharedServer } from "./support/nats.ts";
+import { runScript } from "./support/run_script.ts";
+
+const FILES = [
+  "../jetstream.ts",
+  "../host.ts",
+  "../lib/jetstream/cluster.ts",
+  "../lib/jetstream/host.ts",
+  "../lib/jetstream/protocol.ts",
+];
+
+/** The `ts ignore` examples of a module's JSDoc, each with its title. */
+async function examples(
+  file: string,
+): Promise<{ title: string; code: string }[]> {
+  const text = await Deno.readTextFile(new URL(file, import.meta.url));
+  // The comments' text, without their leading " * ".
+  const plain = text.split("\n").map((line) => line.replace(/^\s*\* ?/, ""))
+    .join("\n");
+  const found = [];
+  for (
+    const match of plain.matchAll(
+      /@example ([^\n]*)\n(?:[^\n`]*\n)*?```ts ignore\n([\s\S]*?)```/g,
+    )
+  ) {
+    found.push({ title: match[1]!.trim(), code: match[2]! });
+  }
+  return found;
+}
+
+const URL_ = await natsUrl();
+let total = 0;
+
+for (const file of FILES) {
+  for (const { title, code } of await examples(file)) {
+    total++;
+    Deno.test(`${file.replace("../", "")}: the example "${title}" runs as written`, async () => {
+      const dir = await Deno.makeTempDir({ prefix: "mpipe-docs-" });
+      const host = await HostProcess.start(URL_, `docs-${total}`);
+      try {
+        const at = (path: string) => new URL(path, import.meta.url).href;
+        await Deno.writeTextFile(
+          `${dir}/deno.json`,
+          JSON.stringify({
+            imports: {
+              "@mpipe/mpipe": at("../mod.ts"),
+              "@mpipe/mpipe/jetstream": at("../jetstream.ts"),
+              "@mpipe/mpipe/host": at("../host.ts"),
+            },
+          }),
+        );
+        await Deno.writeTextFile(
+          `${dir}/main.ts`,
+          code.replaceAll("127.0.0.1:4222", URL_),
+        );
+        const { code: exit, stderr } = await runScript(
+          new URL(`file://${dir}/main.ts`),
+          { flags: ["-A", `--config=${dir}/deno.json`], timeout: 60_000 },
+        );
+        assert.equal(exit, 0, `the example exited with ${exit}:\n${stderr}`);
+      } finally {
+        await host.stop();
+        await Deno.remove(dir, { recursive: true });
+      }
+    });
+  }
+}
+
+Deno.test("jetstream.ts exports exactly JetStreamCluster, WorkerHost and their option types, each documented with an example (deno doc)", async () => {
+  const jetstream = await import("../jetstream.ts");
+  assert.deepEqual(Object.keys(jetstream).sort(), [
+    "JetStreamCluster",
+    "WorkerHost",
+  ]);
+  const output = await new Deno.Command(Deno.execPath(), {
+    args: ["doc", "--json", new URL("../jetstream.ts", import.meta.url).href],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.equal(output.code, 0, new TextDecoder().decode(output.stderr));
+  const doc = JSON.parse(new TextDecoder().decode(output.stdout)) as {
+    nodes: Record<
+      string,
+      {
+        symbols: {
+          name: string;
+          declarations: {
+            jsDoc?: { doc?: string; tags?: { kind: string }[] };
+          }[];
+        }[];
+      }
+    >;
+  };
+  const symbols = Object.values(doc.nodes).flatMap((node) => node.symbols);
+  assert.deepEqual(symbols.map((symbol) => symbol.name).sort(), [
+    "ConnectionOptions",
+    "JetStreamCluster",
+    "JetStreamClusterOptions",
+    "WorkerHost",
+    "WorkerHostOptions",
+  ]);
+  for (const symbol of symbols) {
+    const docs = symbol.declarations.map((d) => d.jsDoc);
+    assert.ok(
+      docs.some((d) => (d?.doc ?? "").trim() !== ""),
+      `${symbol.name} has no documentation`,
+    );
+    assert.ok(
+      docs.some((d) => d?.tags?.some((tag) => tag.kind === "example")),
+      `${symbol.name} has no example`,
+    );
+  }
+});
+
+Deno.test("JetStream docs: every public export's examples were found", () => {
+  // jetstream.ts (1), host.ts (2), cluster.ts (4), host.ts in lib (3),
+  // protocol.ts (1).
+  assert.ok(total >= 11, `found ${total} examples`);
+});
+
+Deno.test({
+  name: "JetStream docs: (the end) the test server stops",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  fn: stopSharedServer,
+});
