@@ -481,13 +481,21 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
 
   #settleDoneNow(): void {
     this.#stats.finished();
-    this.#progress?.finish(
-      this.#run.failure !== null
-        ? "failed"
-        : this.#run.terminated
-        ? "terminated"
-        : "done",
-    );
+    const progress = this.#progress;
+    if (progress !== null) {
+      if (this.#run.ended) {
+        progress.finish(this.#run.failure !== null ? "failed" : "terminated");
+      } else {
+        // The summary counts the results read: wait for the reader (a
+        // second at most) to read those still in the rings.
+        const timer = setTimeout(() => progress.finish("done"), 1000);
+        Deno.unrefTimer(timer);
+        this.#output.whenReadToEnd(() => {
+          clearTimeout(timer);
+          progress.finish("done");
+        });
+      }
+    }
     const failure = this.#run.failure;
     if (failure !== null && !this.#output.readerAttached) {
       // Code that awaits `done`, now or later, observes the failure.

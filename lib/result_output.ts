@@ -74,6 +74,8 @@ export class ResultOutput implements ResultWaker {
   #sleep: Sleep | null = null;
   /** Whether anything ever read results, and so will see a failure there. */
   #readerAttached = false;
+  /** Called once a reader has read every result (see `whenReadToEnd`). */
+  #onReadToEnd: (() => void)[] = [];
   /** Results handed to readers, however they read them. */
   #read = 0;
 
@@ -113,6 +115,19 @@ export class ResultOutput implements ResultWaker {
   /** Whether anything ever read results (`get`, `results()`, iteration). */
   get readerAttached(): boolean {
     return this.#readerAttached;
+  }
+
+  /**
+   * Calls `callback` once every result has been read (at once if they have
+   * been, or if nothing reads them).
+   */
+  whenReadToEnd(callback: () => void): void {
+    if (!this.#readerAttached || this.#ended(null)) return callback();
+    this.#onReadToEnd.push(callback);
+  }
+
+  #readToEnd(): void {
+    for (const callback of this.#onReadToEnd.splice(0)) callback();
   }
 
   /** Results read so far (`get`, `results()`, a leaf's reads): every read takes them here. */
@@ -183,6 +198,7 @@ export class ResultOutput implements ResultWaker {
       if (value !== NONE) return value;
       if (this.#ended(leaf)) {
         if (await this.#callbacksRun()) continue;
+        if (this.#ended(null)) this.#readToEnd();
         return null;
       }
       const counter = Bell.arm(this.#resultBell, 0);
