@@ -74,28 +74,148 @@ export class PipelineStreams<I, O> {
   get readable(): ReadableStream<O> {
     if (this.#readable !== null) return this.#readable;
     const output = this.#output;
-    return this.#readable = new ReadableStream<O>({
-      start: (controller) => {
-        this.#errorReadable = (error) => controller.error(error);
+    let controller!: ReadableStreamDefaultController<O>;
+    const stream: ResultStream<O> = new ResultStream<O>({
+      start: (c) => {
+        controller = c;
+        this.#errorReadable = (error) => c.error(error);
       },
       // Called only while the queue has room: what is not asked for stays in
       // the rings, and the workers wait.
-      pull: async (controller) => {
-        const room = Math.max(1, controller.desiredSize ?? 1);
-        const enqueue = (result: unknown) => controller.enqueue(result as O);
-        if (output.takeInto(enqueue, room) > 0) return;
-        const next = await output.get(null, undefined);
-        if (next === null) controller.close();
-        else enqueue(next);
-      },
+      pull: (c): Promise<void> =>
+        stream.gatedPull(async () => {
+          const room = Math.max(1, c.desiredSize ?? 1);
+          const enqueue = (result: unknown) => c.enqueue(result as O);
+          if (output.takeInto(enqueue, room) > 0) return;
+          const next = await output.get(null, undefined);
+          if (stream.closed) return;
+          if (next === null) stream.close(c);
+          else enqueue(next);
+        }),
       cancel: () => this.#owner.terminate(),
     }, new CountQueuingStrategy({ highWaterMark: READ_AHEAD }));
+    stream.fast = {
+      results: () => output.results(null, undefined) as AsyncIterator<O>,
+      queued: () => READ_AHEAD - (controller.desiredSize ?? READ_AHEAD),
+      close: () => stream.close(controller),
+    };
+    return this.#readable = stream;
   }
 
   /** The pipeline failed: error the streams that exist. */
   failed(error: unknown): void {
     this.#errorWritable?.(error);
     this.#errorReadable?.(error);
+  }
+}
+
+/**
+ * The pipeline's readable stream. `for await` over it (`values()`) reads
+ * the pipeline's results directly, as `results()` does, while it holds the
+ * stream's lock, since a stream read per result costs several times a
+ * result's own way through the pipeline; the results the stream had read
+ * ahead come first. Every other reader (`getReader()`, `pipeTo`) reads the
+ * stream as any other.
+ */
+class ResultStream<O> extends ReadableStream<O> {
+  /** How to read the results directly; set by `PipelineStreams`. */
+  fast: {
+    results(): AsyncIterator<O>;
+    /** Results the stream holds in its queue. */
+    queued(): number;
+    close(): void;
+  } | null = null;
+  /** It was closed (the end was read). */
+  closed = false;
+  /** Settles when a direct read ends: pulls wait for it, so that the order holds. */
+  #directRead: Promise<void> | null = null;
+  /** A pull that is reading the pipeline: a direct read starts after it. */
+  #pulling: Promise<void> | null = null;
+
+  /** Runs a pull's `read` once no direct read runs. */
+  async gatedPull(read: () => Promise<void>): Promise<void> {
+    while (this.#directRead !== null) await this.#directRead;
+    if (this.closed) return;
+    const pulling = this.#pulling = read();
+    try {
+      await pulling;
+    } finally {
+      if (this.#pulling === pulling) this.#pulling = null;
+    }
+  }
+
+  /** Closes the stream once (the end was read). */
+  close(controller: ReadableStreamDefaultController<O>): void {
+    if (this.closed) return;
+    this.closed = true;
+    controller.close();
+  }
+
+  override values(
+    options?: ReadableStreamIteratorOptions,
+  ): AsyncIterableIterator<O> {
+    const fast = this.fast;
+    if (fast === null || this.locked) return super.values(options);
+    const reader = this.getReader();
+    let direct: AsyncIterator<O> | null = null;
+    let done!: () => void;
+    let ended = false;
+    this.#directRead = new Promise((resolve) => done = resolve);
+    const end = () => {
+      if (ended) return;
+      ended = true;
+      this.#directRead = null;
+      done();
+      reader.releaseLock();
+    };
+    const iterator = {
+      next: async (): Promise<IteratorResult<O>> => {
+        // The results the stream read ahead come first, through the lock.
+        if (ended) return { value: undefined, done: true };
+        // A pull that began before this read may still add to the queue.
+        if (direct === null) await this.#pulling?.catch(() => {});
+        if (direct === null && fast.queued() > 0) {
+          try {
+            const read = await reader.read();
+            if (read.done) end();
+            return read.done ? { value: undefined, done: true } : read;
+          } catch (error) {
+            end();
+            throw error;
+          }
+        }
+        direct ??= fast.results();
+        try {
+          const next = await direct.next();
+          if (next.done) {
+            end();
+            fast.close();
+          }
+          return next;
+        } catch (error) {
+          end();
+          throw error;
+        }
+      },
+      // After the end, an error or an earlier return, there is nothing to
+      // cancel (as with the stream's own iterator).
+      return: async (value?: unknown): Promise<IteratorResult<O>> => {
+        if (ended) return { value: undefined, done: true };
+        end();
+        if (!options?.preventCancel) await this.cancel(value);
+        return { value: undefined, done: true };
+      },
+      [Symbol.asyncIterator]() {
+        return iterator;
+      },
+    };
+    return iterator as unknown as AsyncIterableIterator<O>;
+  }
+
+  override [Symbol.asyncIterator](
+    options?: ReadableStreamIteratorOptions,
+  ): AsyncIterableIterator<O> {
+    return this.values(options);
   }
 }
 

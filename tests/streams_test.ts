@@ -160,6 +160,64 @@ class Counting extends OrderedWorker<number, Uint8Array> {
   }
 }
 
+// `for await` over the readable reads the results directly (see ResultStream):
+// what the stream had read ahead, or was reading, must come first and once.
+Deno.test("for await over Pipeline.readable: every result once, in order, after those the stream read ahead", async () => {
+  for (const size of [1, 300, 5000]) {
+    const pipe = new Pipeline(new OrderedStage(double, 2));
+    const readable = pipe.readable; // its first pull waits for a result now
+    const feeding = pipe.feed(range(size));
+    const reader = readable.getReader();
+    const first = await reader.read();
+    reader.releaseLock();
+    const rest: number[] = [];
+    for await (const value of readable) rest.push(value);
+    await feeding;
+    await pipe.done;
+    assert.deepEqual([first.value, ...rest], range(size).map(double));
+  }
+});
+
+Deno.test("for await over Pipeline.readable: a result its pending pull took comes first", async () => {
+  for (const size of [1, 2, 1000]) {
+    const pipe = new Pipeline(new OrderedStage(double, 2));
+    const readable = pipe.readable;
+    await new Promise((resolve) => setTimeout(resolve, 10)); // the pull waits
+    const reading = Array.fromAsync(readable);
+    await pipe.feed(range(size));
+    assert.deepEqual(await reading, range(size).map(double));
+  }
+});
+
+Deno.test("for await over Pipeline.readable: a break cancels the stream and terminates the pipeline", async () => {
+  const pipe = new Pipeline(new OrderedStage(double));
+  pipe.feed(range(1000), { close: false }).catch(() => {});
+  for await (const value of pipe.readable) if (value === 20) break;
+  await pipe.done;
+  await assert.rejects(pipe.put(1), PipelineClosedError);
+});
+
+Deno.test("Pipeline.readable.values({ preventCancel: true }): a break leaves the rest to read", async () => {
+  const pipe = new Pipeline(new OrderedStage(double));
+  const feeding = pipe.feed(range(1000));
+  const head: number[] = [];
+  for await (const value of pipe.readable.values({ preventCancel: true })) {
+    head.push(value);
+    if (head.length === 10) break;
+  }
+  const tail = await Array.fromAsync(pipe.readable);
+  await feeding;
+  assert.deepEqual([...head, ...tail], range(1000).map(double));
+});
+
+Deno.test("Pipeline.readable: for await over a locked stream throws a TypeError", () => {
+  const pipe = new Pipeline(new OrderedStage(double));
+  const reader = pipe.readable.getReader();
+  assert.throws(() => pipe.readable.values(), TypeError);
+  reader.releaseLock();
+  pipe.terminate();
+});
+
 Deno.test("Pipeline.readable: a slow reader holds the results back in the rings (the workers wait)", async () => {
   // 4 KiB rings and 1 KiB results: before the reader reads on, the worker
   // can finish only what the rings and the stream's read-ahead (256) hold.
