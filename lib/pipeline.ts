@@ -315,7 +315,9 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
    * the stop request has drained, and errors with the `StageError` if the
    * pipeline fails; `cancel(reason)` terminates the pipeline. A slow reader
    * holds the results back in the rings: the stream reads ahead at most 256.
-   * The same stream every time.
+   * `for await` over it reads the results as fast as `results()` does (it
+   * takes them directly while it holds the stream's lock). The same stream
+   * every time.
    *
    * @example Read the results as a stream
    * ```ts
