@@ -209,12 +209,18 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
     const uninspected = stages.filter((s) =>
       internalsOf(s).ordered === undefined
     );
-    if (uninspected.length === 0) start();
-    else {
+    if (uninspected.length === 0) {
+      try {
+        start();
+      } catch (error) {
+        // Nobody holds this pipeline: stop what started, and say why.
+        this.#supervisor.killAll();
+        throw error;
+      }
+    } else {
       // A Stage of a module target: import it here to learn its ordering.
-      inspectModules(uninspected).then(
-        start,
-        (error: StageError) => this.#fail(error),
+      inspectModules(uninspected).then(start).catch((error: StageError) =>
+        this.#fail(error)
       );
     }
   }

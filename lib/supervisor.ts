@@ -95,17 +95,19 @@ export class Supervisor {
     return this.#alive > 0;
   }
 
-  /** Starts every stage's workers, and the watchdog if a stage has a task timeout. */
+  /**
+   * Starts every stage's workers, and the watchdog if a stage has a task
+   * timeout. Throws a `StageError` if Deno refuses a worker; the caller then
+   * stops those already started.
+   */
   start(stages: readonly { stage: AnyStage; configs: WorkerConfig[] }[]): void {
-    try {
-      for (const { stage, configs } of stages) {
-        this.#running.set(stage, configs.length);
+    for (const { stage, configs } of stages) {
+      this.#running.set(stage, configs.length);
+      try {
         for (const config of configs) this.#spawn(stage, config, 0);
+      } catch (error) {
+        throw spawnError(stage, error);
       }
-    } catch (error) {
-      // Starting failed part-way: stop what was started.
-      this.killAll();
-      throw error;
     }
     const timeouts = stages.map(({ stage }) => internalsOf(stage).taskTimeout)
       .filter(Number.isFinite);
@@ -380,6 +382,18 @@ export class Supervisor {
     this.#watchdog?.stop();
     this.#events.exited();
   }
+}
+
+/** Deno refused to start one of `stage`'s workers. */
+function spawnError(stage: AnyStage, error: unknown): StageError {
+  const message = error instanceof Error ? error.message : String(error);
+  const hint = error instanceof Error && error.name === "NotCapable"
+    ? "; its 'options.permissions' ask for more than the program was granted: grant those to the program (e.g. --allow-net) or ask for fewer"
+    : "";
+  return new StageError(`its workers could not start: ${message}${hint}`, {
+    stage: stage.name,
+    cause: error,
+  });
 }
 
 /** The tasks worker place `index` has finished (`TASKS`) or skipped itself (`SKIPS`). */

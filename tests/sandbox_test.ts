@@ -87,6 +87,23 @@ Deno.test("Stage permissions: without the flag, where the library cannot tell, i
   assert.equal(lines.length, 0);
 });
 
+Deno.test("Stage permissions: a sandbox that asks for more than the program has fails with a StageError naming the stage and what to do (new Pipeline throws it, or the reader gets it)", async () => {
+  const { code, stdout, stderr } = await runScript(
+    new URL("./fixtures/sandbox/escalate.ts", import.meta.url),
+    { flags: ["--allow-read", "--unstable-worker-options"] },
+  );
+  assert.equal(code, 0, stderr);
+  const lines = stdout.trim().split("\n").map((line) => JSON.parse(line));
+  assert.deepEqual(lines.map((l) => [l.target, l.error, l.cause]), [
+    ["function", "StageError", "NotCapable"],
+    ["module", "StageError", "NotCapable"],
+  ]);
+  for (const line of lines) {
+    assert.match(line.message, /could not start/);
+    assert.match(line.message, /ask for more than the program was granted/);
+  }
+});
+
 Deno.test("Stage permissions: a bad value throws a TypeError naming the option", async () => {
   const { OrderedStage } = await import("../mod.ts");
   for (const bad of ["all", 1, { read: 1 }, { disk: true }, ["read"]]) {
