@@ -470,6 +470,14 @@ function makePlan(seed: number): Plan {
       if (slow(kind) && node.fan > 1 && !FAMILIES.timeoutPutResult) {
         kind = "throw";
       }
+      // Each of these costs the worker: three in a row would fail the stage
+      // (D6's rule), which a stage that skips its faults must not.
+      const losing = (k: string) => k === "close" || slow(k);
+      if (
+        losing(kind) && [...node.faults.values()].filter(losing).length >= 2
+      ) {
+        kind = "throw";
+      }
       const id = takeId();
       if (kind === "overrun" || kind === "hang") timed(node, kind);
       node.faults.set(id, kind);
@@ -696,10 +704,11 @@ function checkResults(
   for (const [from, values] of received) {
     for (const value of values) {
       let task = value;
-      if (Array.isArray(value)) {
-        // A leaf FilterStage's [task, results]: each result is a
-        // sub-pipeline's, of an earlier task.
-        const [first, subResults] = value as [unknown, unknown];
+      // A leaf FilterStage's [task, results]: each result is a
+      // sub-pipeline's, of an earlier task. Its task is the [task, results]
+      // of a FilterStage before it, if one fed it.
+      while (Array.isArray(task)) {
+        const [first, subResults] = task as [unknown, unknown];
         task = first;
         if (!Array.isArray(subResults)) {
           problems.push(`a filter result's results are ${subResults}`);
