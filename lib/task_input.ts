@@ -205,7 +205,7 @@ export class TaskInput implements InputPump {
     };
     const signal = options?.signal;
     if (signal !== undefined && written === 0) {
-      signal.addEventListener("abort", () => {
+      const withdraw = () => {
         const at = this.#waiting.indexOf(waiting);
         // Only a task none of whose bytes were written can be withdrawn.
         if (at > 0 || (at === 0 && waiting.written === 0)) {
@@ -217,7 +217,18 @@ export class TaskInput implements InputPump {
           if (waiting.bytes === null) this.#run.stopRequested = false;
           waiting.reject(signal.reason);
         }
-      }, { once: true });
+      };
+      signal.addEventListener("abort", withdraw, { once: true });
+      // A signal may outlive many puts (feed's): each takes its listener off.
+      const { resolve, reject } = settle;
+      waiting.resolve = () => {
+        signal.removeEventListener("abort", withdraw);
+        resolve();
+      };
+      waiting.reject = (reason) => {
+        signal.removeEventListener("abort", withdraw);
+        reject(reason);
+      };
     }
     this.#waiting.push(waiting);
     this.#drain();

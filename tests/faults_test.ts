@@ -1373,6 +1373,36 @@ Deno.test("Pipeline.put() signal withdraws a task still waiting for room, and on
   });
 });
 
+Deno.test("Pipeline.put() signal: a put that entered after waiting takes its abort listener off the signal", async () => {
+  const handshake = new Handshake();
+  const pipe = heldPipeline(handshake, 1);
+  await guarded(pipe, async () => {
+    const signal = new AbortController().signal;
+    let listeners = 0;
+    const add = signal.addEventListener.bind(signal);
+    const remove = signal.removeEventListener.bind(signal);
+    signal.addEventListener = (...args: Parameters<typeof add>) => {
+      listeners++;
+      add(...args);
+    };
+    signal.removeEventListener = (...args: Parameters<typeof remove>) => {
+      listeners--;
+      remove(...args);
+    };
+    pipe.put(0);
+    await handshake.reached();
+    pipe.put(1);
+    // No room: these wait, each with a listener on the one signal.
+    const waiting = [2, 3, 4].map((task) => pipe.put(task, { signal }));
+    assert.equal(listeners, 3);
+    pipe.put(null);
+    handshake.go();
+    assert.deepEqual(await Array.fromAsync(pipe), [0, 1, 2, 3, 4]);
+    await Promise.all(waiting);
+    assert.equal(listeners, 0);
+  });
+});
+
 Deno.test("Pipeline.put() with an already aborted signal rejects with its reason and puts nothing", async () => {
   const handshake = new Handshake();
   const pipe = heldPipeline(handshake, 1);
