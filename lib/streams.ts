@@ -228,21 +228,29 @@ export async function feed<I>(
   const { close = true, signal } = checkFeedOptions(options);
   const putOptions = signal === undefined ? undefined : { signal };
   const iterator = iteratorOf(source);
-  signal?.throwIfAborted();
   let closed = false;
+  /** A step of the source is still pending: its iterator cannot close before it settles. */
+  let stepPending = false;
   const closeSource = async () => {
     if (closed) return;
     closed = true;
     await iterator.return?.();
   };
   try {
+    signal?.throwIfAborted();
     let count = 0;
     for (;;) {
       const step = iterator.next();
-      const { done, value } = isPromise(step) ? await step : step;
-      if (done) break;
+      let result: IteratorResult<I>;
+      if (!isPromise(step)) result = step;
+      else {
+        stepPending = true;
+        result = await (signal === undefined ? step : orAbort(step, signal));
+        stepPending = false;
+      }
+      if (result.done) break;
       signal?.throwIfAborted();
-      const entered = input.put(value, putOptions);
+      const entered = input.put(result.value, putOptions);
       // Skip the await (a microtask) for a task that entered at once, but
       // let the readers run now and then.
       if (entered !== ENTERED) await quietly(entered);
@@ -252,16 +260,31 @@ export async function feed<I>(
     closed = true;
     if (close) await quietly(input.close());
   } catch (error) {
-    await closeSource().catch(() => {});
+    // An async generator closes only after its pending step: don't wait.
+    const closing = closeSource().catch(() => {});
+    if (!stepPending) await closing;
     throw error;
   }
+}
+
+/** `promise`, or a rejection with the signal's reason if it aborts first. */
+function orAbort<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const abort = () => reject(signal.reason);
+    signal.addEventListener("abort", abort, { once: true });
+    promise.then(resolve, reject).finally(() =>
+      signal.removeEventListener("abort", abort)
+    );
+  });
 }
 
 /** An iterator over any of feed's sources, sync or async. */
 function iteratorOf<I>(
   source: Iterable<I> | AsyncIterable<I> | ReadableStream<I>,
 ): Iterator<I> | AsyncIterator<I> {
-  if (source instanceof ReadableStream) return source.values();
+  // Another pipeline's results: its own iterator reads them directly.
+  if (source instanceof ResultStream) return source.values();
+  if (source instanceof ReadableStream) return streamIterator(source);
   const value = source as Partial<Iterable<I> & AsyncIterable<I>>;
   if (typeof value?.[Symbol.asyncIterator] === "function") {
     return value[Symbol.asyncIterator]!();
@@ -274,6 +297,26 @@ function iteratorOf<I>(
       describe(source)
     }`,
   );
+}
+
+/**
+ * A stream's chunks; unlike its own iterator's, `return()` cancels it at
+ * once, even while a read is pending (a source that is slow to yield).
+ */
+function streamIterator<I>(stream: ReadableStream<I>): AsyncIterator<I> {
+  const reader = stream.getReader();
+  return {
+    next: () =>
+      reader.read().then((read) => {
+        if (read.done) reader.releaseLock();
+        return read as IteratorResult<I>;
+      }),
+    return: async () => {
+      await reader.cancel();
+      reader.releaseLock();
+      return { value: undefined, done: true };
+    },
+  };
 }
 
 /**

@@ -319,6 +319,58 @@ Deno.test("Pipeline.feed({ signal }) stops feeding and closes the source; the ta
   assert.ok(results.length >= 50);
 });
 
+Deno.test("Pipeline.feed({ signal }): an abort while the source is slow to yield ends feed at once and cancels a stream source", async () => {
+  let cancelled: unknown = "not cancelled";
+  const silent = new ReadableStream<number>({
+    cancel: (reason) => void (cancelled = reason),
+  });
+  let released!: () => void;
+  const stalled = new Promise<void>((resolve) => released = resolve);
+  async function* quiet() {
+    await stalled; // yields nothing until the test ends
+  }
+  for (const source of [silent, quiet()]) {
+    const pipe = new Pipeline(new OrderedStage(double));
+    const controller = new AbortController();
+    const feeding = pipe.feed(source, { signal: controller.signal });
+    setTimeout(() => controller.abort(new Error("enough")), 20);
+    await assert.rejects(feeding, /enough/);
+    pipe.terminate();
+  }
+  assert.equal(cancelled, undefined);
+  assert.equal(silent.locked, false);
+  released();
+});
+
+Deno.test("Pipeline.feed({ signal }) with a signal aborted already rejects with its reason and cancels a stream source", async () => {
+  let cancelled = false;
+  const source = new ReadableStream<number>({
+    start: (controller) => controller.enqueue(1),
+    cancel: () => void (cancelled = true),
+  });
+  const pipe = new Pipeline(new OrderedStage(double));
+  const reason = new Error("aborted before");
+  await assert.rejects(
+    pipe.feed(source, { signal: AbortSignal.abort(reason) }),
+    (error) => error === reason,
+  );
+  assert.ok(cancelled);
+  assert.equal(source.locked, false);
+  await pipe.close();
+  assert.deepEqual(await Array.fromAsync(pipe), []);
+});
+
+Deno.test("Pipeline.feed(otherPipe.readable) chains two pipelines", async () => {
+  const first = new Pipeline(new OrderedStage(double));
+  const second = new Pipeline(new OrderedStage(double));
+  first.feed(range(3000));
+  await second.feed(first.readable);
+  assert.deepEqual(
+    await Array.fromAsync(second),
+    range(3000).map((x) => 4 * x),
+  );
+});
+
 Deno.test("Pipeline.feed() refuses a source that is not iterable, and bad options", async () => {
   const pipe = new Pipeline(new OrderedStage(double));
   await assert.rejects(pipe.feed(42 as never), TypeError);
