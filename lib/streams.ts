@@ -92,7 +92,10 @@ export class PipelineStreams<I, O> {
           if (next === null) stream.close(c);
           else enqueue(next);
         }),
-      cancel: () => this.#owner.terminate(),
+      cancel: () => {
+        stream.closed = true;
+        this.#owner.terminate();
+      },
     }, new CountQueuingStrategy({ highWaterMark: READ_AHEAD }));
     stream.fast = {
       results: () => output.results(null, undefined) as AsyncIterator<O>,
@@ -108,6 +111,11 @@ export class PipelineStreams<I, O> {
     this.#errorReadable?.(error);
   }
 }
+
+/** What async generators inherit: `[Symbol.asyncIterator]`, and `[Symbol.asyncDispose]` where Deno has it. */
+const ASYNC_ITERATOR_PROTOTYPE: object = Object.getPrototypeOf(
+  Object.getPrototypeOf(async function* () {}).prototype,
+);
 
 /**
  * The pipeline's readable stream. `for await` over it (`values()`) reads
@@ -125,7 +133,7 @@ class ResultStream<O> extends ReadableStream<O> {
     queued(): number;
     close(): void;
   } | null = null;
-  /** It was closed (the end was read). */
+  /** It was closed (the end was read) or cancelled. */
   closed = false;
   /** Settles when a direct read ends: pulls wait for it, so that the order holds. */
   #directRead: Promise<void> | null = null;
@@ -168,48 +176,60 @@ class ResultStream<O> extends ReadableStream<O> {
       done();
       reader.releaseLock();
     };
-    const iterator = {
-      next: async (): Promise<IteratorResult<O>> => {
-        // The results the stream read ahead come first, through the lock.
+    const nextStep = async (): Promise<IteratorResult<O>> => {
+      try {
         if (ended) return { value: undefined, done: true };
         // A pull that began before this read may still add to the queue.
         if (direct === null) await this.#pulling?.catch(() => {});
+        // The results the stream read ahead come first, through the lock.
         if (direct === null && fast.queued() > 0) {
-          try {
-            const read = await reader.read();
-            if (read.done) end();
-            return read.done ? { value: undefined, done: true } : read;
-          } catch (error) {
-            end();
-            throw error;
-          }
+          const read = await reader.read();
+          if (read.done) end();
+          return read.done ? { value: undefined, done: true } : read;
         }
         direct ??= fast.results();
-        try {
-          const next = await direct.next();
-          if (next.done) {
-            end();
-            fast.close();
-          }
-          return next;
-        } catch (error) {
+        const next = await direct.next();
+        if (next.done) {
           end();
-          throw error;
+          fast.close();
         }
-      },
-      // After the end, an error or an earlier return, there is nothing to
-      // cancel (as with the stream's own iterator).
-      return: async (value?: unknown): Promise<IteratorResult<O>> => {
+        return next;
+      } catch (error) {
+        end();
+        throw error;
+      } finally {
+        if (++settled === calls) ongoing = null;
+      }
+    };
+    // After the end, an error or an earlier return, there is nothing to
+    // cancel (as with the stream's own iterator).
+    const returnStep = async (value?: unknown): Promise<IteratorResult<O>> => {
+      try {
         if (ended) return { value: undefined, done: true };
         end();
         if (!options?.preventCancel) await this.cancel(value);
         return { value: undefined, done: true };
-      },
-      [Symbol.asyncIterator]() {
-        return iterator;
-      },
+      } finally {
+        if (++settled === calls) ongoing = null;
+      }
     };
-    return iterator as unknown as AsyncIterableIterator<O>;
+    // Calls run one after another, as with the stream's own iterator.
+    let ongoing: Promise<IteratorResult<O>> | null = null;
+    let calls = 0;
+    let settled = 0;
+    const iterator = Object.create(ASYNC_ITERATOR_PROTOTYPE);
+    iterator.next = () => {
+      calls++;
+      return ongoing = ongoing === null
+        ? nextStep()
+        : ongoing.then(nextStep, nextStep);
+    };
+    iterator.return = (value?: unknown) => {
+      calls++;
+      const step = () => returnStep(value);
+      return ongoing = ongoing === null ? step() : ongoing.then(step, step);
+    };
+    return iterator as AsyncIterableIterator<O>;
   }
 
   override [Symbol.asyncIterator](

@@ -210,6 +210,31 @@ Deno.test("Pipeline.readable.values({ preventCancel: true }): a break leaves the
   assert.deepEqual([...head, ...tail], range(1000).map(double));
 });
 
+Deno.test("for await over Pipeline.readable: a return() during a pending next() waits for it, as the stream's own iterator does", async () => {
+  const pipe = new Pipeline(new OrderedStage(double));
+  const iterator = pipe.readable[Symbol.asyncIterator]();
+  const next = iterator.next();
+  const returned = iterator.return!();
+  await pipe.put(1);
+  assert.deepEqual(await next, { value: 2, done: false });
+  assert.deepEqual(await returned, { value: undefined, done: true });
+  assert.deepEqual(await iterator.next(), { value: undefined, done: true });
+  await pipe.done; // the return cancelled the stream: the pipeline ended
+});
+
+Deno.test("for await over Pipeline.readable: its iterator is async-disposable (await using cancels)", async () => {
+  const pipe = new Pipeline(new OrderedStage(double));
+  pipe.feed(range(10), { close: false });
+  {
+    await using iterator = pipe.readable.values() as
+      & AsyncIterableIterator<number>
+      & AsyncDisposable;
+    assert.deepEqual(await iterator.next(), { value: 0, done: false });
+  }
+  await pipe.done;
+  await assert.rejects(pipe.put(1), PipelineClosedError);
+});
+
 Deno.test("Pipeline.readable: for await over a locked stream throws a TypeError", () => {
   const pipe = new Pipeline(new OrderedStage(double));
   const reader = pipe.readable.getReader();
@@ -328,6 +353,7 @@ Deno.test("Pipeline.feed({ signal }): an abort while the source is slow to yield
   const stalled = new Promise<void>((resolve) => released = resolve);
   async function* quiet() {
     await stalled; // yields nothing until the test ends
+    yield 0;
   }
   for (const source of [silent, quiet()]) {
     const pipe = new Pipeline(new OrderedStage(double));
