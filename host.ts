@@ -45,6 +45,7 @@ const USAGE =
  * @param args The flags, as in `Deno.args`.
  * @returns The running host.
  * @throws {TypeError} If a flag is unknown or lacks its value.
+ * @throws {RangeError} If `--workers` is not a positive integer.
  *
  * @example Parse flags and start (needs a server)
  * ```ts ignore

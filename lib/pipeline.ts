@@ -188,7 +188,6 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
       exited: () => this.#settleDone(),
     });
     this.#streams = new PipelineStreams(this.#input, this.#output, {
-      run: this.#run,
       terminate: () => this.terminate(),
     });
     // Leaves are known now, so stage.get() works while workers start.
@@ -298,7 +297,8 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
    * and a write settles when its task has entered the pipeline, so
    * `writer.ready` and `writer.desiredSize` show the room in the pipeline
    * (`pipeTo` never floods memory). `close()` is the stop request;
-   * `abort(reason)` terminates the pipeline. The stream errors with the
+   * `abort(reason)` terminates the pipeline and errors `readable` with
+   * `reason`, as a `TransformStream` does. The stream errors with the
    * `StageError` if the pipeline fails. The same stream every time.
    *
    * @example Pipe a stream of numbers through a pipeline
@@ -319,8 +319,12 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
    * The pipeline's results as a stream: exactly what `results()` would
    * yield (reading both divides the results between them). It closes once
    * the stop request has drained, and errors with the `StageError` if the
-   * pipeline fails; `cancel(reason)` terminates the pipeline. A slow reader
-   * holds the results back in the rings: the stream reads ahead at most 256.
+   * pipeline fails; `cancel(reason)` terminates the pipeline and errors
+   * `writable` with `reason`. After `terminate()` it closes, as `results()`
+   * ends. A slow reader holds the results back in the rings: from its first
+   * use, the stream reads ahead at most 256 (and reading it, or only
+   * getting it, counts as reading the results: a failure then errors the
+   * stream rather than `done`).
    * `for await` over it reads the results as fast as `results()` does (it
    * takes them directly while it holds the stream's lock). The same stream
    * every time.
@@ -349,8 +353,8 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
    * @returns A Promise that resolves once everything has entered the
    * pipeline. It rejects with the pipeline's failure (or the signal's
    * reason, or an item's `DataCloneError`), after closing the source's
-   * iterator.
-   * @throws {TypeError} If `source` or an option is of the wrong type.
+   * iterator; with a `TypeError` if `source` or an option is of the wrong
+   * type, before it takes anything from the source.
    *
    * @example Feed an iterable, read the results
    * ```ts

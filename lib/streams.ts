@@ -11,7 +11,6 @@
 
 import { ENTERED, type TaskInput } from "./task_input.ts";
 import type { ResultOutput } from "./result_output.ts";
-import type { RunView } from "./run_state.ts";
 import { describe } from "./target.ts";
 
 /** Options of `feed`. */
@@ -27,7 +26,6 @@ export interface FeedOptions {
 
 /** What the streams need of the pipeline besides its input and output. */
 export interface StreamOwner {
-  readonly run: RunView;
   /** Ends the pipeline at once (a stream's abort or cancel). */
   terminate(): void;
 }
@@ -47,6 +45,8 @@ export class PipelineStreams<I, O> {
   /** How to error each stream when the pipeline fails. */
   #errorWritable: ((error: unknown) => void) | null = null;
   #errorReadable: ((error: unknown) => void) | null = null;
+  /** Why the writable's abort or the readable's cancel ended the pipeline. */
+  #endedBy: { reason: unknown } | null = null;
 
   constructor(input: TaskInput, output: ResultOutput, owner: StreamOwner) {
     this.#input = input;
@@ -61,12 +61,13 @@ export class PipelineStreams<I, O> {
     return this.#writable = new WritableStream<I>({
       start: (controller) => {
         this.#errorWritable = (error) => controller.error(error);
+        if (this.#endedBy !== null) controller.error(this.#endedBy.reason);
       },
       // The write settles when the task has entered: the stream's queue of
       // one is then free, so `ready` and `desiredSize` show the room.
       write: (task) => input.put(task, undefined),
       close: () => input.close(),
-      abort: () => this.#owner.terminate(),
+      abort: (reason) => this.#end(reason, this.#errorReadable),
     }, new CountQueuingStrategy({ highWaterMark: 1 }));
   }
 
@@ -78,7 +79,10 @@ export class PipelineStreams<I, O> {
     const stream: ResultStream<O> = new ResultStream<O>({
       start: (c) => {
         controller = c;
-        this.#errorReadable = (error) => c.error(error);
+        this.#errorReadable = (error) => {
+          stream.failure ??= { error };
+          c.error(error);
+        };
       },
       // Called only while the queue has room: what is not asked for stays in
       // the rings, and the workers wait.
@@ -88,13 +92,13 @@ export class PipelineStreams<I, O> {
           const enqueue = (result: unknown) => c.enqueue(result as O);
           if (output.takeInto(enqueue, room) > 0) return;
           const next = await output.get(null, undefined);
-          if (stream.closed) return;
+          if (stream.closed || stream.failure !== null) return;
           if (next === null) stream.close(c);
           else enqueue(next);
         }),
-      cancel: () => {
+      cancel: (reason) => {
         stream.closed = true;
-        this.#owner.terminate();
+        this.#end(reason, this.#errorWritable);
       },
     }, new CountQueuingStrategy({ highWaterMark: READ_AHEAD }));
     stream.fast = {
@@ -102,7 +106,20 @@ export class PipelineStreams<I, O> {
       queued: () => READ_AHEAD - (controller.desiredSize ?? READ_AHEAD),
       close: () => stream.close(controller),
     };
+    // Made after the writable's abort ended the pipeline: it errors too.
+    if (this.#endedBy !== null) this.#errorReadable!(this.#endedBy.reason);
     return this.#readable = stream;
+  }
+
+  /**
+   * One stream's abort or cancel ends the pipeline, and errors the other
+   * stream with its reason, as a `TransformStream` does: a `pipeTo` after
+   * `pipeThrough(pipe, { signal })` aborts its destination, not closes it.
+   */
+  #end(reason: unknown, errorOther: ((error: unknown) => void) | null): void {
+    this.#endedBy ??= { reason };
+    errorOther?.(reason);
+    this.#owner.terminate();
   }
 
   /** The pipeline failed: error the streams that exist. */
@@ -135,6 +152,8 @@ class ResultStream<O> extends ReadableStream<O> {
   } | null = null;
   /** It was closed (the end was read) or cancelled. */
   closed = false;
+  /** What it errored with (the pipeline's failure, or the writable's abort). */
+  failure: { error: unknown } | null = null;
   /** Settles when a direct read ends: pulls wait for it, so that the order holds. */
   #directRead: Promise<void> | null = null;
   /** A pull that is reading the pipeline: a direct read starts after it. */
@@ -154,7 +173,7 @@ class ResultStream<O> extends ReadableStream<O> {
 
   /** Closes the stream once (the end was read). */
   close(controller: ReadableStreamDefaultController<O>): void {
-    if (this.closed) return;
+    if (this.closed || this.failure !== null) return;
     this.closed = true;
     controller.close();
   }
@@ -191,6 +210,8 @@ class ResultStream<O> extends ReadableStream<O> {
         const next = await direct.next();
         if (next.done) {
           end();
+          // The results ended because the writable's abort ended the pipeline.
+          if (this.failure !== null) throw this.failure.error;
           fast.close();
         }
         return next;

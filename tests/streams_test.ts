@@ -106,6 +106,51 @@ Deno.test("Pipeline.writable.abort() terminates the pipeline", async () => {
   await assert.rejects(pipe.put(2), PipelineClosedError);
 });
 
+Deno.test("pipeThrough(pipe, { signal }): an abort aborts the destination with its reason (the readable errors, as a TransformStream's does)", async () => {
+  const controller = new AbortController();
+  const reason = new Error("enough");
+  let aborted: unknown = "not aborted";
+  let closed = false;
+  let written = 0;
+  const source = new ReadableStream<number>({
+    pull: (c) => c.enqueue(written),
+  });
+  const pipe = new Pipeline(new OrderedStage(double));
+  const sink = new WritableStream<number>({
+    write: () => {
+      if (++written === 100) controller.abort(reason);
+    },
+    close: () => void (closed = true),
+    abort: (why) => void (aborted = why),
+  });
+  await assert.rejects(
+    source.pipeThrough(pipe, { signal: controller.signal }).pipeTo(sink),
+    (error) => error === reason,
+  );
+  assert.equal(aborted, reason);
+  assert.equal(closed, false);
+  await pipe.done;
+});
+
+Deno.test("Pipeline.writable.abort(reason) errors the readable with it; readable.cancel(reason) errors the writable", async () => {
+  for (const read of ["reader", "for await"]) {
+    const pipe = new Pipeline(new OrderedStage(double));
+    const reason = new Error("aborted");
+    const writer = pipe.writable.getWriter();
+    await writer.write(1);
+    await writer.abort(reason);
+    const reading = read === "reader"
+      ? pipe.readable.getReader().read()
+      : Array.fromAsync(pipe.readable);
+    await assert.rejects(reading, (error) => error === reason);
+  }
+  const pipe = new Pipeline(new OrderedStage(double));
+  const reason = new Error("cancelled");
+  const writer = pipe.writable.getWriter();
+  await pipe.readable.cancel(reason);
+  await assert.rejects(writer.write(1), (error) => error === reason);
+});
+
 Deno.test("Pipeline.writable errors with the StageError when the pipeline fails", async () => {
   const pipe = new Pipeline(failingAt3());
   const writer = pipe.writable.getWriter();
