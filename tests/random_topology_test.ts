@@ -150,7 +150,10 @@ class Hop extends OrderedWorker<Task | [Task, Task[]], Task> {
   }
 
   doTask(input: Task | [Task, Task[]]): Task | null | Promise<Task | null> {
-    const task = Array.isArray(input) ? input[0] : input;
+    // A FilterStage's [task, results], perhaps of one fed by another filter.
+    let unwrapped: unknown = input;
+    while (Array.isArray(unwrapped)) unwrapped = unwrapped[0];
+    const task = unwrapped as Task;
     const { tag, fan, busyUs, asyncEvery, timeoutMs, release } = this.config;
     const busy = (ms: number) => {
       const end = performance.now() + ms;
@@ -471,13 +474,11 @@ function makePlan(seed: number): Plan {
         kind = "throw";
       }
       // Each of these costs the worker: three in a row would fail the stage
-      // (D6's rule), which a stage that skips its faults must not.
+      // (D6's rule), which a stage that skips its faults must not. Every
+      // copy of a task that reaches the stage (forks) costs one.
       const losing = (k: string) => k === "close" || slow(k);
-      if (
-        losing(kind) && [...node.faults.values()].filter(losing).length >= 2
-      ) {
-        kind = "throw";
-      }
+      const lost = [...node.faults.values()].filter(losing).length;
+      if (losing(kind) && (lost + 1) * arrivals(nodes, i) > 2) kind = "throw";
       const id = takeId();
       if (kind === "overrun" || kind === "hang") timed(node, kind);
       node.faults.set(id, kind);
