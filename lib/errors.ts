@@ -4,7 +4,19 @@
  * @module
  */
 
-/** Where a stage error happened. */
+/**
+ * Where a stage error happened.
+ *
+ * @example Usage
+ * ```ts
+ * import { StageError, type StageErrorOptions } from "@mpipe/mpipe";
+ * import assert from "node:assert/strict";
+ *
+ * const where: StageErrorOptions = { stage: "parse", worker: 0, task: 7 };
+ * const error = new StageError("task 7 failed: bad input", where);
+ * assert.equal(error.task, 7);
+ * ```
+ */
 export interface StageErrorOptions {
   /** The stage's name. */
   stage: string;

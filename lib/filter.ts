@@ -13,7 +13,26 @@ import { OrderedStage, Stage } from "./stage.ts";
 import { type AnyStage, internalsOf } from "./stage_internals.ts";
 import { describe } from "./target.ts";
 
-/** Options of a `FilterStage`. */
+/**
+ * Options of a `FilterStage`.
+ *
+ * @example Usage
+ * ```ts
+ * import {
+ *   FilterStage,
+ *   type FilterStageOptions,
+ *   OrderedStage,
+ *   Pipeline,
+ * } from "@mpipe/mpipe";
+ * import assert from "node:assert/strict";
+ *
+ * const options: FilterStageOptions = { maxTasks: 4, dropResults: true };
+ * const filter = new FilterStage([new OrderedStage((x: number) => x)], options);
+ * const pipe = new Pipeline(filter);
+ * await pipe.feed([1, 2, 3]);
+ * assert.equal((await Array.fromAsync(pipe)).length <= 3, true);
+ * ```
+ */
 export interface FilterStageOptions {
   /**
    * A task enters a sub-pipeline only while it holds fewer than this many

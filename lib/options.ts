@@ -8,7 +8,20 @@
 import type { GetOptions } from "./stage.ts";
 import { describe } from "./target.ts";
 
-/** Options of a pipeline. */
+/**
+ * Options of a pipeline.
+ *
+ * @example Usage
+ * ```ts
+ * import { OrderedStage, Pipeline, type PipelineOptions } from "@mpipe/mpipe";
+ * import assert from "node:assert/strict";
+ *
+ * const options: PipelineOptions = { ringBytes: 1 << 16 };
+ * const pipe = new Pipeline(new OrderedStage((x: number) => x + 1), options);
+ * await pipe.feed([1, 2]);
+ * assert.deepEqual(await Array.fromAsync(pipe), [2, 3]);
+ * ```
+ */
 export interface PipelineOptions {
   /**
    * Bytes of each ring between two workers (a power of two, at least 4096).
@@ -73,7 +86,21 @@ export interface ProgressOptions {
   intervalMs?: number;
 }
 
-/** Options of `put`. */
+/**
+ * Options of `put`.
+ *
+ * @example Usage
+ * ```ts
+ * import { OrderedStage, Pipeline, type PutOptions } from "@mpipe/mpipe";
+ * import assert from "node:assert/strict";
+ *
+ * const pipe = new Pipeline(new OrderedStage((x: number) => x));
+ * const options: PutOptions = { signal: AbortSignal.timeout(1000) };
+ * await pipe.put(1, options);
+ * await pipe.put(null);
+ * assert.deepEqual(await Array.fromAsync(pipe), [1]);
+ * ```
+ */
 export interface PutOptions {
   /** Withdraw the task if it is still waiting for room when this signal aborts. */
   signal?: AbortSignal;

@@ -13,13 +13,35 @@
 
 import { describe } from "./target.ts";
 
-/** One kind of permission of a sandboxed stage: inherited, all or nothing, or a list. */
+/**
+ * One kind of permission of a sandboxed stage: inherited, all or nothing, or a list.
+ *
+ * @example Usage
+ * ```ts
+ * import type { PermissionValue } from "@mpipe/mpipe";
+ *
+ * const net: PermissionValue = ["api.example.com:443"];
+ * const env: PermissionValue = false;
+ * ```
+ */
 export type PermissionValue = "inherit" | boolean | string[];
 
 /**
  * The permissions of a stage's workers: `"inherit"` (the default), `"none"`,
  * or one value per kind, as Deno's `Worker` takes them. As in Deno, kinds
  * left out are denied.
+ *
+ * @example Usage
+ * ```ts
+ * import { OrderedStage, type StagePermissions } from "@mpipe/mpipe";
+ *
+ * // A parser of untrusted input that may read one folder and nothing else
+ * // (running it needs Deno's --unstable-worker-options).
+ * const permissions: StagePermissions = { read: ["./data"] };
+ * const parse = new OrderedStage((text: string) => text.length, 2, {
+ *   permissions,
+ * });
+ * ```
  */
 export type StagePermissions = "inherit" | "none" | {
   /** File system reads. */

@@ -25,7 +25,21 @@ import type {
   WorkerClass,
 } from "./target.ts";
 
-/** Options for reading results. */
+/**
+ * Options for reading results.
+ *
+ * @example Usage
+ * ```ts
+ * import { type GetOptions, OrderedStage, Pipeline } from "@mpipe/mpipe";
+ * import assert from "node:assert/strict";
+ *
+ * const pipe = new Pipeline(new OrderedStage((x: number) => x));
+ * const options: GetOptions = { timeout: 50 };
+ * // Nothing was put: the read gives up after 50 ms, and loses nothing.
+ * await assert.rejects(pipe.get(options), { name: "TimeoutError" });
+ * pipe.terminate();
+ * ```
+ */
 export interface GetOptions {
   /** Give up after this many milliseconds with a `TimeoutError` `DOMException`; nothing is lost. */
   timeout?: number;

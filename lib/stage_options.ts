@@ -9,7 +9,24 @@ import { checkPermissions, type StagePermissions } from "./permissions.ts";
 import type { Cluster } from "./remote.ts";
 import { describe } from "./target.ts";
 
-/** Options of a stage. */
+/**
+ * Options of a stage.
+ *
+ * @example Usage
+ * ```ts
+ * import { OrderedStage, Pipeline, type StageOptions } from "@mpipe/mpipe";
+ * import assert from "node:assert/strict";
+ *
+ * const options: StageOptions = { name: "halve", onError: "skip" };
+ * const halve = new OrderedStage((x: number) => {
+ *   if (x % 2 !== 0) throw new Error(`${x} is odd`);
+ *   return x / 2;
+ * }, 2, options);
+ * const pipe = new Pipeline(halve);
+ * await pipe.feed([2, 3, 4]);
+ * assert.deepEqual(await Array.fromAsync(pipe), [1, 2]);
+ * ```
+ */
 export interface StageOptions {
   /**
    * The stage's name, used in errors.

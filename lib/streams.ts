@@ -13,7 +13,21 @@ import { ENTERED, type TaskInput } from "./task_input.ts";
 import type { ResultOutput } from "./result_output.ts";
 import { describe } from "./target.ts";
 
-/** Options of `feed`. */
+/**
+ * Options of `feed`.
+ *
+ * @example Usage
+ * ```ts
+ * import { type FeedOptions, OrderedStage, Pipeline } from "@mpipe/mpipe";
+ * import assert from "node:assert/strict";
+ *
+ * const pipe = new Pipeline(new OrderedStage((x: number) => x * 2));
+ * const options: FeedOptions = { close: false }; // more to come
+ * await pipe.feed([1, 2], options);
+ * await pipe.feed([3]);
+ * assert.deepEqual(await Array.fromAsync(pipe), [2, 4, 6]);
+ * ```
+ */
 export interface FeedOptions {
   /**
    * Put the stop request after the last item.

@@ -16,6 +16,14 @@ import { OrderedWorker, TaskWorker, UnorderedWorker } from "./worker.ts";
  *
  * @typeParam I The type of the tasks.
  * @typeParam O The type of the results.
+ *
+ * @example Usage
+ * ```ts
+ * import { OrderedStage, type TaskFunction } from "@mpipe/mpipe";
+ *
+ * const parse: TaskFunction<string, number> = (line) => Number(line);
+ * const stage = new OrderedStage(parse, 2);
+ * ```
  */
 export type TaskFunction<I, O> = (
   task: I,
@@ -26,6 +34,20 @@ export type TaskFunction<I, O> = (
  *
  * @typeParam I The type of the tasks.
  * @typeParam O The type of the results.
+ *
+ * @example Usage
+ * ```ts
+ * import { OrderedWorker, Stage, type WorkerClass } from "@mpipe/mpipe";
+ *
+ * class Sum extends OrderedWorker<number, number> {
+ *   total = 0;
+ *   doTask(x: number): number {
+ *     return this.total += x;
+ *   }
+ * }
+ * const worker: WorkerClass<number, number> = Sum;
+ * const stage = new Stage(worker);
+ * ```
  */
 export type WorkerClass<I, O> = abstract new (
   ...args: never[]
@@ -35,6 +57,16 @@ export type WorkerClass<I, O> = abstract new (
  * A module target: a `URL` or specifier of a module whose default export is
  * the task function or worker class, or `{ module, export }` for a named export.
  * Relative string specifiers are resolved against the current directory.
+ *
+ * @example Usage
+ * ```ts
+ * import { type ModuleTarget, Stage } from "@mpipe/mpipe";
+ *
+ * // The default export of ./score.ts, or one of its named exports.
+ * const byDefault: ModuleTarget = new URL("./score.ts", import.meta.url);
+ * const named: ModuleTarget = { module: "./score.ts", export: "Scorer" };
+ * const stage = (target: ModuleTarget) => new Stage(target, 4);
+ * ```
  */
 export type ModuleTarget = URL | string | {
   /** The module's URL or specifier. */
@@ -49,6 +81,17 @@ export type ModuleTarget = URL | string | {
  *
  * @typeParam I The type of the tasks.
  * @typeParam O The type of the results.
+ *
+ * @example Usage
+ * ```ts
+ * import { OrderedStage, type Target } from "@mpipe/mpipe";
+ *
+ * const targets: Target<number, number>[] = [
+ *   (x) => x + 1,
+ *   new URL("./increment.ts", import.meta.url),
+ * ];
+ * const first = new OrderedStage(targets[0]!);
+ * ```
  */
 export type Target<I, O> =
   | TaskFunction<I, O>
