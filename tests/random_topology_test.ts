@@ -41,8 +41,8 @@ import { Prng } from "./support/prng.ts";
 // One test per seed. The default is a CI-sized run (SEEDS seeds, about 25 s
 // with every flag off on a quiet 2-core box; each plan that hangs adds
 // STALL_MS). By hand: `MPIPE_SEEDS=5000 deno test --allow-read --allow-run
-// --allow-env tests/random_topology_test.ts`, and MPIPE_SEED=n to replay
-// seed n alone; both are read only if --allow-env grants them. A failure
+// --allow-env tests/random_topology_test.ts` (or MPIPE_SEEDS=2001-3000 for
+// a part of a long run), and MPIPE_SEED=n to replay seed n alone; both are read only if --allow-env grants them. A failure
 // names its seed and prints its plan: every stage, its options and its
 // faults (`throw@3,17`: tasks 3 and 17 throw there).
 
@@ -1183,9 +1183,13 @@ function describeError(error: unknown): string {
 function seeds(): number[] {
   const one = readEnv("MPIPE_SEED");
   if (one !== undefined && one !== "") return [Number(one) >>> 0];
-  const many = Number(readEnv("MPIPE_SEEDS"));
-  const n = Number.isInteger(many) && many > 0 ? many : SEEDS;
-  return Array.from({ length: n }, (_, i) => i + 1);
+  // "N" runs seeds 1..N; "A-B" runs seeds A..B (a long run in parts).
+  const [from, to] = (readEnv("MPIPE_SEEDS") ?? "").split("-").map(Number);
+  const range = to === undefined ? [1, from] : [from, to];
+  const [first, last] = range.every((n) => Number.isInteger(n) && n! > 0)
+    ? range as [number, number]
+    : [1, SEEDS];
+  return Array.from({ length: last - first + 1 }, (_, i) => first + i);
 }
 
 for (const seed of seeds()) {
