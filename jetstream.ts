@@ -40,9 +40,3 @@ export type { JetStreamClusterOptions } from "./lib/jetstream/cluster.ts";
 export { WorkerHost } from "./lib/jetstream/host.ts";
 export type { WorkerHostOptions } from "./lib/jetstream/host.ts";
 export type { ConnectionOptions } from "./lib/jetstream/protocol.ts";
-export type {
-  Cluster,
-  ClusterRun,
-  RemoteStage,
-  RemoteTarget,
-} from "./lib/remote.ts";
