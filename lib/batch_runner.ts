@@ -105,8 +105,6 @@ export class BatchRunner {
   #writing = 0;
   /** A task error to rethrow in the loop (it came in a settler call). */
   #fatal: { error: unknown; seq: number } | null = null;
-  /** Wakes the loop when tasks were written. */
-  #completion: { promise: Promise<void>; resolve: () => void } | null = null;
 
   constructor(host: BatchHost) {
     this.#host = host;
@@ -184,16 +182,9 @@ export class BatchRunner {
           continue;
         }
         if (count < 0 && this.running === 0) return;
-        if (count === 0 && !idleWait.armed) {
-          idleWait.arm();
-          continue;
-        }
-        // Wait without blocking: the stand-in's connection runs on this
-        // thread's event loop.
-        this.#completion ??= Promise.withResolvers<void>();
-        await (count === 0
-          ? Promise.race([this.#completion.promise, idleWait.wake()])
-          : this.#completion.promise);
+        // The stand-in's connection runs on this thread's event loop.
+        const waiting = idleWait.untilCompletion(count === 0);
+        if (waiting !== undefined) await waiting;
       }
     } finally {
       clearInterval(watch);
@@ -285,9 +276,7 @@ export class BatchRunner {
     );
     if (this.running === 0) host.figures.idleFrom(performance.now());
     if (this.running !== before) host.publish();
-    const completion = this.#completion;
-    this.#completion = null;
-    completion?.resolve();
+    host.idleWait.completed();
   }
 
   /** Writes the results (or the failure) of the settled task in slot `at`. */

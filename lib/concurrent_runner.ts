@@ -75,8 +75,6 @@ export class ConcurrentRunner {
   #claimedTo = 0;
   /** A task error to rethrow in the loop (it came in a promise callback). */
   #fatal: { error: unknown; seq: number } | null = null;
-  /** Wakes the loop when a task in flight settles. */
-  #completion: { promise: Promise<void>; resolve: () => void } | null = null;
 
   constructor(host: TaskHost) {
     this.#host = host;
@@ -118,14 +116,8 @@ export class ConcurrentRunner {
         continue;
       }
       // Tasks in flight: arm the input's bell, look once more, then wait.
-      if (count === 0 && !idleWait.armed) {
-        idleWait.arm();
-        continue;
-      }
-      this.#completion ??= Promise.withResolvers<void>();
-      await (count === 0
-        ? Promise.race([this.#completion.promise, idleWait.wake()])
-        : this.#completion.promise);
+      const waiting = idleWait.untilCompletion(count === 0);
+      if (waiting !== undefined) await waiting;
     }
   }
 
@@ -207,9 +199,7 @@ export class ConcurrentRunner {
     } catch {
       // #settle kept the error for the loop to rethrow.
     }
-    const completion = this.#completion;
-    this.#completion = null;
-    completion?.resolve();
+    this.#host.idleWait.completed();
   };
 
   /**

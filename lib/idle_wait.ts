@@ -20,6 +20,8 @@ export class IdleWait {
   /** The doorbell is armed: the next empty claim sleeps on `#counter`. */
   armed = false;
   #counter = 0;
+  /** Settles when a task in flight completes (see `untilCompletion`). */
+  #completion: PromiseWithResolvers<void> | null = null;
 
   constructor(input: InputLink, spin: number) {
     this.#input = input;
@@ -51,6 +53,30 @@ export class IdleWait {
   arm(): void {
     this.#counter = this.#input.arm();
     this.armed = true;
+  }
+
+  /**
+   * With tasks in flight, a wait that does not block the thread (their
+   * awaits run on its event loop): until one of them completes, and if the
+   * last claim found nothing (`claimedNone`), until input arrives too.
+   * Undefined when it only armed the doorbell: the caller claims once more.
+   */
+  untilCompletion(claimedNone: boolean): Promise<unknown> | undefined {
+    if (claimedNone && !this.armed) {
+      this.arm();
+      return undefined;
+    }
+    this.#completion ??= Promise.withResolvers<void>();
+    return claimedNone
+      ? Promise.race([this.#completion.promise, this.wake()])
+      : this.#completion.promise;
+  }
+
+  /** A task in flight completed: ends the wait of `untilCompletion`. */
+  completed(): void {
+    const completion = this.#completion;
+    this.#completion = null;
+    completion?.resolve();
   }
 
   /** Settles when the armed doorbell rings, without blocking (tasks are in flight). */
