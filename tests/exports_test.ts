@@ -5,6 +5,7 @@
 
 import assert from "node:assert/strict";
 import * as mpipe from "../mod.ts";
+import { docSymbols } from "./support/deno_doc.ts";
 
 /** The values mod.ts exports (classes). */
 const VALUES = [
@@ -51,24 +52,7 @@ Deno.test("mod.ts exports exactly the public values", () => {
 });
 
 Deno.test("mod.ts exports exactly the public symbols, each documented (deno doc)", async () => {
-  const output = await new Deno.Command(Deno.execPath(), {
-    args: ["doc", "--json", new URL("../mod.ts", import.meta.url).href],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  assert.equal(output.code, 0, new TextDecoder().decode(output.stderr));
-  const doc = JSON.parse(new TextDecoder().decode(output.stdout)) as {
-    nodes: Record<
-      string,
-      {
-        symbols: {
-          name: string;
-          declarations: { jsDoc?: { doc?: string } }[];
-        }[];
-      }
-    >;
-  };
-  const symbols = Object.values(doc.nodes).flatMap((node) => node.symbols);
+  const symbols = await docSymbols(new URL("../mod.ts", import.meta.url));
   assert.deepEqual(
     symbols.map((symbol) => symbol.name).sort(),
     [...VALUES, ...TYPES].sort(),

@@ -7,6 +7,7 @@
 import assert from "node:assert/strict";
 import { HostProcess, natsUrl, stopSharedServer } from "./support/nats.ts";
 import { runScript } from "./support/run_script.ts";
+import { docSymbols } from "./support/deno_doc.ts";
 
 const FILES = [
   "../jetstream.ts",
@@ -79,26 +80,7 @@ Deno.test("jetstream.ts exports exactly JetStreamCluster, WorkerHost and their o
     "JetStreamCluster",
     "WorkerHost",
   ]);
-  const output = await new Deno.Command(Deno.execPath(), {
-    args: ["doc", "--json", new URL("../jetstream.ts", import.meta.url).href],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  assert.equal(output.code, 0, new TextDecoder().decode(output.stderr));
-  const doc = JSON.parse(new TextDecoder().decode(output.stdout)) as {
-    nodes: Record<
-      string,
-      {
-        symbols: {
-          name: string;
-          declarations: {
-            jsDoc?: { doc?: string; tags?: { kind: string }[] };
-          }[];
-        }[];
-      }
-    >;
-  };
-  const symbols = Object.values(doc.nodes).flatMap((node) => node.symbols);
+  const symbols = await docSymbols(new URL("../jetstream.ts", import.meta.url));
   assert.deepEqual(symbols.map((symbol) => symbol.name).sort(), [
     "ConnectionOptions",
     "JetStreamCluster",
