@@ -291,6 +291,16 @@ export async function feed<I>(
     closed = true;
     await iterator.return?.();
   };
+  // One abort listener for the whole feed, raced against each pending step.
+  let stopListening = () => {};
+  const aborted = signal === undefined
+    ? null
+    : new Promise<never>((_, reject) => {
+      const abort = () => reject(signal.reason);
+      signal.addEventListener("abort", abort, { once: true });
+      stopListening = () => signal.removeEventListener("abort", abort);
+    });
+  aborted?.catch(() => {}); // rethrown through the race, if at all
   try {
     signal?.throwIfAborted();
     let count = 0;
@@ -300,7 +310,8 @@ export async function feed<I>(
       if (!isPromise(step)) result = step;
       else {
         stepPending = true;
-        result = await (signal === undefined ? step : orAbort(step, signal));
+        result =
+          await (aborted === null ? step : Promise.race([step, aborted]));
         stepPending = false;
       }
       if (result.done) break;
@@ -319,18 +330,9 @@ export async function feed<I>(
     const closing = closeSource().catch(() => {});
     if (!stepPending) await closing;
     throw error;
+  } finally {
+    stopListening();
   }
-}
-
-/** `promise`, or a rejection with the signal's reason if it aborts first. */
-function orAbort<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
-  return new Promise((resolve, reject) => {
-    const abort = () => reject(signal.reason);
-    signal.addEventListener("abort", abort, { once: true });
-    promise.then(resolve, reject).finally(() =>
-      signal.removeEventListener("abort", abort)
-    );
-  });
 }
 
 /** An iterator over any of feed's sources, sync or async. */
