@@ -127,6 +127,20 @@ export class Ring {
     return end;
   }
 
+  /**
+   * Writes `src[start, end)`, at most `maxPayload` bytes, as one whole record
+   * (a record that starts inside a larger buffer); false when the ring is full.
+   */
+  writeRecord(
+    kind: number,
+    seq: number,
+    src: Uint8Array,
+    start: number,
+    end: number,
+  ): boolean {
+    return this.#writeFrame(kind, seq, src, start, end, end - start);
+  }
+
   /** Writes a frame with no payload (END, STOP); false when the ring is full. */
   writeEmpty(kind: number, seq: number): boolean {
     return this.#writeFrame(kind, seq, null, 0, 0, 0);

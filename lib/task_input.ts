@@ -12,6 +12,7 @@
 
 import { Bell } from "./bell.ts";
 import { Encoder } from "./codec.ts";
+import { Fifo } from "./fifo.ts";
 import { PipelineClosedError } from "./errors.ts";
 import { InputLink } from "./link.ts";
 import { checkCallOptions, type PutOptions } from "./options.ts";
@@ -35,19 +36,76 @@ export interface InputPump {
   publish(): void;
 }
 
-/** A task (or the stop request) waiting for room in the input ring. */
-interface WaitingTask {
-  /** The encoded task, or null for the stop request. */
+/**
+ * Puts that wait for room together, in order, with one settlement: their
+ * tasks' bytes back to back in one buffer, and one promise that settles once
+ * the last of them has entered. A waiting small task so costs its bytes and
+ * its end offset, not a promise and closures of its own. A put with a
+ * `signal`, a large task and the stop request wait in a run of their own.
+ */
+class WaitingRun {
+  /** The encoded tasks back to back; null for the stop request. */
   bytes: Uint8Array | null;
-  /** How many of its bytes are already written (a fragmented record). */
-  written: number;
-  /** Whether it holds a place in the root stage's bounded backlog. */
-  inBacklog: boolean;
-  resolve(): void;
-  reject(reason: unknown): void;
-  /** The put's promise. */
-  promise: WatchedPromise<void>;
+  /** Where each task's bytes end in `bytes`. */
+  readonly ends: number[] = [];
+  /** The first task that has not entered. */
+  next = 0;
+  /** How far that task's bytes are written (a task written in fragments). */
+  written = 0;
+  /** Whether that task holds a place in the root stage's bounded backlog. */
+  inBacklog = false;
+  /** Whether more puts may join. */
+  open: boolean;
+  /** Whether its put was withdrawn by its signal (it stays queued, skipped). */
+  withdrawn = false;
+  readonly promise: WatchedPromise<void>;
+  resolve!: () => void;
+  reject!: (reason: unknown) => void;
+
+  constructor(bytes: Uint8Array | null, open: boolean) {
+    this.bytes = bytes;
+    this.open = open;
+    this.promise = WatchedPromise.create<void>((resolve, reject) => {
+      this.resolve = resolve;
+      this.reject = reject;
+    });
+  }
+
+  /** Where the next task's bytes start. */
+  get start(): number {
+    return this.next === 0 ? 0 : this.ends[this.next - 1]!;
+  }
+
+  /** Bytes used. */
+  get size(): number {
+    return this.ends.length === 0 ? 0 : this.ends[this.ends.length - 1]!;
+  }
+
+  /** Appends `src[0, length)` as one more task, growing the buffer as needed. */
+  append(src: Uint8Array, length: number): void {
+    const at = this.size;
+    let bytes = this.bytes!;
+    if (at + length > bytes.length) {
+      const grown = new Uint8Array(Math.max(bytes.length * 2, at + length));
+      grown.set(bytes.subarray(0, at));
+      this.bytes = bytes = grown;
+    }
+    if (length <= 32) {
+      // A loop beats set()+subarray() for small tasks, and allocates nothing.
+      for (let i = 0; i < length; i++) bytes[at + i] = src[i]!;
+    } else bytes.set(src.subarray(0, length), at);
+    this.ends.push(at + length);
+  }
 }
+
+/** Tasks at most this large wait packed in a shared run; larger ones wait alone, uncopied. */
+const PACKED_MAX = 16 * 1024;
+/** A run takes at most this many tasks, so its first put does not wait long for the last. */
+const RUN_TASKS = 4096;
+/** A run's buffer starts with this many bytes and doubles as tasks join. */
+const RUN_FIRST_BYTES = 256;
+/** A run takes no more tasks once its buffer holds this many bytes. */
+const RUN_BYTES = 256 * 1024;
 
 /** What `put` returns for a task that entered at once: a caller may skip awaiting it. */
 export const ENTERED: Promise<void> = Promise.resolve();
@@ -66,7 +124,8 @@ export class TaskInput implements InputPump {
   /** The stop request's put, once it was put: `close()` returns it again. */
   #stop: Promise<void> | null = null;
   readonly #encoder = new Encoder();
-  #waiting: WaitingTask[] = [];
+  /** Runs of puts that wait for room, in order. */
+  readonly #waiting = new Fifo<WaitingRun>();
   #draining = false;
   /** Records written to the input ring and not yet published. */
   #unpublished = 0;
@@ -115,10 +174,11 @@ export class TaskInput implements InputPump {
         ),
       );
     }
-    let bytes: Uint8Array | null = null;
     if (task === null) {
       run.stopRequested = true;
-      return this.#stop = this.#enqueue(null, 0, false, options);
+      const stop = this.#alone(null, options);
+      this.#drain();
+      return this.#stop = stop.promise;
     } else {
       const encoder = this.#encoder.idle();
       let length: number;
@@ -137,11 +197,14 @@ export class TaskInput implements InputPump {
           return ENTERED;
         }
         this.#publishNow();
-        return this.#enqueue(encoded.slice(0, length), written, true, options);
+        const run = this.#alone(encoded.slice(0, length), options);
+        run.written = written;
+        run.inBacklog = true;
+        this.#drain();
+        return run.promise;
       }
-      bytes = encoded.slice(0, length);
+      return this.#enqueue(encoded, length, options);
     }
-    return this.#enqueue(bytes, 0, false, options);
   }
 
   /**
@@ -172,7 +235,9 @@ export class TaskInput implements InputPump {
   shutDown(reason: unknown): void {
     clearTimeout(this.#publishTimer);
     const failed = reason === this.#run.failure;
-    for (const waiting of this.#waiting.splice(0)) {
+    // One rejection per run, not per put: O(runs).
+    for (const waiting of this.#waiting.clear()) {
+      if (waiting.withdrawn) continue;
       // A put that code awaits sees the failure; one that nobody awaits may
       // be awaited later (see failure_report.ts).
       if (failed) {
@@ -186,53 +251,75 @@ export class TaskInput implements InputPump {
     Bell.ringAlways(this.#rootControl, InputLink.SPACE_BELL);
   }
 
+  /** Queues the task `encoded[0, length)`, in the open run at the end if it may join. */
   #enqueue(
-    bytes: Uint8Array | null,
-    written: number,
-    inBacklog: boolean,
+    encoded: Uint8Array,
+    length: number,
     options: PutOptions | undefined,
   ): Promise<void> {
-    let settle!: Pick<WaitingTask, "resolve" | "reject">;
-    const promise = WatchedPromise.create<void>((resolve, reject) =>
-      settle = { resolve, reject }
-    );
-    const waiting: WaitingTask = {
-      bytes,
-      written,
-      inBacklog,
-      promise,
-      ...settle,
-    };
+    let run = this.#waiting.last;
+    if (
+      length > PACKED_MAX || length > this.#ring.maxPayload ||
+      options?.signal !== undefined
+    ) {
+      run = this.#alone(encoded.slice(0, length), options);
+    } else {
+      if (
+        run === undefined || !run.open || run.ends.length === RUN_TASKS ||
+        run.size + length > RUN_BYTES
+      ) {
+        if (run !== undefined) run.open = false;
+        run = new WaitingRun(
+          new Uint8Array(Math.max(RUN_FIRST_BYTES, length)),
+          true,
+        );
+        this.#waiting.push(run);
+      }
+      run.append(encoded, length);
+    }
+    this.#drain();
+    return run.promise;
+  }
+
+  /**
+   * Queues a run of one: a large task (`bytes`, not copied again), the stop
+   * request (null), or a put with a signal, which its abort may withdraw.
+   */
+  #alone(
+    bytes: Uint8Array | null,
+    options: PutOptions | undefined,
+  ): WaitingRun {
+    const last = this.#waiting.last;
+    if (last !== undefined) last.open = false;
+    const run = new WaitingRun(bytes, false);
+    if (bytes !== null) run.ends.push(bytes.length);
+    this.#waiting.push(run);
     const signal = options?.signal;
-    if (signal !== undefined && written === 0) {
+    if (signal !== undefined) {
       const withdraw = () => {
-        const at = this.#waiting.indexOf(waiting);
         // Only a task none of whose bytes were written can be withdrawn.
-        if (at > 0 || (at === 0 && waiting.written === 0)) {
-          this.#waiting.splice(at, 1);
-          if (waiting.inBacklog) {
-            // Give back the place it held; no worker will start it.
-            Atomics.sub(this.#rootControl, InputLink.BACKLOG, 1);
-          }
-          if (waiting.bytes === null) this.#run.stopRequested = false;
-          waiting.reject(signal.reason);
+        if (run.written !== 0) return;
+        run.withdrawn = true;
+        if (run.inBacklog) {
+          // Give back the place it held; no worker will start it.
+          Atomics.sub(this.#rootControl, InputLink.BACKLOG, 1);
         }
+        if (bytes === null) this.#run.stopRequested = false;
+        run.reject(signal.reason);
       };
       signal.addEventListener("abort", withdraw, { once: true });
       // A signal may outlive many puts (feed's): each takes its listener off.
-      const { resolve, reject } = settle;
-      waiting.resolve = () => {
+      const { resolve, reject } = run;
+      run.resolve = () => {
         signal.removeEventListener("abort", withdraw);
         resolve();
       };
-      waiting.reject = (reason) => {
+      run.reject = (reason) => {
         signal.removeEventListener("abort", withdraw);
         reject(reason);
       };
     }
-    this.#waiting.push(waiting);
-    this.#drain();
-    return promise;
+    return run;
   }
 
   /**
@@ -249,7 +336,7 @@ export class TaskInput implements InputPump {
         const backlog = Bell.arm(this.#rootControl, InputLink.SPACE_BELL);
         const room = Bell.arm(this.#ring.control, Ring.SPACE_BELL);
         if (this.#write()) continue;
-        const first = this.#waiting[0];
+        const first = this.#waiting.first;
         if (first === undefined) break;
         // Wait for the bell of what is missing: room in the ring, or a place
         // in the backlog; a bell rung since it was armed returns at once.
@@ -283,35 +370,47 @@ export class TaskInput implements InputPump {
   /** Writes as many waiting tasks as fit now; true if it made progress. */
   #write(): boolean {
     const ring = this.#ring;
+    const waiting = this.#waiting;
     let progress = false;
     for (;;) {
-      const waiting = this.#waiting[0];
-      if (waiting === undefined) break;
-      if (!waiting.inBacklog) {
+      const run = waiting.first;
+      if (run === undefined) break;
+      if (run.withdrawn) {
+        waiting.shift();
+        continue;
+      }
+      if (!run.inBacklog) {
         if (!this.#enterBacklog()) break;
-        waiting.inBacklog = true;
+        run.inBacklog = true;
       }
-      const before = waiting.written;
+      const bytes = run.bytes;
       let complete: boolean;
-      if (waiting.bytes === null) complete = ring.writeEmpty(Ring.STOP, 0);
+      if (bytes === null) complete = ring.writeEmpty(Ring.STOP, 0);
       else {
-        waiting.written = ring.write(
-          Ring.DATA,
-          0,
-          waiting.bytes,
-          waiting.written,
-          waiting.bytes.length,
-        );
-        complete = waiting.written === waiting.bytes.length;
+        const start = run.start;
+        const end = run.ends[run.next]!;
+        if (end - start <= ring.maxPayload) {
+          complete = ring.writeRecord(Ring.DATA, 0, bytes, start, end);
+        } else {
+          // A large task waits alone (start 0) and goes in fragments.
+          const before = run.written;
+          run.written = ring.write(Ring.DATA, 0, bytes, before, end);
+          complete = run.written === end;
+          progress ||= run.written !== before;
+        }
       }
-      if (!complete) {
-        progress ||= waiting.written !== before;
-        break;
-      }
+      if (!complete) break;
       progress = true;
-      if (waiting.bytes !== null) this.#entered++;
-      this.#waiting.shift();
-      waiting.resolve();
+      run.inBacklog = false;
+      run.written = 0;
+      if (bytes === null || ++run.next === run.ends.length) {
+        // Every task of the run entered: settle its puts. A run still open
+        // could take more tasks, so it closes here.
+        run.open = false;
+        waiting.shift();
+        run.resolve();
+      }
+      if (bytes !== null) this.#entered++;
     }
     if (progress) this.#publishNow();
     return progress;

@@ -1,0 +1,128 @@
+// Cost that stays flat as the work grows (issue 22): the input queue at millions of entries,
+// a million un-awaited puts, and a failure among hundreds of thousands of waiting puts. A
+// quadratic path shows here as a test that does not end (CI's timeout fails it).
+
+import assert from "node:assert/strict";
+import { OrderedStage, Pipeline, StageError, UnorderedStage } from "../mod.ts";
+import { Fifo } from "../lib/fifo.ts";
+
+// ---- Fifo ----
+
+Deno.test("Fifo keeps order through millions of interleaved pushes and shifts", () => {
+  for (const seed of [1, 2, 3, 4, 5]) {
+    let state = seed;
+    const random = () => (state = (state * 1103515245 + 12345) >>> 0) / 2 ** 32;
+    const fifo = new Fifo<number>();
+    let pushed = 0;
+    let shifted = 0;
+    while (pushed < 2_000_000) {
+      // Bursts of both kinds, of sizes around a chunk, so chunks fill,
+      // empty and are dropped in every order.
+      const burst = Math.floor(random() * 3000);
+      for (let i = 0; i < burst; i++) fifo.push(pushed++);
+      const take = Math.floor(random() * 3000);
+      for (let i = 0; i < take && fifo.length > 0; i++) {
+        assert.equal(fifo.first, shifted);
+        assert.equal(fifo.shift(), shifted++);
+      }
+      assert.equal(fifo.length, pushed - shifted);
+      if (fifo.length > 0) assert.equal(fifo.last, pushed - 1);
+    }
+    const rest = fifo.clear();
+    assert.equal(rest.length, pushed - shifted);
+    rest.forEach((x, i) => assert.equal(x, shifted + i));
+    assert.equal(fifo.shift(), undefined);
+    assert.equal(fifo.first, undefined);
+  }
+});
+
+// ---- the input queue, as the cookbook uses it ----
+
+Deno.test("Pipeline.put: 1,000,000 un-awaited puts through two ordered stages give every result in order", async () => {
+  const n = 1_000_000;
+  const pipe = new Pipeline<number, number>(
+    new OrderedStage((x: number) => x + 1, 2).link(
+      new OrderedStage((x: number) => x * 2, 2),
+    ),
+  );
+  for (let i = 0; i < n; i++) pipe.put(i);
+  pipe.put(null);
+  let k = 0;
+  for await (const r of pipe) {
+    if (r !== 2 * (k + 1)) assert.fail(`result ${k} was ${r}`);
+    k++;
+  }
+  assert.equal(k, n);
+  await pipe.done;
+});
+
+Deno.test("Pipeline.put: a failure among 300,000 waiting puts reaches the reader's catch, and every put settles", async () => {
+  const n = 300_000;
+  const pipe = new Pipeline<number, number>(
+    new UnorderedStage((x: number) => {
+      if (x === 77) throw new Error("task 77 broke");
+      return x;
+    }, 2),
+  );
+  let resolved = 0;
+  let rejected = 0;
+  for (let i = 0; i < n; i++) {
+    pipe.put(i).then(() => resolved++, () => rejected++);
+  }
+  pipe.put(null).catch(() => {});
+  await assert.rejects(
+    async () => {
+      for await (const _ of pipe) { /* read */ }
+    },
+    (error) =>
+      error instanceof StageError && /task 77 broke/.test(error.message),
+  );
+  await pipe.done.catch(() => {});
+  // Let the settlements' callbacks run.
+  await new Promise((resolve) => setTimeout(resolve, 0));
+  assert.equal(resolved + rejected, n);
+  assert.ok(rejected > 0, "the puts still waiting at the failure are rejected");
+});
+
+Deno.test("Pipeline.put: small, large, signalled and withdrawn puts waiting together keep their order", async () => {
+  const pipe = new Pipeline<string | number, string | number>(
+    new OrderedStage((x: string | number) => x),
+  );
+  const big = "x".repeat(300_000); // larger than a packed run takes, and than the ring's quarter
+  // Each withdrawn put is aborted right after it was put behind a large task
+  // that cannot have entered yet; if it entered all the same, it must arrive.
+  const expected: (Promise<string | number | undefined> | string | number)[] =
+    [];
+  let withdrawals = 0;
+  for (let i = 0; i < 50_000; i++) {
+    if (i % 10_000 === 5) {
+      pipe.put(big);
+      expected.push(big);
+    } else if (i % 10_000 === 6) {
+      const withdrawn = new AbortController();
+      expected.push(
+        pipe.put(-i, { signal: withdrawn.signal }).then(
+          () => -i,
+          (error) => {
+            assert.equal(error.message, "gone");
+            withdrawals++;
+            return undefined;
+          },
+        ),
+      );
+      withdrawn.abort(new Error("gone"));
+    } else if (i % 1000 === 3) {
+      const kept = new AbortController();
+      expected.push(pipe.put(i, { signal: kept.signal }).then(() => i));
+    } else {
+      pipe.put(i);
+      expected.push(i);
+    }
+  }
+  pipe.put(null);
+  const results = await Array.fromAsync(pipe);
+  const arrived = (await Promise.all(expected)).filter((x) => x !== undefined);
+  assert.ok(withdrawals > 0, "some withdrawn put waited");
+  assert.equal(results.length, arrived.length);
+  assert.deepEqual(results, arrived);
+});
