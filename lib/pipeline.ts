@@ -228,6 +228,10 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
    * Puts a task into the pipeline, or the stop request (`null`). Tasks enter
    * in call order even when not awaited; the returned Promise settles once the
    * task is in the root stage's input ring, so awaiting it is the backpressure.
+   * Puts that wait for room together settle together, once the last of them
+   * has entered (a group holds at most 4,096 small tasks), which keeps a
+   * waiting task's cost to its encoded bytes: un-awaited puts cost O(1) each
+   * at any number waiting.
    * The task is copied at the call, as by `structuredClone`: a value that
    * cannot be cloned (a `DataCloneError`), or that encodes to more than
    * 2 GiB - 1 bytes (a `RangeError`), is refused (the Promise rejects) and
