@@ -46,6 +46,26 @@ export class TargetLoader {
   ];
 
   /**
+   * The name a shipped target used that does not exist in the worker, if
+   * `error` says so: a name that is not defined, or a worker global shadowed
+   * around the target (see `WORKER_GLOBALS`). A shipped target's code is its
+   * own source and the globals, so such an error is a bug in the program, not
+   * a task's: it fails the stage whatever its `onError`.
+   */
+  static missingName(error: unknown): string | null {
+    if (!(error instanceof ReferenceError)) return null;
+    const missing = /^(\S+) is not defined$/.exec(error.message)?.[1];
+    if (missing !== undefined) return missing;
+    const shadowed = /^Cannot access '(\S+)' before initialization$/.exec(
+      error.message,
+    )?.[1];
+    return shadowed !== undefined &&
+        TargetLoader.WORKER_GLOBALS.includes(shadowed)
+      ? shadowed
+      : null;
+  }
+
+  /**
    * Loads `target`; a worker class is constructed with `args`. Returns the
    * task function, the `doInit` to call once, and the class's instance
    * (null for a function).

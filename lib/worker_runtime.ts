@@ -366,7 +366,13 @@ export class WorkerRuntime implements TaskHost, BatchHost {
   #failed(error: unknown, timed = this.config.timed): undefined {
     Bell.checkRevoked();
     if (timed) this.#endTimed();
-    if (this.config.onError === "fail") throw error;
+    if (
+      this.config.onError === "fail" ||
+      (this.config.target.kind === "source" &&
+        TargetLoader.missingName(error) !== null)
+    ) {
+      throw error;
+    }
     this.#putHeld();
     // The main thread reads the counts at any time: atomic adds, not stores.
     // The slot's count is raised before the skip is reported, so the main
