@@ -48,6 +48,23 @@ function missingNameHint(stage: AnyStage, error: unknown): string {
 }
 
 /**
+ * The message of a sandboxed stage's `NotCapable` error, without Deno's hint
+ * to run the program with a flag (the stage's sandbox denied it, not the
+ * program's permissions); null for any other error.
+ */
+function sandboxed(stage: AnyStage, error: Error): string | null {
+  const { permissions } = internalsOf(stage);
+  if (permissions === "inherit" || error.name !== "NotCapable") return null;
+  const flag = /,? run again with the --allow-(\w+) flag/.exec(error.message);
+  const kind = flag?.[1] ?? "that";
+  return `${
+    flag === null ? error.message : error.message.replace(flag[0], "")
+  }: the stage's sandbox denied it (its options.permissions is ${
+    JSON.stringify(permissions)
+  }); allow it there, e.g. permissions: { ${kind}: [...] } (the program must have it too)`;
+}
+
+/**
  * The error a worker sent, as it was thrown there: a structured clone makes
  * Deno's own errors (`NotCapable`, `NotFound`, ...) plain `Error`s, so they
  * are made again from their name.
@@ -96,7 +113,9 @@ export function workerError(
   if (phase === "load" && hint === "") {
     return loadError(stage.name, index, error);
   }
-  const text = error instanceof Error ? error.message : String(error);
+  const text = error instanceof Error
+    ? sandboxed(stage, error) ?? error.message
+    : String(error);
   const what = phase === "load"
     ? "cannot load the target"
     : phase === "init"
