@@ -121,3 +121,20 @@ for (
     });
   });
 }
+
+// ---- papercut: host.ts --help ----
+
+for (const flag of ["--help", "-h"]) {
+  Deno.test(`Papercut: host.ts ${flag} prints the usage and each flag, and exits with 0`, async () => {
+    const { code, signal, stdout, stderr } = await runScript(
+      new URL("../host.ts", import.meta.url),
+      { flags: ["--no-prompt"], args: [flag], timeout: KILL_MS },
+    );
+    assert.equal(signal, null, `killed after ${KILL_MS} ms`);
+    assert.equal(code, 0, stderr);
+    assert.match(stdout, /^usage: deno run -A host\.ts/);
+    for (const name of ["--servers", "--workers", "--allow-source", "--tls"]) {
+      assert.ok(stdout.includes(`\n  ${name} `), `${name} in:\n${stdout}`);
+    }
+  });
+}
