@@ -217,7 +217,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
         throw error;
       }
     } else {
-      // A Stage of a module target: import it here to learn its ordering.
+      // A Stage of a module target: import it (in a worker) to learn its ordering.
       inspectModules(uninspected).then(start).catch((error: StageError) =>
         this.#fail(error)
       );
