@@ -97,6 +97,8 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
   readonly done: Promise<void>;
 
   readonly #run = new RunState();
+  /** Aborted as the pipeline ends: stops the import of `Stage`s' module targets. */
+  readonly #inspection = new AbortController();
   readonly #report = new FailureReport();
   readonly #input: TaskInput;
   readonly #output: ResultOutput;
@@ -218,9 +220,9 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
       }
     } else {
       // A Stage of a module target: import it (in a worker) to learn its ordering.
-      inspectModules(uninspected).then(start).catch((error: StageError) =>
-        this.#fail(error)
-      );
+      inspectModules(uninspected, this.#inspection.signal).then(start).catch((
+        error: StageError,
+      ) => this.#fail(error));
     }
   }
 
@@ -477,6 +479,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
 
   /** Kills every worker, rejects the waiting puts and wakes every reader. */
   #shutDown(reason: unknown): void {
+    this.#inspection.abort();
     this.#supervisor.killAll();
     this.#input.shutDown(reason);
     this.#output.shutDown();

@@ -409,10 +409,15 @@ function processed(status: StageStatus, index: number): number {
 
 /**
  * Learns the ordering of each `Stage` whose module target's is not known yet,
- * from the worker class it exports.
+ * from the worker class it exports. `signal` (the pipeline ended) kills the
+ * workers that import them: a module whose top level never ends must not
+ * keep the process alive.
  */
-export async function inspectModules(stages: AnyStage[]): Promise<void> {
-  await Promise.all(stages.map(inspectModule));
+export async function inspectModules(
+  stages: AnyStage[],
+  signal: AbortSignal,
+): Promise<void> {
+  await Promise.all(stages.map((stage) => inspectModule(stage, signal)));
 }
 
 /**
@@ -426,7 +431,10 @@ let inspectorUrl = "";
 /** Each inspected export's ordering, by specifier and export: a worker's start is paid once per process. */
 const orderings = new Map<string, boolean>();
 
-async function inspectModule(stage: AnyStage): Promise<void> {
+async function inspectModule(
+  stage: AnyStage,
+  signal: AbortSignal,
+): Promise<void> {
   const state = internalsOf(stage);
   const shipped = state.shipped;
   if (shipped.kind !== "module") return;
@@ -452,6 +460,7 @@ async function inspectModule(stage: AnyStage): Promise<void> {
     name: `${stage.name} (inspect)`,
   });
   let answer: { ordered?: unknown; error?: unknown; errorName?: string };
+  let ended = () => {};
   try {
     answer = await new Promise((resolve) => {
       worker.onmessage = (event) => resolve(event.data);
@@ -459,11 +468,16 @@ async function inspectModule(stage: AnyStage): Promise<void> {
         event.preventDefault();
         resolve({ error: event.error ?? event.message });
       };
+      // The pipeline ended: it no longer waits for the answer.
+      ended = () => resolve({});
+      signal.addEventListener("abort", ended, { once: true });
       worker.postMessage([shipped.specifier, shipped.exportName]);
     });
   } finally {
+    signal.removeEventListener("abort", ended);
     worker.terminate();
   }
+  if (signal.aborted) return;
   if ("error" in answer) {
     throw loadError(
       stage.name,

@@ -148,3 +148,10 @@ for (const flag of ["--help", "-h"]) {
     }
   });
 }
+
+Deno.test("I21.5: terminate() while a Stage's module target is still loading ends the pipeline, and nothing keeps the process alive", async () => {
+  const report = await runFixture("terminate_while_inspecting", [
+    "--allow-read",
+  ]);
+  assert.deepEqual(report, { ended: true, read: { value: null } });
+});
