@@ -48,9 +48,7 @@ export class TargetLoader {
   /**
    * The name a shipped target used that does not exist in the worker, if
    * `error` says so: a name that is not defined, or a worker global shadowed
-   * around the target (see `WORKER_GLOBALS`). A shipped target's code is its
-   * own source and the globals, so such an error is a bug in the program, not
-   * a task's: it fails the stage whatever its `onError`.
+   * around the target (see `WORKER_GLOBALS`).
    */
   static missingName(error: unknown): string | null {
     if (!(error instanceof ReferenceError)) return null;
@@ -63,6 +61,23 @@ export class TargetLoader {
         TargetLoader.WORKER_GLOBALS.includes(shadowed)
       ? shadowed
       : null;
+  }
+
+  /**
+   * Whether `error` is a name the shipped target's own code used that does
+   * not exist in the worker: a bug in the program, not a task's, so it fails
+   * the stage whatever its `onError`. Its first frame must be in the target's
+   * source: code the target evaluates (`eval`, `Function`) may fail so on a
+   * task's input, and a global the target calls may throw its own.
+   */
+  static isOwnMissingName(error: unknown): boolean {
+    if (TargetLoader.missingName(error) === null) return false;
+    const stack = (error as Error).stack;
+    const frame = typeof stack === "string"
+      ? /^\s+at .*$/m.exec(stack)?.[0]
+      : undefined;
+    return frame !== undefined &&
+      /^\s+at (?:[^(]* \()?mpipe:stage\//.test(frame);
   }
 
   /**

@@ -32,7 +32,10 @@ export function loadError(
 /** What to do when a shipped target used a name that does not exist in the worker. */
 function missingNameHint(stage: AnyStage, error: unknown): string {
   const missing = TargetLoader.missingName(error);
-  if (missing === null || internalsOf(stage).shipped.kind !== "source") {
+  if (
+    missing === null || internalsOf(stage).shipped.kind !== "source" ||
+    !TargetLoader.isOwnMissingName(error)
+  ) {
     return "";
   }
   const move =

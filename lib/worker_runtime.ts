@@ -382,7 +382,7 @@ export class WorkerRuntime implements TaskHost, BatchHost {
     if (
       this.config.onError === "fail" ||
       (this.config.target.kind === "source" &&
-        TargetLoader.missingName(error) !== null)
+        TargetLoader.isOwnMissingName(error))
     ) {
       throw error;
     }

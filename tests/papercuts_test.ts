@@ -96,6 +96,23 @@ for (const onError of ["skip", "function"] as const) {
   }
 }
 
+Deno.test("I21.8: a ReferenceError of code the target evaluates from its task (not its own name) is a task error: skipped under onError skip", async () => {
+  const pipe = new Pipeline<string, number>(
+    new OrderedStage(
+      (expression: string) => Function(`return ${expression}`)() as number,
+      1,
+      { name: "calculator", onError: "skip" },
+    ),
+  );
+  await guarded(pipe, async () => {
+    pipe.feed(["1 + 1", "nope + 1", "2 * 3"]).catch(() => {});
+    const { values, error } = await collect(pipe.results());
+    assert.equal(error, undefined);
+    assert.deepEqual(values, [2, 6]);
+  });
+  assert.equal(pipe.stats().stages[0]!.skipped, 1);
+});
+
 // ---- papercut: `self` and `close` in a function target ----
 
 for (
