@@ -18,6 +18,7 @@
  * | `--token TOKEN` | a token (or `MPIPE_NATS_TOKEN`) |
  * | `--creds FILE` | a `.creds` file (user JWT and NKey seed) |
  * | `--tls` | require TLS; `--tls-ca FILE`, `--tls-cert FILE`, `--tls-key FILE` for a private CA or a client certificate |
+ * | `-h`, `--help` | print the usage and the flags, and exit |
  *
  * It prints `mpipe host <name> ready` once it serves, and on SIGINT or
  * SIGTERM finishes the batches it holds and exits.
@@ -38,6 +39,27 @@ import { WorkerHost, type WorkerHostOptions } from "./lib/jetstream/host.ts";
 
 const USAGE =
   "usage: deno run -A host.ts [--servers LIST] [--workers N] [--allow-source] [--allow-target PREFIX]... [--name NAME] [--user NAME --pass PASSWORD | --token TOKEN | --creds FILE] [--tls [--tls-ca FILE] [--tls-cert FILE --tls-key FILE]]";
+
+/** What `--help` prints: the usage and each flag (as in the module's doc). */
+const HELP = `${USAGE}
+
+Serves the remote stages of every pipeline on a JetStream cluster.
+
+  --servers LIST         the NATS servers, comma-separated (host:port or URLs); default 127.0.0.1:4222
+  --workers N            the most Web Workers, shared by the stages it serves; default: the cores
+  --allow-source         run function and class targets (they arrive as source text)
+  --allow-target PREFIX  import module targets under this URL prefix; repeatable
+  --name NAME            the host's name in errors; default <hostname>:<pid>
+  --user NAME, --pass PASSWORD
+                         a user account (or MPIPE_NATS_PASS for the password)
+  --token TOKEN          a token (or MPIPE_NATS_TOKEN)
+  --creds FILE           a .creds file (user JWT and NKey seed)
+  --tls                  require TLS; --tls-ca FILE, --tls-cert FILE, --tls-key FILE
+                         for a private CA or a client certificate
+  -h, --help             print this and exit
+
+It prints "mpipe host <name> ready" once it serves, and on SIGINT or SIGTERM
+finishes the batches it holds and exits.`;
 
 /**
  * Parses the command line's flags (see the module's doc) and starts a host.
@@ -134,6 +156,10 @@ function hostOptions(args: string[]): WorkerHostOptions {
 }
 
 if (import.meta.main) {
+  if (Deno.args.some((arg) => arg === "--help" || arg === "-h")) {
+    console.log(HELP);
+    Deno.exit(0);
+  }
   let host: WorkerHost;
   try {
     host = await main(Deno.args);

@@ -117,7 +117,11 @@ export class ConcurrentRunner {
       }
       // Tasks in flight: arm the input's bell, look once more, then wait.
       const waiting = idleWait.untilCompletion(count === 0);
-      if (waiting !== undefined) await waiting;
+      if (waiting !== undefined) {
+        const from = performance.now();
+        await waiting;
+        host.figures.awaited(performance.now() - from);
+      }
     }
   }
 

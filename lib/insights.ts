@@ -24,6 +24,8 @@ import type { PipelineStats, StageStats, WorkerStats } from "./stats.ts";
 const BOTTLENECK_SHARE = 0.5;
 /** Workers that work less than this share of their time, while tasks wait for them, get a warning. */
 const WARN_SHARE = 0.8;
+/** A stage whose working time was at least this share awaiting (timers, I/O) wants concurrency, not workers. */
+const AWAIT_SHARE = 0.5;
 /** A stage's input counts as waiting when its producers waited for room this share of the run. */
 const FULL_SHARE = 0.01;
 
@@ -31,6 +33,8 @@ const FULL_SHARE = 0.01;
 interface Times {
   /** Busy, less blocked: running tasks. */
   working: number;
+  /** Of `working`, awaiting tasks' Promises, the thread free. */
+  awaiting: number;
   blocked: number;
   waiting: number;
   /** Since it was ready: busy and waiting. */
@@ -38,10 +42,12 @@ interface Times {
 }
 
 function timesOf(workers: readonly WorkerStats[]): Times {
-  const times = { working: 0, blocked: 0, waiting: 0, ready: 0 };
+  const times = { working: 0, awaiting: 0, blocked: 0, waiting: 0, ready: 0 };
   for (const worker of workers) {
     const blocked = Math.min(worker.blockedMs, worker.busyMs);
     times.working += worker.busyMs - blocked;
+    // A result written after an await may have blocked within it.
+    times.awaiting += Math.min(worker.awaitingMs, worker.busyMs - blocked);
     times.blocked += blocked;
     times.waiting += worker.idleMs;
     times.ready += worker.busyMs + worker.idleMs;
@@ -73,7 +79,7 @@ export function insightsReport(stats: PipelineStats): string {
   ];
   stats.stages.forEach((_, i) => lines.push(...stageSection(stats, i), ""));
   lines.push(
-    "working, blocked (writing results to a full ring or backlog) and waiting (for tasks): ms and share of each worker's time since it was ready; start-up and doInit: ms and share of the run.",
+    "working (running tasks), awaiting (the part of working spent awaiting async tasks: timers, I/O), blocked (writing results to a full ring or backlog) and waiting (for tasks): ms and share of each worker's time since it was ready; start-up and doInit: ms and share of the run.",
     "",
     bottleneckText(stats),
   );
@@ -119,6 +125,8 @@ function stageSection(stats: PipelineStats, index: number): string[] {
     "",
     "working",
     "",
+    "awaiting",
+    "",
     "blocked",
     "",
     "waiting",
@@ -138,6 +146,7 @@ function stageSection(stats: PipelineStats, index: number): string[] {
       ...time(worker.startMs, run),
       ...time(worker.initMs, run),
       ...time(times.working, times.ready),
+      ...time(times.awaiting, times.ready),
       ...time(times.blocked, times.ready),
       ...time(times.waiting, times.ready),
       count(worker.tasks),
@@ -217,11 +226,24 @@ function bottleneckText(stats: PipelineStats): string {
       rate(stage.tasks / (stats.elapsedMs / 1000))
     } over the run${nextText}.${
       evidence === null ? "" : ` Tasks waited for it: ${evidence}.`
-    } More workers for it (it has ${stage.size}), or a faster task, would speed the run up.`;
+    } ${advice(stage, times)}`;
   }
   return `Bottleneck: no stage was busy most of its time (the busiest, ${
     label(stats, top.index)
   }, worked ${percent(top.share)}): ${heldBackBy(stats)}.`;
+}
+
+/** What would speed up a stage that held the run back: more workers, or more tasks at once in each. */
+function advice(stage: StageStats, times: Times): string {
+  const awaiting = share(times.awaiting, times.working);
+  if (awaiting >= AWAIT_SHARE) {
+    return `Most of that time (${
+      percent(awaiting)
+    }) its tasks were awaiting (timers, I/O), not computing: its ${
+      stage.size === 1 ? "worker's thread was" : "workers' threads were"
+    } free meanwhile. More tasks at once in each worker (a higher 'concurrency' option) would speed the run up more cheaply than more workers.`;
+  }
+  return `More workers for it (it has ${stage.size}), or a faster task, would speed the run up.`;
 }
 
 /** What held a run back in which no stage was busy. */

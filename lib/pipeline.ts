@@ -97,6 +97,8 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
   readonly done: Promise<void>;
 
   readonly #run = new RunState();
+  /** Aborted as the pipeline ends: stops the import of `Stage`s' module targets. */
+  readonly #inspection = new AbortController();
   readonly #report = new FailureReport();
   readonly #input: TaskInput;
   readonly #output: ResultOutput;
@@ -217,10 +219,10 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
         throw error;
       }
     } else {
-      // A Stage of a module target: import it here to learn its ordering.
-      inspectModules(uninspected).then(start).catch((error: StageError) =>
-        this.#fail(error)
-      );
+      // A Stage of a module target: import it (in a worker) to learn its ordering.
+      inspectModules(uninspected, this.#inspection.signal).then(start).catch((
+        error: StageError,
+      ) => this.#fail(error));
     }
   }
 
@@ -481,6 +483,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
 
   /** Kills every worker, rejects the waiting puts and wakes every reader. */
   #shutDown(reason: unknown): void {
+    this.#inspection.abort();
     this.#supervisor.killAll();
     this.#input.shutDown(reason);
     this.#output.shutDown();

@@ -77,8 +77,9 @@ export interface Sample {
 
 /** Rates are measured over the last this many samples. */
 const WINDOW = 3;
-/** Cells of a stage's bar on a terminal. */
+/** Cells of a stage's bar on a terminal; a narrow one shows no bar rather than one under the least. */
 const BAR_WIDTH = 20;
+const MIN_BAR_WIDTH = 5;
 /** Ms between redraws on a terminal, and between plain lines elsewhere, by default. */
 const TERMINAL_INTERVAL_MS = 200;
 const PLAIN_INTERVAL_MS = 1000;
@@ -122,17 +123,29 @@ export class ProgressDisplay {
     const stats = this.#read();
     this.#samples.push(sampleOf(stats));
     if (this.#samples.length > WINDOW) this.#samples.shift();
-    const terminal = this.#sink.isTerminal;
-    const rows = stats.stages.map((stage, i) =>
-      stageCells(stage, i, this.#samples, this.#total, terminal)
-    );
-    if (terminal) {
+    const rowsWith = (barWidth: number) =>
+      stats.stages.map((stage, i) =>
+        stageCells(stage, i, this.#samples, this.#total, barWidth)
+      );
+    if (this.#sink.isTerminal) {
       const header = `mpipe ${duration(stats.elapsedMs)}: ${
         count(stats.put)
       } put, ${count(stats.read)} read`;
-      this.#redraw([header, ...columns(rows, new Set([1, 3, 4, 5, 6]))]);
+      const lines = (barWidth: number) =>
+        columns(rowsWith(barWidth), new Set([1, 3, 4, 5, 6]));
+      let drawn = lines(BAR_WIDTH);
+      // In a narrow terminal the bar gives way first, so the figures after
+      // it (ETA, backlog, busy) stay in sight; only then are lines cut.
+      const over = Math.max(...drawn.map((line) => line.length)) -
+        (this.#sink.columns ?? Infinity) + 1;
+      if (over > 0) {
+        const barWidth = BAR_WIDTH - over;
+        drawn = lines(barWidth >= MIN_BAR_WIDTH ? barWidth : 0);
+      }
+      this.#redraw([header, ...drawn]);
       return;
     }
+    const rows = rowsWith(0);
     const at = `[mpipe ${duration(stats.elapsedMs)}]`;
     this.#sink.write(
       rows.map(([name, ...cells]) =>
@@ -184,8 +197,8 @@ export function sampleOf(stats: PipelineStats): Sample {
 }
 
 /**
- * Stage `i`'s cells: its name, tasks done (of the total), a bar and a
- * percentage (with a total; the bar on a terminal), the rate, an ETA (with a
+ * Stage `i`'s cells: its name, tasks done (of the total), a bar of
+ * `barWidth` cells (none for 0) and a percentage (with a total), the rate, an ETA (with a
  * total), the backlog, and its workers' busy share (blocked time left out).
  * Rates and shares are measured over `samples` (oldest first, the last one
  * now), or since the start with one sample. A cell that does not apply is
@@ -196,7 +209,7 @@ export function stageCells(
   i: number,
   samples: readonly Sample[],
   total: number | undefined,
-  terminal: boolean,
+  barWidth: number,
 ): string[] {
   const first = samples[0]!;
   const now = samples.at(-1)!;
@@ -229,9 +242,9 @@ export function stageCells(
   return [
     stage.name,
     `${count(done)}/${count(total)}`,
-    terminal ? `${bar(fraction, BAR_WIDTH)} ${percent(fraction)}` : percent(
-      fraction,
-    ),
+    barWidth > 0
+      ? `${bar(fraction, barWidth)} ${percent(fraction)}`
+      : percent(fraction),
     rate(perSecond),
     left === 0
       ? "ETA 0 s"

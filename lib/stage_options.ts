@@ -61,6 +61,9 @@ export interface StageOptions {
    * cloned) does: `"fail"` fails the pipeline with a `StageError`; `"skip"`
    * drops the task, counts it in `stage.skipped`, and goes on; a function does
    * as `"skip"` and is called on the main thread with the `StageError`.
+   * A function or class target that uses a name the worker lacks (an outer
+   * variable) fails the pipeline whatever this says: that is a bug of the
+   * program, not of a task.
    * @default {"fail"}
    */
   onError?: "fail" | "skip" | ((error: StageError) => void);

@@ -80,6 +80,13 @@ export interface WorkerStats {
   idleMs: number;
   /** Ms of `busyMs` it was blocked writing results: a full ring or `maxBacklog` downstream. */
   blockedMs: number;
+  /**
+   * Ms of `busyMs` it awaited its async tasks' Promises, its thread free:
+   * timers and I/O (and the code that runs after each await, which is not
+   * timed apart). A stage that mostly awaits wants `concurrency`, not more
+   * workers.
+   */
+  awaitingMs: number;
   /** Ms from the worker's spawn to its target being loaded (its latest worker); 0 until then. */
   startMs: number;
   /** Ms its `doInit()` took (its latest worker). */
@@ -340,6 +347,7 @@ function workerStats(
     busyMs,
     idleMs,
     blockedMs: figure(StageStatus.BLOCKED_MS),
+    awaitingMs: figure(StageStatus.AWAITING_MS),
     startMs: figure(StageStatus.START_MS),
     initMs: figure(StageStatus.INIT_MS),
     restarts: figure(StageStatus.RESTARTS),

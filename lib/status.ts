@@ -62,7 +62,7 @@ export class StageStatus {
    * stores (a reader may see them a batch late). Counters are floats so
    * they never wrap.
    */
-  static readonly FIGURES = 22;
+  static readonly FIGURES = 23;
   /** Figure: when the running timed task started (ms since the epoch). */
   static readonly STARTED = 0;
   /** Figure: tasks this slot's workers finished, with a result or without, and did not skip (see `SKIPS`). */
@@ -104,6 +104,14 @@ export class StageStatus {
    * `BUSY_MS` or `IDLE_MS`, which count only what has ended.
    */
   static readonly SINCE = 21;
+  /**
+   * Figure: ms of `BUSY_MS` the worker spent awaiting its tasks' Promises,
+   * its thread free for other work: timers, I/O (and the code after each
+   * await, which a worker cannot time apart). A worker of one task at a
+   * time samples the first async task of each batch and counts its wait
+   * for each of the batch's tasks (a batch of slow tasks is one task).
+   */
+  static readonly AWAITING_MS = 22;
 
   /**
    * Stage figure: tasks a `FilterStage` passed into this stage, the root of

@@ -14,11 +14,16 @@ import { StageError } from "./errors.ts";
 import type { RunView } from "./run_state.ts";
 import { type AnyStage, internalsOf } from "./stage_internals.ts";
 import { StageStatus } from "./status.ts";
-import { loadError, skippedError, workerError } from "./worker_errors.ts";
+import {
+  loadError,
+  revive,
+  skippedError,
+  workerError,
+} from "./worker_errors.ts";
 import type { WorkerConfig } from "./worker_runtime.ts";
 import type { WorkerMessage } from "./worker_scope.ts";
 import type { SkipReports } from "./skip_reports.ts";
-import { stageWorkerScript } from "./worker_script.ts";
+import { scriptUrl, stageWorkerScript } from "./worker_script.ts";
 import { Watchdog } from "./watchdog.ts";
 import type { SleepWord } from "./wiring.ts";
 
@@ -403,31 +408,89 @@ function processed(status: StageStatus, index: number): number {
 }
 
 /**
- * Imports the module target of each `Stage` whose ordering is not known yet,
- * to learn it from the worker class it exports.
+ * Learns the ordering of each `Stage` whose module target's is not known yet,
+ * from the worker class it exports. `signal` (the pipeline ended) kills the
+ * workers that import them: a module whose top level never ends must not
+ * keep the process alive.
  */
-export async function inspectModules(stages: AnyStage[]): Promise<void> {
-  await Promise.all(stages.map(inspectModule));
+export async function inspectModules(
+  stages: AnyStage[],
+  signal: AbortSignal,
+): Promise<void> {
+  await Promise.all(stages.map((stage) => inspectModule(stage, signal)));
 }
 
-async function inspectModule(stage: AnyStage): Promise<void> {
+/**
+ * The script of the worker that imports a module target to read its export's
+ * `ordered`. The main thread does not import it itself: the module may be the
+ * main module, or one still evaluating (a top-level `await` that waits for
+ * this pipeline), and importing it there would wait for itself for ever.
+ */
+let inspectorUrl = "";
+
+/** Each inspected export's ordering, by specifier and export: a worker's start is paid once per process. */
+const orderings = new Map<string, boolean>();
+
+async function inspectModule(
+  stage: AnyStage,
+  signal: AbortSignal,
+): Promise<void> {
   const state = internalsOf(stage);
   const shipped = state.shipped;
   if (shipped.kind !== "module") return;
-  let value: unknown;
-  try {
-    value = (await import(shipped.specifier))[shipped.exportName];
-  } catch (error) {
-    throw loadError(stage.name, undefined, error);
+  const key = `${shipped.specifier}#${shipped.exportName}`;
+  const known = orderings.get(key);
+  if (known !== undefined) {
+    state.ordered = known;
+    return;
   }
-  const ordered = typeof value === "function"
-    ? (value as { ordered?: unknown }).ordered
-    : undefined;
-  if (typeof ordered !== "boolean") {
+  inspectorUrl ||= scriptUrl(
+    [],
+    `self.onmessage = async ({ data: [specifier, name] }) => {
+  try {
+    const value = (await import(specifier))[name];
+    postMessage({ ordered: typeof value === "function" ? value.ordered : undefined });
+  } catch (error) {
+    postMessage({ error, errorName: error?.name });
+  }
+};`,
+  );
+  const worker = new Worker(inspectorUrl, {
+    type: "module",
+    name: `${stage.name} (inspect)`,
+  });
+  let answer: { ordered?: unknown; error?: unknown; errorName?: string };
+  let ended = () => {};
+  try {
+    answer = await new Promise((resolve) => {
+      worker.onmessage = (event) => resolve(event.data);
+      worker.onerror = (event) => {
+        event.preventDefault();
+        resolve({ error: event.error ?? event.message });
+      };
+      // The pipeline ended: it no longer waits for the answer.
+      ended = () => resolve({});
+      signal.addEventListener("abort", ended, { once: true });
+      worker.postMessage([shipped.specifier, shipped.exportName]);
+    });
+  } finally {
+    signal.removeEventListener("abort", ended);
+    worker.terminate();
+  }
+  if (signal.aborted) return;
+  if ("error" in answer) {
+    throw loadError(
+      stage.name,
+      undefined,
+      revive(answer.error, answer.errorName),
+    );
+  }
+  if (typeof answer.ordered !== "boolean") {
     throw new StageError(
       `export '${shipped.exportName}' of ${shipped.specifier} is not a worker class: a Stage needs a class extending OrderedWorker or UnorderedWorker; use OrderedStage or UnorderedStage for a task function`,
       { stage: stage.name },
     );
   }
-  state.ordered = ordered;
+  orderings.set(key, answer.ordered);
+  state.ordered = answer.ordered;
 }

@@ -46,6 +46,41 @@ export class TargetLoader {
   ];
 
   /**
+   * The name a shipped target used that does not exist in the worker, if
+   * `error` says so: a name that is not defined, or a worker global shadowed
+   * around the target (see `WORKER_GLOBALS`).
+   */
+  static missingName(error: unknown): string | null {
+    if (!(error instanceof ReferenceError)) return null;
+    const missing = /^(\S+) is not defined$/.exec(error.message)?.[1];
+    if (missing !== undefined) return missing;
+    const shadowed = /^Cannot access '(\S+)' before initialization$/.exec(
+      error.message,
+    )?.[1];
+    return shadowed !== undefined &&
+        TargetLoader.WORKER_GLOBALS.includes(shadowed)
+      ? shadowed
+      : null;
+  }
+
+  /**
+   * Whether `error` is a name the shipped target's own code used that does
+   * not exist in the worker: a bug in the program, not a task's, so it fails
+   * the stage whatever its `onError`. Its first frame must be in the target's
+   * source: code the target evaluates (`eval`, `Function`) may fail so on a
+   * task's input, and a global the target calls may throw its own.
+   */
+  static isOwnMissingName(error: unknown): boolean {
+    if (TargetLoader.missingName(error) === null) return false;
+    const stack = (error as Error).stack;
+    const frame = typeof stack === "string"
+      ? /^\s+at .*$/m.exec(stack)?.[0]
+      : undefined;
+    return frame !== undefined &&
+      /^\s+at (?:[^(]* \()?mpipe:stage\//.test(frame);
+  }
+
+  /**
    * Loads `target`; a worker class is constructed with `args`. Returns the
    * task function, the `doInit` to call once, and the class's instance
    * (null for a function).

@@ -31,23 +31,40 @@ export function loadError(
 
 /** What to do when a shipped target used a name that does not exist in the worker. */
 function missingNameHint(stage: AnyStage, error: unknown): string {
-  // A worker global shadowed around the target (see TargetLoader) reads as
-  // uninitialised; any other missing name is not defined.
-  const shadowed = error instanceof ReferenceError
-    ? /^Cannot access '(\S+)' before initialization$/.exec(error.message)
-    : null;
-  const missing = error instanceof ReferenceError
-    ? /^(\S+) is not defined$/.exec(error.message) ??
-      (TargetLoader.WORKER_GLOBALS.includes(shadowed?.[1] ?? "")
-        ? shadowed
-        : null)
-    : null;
-  if (missing === null || internalsOf(stage).shipped.kind !== "source") {
+  const missing = TargetLoader.missingName(error);
+  if (
+    missing === null || internalsOf(stage).shipped.kind !== "source" ||
+    !TargetLoader.isOwnMissingName(error)
+  ) {
     return "";
   }
-  return `: the target refers to '${
-    missing[1]
-  }', which does not exist in the worker (or is the worker's own). A function or class target is shipped by its source and may use only globals and its parameters: move it into a module and pass a module target, e.g. new URL("./task.ts", import.meta.url)`;
+  const move =
+    `A function or class target is shipped by its source and may use only globals and its parameters: move it into a module and pass a module target, e.g. new URL("./task.ts", import.meta.url)`;
+  if (!TargetLoader.WORKER_GLOBALS.includes(missing)) {
+    return `: the target refers to '${missing}', which does not exist in the worker. ${move}`;
+  }
+  // The worker has its own, shadowed so as not to stand in for an outer variable.
+  const own = missing === "self"
+    ? "globalThis"
+    : `globalThis.${missing}${missing === "close" ? "()" : ""}`;
+  return `: the target refers to '${missing}' by its bare name, which a shipped target may not use. For the worker's own '${missing}', write ${own}. For an outer variable of that name: ${move}`;
+}
+
+/**
+ * The message of a sandboxed stage's `NotCapable` error, without Deno's hint
+ * to run the program with a flag (the stage's sandbox denied it, not the
+ * program's permissions); null for any other error.
+ */
+function sandboxed(stage: AnyStage, error: Error): string | null {
+  const { permissions } = internalsOf(stage);
+  if (permissions === "inherit" || error.name !== "NotCapable") return null;
+  const flag = /,? run again with the --allow-(\w+) flag/.exec(error.message);
+  const kind = flag?.[1] ?? "that";
+  return `${
+    flag === null ? error.message : error.message.replace(flag[0], "")
+  }: the stage's sandbox denied it (its options.permissions is ${
+    JSON.stringify(permissions)
+  }); allow it there, e.g. permissions: { ${kind}: [...] } (the program must have it too)`;
 }
 
 /**
@@ -55,7 +72,7 @@ function missingNameHint(stage: AnyStage, error: unknown): string {
  * Deno's own errors (`NotCapable`, `NotFound`, ...) plain `Error`s, so they
  * are made again from their name.
  */
-function revive(error: unknown, name: string | undefined): unknown {
+export function revive(error: unknown, name: string | undefined): unknown {
   const errors = Deno.errors as unknown as Record<
     string,
     new (message: string) => Error
@@ -99,7 +116,9 @@ export function workerError(
   if (phase === "load" && hint === "") {
     return loadError(stage.name, index, error);
   }
-  const text = error instanceof Error ? error.message : String(error);
+  const text = error instanceof Error
+    ? sandboxed(stage, error) ?? error.message
+    : String(error);
   const what = phase === "load"
     ? "cannot load the target"
     : phase === "init"

@@ -28,6 +28,8 @@ export class WorkerFigures {
   results: number;
   #busyMs: number;
   #idleMs: number;
+  /** Of `#busyMs`, the time spent awaiting tasks' Promises (see `StageStatus.AWAITING_MS`). */
+  #awaitingMs: number;
   /** Ms the place's earlier workers were blocked writing results. */
   readonly #blockedBase: number;
   /** When the last busy stretch ended (performance.now()), for the idle time. */
@@ -48,6 +50,7 @@ export class WorkerFigures {
     this.results = figures[this.#at + StageStatus.RESULTS]!;
     this.#busyMs = figures[this.#at + StageStatus.BUSY_MS]!;
     this.#idleMs = figures[this.#at + StageStatus.IDLE_MS]!;
+    this.#awaitingMs = figures[this.#at + StageStatus.AWAITING_MS]!;
     this.#blockedBase = figures[this.#at + StageStatus.BLOCKED_MS]!;
     this.#slowest = [];
     for (let i = 0; i < WorkerFigures.SLOWEST; i++) {
@@ -120,6 +123,11 @@ export class WorkerFigures {
     }
   }
 
+  /** The worker awaited its tasks' Promises for `ms`, within its busy time. */
+  awaited(ms: number): void {
+    this.#awaitingMs += ms;
+  }
+
   /** A busy stretch starts now (a worker running tasks at once: the first is in flight). */
   busyFrom(now: number): void {
     this.began(now);
@@ -147,6 +155,7 @@ export class WorkerFigures {
     figures[at + StageStatus.RESULTS] = this.results;
     figures[at + StageStatus.BUSY_MS] = this.#busyMs;
     figures[at + StageStatus.IDLE_MS] = this.#idleMs;
+    figures[at + StageStatus.AWAITING_MS] = this.#awaitingMs;
     figures[at + StageStatus.IN_FLIGHT] = inFlight;
     figures[at + StageStatus.BLOCKED_MS] = this.#blockedBase + blockedMs;
     // Stored after the times it completes: from the end of the last busy

@@ -608,7 +608,7 @@ interface Unloadable {
    */
   failsTasks?: boolean;
   /**
-   * The target is a `Stage`'s module, imported on the main thread first; its
+   * The target is a `Stage`'s module, imported first (in a worker) to learn its ordering; its
    * leaves are read through the pipeline (see the test of `Stage.get()` on a
    * leaf of such a pipeline, below).
    */

@@ -30,6 +30,45 @@ Deno.test("insights: the stage whose workers worked most of their time held the 
   assert.match(bottleneck, /More workers for it \(it has 1\)/);
 });
 
+Deno.test("insights: a stage whose workers mostly awaited (timers, I/O) held the run back: the advice is concurrency, not more workers", () => {
+  const report = insightsReport(fakeRun([
+    fakeStage("fetch", [fakeWorker(900, 50, 0, { awaitingMs: 880 })]),
+  ]));
+  const bottleneck = lineOf(report, "Bottleneck:");
+  assert.match(bottleneck, /^Bottleneck: stage 'fetch' held the run back/);
+  assert.match(bottleneck, /Most of that time \(98%\) its tasks were awaiting/);
+  assert.match(bottleneck, /'concurrency' option/);
+  assert.doesNotMatch(bottleneck, /More workers for it/);
+  // The worker's row shows the awaiting time and its share.
+  assert.match(lineOf(report, "  #0"), /900 ms\s+95%\s+880 ms\s+93%/);
+});
+
+Deno.test("insights: a real stage of async tasks that await a timer is seen awaiting, and advised concurrency", async () => {
+  const pipe = new Pipeline<number, number>(
+    new OrderedStage(
+      async (x: number) => {
+        await new Promise((resolve) => setTimeout(resolve, 2));
+        return x;
+      },
+      1,
+      { name: "sleepy" },
+    ),
+  );
+  for (let i = 0; i < 50; i++) pipe.put(i);
+  pipe.put(null);
+  assert.equal((await Array.fromAsync(pipe)).length, 50);
+  await pipe.done;
+  const [worker] = pipe.stats().stages[0]!.workers;
+  // A timer of 2 ms against a synchronous part of microseconds: a ratio,
+  // not a speed.
+  assert.ok(
+    worker!.awaitingMs > 0.5 * (worker!.busyMs - worker!.blockedMs),
+    JSON.stringify(worker),
+  );
+  const bottleneck = lineOf(pipe.insights(), "Bottleneck:");
+  assert.match(bottleneck, /were awaiting \(timers, I\/O\)/);
+});
+
 Deno.test("insights: a run no stage kept busy was held back by its output when the last stages were blocked", () => {
   const report = insightsReport(fakeRun([
     fakeStage("a", [fakeWorker(100, 800)], { next: [1] }),
@@ -142,17 +181,24 @@ Deno.test("insights: a row per worker with its times and shares, and the stage's
   );
   const header = lineOf(report, "  worker");
   for (
-    const column of ["start-up", "doInit", "working", "blocked", "waiting"]
+    const column of [
+      "start-up",
+      "doInit",
+      "working",
+      "awaiting",
+      "blocked",
+      "waiting",
+    ]
   ) {
     assert.ok(header.includes(column), header);
   }
   assert.match(
     lineOf(report, "  #0"),
-    /50 ms\s+5%\s+12 ms\s+1%\s+600 ms\s+60%\s+0 ms\s+0%\s+400 ms\s+40%\s+60\s+0\s+0$/,
+    /50 ms\s+5%\s+12 ms\s+1%\s+600 ms\s+60%\s+0 ms\s+0%\s+0 ms\s+0%\s+400 ms\s+40%\s+60\s+0\s+0$/,
   );
   assert.match(
     lineOf(report, "  #1"),
-    /300 ms\s+30%\s+100 ms\s+10%\s+600 ms\s+60%\s+40\s+2\s+1$/,
+    /300 ms\s+30%\s+0 ms\s+0%\s+100 ms\s+10%\s+600 ms\s+60%\s+40\s+2\s+1$/,
   );
   assert.equal(
     lineOf(report, "  slowest"),

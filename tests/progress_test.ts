@@ -146,6 +146,26 @@ Deno.test("ProgressDisplay on a terminal cuts lines to its width, so that none w
   }
 });
 
+Deno.test("ProgressDisplay in a narrow terminal shrinks the bar, then drops it, before it cuts the ETA, backlog and busy cells", () => {
+  // The line of the stage "slow" is 81 columns wide with its bar of 20 cells.
+  for (
+    const [width, bar] of [[76, /\[█{7}░{7}\] 50%/], [62, / 50% /]] as const
+  ) {
+    const sink = fakeSink(true, width);
+    const progress = display(() => threeStages(50, 1000), sink, 100);
+    try {
+      progress.update();
+      const slow = sink.writes[0]!.split("\n")[2]!.replace("\x1b[2K", "");
+      assert.ok(slow.length <= width - 1, slow);
+      assert.match(slow, bar);
+      if (width === 62) assert.doesNotMatch(slow, /[█░]/);
+      assert.match(slow, /ETA 1\.0 s\s+backlog 50\s+busy 50%$/);
+    } finally {
+      progress.finish();
+    }
+  }
+});
+
 Deno.test("ProgressDisplay.finish() writes the summary once, and nothing is drawn after it", () => {
   const sink = fakeSink(false);
   const stats = fakeRun([
@@ -163,12 +183,12 @@ Deno.test("ProgressDisplay.finish() writes the summary once, and nothing is draw
   ]);
 });
 
-Deno.test("stageCells: with a total, a bar (on a terminal), a percentage and an ETA; a sub-pipeline's stage gets none", () => {
+Deno.test("stageCells: with a total, a bar (of barWidth cells), a percentage and an ETA; a sub-pipeline's stage gets none", () => {
   const before = threeStages(20, 1000);
   const now = threeStages(60, 3000);
   const samples = [sampleOf(before), sampleOf(now)];
   const stage = now.stages[1]!;
-  assert.deepEqual(stageCells(stage, 1, samples, 100, true), [
+  assert.deepEqual(stageCells(stage, 1, samples, 100, 20), [
     "slow",
     "60/100",
     `[${"█".repeat(12)}${"░".repeat(8)}] 60%`,
@@ -177,8 +197,8 @@ Deno.test("stageCells: with a total, a bar (on a terminal), a percentage and an 
     "backlog 40",
     "busy 50%",
   ]);
-  assert.equal(stageCells(stage, 1, samples, 100, false)[2], "60%");
-  assert.deepEqual(stageCells(stage, 1, samples, undefined, false), [
+  assert.equal(stageCells(stage, 1, samples, 100, 0)[2], "60%");
+  assert.deepEqual(stageCells(stage, 1, samples, undefined, 0), [
     "slow",
     "60 tasks",
     "",
@@ -188,10 +208,10 @@ Deno.test("stageCells: with a total, a bar (on a terminal), a percentage and an 
     "busy 50%",
   ]);
   const inFilter = { ...stage, within: 0 };
-  assert.equal(stageCells(inFilter, 1, samples, 100, true)[2], "");
+  assert.equal(stageCells(inFilter, 1, samples, 100, 20)[2], "");
   // Nothing done in the window: no ETA to give.
   const still = [sampleOf(threeStages(60, 2000)), sampleOf(now)];
-  assert.deepEqual(stageCells(stage, 1, still, 100, true).slice(3, 5), [
+  assert.deepEqual(stageCells(stage, 1, still, 100, 20).slice(3, 5), [
     "0/s",
     "ETA —",
   ]);

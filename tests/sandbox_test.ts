@@ -42,6 +42,11 @@ Deno.test("Stage permissions: with the flag, a task that reads without leave fai
     );
     for (const line of lines.filter((l) => l.error !== undefined)) {
       assert.equal(line.error, "StageError");
+      // The sandbox denied it, not the program: Deno's own hint to run the
+      // program with --allow-read would mislead (issue 21, papercut).
+      assert.doesNotMatch(line.message, /run again with the --allow-read/);
+      assert.match(line.message, /the stage's sandbox denied it/);
+      assert.match(line.message, /permissions: \{ read: \[/);
     }
   } finally {
     await Deno.remove(file);

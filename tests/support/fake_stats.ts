@@ -23,6 +23,7 @@ export function fakeWorker(
     busyMs: working + blocked,
     idleMs: waiting,
     blockedMs: blocked,
+    awaitingMs: 0,
     startMs: 40,
     initMs: 0.5,
     restarts: 0,
