@@ -449,7 +449,9 @@ async function inspectModule(
     `self.onmessage = async ({ data: [specifier, name] }) => {
   try {
     const value = (await import(specifier))[name];
-    postMessage({ ordered: typeof value === "function" ? value.ordered : undefined });
+    // A worker class says its ordering; a task function runs ordered, as
+    // under OrderedStage (a script may export either, as in Python MPipe).
+    postMessage({ ordered: typeof value === "function" ? value.ordered ?? true : undefined });
   } catch (error) {
     postMessage({ error, errorName: error?.name });
   }
@@ -487,7 +489,7 @@ async function inspectModule(
   }
   if (typeof answer.ordered !== "boolean") {
     throw new StageError(
-      `export '${shipped.exportName}' of ${shipped.specifier} is not a worker class: a Stage needs a class extending OrderedWorker or UnorderedWorker; use OrderedStage or UnorderedStage for a task function`,
+      `export '${shipped.exportName}' of ${shipped.specifier} is neither a worker class nor a task function: export a class extending OrderedWorker or UnorderedWorker, or a function`,
       { stage: stage.name },
     );
   }
