@@ -46,7 +46,7 @@ import {
 import { SkipReports } from "./skip_reports.ts";
 import { inspectModules, Supervisor } from "./supervisor.ts";
 import { TaskInput } from "./task_input.ts";
-import { feed, type FeedOptions, PipelineStreams } from "./streams.ts";
+import { type FeedOptions, PipelineStreams } from "./streams.ts";
 import { Wiring } from "./wiring.ts";
 import { type PipelineStats, StatsReader } from "./stats.ts";
 import { ProgressDisplay } from "./progress.ts";
@@ -97,6 +97,8 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
   readonly done: Promise<void>;
 
   readonly #run = new RunState();
+  /** Aborted, with the reason a feed rejects with, when the pipeline ends early. */
+  readonly #ending = new AbortController();
   readonly #report = new FailureReport();
   readonly #input: TaskInput;
   readonly #output: ResultOutput;
@@ -189,6 +191,8 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
     });
     this.#streams = new PipelineStreams(this.#input, this.#output, {
       terminate: () => this.terminate(),
+      abort: (reason) => this.#abort(reason),
+      ended: this.#ending.signal,
     });
     // Leaves are known now, so stage.get() works while workers start.
     const owner: StageOwner = {
@@ -297,8 +301,9 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
    * and a write settles when its task has entered the pipeline, so
    * `writer.ready` and `writer.desiredSize` show the room in the pipeline
    * (`pipeTo` never floods memory). `close()` is the stop request;
-   * `abort(reason)` terminates the pipeline and errors `readable` with
-   * `reason`, as a `TransformStream` does. The stream errors with the
+   * `abort(reason)` (a source that errors in `pipeTo`) terminates the
+   * pipeline and errors `readable` with `reason`, as a `TransformStream`
+   * does; `get` and `results()` reject with it too. The stream errors with the
    * `StageError` if the pipeline fails. The same stream every time.
    *
    * @example Pipe a stream of numbers through a pipeline
@@ -347,14 +352,25 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
    * Puts every item of `source`, in order, taking the next item only when
    * there is room, then the stop request (unless `{ close: false }`).
    *
+   * If the source throws (or errors, or is another pipeline that failed),
+   * or an item cannot be put (its `DataCloneError`), the feed ends the
+   * pipeline with that error, as `pipeTo` aborts its destination: the
+   * pipeline is terminated, and every reader (`get`, `results()`, `readable`)
+   * rejects with the error rather than wait for the stop request. If the
+   * pipeline ends first (it fails, or `terminate()`), the feed stops at once,
+   * even while the source is slow to yield, and closes the source (a stream
+   * is cancelled). A feed stopped by its `signal` leaves the pipeline open.
+   *
    * @param source An iterable, an async iterable or a `ReadableStream` of tasks.
    * @param options `close` (put the stop request at the end, default true)
    * and `signal` (stop feeding and close the source; tasks already put stay).
    * @returns A Promise that resolves once everything has entered the
-   * pipeline. It rejects with the pipeline's failure (or the signal's
-   * reason, or an item's `DataCloneError`), after closing the source's
-   * iterator; with a `TypeError` if `source` or an option is of the wrong
-   * type, before it takes anything from the source.
+   * pipeline. After closing the source's iterator, it rejects with the
+   * source's error or an item's `DataCloneError` (which ended the pipeline),
+   * with the pipeline's failure, with a `PipelineClosedError` after
+   * `terminate()`, or with the signal's reason; with a `TypeError` if
+   * `source` or an option is of the wrong type, before it takes anything
+   * from the source.
    *
    * @example Feed an iterable, read the results
    * ```ts
@@ -372,7 +388,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
     source: Iterable<I> | AsyncIterable<I> | ReadableStream<I>,
     options?: FeedOptions,
   ): Promise<void> {
-    return feed(this.#input, source, options);
+    return this.#streams.feed(source, options);
   }
 
   /**
@@ -455,6 +471,24 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
         undefined,
       ),
     );
+    this.#ending.abort(
+      this.#run.abortedBy !== null
+        ? this.#run.abortedBy.reason
+        : new PipelineClosedError(
+          "The pipeline was terminated while feed waited for its source: feed stopped and closed the source",
+          undefined,
+        ),
+    );
+  }
+
+  /**
+   * The input side failed (the writable's abort, a feed's source that
+   * threw): terminates the pipeline, and its readers reject with `reason`.
+   */
+  #abort(reason: unknown): void {
+    if (this.#run.ended) return;
+    this.#run.abortedBy = { reason };
+    this.terminate();
   }
 
   /**
@@ -473,6 +507,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
     this.#report.failed(error);
     this.#shutDown(error);
     this.#streams.failed(error);
+    this.#ending.abort(error);
   }
 
   /** Kills every worker, rejects the waiting puts and wakes every reader. */

@@ -38,10 +38,14 @@ export interface FeedOptions {
   signal?: AbortSignal;
 }
 
-/** What the streams need of the pipeline besides its input and output. */
+/** What the streams and `feed` need of the pipeline besides its input and output. */
 export interface StreamOwner {
-  /** Ends the pipeline at once (a stream's abort or cancel). */
+  /** Ends the pipeline at once (the readable's cancel). */
   terminate(): void;
+  /** Ends the pipeline at once, its readers rejecting with `reason` (the input failed). */
+  abort(reason: unknown): void;
+  /** Aborts when the pipeline ends early, with the reason a feed rejects with then. */
+  readonly ended: AbortSignal;
 }
 
 /** Results a readable stream holds ahead of its reader, at most: a claim's worth. */
@@ -129,11 +133,21 @@ export class PipelineStreams<I, O> {
    * One stream's abort or cancel ends the pipeline, and errors the other
    * stream with its reason, as a `TransformStream` does: a `pipeTo` after
    * `pipeThrough(pipe, { signal })` aborts its destination, not closes it.
+   * The writable's abort is the input failing: every reader gets the reason.
    */
   #end(reason: unknown, errorOther: ((error: unknown) => void) | null): void {
     this.#endedBy ??= { reason };
     errorOther?.(reason);
-    this.#owner.terminate();
+    if (errorOther === this.#errorReadable) this.#owner.abort(reason);
+    else this.#owner.terminate();
+  }
+
+  /** See `Pipeline.feed`. */
+  feed(
+    source: Iterable<I> | AsyncIterable<I> | ReadableStream<I>,
+    options: FeedOptions = {},
+  ): Promise<void> {
+    return feed(this.#input, this.#owner, source, options);
   }
 
   /** The pipeline failed: error the streams that exist. */
@@ -194,6 +208,21 @@ class ResultStream<O> extends ReadableStream<O> {
 
   override values(
     options?: ReadableStreamIteratorOptions,
+  ): AsyncIterableIterator<O> {
+    return this.#iterate(options, false);
+  }
+
+  /**
+   * The iterator `feed` reads it with: as `values()`, but `return()` cancels
+   * at once, even while a `next()` waits for a result (a quiet pipeline).
+   */
+  feedIterator(): AsyncIterableIterator<O> {
+    return this.#iterate(undefined, true);
+  }
+
+  #iterate(
+    options: ReadableStreamIteratorOptions | undefined,
+    returnAtOnce: boolean,
   ): AsyncIterableIterator<O> {
     const fast = this.fast;
     if (fast === null || this.locked) return super.values(options);
@@ -262,6 +291,7 @@ class ResultStream<O> extends ReadableStream<O> {
     iterator.return = (value?: unknown) => {
       calls++;
       const step = () => returnStep(value);
+      if (returnAtOnce) return ongoing = step();
       return ongoing = ongoing === null ? step() : ongoing.then(step, step);
     };
     return iterator as AsyncIterableIterator<O>;
@@ -274,15 +304,23 @@ class ResultStream<O> extends ReadableStream<O> {
   }
 }
 
-/** See `Pipeline.feed`. */
-export async function feed<I>(
+/**
+ * Puts every item of `source` (see `Pipeline.feed`). Its signal, and the end
+ * of the pipeline, are raced against each pending step of the source. A
+ * source that throws, or an item that cannot be put, ends the pipeline with
+ * that error (as `pipeTo` aborts its destination); a feed stopped by its
+ * signal leaves the pipeline open.
+ */
+async function feed<I>(
   input: TaskInput,
+  owner: StreamOwner,
   source: Iterable<I> | AsyncIterable<I> | ReadableStream<I>,
-  options: FeedOptions = {},
+  options: FeedOptions,
 ): Promise<void> {
   const { close = true, signal } = checkFeedOptions(options);
   const putOptions = signal === undefined ? undefined : { signal };
   const iterator = iteratorOf(source);
+  const ended = owner.ended;
   let closed = false;
   /** A step of the source is still pending: its iterator cannot close before it settles. */
   let stepPending = false;
@@ -291,18 +329,23 @@ export async function feed<I>(
     closed = true;
     await iterator.return?.();
   };
-  // One abort listener for the whole feed, raced against each pending step.
+  // What stops the feed before its source ends: one listener each for the
+  // whole feed (not one per step), raced against each pending step.
   let stopListening = () => {};
-  const aborted = signal === undefined
-    ? null
-    : new Promise<never>((_, reject) => {
-      const abort = () => reject(signal.reason);
-      signal.addEventListener("abort", abort, { once: true });
-      stopListening = () => signal.removeEventListener("abort", abort);
-    });
-  aborted?.catch(() => {}); // rethrown through the race, if at all
+  const stopped = new Promise<never>((_, reject) => {
+    const onAbort = () => reject(signal!.reason);
+    const onEnd = () => reject(ended.reason);
+    signal?.addEventListener("abort", onAbort, { once: true });
+    ended.addEventListener("abort", onEnd, { once: true });
+    stopListening = () => {
+      signal?.removeEventListener("abort", onAbort);
+      ended.removeEventListener("abort", onEnd);
+    };
+  });
+  stopped.catch(() => {}); // rethrown through the race, if at all
   try {
     signal?.throwIfAborted();
+    ended.throwIfAborted();
     let count = 0;
     for (;;) {
       const step = iterator.next();
@@ -310,8 +353,7 @@ export async function feed<I>(
       if (!isPromise(step)) result = step;
       else {
         stepPending = true;
-        result =
-          await (aborted === null ? step : Promise.race([step, aborted]));
+        result = await Promise.race([step, stopped]);
         stepPending = false;
       }
       if (result.done) break;
@@ -326,6 +368,10 @@ export async function feed<I>(
     closed = true;
     if (close) await quietly(input.close());
   } catch (error) {
+    // The source failed, or an item could not be put: the pipeline ends, so
+    // that its readers learn why rather than wait for ever. (After its own
+    // end, or the feed's signal, there is nothing to end.)
+    if (!ended.aborted && !signal?.aborted) owner.abort(error);
     // An async generator closes only after its pending step: don't wait.
     const closing = closeSource().catch(() => {});
     if (!stepPending) await closing;
@@ -340,7 +386,7 @@ function iteratorOf<I>(
   source: Iterable<I> | AsyncIterable<I> | ReadableStream<I>,
 ): Iterator<I> | AsyncIterator<I> {
   // Another pipeline's results: its own iterator reads them directly.
-  if (source instanceof ResultStream) return source.values();
+  if (source instanceof ResultStream) return source.feedIterator();
   if (source instanceof ReadableStream) return streamIterator(source);
   const value = source as Partial<Iterable<I> & AsyncIterable<I>>;
   if (typeof value?.[Symbol.asyncIterator] === "function") {

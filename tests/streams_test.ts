@@ -8,6 +8,7 @@ import {
   StageError,
   UnorderedStage,
 } from "../mod.ts";
+import { within } from "./support/bounded.ts";
 
 function range(n: number): number[] {
   return Array.from({ length: n }, (_, i) => i);
@@ -96,13 +97,15 @@ Deno.test("Pipeline.writable.close() is the stop request; close() after it resol
   await pipe.done;
 });
 
-Deno.test("Pipeline.writable.abort() terminates the pipeline", async () => {
+Deno.test("Pipeline.writable.abort() terminates the pipeline; readers get its reason", async () => {
   const pipe = new Pipeline(new OrderedStage(double));
   const writer = pipe.writable.getWriter();
   await writer.write(1);
-  await writer.abort(new Error("enough"));
+  const reason = new Error("enough");
+  await writer.abort(reason);
   await pipe.done;
-  assert.equal(await pipe.get(), null);
+  await assert.rejects(pipe.get(), (error) => error === reason);
+  await assert.rejects(Array.fromAsync(pipe), (error) => error === reason);
   await assert.rejects(pipe.put(2), PipelineClosedError);
 });
 
@@ -465,4 +468,107 @@ Deno.test("Pipeline.feed() does not hang on a throw while the pipeline is thrott
   const fed = pipe.feed(range(1000));
   await assert.rejects(Array.fromAsync(pipe.readable), StageError);
   await assert.rejects(fed, StageError);
+});
+
+// ---- a source that fails, or a pipeline that ends under a pending step ----
+
+Deno.test("Pipeline.feed(): a source that throws ends the pipeline: every reader rejects with its error (issue 21.2)", async () => {
+  const broke = new Error("source broke");
+  function* source() {
+    for (let i = 0; i < 100; i++) {
+      if (i === 50) throw broke;
+      yield i;
+    }
+  }
+  for (const read of ["results", "readable", "get"] as const) {
+    const pipe = new Pipeline(new OrderedStage(double));
+    const fed = pipe.feed(source());
+    const reading: Promise<unknown> = read === "results"
+      ? Array.fromAsync(pipe)
+      : read === "readable"
+      ? Array.fromAsync(pipe.readable)
+      : (async () => {
+        while (await pipe.get() !== null);
+      })();
+    await assert.rejects(within(fed, `feed (${read})`), (e) => e === broke);
+    await assert.rejects(
+      within(reading, `the reader (${read})`),
+      (e) => e === broke,
+    );
+    await within(pipe.done, `done (${read})`);
+    await assert.rejects(pipe.put(1), PipelineClosedError);
+  }
+});
+
+Deno.test("Pipeline.feed(): an item that cannot be cloned ends the pipeline with its DataCloneError", async () => {
+  const pipe = new Pipeline(new OrderedStage((x: unknown) => x));
+  const fed = pipe.feed([1, 2, () => 3, 4]);
+  const reading = Array.fromAsync(pipe);
+  await assert.rejects(within(fed, "feed"), { name: "DataCloneError" });
+  await assert.rejects(within(reading, "the reader"), {
+    name: "DataCloneError",
+  });
+});
+
+Deno.test("b.feed(a.readable) when a fails: b ends with a's StageError (issue 21.2)", async () => {
+  const a = new Pipeline(failingAt3());
+  const b = new Pipeline(new OrderedStage(double));
+  a.feed(range(100)).catch(() => {}); // it may have ended before the failure
+  const fed = b.feed(a.readable);
+  const reading = Array.fromAsync(b);
+  await assert.rejects(within(fed, "b.feed"), StageError);
+  await assert.rejects(within(reading, "b's reader"), StageError);
+  await within(b.done, "b.done");
+});
+
+Deno.test("Pipeline.feed(): terminate() or a failure while the source is slow to yield ends feed at once and cancels a stream source (issue 21.3)", async () => {
+  let released!: () => void;
+  const stalled = new Promise<void>((resolve) => released = resolve);
+  async function* quiet() {
+    yield 3; // fails the picky stage, for the failure case
+    await stalled; // then yields nothing until the test ends
+    yield 4;
+  }
+  /** Feeds `source` to a pipeline that ends while the source is quiet. */
+  const endWhileQuiet = async (
+    end: "terminate" | "failure",
+    source: AsyncIterable<number> | ReadableStream<number>,
+  ) => {
+    const pipe = new Pipeline(
+      end === "terminate" ? new OrderedStage(double) : failingAt3(),
+    );
+    const reading = (async () => {
+      while (await pipe.get() !== null);
+      return null;
+    })().catch((error) => error);
+    const fed = pipe.feed(source);
+    if (end === "terminate") setTimeout(() => pipe.terminate(), 20);
+    await assert.rejects(
+      within(fed, `feed (${end})`),
+      end === "terminate" ? PipelineClosedError : StageError,
+    );
+    const read = await within(reading, "the reader");
+    if (end === "terminate") assert.equal(read, null);
+    else assert.ok(read instanceof StageError);
+    await within(pipe.done, "done");
+  };
+  for (const end of ["terminate", "failure"] as const) {
+    let cancelled = false;
+    const silent = new ReadableStream<number>({
+      start: (controller) => controller.enqueue(3),
+      cancel: () => void (cancelled = true),
+    });
+    await endWhileQuiet(end, silent);
+    assert.ok(cancelled, `${end}: the stream source was not cancelled`);
+    assert.equal(silent.locked, false);
+    await endWhileQuiet(end, quiet());
+    // Another pipeline's readable, with nothing to read yet: it is cancelled
+    // (its pipeline terminated) as any stream is.
+    const quietPipe = new Pipeline(new OrderedStage(double));
+    quietPipe.put(1.5).catch(() => {}); // 3, which fails the picky stage
+    await endWhileQuiet(end, quietPipe.readable);
+    await within(quietPipe.done, "the source pipeline's done");
+    await assert.rejects(quietPipe.put(1), PipelineClosedError);
+  }
+  released();
 });
