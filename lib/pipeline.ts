@@ -297,10 +297,14 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
   }
 
   /**
-   * The pipeline's input as a stream: each chunk written is put as a task,
-   * and a write settles when its task has entered the pipeline, so
-   * `writer.ready` and `writer.desiredSize` show the room in the pipeline
-   * (`pipeTo` never floods memory). `close()` is the stop request;
+   * The pipeline's input as a stream: each chunk written is put as a task.
+   * Chunks are put in batches of up to 256 (when a batch is full, else at
+   * the next macrotask), so that a stream's chunks, which come one per few
+   * microtasks, do not wake a worker each; a write waits while its batch
+   * waits for room, so `writer.ready` and `writer.desiredSize` show the room
+   * in the pipeline (`pipeTo` never floods memory: at most 256 chunks wait
+   * outside it). A chunk that cannot be put (its `DataCloneError`) errors
+   * the stream and ends the pipeline with that error. `close()` is the stop request;
    * `abort(reason)` (a source that errors in `pipeTo`) terminates the
    * pipeline and errors `readable` with `reason`, as a `TransformStream`
    * does; `get` and `results()` reject with it too. The stream errors with the

@@ -3,8 +3,8 @@
  * `ReadableStream` of results, and a loop that puts every item of an
  * iterable or stream. All three sit on the same input and output as `put`
  * and `get`, so backpressure reaches the rings in both directions: a write
- * settles when its task has entered, and results wait in the rings until a
- * reader asks for them.
+ * waits while its batch of tasks waits for room, and results wait in the
+ * rings until a reader asks for them.
  *
  * @module
  */
@@ -50,6 +50,8 @@ export interface StreamOwner {
 
 /** Results a readable stream holds ahead of its reader, at most: a claim's worth. */
 const READ_AHEAD = 256;
+/** The writable puts chunks in batches of at most this many. */
+const WRITE_BATCH = 256;
 /** A feed yields to other microtasks (the readers) at least this often. */
 const FEED_YIELD_EVERY = 256;
 
@@ -72,20 +74,68 @@ export class PipelineStreams<I, O> {
     this.#owner = owner;
   }
 
-  /** See `Pipeline.writable`. */
+  /**
+   * See `Pipeline.writable`. Its chunks are put in batches: a chunk that
+   * entered at once would wake a sleeping worker for itself alone (a stream
+   * hands over one chunk per few microtasks, slower than a worker takes
+   * them), so the sink collects up to WRITE_BATCH chunks and puts them
+   * together, when the batch is full or at the next macrotask. A write whose
+   * batch waits for room waits with it: that is the backpressure.
+   */
   get writable(): WritableStream<I> {
     if (this.#writable !== null) return this.#writable;
     const input = this.#input;
+    const owner = this.#owner;
+    let controller!: WritableStreamDefaultController;
+    const batch: I[] = [];
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    /** A put of the batch failed: the stream errors, and an item that cannot be put ends the pipeline. */
+    const putFailed = (error: unknown) => {
+      controller.error(error);
+      if (!owner.ended.aborted) owner.abort(error);
+    };
+    /** Puts the batch; returns the wait for room of its last task, if any. */
+    const flush = (): Promise<void> | undefined => {
+      clearTimeout(timer);
+      timer = undefined;
+      let last = ENTERED;
+      for (let i = 0; i < batch.length; i++) {
+        last = input.put(batch[i], undefined);
+        // Puts enter in call order; only those that wait (or fail) cost a
+        // handler, which does not count as observing a failure (the stream
+        // reports it).
+        if (last !== ENTERED) {
+          Promise.prototype.then.call(last, null, putFailed);
+        }
+      }
+      batch.length = 0;
+      return last === ENTERED ? undefined : last;
+    };
     return this.#writable = new WritableStream<I>({
-      start: (controller) => {
-        this.#errorWritable = (error) => controller.error(error);
-        if (this.#endedBy !== null) controller.error(this.#endedBy.reason);
+      start: (c) => {
+        controller = c;
+        this.#errorWritable = (error) => c.error(error);
+        if (this.#endedBy !== null) c.error(this.#endedBy.reason);
       },
-      // The write settles when the task has entered: the stream's queue of
-      // one is then free, so `ready` and `desiredSize` show the room.
-      write: (task) => input.put(task, undefined),
-      close: () => input.close(),
-      abort: (reason) => this.#end(reason, this.#errorReadable),
+      write: (task) => {
+        batch.push(task);
+        if (batch.length < WRITE_BATCH) timer ??= setTimeout(flush, 0);
+        else return flush();
+      },
+      close: async () => {
+        try {
+          await flush();
+          await input.close();
+        } catch (error) {
+          // Why the pipeline ended (a put of the last batch failed, say).
+          throw owner.ended.aborted ? owner.ended.reason : error;
+        }
+      },
+      abort: (reason) => {
+        clearTimeout(timer);
+        batch.length = 0; // chunks not yet put, dropped as an abort drops queued chunks
+        this.#end(reason, this.#errorReadable);
+      },
     }, new CountQueuingStrategy({ highWaterMark: 1 }));
   }
 

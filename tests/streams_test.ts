@@ -510,6 +510,21 @@ Deno.test("Pipeline.feed(): an item that cannot be cloned ends the pipeline with
   });
 });
 
+Deno.test("Pipeline.writable: a chunk that cannot be cloned errors the stream and ends the pipeline with its DataCloneError", async () => {
+  const pipe = new Pipeline(new OrderedStage((x: unknown) => x));
+  const reading = Array.fromAsync(pipe);
+  await assert.rejects(
+    within(
+      ReadableStream.from([1, 2, () => 3, 4]).pipeTo(pipe.writable),
+      "pipeTo",
+    ),
+    { name: "DataCloneError" },
+  );
+  await assert.rejects(within(reading, "the reader"), {
+    name: "DataCloneError",
+  });
+});
+
 Deno.test("b.feed(a.readable) when a fails: b ends with a's StageError (issue 21.2)", async () => {
   const a = new Pipeline(failingAt3());
   const b = new Pipeline(new OrderedStage(double));
