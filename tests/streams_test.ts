@@ -587,3 +587,88 @@ Deno.test("Pipeline.feed(): terminate() or a failure while the source is slow to
   }
   released();
 });
+
+// ---- HTTP: a stage that fails during an upload (issue 21.4) ----
+
+/** Splits a text stream into lines. */
+function lineSplitter(): TransformStream<string, string> {
+  let rest = "";
+  return new TransformStream({
+    transform(chunk, controller) {
+      const lines = (rest + chunk).split("\n");
+      rest = lines.pop()!;
+      for (const line of lines) controller.enqueue(line);
+    },
+    flush(controller) {
+      if (rest !== "") controller.enqueue(rest);
+    },
+  });
+}
+
+// Still open: the error reaches every stream (the writable errors, the
+// upload's pipeTo rejects and cancels the request body, the readable and the
+// response body error), and Deno.serve reports the response as completed,
+// but the connection stays open and the client waits for ever. Run it with
+// MPIPE_HTTP_REPRO=1; see the streams branch's report for what was ruled out.
+Deno.test({
+  name:
+    "HTTP: a stage that fails during a large upload ends the response (issue 21.4)",
+  ignore: Deno.env.get("MPIPE_HTTP_REPRO") === undefined,
+  async fn() {
+    const server = Deno.serve(
+      {
+        hostname: "127.0.0.1",
+        port: 0,
+        onListen() {},
+        onError: () => new Response(null, { status: 500 }),
+      },
+      (request) => {
+        const pipe = new Pipeline(
+          new OrderedStage((line: string) => {
+            if (line.includes('"id":1000,')) throw new Error("bad line");
+            return line.toUpperCase() + "\n";
+          }, 2),
+        );
+        pipe.done.catch(() => {});
+        return new Response(
+          request.body!.pipeThrough(new TextDecoderStream())
+            .pipeThrough(lineSplitter()).pipeThrough(pipe)
+            .pipeThrough(new TextEncoderStream()),
+        );
+      },
+    );
+    const encoder = new TextEncoder();
+    let id = 0;
+    let sent = 0;
+    const upload = new ReadableStream<Uint8Array>({
+      pull(controller) {
+        if (sent >= 50e6) return controller.close();
+        let text = "";
+        for (let i = 0; i < 100; i++) {
+          text += JSON.stringify({ id: id++, pad: "x".repeat(60) }) + "\n";
+        }
+        const bytes = encoder.encode(text);
+        sent += bytes.length;
+        controller.enqueue(bytes);
+      },
+    });
+    const aborter = new AbortController();
+    try {
+      const exchange = (async () => {
+        const response = await fetch(
+          `http://127.0.0.1:${server.addr.port}/`,
+          { method: "POST", body: upload, signal: aborter.signal },
+        );
+        for await (const _ of response.body!);
+      })();
+      // It must end, either way (an error is what curl and fetch get from
+      // the same handler without the pipeline), and not after the whole
+      // upload: the stage failed at line 1000.
+      await within(exchange.catch(() => {}), "the response", 20_000);
+      assert.ok(sent < 50e6, "the whole upload was sent");
+    } finally {
+      aborter.abort();
+      await server.shutdown();
+    }
+  },
+});
