@@ -140,12 +140,18 @@ const FLAT_STYLES = [
 ];
 const FLAT_SIZES = [10_000, 100_000, 1_000_000];
 
-/** µs per task of one style at `n` tasks (1 ordered stage, x + 1), in a fresh pipeline. */
+/**
+ * µs per task of one style at `n` tasks (1 ordered stage, x + 1), in a fresh
+ * pipeline, timed once its worker runs (one task through it first), so that
+ * the start-up does not count.
+ */
 async function flat(style: string, n: number): Promise<number> {
   const pipe = new Pipeline<number, number>(new OrderedStage(w1Increment));
   async function* asyncRange() {
     for (let i = 0; i < n; i++) yield i;
   }
+  await pipe.put(-1);
+  if (await pipe.get() !== 0) throw new Error(`${style}: the first task`);
   const t0 = performance.now();
   let fed: Promise<void>;
   if (style === "feed-array") {

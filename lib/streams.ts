@@ -352,6 +352,66 @@ class ResultStream<O> extends ReadableStream<O> {
   ): AsyncIterableIterator<O> {
     return this.values(options);
   }
+
+  /**
+   * As `ReadableStream.pipeTo`, but it reads the results directly (as
+   * `values()` does) rather than through the stream's queue, which costs a
+   * stream read per result. With a `signal` or `preventCancel`, or a locked
+   * stream, the stream's own `pipeTo`.
+   */
+  override async pipeTo(
+    destination: WritableStream<O>,
+    options: StreamPipeOptions = {},
+  ): Promise<void> {
+    if (
+      this.fast === null || this.locked || destination.locked ||
+      options.signal !== undefined || options.preventCancel === true
+    ) {
+      return super.pipeTo(destination, options);
+    }
+    const writer = destination.getWriter();
+    const results = this.#iterate(undefined, true);
+    // The destination errored: cancel the results at once, even while a
+    // read waits for the next result (a quiet pipeline).
+    let destinationError: { error: unknown } | null = null;
+    Promise.prototype.then.call(writer.closed, undefined, (error) => {
+      destinationError ??= { error };
+      return results.return!(error).catch(() => {});
+    });
+    let written: Promise<void> = Promise.resolve();
+    for (;;) {
+      try {
+        await writer.ready;
+      } catch (error) {
+        await results.return!(error).catch(() => {});
+        writer.releaseLock();
+        throw error;
+      }
+      let next: IteratorResult<O>;
+      try {
+        next = await results.next();
+      } catch (error) {
+        // The results errored (the pipeline failed): abort the destination.
+        if (options.preventAbort !== true) {
+          await writer.abort(error).catch(() => {});
+        }
+        writer.releaseLock();
+        throw error;
+      }
+      if (next.done) break;
+      written = writer.write(next.value);
+      written.catch(() => {}); // seen through `ready`, or the wait below
+    }
+    try {
+      // Set by the destination's error, which a pending read did not see.
+      const failed = destinationError as { error: unknown } | null;
+      if (failed !== null) throw failed.error;
+      if (options.preventClose === true) await written;
+      else await writer.close();
+    } finally {
+      writer.releaseLock();
+    }
+  }
 }
 
 /**

@@ -588,6 +588,32 @@ Deno.test("Pipeline.feed(): terminate() or a failure while the source is slow to
   released();
 });
 
+Deno.test("Pipeline.readable.pipeTo(sink): a sink that errors while the pipeline is quiet ends the pipeline at once; a failure aborts the sink", async () => {
+  const pipe = new Pipeline(new OrderedStage(double));
+  const reason = new Error("sink broke");
+  let sinkController!: WritableStreamDefaultController;
+  const sink = new WritableStream({ start: (c) => void (sinkController = c) });
+  const piping = pipe.readable.pipeTo(sink);
+  setTimeout(() => sinkController.error(reason), 20);
+  await assert.rejects(within(piping, "pipeTo"), (e) => e === reason);
+  await within(pipe.done, "done");
+  await assert.rejects(pipe.put(1), PipelineClosedError);
+
+  const failing = new Pipeline(failingAt3());
+  let aborted: unknown = null;
+  failing.feed(range(10)).catch(() => {});
+  await assert.rejects(
+    within(
+      failing.readable.pipeTo(
+        new WritableStream({ abort: (why) => void (aborted = why) }),
+      ),
+      "pipeTo",
+    ),
+    StageError,
+  );
+  assert.ok(aborted instanceof StageError);
+});
+
 // ---- HTTP: a stage that fails during an upload (issue 21.4) ----
 
 /** Splits a text stream into lines. */
