@@ -334,8 +334,9 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
    * use, the stream reads ahead at most 256 (and reading it, or only
    * getting it, counts as reading the results: a failure then errors the
    * stream rather than `done`).
-   * `for await` over it reads the results as fast as `results()` does (it
-   * takes them directly while it holds the stream's lock). The same stream
+   * `for await` over it, and `pipeTo` (without a `signal` or
+   * `preventCancel`), read the results as fast as `results()` does (they
+   * take them directly while they hold the stream's lock). The same stream
    * every time.
    *
    * @example Read the results as a stream
