@@ -46,7 +46,7 @@ import {
 import { SkipReports } from "./skip_reports.ts";
 import { inspectModules, Supervisor } from "./supervisor.ts";
 import { TaskInput } from "./task_input.ts";
-import { feed, type FeedOptions, PipelineStreams } from "./streams.ts";
+import { type FeedOptions, PipelineStreams } from "./streams.ts";
 import { Wiring } from "./wiring.ts";
 import { type PipelineStats, StatsReader } from "./stats.ts";
 import { ProgressDisplay } from "./progress.ts";
@@ -97,8 +97,12 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
   readonly done: Promise<void>;
 
   readonly #run = new RunState();
-  /** Aborted as the pipeline ends: stops the import of `Stage`s' module targets. */
-  readonly #inspection = new AbortController();
+  /**
+   * Aborted when the pipeline ends early (terminated or failed), with the
+   * reason a feed rejects with: it stops the feeds and the import of
+   * `Stage`s' module targets.
+   */
+  readonly #ending = new AbortController();
   readonly #report = new FailureReport();
   readonly #input: TaskInput;
   readonly #output: ResultOutput;
@@ -191,6 +195,8 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
     });
     this.#streams = new PipelineStreams(this.#input, this.#output, {
       terminate: () => this.terminate(),
+      abort: (reason) => this.#abort(reason),
+      ended: this.#ending.signal,
     });
     // Leaves are known now, so stage.get() works while workers start.
     const owner: StageOwner = {
@@ -220,7 +226,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
       }
     } else {
       // A Stage of a module target: import it (in a worker) to learn its ordering.
-      inspectModules(uninspected, this.#inspection.signal).then(start).catch((
+      inspectModules(uninspected, this.#ending.signal).then(start).catch((
         error: StageError,
       ) => this.#fail(error));
     }
@@ -299,12 +305,17 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
   }
 
   /**
-   * The pipeline's input as a stream: each chunk written is put as a task,
-   * and a write settles when its task has entered the pipeline, so
-   * `writer.ready` and `writer.desiredSize` show the room in the pipeline
-   * (`pipeTo` never floods memory). `close()` is the stop request;
-   * `abort(reason)` terminates the pipeline and errors `readable` with
-   * `reason`, as a `TransformStream` does. The stream errors with the
+   * The pipeline's input as a stream: each chunk written is put as a task.
+   * Chunks are put in batches of up to 256 (when a batch is full, else at
+   * the next macrotask), so that a stream's chunks, which come one per few
+   * microtasks, do not wake a worker each; a write waits while its batch
+   * waits for room, so `writer.ready` and `writer.desiredSize` show the room
+   * in the pipeline (`pipeTo` never floods memory: at most 256 chunks wait
+   * outside it). A chunk that cannot be put (its `DataCloneError`) errors
+   * the stream and ends the pipeline with that error. `close()` is the stop request;
+   * `abort(reason)` (a source that errors in `pipeTo`) terminates the
+   * pipeline and errors `readable` with `reason`, as a `TransformStream`
+   * does; `get` and `results()` reject with it too. The stream errors with the
    * `StageError` if the pipeline fails. The same stream every time.
    *
    * @example Pipe a stream of numbers through a pipeline
@@ -331,8 +342,9 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
    * use, the stream reads ahead at most 256 (and reading it, or only
    * getting it, counts as reading the results: a failure then errors the
    * stream rather than `done`).
-   * `for await` over it reads the results as fast as `results()` does (it
-   * takes them directly while it holds the stream's lock). The same stream
+   * `for await` over it, and `pipeTo` (without a `signal` or
+   * `preventCancel`), read the results as fast as `results()` does (they
+   * take them directly while they hold the stream's lock). The same stream
    * every time.
    *
    * @example Read the results as a stream
@@ -353,14 +365,25 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
    * Puts every item of `source`, in order, taking the next item only when
    * there is room, then the stop request (unless `{ close: false }`).
    *
+   * If the source throws (or errors, or is another pipeline that failed),
+   * or an item cannot be put (its `DataCloneError`), the feed ends the
+   * pipeline with that error, as `pipeTo` aborts its destination: the
+   * pipeline is terminated, and every reader (`get`, `results()`, `readable`)
+   * rejects with the error rather than wait for the stop request. If the
+   * pipeline ends first (it fails, or `terminate()`), the feed stops at once,
+   * even while the source is slow to yield, and closes the source (a stream
+   * is cancelled). A feed stopped by its `signal` leaves the pipeline open.
+   *
    * @param source An iterable, an async iterable or a `ReadableStream` of tasks.
    * @param options `close` (put the stop request at the end, default true)
    * and `signal` (stop feeding and close the source; tasks already put stay).
    * @returns A Promise that resolves once everything has entered the
-   * pipeline. It rejects with the pipeline's failure (or the signal's
-   * reason, or an item's `DataCloneError`), after closing the source's
-   * iterator; with a `TypeError` if `source` or an option is of the wrong
-   * type, before it takes anything from the source.
+   * pipeline. After closing the source's iterator, it rejects with the
+   * source's error or an item's `DataCloneError` (which ended the pipeline),
+   * with the pipeline's failure, with a `PipelineClosedError` after
+   * `terminate()`, or with the signal's reason; with a `TypeError` if
+   * `source` or an option is of the wrong type, before it takes anything
+   * from the source.
    *
    * @example Feed an iterable, read the results
    * ```ts
@@ -378,7 +401,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
     source: Iterable<I> | AsyncIterable<I> | ReadableStream<I>,
     options?: FeedOptions,
   ): Promise<void> {
-    return feed(this.#input, source, options);
+    return this.#streams.feed(source, options);
   }
 
   /**
@@ -461,6 +484,24 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
         undefined,
       ),
     );
+    this.#ending.abort(
+      this.#run.abortedBy !== null
+        ? this.#run.abortedBy.reason
+        : new PipelineClosedError(
+          "The pipeline was terminated while feed waited for its source: feed stopped and closed the source",
+          undefined,
+        ),
+    );
+  }
+
+  /**
+   * The input side failed (the writable's abort, a feed's source that
+   * threw): terminates the pipeline, and its readers reject with `reason`.
+   */
+  #abort(reason: unknown): void {
+    if (this.#run.ended) return;
+    this.#run.abortedBy = { reason };
+    this.terminate();
   }
 
   /**
@@ -479,11 +520,11 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
     this.#report.failed(error);
     this.#shutDown(error);
     this.#streams.failed(error);
+    this.#ending.abort(error);
   }
 
   /** Kills every worker, rejects the waiting puts and wakes every reader. */
   #shutDown(reason: unknown): void {
-    this.#inspection.abort();
     this.#supervisor.killAll();
     this.#input.shutDown(reason);
     this.#output.shutDown();

@@ -197,6 +197,8 @@ export class ResultOutput implements ResultWaker {
       const value = this.#take(leaf);
       if (value !== NONE) return value;
       if (this.#ended(leaf)) {
+        // The input side ended the pipeline: the reader gets why, not the end.
+        if (this.#run.abortedBy !== null) throw this.#run.abortedBy.reason;
         if (await this.#callbacksRun()) continue;
         if (this.#ended(null)) this.#readToEnd();
         return null;

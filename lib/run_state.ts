@@ -13,8 +13,14 @@ import type { StageError } from "./errors.ts";
 export interface RunView {
   /** The failure that ended the pipeline, if one did. */
   readonly failure: StageError | null;
-  /** Whether `terminate()` ended the pipeline. */
+  /** Whether `terminate()` ended the pipeline (or its input's abort, below). */
   readonly terminated: boolean;
+  /**
+   * Why the input side ended the pipeline, if it did: the writable's
+   * `abort(reason)`, or a feed's source that threw. Readers get the reason
+   * instead of the end, as the readable of a `TransformStream` does.
+   */
+  readonly abortedBy: { reason: unknown } | null;
   /** Whether the stop request was put (it may still be waiting for room). */
   readonly stopRequested: boolean;
 }
@@ -28,6 +34,7 @@ export interface StopRequest extends RunView {
 export class RunState implements StopRequest {
   failure: StageError | null = null;
   terminated = false;
+  abortedBy: { reason: unknown } | null = null;
   stopRequested = false;
 
   /** Whether the pipeline ended early: it failed or was terminated. */

@@ -3,8 +3,8 @@
  * `ReadableStream` of results, and a loop that puts every item of an
  * iterable or stream. All three sit on the same input and output as `put`
  * and `get`, so backpressure reaches the rings in both directions: a write
- * settles when its task has entered, and results wait in the rings until a
- * reader asks for them.
+ * waits while its batch of tasks waits for room, and results wait in the
+ * rings until a reader asks for them.
  *
  * @module
  */
@@ -38,14 +38,20 @@ export interface FeedOptions {
   signal?: AbortSignal;
 }
 
-/** What the streams need of the pipeline besides its input and output. */
+/** What the streams and `feed` need of the pipeline besides its input and output. */
 export interface StreamOwner {
-  /** Ends the pipeline at once (a stream's abort or cancel). */
+  /** Ends the pipeline at once (the readable's cancel). */
   terminate(): void;
+  /** Ends the pipeline at once, its readers rejecting with `reason` (the input failed). */
+  abort(reason: unknown): void;
+  /** Aborts when the pipeline ends early, with the reason a feed rejects with then. */
+  readonly ended: AbortSignal;
 }
 
 /** Results a readable stream holds ahead of its reader, at most: a claim's worth. */
 const READ_AHEAD = 256;
+/** The writable puts chunks in batches of at most this many. */
+const WRITE_BATCH = 256;
 /** A feed yields to other microtasks (the readers) at least this often. */
 const FEED_YIELD_EVERY = 256;
 
@@ -68,20 +74,68 @@ export class PipelineStreams<I, O> {
     this.#owner = owner;
   }
 
-  /** See `Pipeline.writable`. */
+  /**
+   * See `Pipeline.writable`. Its chunks are put in batches: a chunk that
+   * entered at once would wake a sleeping worker for itself alone (a stream
+   * hands over one chunk per few microtasks, slower than a worker takes
+   * them), so the sink collects up to WRITE_BATCH chunks and puts them
+   * together, when the batch is full or at the next macrotask. A write whose
+   * batch waits for room waits with it: that is the backpressure.
+   */
   get writable(): WritableStream<I> {
     if (this.#writable !== null) return this.#writable;
     const input = this.#input;
+    const owner = this.#owner;
+    let controller!: WritableStreamDefaultController;
+    const batch: I[] = [];
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    /** A put of the batch failed: the stream errors, and an item that cannot be put ends the pipeline. */
+    const putFailed = (error: unknown) => {
+      controller.error(error);
+      if (!owner.ended.aborted) owner.abort(error);
+    };
+    /** Puts the batch; returns the wait for room of its last task, if any. */
+    const flush = (): Promise<void> | undefined => {
+      clearTimeout(timer);
+      timer = undefined;
+      let last = ENTERED;
+      for (let i = 0; i < batch.length; i++) {
+        last = input.put(batch[i], undefined);
+        // Puts enter in call order; only those that wait (or fail) cost a
+        // handler, which does not count as observing a failure (the stream
+        // reports it).
+        if (last !== ENTERED) {
+          Promise.prototype.then.call(last, null, putFailed);
+        }
+      }
+      batch.length = 0;
+      return last === ENTERED ? undefined : last;
+    };
     return this.#writable = new WritableStream<I>({
-      start: (controller) => {
-        this.#errorWritable = (error) => controller.error(error);
-        if (this.#endedBy !== null) controller.error(this.#endedBy.reason);
+      start: (c) => {
+        controller = c;
+        this.#errorWritable = (error) => c.error(error);
+        if (this.#endedBy !== null) c.error(this.#endedBy.reason);
       },
-      // The write settles when the task has entered: the stream's queue of
-      // one is then free, so `ready` and `desiredSize` show the room.
-      write: (task) => input.put(task, undefined),
-      close: () => input.close(),
-      abort: (reason) => this.#end(reason, this.#errorReadable),
+      write: (task) => {
+        batch.push(task);
+        if (batch.length < WRITE_BATCH) timer ??= setTimeout(flush, 0);
+        else return flush();
+      },
+      close: async () => {
+        try {
+          await flush();
+          await input.close();
+        } catch (error) {
+          // Why the pipeline ended (a put of the last batch failed, say).
+          throw owner.ended.aborted ? owner.ended.reason : error;
+        }
+      },
+      abort: (reason) => {
+        clearTimeout(timer);
+        batch.length = 0; // chunks not yet put, dropped as an abort drops queued chunks
+        this.#end(reason, this.#errorReadable);
+      },
     }, new CountQueuingStrategy({ highWaterMark: 1 }));
   }
 
@@ -129,11 +183,21 @@ export class PipelineStreams<I, O> {
    * One stream's abort or cancel ends the pipeline, and errors the other
    * stream with its reason, as a `TransformStream` does: a `pipeTo` after
    * `pipeThrough(pipe, { signal })` aborts its destination, not closes it.
+   * The writable's abort is the input failing: every reader gets the reason.
    */
   #end(reason: unknown, errorOther: ((error: unknown) => void) | null): void {
     this.#endedBy ??= { reason };
     errorOther?.(reason);
-    this.#owner.terminate();
+    if (errorOther === this.#errorReadable) this.#owner.abort(reason);
+    else this.#owner.terminate();
+  }
+
+  /** See `Pipeline.feed`. */
+  feed(
+    source: Iterable<I> | AsyncIterable<I> | ReadableStream<I>,
+    options: FeedOptions = {},
+  ): Promise<void> {
+    return feed(this.#input, this.#owner, source, options);
   }
 
   /** The pipeline failed: error the streams that exist. */
@@ -194,6 +258,21 @@ class ResultStream<O> extends ReadableStream<O> {
 
   override values(
     options?: ReadableStreamIteratorOptions,
+  ): AsyncIterableIterator<O> {
+    return this.#iterate(options, false);
+  }
+
+  /**
+   * The iterator `feed` reads it with: as `values()`, but `return()` cancels
+   * at once, even while a `next()` waits for a result (a quiet pipeline).
+   */
+  feedIterator(): AsyncIterableIterator<O> {
+    return this.#iterate(undefined, true);
+  }
+
+  #iterate(
+    options: ReadableStreamIteratorOptions | undefined,
+    returnAtOnce: boolean,
   ): AsyncIterableIterator<O> {
     const fast = this.fast;
     if (fast === null || this.locked) return super.values(options);
@@ -262,6 +341,7 @@ class ResultStream<O> extends ReadableStream<O> {
     iterator.return = (value?: unknown) => {
       calls++;
       const step = () => returnStep(value);
+      if (returnAtOnce) return ongoing = step();
       return ongoing = ongoing === null ? step() : ongoing.then(step, step);
     };
     return iterator as AsyncIterableIterator<O>;
@@ -272,17 +352,85 @@ class ResultStream<O> extends ReadableStream<O> {
   ): AsyncIterableIterator<O> {
     return this.values(options);
   }
+
+  /**
+   * As `ReadableStream.pipeTo`, but it reads the results directly (as
+   * `values()` does) rather than through the stream's queue, which costs a
+   * stream read per result. With a `signal` or `preventCancel`, or a locked
+   * stream, the stream's own `pipeTo`.
+   */
+  override async pipeTo(
+    destination: WritableStream<O>,
+    options: StreamPipeOptions = {},
+  ): Promise<void> {
+    if (
+      this.fast === null || this.locked || destination.locked ||
+      options.signal !== undefined || options.preventCancel === true
+    ) {
+      return super.pipeTo(destination, options);
+    }
+    const writer = destination.getWriter();
+    const results = this.#iterate(undefined, true);
+    // The destination errored: cancel the results at once, even while a
+    // read waits for the next result (a quiet pipeline).
+    let destinationError: { error: unknown } | null = null;
+    Promise.prototype.then.call(writer.closed, undefined, (error) => {
+      destinationError ??= { error };
+      return results.return!(error).catch(() => {});
+    });
+    let written: Promise<void> = Promise.resolve();
+    for (;;) {
+      try {
+        await writer.ready;
+      } catch (error) {
+        await results.return!(error).catch(() => {});
+        writer.releaseLock();
+        throw error;
+      }
+      let next: IteratorResult<O>;
+      try {
+        next = await results.next();
+      } catch (error) {
+        // The results errored (the pipeline failed): abort the destination.
+        if (options.preventAbort !== true) {
+          await writer.abort(error).catch(() => {});
+        }
+        writer.releaseLock();
+        throw error;
+      }
+      if (next.done) break;
+      written = writer.write(next.value);
+      written.catch(() => {}); // seen through `ready`, or the wait below
+    }
+    try {
+      // Set by the destination's error, which a pending read did not see.
+      const failed = destinationError as { error: unknown } | null;
+      if (failed !== null) throw failed.error;
+      if (options.preventClose === true) await written;
+      else await writer.close();
+    } finally {
+      writer.releaseLock();
+    }
+  }
 }
 
-/** See `Pipeline.feed`. */
-export async function feed<I>(
+/**
+ * Puts every item of `source` (see `Pipeline.feed`). Its signal, and the end
+ * of the pipeline, are raced against each pending step of the source. A
+ * source that throws, or an item that cannot be put, ends the pipeline with
+ * that error (as `pipeTo` aborts its destination); a feed stopped by its
+ * signal leaves the pipeline open.
+ */
+async function feed<I>(
   input: TaskInput,
+  owner: StreamOwner,
   source: Iterable<I> | AsyncIterable<I> | ReadableStream<I>,
-  options: FeedOptions = {},
+  options: FeedOptions,
 ): Promise<void> {
   const { close = true, signal } = checkFeedOptions(options);
   const putOptions = signal === undefined ? undefined : { signal };
   const iterator = iteratorOf(source);
+  const ended = owner.ended;
   let closed = false;
   /** A step of the source is still pending: its iterator cannot close before it settles. */
   let stepPending = false;
@@ -291,18 +439,23 @@ export async function feed<I>(
     closed = true;
     await iterator.return?.();
   };
-  // One abort listener for the whole feed, raced against each pending step.
+  // What stops the feed before its source ends: one listener each for the
+  // whole feed (not one per step), raced against each pending step.
   let stopListening = () => {};
-  const aborted = signal === undefined
-    ? null
-    : new Promise<never>((_, reject) => {
-      const abort = () => reject(signal.reason);
-      signal.addEventListener("abort", abort, { once: true });
-      stopListening = () => signal.removeEventListener("abort", abort);
-    });
-  aborted?.catch(() => {}); // rethrown through the race, if at all
+  const stopped = new Promise<never>((_, reject) => {
+    const onAbort = () => reject(signal!.reason);
+    const onEnd = () => reject(ended.reason);
+    signal?.addEventListener("abort", onAbort, { once: true });
+    ended.addEventListener("abort", onEnd, { once: true });
+    stopListening = () => {
+      signal?.removeEventListener("abort", onAbort);
+      ended.removeEventListener("abort", onEnd);
+    };
+  });
+  stopped.catch(() => {}); // rethrown through the race, if at all
   try {
     signal?.throwIfAborted();
+    ended.throwIfAborted();
     let count = 0;
     for (;;) {
       const step = iterator.next();
@@ -310,8 +463,7 @@ export async function feed<I>(
       if (!isPromise(step)) result = step;
       else {
         stepPending = true;
-        result =
-          await (aborted === null ? step : Promise.race([step, aborted]));
+        result = await Promise.race([step, stopped]);
         stepPending = false;
       }
       if (result.done) break;
@@ -326,6 +478,10 @@ export async function feed<I>(
     closed = true;
     if (close) await quietly(input.close());
   } catch (error) {
+    // The source failed, or an item could not be put: the pipeline ends, so
+    // that its readers learn why rather than wait for ever. (After its own
+    // end, or the feed's signal, there is nothing to end.)
+    if (!ended.aborted && !signal?.aborted) owner.abort(error);
     // An async generator closes only after its pending step: don't wait.
     const closing = closeSource().catch(() => {});
     if (!stepPending) await closing;
@@ -340,7 +496,7 @@ function iteratorOf<I>(
   source: Iterable<I> | AsyncIterable<I> | ReadableStream<I>,
 ): Iterator<I> | AsyncIterator<I> {
   // Another pipeline's results: its own iterator reads them directly.
-  if (source instanceof ResultStream) return source.values();
+  if (source instanceof ResultStream) return source.feedIterator();
   if (source instanceof ReadableStream) return streamIterator(source);
   const value = source as Partial<Iterable<I> & AsyncIterable<I>>;
   if (typeof value?.[Symbol.asyncIterator] === "function") {

@@ -8,6 +8,7 @@ import {
   StageError,
   UnorderedStage,
 } from "../mod.ts";
+import { within } from "./support/bounded.ts";
 
 function range(n: number): number[] {
   return Array.from({ length: n }, (_, i) => i);
@@ -96,13 +97,15 @@ Deno.test("Pipeline.writable.close() is the stop request; close() after it resol
   await pipe.done;
 });
 
-Deno.test("Pipeline.writable.abort() terminates the pipeline", async () => {
+Deno.test("Pipeline.writable.abort() terminates the pipeline; readers get its reason", async () => {
   const pipe = new Pipeline(new OrderedStage(double));
   const writer = pipe.writable.getWriter();
   await writer.write(1);
-  await writer.abort(new Error("enough"));
+  const reason = new Error("enough");
+  await writer.abort(reason);
   await pipe.done;
-  assert.equal(await pipe.get(), null);
+  await assert.rejects(pipe.get(), (error) => error === reason);
+  await assert.rejects(Array.fromAsync(pipe), (error) => error === reason);
   await assert.rejects(pipe.put(2), PipelineClosedError);
 });
 
@@ -465,4 +468,233 @@ Deno.test("Pipeline.feed() does not hang on a throw while the pipeline is thrott
   const fed = pipe.feed(range(1000));
   await assert.rejects(Array.fromAsync(pipe.readable), StageError);
   await assert.rejects(fed, StageError);
+});
+
+// ---- a source that fails, or a pipeline that ends under a pending step ----
+
+Deno.test("Pipeline.feed(): a source that throws ends the pipeline: every reader rejects with its error (issue 21.2)", async () => {
+  const broke = new Error("source broke");
+  function* source() {
+    for (let i = 0; i < 100; i++) {
+      if (i === 50) throw broke;
+      yield i;
+    }
+  }
+  for (const read of ["results", "readable", "get"] as const) {
+    const pipe = new Pipeline(new OrderedStage(double));
+    const fed = pipe.feed(source());
+    const reading: Promise<unknown> = read === "results"
+      ? Array.fromAsync(pipe)
+      : read === "readable"
+      ? Array.fromAsync(pipe.readable)
+      : (async () => {
+        while (await pipe.get() !== null);
+      })();
+    await assert.rejects(within(fed, `feed (${read})`), (e) => e === broke);
+    await assert.rejects(
+      within(reading, `the reader (${read})`),
+      (e) => e === broke,
+    );
+    await within(pipe.done, `done (${read})`);
+    await assert.rejects(pipe.put(1), PipelineClosedError);
+  }
+});
+
+Deno.test("Pipeline.feed(): an item that cannot be cloned ends the pipeline with its DataCloneError", async () => {
+  const pipe = new Pipeline(new OrderedStage((x: unknown) => x));
+  const fed = pipe.feed([1, 2, () => 3, 4]);
+  const reading = Array.fromAsync(pipe);
+  await assert.rejects(within(fed, "feed"), { name: "DataCloneError" });
+  await assert.rejects(within(reading, "the reader"), {
+    name: "DataCloneError",
+  });
+});
+
+Deno.test("Pipeline.writable: a chunk that cannot be cloned errors the stream and ends the pipeline with its DataCloneError", async () => {
+  const pipe = new Pipeline(new OrderedStage((x: unknown) => x));
+  const reading = Array.fromAsync(pipe);
+  await assert.rejects(
+    within(
+      ReadableStream.from([1, 2, () => 3, 4]).pipeTo(pipe.writable),
+      "pipeTo",
+    ),
+    { name: "DataCloneError" },
+  );
+  await assert.rejects(within(reading, "the reader"), {
+    name: "DataCloneError",
+  });
+});
+
+Deno.test("b.feed(a.readable) when a fails: b ends with a's StageError (issue 21.2)", async () => {
+  const a = new Pipeline(failingAt3());
+  const b = new Pipeline(new OrderedStage(double));
+  a.feed(range(100)).catch(() => {}); // it may have ended before the failure
+  const fed = b.feed(a.readable);
+  const reading = Array.fromAsync(b);
+  await assert.rejects(within(fed, "b.feed"), StageError);
+  await assert.rejects(within(reading, "b's reader"), StageError);
+  await within(b.done, "b.done");
+});
+
+Deno.test("Pipeline.feed(): terminate() or a failure while the source is slow to yield ends feed at once and cancels a stream source (issue 21.3)", async () => {
+  let released!: () => void;
+  const stalled = new Promise<void>((resolve) => released = resolve);
+  async function* quiet() {
+    yield 3; // fails the picky stage, for the failure case
+    await stalled; // then yields nothing until the test ends
+    yield 4;
+  }
+  /** Feeds `source` to a pipeline that ends while the source is quiet. */
+  const endWhileQuiet = async (
+    end: "terminate" | "failure",
+    source: AsyncIterable<number> | ReadableStream<number>,
+  ) => {
+    const pipe = new Pipeline(
+      end === "terminate" ? new OrderedStage(double) : failingAt3(),
+    );
+    const reading = (async () => {
+      while (await pipe.get() !== null);
+      return null;
+    })().catch((error) => error);
+    const fed = pipe.feed(source);
+    if (end === "terminate") setTimeout(() => pipe.terminate(), 20);
+    await assert.rejects(
+      within(fed, `feed (${end})`),
+      end === "terminate" ? PipelineClosedError : StageError,
+    );
+    const read = await within(reading, "the reader");
+    if (end === "terminate") assert.equal(read, null);
+    else assert.ok(read instanceof StageError);
+    await within(pipe.done, "done");
+  };
+  for (const end of ["terminate", "failure"] as const) {
+    let cancelled = false;
+    const silent = new ReadableStream<number>({
+      start: (controller) => controller.enqueue(3),
+      cancel: () => void (cancelled = true),
+    });
+    await endWhileQuiet(end, silent);
+    assert.ok(cancelled, `${end}: the stream source was not cancelled`);
+    assert.equal(silent.locked, false);
+    await endWhileQuiet(end, quiet());
+    // Another pipeline's readable, with nothing to read yet: it is cancelled
+    // (its pipeline terminated) as any stream is.
+    const quietPipe = new Pipeline(new OrderedStage(double));
+    quietPipe.put(1.5).catch(() => {}); // 3, which fails the picky stage
+    await endWhileQuiet(end, quietPipe.readable);
+    await within(quietPipe.done, "the source pipeline's done");
+    await assert.rejects(quietPipe.put(1), PipelineClosedError);
+  }
+  released();
+});
+
+Deno.test("Pipeline.readable.pipeTo(sink): a sink that errors while the pipeline is quiet ends the pipeline at once; a failure aborts the sink", async () => {
+  const pipe = new Pipeline(new OrderedStage(double));
+  const reason = new Error("sink broke");
+  let sinkController!: WritableStreamDefaultController;
+  const sink = new WritableStream({ start: (c) => void (sinkController = c) });
+  const piping = pipe.readable.pipeTo(sink);
+  setTimeout(() => sinkController.error(reason), 20);
+  await assert.rejects(within(piping, "pipeTo"), (e) => e === reason);
+  await within(pipe.done, "done");
+  await assert.rejects(pipe.put(1), PipelineClosedError);
+
+  const failing = new Pipeline(failingAt3());
+  let aborted: unknown = null;
+  failing.feed(range(10)).catch(() => {});
+  await assert.rejects(
+    within(
+      failing.readable.pipeTo(
+        new WritableStream({ abort: (why) => void (aborted = why) }),
+      ),
+      "pipeTo",
+    ),
+    StageError,
+  );
+  assert.ok(aborted instanceof StageError);
+});
+
+// ---- HTTP: a stage that fails during an upload (issue 21.4) ----
+
+/** Splits a text stream into lines. */
+function lineSplitter(): TransformStream<string, string> {
+  let rest = "";
+  return new TransformStream({
+    transform(chunk, controller) {
+      const lines = (rest + chunk).split("\n");
+      rest = lines.pop()!;
+      for (const line of lines) controller.enqueue(line);
+    },
+    flush(controller) {
+      if (rest !== "") controller.enqueue(rest);
+    },
+  });
+}
+
+// Still open: the error reaches every stream (the writable errors, the
+// upload's pipeTo rejects and cancels the request body, the readable and the
+// response body error), and Deno.serve reports the response as completed,
+// but the connection stays open and the client waits for ever. Run it with
+// MPIPE_HTTP_REPRO=1; see the streams branch's report for what was ruled out.
+Deno.test({
+  name:
+    "HTTP: a stage that fails during a large upload ends the response (issue 21.4)",
+  ignore: Deno.env.get("MPIPE_HTTP_REPRO") === undefined,
+  async fn() {
+    const server = Deno.serve(
+      {
+        hostname: "127.0.0.1",
+        port: 0,
+        onListen() {},
+        onError: () => new Response(null, { status: 500 }),
+      },
+      (request) => {
+        const pipe = new Pipeline(
+          new OrderedStage((line: string) => {
+            if (line.includes('"id":1000,')) throw new Error("bad line");
+            return line.toUpperCase() + "\n";
+          }, 2),
+        );
+        pipe.done.catch(() => {});
+        return new Response(
+          request.body!.pipeThrough(new TextDecoderStream())
+            .pipeThrough(lineSplitter()).pipeThrough(pipe)
+            .pipeThrough(new TextEncoderStream()),
+        );
+      },
+    );
+    const encoder = new TextEncoder();
+    let id = 0;
+    let sent = 0;
+    const upload = new ReadableStream<Uint8Array>({
+      pull(controller) {
+        if (sent >= 50e6) return controller.close();
+        let text = "";
+        for (let i = 0; i < 100; i++) {
+          text += JSON.stringify({ id: id++, pad: "x".repeat(60) }) + "\n";
+        }
+        const bytes = encoder.encode(text);
+        sent += bytes.length;
+        controller.enqueue(bytes);
+      },
+    });
+    const aborter = new AbortController();
+    try {
+      const exchange = (async () => {
+        const response = await fetch(
+          `http://127.0.0.1:${server.addr.port}/`,
+          { method: "POST", body: upload, signal: aborter.signal },
+        );
+        for await (const _ of response.body!);
+      })();
+      // It must end, either way (an error is what curl and fetch get from
+      // the same handler without the pipeline), and not after the whole
+      // upload: the stage failed at line 1000.
+      await within(exchange.catch(() => {}), "the response", 20_000);
+      assert.ok(sent < 50e6, "the whole upload was sent");
+    } finally {
+      aborter.abort();
+      await server.shutdown();
+    }
+  },
 });
