@@ -449,6 +449,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
   terminate(): void {
     if (this.#run.terminated) return;
     this.#run.terminated = true;
+    this.#stats.ended("terminate");
     this.#shutDown(
       new PipelineClosedError(
         "The pipeline was terminated before this task entered it",
@@ -470,6 +471,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
   #fail(error: StageError): void {
     if (this.#run.ended) return;
     this.#run.failure = error;
+    this.#stats.ended("failure");
     this.#report.failed(error);
     this.#shutDown(error);
     this.#streams.failed(error);
