@@ -164,6 +164,13 @@ export class Encoder {
     "Float16Array",
   ];
 
+  /**
+   * A buffer of more than this many bytes (a large record's, the encoder's
+   * or a reader's) is freed as soon as it has been used, not kept for the
+   * next record nor left to the GC, which would hold it for a while.
+   */
+  static readonly KEEP_BYTES = 8 * 2 ** 20;
+
   /** The most bytes this encoder writes for one value: `MAX_BYTES`, or less (tests). */
   readonly maxBytes: number;
   /** The encoded bytes are `bytes[0, length)` after `encode()`. */
@@ -214,6 +221,8 @@ export class Encoder {
    * `RangeError` if it encodes to more than `maxBytes`.
    */
   encode(value: unknown): number {
+    // The last record's large buffer is done with, if the caller did not say.
+    if (this.bytes.length > Encoder.KEEP_BYTES) this.trim();
     this.length = 0;
     this.#depth = 0;
     this.#busy = true;
@@ -229,6 +238,23 @@ export class Encoder {
     return this.length;
   }
 
+  /**
+   * Frees the buffer if a large record grew it past `KEEP_BYTES`; call once
+   * nothing reads `bytes` any more.
+   */
+  trim(): void {
+    if (this.bytes.length <= Encoder.KEEP_BYTES) return;
+    const large = this.bytes.buffer as ArrayBuffer;
+    this.bytes = new Uint8Array(Math.min(256, this.maxBytes));
+    this.#view = new DataView(this.bytes.buffer);
+    Encoder.free(large);
+  }
+
+  /** Frees `buffer` now (it is detached), rather than at the next major GC. */
+  static free(buffer: ArrayBuffer): void {
+    buffer.transfer(0);
+  }
+
   #reserve(n: number): number {
     const at = this.length;
     if (at + n > this.bytes.length) this.#grow(at + n);
@@ -239,12 +265,19 @@ export class Encoder {
   /** Grows the buffer to hold `needed` bytes; refuses, before allocating, a record over `maxBytes`. */
   #grow(needed: number): void {
     if (needed > this.maxBytes) throw this.#tooLarge();
+    // Some room past a large byte run, for what follows it in the record:
+    // else the next few bytes would double the buffer and copy it again.
     const grown = new Uint8Array(
-      Math.min(Math.max(this.bytes.length * 2, needed), this.maxBytes),
+      Math.min(Math.max(this.bytes.length * 2, needed + 4096), this.maxBytes),
     );
-    grown.set(this.bytes.subarray(0, this.length));
+    const old = this.bytes;
+    grown.set(old.subarray(0, this.length));
     this.bytes = grown;
     this.#view = new DataView(grown.buffer);
+    // Only this encoder held it (callers read `bytes` after `encode`).
+    if (old.length > Encoder.KEEP_BYTES) {
+      Encoder.free(old.buffer as ArrayBuffer);
+    }
   }
 
   #tooLarge(): RangeError {

@@ -328,6 +328,10 @@ export class InputLink {
       this.#partialRing = -1;
       if (this.#raw !== null) this.#raw.add(whole, 0, whole.length);
       else value = this.#decoder.decode(whole, new DataView(whole.buffer), 0);
+      // The value holds copies of what it needs.
+      if (whole.length > Encoder.KEEP_BYTES) {
+        Encoder.free(whole.buffer as ArrayBuffer);
+      }
     } else {
       if (base === Ring.DATA) {
         if (this.#raw !== null) {
@@ -484,6 +488,7 @@ export class OutputPort {
     const encoder = this.#encoder.idle();
     const length = encoder.encode(value);
     this.#putBytes(encoder.bytes, length, kind, seq);
+    encoder.trim();
   }
 
   /**
@@ -494,7 +499,9 @@ export class OutputPort {
     const encoder = this.#encoder.idle();
     // The length first: encoding may grow the encoder's buffer.
     const length = encoder.encode(value);
-    return encoder.bytes.slice(0, length);
+    const bytes = encoder.bytes.slice(0, length);
+    encoder.trim();
+    return bytes;
   }
 
   /**
@@ -509,6 +516,7 @@ export class OutputPort {
       return false;
     }
     this.#write(0, kind, seq, encoder.bytes, length);
+    encoder.trim();
     return true;
   }
 

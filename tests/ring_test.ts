@@ -8,6 +8,8 @@
  */
 
 import assert from "node:assert/strict";
+import { Encoder } from "../lib/codec.ts";
+import { InputLink, OutputPort } from "../lib/link.ts";
 import { Ring } from "../lib/ring.ts";
 import { Prng } from "./support/prng.ts";
 
@@ -859,4 +861,54 @@ Deno.test("Ring carries random record sizes through an 8192-byte ring intact", (
 Deno.test("Ring carries random record sizes intact while its byte counters pass 2^31 and 2^32", () => {
   fuzzRing(77, RING_FUZZ_STEPS, 4096, 2 ** 31 - 50_000);
   fuzzRing(78, RING_FUZZ_STEPS, 4096, 2 ** 32 - 50_000);
+});
+
+// ---- issue 21, item 11: the buffers of a large record ----
+
+Deno.test("A large record's buffers are freed as soon as they are used: the writer's encoding buffer, and the reader's reassembly", () => {
+  const freed: number[] = [];
+  const free = Encoder.free;
+  Encoder.free = (buffer: ArrayBuffer) => {
+    freed.push(buffer.byteLength);
+    free(buffer);
+  };
+  try {
+    const ring = Ring.allocate(1 << 16);
+    const control = new SharedArrayBuffer(InputLink.bytes(1));
+    const port = new OutputPort([{
+      ring,
+      bell: control,
+      bellBase: InputLink.BELL,
+      link: control,
+      maxBacklog: 0,
+      nextSeqWord: -1,
+    }]);
+    const link = new InputLink(control, [ring], {
+      shared: false,
+      groups: [{ size: 1, merge: false }],
+      bounded: false,
+      blocking: false,
+    });
+    // The port encodes the whole record; the ring takes it fragment by
+    // fragment, as the reader makes room.
+    const record = new Uint8Array(Encoder.KEEP_BYTES + 4096).fill(9);
+    const encoded = port.encode(record);
+    assert.ok(freed.length > 0, "the port's encoding buffer");
+    freed.length = 0;
+    const writer = new Ring(ring);
+    const values: unknown[] = [];
+    const seqs: number[] = [];
+    let written = 0;
+    let count = 0;
+    while (count === 0) {
+      written = writer.write(Ring.DATA, 0, encoded, written, encoded.length);
+      writer.publish();
+      count = link.claim(values, seqs, 1);
+    }
+    assert.equal(written, encoded.length);
+    assert.deepEqual(values[0], record);
+    assert.deepEqual(freed, [encoded.length], "the reassembly buffer");
+  } finally {
+    Encoder.free = free;
+  }
 });
