@@ -29,12 +29,15 @@ pipe.put(null);
 const results = await Array.fromAsync(pipe);
 await pipe.done;
 if (results[0] !== mib * 2 ** 20) throw new Error(`got ${results}`);
+const atDone = status("VmRSS");
+// The workers' threads end just after `done`.
+await new Promise((resolve) => setTimeout(resolve, 1000));
 console.log(
   `${mib} MiB ${kind} through two stages in ${
     ((performance.now() - began) / 1000).toFixed(1)
   } s: peak RSS ${status("VmHWM").toFixed(0)} MiB (${
     (status("VmHWM") / mib).toFixed(1)
   }x the record), ${before.toFixed(0)} MiB before, ${
-    status("VmRSS").toFixed(0)
-  } MiB after done`,
+    atDone.toFixed(0)
+  } MiB at done, ${status("VmRSS").toFixed(0)} MiB a second later`,
 );
