@@ -237,7 +237,8 @@ export class Encoder {
     if (this.bytes.length > Encoder.KEEP_BYTES) this.trim();
     this.#leaveOut = leaveOut;
     this.#leftOutBytes = 0;
-    if (leaveOut) this.leftOut.length = 0;
+    // Emptied by the writer; only a failed encoding leaves runs behind.
+    if (this.leftOut.length !== 0) this.leftOut.length = 0;
     this.length = 0;
     this.#depth = 0;
     this.#busy = true;
