@@ -63,6 +63,7 @@ export type {
 } from "./lib/stage.ts";
 export type {
   PipelineStats,
+  RunEnd,
   SlowTask,
   StageStats,
   WorkerStats,

@@ -164,6 +164,13 @@ export class Encoder {
     "Float16Array",
   ];
 
+  /**
+   * A buffer of more than this many bytes (a large record's, the encoder's
+   * or a reader's) is freed as soon as it has been used, not kept for the
+   * next record nor left to the GC, which would hold it for a while.
+   */
+  static readonly KEEP_BYTES = 8 * 2 ** 20;
+
   /** The most bytes this encoder writes for one value: `MAX_BYTES`, or less (tests). */
   readonly maxBytes: number;
   /** The encoded bytes are `bytes[0, length)` after `encode()`. */
@@ -192,6 +199,15 @@ export class Encoder {
 
   #busy = false;
   #spare: Encoder | null = null;
+  /**
+   * The large byte runs the last `encode(value, true)` left out of `bytes`:
+   * each belongs at offset `at` of `bytes` (the record is `bytes` with each
+   * run put in at its place). The writer empties it once it has written them.
+   */
+  readonly leftOut: { at: number; bytes: Uint8Array }[] = [];
+  #leaveOut = false;
+  /** Bytes of the runs left out so far: a byte's offset in the record is its offset in `bytes` plus these. */
+  #leftOutBytes = 0;
 
   /** Creates an encoder that refuses values of more than `maxBytes` bytes. */
   constructor(maxBytes: number = Encoder.MAX_BYTES) {
@@ -210,10 +226,19 @@ export class Encoder {
   }
 
   /**
-   * Encodes `value`. Throws a `DataCloneError` if it cannot be cloned, and a
-   * `RangeError` if it encodes to more than `maxBytes`.
+   * Encodes `value`; returns the length of `bytes` it wrote. Throws a
+   * `DataCloneError` if it cannot be cloned, and a `RangeError` if it
+   * encodes to more than `maxBytes`. With `leaveOut`, each fixed-length
+   * `ArrayBuffer` of more than `KEEP_BYTES` is not copied: it is listed in
+   * `leftOut` (for a writer that writes the record at once, from the value).
    */
-  encode(value: unknown): number {
+  encode(value: unknown, leaveOut = false): number {
+    // The last record's large buffer is done with, if the caller did not say.
+    if (this.bytes.length > Encoder.KEEP_BYTES) this.trim();
+    this.#leaveOut = leaveOut;
+    this.#leftOutBytes = 0;
+    // Emptied by the writer; only a failed encoding leaves runs behind.
+    if (this.leftOut.length !== 0) this.leftOut.length = 0;
     this.length = 0;
     this.#depth = 0;
     this.#busy = true;
@@ -229,6 +254,23 @@ export class Encoder {
     return this.length;
   }
 
+  /**
+   * Frees the buffer if a large record grew it past `KEEP_BYTES`; call once
+   * nothing reads `bytes` any more.
+   */
+  trim(): void {
+    if (this.bytes.length <= Encoder.KEEP_BYTES) return;
+    const large = this.bytes.buffer as ArrayBuffer;
+    this.bytes = new Uint8Array(Math.min(256, this.maxBytes));
+    this.#view = new DataView(this.bytes.buffer);
+    Encoder.free(large);
+  }
+
+  /** Frees `buffer` now (it is detached), rather than at the next major GC. */
+  static free(buffer: ArrayBuffer): void {
+    buffer.transfer(0);
+  }
+
   #reserve(n: number): number {
     const at = this.length;
     if (at + n > this.bytes.length) this.#grow(at + n);
@@ -238,13 +280,20 @@ export class Encoder {
 
   /** Grows the buffer to hold `needed` bytes; refuses, before allocating, a record over `maxBytes`. */
   #grow(needed: number): void {
-    if (needed > this.maxBytes) throw this.#tooLarge();
+    if (needed + this.#leftOutBytes > this.maxBytes) throw this.#tooLarge();
+    // Some room past a large byte run, for what follows it in the record:
+    // else the next few bytes would double the buffer and copy it again.
     const grown = new Uint8Array(
-      Math.min(Math.max(this.bytes.length * 2, needed), this.maxBytes),
+      Math.min(Math.max(this.bytes.length * 2, needed + 4096), this.maxBytes),
     );
-    grown.set(this.bytes.subarray(0, this.length));
+    const old = this.bytes;
+    grown.set(old.subarray(0, this.length));
     this.bytes = grown;
     this.#view = new DataView(grown.buffer);
+    // Only this encoder held it (callers read `bytes` after `encode`).
+    if (old.length > Encoder.KEEP_BYTES) {
+      Encoder.free(old.buffer as ArrayBuffer);
+    }
   }
 
   #tooLarge(): RangeError {
@@ -332,7 +381,10 @@ export class Encoder {
     // Up to 3 bytes a code unit, but no more room than the limit leaves: a
     // long string that needs less may still fit.
     const at = this.#reserve(
-      Math.max(5 + n, Math.min(5 + n * 3, this.maxBytes - this.length)),
+      Math.max(
+        5 + n,
+        Math.min(5 + n * 3, this.maxBytes - this.length - this.#leftOutBytes),
+      ),
     );
     const { read, written } = this.#text.encodeInto(
       value,
@@ -883,7 +935,24 @@ export class Encoder {
     this.#tag(Encoder.ARRAY_BUFFER);
     // The maximum length of a resizable buffer, or 0 for a fixed one.
     this.#u32(value.resizable ? value.maxByteLength : 0);
+    if (
+      this.#leaveOut && !value.resizable &&
+      value.byteLength > Encoder.KEEP_BYTES
+    ) {
+      return this.#leaveOutRun(new Uint8Array(value));
+    }
     this.#raw(new Uint8Array(value));
+  }
+
+  /** Like `#raw`, but lists the run in `leftOut` instead of copying it. */
+  #leaveOutRun(bytes: Uint8Array): void {
+    this.#u32(bytes.length);
+    this.#reserve(-(this.length + this.#leftOutBytes) & 7);
+    if (this.length + this.#leftOutBytes + bytes.length > this.maxBytes) {
+      throw this.#tooLarge();
+    }
+    this.leftOut.push({ at: this.length, bytes });
+    this.#leftOutBytes += bytes.length;
   }
 
   /** A view travels with its whole buffer, as in `structuredClone`, so views of one buffer stay views of one buffer. */
@@ -918,7 +987,7 @@ export class Encoder {
    */
   #raw(bytes: Uint8Array): void {
     this.#u32(bytes.length);
-    const pad = -this.length & 7;
+    const pad = -(this.length + this.#leftOutBytes) & 7;
     const at = this.#reserve(pad + bytes.length) + pad;
     this.bytes.set(bytes, at);
   }
@@ -936,6 +1005,9 @@ export class Decoder {
   #view: DataView = new DataView(new ArrayBuffer(0));
   #at = 0;
   #start = 0;
+  /** A large byte run cut out of the record at `#runAt` (see `decode`). */
+  #run: Uint8Array | null = null;
+  #runAt = -1;
   /** The objects read so far, in order (overwritten, like the encoder's list). */
   #objects: unknown[] = [];
   #objectCount = 0;
@@ -945,6 +1017,50 @@ export class Decoder {
   #shapes = new Map<number, Shape>();
   // ignoreBOM: a leading U+FEFF is part of the string, not a byte order mark.
   #text = new TextDecoder("utf-8", { ignoreBOM: true });
+
+  /** Where a record's large byte run starts (see `largeRun`). */
+  static readonly LARGE_RUN_AT = 16;
+
+  /**
+   * The length of the byte run of a record that is one large fixed-length
+   * `ArrayBuffer` (or a view of one), from the record's first `available`
+   * bytes at `bytes[at]`; -1 for any other record. The run starts at
+   * `LARGE_RUN_AT`. A reader that reassembles such a record puts the run in
+   * a buffer of its own, which becomes the value's (`decodeWithRun`): no
+   * copy of it is made to decode it.
+   */
+  static largeRun(bytes: Uint8Array, at: number, available: number): number {
+    // [VIEW, kind]? then [ARRAY_BUFFER, u32 max length (0: fixed), u32
+    // length, padding to 8]: the run starts at 16 either way.
+    const head = bytes[at] === Encoder.VIEW ? 2 : 0;
+    if (available < 16 || bytes[at + head] !== Encoder.ARRAY_BUFFER) return -1;
+    const word = (i: number) =>
+      (bytes[i]! | bytes[i + 1]! << 8 | bytes[i + 2]! << 16 |
+        bytes[i + 3]! << 24) >>> 0;
+    if (word(at + head + 1) !== 0) return -1;
+    const length = word(at + head + 5);
+    return length > Encoder.KEEP_BYTES ? length : -1;
+  }
+
+  /**
+   * Decodes a record reassembled without its large byte run (`largeRun`):
+   * `bytes` from offset 0 holds the rest, and `run` was cut out at `runAt`.
+   * The value takes `run` as its buffer.
+   */
+  decodeWithRun(
+    bytes: Uint8Array,
+    view: DataView,
+    run: Uint8Array,
+    runAt: number,
+  ): unknown {
+    this.#run = run;
+    this.#runAt = runAt;
+    try {
+      return this.decode(bytes, view, 0);
+    } finally {
+      this.#run = null;
+    }
+  }
 
   /** Decodes the value encoded at `bytes[start, start + length)`. */
   decode(bytes: Uint8Array, view: DataView, start: number): unknown {
@@ -1453,6 +1569,13 @@ export class Decoder {
   #raw(): Uint8Array {
     const n = this.#u32();
     const start = this.#at + (-(this.#at - this.#start) & 7);
+    const run = this.#run;
+    if (run !== null && start === this.#runAt && n === run.length) {
+      // The run is not in the record's bytes: what follows it is here.
+      this.#run = null;
+      this.#at = start;
+      return run;
+    }
     this.#at = start + n;
     // slice() copies into a fresh, unshared buffer the value can own.
     return this.#bytes.slice(start, start + n);

@@ -67,13 +67,21 @@ function label(stats: PipelineStats, index: number): string {
   return same > 1 ? `'${name}' (stage ${index + 1})` : `'${name}'`;
 }
 
+/** How the report's first line ends, by how the run ended. */
+const ENDINGS = {
+  running: "so far (the run goes on)",
+  stop: "(the run is over)",
+  failure: "(the run failed)",
+  terminate: "(the run was terminated)",
+};
+
 /** Writes the report of `stats`. */
 export function insightsReport(stats: PipelineStats): string {
   const lines = [
     `MPipe insights: ${plural(stats.stages.length, "stage")}, ${
       plural(stats.put, "task")
     } put, ${plural(stats.read, "result")} read, ${duration(stats.elapsedMs)} ${
-      stats.done ? "(the run is over)" : "so far (the run goes on)"
+      ENDINGS[stats.end ?? "running"]
     }`,
     "",
   ];
@@ -112,6 +120,10 @@ function stageSection(stats: PipelineStats, index: number): string[] {
         ? `; ${count(stage.inFlight)} in flight, ${
           count(stage.backlog)
         } waiting`
+        : ""
+    }${
+      stage.dropped > 0
+        ? `; ${count(stage.dropped)} dropped when the run ended early`
         : ""
     }`,
   ];

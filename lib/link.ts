@@ -104,6 +104,8 @@ export class InputLink {
   #partial: Uint8Array | null = null;
   #partialLength = 0;
   #partialRing = -1;
+  /** Its large byte run, reassembled apart (see `Decoder.largeRun`), or null. */
+  #run: Uint8Array | null = null;
 
   constructor(
     control: SharedArrayBuffer,
@@ -324,10 +326,25 @@ export class InputLink {
     if (kind & Ring.FRAGMENT) {
       if (!this.#takeFragment(index, at, kind)) return InputLink.NOTHING;
       const whole = this.#partial!;
+      const run = this.#run;
       this.#partial = null;
+      this.#run = null;
       this.#partialRing = -1;
+      const view = new DataView(whole.buffer);
       if (this.#raw !== null) this.#raw.add(whole, 0, whole.length);
-      else value = this.#decoder.decode(whole, new DataView(whole.buffer), 0);
+      else if (run === null) value = this.#decoder.decode(whole, view, 0);
+      else {
+        value = this.#decoder.decodeWithRun(
+          whole,
+          view,
+          run,
+          Decoder.LARGE_RUN_AT,
+        );
+      }
+      // The value holds copies of what it needs (or the run itself).
+      if (whole.length > Encoder.KEEP_BYTES) {
+        Encoder.free(whole.buffer as ArrayBuffer);
+      }
     } else {
       if (base === Ring.DATA) {
         if (this.#raw !== null) {
@@ -373,18 +390,24 @@ export class InputLink {
   #takeFragment(index: number, at: number, kind: number): boolean {
     const ring = this.rings[index]!;
     if (this.#partial === null) {
-      this.#partial = new Uint8Array(ring.totalAt(at));
+      const total = ring.totalAt(at);
+      // A record that is one large byte run: the run gets a buffer of its
+      // own, the value's, and the rest of the record another.
+      const run = total > Encoder.KEEP_BYTES && this.#raw === null
+        ? Decoder.largeRun(
+          ring.bytes,
+          at + Ring.FRAME_BYTES,
+          ring.lengthAt(at),
+        )
+        : -1;
+      this.#run = run < 0 ? null : new Uint8Array(run);
+      this.#partial = new Uint8Array(run < 0 ? total : total - run);
       this.#partialLength = 0;
       this.#partialRing = index;
     }
     for (;;) {
       const length = ring.lengthAt(at);
-      const start = at + Ring.FRAME_BYTES;
-      this.#partial.set(
-        ring.bytes.subarray(start, start + length),
-        this.#partialLength,
-      );
-      this.#partialLength += length;
+      this.#copyFragment(ring.bytes, at + Ring.FRAME_BYTES, length);
       ring.advance();
       if (!(kind & Ring.MORE)) return true;
       at = ring.peek();
@@ -401,6 +424,34 @@ export class InputLink {
         }
       }
       kind = ring.kindAt(at);
+    }
+  }
+
+  /** Copies a fragment's `length` bytes at `bytes[start]` to where they go in the record being reassembled. */
+  #copyFragment(bytes: Uint8Array, start: number, length: number): void {
+    let at = this.#partialLength;
+    this.#partialLength += length;
+    const partial = this.#partial!;
+    const run = this.#run;
+    if (run === null) {
+      partial.set(bytes.subarray(start, start + length), at);
+      return;
+    }
+    // Before the run, in it, or after it (then without its length).
+    const runAt = Decoder.LARGE_RUN_AT;
+    const runEnd = runAt + run.length;
+    while (length > 0) {
+      const n = Math.min(
+        length,
+        at < runAt ? runAt - at : at < runEnd ? runEnd - at : length,
+      );
+      const part = bytes.subarray(start, start + n);
+      if (at < runAt) partial.set(part, at);
+      else if (at < runEnd) run.set(part, at - runAt);
+      else partial.set(part, at - run.length);
+      at += n;
+      start += n;
+      length -= n;
     }
   }
 
@@ -461,6 +512,11 @@ export class OutputPort {
    */
   whileFull: (() => void) | null = null;
   #encoder = new Encoder();
+  /**
+   * While `put` writes a record whose large runs its encoder left out: the
+   * record is the encoder's bytes with each run put in at its place.
+   */
+  #runs: { at: number; bytes: Uint8Array }[] | null = null;
 
   constructor(branches: Branch[]) {
     this.rings = branches.map((b) => new Ring(b.ring));
@@ -482,8 +538,21 @@ export class OutputPort {
   put(value: unknown, kind: number, seq: number): void {
     Bell.checkRevoked();
     const encoder = this.#encoder.idle();
-    const length = encoder.encode(value);
-    this.#putBytes(encoder.bytes, length, kind, seq);
+    // A large byte run is written from the value, not copied first.
+    const length = encoder.encode(value, true);
+    const runs = encoder.leftOut;
+    if (runs.length === 0) this.#putBytes(encoder.bytes, length, kind, seq);
+    else {
+      this.#runs = runs;
+      try {
+        const total = runs.reduce((sum, run) => sum + run.bytes.length, length);
+        this.#putBytes(encoder.bytes, total, kind, seq);
+      } finally {
+        this.#runs = null;
+        runs.length = 0;
+      }
+    }
+    encoder.trim();
   }
 
   /**
@@ -494,7 +563,9 @@ export class OutputPort {
     const encoder = this.#encoder.idle();
     // The length first: encoding may grow the encoder's buffer.
     const length = encoder.encode(value);
-    return encoder.bytes.slice(0, length);
+    const bytes = encoder.bytes.slice(0, length);
+    encoder.trim();
+    return bytes;
   }
 
   /**
@@ -509,6 +580,7 @@ export class OutputPort {
       return false;
     }
     this.#write(0, kind, seq, encoder.bytes, length);
+    encoder.trim();
     return true;
   }
 
@@ -581,7 +653,55 @@ export class OutputPort {
     length: number,
   ): number {
     if (bytes === null) return ring.writeEmpty(kind, seq) ? 1 : 0;
-    return ring.write(kind, seq, bytes, from, length);
+    if (this.#runs === null) return ring.write(kind, seq, bytes, from, length);
+    return OutputPort.#attemptParts(
+      ring,
+      kind,
+      seq,
+      bytes,
+      this.#runs,
+      from,
+      length,
+    );
+  }
+
+  /**
+   * Writes what fits of a record of `total` bytes, from `from` on, whose
+   * parts are `bytes` with each of `runs` put in at its place; returns how
+   * far it got.
+   */
+  static #attemptParts(
+    ring: Ring,
+    kind: number,
+    seq: number,
+    bytes: Uint8Array,
+    runs: { at: number; bytes: Uint8Array }[],
+    from: number,
+    total: number,
+  ): number {
+    const own = total - runs.reduce((sum, run) => sum + run.bytes.length, 0);
+    // Even parts are stretches of `bytes` (up to the next run's place), odd
+    // ones the runs; `start` is a part's offset in the record.
+    let start = 0;
+    let taken = 0;
+    for (let i = 0; i <= 2 * runs.length; i++) {
+      const run = runs[i >> 1];
+      let src = bytes;
+      let begin = taken;
+      let end = run?.at ?? own;
+      if (i % 2 === 1) [src, begin, end] = [run!.bytes, 0, run!.bytes.length];
+      else taken = end;
+      const length = end - begin;
+      if (from < start + length) {
+        const more = start + length < total;
+        const at = begin + from - start;
+        const done = ring.writeFragments(kind, seq, src, at, end, total, more);
+        if (done < end) return start + done - begin;
+        from = start + length;
+      }
+      start += length;
+    }
+    return total;
   }
 
   /**

@@ -113,6 +113,12 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
   /** The runs of its remote stages' clusters, closed before `done` settles. */
   readonly #clusterRuns: ClusterRun[];
   #clusterRunsClosed: Promise<unknown> | null = null;
+  /** Its shared memory, until its rings go back to the pool (`#release`). */
+  #wiring: Wiring | null;
+  /** Its workers exited after the stop (`done` settled). */
+  #exited = false;
+  /** Its readers took every result out of the leaf rings. */
+  #drained = false;
   #resolveDone!: () => void;
   #rejectDone!: (error: StageError) => void;
 
@@ -144,7 +150,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
     checkSandboxes(stages);
     this.#clusterRuns = openClusterRuns(stages);
     const leaves = pipelineLeaves(stages);
-    const wiring = new Wiring(stages, leaves, ringBytes);
+    const wiring = this.#wiring = new Wiring(stages, leaves, ringBytes);
     const workers = stages.reduce((sum, stage) => sum + workersOf(stage), 0);
     const threadSpin = spin ?? defaultSpin(workers + 1);
 
@@ -208,6 +214,10 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
     const start = () => {
       if (this.#run.ended) return;
       this.#output.connect((stage) => wiring.leafLink(stage));
+      this.#output.whenDrained(() => {
+        this.#drained = true;
+        this.#release();
+      });
       this.#supervisor.start(stages.map((stage) => ({
         stage,
         configs: wiring.workerConfigs(stage, threadSpin),
@@ -478,6 +488,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
   terminate(): void {
     if (this.#run.terminated) return;
     this.#run.terminated = true;
+    this.#stats.ended("terminate");
     this.#shutDown(
       new PipelineClosedError(
         "The pipeline was terminated before this task entered it",
@@ -517,6 +528,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
   #fail(error: StageError): void {
     if (this.#run.ended) return;
     this.#run.failure = error;
+    this.#stats.ended("failure");
     this.#report.failed(error);
     this.#shutDown(error);
     this.#streams.failed(error);
@@ -525,6 +537,9 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
 
   /** Kills every worker, rejects the waiting puts and wakes every reader. */
   #shutDown(reason: unknown): void {
+    // After the end, nothing runs, waits or reads: the rings may be another
+    // pipeline's by now.
+    if (this.#wiring === null) return;
     this.#supervisor.killAll();
     this.#input.shutDown(reason);
     this.#output.shutDown();
@@ -539,7 +554,23 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
     this.#clusterRunsClosed.then(() => this.#settleDoneNow());
   }
 
+  /**
+   * Gives the rings back for the next pipelines once nothing will touch them
+   * again: the run ended by its stop, every worker exited, and the readers
+   * took every result out of the rings.
+   */
+  #release(): void {
+    if (
+      !this.#exited || !this.#drained || this.#run.ended ||
+      !this.#supervisor.allExited
+    ) return;
+    this.#wiring?.release();
+    this.#wiring = null;
+  }
+
   #settleDoneNow(): void {
+    this.#exited = true;
+    this.#release();
     this.#stats.finished();
     const progress = this.#progress;
     if (progress !== null) {

@@ -267,6 +267,8 @@ export function summaryLines(stats: PipelineStats, outcome: Outcome): string[] {
     stage.skipped > 0 ? `${count(stage.skipped)} skipped` : "",
     stage.inFlight + stage.backlog > 0
       ? `${count(stage.inFlight + stage.backlog)} left`
+      : stage.dropped > 0
+      ? `${count(stage.dropped)} dropped`
       : "",
   ]);
   return [

@@ -76,6 +76,8 @@ export class ResultOutput implements ResultWaker {
   #readerAttached = false;
   /** Called once a reader has read every result (see `whenReadToEnd`). */
   #onReadToEnd: (() => void)[] = [];
+  /** Called once every leaf's link has ended (see `whenDrained`). */
+  #onDrained: (() => void) | null = null;
   /** Results handed to readers, however they read them. */
   #read = 0;
 
@@ -124,6 +126,16 @@ export class ResultOutput implements ResultWaker {
   whenReadToEnd(callback: () => void): void {
     if (!this.#readerAttached || this.#ended(null)) return callback();
     this.#onReadToEnd.push(callback);
+  }
+
+  /**
+   * Calls `callback` once every leaf's link has ended: every result was
+   * taken from the rings (some may still wait here for a reader), so the
+   * main thread reads them no more.
+   */
+  whenDrained(callback: () => void): void {
+    if (this.#leaves.every((leaf) => leaf.ended)) callback();
+    else this.#onDrained = callback;
   }
 
   #readToEnd(): void {
@@ -346,7 +358,7 @@ export class ResultOutput implements ResultWaker {
       this.#pump!.pump();
       if (leaf.link === null) return NONE;
       const count = leaf.link.claim(leaf.queue, this.#seqs, ClaimPolicy.READER);
-      if (count < 0) leaf.ended = true;
+      if (count < 0) this.#endLeaf(leaf);
       if (count <= 0) return NONE;
       leaf.head = 0;
       leaf.end = count;
@@ -355,6 +367,17 @@ export class ResultOutput implements ResultWaker {
     leaf.queue[leaf.head++] = undefined;
     this.#read++;
     return value;
+  }
+
+  /** Every record of `leaf`'s link was taken: its rings are read no more. */
+  #endLeaf(leaf: Leaf): void {
+    leaf.ended = true;
+    leaf.link = null;
+    const drained = this.#onDrained;
+    if (drained !== null && this.#leaves.every((l) => l.ended)) {
+      this.#onDrained = null;
+      drained();
+    }
   }
 
   /** Whether no result will ever come (from `leaf`, or from any leaf). */

@@ -111,14 +111,30 @@ export class Ring {
     start: number,
     end: number,
   ): number {
-    const total = end;
     if (start === 0 && end <= this.maxPayload) {
-      return this.#writeFrame(kind, seq, src, 0, end, total) ? end : 0;
+      return this.#writeFrame(kind, seq, src, 0, end, end) ? end : 0;
     }
+    return this.writeFragments(kind, seq, src, start, end, end, false);
+  }
+
+  /**
+   * Writes `src[start, end)` as fragments of a record of `total` bytes,
+   * which goes on after `end` if `more` (its next part is written by the
+   * next call), as far as there is room; returns how far it got, as `write`.
+   */
+  writeFragments(
+    kind: number,
+    seq: number,
+    src: Uint8Array,
+    start: number,
+    end: number,
+    total: number,
+    more: boolean,
+  ): number {
     while (start < end) {
       const length = Math.min(end - start, this.maxPayload);
-      const more = start + length < end ? Ring.MORE : 0;
-      const flags = kind | Ring.FRAGMENT | more;
+      const flags = kind | Ring.FRAGMENT |
+        (more || start + length < end ? Ring.MORE : 0);
       if (!this.#writeFrame(flags, seq, src, start, start + length, total)) {
         return start;
       }

@@ -7,7 +7,8 @@
  * once per batch, so a snapshot taken while the pipeline runs may be a batch
  * stale, and figures of different workers (or of a worker and the stage
  * after it) may come from slightly different moments. Once every worker has
- * exited (`done`), the figures are final and every total adds up.
+ * exited (`done`), the figures are final and every total adds up: what a
+ * failure or `terminate()` abandoned (in flight or waiting) is `dropped`.
  *
  * @module
  */
@@ -70,7 +71,7 @@ export interface WorkerStats {
   tasks: number;
   /** Results it put downstream (or out, for a leaf stage). */
   results: number;
-  /** Tasks it dropped: by `onError` "skip" or a function, past `taskTimeout`, or held when it was lost. */
+  /** Tasks it skipped: by `onError` "skip" or a function, past `taskTimeout`, or held when it was lost. */
   skipped: number;
   /** Tasks it has taken and not yet finished. */
   inFlight: number;
@@ -135,12 +136,19 @@ export interface StageStats {
   tasks: number;
   /** Results it put downstream, or out for a leaf (the sum over its workers). */
   results: number;
-  /** Tasks it dropped (the sum over its workers); see `Stage.skipped`. */
+  /** Tasks it skipped (the sum over its workers); see `Stage.skipped`. */
   skipped: number;
   /** Tasks its workers have taken and not yet finished. */
   inFlight: number;
   /** Tasks waiting at its input, not yet taken: `received` less `tasks`, `skipped` and `inFlight`. */
   backlog: number;
+  /**
+   * Tasks that reached it and were abandoned when the run ended early (a
+   * failure or `terminate()`): in flight or waiting at its input then. It
+   * is 0 until `done`; after `done`, `received` = `tasks` + `skipped` +
+   * `dropped`, and `inFlight` and `backlog` are 0, however the run ended.
+   */
+  dropped: number;
   /**
    * Ms its producers (the stages linked to it, its filter, or `put` for the
    * root) waited for room at its input, summed over them: while they wait,
@@ -182,6 +190,11 @@ export interface PipelineStats {
   elapsedMs: number;
   /** Whether every worker has exited (`done` has settled, or is about to): the figures are final. */
   done: boolean;
+  /**
+   * How the run ended: its stop request drained (`"stop"`), a stage failed
+   * (`"failure"`), or `terminate()` (`"terminate"`); null while it runs.
+   */
+  end: RunEnd | null;
   /** Tasks that entered the pipeline (a `put` still waiting for room has not; the stop request is not counted). */
   put: number;
   /** Results read out of it: by `get`, `results()`, iteration, `readable` (as it reads ahead) or a leaf stage's reads. */
@@ -189,6 +202,24 @@ export interface PipelineStats {
   /** Every stage once: the root first, then in the order tasks reach them; a `FilterStage`'s sub-pipelines right after it. */
   stages: StageStats[];
 }
+
+/**
+ * How a run ended: its stop request drained, a stage failed, or
+ * `terminate()` was called.
+ *
+ * @example Tell a terminated run from a finished one
+ * ```ts
+ * import { OrderedStage, Pipeline, type RunEnd } from "@mpipe/mpipe";
+ * import assert from "node:assert/strict";
+ *
+ * const pipe = new Pipeline<number, number>(new OrderedStage((x: number) => x));
+ * pipe.terminate();
+ * await pipe.done;
+ * const end: RunEnd | null = pipe.stats().end;
+ * assert.equal(end, "terminate");
+ * ```
+ */
+export type RunEnd = "stop" | "failure" | "terminate";
 
 /** What the reader needs of the pipeline's input and output (`TaskInput`, `ResultOutput`). */
 export interface StatsSources {
@@ -209,6 +240,7 @@ export class StatsReader {
   readonly #output: Pick<StatsSources, "read">;
   readonly #createdAt = performance.now();
   #doneAt: number | null = null;
+  #end: RunEnd | null = null;
 
   /** Reads the stages of the pipeline rooted at `root`, whose status blocks are allocated. */
   constructor(
@@ -231,9 +263,15 @@ export class StatsReader {
     });
   }
 
+  /** The run ended early (`"failure"`, `"terminate"`); the first end counts. */
+  ended(end: RunEnd): void {
+    this.#end ??= end;
+  }
+
   /** Every worker has exited: the figures are final, and the run's time stops. */
   finished(): void {
     this.#doneAt ??= performance.now();
+    this.#end ??= "stop";
   }
 
   /** A snapshot of every figure (see the module's note on staleness). */
@@ -244,6 +282,9 @@ export class StatsReader {
     // time is going on.
     const now = done ? null : performance.timeOrigin + performance.now();
     const stages = this.#stages.map((stage, i) => this.#stage(stage, i, now));
+    // Once the workers of a run that ended early have exited, whatever was
+    // in flight or waiting is abandoned for good.
+    const abandoned = done && this.#end !== "stop";
     // What reached each stage: what the stages before it put out, which
     // come before it in the order.
     this.#stages.forEach((stage, i) => {
@@ -256,15 +297,25 @@ export class StatsReader {
           0,
         );
       }
+      const settled = figures.tasks + figures.skipped;
+      if (abandoned) {
+        // What a killed worker published in its last batch may be missing
+        // from its `results`; what this stage settled certainly reached it.
+        figures.received = Math.max(figures.received, settled);
+        figures.dropped = figures.received - settled;
+        figures.inFlight = 0;
+        for (const worker of figures.workers) worker.inFlight = 0;
+      }
       figures.backlog = Math.max(
         0,
-        figures.received - figures.tasks - figures.skipped - figures.inFlight,
+        figures.received - settled - figures.inFlight - figures.dropped,
       );
     });
     stages[0]!.fullMs += this.#input.fullMs;
     return {
       elapsedMs,
       done,
+      end: this.#end,
       put: this.#input.entered,
       read: this.#output.read,
       stages,
@@ -296,6 +347,7 @@ export class StatsReader {
       skipped: sum("skipped"),
       inFlight: sum("inFlight"),
       backlog: 0,
+      dropped: 0,
       fullMs,
       next: state.next.map((next) => this.#index.get(next)!),
       within: this.#within[index]!,

@@ -81,6 +81,8 @@ export class Supervisor {
   /** Replaced workers whose last reports are still on their way (see #retire). */
   readonly #retiring = new Set<WorkerRecord>();
   #alive = 0;
+  /** Every worker exited by itself (not killed). */
+  #exitedAll = false;
   #watchdog: Watchdog | undefined;
 
   constructor(
@@ -98,6 +100,15 @@ export class Supervisor {
   /** Whether any worker still runs. */
   get running(): boolean {
     return this.#alive > 0;
+  }
+
+  /**
+   * Whether every worker exited by itself after passing the stop on, and
+   * none that was replaced is still retiring: no thread of the pipeline
+   * reads or writes its rings any more.
+   */
+  get allExited(): boolean {
+    return this.#exitedAll && this.#retiring.size === 0;
   }
 
   /**
@@ -206,7 +217,12 @@ export class Supervisor {
         const running = this.#running.get(stage)! - 1;
         this.#running.set(stage, running);
         if (running === 0) this.#reports.exited(stage);
-        if (--this.#alive === 0) this.#allExited();
+        if (--this.#alive === 0) {
+          // Nothing is left to kill: forget the workers and their configs.
+          this.#exitedAll = true;
+          this.#workers = [];
+          this.#allExited();
+        }
         break;
       }
       case "error":

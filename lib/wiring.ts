@@ -39,6 +39,53 @@ export interface SleepWord {
   kind: "counter" | "lock";
 }
 
+/**
+ * Ring buffers given back by pipelines that are done with them, for the next
+ * pipelines to take. A service that makes a pipeline per request then reuses
+ * a few rings instead of allocating new ones: a ring the main isolate drops
+ * is freed only by a major GC, which shared memory does not bring on (V8
+ * counts only its heap), and the allocator touches every page of a new ring
+ * as it zeroes it, so dropped rings would pile up in resident memory.
+ */
+export class RingPool {
+  /** The most bytes of rings kept for reuse; more are left to the GC. */
+  static readonly MAX_BYTES = 32 * 2 ** 20;
+  /** Free rings by data capacity. */
+  readonly #free = new Map<number, SharedArrayBuffer[]>();
+  #bytes = 0;
+
+  /** Bytes of rings kept now. */
+  get bytes(): number {
+    return this.#bytes;
+  }
+
+  /** A ring of `capacity` data bytes: a reused one, reset, or a new one. */
+  take(capacity: number): SharedArrayBuffer {
+    const ring = this.#free.get(capacity)?.pop();
+    if (ring === undefined) return Ring.allocate(capacity);
+    this.#bytes -= ring.byteLength;
+    // Only the control words matter: a reader reads no byte the producer
+    // has not written since.
+    new Int32Array(ring, 0, Ring.CONTROL_BYTES >> 2).fill(0);
+    return ring;
+  }
+
+  /** Keeps `rings`, which nothing reads or writes any more, up to `MAX_BYTES`. */
+  give(rings: readonly SharedArrayBuffer[]): void {
+    for (const ring of rings) {
+      if (this.#bytes + ring.byteLength > RingPool.MAX_BYTES) return;
+      const capacity = ring.byteLength - Ring.CONTROL_BYTES;
+      let free = this.#free.get(capacity);
+      if (free === undefined) this.#free.set(capacity, free = []);
+      free.push(ring);
+      this.#bytes += ring.byteLength;
+    }
+  }
+}
+
+/** The main thread's ring pool, shared by every pipeline. */
+export const ringPool: RingPool = new RingPool();
+
 /** Every link's memory, and the worker configs and leaf links built on it. */
 export class Wiring {
   /** The main thread's result bell: every leaf stage's workers ring it. */
@@ -52,6 +99,8 @@ export class Wiring {
    */
   readonly sleepWords: SleepWord[] = [];
   readonly #ringBytes: number;
+  /** Every ring allocated, for `release()`. */
+  #rings: SharedArrayBuffer[] = [];
   /** Each stage's input link. */
   readonly #inputs = new Map<AnyStage, LinkMemory>();
   /** Each leaf's link to the main thread. */
@@ -248,6 +297,28 @@ export class Wiring {
   }
 
   /**
+   * Gives every ring back to the pool, and forgets them and their sleep
+   * words. Call only once nothing will read or write them again: every
+   * worker exited after passing the stop on, the main thread read every
+   * leaf ring to its end, and the input will write nothing more (its stop
+   * request was written, and it is not shut down afterwards).
+   */
+  release(): void {
+    const rings = new Set<ArrayBufferLike>(this.#rings);
+    const kept = this.sleepWords.filter((word) =>
+      !rings.has(word.words.buffer)
+    );
+    this.sleepWords.splice(0, this.sleepWords.length, ...kept);
+    ringPool.give(this.#rings);
+    this.#rings = [];
+    this.rootLink.rings.length = 0;
+    this.#inputs.clear();
+    this.#leafLinks.clear();
+    this.#filterReturns.clear();
+    this.#subLeafLinks.clear();
+  }
+
+  /**
    * Allocates a link fed by `groups` upstream stages through `producers`
    * rings, and records the words a worker may sleep on in it.
    */
@@ -260,7 +331,8 @@ export class Wiring {
       { words, index: InputLink.SPACE_BELL + Bell.COUNTER, kind: "counter" },
     );
     const rings = Array.from({ length: producers }, () => {
-      const ring = Ring.allocate(this.#ringBytes);
+      const ring = ringPool.take(this.#ringBytes);
+      this.#rings.push(ring);
       this.sleepWords.push({
         words: new Int32Array(ring, 0, Ring.CONTROL_BYTES >> 2),
         index: Ring.SPACE_BELL + Bell.COUNTER,

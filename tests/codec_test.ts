@@ -1683,3 +1683,44 @@ for (const seed of FUZZ_SEEDS) {
     }
   });
 }
+
+// ---- issue 21, item 11: the copies of a large record ----
+
+Deno.test("Encoder grows its buffer to fit a large byte run once, not to twice its size, and frees it for the next record", () => {
+  const encoder = new Encoder();
+  const record = new Uint8Array(16 * 2 ** 20).fill(5);
+  const length = encoder.encode(record);
+  // What follows the run in the record fits in the room grown with it: one
+  // copy of the run, not two (doubling copies it again, and keeps the first).
+  assert.ok(
+    encoder.bytes.length < length + 64 * 1024,
+    `a buffer of ${encoder.bytes.length} bytes for ${length}`,
+  );
+  const large = encoder.bytes;
+  assert.equal(encoder.encode(1), 5);
+  assert.ok(encoder.bytes.length <= Encoder.KEEP_BYTES, "not kept");
+  assert.equal(
+    (large.buffer as ArrayBuffer).detached,
+    true,
+    "freed at once, not at a GC",
+  );
+  const decoded = new Decoder().decode(
+    encoder.bytes,
+    new DataView(encoder.bytes.buffer),
+    0,
+  );
+  assert.equal(decoded, 1);
+});
+
+Deno.test("Encoder.trim() frees a buffer grown past KEEP_BYTES, and keeps a small one", () => {
+  const encoder = new Encoder();
+  encoder.encode("x".repeat(100));
+  const small = encoder.bytes;
+  encoder.trim();
+  assert.equal(encoder.bytes, small);
+  encoder.encode(new Uint8Array(Encoder.KEEP_BYTES + 1));
+  const large = encoder.bytes;
+  encoder.trim();
+  assert.equal((large.buffer as ArrayBuffer).detached, true);
+  assert.ok(encoder.bytes.length <= Encoder.KEEP_BYTES);
+});

@@ -34,6 +34,7 @@ const TYPES = [
   "PipelineStats",
   "ProgressOptions",
   "PutOptions",
+  "RunEnd",
   "SlowTask",
   "RemoteStage",
   "RemoteTarget",

@@ -90,6 +90,28 @@ Deno.test("insights: a run no stage kept busy, with nothing blocked, was held ba
   );
 });
 
+Deno.test("insights: a run that ended early says how, and what each stage dropped, with nothing in flight", () => {
+  const stage = fakeStage("only", [fakeWorker(500, 500)], {
+    received: 10,
+    tasks: 7,
+    dropped: 3,
+  });
+  for (
+    const [end, said] of [
+      ["failure", "(the run failed)"],
+      ["terminate", "(the run was terminated)"],
+    ] as const
+  ) {
+    const report = insightsReport(fakeRun([stage], 1000, { end }));
+    assert.ok(lineOf(report, "MPipe insights:").endsWith(said), end);
+    assert.match(
+      lineOf(report, "Stage 1"),
+      /10 tasks reached it, 7 done, 0 skipped, 7 results; 3 dropped when the run ended early$/,
+    );
+    assert.doesNotMatch(report, /in flight|goes on/);
+  }
+});
+
 Deno.test("insights: a short run is said to be mostly start-up", () => {
   const report = insightsReport(fakeRun([
     fakeStage("a", [fakeWorker(1, 10, 0, { startMs: 80 })]),

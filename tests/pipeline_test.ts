@@ -18,6 +18,7 @@ import {
   waitUntilChanged,
 } from "./fixtures/guard.ts";
 import { defaultSpin, SPIN } from "../lib/options.ts";
+import { ringPool } from "../lib/wiring.ts";
 
 // Task functions and worker classes are shipped to the workers by their
 // source, so each one below is self-contained: it uses only globals, its
@@ -1554,4 +1555,109 @@ Deno.test("the default spin: only when every thread of the pipeline has a core o
     assert.equal(sum, 5050);
     await pipe.done;
   }
+});
+
+// ---- issue 21, item 10: many short pipelines in a row ----
+
+/**
+ * Runs `body` while counting the bytes of every SharedArrayBuffer the main
+ * thread allocates (the workers' allocations are their own).
+ */
+async function countingShared(
+  body: (allocated: () => number) => Promise<void>,
+): Promise<void> {
+  const Native = globalThis.SharedArrayBuffer;
+  let bytes = 0;
+  globalThis.SharedArrayBuffer = new Proxy(Native, {
+    construct(target, args, newTarget) {
+      bytes += Number(args[0] ?? 0);
+      return Reflect.construct(target, args, newTarget);
+    },
+  });
+  try {
+    await body(() => bytes);
+  } finally {
+    globalThis.SharedArrayBuffer = Native;
+  }
+}
+
+/** One short pipeline: create, feed `tasks`, drain, `done`; returns it. */
+async function shortRun(
+  tasks: string[],
+  ringBytes?: number,
+): Promise<Pipeline<string, string>> {
+  const first = new OrderedStage((x: string) => x + "!", 2);
+  first.link(new UnorderedStage((x: string) => x.toUpperCase()));
+  const pipe = new Pipeline<string, string>(first, { ringBytes });
+  using _guard = hangGuard(pipe);
+  const fed = pipe.feed(tasks);
+  const results = await Array.fromAsync(pipe);
+  await fed;
+  await pipe.done;
+  assert.deepEqual(
+    results.sort(),
+    tasks.map((x) => x.toUpperCase() + "!").sort(),
+  );
+  return pipe;
+}
+
+Deno.test("Pipelines one after another reuse the rings of those that ended by their stop, instead of allocating new ones (issue 21, item 10)", async () => {
+  await countingShared(async (allocated) => {
+    await shortRun(["a", "b", "c"]);
+    const before = allocated();
+    for (let i = 0; i < 10; i++) await shortRun(["a", "b", "c"]);
+    const perRun = (allocated() - before) / 10;
+    // Each run has 5 rings of 1 MiB; only its control words and status
+    // blocks (a few hundred bytes) are new.
+    assert.ok(perRun < 64 * 1024, `${perRun} bytes of shared memory a run`);
+  });
+});
+
+Deno.test("Reused rings carry records that wrap and fragment, and a done pipeline no longer touches them", async () => {
+  // Records of about 3 KiB through 4 KiB rings: every one is fragmented,
+  // and the rings wrap many times.
+  const tasks = Array.from({ length: 40 }, (_, i) => `${i}`.padEnd(3000, "x"));
+  const first = await shortRun(tasks, 4096);
+  const second = new Pipeline<string, string>(
+    new OrderedStage((x: string) => x.slice(0, 3)),
+    { ringBytes: 4096 },
+  );
+  using _guard = hangGuard(second);
+  const fed = second.feed(tasks);
+  // What the first pipeline's user may still do while the second runs on
+  // its rings: none of it reaches them.
+  first.terminate();
+  await assert.rejects(first.put("late"), PipelineClosedError);
+  assert.equal(await first.get(), null);
+  assert.deepEqual(
+    await Array.fromAsync(second),
+    tasks.map((x) => x.slice(0, 3)),
+  );
+  await fed;
+  await second.done;
+  assert.equal(first.stats().end, "stop");
+});
+
+Deno.test("A pipeline gives its rings back only once its results are all read, and not after an early end", async () => {
+  await shortRun(["a"]);
+  const pooled = ringPool.bytes;
+  // Unread results stay in their ring: get() must still find them.
+  const unread = new Pipeline<number, number>(
+    new OrderedStage((x: number) => x),
+  );
+  using _guard = hangGuard(unread);
+  const rings = pooled - ringPool.bytes;
+  assert.ok(rings > 0, "it took rings from the pool");
+  await unread.feed([1, 2, 3]);
+  await unread.done;
+  assert.equal(ringPool.bytes, pooled - rings, "kept while results wait");
+  assert.deepEqual(await Array.fromAsync(unread), [1, 2, 3]);
+  assert.equal(ringPool.bytes, pooled, "given back once read");
+  const terminated = new Pipeline<number, number>(
+    new OrderedStage((x: number) => x),
+  );
+  terminated.put(1);
+  terminated.terminate();
+  await terminated.done;
+  assert.equal(ringPool.bytes, pooled - rings, "kept after terminate()");
 });

@@ -231,6 +231,18 @@ Deno.test("summaryLines names every stage with its count, and what is left after
   ]);
 });
 
+Deno.test("summaryLines names what a failure dropped at each stage", () => {
+  const stats = fakeRun(
+    [fakeStage("only", [fakeWorker(500, 500)], { tasks: 7, dropped: 3 })],
+    1000,
+    { put: 10, read: 7, end: "failure" },
+  );
+  assert.deepEqual(summaryLines(stats, "failed"), [
+    "mpipe: failed in 1.0 s: 10 tasks put, 7 results read",
+    "  only  7 tasks  7.0/s  busy 50%  3 dropped",
+  ]);
+});
+
 // ---- a pipeline's display ----
 
 Deno.test("Pipeline with options.progress: the display ends with the pipeline, after its summary on stderr", async () => {

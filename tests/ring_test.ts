@@ -8,6 +8,8 @@
  */
 
 import assert from "node:assert/strict";
+import { Encoder } from "../lib/codec.ts";
+import { InputLink, OutputPort } from "../lib/link.ts";
 import { Ring } from "../lib/ring.ts";
 import { Prng } from "./support/prng.ts";
 
@@ -859,4 +861,157 @@ Deno.test("Ring carries random record sizes through an 8192-byte ring intact", (
 Deno.test("Ring carries random record sizes intact while its byte counters pass 2^31 and 2^32", () => {
   fuzzRing(77, RING_FUZZ_STEPS, 4096, 2 ** 31 - 50_000);
   fuzzRing(78, RING_FUZZ_STEPS, 4096, 2 ** 32 - 50_000);
+});
+
+// ---- issue 21, item 11: the buffers of a large record ----
+
+/** Bytes of a large record: over `Encoder.KEEP_BYTES` (8 MiB). */
+const LARGE = 9 * 2 ** 20;
+
+/**
+ * Sends `value` through a port and a link on one 64 KiB ring, in fragments,
+ * claiming as the ring fills; returns the value read, the byte lengths of
+ * the buffers `Encoder.free` freed, and of the large copies (`slice`) made
+ * while reading.
+ */
+function throughLink(value: unknown): {
+  read: unknown;
+  freed: number[];
+  copied: number[];
+} {
+  const freed: number[] = [];
+  const copied: number[] = [];
+  const free = Encoder.free;
+  const slice = Uint8Array.prototype.slice;
+  Encoder.free = (buffer: ArrayBuffer) => {
+    freed.push(buffer.byteLength);
+    free(buffer);
+  };
+  try {
+    const ring = Ring.allocate(1 << 16);
+    const control = new SharedArrayBuffer(InputLink.bytes(1));
+    const port = new OutputPort([{
+      ring,
+      bell: control,
+      bellBase: InputLink.BELL,
+      link: control,
+      maxBacklog: 0,
+      nextSeqWord: -1,
+    }]);
+    const link = new InputLink(control, [ring], {
+      shared: false,
+      groups: [{ size: 1, merge: false }],
+      bounded: false,
+      blocking: false,
+    });
+    // The port encodes the whole record; the ring takes it fragment by
+    // fragment, as the reader makes room.
+    const encoded = port.encode(value);
+    freed.length = 0;
+    const writer = new Ring(ring);
+    const values: unknown[] = [];
+    const seqs: number[] = [];
+    let written = 0;
+    let count = 0;
+    Uint8Array.prototype.slice = function (start, end) {
+      const copy = slice.call(this, start, end);
+      if (copy.length > 2 ** 20) copied.push(copy.length);
+      return copy;
+    };
+    while (count === 0) {
+      written = writer.write(Ring.DATA, 0, encoded, written, encoded.length);
+      writer.publish();
+      count = link.claim(values, seqs, 1);
+    }
+    assert.equal(written, encoded.length);
+    return { read: values[0], freed, copied };
+  } finally {
+    Encoder.free = free;
+    Uint8Array.prototype.slice = slice;
+  }
+}
+
+Deno.test("A record that is one large byte run is reassembled into the value's own buffer: no copy to decode it", () => {
+  const size = LARGE;
+  const bytes = new Uint8Array(size).map((_, i) => i * 7);
+  const floats = new Float64Array(bytes.buffer, 8, 16);
+  const cases: [string, unknown][] = [
+    ["Uint8Array", bytes],
+    ["ArrayBuffer", bytes.buffer],
+    ["a view at an offset", floats],
+    ["DataView", new DataView(bytes.buffer, 3, 100)],
+  ];
+  for (const [name, value] of cases) {
+    const { read, freed, copied } = throughLink(value);
+    assert.deepEqual(read, value, name);
+    assert.deepEqual(copied, [], `${name}: copied`);
+    assert.deepEqual(freed, [], `${name}: nothing large to free`);
+  }
+  const { read } = throughLink(floats);
+  assert.equal((read as Float64Array).byteOffset, 8);
+  assert.equal((read as Float64Array).buffer.byteLength, size);
+});
+
+Deno.test("Any other large record is decoded from one reassembly buffer, freed as soon as it is decoded", () => {
+  const data = new Uint8Array(LARGE).fill(9);
+  for (const value of [{ data }, [1, data], "x".repeat(data.length)]) {
+    const { read, freed } = throughLink(value);
+    assert.deepEqual(read, value);
+    assert.equal(freed.length, 1, "the reassembly buffer");
+    assert.ok(freed[0]! > data.length);
+  }
+  // A resizable buffer keeps its own path: it is copied into a new one.
+  const resizable = new ArrayBuffer(data.length, {
+    maxByteLength: 2 * data.length,
+  });
+  const { read } = throughLink(resizable);
+  assert.equal((read as ArrayBuffer).maxByteLength, 2 * data.length);
+});
+
+Deno.test("OutputPort writes a large byte run from the value itself, not from a copy, and the reader gets the record whole", () => {
+  const ring = Ring.allocate(1 << 26);
+  const control = new SharedArrayBuffer(InputLink.bytes(1));
+  const port = new OutputPort([{
+    ring,
+    bell: control,
+    bellBase: InputLink.BELL,
+    link: control,
+    maxBacklog: 0,
+    nextSeqWord: -1,
+  }]);
+  const link = new InputLink(control, [ring], {
+    shared: false,
+    groups: [{ size: 1, merge: false }],
+    bounded: false,
+    blocking: false,
+  });
+  const big = new Uint8Array(LARGE + 3).map((_, i) => i);
+  const other = new Float32Array(LARGE / 4 + 1).fill(1.5);
+  const values = [
+    big,
+    { a: big, b: "after", c: other, d: [1, big] },
+    [7, other.buffer, "x", new DataView(big.buffer, 1, 5)],
+  ];
+  const set = Uint8Array.prototype.set;
+  for (const value of values) {
+    const copied: number[] = [];
+    Uint8Array.prototype.set = function (source, offset) {
+      const length = (source as ArrayLike<number>).length;
+      // Copies into the ring are shared memory; a copy first is not.
+      if (!(this.buffer instanceof SharedArrayBuffer) && length > 2 ** 20) {
+        copied.push(length);
+      }
+      return set.call(this, source, offset);
+    };
+    try {
+      port.put(value, Ring.DATA, 0);
+    } finally {
+      Uint8Array.prototype.set = set;
+    }
+    port.publish();
+    assert.deepEqual(copied, [], "copied before writing");
+    const read: unknown[] = [];
+    assert.equal(link.claim(read, [], 1), 1);
+    assert.deepEqual(read[0], value);
+  }
 });

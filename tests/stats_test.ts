@@ -546,3 +546,154 @@ Deno.test("Pipeline.stats(): a full input shows as the producers' fullMs and the
       stats.stages[0]!.workers[0]!.busyMs,
   );
 });
+
+// ---- issue 21, item 9: the totals add up after a failure or terminate() ----
+
+/** `promise`, or a rejection after 30 s: a hang guard, not a speed check. */
+function guarded<T>(what: string, promise: Promise<T>): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const hang = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} hung`)), 30_000);
+  });
+  return Promise.race([promise, hang]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * Checks the totals of a run that ended early (`end`): every stage's
+ * tasks, skips and drops add up to what reached it, nothing is left in
+ * flight or waiting, and the insights say how the run ended.
+ */
+function assertEndedTotals(
+  stats: PipelineStats,
+  end: "failure" | "terminate",
+): void {
+  assert.equal(stats.done, true);
+  for (const stage of stats.stages) {
+    const at = `stage '${stage.name}'`;
+    assert.equal(stage.inFlight, 0, `${at}: in flight`);
+    assert.equal(stage.backlog, 0, `${at}: backlog`);
+    assert.ok(stage.dropped >= 0, `${at}: dropped`);
+    assert.deepEqual(
+      stage.workers.map((w) => w.inFlight),
+      stage.workers.map(
+        () => 0,
+      ),
+      `${at}: workers in flight`,
+    );
+    assert.equal(
+      stage.tasks + stage.skipped + stage.dropped,
+      stage.received,
+      `${at}: totals`,
+    );
+  }
+  assert.equal(stats.stages[0]!.received, stats.put);
+  assert.ok(
+    stats.stages.some((stage) => stage.dropped > 0),
+    "the early end dropped tasks",
+  );
+  assert.equal(stats.end, end);
+}
+
+/** A task that waits `x % 4` ms, so that workers hold tasks at any time. */
+async function pause(x: number): Promise<number> {
+  await new Promise((resolve) => setTimeout(resolve, x % 4));
+  return x;
+}
+
+Deno.test("Pipeline.stats() after a failure in an ordered chain: what was in flight or waiting is dropped, and the totals add up", async () => {
+  const first = new OrderedStage(
+    async (x: number) => {
+      await new Promise((resolve) => setTimeout(resolve, x % 4));
+      if (x === 50) throw new Error("no fifties");
+      return x;
+    },
+    2,
+    { name: "first" },
+  );
+  const second = new OrderedStage((x: number) => x + 1, 2, { name: "second" });
+  const pipe = new Pipeline<number, number>(first.link(second));
+  const fed = pipe.feed(range(200)).catch(() => {});
+  await assert.rejects(
+    guarded("reading", Array.fromAsync(pipe)),
+    /no fifties/,
+  );
+  await guarded("done", pipe.done.catch(() => {}));
+  await fed;
+  const stats = pipe.stats();
+  assertEndedTotals(stats, "failure");
+  const report = pipe.insights();
+  assert.match(report, /\(the run failed\)/);
+  assert.doesNotMatch(report, /in flight|goes on/);
+  assert.match(report, /dropped when the run ended early/);
+});
+
+Deno.test("Pipeline.stats() after terminate() in a fork of ordered and unordered stages with concurrency: the totals add up", async () => {
+  const root = new UnorderedStage(pause, 2, { name: "root", concurrency: 4 });
+  const left = new OrderedStage(pause, 2, { name: "left", concurrency: 3 });
+  const right = new UnorderedStage((x: number) => x, 1, { name: "right" });
+  const pipe = new Pipeline<number, number>(root.link(left).link(right));
+  const fed = pipe.feed(range(300)).catch(() => {});
+  let read = 0;
+  await guarded(
+    "reading",
+    (async () => {
+      for await (const _ of pipe) if (++read === 40) pipe.terminate();
+    })(),
+  );
+  await guarded("done", pipe.done);
+  await fed;
+  const stats = pipe.stats();
+  assertEndedTotals(stats, "terminate");
+  assert.match(pipe.insights(), /\(the run was terminated\)/);
+  assert.doesNotMatch(pipe.insights(), /in flight|goes on/);
+});
+
+Deno.test("Pipeline.stats() after terminate() while an unordered stage with concurrency holds tasks: the totals add up", async () => {
+  const pipe = new Pipeline<number, number>(
+    new UnorderedStage(pause, 2, { concurrency: 4 }),
+  );
+  const fed = pipe.feed(range(200)).catch(() => {});
+  let read = 0;
+  await guarded(
+    "reading",
+    (async () => {
+      for await (const _ of pipe) if (++read === 30) pipe.terminate();
+    })(),
+  );
+  await guarded("done", pipe.done);
+  await fed;
+  assertEndedTotals(pipe.stats(), "terminate");
+});
+
+Deno.test("Pipeline.stats() after a failure in the second stage of a chain: the first's results that reached it are dropped there", async () => {
+  const first = new UnorderedStage((x: number) => x, 1, { name: "first" });
+  const second = new OrderedStage(
+    async (x: number) => {
+      await new Promise((resolve) => setTimeout(resolve, 1));
+      if (x === 20) throw new Error("no twenties");
+      return x;
+    },
+    1,
+    { name: "second" },
+  );
+  const pipe = new Pipeline<number, number>(first.link(second));
+  const fed = pipe.feed(range(100)).catch(() => {});
+  await assert.rejects(
+    guarded("reading", Array.fromAsync(pipe)),
+    /no twenties/,
+  );
+  await guarded("done", pipe.done.catch(() => {}));
+  await fed;
+  assertEndedTotals(pipe.stats(), "failure");
+});
+
+Deno.test("Pipeline.stats() after a run that ended by its stop: nothing dropped, and the end says so", async () => {
+  const pipe = new Pipeline<number, number>(new OrderedStage(pause, 2));
+  await run(pipe, range(20));
+  const stats = pipe.stats();
+  assertTotals(stats);
+  assert.equal(stats.end, "stop");
+  assert.equal(stats.stages[0]!.dropped, 0);
+  pipe.terminate();
+  assert.equal(pipe.stats().end, "stop", "a terminate() after the end");
+});

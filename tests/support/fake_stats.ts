@@ -49,6 +49,7 @@ export function fakeStage(
     skipped: 0,
     inFlight: 0,
     backlog: 0,
+    dropped: 0,
     fullMs: 0,
     next: [],
     within: null,
@@ -58,11 +59,20 @@ export function fakeStage(
   };
 }
 
-/** A run of `stages`, `elapsedMs` long, over (`done`) unless told otherwise. */
+/** A run of `stages`, `elapsedMs` long, over (`done`, by its stop) unless told otherwise. */
 export function fakeRun(
   stages: StageStats[],
   elapsedMs = 1000,
   more: Partial<PipelineStats> = {},
 ): PipelineStats {
-  return { elapsedMs, done: true, put: 100, read: 100, stages, ...more };
+  const done = more.done ?? true;
+  return {
+    elapsedMs,
+    done,
+    end: done ? "stop" : null,
+    put: 100,
+    read: 100,
+    stages,
+    ...more,
+  };
 }
