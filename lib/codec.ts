@@ -266,6 +266,21 @@ export class Encoder {
     Encoder.free(large);
   }
 
+  /**
+   * The bytes of the last record, `bytes[0, length)`, for the caller to keep:
+   * a large buffer (past `KEEP_BYTES`) is handed over, not copied, and the
+   * encoder starts a small one; a small one is copied.
+   */
+  takeBytes(): Uint8Array {
+    if (this.bytes.length <= Encoder.KEEP_BYTES) {
+      return this.bytes.slice(0, this.length);
+    }
+    const taken = this.bytes;
+    this.bytes = new Uint8Array(Math.min(256, this.maxBytes));
+    this.#view = new DataView(this.bytes.buffer);
+    return taken;
+  }
+
   /** Frees `buffer` now (it is detached), rather than at the next major GC. */
   static free(buffer: ArrayBuffer): void {
     buffer.transfer(0);

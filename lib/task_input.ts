@@ -176,7 +176,7 @@ export class TaskInput implements InputPump {
     }
     if (task === null) {
       run.stopRequested = true;
-      const stop = this.#alone(null, options);
+      const stop = this.#alone(null, 0, options);
       this.#drain();
       return this.#stop = stop.promise;
     } else {
@@ -194,16 +194,18 @@ export class TaskInput implements InputPump {
           this.#entered++;
           this.#publishSoon();
           if (this.#waker.readersAsleep) this.#waker.wakeIfResults();
+          // A large record's buffer is not kept until the next put.
+          if (length > Encoder.KEEP_BYTES) encoder.trim();
           return ENTERED;
         }
         this.#publishNow();
-        const run = this.#alone(encoded.slice(0, length), options);
+        const run = this.#alone(encoder.takeBytes(), length, options);
         run.written = written;
         run.inBacklog = true;
         this.#drain();
         return run.promise;
       }
-      return this.#enqueue(encoded, length, options);
+      return this.#enqueue(encoder, length, options);
     }
   }
 
@@ -251,9 +253,12 @@ export class TaskInput implements InputPump {
     Bell.ringAlways(this.#rootControl, InputLink.SPACE_BELL);
   }
 
-  /** Queues the task `encoded[0, length)`, in the open run at the end if it may join. */
+  /**
+   * Queues the task `encoder` just encoded (`length` bytes), in the open run
+   * at the end if it may join.
+   */
   #enqueue(
-    encoded: Uint8Array,
+    encoder: Encoder,
     length: number,
     options: PutOptions | undefined,
   ): Promise<void> {
@@ -262,8 +267,9 @@ export class TaskInput implements InputPump {
       length > PACKED_MAX || length > this.#ring.maxPayload ||
       options?.signal !== undefined
     ) {
-      run = this.#alone(encoded.slice(0, length), options);
+      run = this.#alone(encoder.takeBytes(), length, options);
     } else {
+      const encoded = encoder.bytes;
       if (
         run === undefined || !run.open || run.ends.length === RUN_TASKS ||
         run.size + length > RUN_BYTES
@@ -282,17 +288,19 @@ export class TaskInput implements InputPump {
   }
 
   /**
-   * Queues a run of one: a large task (`bytes`, not copied again), the stop
-   * request (null), or a put with a signal, which its abort may withdraw.
+   * Queues a run of one: a large task (`bytes[0, length)`, not copied again),
+   * the stop request (null), or a put with a signal, which its abort may
+   * withdraw.
    */
   #alone(
     bytes: Uint8Array | null,
+    length: number,
     options: PutOptions | undefined,
   ): WaitingRun {
     const last = this.#waiting.last;
     if (last !== undefined) last.open = false;
     const run = new WaitingRun(bytes, false);
-    if (bytes !== null) run.ends.push(bytes.length);
+    if (bytes !== null) run.ends.push(length);
     this.#waiting.push(run);
     const signal = options?.signal;
     if (signal !== undefined) {
@@ -408,6 +416,10 @@ export class TaskInput implements InputPump {
         // could take more tasks, so it closes here.
         run.open = false;
         waiting.shift();
+        // A large task's buffer is freed now, not at the next major GC.
+        if (bytes !== null && bytes.length > Encoder.KEEP_BYTES) {
+          Encoder.free(bytes.buffer as ArrayBuffer);
+        }
         run.resolve();
       }
       if (bytes !== null) this.#entered++;

@@ -59,8 +59,10 @@ Deno.test("Pipeline.put: 1,000,000 un-awaited puts through two ordered stages gi
 Deno.test("Pipeline.put: a failure among 300,000 waiting puts reaches the reader's catch, and every put settles", async () => {
   const n = 300_000;
   const pipe = new Pipeline<number, number>(
-    new UnorderedStage((x: number) => {
+    // Slow tasks, so that most puts still wait when the failure arrives.
+    new UnorderedStage(async (x: number) => {
       if (x === 77) throw new Error("task 77 broke");
+      await new Promise((resolve) => setTimeout(resolve, 1));
       return x;
     }, 2),
   );
