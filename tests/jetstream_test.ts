@@ -15,10 +15,13 @@ import {
 import { JetStreamCluster } from "../jetstream.ts";
 import { connect, jetstreamManager } from "../lib/jetstream/nats.ts";
 import {
+  clusterOptions,
+  type HostGrants,
   HostProcess,
   NatsServer,
   natsUrl,
   stopSharedServer,
+  TEST_KEYS,
 } from "./support/nats.ts";
 
 const URL_ = await natsUrl();
@@ -51,9 +54,10 @@ async function withHosts(
   names: string[],
   fn: (hosts: HostProcess[]) => Promise<void>,
   flags?: string[],
+  grants?: HostGrants,
 ): Promise<void> {
   const hosts = await Promise.all(
-    names.map((name) => HostProcess.start(url, name, flags)),
+    names.map((name) => HostProcess.start(url, name, flags, grants)),
   );
   try {
     await fn(hosts);
@@ -87,7 +91,7 @@ timed(
   "JetStream: the cookbook runs with its second stage remote",
   60_000,
   async () => {
-    await using cluster = await JetStreamCluster.connect({ servers: URL_ });
+    await using cluster = await JetStreamCluster.connect(clusterOptions(URL_));
     await withHosts(URL_, ["cook-1"], async () => {
       function increment(task: number) {
         return task + 1;
@@ -121,7 +125,7 @@ timed(
   "JetStream: a remote class gets its args, and its several results per task keep their order",
   60_000,
   async () => {
-    await using cluster = await JetStreamCluster.connect({ servers: URL_ });
+    await using cluster = await JetStreamCluster.connect(clusterOptions(URL_));
     await withHosts(URL_, ["many-1"], async () => {
       class Repeat extends OrderedWorker<number, string> {
         constructor(readonly times: number, readonly tag: string) {
@@ -161,10 +165,9 @@ timed(
   "JetStream: an ordered remote stage emits in task order, an unordered one as results come, with uneven task times",
   60_000,
   async () => {
-    await using cluster = await JetStreamCluster.connect({
-      servers: URL_,
+    await using cluster = await JetStreamCluster.connect(clusterOptions(URL_, {
       maxBatch: 1,
-    });
+    }));
     await withHosts(URL_, ["order-1", "order-2"], async () => {
       // Task 0 is slow, the others fast and uneven.
       const uneven = async (x: number) => {
@@ -205,7 +208,7 @@ timed(
   "JetStream: a fork where one branch is remote gives each branch every result",
   60_000,
   async () => {
-    await using cluster = await JetStreamCluster.connect({ servers: URL_ });
+    await using cluster = await JetStreamCluster.connect(clusterOptions(URL_));
     await withHosts(URL_, ["fork-1"], async () => {
       const root = new OrderedStage((x: number) => x + 1, 2);
       const remote = new OrderedStage((x: number) => x * 10, 32, { cluster });
@@ -240,10 +243,9 @@ timed(
   "JetStream: a host killed with SIGKILL mid-run loses nothing: every result exactly once, in order",
   90_000,
   async () => {
-    await using cluster = await JetStreamCluster.connect({
-      servers: URL_,
+    await using cluster = await JetStreamCluster.connect(clusterOptions(URL_, {
       ackWait: 1_000,
-    });
+    }));
     await withHosts(URL_, ["kill-1", "kill-2"], async ([victim, survivor]) => {
       const pipe = new Pipeline<number, [number, number]>(
         new OrderedStage(
@@ -276,7 +278,7 @@ timed(
 );
 
 timed("JetStream: a host joining mid-run takes its share", 90_000, async () => {
-  await using cluster = await JetStreamCluster.connect({ servers: URL_ });
+  await using cluster = await JetStreamCluster.connect(clusterOptions(URL_));
   await withHosts(URL_, ["join-1"], async () => {
     const pipe = new Pipeline<number, [number, number]>(
       new OrderedStage(
@@ -319,7 +321,7 @@ timed(
   "JetStream: with no host a stage waits, a get() times out, and nothing is lost when a host comes",
   60_000,
   async () => {
-    await using cluster = await JetStreamCluster.connect({ servers: URL_ });
+    await using cluster = await JetStreamCluster.connect(clusterOptions(URL_));
     const pipe = new Pipeline<number, number>(
       new OrderedStage((x: number) => x * x, 4, { cluster }),
     );
@@ -345,10 +347,11 @@ timed(
   120_000,
   async () => {
     await using server = await NatsServer.start();
-    await using cluster = await JetStreamCluster.connect({
-      servers: server.url,
-      ackWait: 2_000,
-    });
+    await using cluster = await JetStreamCluster.connect(
+      clusterOptions(server.url, {
+        ackWait: 2_000,
+      }),
+    );
     await withHosts(server.url, ["restart-1", "restart-2"], async () => {
       const pipe = new Pipeline<number, number>(
         new OrderedStage(
@@ -385,7 +388,7 @@ timed(
   "JetStream: a task that throws on a host fails the pipeline with a StageError naming the stage, host, worker, task and cause",
   60_000,
   async () => {
-    await using cluster = await JetStreamCluster.connect({ servers: URL_ });
+    await using cluster = await JetStreamCluster.connect(clusterOptions(URL_));
     await withHosts(URL_, ["throw-1"], async () => {
       const pipe = new Pipeline<number, number>(
         new OrderedStage(
@@ -421,7 +424,7 @@ timed(
   "JetStream: under onError a task that throws on a host is skipped, and the others complete in order",
   60_000,
   async () => {
-    await using cluster = await JetStreamCluster.connect({ servers: URL_ });
+    await using cluster = await JetStreamCluster.connect(clusterOptions(URL_));
     await withHosts(URL_, ["skip-1"], async () => {
       const errors: StageError[] = [];
       const stage = new OrderedStage(
@@ -451,7 +454,7 @@ timed(
   "JetStream: a task whose host worker is lost (Deno.exit) fails alone, with the loss",
   60_000,
   async () => {
-    await using cluster = await JetStreamCluster.connect({ servers: URL_ });
+    await using cluster = await JetStreamCluster.connect(clusterOptions(URL_));
     await withHosts(URL_, ["exit-1"], async () => {
       const errors: StageError[] = [];
       const stage = new OrderedStage(
@@ -484,11 +487,10 @@ timed(
   "JetStream: a poison task that kills every host it reaches ends as an error after maxAttempts; the other tasks complete",
   120_000,
   async () => {
-    await using cluster = await JetStreamCluster.connect({
-      servers: URL_,
+    await using cluster = await JetStreamCluster.connect(clusterOptions(URL_, {
       ackWait: 1_000,
       maxAttempts: 2,
-    });
+    }));
     // Two hosts at all times: each one the poison kills is replaced.
     const hosts: HostProcess[] = [];
     let spawned = 0;
@@ -497,7 +499,13 @@ timed(
       while (keeping) {
         for (let i = 0; i < 2; i++) {
           if (hosts[i] === undefined || hosts[i]!.exited) {
-            hosts[i] = await HostProcess.start(URL_, `poison-${spawned++}`);
+            hosts[i] = await HostProcess.start(
+              URL_,
+              `poison-${spawned++}`,
+              undefined,
+              // The poison kills its host with Deno.kill.
+              { run: true },
+            );
           }
         }
         await sleep(100);
@@ -541,10 +549,9 @@ timed(
   "JetStream: large tasks and results travel (split in the rings and across messages); one over the server's max_payload fails with a RangeError",
   90_000,
   async () => {
-    await using cluster = await JetStreamCluster.connect({
-      servers: URL_,
+    await using cluster = await JetStreamCluster.connect(clusterOptions(URL_, {
       maxBatch: 8,
-    });
+    }));
     await withHosts(URL_, ["large-1"], async () => {
       const errors: StageError[] = [];
       // Tasks of 300 KB and 600 KB are split into fragments in the rings; a
@@ -587,7 +594,7 @@ timed(
   "JetStream: a result that cannot be cloned fails its task with a DataCloneError, as in a local stage",
   60_000,
   async () => {
-    await using cluster = await JetStreamCluster.connect({ servers: URL_ });
+    await using cluster = await JetStreamCluster.connect(clusterOptions(URL_));
     await withHosts(URL_, ["clone-1"], async () => {
       const errors: StageError[] = [];
       const pipe = new Pipeline<number, unknown>(
@@ -612,7 +619,7 @@ timed(
   "JetStream: a host refuses a source target without --allow-source, and the refusal fails the pipeline with a StageError",
   60_000,
   async () => {
-    await using cluster = await JetStreamCluster.connect({ servers: URL_ });
+    await using cluster = await JetStreamCluster.connect(clusterOptions(URL_));
     await withHosts(URL_, ["strict-1"], async () => {
       const pipe = new Pipeline<number, number>(
         new OrderedStage((x: number) => x, 4, { cluster, name: "sourced" }),
@@ -637,7 +644,7 @@ timed(
   "JetStream: a host imports only module targets under its --allow-target prefixes",
   60_000,
   async () => {
-    await using cluster = await JetStreamCluster.connect({ servers: URL_ });
+    await using cluster = await JetStreamCluster.connect(clusterOptions(URL_));
     const square = new URL("./fixtures/square.ts", import.meta.url);
     const fixtures = new URL("./fixtures/", import.meta.url).href;
     await withHosts(URL_, ["prefix-1"], async () => {
@@ -699,6 +706,7 @@ timed(
         user: "mpipe",
         pass: "s3cret",
         tls: { caFile: `${dir}/ca.pem` },
+        signingKey: TEST_KEYS.signingKey,
       });
       await withHosts(server.url, ["tls-1"], async () => {
         const pipe = new Pipeline<number, number>(
@@ -711,6 +719,8 @@ timed(
           Array.from({ length: 20 }, (_, i) => i * 3),
         );
       }, [
+        "--trust",
+        TEST_KEYS.publicKey,
         "--allow-source",
         "--workers",
         "1",
@@ -720,7 +730,7 @@ timed(
         "s3cret",
         "--tls-ca",
         `${dir}/ca.pem`,
-      ]);
+      ], { read: [dir] });
     } finally {
       await Deno.remove(dir, { recursive: true });
     }
@@ -805,7 +815,7 @@ timed(
   "JetStream: a run's streams and consumers are removed when its pipeline is done, or terminated",
   60_000,
   async () => {
-    await using cluster = await JetStreamCluster.connect({ servers: URL_ });
+    await using cluster = await JetStreamCluster.connect(clusterOptions(URL_));
     await withHosts(URL_, ["clean-1"], async () => {
       const pipe = new Pipeline<number, number>(
         new OrderedStage((x: number) => x, 4, { cluster }),
@@ -829,7 +839,7 @@ timed(
 
       // The cluster closed as soon as the results are read (the end of a
       // program's `await using` scope), while the pipeline is still ending.
-      const early = await JetStreamCluster.connect({ servers: URL_ });
+      const early = await JetStreamCluster.connect(clusterOptions(URL_));
       const ending = new Pipeline<number, number>(
         new OrderedStage((x: number) => x, 4, { cluster: early }),
       );

@@ -33,22 +33,30 @@ import {
   StorageType,
 } from "./nats.ts";
 import {
+  ANNOUNCE_EVERY_MS,
+  announcementMessage,
   ANSWER,
   apiCode,
   BATCH_HEADER,
   batchMessage,
+  bodyLimit,
   type ConnectionOptions,
   connectNats,
   Decoder,
-  encodeMessage,
   Encoder,
+  HEADER_ROOM,
+  importSigningKey,
   MANY,
   MessageReader,
   nanosOf,
+  newToken,
   NONE,
   ONE,
   REFUSED,
+  sameToken,
   type StageSpec,
+  TOKEN_AT,
+  TOKEN_BYTES,
   writeBatchHeader,
 } from "./protocol.ts";
 
@@ -62,11 +70,15 @@ export interface BridgeConfig {
   size: number;
   /** The most tasks per message. */
   maxBatch: number;
+  /** The coordinator's Ed25519 signing key (as `generateKeys` makes it), or null to announce unsigned. */
+  signingKey: string | null;
 }
 
 /** Tasks sent in one message, numbered from `from`, until each is settled. */
 interface Sent {
   from: number;
+  /** The batch's token: only an answer that echoes it counts. */
+  token: Uint8Array;
   /** 1 for each task settled. */
   settled: Uint8Array;
   /** Tasks not yet settled. */
@@ -90,7 +102,12 @@ export default class Bridge extends UnorderedWorker<unknown, unknown> {
   #settler: TaskSettler | null = null;
   /** Set once a host refused the stage: every task fails with it. */
   #refusal: RemoteFailure | null = null;
-  #maxPayload = 1 << 20;
+  /** The most bytes of a message's body (the server's max_payload, less room for headers). */
+  #maxBody = bodyLimit(1 << 20);
+  #signingKey: CryptoKey | null = null;
+  /** Answers and refusals dropped because they did not echo their batch's token (forged), and when that was last reported. */
+  #forged = 0;
+  #forgedReported = 0;
 
   /** Makes the bridge of the stage that `config` describes. */
   constructor(config: BridgeConfig) {
@@ -105,10 +122,16 @@ export default class Bridge extends UnorderedWorker<unknown, unknown> {
 
   /** Connects, makes the stage's stream and consumers, announces the stage, and reads answers. */
   override async doInit(): Promise<void> {
-    const { connection, spec, announcement, size } = this.#config;
+    const { connection, spec, size } = this.#config;
+    if (this.#config.signingKey !== null) {
+      this.#signingKey = await importSigningKey(
+        this.#config.signingKey,
+        "JetStreamCluster.connect: 'options.signingKey'",
+      );
+    }
     const nc = await connectNats(connection, `mpipe bridge ${spec.name}`);
     this.#nc = nc;
-    this.#maxPayload = nc.info?.max_payload ?? this.#maxPayload;
+    this.#maxBody = bodyLimit(nc.info?.max_payload ?? 1 << 20);
     const jsm = await jetstreamManager(nc);
     await ensureStagesStream(jsm);
     // Work-queue: a message is removed once acked. In flight at once: at
@@ -140,11 +163,21 @@ export default class Bridge extends UnorderedWorker<unknown, unknown> {
       max_ack_pending: 2 * size + 64,
     });
     this.#js = jetstream(nc);
-    await this.#js.publish(
-      announcement,
-      encodeMessage(this.#encoder, spec),
-    );
+    await this.#announce();
+    // Announced again, newly signed, while the stage lives: hosts take a
+    // stage not announced again for ANNOUNCE_TTL_MS as gone, and refuse an
+    // announcement issued longer ago (a replay).
+    setInterval(() => this.#announce().catch(() => {}), ANNOUNCE_EVERY_MS);
     this.#readAnswers();
+  }
+
+  /** Publishes the stage's announcement, issued now and signed. */
+  async #announce(): Promise<void> {
+    const spec: StageSpec = { ...this.#config.spec, issued: Date.now() };
+    await this.#js!.publish(
+      this.#config.announcement,
+      await announcementMessage(this.#encoder, spec, this.#signingKey),
+    );
   }
 
   /** Not called: the runtime sends the bridge its tasks in batches. */
@@ -172,9 +205,10 @@ export default class Bridge extends UnorderedWorker<unknown, unknown> {
       return;
     }
     const max = this.#config.maxBatch;
-    if (count <= max && records.length <= this.#maxPayload) {
-      writeBatchHeader(records, first, count);
-      return this.#send(first, count, records);
+    if (count <= max && records.length <= this.#maxBody) {
+      const token = newToken();
+      writeBatchHeader(records, first, count, token);
+      return this.#send(first, count, token, records);
     }
     // Split: walk the frames to find each message's end.
     const reader = new MessageReader(records, BATCH_HEADER);
@@ -187,12 +221,14 @@ export default class Bridge extends UnorderedWorker<unknown, unknown> {
       if (
         tasks > 0 &&
         (tasks === max ||
-          BATCH_HEADER + reader.at - start > this.#maxPayload)
+          BATCH_HEADER + reader.at - start > this.#maxBody)
       ) {
+        const token = newToken();
         this.#send(
           from,
           tasks,
-          batchMessage(from, tasks, records, start, before),
+          token,
+          batchMessage(from, tasks, token, records, start, before),
         );
         from += tasks;
         start = before;
@@ -200,27 +236,39 @@ export default class Bridge extends UnorderedWorker<unknown, unknown> {
       }
       tasks++;
     }
+    const token = newToken();
     this.#send(
       from,
       tasks,
-      batchMessage(from, tasks, records, start, reader.at),
+      token,
+      batchMessage(from, tasks, token, records, start, reader.at),
     );
   }
 
-  /** Sends a batch message of `count` tasks numbered from `from`. */
-  #send(from: number, count: number, message: Uint8Array): void {
-    if (message.length > this.#maxPayload) {
+  /** Sends a batch message of `count` tasks numbered from `from`, with its token. */
+  #send(
+    from: number,
+    count: number,
+    token: Uint8Array,
+    message: Uint8Array,
+  ): void {
+    if (message.length > this.#maxBody) {
       // One task alone is too large for a message.
       this.#settler!.reject(
         from,
         new RangeError(
-          `The task encodes to ${message.length} bytes, more than the ${this.#maxPayload} a message to the server may carry (its max_payload): split it into smaller tasks, or raise max_payload in the server's configuration`,
+          `The task encodes to ${message.length} bytes, more than the ${this.#maxBody} a message's body may carry (the server's max_payload less ${HEADER_ROOM} bytes for headers): split it into smaller tasks, or raise max_payload in the server's configuration`,
         ),
       );
       this.#settler!.flush();
       return;
     }
-    this.#sent.set(from, { from, settled: new Uint8Array(count), left: count });
+    this.#sent.set(from, {
+      from,
+      token,
+      settled: new Uint8Array(count),
+      left: count,
+    });
     this.#publish(message, `b${from}`, 0);
   }
 
@@ -254,6 +302,10 @@ export default class Bridge extends UnorderedWorker<unknown, unknown> {
           attempt = 0;
           try {
             this.#answer(message.data);
+          } catch {
+            // Malformed (DataView's reads throw RangeError too): not a
+            // host's answer.
+            this.#forgery();
           } finally {
             message.ack();
           }
@@ -268,60 +320,102 @@ export default class Bridge extends UnorderedWorker<unknown, unknown> {
     }
   }
 
-  /** Settles the tasks an answer covers (each once: a repeat is dropped). */
+  /**
+   * Settles the tasks an answer covers (each once: a repeat is dropped).
+   * An answer counts only for the tasks of the batch whose token it echoes
+   * (a batch split into single tasks gives them its token): the rest is
+   * forged, dropped and counted.
+   */
   #answer(bytes: Uint8Array): void {
     const settler = this.#settler;
-    if (settler === null) return;
+    if (settler === null || bytes.length < TOKEN_AT + TOKEN_BYTES) {
+      return this.#forgery();
+    }
     const reader = new MessageReader(bytes);
     const kind = reader.u32();
+    if (kind !== ANSWER && kind !== REFUSED) return this.#forgery();
+    const count = reader.u32();
+    const from = reader.f64();
+    reader.at = TOKEN_AT + TOKEN_BYTES;
+    const batch = this.#sent.get(from);
     if (kind === REFUSED) {
-      reader.u32();
+      // A refusal answers a batch it was delivered.
+      const owner = batch ?? this.#sentWith(from);
+      if (owner === undefined) return;
+      if (!sameToken(bytes, TOKEN_AT, owner.token)) return this.#forgery();
+      reader.at = BATCH_HEADER;
       const [host, reason] = reader.record(this.#decoder) as [string, string];
       return this.#refuse(host, reason);
     }
-    if (kind !== ANSWER) return;
-    const count = reader.u32();
-    const from = reader.f64();
     const worker = reader.i32();
     const host = reader.text();
-    const batch = this.#sent.get(from);
-    for (let i = 0; i < count; i++) {
-      const tag = reader.u8();
-      const n = tag === MANY ? reader.varint() : tag === NONE ? 0 : 1;
-      // Most answers cover one whole batch; a redelivered batch is split
-      // into single tasks, each answered on its own.
-      const task = from + i;
-      const owner = batch !== undefined && i < batch.settled.length
-        ? batch
-        : this.#sentWith(task);
-      const index = owner === undefined ? 0 : task - owner.from;
-      if (owner === undefined || owner.settled[index] === 1) {
-        for (let j = 0; j < n; j++) reader.frame();
-        continue;
+    /** The batch last checked against the answer's token, and whether it matched. */
+    let checked: Sent | undefined;
+    let genuine = false;
+    let forged = false;
+    try {
+      for (let i = 0; i < count; i++) {
+        const tag = reader.u8();
+        const n = tag === MANY ? reader.varint() : tag === NONE ? 0 : 1;
+        // Most answers cover one whole batch; a redelivered batch is split
+        // into single tasks, each answered on its own.
+        const task = from + i;
+        const owner = batch !== undefined && i < batch.settled.length
+          ? batch
+          : this.#sentWith(task);
+        if (owner !== undefined && owner !== checked) {
+          checked = owner;
+          genuine = sameToken(bytes, TOKEN_AT, owner.token);
+          if (!genuine) forged = true;
+        }
+        const index = owner === undefined ? 0 : task - owner.from;
+        if (owner === undefined || !genuine || owner.settled[index] === 1) {
+          for (let j = 0; j < n; j++) reader.frame();
+          continue;
+        }
+        owner.settled[index] = 1;
+        if (--owner.left === 0) this.#sent.delete(owner.from);
+        if (tag === ONE) settler.resolve(task, reader.recordBytes());
+        else if (tag === NONE) settler.resolve(task, null);
+        else if (tag === MANY) {
+          const records: Uint8Array[] = [];
+          for (let j = 0; j < n; j++) records.push(reader.recordBytes());
+          settler.resolveMany(task, records);
+        } else {
+          settler.reject(
+            task,
+            {
+              mpipeRemote: {
+                host,
+                worker: worker < 0 ? undefined : worker,
+                what: undefined,
+              },
+              error: reader.record(this.#decoder),
+            } satisfies RemoteFailure,
+          );
+        }
       }
-      owner.settled[index] = 1;
-      if (--owner.left === 0) this.#sent.delete(owner.from);
-      if (tag === ONE) settler.resolve(task, reader.recordBytes());
-      else if (tag === NONE) settler.resolve(task, null);
-      else if (tag === MANY) {
-        const records: Uint8Array[] = [];
-        for (let j = 0; j < n; j++) records.push(reader.recordBytes());
-        settler.resolveMany(task, records);
-      } else {
-        settler.reject(
-          task,
-          {
-            mpipeRemote: {
-              host,
-              worker: worker < 0 ? undefined : worker,
-              what: undefined,
-            },
-            error: reader.record(this.#decoder),
-          } satisfies RemoteFailure,
-        );
-      }
+    } finally {
+      settler.flush();
     }
-    settler.flush();
+    if (forged) this.#forgery();
+  }
+
+  /**
+   * Counts an answer or refusal that did not come from a host that holds
+   * its tasks (it lacks their batch's token), and reports the count on
+   * stderr, at most every 10 s.
+   */
+  #forgery(): void {
+    this.#forged++;
+    const now = performance.now();
+    if (this.#forgedReported !== 0 && now - this.#forgedReported < 10_000) {
+      return;
+    }
+    this.#forgedReported = now;
+    console.warn(
+      `mpipe: remote stage '${this.#config.spec.name}': dropped ${this.#forged} answer(s) that no host holding their tasks sent (they lack their batch's token): a client other than your hosts publishes to ${this.#config.spec.outSubject}; see README "Securing the cluster"`,
+    );
   }
 
   /** The sent batch that holds task `task`, if it is not settled. */
