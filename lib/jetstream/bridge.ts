@@ -21,12 +21,14 @@
 import type { RemoteFailure } from "../remote.ts";
 import type { SendTasks, TaskSettler } from "../batch_runner.ts";
 import { UnorderedWorker } from "../worker.ts";
+import { WorkerScope } from "../worker_scope.ts";
 import { ensureStagesStream } from "./cluster.ts";
 import {
   AckPolicy,
   DiscardPolicy,
   jetstream,
   type JetStreamClient,
+  type JetStreamManager,
   jetstreamManager,
   type NatsConnection,
   RetentionPolicy,
@@ -51,7 +53,9 @@ import {
   nanosOf,
   newToken,
   NONE,
+  noResponders,
   ONE,
+  permanent,
   REFUSED,
   sameToken,
   type StageSpec,
@@ -96,6 +100,9 @@ export default class Bridge extends UnorderedWorker<unknown, unknown> {
   readonly #decoder = new Decoder();
   #nc: NatsConnection | null = null;
   #js: JetStreamClient | null = null;
+  #jsm: JetStreamManager | null = null;
+  /** Set once the stage failed for good (`#fail`). */
+  #failed = false;
   /** Sent batches with tasks not settled, by their first task's number. */
   readonly #sent = new Map<number, Sent>();
   /** How the runtime is told of settled tasks (given with the first tasks). */
@@ -133,6 +140,7 @@ export default class Bridge extends UnorderedWorker<unknown, unknown> {
     this.#nc = nc;
     this.#maxBody = bodyLimit(nc.info?.max_payload ?? 1 << 20);
     const jsm = await jetstreamManager(nc);
+    this.#jsm = jsm;
     await ensureStagesStream(jsm);
     // Work-queue: a message is removed once acked. In flight at once: at
     // most `size` tasks, so at most that many batches and answers, and as
@@ -168,16 +176,79 @@ export default class Bridge extends UnorderedWorker<unknown, unknown> {
     // stage not announced again for ANNOUNCE_TTL_MS as gone, and refuse an
     // announcement issued longer ago (a replay).
     setInterval(() => this.#announce().catch(() => {}), ANNOUNCE_EVERY_MS);
+    // A stream lost (deleted, or the server restarted on an empty store)
+    // fails the stage within this long, even with nothing to publish.
+    setInterval(() => this.#checkStream(), Bridge.CHECK_MS);
     this.#readAnswers();
   }
+
+  /** How often the bridge checks that its stream still exists. */
+  static readonly CHECK_MS = 2_000;
+
+  /**
+   * How long a batch's publish is retried through transient errors (the
+   * server restarting, a timeout) before the stage fails.
+   */
+  static readonly PUBLISH_GIVE_UP_MS = 60_000;
 
   /** Publishes the stage's announcement, issued now and signed. */
   async #announce(): Promise<void> {
     const spec: StageSpec = { ...this.#config.spec, issued: Date.now() };
-    await this.#js!.publish(
-      this.#config.announcement,
-      await announcementMessage(this.#encoder, spec, this.#signingKey),
+    const message = await announcementMessage(
+      this.#encoder,
+      spec,
+      this.#signingKey,
     );
+    try {
+      await this.#js!.publish(this.#config.announcement, message);
+    } catch (error) {
+      if (!noResponders(error)) throw error;
+      // MPIPE_STAGES is gone (the server lost its store): make it again.
+      await ensureStagesStream(this.#jsm!);
+      await this.#js!.publish(this.#config.announcement, message);
+    }
+  }
+
+  /** Fails the stage if its stream is gone. */
+  #checkStream(): void {
+    if (this.#failed) return;
+    const { stream } = this.#config.spec;
+    this.#jsm!.streams.info(stream).then(undefined, (error) => {
+      if (apiCode(error) === 10059) this.#lost();
+    });
+  }
+
+  /** The stage's stream is gone while the stage runs: the tasks in it are lost. */
+  #lost(): void {
+    const { stream } = this.#config.spec;
+    this.#fail(
+      `the stage's stream ${stream} is gone (deleted, or the server restarted without its store), with the tasks in flight`,
+      new Error(
+        `JetStream stream ${stream} not found: run the pipeline again; keep the server's store (its -sd directory) across restarts`,
+      ),
+    );
+  }
+
+  /**
+   * Fails the stage (whatever its onError): a fault of the cluster, not of
+   * a task. Reported once, as a StageError naming the server.
+   */
+  #fail(what: string, error: unknown): void {
+    if (this.#failed) return;
+    this.#failed = true;
+    WorkerScope.postError({
+      type: "error",
+      phase: "task",
+      task: undefined,
+      error: {
+        mpipeRemote: {
+          host: this.#nc?.getServer() ?? "the NATS server",
+          worker: undefined,
+          what,
+        },
+        error,
+      } satisfies RemoteFailure,
+    });
   }
 
   /** Not called: the runtime sends the bridge its tasks in batches. */
@@ -274,30 +345,63 @@ export default class Bridge extends UnorderedWorker<unknown, unknown> {
 
   /**
    * Publishes a batch to the stage's input until the server has stored it:
-   * after a failure (the server restarts, the stream is full) it tries
-   * again; the message id makes a repeat that was stored after all a
-   * duplicate, which the server drops.
+   * after a transient failure (the server restarts, a timeout) it tries
+   * again, with backoff, for up to PUBLISH_GIVE_UP_MS; the message id makes
+   * a repeat that was stored after all a duplicate, which the server drops.
+   * A permanent failure, or a stream that is gone, fails the stage at once.
    */
-  #publish(bytes: Uint8Array, msgID: string, attempt: number): void {
-    const { inSubject } = this.#config.spec;
+  #publish(
+    bytes: Uint8Array,
+    msgID: string,
+    attempt: number,
+    since = performance.now(),
+  ): void {
+    if (this.#failed) return;
+    const { inSubject, stream } = this.#config.spec;
     this.#js!.publish(inSubject, bytes, { msgID, timeout: 5_000 }).then(
       undefined,
-      () => {
+      async (error) => {
+        if (this.#failed) return;
+        if (permanent(error)) {
+          return this.#fail(
+            `a batch of tasks could not be stored: the server refused it for good`,
+            error,
+          );
+        }
+        if (noResponders(error) || apiCode(error) === 10059) {
+          // No stream takes the subject: gone, or the server is starting.
+          const gone = await this.#jsm!.streams.info(stream).then(
+            () => false,
+            (info) => apiCode(info) === 10059,
+          );
+          if (gone) return this.#lost();
+        }
+        if (performance.now() - since > Bridge.PUBLISH_GIVE_UP_MS) {
+          return this.#fail(
+            `a batch of tasks could not be stored in ${
+              Bridge.PUBLISH_GIVE_UP_MS / 1000
+            } s of trying`,
+            error,
+          );
+        }
         setTimeout(
-          () => this.#publish(bytes, msgID, attempt + 1),
+          () => this.#publish(bytes, msgID, attempt + 1, since),
           Math.min(2_000, 25 * 2 ** attempt),
         );
       },
     );
   }
 
-  /** Reads the hosts' answers for as long as the worker runs. */
+  /** Reads the hosts' answers for as long as the worker runs (or its stream exists). */
   async #readAnswers(): Promise<void> {
     const { stream } = this.#config.spec;
-    for (let attempt = 0;; attempt++) {
+    for (let attempt = 0; !this.#failed; attempt++) {
       try {
         const consumer = await this.#js!.consumers.get(stream, "bridge");
-        const messages = await consumer.consume({ max_messages: 256 });
+        const messages = await consumer.consume({
+          max_messages: 256,
+          abort_on_missing_resource: true,
+        });
         for await (const message of messages) {
           attempt = 0;
           try {
@@ -311,8 +415,9 @@ export default class Bridge extends UnorderedWorker<unknown, unknown> {
           }
         }
       } catch (error) {
-        // 10059: the stream is gone, so the run has ended.
-        if (apiCode(error) === 10059) return;
+        // 10059: the stream is gone; 10014: its consumer is.
+        const code = apiCode(error);
+        if (code === 10059 || code === 10014) return this.#lost();
       }
       await new Promise((resolve) =>
         setTimeout(resolve, Math.min(2_000, 50 * 2 ** attempt))

@@ -53,6 +53,7 @@ import {
   Encoder,
   failedAnswer,
   importPublicKey,
+  permanent,
   PROTOCOL,
   readAnnouncement,
   readBatch,
@@ -368,8 +369,14 @@ export class WorkerHost implements AsyncDisposable {
         message.ack();
         this.#release(local, id);
       },
-      // The stage is gone: nothing to ack.
-      () => this.#release(local, id),
+      (error) => {
+        if (!permanent(error)) return this.#release(local, id); // The stage is gone.
+        // The server refuses the answer for good: its tasks fail with why.
+        const { from } = readBatch(message.data);
+        this.#fail(server, message, from, error, undefined).finally(() =>
+          this.#release(local, id)
+        );
+      },
     );
   }
 
@@ -387,7 +394,8 @@ export class WorkerHost implements AsyncDisposable {
 
   /**
    * Publishes to a stage's output until the server has stored it, through
-   * reconnections; rejects only once the stage's stream is gone.
+   * reconnections; rejects once the stage's stream is gone, or at once on
+   * a permanent error (see `permanent`).
    */
   async #publish(
     server: StageServer,
@@ -402,6 +410,7 @@ export class WorkerHost implements AsyncDisposable {
         });
         return;
       } catch (error) {
+        if (permanent(error)) throw error;
         if (await this.#gone(server.spec.stream, error)) throw error;
       }
       await delay(Math.min(2_000, 25 * 2 ** attempt));
@@ -645,7 +654,9 @@ export class WorkerHost implements AsyncDisposable {
           await this.#announced(message.subject, message.data);
         }
       } catch {
-        // Reconnecting, or the server restarted: watch again.
+        // Reconnecting, or the server restarted (maybe without its store:
+        // then make the stream of announcements again) : watch again.
+        await ensureStagesStream(this.#jsm).catch(() => {});
       }
       if (!this.#closing) await delay(250);
     }

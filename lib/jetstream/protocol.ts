@@ -798,3 +798,24 @@ export function apiCode(error: unknown): number | undefined {
 }
 
 export { Decoder, Encoder };
+
+/** Whether a publish failed because no stream listens on the subject (or JetStream is not up yet). */
+export function noResponders(error: unknown): boolean {
+  const e = error as { name?: unknown; isNoResponders?: () => boolean };
+  return e?.name === "JetStreamNotEnabled" || e?.name === "NoResponders" ||
+    (e?.name === "RequestError" && e.isNoResponders?.() === true);
+}
+
+/**
+ * Whether a publish failed for good: too large for the server, a subject
+ * the client may not publish to, or a closed connection. Anything else (a
+ * timeout, a reconnection, a restarting server) may pass.
+ */
+export function permanent(error: unknown): boolean {
+  const name = (error as { name?: unknown })?.name;
+  return name === "InvalidArgumentError" ||
+    name === "InvalidSubjectError" ||
+    name === "PermissionViolationError" ||
+    name === "AuthorizationError" ||
+    name === "ClosedConnectionError";
+}
