@@ -14,6 +14,7 @@ import {
   NatsServer,
   natsUrl,
   stopSharedServer,
+  TEST_KEYS,
 } from "./support/nats.ts";
 
 const URL_ = await natsUrl();
@@ -223,6 +224,63 @@ timed(
         Array.from({ length: 10 }, (_, i) => i * 2),
       );
     });
+  },
+);
+
+// ---------------------------------------------------------------- F3
+
+timed(
+  "JetStream fault F3: a task stuck on a host (a busy loop, a promise that never settles) times out there; the host's later tasks and the next run go on",
+  90_000,
+  async () => {
+    await using cluster = await JetStreamCluster.connect(clusterOptions(URL_));
+    const host = await HostProcess.start(URL_, "stuck-1", [
+      "--trust",
+      TEST_KEYS.publicKey,
+      "--allow-source",
+      "--workers",
+      "2",
+    ]);
+    try {
+      const errors: StageError[] = [];
+      const pipe = new Pipeline<number, number>(
+        new OrderedStage(
+          (x: number) => {
+            if (x === 3) { for (;;) { /* stuck for good */ } }
+            if (x === 6) return new Promise<number>(() => {});
+            return x;
+          },
+          2,
+          {
+            cluster,
+            taskTimeout: 2_000,
+            onError: (error) => errors.push(error),
+          },
+        ),
+      );
+      for (let i = 0; i < 12; i++) pipe.put(i);
+      pipe.put(null);
+      assert.deepEqual(
+        await Array.fromAsync(pipe),
+        [0, 1, 2, 4, 5, 7, 8, 9, 10, 11],
+      );
+      assert.deepEqual(errors.map((e) => e.task), [3, 6]);
+      for (const error of errors) {
+        assert.equal((error.cause as Error).name, "TimeoutError");
+      }
+      // The host's workers are free for the next run.
+      const next = new Pipeline<number, number>(
+        new OrderedStage((x: number) => x + 1, 4, { cluster }),
+      );
+      for (let i = 0; i < 10; i++) next.put(i);
+      next.put(null);
+      assert.deepEqual(
+        await Array.fromAsync(next),
+        Array.from({ length: 10 }, (_, i) => i + 1),
+      );
+    } finally {
+      await host.stop(2_000);
+    }
   },
 );
 

@@ -116,6 +116,7 @@ async function forgeStage(
     ackWait: 30_000,
     maxAttempts: 3,
     maxDeliver: 16,
+    taskTimeout: 0,
     issued: Date.now(),
   };
 }

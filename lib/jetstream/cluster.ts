@@ -248,6 +248,9 @@ export class JetStreamCluster implements Cluster, AsyncDisposable {
         // A cap that tasks which only shared a host with a poison one never
         // reach, so that nothing is delivered for ever (see host.ts).
         maxDeliver: 4 * maxAttempts + 4,
+        taskTimeout: Number.isFinite(stage.taskTimeout ?? Infinity)
+          ? stage.taskTimeout!
+          : 0,
         // Set by the stage's bridge each time it announces the stage.
         issued: 0,
       };

@@ -20,6 +20,9 @@
  *   its host, so that a task that kills its host takes no other with it,
  *   and fails once it has done so `maxAttempts` times (see `#isolate`). A
  *   task whose worker is lost (it called `Deno.exit()`) fails at once.
+ * - A batch held longer than its stage's `taskTimeout` per task is let go
+ *   (see `#timedOut`): answered with the timeout, or split, and the local
+ *   pipeline that runs it is replaced.
  * - A stage that it may not run is refused: the refusal answers the first
  *   batch it takes of the stage (echoing the batch's token, as answers do),
  *   and the pipeline fails with it.
@@ -141,6 +144,8 @@ interface Held {
   since: number;
   /** Called once it is acked, answered or given back. */
   done: (() => void) | null;
+  /** The timer of its taskTimeout (see `#timedOut`), if its stage has one. */
+  timer: ReturnType<typeof setTimeout> | undefined;
 }
 
 /** One run of the host's local pipeline, and the batches in it, by id (its task number). */
@@ -148,6 +153,8 @@ interface LocalRun {
   pipe: Pipeline<HostTask, HostResult>;
   held: Map<number, Held>;
   next: number;
+  /** Set once a task in it timed out: it takes no more batches (see `#retire`). */
+  retired: boolean;
 }
 
 /**
@@ -326,9 +333,68 @@ export class WorkerHost implements AsyncDisposable {
       ),
       held: new Map(),
       next: 0,
+      retired: false,
     };
     this.#answerLoop(local);
     return local;
+  }
+
+  /**
+   * A task of batch `id` ran past its stage's taskTimeout (its batch past
+   * taskTimeout × its tasks): the host lets it go (no more `working()` for
+   * it), answers it with the timeout (a batch of several is split, so that
+   * the stuck task times out alone and the others run again), and replaces
+   * its workers: later batches go to a new local pipeline, and the old one
+   * is ended once its other batches are done.
+   */
+  #timedOut(local: LocalRun, id: number): void {
+    const held = local.held.get(id);
+    if (held === undefined) return;
+    const { message, server } = held;
+    const { from, count } = readBatch(message.data);
+    const limit = server.spec.taskTimeout;
+    this.#release(local, id);
+    this.#retire(local);
+    if (count > 1) {
+      this.#split(server, message);
+      return;
+    }
+    this.#fail(
+      server,
+      message,
+      from,
+      new DOMException(
+        `task ${from} ran longer than its taskTimeout of ${limit} ms on host ${this.name}: the host let it go and replaced its worker`,
+        "TimeoutError",
+      ),
+      undefined,
+    );
+  }
+
+  /**
+   * Sends later batches to a new local pipeline, moves the batches `local`
+   * holds there (they run again: those queued behind a stuck worker would
+   * wait for ever), and ends `local`.
+   */
+  #retire(local: LocalRun): void {
+    if (local.retired) return;
+    local.retired = true;
+    if (this.#local === local && !this.#closing) {
+      this.#local = this.#startLocal();
+    }
+    for (const [id, held] of [...local.held]) {
+      local.held.delete(id);
+      clearTimeout(held.timer);
+      if (this.#closing) {
+        held.message.nak();
+        held.server.release(held.since);
+        held.done?.();
+      } else this.#put(this.#local, held);
+    }
+    // A busy loop goes on in its thread (Worker.terminate() cannot stop
+    // it), but touches nothing of the host.
+    local.pipe.terminate();
+    local.pipe.done.catch(() => {});
   }
 
   /** Publishes each answer of the local pipeline, then acks its batch. */
@@ -342,7 +408,7 @@ export class WorkerHost implements AsyncDisposable {
     } catch (error) {
       // The local pipeline failed (its workers were lost too often): start
       // another, and give the batches it held back to the cluster.
-      if (this.#closing) return;
+      if (this.#closing || local.retired) return;
       console.error(
         `mpipe host ${this.name}: its workers failed (${
           error instanceof Error ? error.message : error
@@ -385,6 +451,7 @@ export class WorkerHost implements AsyncDisposable {
     const held = local.held.get(id);
     if (held === undefined) return;
     local.held.delete(id);
+    clearTimeout(held.timer);
     held.server.release(held.since);
     held.done?.();
     const changed = this.#heldChanged;
@@ -468,12 +535,31 @@ export class WorkerHost implements AsyncDisposable {
     message: JsMsg,
     done: (() => void) | null,
   ): Promise<void> {
-    const local = this.#local;
-    const id = local.next++;
-    local.held.set(id, { message, server, since: performance.now(), done });
     server.hold();
+    await this.#put(this.#local, {
+      message,
+      server,
+      since: performance.now(),
+      done,
+      timer: undefined,
+    });
+  }
+
+  /** Puts a held batch into the local pipeline `local`, with the timer of its stage's taskTimeout. */
+  async #put(local: LocalRun, held: Held): Promise<void> {
+    const id = local.next++;
+    const { message, server } = held;
+    const limit = server.spec.taskTimeout;
+    if (limit > 0) {
+      held.timer = setTimeout(
+        () => this.#timedOut(local, id),
+        limit * readBatch(message.data).count,
+      );
+    }
+    local.held.set(id, held);
     await local.pipe.put([id, server.stage, message.data]).catch(() => {
-      // The local pipeline failed; #answerLoop gives its batches back.
+      // The local pipeline failed, or was retired; #answerLoop or #retire
+      // gives its batches back or moves them.
     });
   }
 
@@ -1087,6 +1173,7 @@ function isSpec(spec: unknown): spec is StageSpec {
     Array.isArray(s.args) &&
     Number.isInteger(s.concurrency) && s.concurrency >= 1 &&
     typeof s.ackWait === "number" && s.ackWait >= 100 &&
+    typeof s.taskTimeout === "number" && s.taskTimeout >= 0 &&
     Number.isInteger(s.maxAttempts) && s.maxAttempts >= 1 &&
     Number.isInteger(s.maxDeliver) && s.maxDeliver >= 1;
 }

@@ -528,6 +528,8 @@ export interface StageSpec {
   maxAttempts: number;
   /** How many times a task may be delivered at all (the consumer's `max_deliver`). */
   maxDeliver: number;
+  /** Milliseconds a task may run on a host (the stage's `taskTimeout`), or 0 for no limit. */
+  taskTimeout: number;
   /** When it was announced (ms since the epoch, the coordinator's clock): a signed announcement older than `ANNOUNCE_TTL_MS` is a replay. */
   issued: number;
 }
