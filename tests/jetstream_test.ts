@@ -483,67 +483,82 @@ timed(
   },
 );
 
-timed(
-  "JetStream: a poison task that kills every host it reaches ends as an error after maxAttempts; the other tasks complete",
-  120_000,
-  async () => {
-    await using cluster = await JetStreamCluster.connect(clusterOptions(URL_, {
-      ackWait: 1_000,
-      maxAttempts: 2,
-    }));
-    // Two hosts at all times: each one the poison kills is replaced.
-    const hosts: HostProcess[] = [];
-    let spawned = 0;
-    let keeping = true;
-    const keep = async () => {
-      while (keeping) {
-        for (let i = 0; i < 2; i++) {
-          if (hosts[i] === undefined || hosts[i]!.exited) {
-            hosts[i] = await HostProcess.start(
-              URL_,
-              `poison-${spawned++}`,
-              undefined,
-              // The poison kills its host with Deno.kill.
-              { run: true },
-            );
+for (const maxBatch of [1, 4]) {
+  timed(
+    `JetStream: a poison task that kills every host it reaches ends as an error after maxAttempts host deaths in all (maxBatch ${maxBatch}); the other tasks complete`,
+    120_000,
+    async () => {
+      await using cluster = await JetStreamCluster.connect(
+        clusterOptions(URL_, {
+          ackWait: 1_000,
+          maxAttempts: 2,
+          maxBatch,
+        }),
+      );
+      // Two hosts at all times: each one the poison kills is replaced.
+      const hosts: HostProcess[] = [];
+      const started: HostProcess[] = [];
+      let spawned = 0;
+      let keeping = true;
+      const keep = async () => {
+        while (keeping) {
+          for (let i = 0; i < 2; i++) {
+            if (hosts[i] === undefined || hosts[i]!.exited) {
+              hosts[i] = await HostProcess.start(
+                URL_,
+                `poison-${spawned++}`,
+                undefined,
+                // The poison kills its host with Deno.kill.
+                { run: true },
+              );
+              started.push(hosts[i]!);
+            }
           }
+          await sleep(100);
         }
-        await sleep(100);
+      };
+      const keeper = keep();
+      try {
+        const errors: StageError[] = [];
+        const stage = new OrderedStage(
+          (x: number) => {
+            if (x === 3) Deno.kill(Deno.pid, "SIGKILL");
+            return x * 2;
+          },
+          16,
+          { cluster, onError: (error) => errors.push(error), name: "poisoned" },
+        );
+        const pipe = new Pipeline<number, number>(stage);
+        for (let i = 0; i < 30; i++) pipe.put(i);
+        pipe.put(null);
+        const results = await Array.fromAsync(pipe);
+        assert.deepEqual(
+          results,
+          Array.from({ length: 30 }, (_, i) => i * 2).filter((x) => x !== 6),
+        );
+        assert.equal(errors.length, 1);
+        assert.equal(errors[0]!.task, 3);
+        assert.match(errors[0]!.message, /lost its host 2 times/);
+        keeping = false;
+        await keeper;
+        const killed = started.filter((host) => host.exited);
+        for (const host of killed) {
+          assert.equal((await host.status).signal, "SIGKILL");
+        }
+        // maxAttempts counts every host the poison killed.
+        assert.equal(
+          killed.length,
+          2,
+          `the poison killed ${killed.length} hosts`,
+        );
+      } finally {
+        keeping = false;
+        await keeper;
+        await Promise.all(hosts.map((host) => host.stop()));
       }
-    };
-    const keeper = keep();
-    try {
-      const errors: StageError[] = [];
-      const stage = new OrderedStage(
-        (x: number) => {
-          if (x === 3) Deno.kill(Deno.pid, "SIGKILL");
-          return x * 2;
-        },
-        16,
-        { cluster, onError: (error) => errors.push(error), name: "poisoned" },
-      );
-      const pipe = new Pipeline<number, number>(stage);
-      for (let i = 0; i < 30; i++) pipe.put(i);
-      pipe.put(null);
-      const results = await Array.fromAsync(pipe);
-      assert.deepEqual(
-        results,
-        Array.from({ length: 30 }, (_, i) => i * 2).filter((x) => x !== 6),
-      );
-      assert.equal(errors.length, 1);
-      assert.equal(errors[0]!.task, 3);
-      assert.match(
-        errors[0]!.message,
-        /lost its host 2 times while it ran alone/,
-      );
-      assert.ok(spawned >= 4, `the poison killed ${spawned - 2} hosts`);
-    } finally {
-      keeping = false;
-      await keeper;
-      await Promise.all(hosts.map((host) => host.stop()));
-    }
-  },
-);
+    },
+  );
+}
 
 timed(
   "JetStream: large tasks and results travel (split in the rings and across messages); one over the server's max_payload fails with a RangeError",

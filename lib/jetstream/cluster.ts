@@ -64,11 +64,12 @@ export interface JetStreamClusterOptions extends ConnectionOptions {
    */
   ackWait?: number;
   /**
-   * How many times a task may lose its host (killed or crashed) while it
-   * runs alone there before it fails with a `StageError` instead of being
-   * run again. A task whose host was lost runs again alone (nothing else
-   * runs on that host meanwhile), so a task that kills hosts is found and
-   * fails, and the tasks that shared a host with it succeed.
+   * How many hosts a task may lose (killed or crashed while it ran there)
+   * before it fails with a `StageError` instead of being run again. A task
+   * whose host was lost runs again alone (nothing else runs on that host
+   * meanwhile), so a task that kills hosts is found and fails after this
+   * many host deaths in all, and the tasks that shared a host with it
+   * succeed.
    * @default {3}
    */
   maxAttempts?: number;

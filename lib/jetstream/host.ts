@@ -37,6 +37,7 @@ import { ensureStagesStream } from "./cluster.ts";
 import type { HostResult, HostStage, HostTask } from "./host_worker.ts";
 import {
   DeliverPolicy,
+  headers,
   jetstream,
   type JetStreamClient,
   type JetStreamManager,
@@ -132,6 +133,9 @@ type HostSettings =
     /** The trusted coordinators' public keys. */
     trust: CryptoKey[];
   };
+
+/** The header of a single task split from a batch whose host was lost. */
+const LOST = "MPipe-Lost";
 
 /** The host's local worker module. */
 const HOST_WORKER = new URL("./host_worker.ts", import.meta.url);
@@ -503,7 +507,7 @@ export class WorkerHost implements AsyncDisposable {
   async #take(server: StageServer, message: JsMsg): Promise<void> {
     if (server.refusal !== null) return await this.#refuse(server, message);
     const deliveries = message.info.deliveryCount;
-    if (deliveries === 1) {
+    if (deliveries === 1 && !message.headers?.has(LOST)) {
       // Nothing else runs while a suspect does (see #isolate).
       while (this.#paused !== null) {
         this.#waiting.set(message, server);
@@ -564,13 +568,15 @@ export class WorkerHost implements AsyncDisposable {
   }
 
   /**
-   * Runs task `task`, delivered again because its host was lost, alone on
-   * this host: the host takes nothing else and waits until what it holds
-   * is done; suspects take turns. Before the run, a note on the subject
-   * `<aloneSubject>.<task>` counts it, and after it the notes are removed:
-   * notes left say how many times the task killed a host it had to itself.
-   * Past `maxAttempts` of those it fails without running again. Tasks that
-   * only shared a host with it are counted by no note, and succeed.
+   * Runs task `task`, whose host was lost (it was delivered again, or
+   * split from a batch delivered again), alone on this host: the host takes
+   * nothing else and waits until what it holds is done; suspects take
+   * turns. Before the run, a note on the subject `<aloneSubject>.<task>`
+   * counts it, and after it the notes are removed: notes left say how many
+   * times the task killed a host it had to itself. With the loss that made
+   * it a suspect, those are the host losses it cost; at `maxAttempts` it
+   * fails without running again. Tasks that only shared a host with it are
+   * counted by no note, and succeed.
    */
   #isolate(server: StageServer, message: JsMsg, task: number): Promise<void> {
     this.#suspects++;
@@ -588,25 +594,26 @@ export class WorkerHost implements AsyncDisposable {
         const note = await this.#jsm.streams.getMessage(spec.stream, {
           last_by_subj: subject,
         }).catch(() => null);
-        const runs = note === null ? 0 : Number(note.string());
+        const alone = note === null ? 0 : Number(note.string());
+        const runs = 1 + alone;
         if (runs >= spec.maxAttempts) {
           await this.#fail(
             server,
             message,
             task,
             new Error(
-              `the task lost its host ${runs} times while it ran alone there (the host was killed or crashed): it is not run again`,
+              `the task lost its host ${runs} times (killed, crashed or silent past ackWait; ${alone} of them while it ran alone there): it is not run again`,
             ),
             undefined,
           );
         } else {
           await this.#js.publish(
             subject,
-            new TextEncoder().encode(`${runs + 1}`),
+            new TextEncoder().encode(`${alone + 1}`),
           );
-          const alone = Promise.withResolvers<void>();
-          await this.#hold(server, message, alone.resolve);
-          await alone.promise;
+          const ran = Promise.withResolvers<void>();
+          await this.#hold(server, message, ran.resolve);
+          await ran.promise;
         }
         await this.#jsm.streams.purge(spec.stream, { filter: subject })
           .catch(() => {});
@@ -657,12 +664,15 @@ export class WorkerHost implements AsyncDisposable {
       );
     }
     try {
+      // Each single is a suspect from its first delivery (see #isolate).
+      const lost = headers();
+      lost.set(LOST, "1");
       await Promise.all(singles.map((single, i) =>
         this.#js.publish(
           server.spec.inSubject,
           single,
           // A batch split twice (by two hosts) gives each task once.
-          { msgID: `t${from + i}`, timeout: 5_000 },
+          { msgID: `t${from + i}`, timeout: 5_000, headers: lost },
         )
       ));
       message.ack();
