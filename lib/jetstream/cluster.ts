@@ -321,8 +321,8 @@ export class JetStreamCluster implements Cluster, AsyncDisposable {
    * import assert from "node:assert/strict";
    *
    * const { signingKey, publicKey } = await JetStreamCluster.generateKeys();
-   * assert.equal(signingKey.length, 64);
-   * assert.equal(publicKey.length, 43);
+   * assert.match(signingKey, /^mpipe-sk-[\w-]{64}$/);
+   * assert.match(publicKey, /^mpipe-pk-[\w-]{43}$/);
    * ```
    */
   static generateKeys(): Promise<{ signingKey: string; publicKey: string }> {

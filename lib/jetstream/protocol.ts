@@ -593,9 +593,15 @@ export async function readAnnouncement(
   return { spec, signed };
 }
 
-/** The lengths of the keys as text (base64url): a PKCS #8 Ed25519 private key, a raw public key. */
-const SIGNING_KEY_CHARS = 64;
-const PUBLIC_KEY_CHARS = 43;
+/**
+ * The keys as text: a prefix that says which key it is (and keeps a
+ * command line from reading it as a flag), then base64url of a PKCS #8
+ * Ed25519 private key (64 characters) or of a raw public key (43).
+ */
+const SIGNING_PREFIX = "mpipe-sk-";
+const PUBLIC_PREFIX = "mpipe-pk-";
+const SIGNING_KEY_CHARS = SIGNING_PREFIX.length + 64;
+const PUBLIC_KEY_CHARS = PUBLIC_PREFIX.length + 43;
 
 /**
  * A new Ed25519 key pair for signing announcements, as text (base64url):
@@ -613,8 +619,8 @@ export async function generateKeys(): Promise<
   const text = async (format: "pkcs8" | "raw", key: CryptoKey) =>
     base64url(new Uint8Array(await crypto.subtle.exportKey(format, key)));
   return {
-    signingKey: await text("pkcs8", pair.privateKey),
-    publicKey: await text("raw", pair.publicKey),
+    signingKey: SIGNING_PREFIX + await text("pkcs8", pair.privateKey),
+    publicKey: PUBLIC_PREFIX + await text("raw", pair.publicKey),
   };
 }
 
@@ -624,18 +630,24 @@ export async function importSigningKey(
   where: string,
 ): Promise<CryptoKey> {
   try {
-    if (text.length !== SIGNING_KEY_CHARS) throw new Error("length");
+    if (
+      text.length !== SIGNING_KEY_CHARS || !text.startsWith(SIGNING_PREFIX)
+    ) {
+      throw new Error("not a signing key");
+    }
     return await crypto.subtle.importKey(
       "pkcs8",
-      fromBase64url(text),
+      fromBase64url(text.slice(SIGNING_PREFIX.length)),
       { name: "Ed25519" },
       false,
       ["sign"],
     );
   } catch {
     throw new TypeError(
-      `${where} must be a signing key as \`deno run jsr:@mpipe/mpipe/host --new-keys\` prints it (${SIGNING_KEY_CHARS} characters of base64url), got ${text.length} characters${
-        text.length === PUBLIC_KEY_CHARS
+      `${where} must be a signing key as \`deno run jsr:@mpipe/mpipe/host --new-keys\` prints it ("${SIGNING_PREFIX}" and ${
+        SIGNING_KEY_CHARS - SIGNING_PREFIX.length
+      } characters of base64url), got ${text.length} characters${
+        text.startsWith(PUBLIC_PREFIX)
           ? ": that is a public key, which the hosts trust"
           : ""
       }`,
@@ -649,18 +661,22 @@ export async function importPublicKey(
   where: string,
 ): Promise<CryptoKey> {
   try {
-    if (text.length !== PUBLIC_KEY_CHARS) throw new Error("length");
+    if (text.length !== PUBLIC_KEY_CHARS || !text.startsWith(PUBLIC_PREFIX)) {
+      throw new Error("not a public key");
+    }
     return await crypto.subtle.importKey(
       "raw",
-      fromBase64url(text),
+      fromBase64url(text.slice(PUBLIC_PREFIX.length)),
       { name: "Ed25519" },
       false,
       ["verify"],
     );
   } catch {
     throw new TypeError(
-      `${where} must be a public key as \`deno run jsr:@mpipe/mpipe/host --new-keys\` prints it (${PUBLIC_KEY_CHARS} characters of base64url), got ${text.length} characters${
-        text.length === SIGNING_KEY_CHARS
+      `${where} must be a public key as \`deno run jsr:@mpipe/mpipe/host --new-keys\` prints it ("${PUBLIC_PREFIX}" and ${
+        PUBLIC_KEY_CHARS - PUBLIC_PREFIX.length
+      } characters of base64url), got ${text.length} characters${
+        text.startsWith(SIGNING_PREFIX)
           ? ": that is a signing key, which only coordinators may hold"
           : ""
       }`,
