@@ -507,7 +507,11 @@ export class WorkerHost implements AsyncDisposable {
   async #take(server: StageServer, message: JsMsg): Promise<void> {
     if (server.refusal !== null) return await this.#refuse(server, message);
     const deliveries = message.info.deliveryCount;
-    if (deliveries === 1 && !message.headers?.has(LOST)) {
+    // Only a single task may carry LOST (parsing headers costs, per batch).
+    const data = message.data;
+    const single = data[4] === 1 && data[5] === 0 && data[6] === 0 &&
+      data[7] === 0;
+    if (deliveries === 1 && !(single && message.headers?.has(LOST))) {
       // Nothing else runs while a suspect does (see #isolate).
       while (this.#paused !== null) {
         this.#waiting.set(message, server);
