@@ -4,15 +4,19 @@
  * `@mpipe/mpipe/jetstream`), with up to `--workers` Web Workers.
  *
  * ```sh
- * deno run -A jsr:@mpipe/mpipe/host --servers 127.0.0.1:4222 --workers 8 --allow-source
+ * deno run jsr:@mpipe/mpipe/host --new-keys   # once: a key pair for your coordinators and hosts
+ * deno run --allow-net=127.0.0.1:4222 --allow-env=MPIPE_TRUST,MPIPE_NATS_PASS,MPIPE_NATS_TOKEN --allow-sys=hostname \
+ *   jsr:@mpipe/mpipe/host --servers 127.0.0.1:4222 --workers 8 --trust PUBLIC_KEY --allow-source
  * ```
  *
  * | flag | meaning |
  * | --- | --- |
+ * | `--new-keys` | print a new key pair (a coordinator's `signingKey`, and the public key for `--trust`), and exit |
  * | `--servers LIST` | the NATS servers, comma-separated (`host:port` or URLs); default `127.0.0.1:4222` |
  * | `--workers N` | the most Web Workers, shared by the stages it serves; default: the cores |
- * | `--allow-source` | run function and class targets (they arrive as source text) |
- * | `--allow-target PREFIX` | import module targets under this URL prefix; repeatable |
+ * | `--trust PUBLIC_KEY` | take only stage announcements signed by this coordinator key; repeatable (or `MPIPE_TRUST`, comma-separated) |
+ * | `--allow-source` | run function and class targets (they arrive as source text) from trusted coordinators; needs `--trust` |
+ * | `--allow-target PREFIX` | import module targets under this URL prefix (normalized, on path-segment boundaries); repeatable |
  * | `--name NAME` | the host's name in errors; default `<hostname>:<pid>` |
  * | `--user NAME`, `--pass PASSWORD` | a user account (or `MPIPE_NATS_PASS` for the password) |
  * | `--token TOKEN` | a token (or `MPIPE_NATS_TOKEN`) |
@@ -27,7 +31,12 @@
  * ```ts ignore
  * import { main } from "@mpipe/mpipe/host";
  *
- * const host = await main(["--servers", "127.0.0.1:4222", "--workers", "2", "--allow-source"]);
+ * const host = await main([
+ *   "--servers", "127.0.0.1:4222",
+ *   "--workers", "2",
+ *   "--trust", Deno.env.get("MPIPE_TRUST")!,
+ *   "--allow-source",
+ * ]);
  * await host.close();
  * ```
  *
@@ -36,9 +45,10 @@
 
 import { parseArgs } from "node:util";
 import { WorkerHost, type WorkerHostOptions } from "./lib/jetstream/host.ts";
+import { generateKeys } from "./lib/jetstream/protocol.ts";
 
 const USAGE =
-  "usage: deno run -A host.ts [--servers LIST] [--workers N] [--allow-source] [--allow-target PREFIX]... [--name NAME] [--user NAME --pass PASSWORD | --token TOKEN | --creds FILE] [--tls [--tls-ca FILE] [--tls-cert FILE --tls-key FILE]]";
+  "usage: deno run --allow-net=SERVER host.ts [--servers LIST] [--workers N] [--trust PUBLIC_KEY]... [--allow-source] [--allow-target PREFIX]... [--name NAME] [--user NAME --pass PASSWORD | --token TOKEN | --creds FILE] [--tls [--tls-ca FILE] [--tls-cert FILE --tls-key FILE]]\n       deno run host.ts --new-keys";
 
 /** What `--help` prints: the usage and each flag (as in the module's doc). */
 const HELP = `${USAGE}
@@ -47,7 +57,10 @@ Serves the remote stages of every pipeline on a JetStream cluster.
 
   --servers LIST         the NATS servers, comma-separated (host:port or URLs); default 127.0.0.1:4222
   --workers N            the most Web Workers, shared by the stages it serves; default: the cores
-  --allow-source         run function and class targets (they arrive as source text)
+  --trust PUBLIC_KEY     run what coordinators signed with this key's pair; repeatable
+                         (or MPIPE_TRUST); --new-keys makes a pair
+  --allow-source         run function and class targets (they arrive as source text);
+                         needs --trust
   --allow-target PREFIX  import module targets under this URL prefix; repeatable
   --name NAME            the host's name in errors; default <hostname>:<pid>
   --user NAME, --pass PASSWORD
@@ -92,6 +105,7 @@ function hostOptions(args: string[]): WorkerHostOptions {
       options: {
         servers: { type: "string", multiple: true },
         workers: { type: "string" },
+        trust: { type: "string", multiple: true },
         "allow-source": { type: "boolean" },
         "allow-target": { type: "string", multiple: true },
         name: { type: "string" },
@@ -112,9 +126,14 @@ function hostOptions(args: string[]): WorkerHostOptions {
       `${error instanceof Error ? error.message : error}\n${USAGE}`,
     );
   }
+  // Read only if granted: never a permission prompt.
   const env = (name: string) => {
     try {
-      return Deno.env.get(name);
+      const { state } = Deno.permissions.querySync({
+        name: "env",
+        variable: name,
+      });
+      return state === "granted" ? Deno.env.get(name) : undefined;
     } catch {
       return undefined;
     }
@@ -133,6 +152,11 @@ function hostOptions(args: string[]): WorkerHostOptions {
     }
     options.workers = workers;
   }
+  const trust = parsed.trust ??
+    env("MPIPE_TRUST")?.split(",").map((key) => key.trim()).filter((key) =>
+      key !== ""
+    );
+  if (trust !== undefined) options.trust = trust;
   if (parsed["allow-source"]) options.allowSource = true;
   if (parsed["allow-target"]) options.allowTargets = parsed["allow-target"];
   if (parsed.name !== undefined) options.hostName = parsed.name;
@@ -155,11 +179,18 @@ function hostOptions(args: string[]): WorkerHostOptions {
   return options;
 }
 
-if (import.meta.main) {
-  if (Deno.args.some((arg) => arg === "--help" || arg === "-h")) {
-    console.log(HELP);
-    Deno.exit(0);
-  }
+if (
+  import.meta.main && Deno.args.some((arg) => arg === "--help" || arg === "-h")
+) {
+  console.log(HELP);
+} else if (
+  import.meta.main && Deno.args.length === 1 && Deno.args[0] === "--new-keys"
+) {
+  const { signingKey, publicKey } = await generateKeys();
+  console.log(
+    `# The coordinators' signingKey option (keep it secret):\nMPIPE_SIGNING_KEY=${signingKey}\n# The hosts' --trust (public):\nMPIPE_TRUST=${publicKey}`,
+  );
+} else if (import.meta.main) {
   let host: WorkerHost;
   try {
     host = await main(Deno.args);

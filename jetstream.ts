@@ -3,7 +3,7 @@
  * JetStream cluster, with the API and the guarantees of local stages.
  *
  * Give a stage the `cluster` option, and its tasks run on the hosts
- * (`deno run -A jsr:@mpipe/mpipe/host --servers ... --allow-source`)
+ * (`deno run --allow-net=SERVER jsr:@mpipe/mpipe/host --servers SERVER --trust KEY --allow-source`)
  * instead of this process's Web Workers: its size is how many of its tasks
  * may run at once across the cluster. An ordered remote stage still emits in
  * task order, the stop still drains it, a task that throws on a host still
@@ -22,6 +22,8 @@
  *
  * await using cluster = await JetStreamCluster.connect({
  *   servers: "127.0.0.1:4222",
+ *   // Hosts run function targets only from a coordinator they trust.
+ *   signingKey: Deno.env.get("MPIPE_SIGNING_KEY"),
  * });
  * const increment = new OrderedStage((x: number) => x + 1);
  * const double = new OrderedStage((x: number) => x * 2, 64, { cluster });

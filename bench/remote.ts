@@ -21,7 +21,12 @@
 import { parseArgs } from "node:util";
 import { OrderedStage, Pipeline } from "../mod.ts";
 import { JetStreamCluster } from "../jetstream.ts";
-import { HostProcess, NatsServer } from "../tests/support/nats.ts";
+import {
+  clusterOptions,
+  HostProcess,
+  NatsServer,
+  TEST_KEYS,
+} from "../tests/support/nats.ts";
 import { median } from "./stats.ts";
 import * as w from "./workloads.ts";
 
@@ -71,7 +76,7 @@ async function child(
   pids: { host: number; server: number },
 ): Promise<ChildResult> {
   await using cluster = variant === "remote"
-    ? await JetStreamCluster.connect({ servers: url })
+    ? await JetStreamCluster.connect(clusterOptions(url))
     : null;
   if (what === "RTT") return await roundTrips(variant, cluster);
   const w1 = what === "W1";
@@ -160,6 +165,8 @@ async function roundTrips(
 async function parent(opts: Options): Promise<void> {
   await using server = await NatsServer.start();
   const host = await HostProcess.start(server.url, "bench-host", [
+    "--trust",
+    TEST_KEYS.publicKey,
     "--allow-source",
     "--workers",
     String(opts.workers),

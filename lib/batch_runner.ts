@@ -21,7 +21,7 @@ import type { WorkerConfig } from "./worker_runtime.ts";
  * What a worker class may offer under `Symbol.for("mpipe.sendTasks")` to
  * take its tasks in batches: the runtime numbers the tasks it claims 0, 1, 2,
  * ... and hands over those of one turn at once: `count` tasks from number
- * `first`, in `records`, whose first `BatchRunner.SEND_HEADER` (16) bytes are
+ * `first`, in `records`, whose first `BatchRunner.SEND_HEADER` (32) bytes are
  * free for the stand-in's use, followed by each task's record as the codec
  * encoded it, after its length in LEB128 (7 bits a byte, low first). The
  * buffer is the stand-in's. At most `concurrency` tasks are unsettled at a
@@ -71,7 +71,7 @@ export interface BatchHost {
 /** Runs one stand-in worker's tasks, in batches. */
 export class BatchRunner {
   /** The bytes at the start of a batch's records that are the stand-in's (see `SendTasks`). */
-  static readonly SEND_HEADER = 16;
+  static readonly SEND_HEADER = 32;
   /** Most tasks claimed at once for a batch. */
   static readonly MAX_CLAIM = 4096;
 

@@ -154,6 +154,11 @@ export interface RemoteStage {
   concurrency: number;
   /** The worker class's constructor arguments (already a structured clone). */
   args: unknown[];
+  /**
+   * Milliseconds a task may run (its `taskTimeout` option; `Infinity` if
+   * none): the machine that runs it lets it go after this long.
+   */
+  taskTimeout?: number;
 }
 
 /**
@@ -243,6 +248,7 @@ export function openClusterRuns(stages: readonly AnyStage[]): ClusterRun[] {
         size: stage.size,
         concurrency: state.concurrency,
         args: state.args,
+        taskTimeout: state.taskTimeout,
       };
     }));
     runs.push(run);

@@ -76,7 +76,7 @@ for (const [index, { code, files }] of programs().entries()) {
           flags: [
             "--allow-read",
             "--unstable-worker-options",
-            ...(remote ? ["--allow-net"] : []),
+            ...(remote ? ["--allow-net", "--allow-env=MPIPE_SIGNING_KEY"] : []),
             `--config=${dir}/deno.json`,
           ],
           timeout: remote ? 60_000 : undefined,

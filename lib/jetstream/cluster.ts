@@ -18,10 +18,14 @@ import {
   type NatsConnection,
 } from "./nats.ts";
 import {
+  ANNOUNCE_TTL_MS,
   apiCode,
   checkConnectionOptions,
   type ConnectionOptions,
   connectNats,
+  generateKeys,
+  importSigningKey,
+  nanosOf,
   PROTOCOL,
   stageNames,
   STAGES_STREAM,
@@ -45,6 +49,7 @@ import {
  *   name: "nightly-scoring",
  *   ackWait: 5_000,
  *   maxAttempts: 2,
+ *   signingKey: Deno.env.get("MPIPE_SIGNING_KEY"),
  * };
  * await using cluster = await JetStreamCluster.connect(options);
  * ```
@@ -59,11 +64,12 @@ export interface JetStreamClusterOptions extends ConnectionOptions {
    */
   ackWait?: number;
   /**
-   * How many times a task may lose its host (killed or crashed) while it
-   * runs alone there before it fails with a `StageError` instead of being
-   * run again. A task whose host was lost runs again alone (nothing else
-   * runs on that host meanwhile), so a task that kills hosts is found and
-   * fails, and the tasks that shared a host with it succeed.
+   * How many hosts a task may lose (killed or crashed while it ran there)
+   * before it fails with a `StageError` instead of being run again. A task
+   * whose host was lost runs again alone (nothing else runs on that host
+   * meanwhile), so a task that kills hosts is found and fails after this
+   * many host deaths in all, and the tasks that shared a host with it
+   * succeed.
    * @default {3}
    */
   maxAttempts?: number;
@@ -75,15 +81,25 @@ export interface JetStreamClusterOptions extends ConnectionOptions {
    * @default {undefined: ceil(size / 16), at most 4096}
    */
   maxBatch?: number;
+  /**
+   * The coordinator's Ed25519 signing key, as `JetStreamCluster.generateKeys()`
+   * (or `host.ts --new-keys`) makes it: every stage announcement is signed
+   * with it, and hosts started with its public key (`--trust`) run only
+   * stages signed so. Hosts run function and class targets only from signed
+   * announcements. Keep it secret (an environment variable or a file only
+   * the coordinator reads).
+   * @default {undefined: announcements are unsigned, and hosts run only module targets under their --allow-target}
+   */
+  signingKey?: string;
 }
 
 /** The stand-in worker of every remote stage. */
 const BRIDGE = new URL("./bridge.ts", import.meta.url).href;
 
 /**
- * A NATS JetStream cluster whose worker hosts (`deno run -A
- * jsr:@mpipe/mpipe/host`) run the stages given it as their `cluster`
- * option. Connect once, use it in any number of pipelines, and close it at
+ * A NATS JetStream cluster whose worker hosts (`deno run
+ * --allow-net=SERVER jsr:@mpipe/mpipe/host`) run the stages given it as
+ * their `cluster` option. Connect once, use it in any number of pipelines, and close it at
  * the end (`await using`).
  *
  * - A stage with `{ cluster }` runs on the hosts; its size is how many of
@@ -104,6 +120,8 @@ const BRIDGE = new URL("./bridge.ts", import.meta.url).href;
  *
  * await using cluster = await JetStreamCluster.connect({
  *   servers: "127.0.0.1:4222",
+ *   // Hosts run function targets only from a coordinator they trust.
+ *   signingKey: Deno.env.get("MPIPE_SIGNING_KEY"),
  * });
  * const parse = new OrderedStage((line: string) => Number(line));
  * const square = new OrderedStage((x: number) => x * x, 16, { cluster });
@@ -150,6 +168,7 @@ export class JetStreamCluster implements Cluster, AsyncDisposable {
    *   servers: "127.0.0.1:4222",
    *   name: "my-coordinator",
    *   ackWait: 10_000,
+   *   signingKey: Deno.env.get("MPIPE_SIGNING_KEY"),
    * });
    * assert.ok(cluster instanceof JetStreamCluster);
    * ```
@@ -158,6 +177,12 @@ export class JetStreamCluster implements Cluster, AsyncDisposable {
     options: JetStreamClusterOptions,
   ): Promise<JetStreamCluster> {
     const checked = checkClusterOptions(options);
+    if (checked.signingKey !== undefined) {
+      await importSigningKey(
+        checked.signingKey,
+        "JetStreamCluster.connect: 'options.signingKey'",
+      );
+    }
     const nc = await connectNats(checked, "mpipe coordinator");
     try {
       const jsm = await jetstreamManager(nc);
@@ -224,6 +249,11 @@ export class JetStreamCluster implements Cluster, AsyncDisposable {
         // A cap that tasks which only shared a host with a poison one never
         // reach, so that nothing is delivered for ever (see host.ts).
         maxDeliver: 4 * maxAttempts + 4,
+        taskTimeout: Number.isFinite(stage.taskTimeout ?? Infinity)
+          ? stage.taskTimeout!
+          : 0,
+        // Set by the stage's bridge each time it announces the stage.
+        issued: 0,
       };
       return {
         connection: connectionOf(options),
@@ -232,6 +262,7 @@ export class JetStreamCluster implements Cluster, AsyncDisposable {
         size: stage.size,
         maxBatch: options.maxBatch ??
           Math.min(4096, Math.ceil(stage.size / 16)),
+        signingKey: options.signingKey ?? null,
       };
     });
     let closed: Promise<void> | null = null;
@@ -275,6 +306,28 @@ export class JetStreamCluster implements Cluster, AsyncDisposable {
 
   /** How long `close()` waits for the pipelines on the cluster to be done. */
   static readonly CLOSE_WAIT_MS = 10_000;
+
+  /**
+   * Makes a new Ed25519 key pair for signing stage announcements: give
+   * `signingKey` to the coordinators (the `signingKey` option; keep it
+   * secret) and `publicKey` to the hosts (`--trust`, or the `trust`
+   * option). `deno run jsr:@mpipe/mpipe/host --new-keys` prints one.
+   *
+   * @returns The two keys, as text (base64url).
+   *
+   * @example Make a key pair, and check that a coordinator takes it
+   * ```ts
+   * import { JetStreamCluster } from "@mpipe/mpipe/jetstream";
+   * import assert from "node:assert/strict";
+   *
+   * const { signingKey, publicKey } = await JetStreamCluster.generateKeys();
+   * assert.match(signingKey, /^mpipe-sk-[\w-]{64}$/);
+   * assert.match(publicKey, /^mpipe-pk-[\w-]{43}$/);
+   * ```
+   */
+  static generateKeys(): Promise<{ signingKey: string; publicKey: string }> {
+    return generateKeys();
+  }
 
   /**
    * Closes the cluster, like `close()`.
@@ -327,6 +380,9 @@ export async function ensureStagesStream(jsm: JetStreamManager): Promise<void> {
       name: STAGES_STREAM,
       subjects: [STAGES_SUBJECTS],
       max_msgs_per_subject: 1,
+      // A stage is announced again while it lives: an announcement of a
+      // coordinator that is gone expires.
+      max_age: nanosOf(ANNOUNCE_TTL_MS),
     });
   } catch (error) {
     // 10058: another process made it first.
@@ -336,7 +392,13 @@ export async function ensureStagesStream(jsm: JetStreamManager): Promise<void> {
 
 /** The connection part of the options, as the stand-ins get it. */
 function connectionOf(options: JetStreamClusterOptions): ConnectionOptions {
-  const { ackWait: _a, maxAttempts: _m, maxBatch: _b, ...connection } = options;
+  const {
+    ackWait: _a,
+    maxAttempts: _m,
+    maxBatch: _b,
+    signingKey: _k,
+    ...connection
+  } = options;
   return connection;
 }
 
@@ -356,6 +418,7 @@ function checkClusterOptions(options: unknown): JetStreamClusterOptions {
     "ackWait",
     "maxAttempts",
     "maxBatch",
+    "signingKey",
   ];
   for (const key of Object.keys(checked)) {
     if (!known.includes(key)) {
@@ -379,6 +442,14 @@ function checkClusterOptions(options: unknown): JetStreamClusterOptions {
       );
     }
   };
+  if (
+    checked.signingKey !== undefined && typeof checked.signingKey !== "string"
+  ) {
+    throw new TypeError(
+      `JetStreamCluster.connect: 'options.signingKey' must be a string (a key from JetStreamCluster.generateKeys()), got ${typeof checked
+        .signingKey}`,
+    );
+  }
   positive("ackWait", 100);
   positive("maxAttempts");
   positive("maxBatch");

@@ -3,8 +3,11 @@
  * on a JetStream cluster, on a local pipeline of its own.
  *
  * - It watches the stream of stage announcements; for each stage it may run
- *   (see `--allow-source`, `--allow-target`) it pulls batches from the
- *   stage's durable consumer `hosts`, which it shares with the other hosts.
+ *   (see `--trust`, `--allow-source`, `--allow-target`) it pulls batches
+ *   from the stage's durable consumer `hosts`, which it shares with the
+ *   other hosts. A host that trusts coordinators' keys takes only
+ *   announcements signed by one of them, issued less than `ANNOUNCE_TTL_MS`
+ *   ago; it stops serving a stage not announced again for that long.
  * - Each batch is one task of its local pipeline, whose workers
  *   (`host_worker.ts`) run the stage's target on every task of the batch;
  *   the answer is published to the stage's output, and only once the server
@@ -17,8 +20,12 @@
  *   its host, so that a task that kills its host takes no other with it,
  *   and fails once it has done so `maxAttempts` times (see `#isolate`). A
  *   task whose worker is lost (it called `Deno.exit()`) fails at once.
- * - A stage that it may not run is refused: the refusal goes to the stage's
- *   output, and the pipeline fails with it.
+ * - A batch held longer than its stage's `taskTimeout` per task is let go
+ *   (see `#timedOut`): answered with the timeout, or split, and the local
+ *   pipeline that runs it is replaced.
+ * - A stage that it may not run is refused: the refusal answers the first
+ *   batch it takes of the stage (echoing the batch's token, as answers do),
+ *   and the pipeline fails with it.
  *
  * @module
  */
@@ -30,6 +37,7 @@ import { ensureStagesStream } from "./cluster.ts";
 import type { HostResult, HostStage, HostTask } from "./host_worker.ts";
 import {
   DeliverPolicy,
+  headers,
   jetstream,
   type JetStreamClient,
   type JetStreamManager,
@@ -38,19 +46,24 @@ import {
   type NatsConnection,
 } from "./nats.ts";
 import {
+  ANNOUNCE_TTL_MS,
   apiCode,
   batchMessage,
+  bodyLimit,
   checkConnectionOptions,
   type ConnectionOptions,
   connectNats,
-  decodeMessage,
   Decoder,
   Encoder,
   failedAnswer,
+  importPublicKey,
+  permanent,
   PROTOCOL,
+  readAnnouncement,
   readBatch,
   refusalMessage,
   splitAnswer,
+  stageNames,
   STAGES_STREAM,
   STAGES_SUBJECTS,
   type StageSpec,
@@ -79,15 +92,28 @@ export interface WorkerHostOptions extends ConnectionOptions {
    */
   workers?: number;
   /**
+   * The public keys of the coordinators the host trusts (as
+   * `JetStreamCluster.generateKeys()` or `host.ts --new-keys` makes them):
+   * the host then takes only stage announcements signed with one of their
+   * signing keys, and ignores (and reports) every other. Without it, the
+   * host takes unsigned announcements, and runs only module targets under
+   * `allowTargets`.
+   * @default {[]: no coordinator is trusted}
+   */
+  trust?: string[];
+  /**
    * Run function and class targets, which travel as source text and run
-   * with the host's permissions. Without it the host refuses them.
+   * with the host's permissions, from trusted coordinators (it needs
+   * `trust`). Without it the host refuses them.
    * @default {false}
    */
   allowSource?: boolean;
   /**
    * URL prefixes of the module targets the host may import
    * (`https://example.com/tasks/`, `file:///srv/shared/`); others are
-   * refused.
+   * refused. A target is under a prefix when its URL, normalized (`..` and
+   * `.` resolved), has the prefix's scheme, host and port, and its path
+   * starts with the prefix's path on a segment boundary.
    * @default {[]: no module target}
    */
   allowTargets?: string[];
@@ -99,9 +125,17 @@ export interface WorkerHostOptions extends ConnectionOptions {
 }
 
 /** What a host runs, with the defaults filled in. */
-type HostSettings = Required<
-  Pick<WorkerHostOptions, "workers" | "allowSource" | "allowTargets">
->;
+type HostSettings =
+  & Required<
+    Pick<WorkerHostOptions, "workers" | "allowSource" | "allowTargets">
+  >
+  & {
+    /** The trusted coordinators' public keys. */
+    trust: CryptoKey[];
+  };
+
+/** The header of a single task split from a batch whose host was lost. */
+const LOST = "MPipe-Lost";
 
 /** The host's local worker module. */
 const HOST_WORKER = new URL("./host_worker.ts", import.meta.url);
@@ -114,6 +148,8 @@ interface Held {
   since: number;
   /** Called once it is acked, answered or given back. */
   done: (() => void) | null;
+  /** The timer of its taskTimeout (see `#timedOut`), if its stage has one. */
+  timer: ReturnType<typeof setTimeout> | undefined;
 }
 
 /** One run of the host's local pipeline, and the batches in it, by id (its task number). */
@@ -121,13 +157,15 @@ interface LocalRun {
   pipe: Pipeline<HostTask, HostResult>;
   held: Map<number, Held>;
   next: number;
+  /** Set once a task in it timed out: it takes no more batches (see `#retire`). */
+  retired: boolean;
 }
 
 /**
  * A process's service to a JetStream cluster: it runs the remote stages of
  * any pipeline on the cluster, up to `workers` Web Workers at once. Hosts
- * may join and leave at any time. `deno run -A jsr:@mpipe/mpipe/host` starts
- * one from the command line (see `host.ts`).
+ * may join and leave at any time. `deno run --allow-net=SERVER
+ * jsr:@mpipe/mpipe/host` starts one from the command line (see `host.ts`).
  *
  * @example Serve a cluster for a while (needs a server)
  * ```ts ignore
@@ -137,6 +175,7 @@ interface LocalRun {
  * await using host = await WorkerHost.start({
  *   servers: "127.0.0.1:4222",
  *   workers: 2,
+ *   trust: [Deno.env.get("MPIPE_TRUST")!],
  *   allowSource: true,
  * });
  * assert.match(host.name, /:/);
@@ -151,8 +190,8 @@ export class WorkerHost implements AsyncDisposable {
   readonly #jsm: JetStreamManager;
   readonly #encoder = new Encoder();
   readonly #decoder = new Decoder();
-  /** The stages seen, by `<run>/<index>`: served, or refused (null). */
-  readonly #stages = new Map<string, StageServer | null>();
+  /** The stages seen, by `<run>/<index>`: served, or refused (see `StageServer.refusal`). */
+  readonly #stages = new Map<string, StageServer>();
   #local: LocalRun;
   #closing = false;
   /** Suspects (tasks delivered again) run one at a time, each alone (see #isolate). */
@@ -179,7 +218,11 @@ export class WorkerHost implements AsyncDisposable {
     this.#js = jetstream(nc);
     this.#local = this.#startLocal();
     this.#watching = this.#watch();
+    this.#expiry = setInterval(() => this.#expire(), 1_000);
   }
+
+  /** The timer of `#expire`. */
+  readonly #expiry: ReturnType<typeof setInterval>;
 
   /**
    * Connects to the cluster and starts serving it.
@@ -187,7 +230,8 @@ export class WorkerHost implements AsyncDisposable {
    * @param options The servers, credentials and TLS, the worker budget, and
    * which targets the host may run.
    * @returns The running host.
-   * @throws {TypeError} If an option is of the wrong type.
+   * @throws {TypeError} If an option is of the wrong type, a key in
+   * `trust` is not a public key, or `allowSource` is given without `trust`.
    * @throws {RangeError} If `workers` is not a positive integer.
    *
    * @example A host of two workers that runs source targets (needs a server)
@@ -197,6 +241,7 @@ export class WorkerHost implements AsyncDisposable {
    * const host = await WorkerHost.start({
    *   servers: "127.0.0.1:4222",
    *   workers: 2,
+   *   trust: [Deno.env.get("MPIPE_TRUST")!],
    *   allowSource: true,
    * });
    * await host.close();
@@ -204,6 +249,11 @@ export class WorkerHost implements AsyncDisposable {
    */
   static async start(options: WorkerHostOptions): Promise<WorkerHost> {
     const checked = checkHostOptions(options);
+    const trust = await Promise.all(
+      (checked.trust ?? []).map((key, i) =>
+        importPublicKey(key, `WorkerHost.start: 'options.trust[${i}]'`)
+      ),
+    );
     const name = checked.hostName ?? defaultHostName();
     const nc = await connectNats(checked, `mpipe host ${name}`);
     try {
@@ -215,6 +265,7 @@ export class WorkerHost implements AsyncDisposable {
           workers: checked.workers ?? navigator.hardwareConcurrency,
           allowSource: checked.allowSource ?? false,
           allowTargets: checked.allowTargets ?? [],
+          trust,
         },
         nc,
         jsm,
@@ -228,7 +279,9 @@ export class WorkerHost implements AsyncDisposable {
   /** How many stages the host serves now. */
   get serving(): number {
     let count = 0;
-    for (const server of this.#stages.values()) if (server?.live) count++;
+    for (const server of this.#stages.values()) {
+      if (server.live && server.refusal === null) count++;
+    }
     return count;
   }
 
@@ -241,8 +294,9 @@ export class WorkerHost implements AsyncDisposable {
   async close(): Promise<void> {
     if (this.#closing) return await this.#stopped.promise;
     this.#closing = true;
+    clearInterval(this.#expiry);
     this.#stopWatching();
-    for (const server of this.#stages.values()) server?.stop();
+    for (const server of this.#stages.values()) server.stop();
     const local = this.#local;
     // Wait for the batches in hand, then end the local pipeline.
     for (let i = 0; i < 600 && local.held.size > 0; i++) {
@@ -283,9 +337,68 @@ export class WorkerHost implements AsyncDisposable {
       ),
       held: new Map(),
       next: 0,
+      retired: false,
     };
     this.#answerLoop(local);
     return local;
+  }
+
+  /**
+   * A task of batch `id` ran past its stage's taskTimeout (its batch past
+   * taskTimeout × its tasks): the host lets it go (no more `working()` for
+   * it), answers it with the timeout (a batch of several is split, so that
+   * the stuck task times out alone and the others run again), and replaces
+   * its workers: later batches go to a new local pipeline, and the old one
+   * is ended once its other batches are done.
+   */
+  #timedOut(local: LocalRun, id: number): void {
+    const held = local.held.get(id);
+    if (held === undefined) return;
+    const { message, server } = held;
+    const { from, count } = readBatch(message.data);
+    const limit = server.spec.taskTimeout;
+    this.#release(local, id);
+    this.#retire(local);
+    if (count > 1) {
+      this.#split(server, message);
+      return;
+    }
+    this.#fail(
+      server,
+      message,
+      from,
+      new DOMException(
+        `task ${from} ran longer than its taskTimeout of ${limit} ms on host ${this.name}: the host let it go and replaced its worker`,
+        "TimeoutError",
+      ),
+      undefined,
+    );
+  }
+
+  /**
+   * Sends later batches to a new local pipeline, moves the batches `local`
+   * holds there (they run again: those queued behind a stuck worker would
+   * wait for ever), and ends `local`.
+   */
+  #retire(local: LocalRun): void {
+    if (local.retired) return;
+    local.retired = true;
+    if (this.#local === local && !this.#closing) {
+      this.#local = this.#startLocal();
+    }
+    for (const [id, held] of [...local.held]) {
+      local.held.delete(id);
+      clearTimeout(held.timer);
+      if (this.#closing) {
+        held.message.nak();
+        held.server.release(held.since);
+        held.done?.();
+      } else this.#put(this.#local, held);
+    }
+    // A busy loop goes on in its thread (Worker.terminate() cannot stop
+    // it), but touches nothing of the host.
+    local.pipe.terminate();
+    local.pipe.done.catch(() => {});
   }
 
   /** Publishes each answer of the local pipeline, then acks its batch. */
@@ -296,10 +409,15 @@ export class WorkerHost implements AsyncDisposable {
         if (held === undefined) continue;
         this.#answer(local, id, held, answer);
       }
-    } catch {
+    } catch (error) {
       // The local pipeline failed (its workers were lost too often): start
       // another, and give the batches it held back to the cluster.
-      if (this.#closing) return;
+      if (this.#closing || local.retired) return;
+      console.error(
+        `mpipe host ${this.name}: its workers failed (${
+          error instanceof Error ? error.message : error
+        }); it starts new ones and gives back the ${local.held.size} batch(es) it held`,
+      );
       for (const [id, { message }] of [...local.held]) {
         message.nak();
         this.#release(local, id);
@@ -311,7 +429,7 @@ export class WorkerHost implements AsyncDisposable {
   /** Publishes `answer` for the batch `held` (id `id`), then acks the batch. */
   #answer(local: LocalRun, id: number, held: Held, answer: Uint8Array): void {
     const { message, server } = held;
-    const max = this.#nc.info?.max_payload ?? 1 << 20;
+    const max = bodyLimit(this.#nc.info?.max_payload ?? 1 << 20);
     const parts = splitAnswer(this.#encoder, answer, max);
     const seq = message.info.streamSequence;
     Promise.all(
@@ -321,8 +439,14 @@ export class WorkerHost implements AsyncDisposable {
         message.ack();
         this.#release(local, id);
       },
-      // The stage is gone: nothing to ack.
-      () => this.#release(local, id),
+      (error) => {
+        if (!permanent(error)) return this.#release(local, id); // The stage is gone.
+        // The server refuses the answer for good: its tasks fail with why.
+        const { from } = readBatch(message.data);
+        this.#fail(server, message, from, error, undefined).finally(() =>
+          this.#release(local, id)
+        );
+      },
     );
   }
 
@@ -331,6 +455,7 @@ export class WorkerHost implements AsyncDisposable {
     const held = local.held.get(id);
     if (held === undefined) return;
     local.held.delete(id);
+    clearTimeout(held.timer);
     held.server.release(held.since);
     held.done?.();
     const changed = this.#heldChanged;
@@ -340,7 +465,8 @@ export class WorkerHost implements AsyncDisposable {
 
   /**
    * Publishes to a stage's output until the server has stored it, through
-   * reconnections; rejects only once the stage's stream is gone.
+   * reconnections; rejects once the stage's stream is gone, or at once on
+   * a permanent error (see `permanent`).
    */
   async #publish(
     server: StageServer,
@@ -355,6 +481,7 @@ export class WorkerHost implements AsyncDisposable {
         });
         return;
       } catch (error) {
+        if (permanent(error)) throw error;
         if (await this.#gone(server.spec.stream, error)) throw error;
       }
       await delay(Math.min(2_000, 25 * 2 ** attempt));
@@ -378,8 +505,13 @@ export class WorkerHost implements AsyncDisposable {
    * task delivered again runs alone (see `#isolate`).
    */
   async #take(server: StageServer, message: JsMsg): Promise<void> {
+    if (server.refusal !== null) return await this.#refuse(server, message);
     const deliveries = message.info.deliveryCount;
-    if (deliveries === 1) {
+    // Only a single task may carry LOST (parsing headers costs, per batch).
+    const data = message.data;
+    const single = data[4] === 1 && data[5] === 0 && data[6] === 0 &&
+      data[7] === 0;
+    if (deliveries === 1 && !(single && message.headers?.has(LOST))) {
       // Nothing else runs while a suspect does (see #isolate).
       while (this.#paused !== null) {
         this.#waiting.set(message, server);
@@ -411,23 +543,44 @@ export class WorkerHost implements AsyncDisposable {
     message: JsMsg,
     done: (() => void) | null,
   ): Promise<void> {
-    const local = this.#local;
-    const id = local.next++;
-    local.held.set(id, { message, server, since: performance.now(), done });
     server.hold();
+    await this.#put(this.#local, {
+      message,
+      server,
+      since: performance.now(),
+      done,
+      timer: undefined,
+    });
+  }
+
+  /** Puts a held batch into the local pipeline `local`, with the timer of its stage's taskTimeout. */
+  async #put(local: LocalRun, held: Held): Promise<void> {
+    const id = local.next++;
+    const { message, server } = held;
+    const limit = server.spec.taskTimeout;
+    if (limit > 0) {
+      held.timer = setTimeout(
+        () => this.#timedOut(local, id),
+        limit * readBatch(message.data).count,
+      );
+    }
+    local.held.set(id, held);
     await local.pipe.put([id, server.stage, message.data]).catch(() => {
-      // The local pipeline failed; #answerLoop gives its batches back.
+      // The local pipeline failed, or was retired; #answerLoop or #retire
+      // gives its batches back or moves them.
     });
   }
 
   /**
-   * Runs task `task`, delivered again because its host was lost, alone on
-   * this host: the host takes nothing else and waits until what it holds
-   * is done; suspects take turns. Before the run, a note on the subject
-   * `<aloneSubject>.<task>` counts it, and after it the notes are removed:
-   * notes left say how many times the task killed a host it had to itself.
-   * Past `maxAttempts` of those it fails without running again. Tasks that
-   * only shared a host with it are counted by no note, and succeed.
+   * Runs task `task`, whose host was lost (it was delivered again, or
+   * split from a batch delivered again), alone on this host: the host takes
+   * nothing else and waits until what it holds is done; suspects take
+   * turns. Before the run, a note on the subject `<aloneSubject>.<task>`
+   * counts it, and after it the notes are removed: notes left say how many
+   * times the task killed a host it had to itself. With the loss that made
+   * it a suspect, those are the host losses it cost; at `maxAttempts` it
+   * fails without running again. Tasks that only shared a host with it are
+   * counted by no note, and succeed.
    */
   #isolate(server: StageServer, message: JsMsg, task: number): Promise<void> {
     this.#suspects++;
@@ -445,25 +598,26 @@ export class WorkerHost implements AsyncDisposable {
         const note = await this.#jsm.streams.getMessage(spec.stream, {
           last_by_subj: subject,
         }).catch(() => null);
-        const runs = note === null ? 0 : Number(note.string());
+        const alone = note === null ? 0 : Number(note.string());
+        const runs = 1 + alone;
         if (runs >= spec.maxAttempts) {
           await this.#fail(
             server,
             message,
             task,
             new Error(
-              `the task lost its host ${runs} times while it ran alone there (the host was killed or crashed): it is not run again`,
+              `the task lost its host ${runs} times (killed, crashed or silent past ackWait; ${alone} of them while it ran alone there): it is not run again`,
             ),
             undefined,
           );
         } else {
           await this.#js.publish(
             subject,
-            new TextEncoder().encode(`${runs + 1}`),
+            new TextEncoder().encode(`${alone + 1}`),
           );
-          const alone = Promise.withResolvers<void>();
-          await this.#hold(server, message, alone.resolve);
-          await alone.promise;
+          const ran = Promise.withResolvers<void>();
+          await this.#hold(server, message, ran.resolve);
+          await ran.promise;
         }
         await this.#jsm.streams.purge(spec.stream, { filter: subject })
           .catch(() => {});
@@ -480,22 +634,49 @@ export class WorkerHost implements AsyncDisposable {
     return turn;
   }
 
-  /** Puts each task of a batch back as a message of its own, then acks the batch. */
+  /**
+   * Refuses a stage in answer to a batch of it (so that the refusal echoes
+   * the batch's token, as only a host it was delivered to can), then acks
+   * the batch and stops serving the stage: the refusal fails its pipeline.
+   */
+  async #refuse(server: StageServer, message: JsMsg): Promise<void> {
+    server.stop();
+    try {
+      await this.#publish(
+        server,
+        refusalMessage(
+          this.#encoder,
+          message.data,
+          this.name,
+          server.refusal!,
+        ),
+        `r${this.name}`,
+      );
+      message.ack();
+    } catch { /* The stage is gone. */ }
+  }
+
+  /** Puts each task of a batch back as a message of its own (with the batch's token), then acks the batch. */
   async #split(server: StageServer, message: JsMsg): Promise<void> {
-    const { from, count, reader } = readBatch(message.data);
+    const { from, count, token, reader } = readBatch(message.data);
     const singles: Uint8Array[] = [];
     for (let i = 0; i < count; i++) {
       const start = reader.at;
       reader.frame();
-      singles.push(batchMessage(from + i, 1, message.data, start, reader.at));
+      singles.push(
+        batchMessage(from + i, 1, token, message.data, start, reader.at),
+      );
     }
     try {
+      // Each single is a suspect from its first delivery (see #isolate).
+      const lost = headers();
+      lost.set(LOST, "1");
       await Promise.all(singles.map((single, i) =>
         this.#js.publish(
           server.spec.inSubject,
           single,
           // A batch split twice (by two hosts) gives each task once.
-          { msgID: `t${from + i}`, timeout: 5_000 },
+          { msgID: `t${from + i}`, timeout: 5_000, headers: lost },
         )
       ));
       message.ack();
@@ -512,11 +693,12 @@ export class WorkerHost implements AsyncDisposable {
     error: unknown,
     worker: number | undefined,
   ): Promise<void> {
-    const { count } = readBatch(message.data);
+    const { count, token } = readBatch(message.data);
     const answer = failedAnswer(
       this.#encoder,
       from,
       count,
+      token,
       this.name,
       worker ?? -1,
       error,
@@ -569,10 +751,12 @@ export class WorkerHost implements AsyncDisposable {
         if (this.#closing) messages.stop();
         for await (const message of messages) {
           if (this.#closing) break;
-          this.#announced(message.data);
+          await this.#announced(message.subject, message.data);
         }
       } catch {
-        // Reconnecting, or the server restarted: watch again.
+        // Reconnecting, or the server restarted (maybe without its store:
+        // then make the stream of announcements again) : watch again.
+        await ensureStagesStream(this.#jsm).catch(() => {});
       }
       if (!this.#closing) await delay(250);
     }
@@ -594,51 +778,118 @@ export class WorkerHost implements AsyncDisposable {
     },
   };
 
-  /** A stage was announced: serve it, or refuse it. */
-  #announced(bytes: Uint8Array): void {
-    let spec: StageSpec;
-    try {
-      spec = decodeMessage(this.#decoder, bytes) as StageSpec;
-    } catch {
+  /**
+   * A stage was announced (again): serve it, or refuse it. A host that
+   * trusts coordinators' keys ignores (and reports) an announcement that
+   * none of them signed, or signed longer than `ANNOUNCE_TTL_MS` ago (a
+   * replay), or made for another subject.
+   */
+  async #announced(subject: string, bytes: Uint8Array): Promise<void> {
+    const read = await readAnnouncement(
+      this.#decoder,
+      bytes,
+      this.#options.trust,
+    );
+    const spec = read?.spec;
+    const why = read === null || !isSpec(spec)
+      ? "it is not a stage announcement"
+      : stageNames(spec.run, spec.index).announcement !== subject
+      ? `it names another stage than its subject ${subject}`
+      : this.#options.trust.length > 0 && !read.signed
+      ? "no coordinator this host trusts (--trust) signed it"
+      : read.signed && Math.abs(Date.now() - spec.issued) > ANNOUNCE_TTL_MS
+      ? `it was issued ${
+        Math.round((Date.now() - spec.issued) / 1000)
+      } s ago (a replay, or clocks more than ${ANNOUNCE_TTL_MS / 1000} s apart)`
+      : null;
+    if (why !== null) return this.#ignore(subject, why);
+    const key = `${spec!.run}/${spec!.index}`;
+    const known = this.#stages.get(key);
+    if (known !== undefined) {
+      known.seen = performance.now();
       return;
     }
-    const key = `${spec.run}/${spec.index}`;
-    if (this.#stages.has(key)) return;
-    const refusal = this.#refusal(spec);
-    if (refusal !== null) {
-      this.#stages.set(key, null);
-      this.#js.publish(
-        spec.outSubject,
-        refusalMessage(this.#encoder, this.name, refusal),
-        { msgID: `r${this.name}` },
-      ).catch(() => {});
-      return;
-    }
-    const server = new StageServer(this.#port, spec, {
-      key,
-      name: spec.name,
-      target: spec.target,
-      args: spec.args,
-      concurrency: spec.concurrency,
-      host: this.name,
-    }, this.#options.workers);
+    // The names are the run's own, whatever else the spec says.
+    const names = stageNames(spec!.run, spec!.index);
+    const target = spec!.target;
+    const checked: StageSpec = {
+      ...spec!,
+      stream: names.stream,
+      inSubject: names.inSubject,
+      outSubject: names.outSubject,
+      aloneSubject: names.aloneSubject,
+      // A module is imported by the URL that was checked, normalized.
+      target: target.kind === "module" && URL.canParse(target.specifier)
+        ? { ...target, specifier: new URL(target.specifier).href }
+        : target,
+    };
+    const server = new StageServer(
+      this.#port,
+      checked,
+      {
+        key,
+        name: checked.name,
+        target: checked.target,
+        args: checked.args,
+        concurrency: checked.concurrency,
+        host: this.name,
+      },
+      this.#options.workers,
+      this.#refusal(checked, read!.signed),
+    );
     this.#stages.set(key, server);
     server.serve();
   }
 
-  /** Why the host may not run `spec`'s stage, or null if it may. */
-  #refusal(spec: StageSpec): string | null {
+  /** Announcements ignored (see `#announced`), and when they were last reported. */
+  #ignored = 0;
+  #ignoredReported = 0;
+
+  /** Counts an ignored announcement, and reports the count on stderr at most every 10 s. */
+  #ignore(subject: string, why: string): void {
+    this.#ignored++;
+    const now = performance.now();
+    if (this.#ignoredReported !== 0 && now - this.#ignoredReported < 10_000) {
+      return;
+    }
+    this.#ignoredReported = now;
+    console.warn(
+      `mpipe host ${this.name}: ignored ${this.#ignored} stage announcement(s) so far; the last, on ${subject}, because ${why}`,
+    );
+  }
+
+  /** How many stage announcements the host ignored: unsigned or forged (with `trust`), replayed, or malformed. */
+  get ignored(): number {
+    return this.#ignored;
+  }
+
+  /** Stops serving the stages not announced again for `ANNOUNCE_TTL_MS`: their coordinators are gone. */
+  #expire(): void {
+    const now = performance.now();
+    for (const [key, server] of this.#stages) {
+      if (now - server.seen > ANNOUNCE_TTL_MS) {
+        server.stop();
+        this.#stages.delete(key);
+      }
+    }
+  }
+
+  /** Why the host may not run `spec`'s stage, or null if it may; `signed` if a trusted coordinator announced it. */
+  #refusal(spec: StageSpec, signed: boolean): string | null {
     if (spec.protocol !== PROTOCOL) {
       return `the stage speaks protocol ${spec.protocol}, the host ${PROTOCOL}: run the same version of @mpipe/mpipe on the coordinator and the hosts`;
     }
     const target = spec.target;
     if (target.kind === "source") {
+      if (!signed) {
+        return "it is a function or class target, sent as source text, and this host runs those only from coordinators it trusts: give the coordinator a signingKey, and start the host with --trust PUBLIC_KEY --allow-source";
+      }
       return this.#options.allowSource ? null : (
         "it is a function or class target, sent as source text, and this host runs those only when started with --allow-source (allowSource: true)"
       );
     }
     const allowed = this.#options.allowTargets;
-    if (allowed.some((prefix) => target.specifier.startsWith(prefix))) {
+    if (allowed.some((prefix) => isUnder(target.specifier, prefix))) {
       return null;
     }
     return `its module target ${target.specifier} is not under any URL prefix this host may import (${
@@ -686,6 +937,10 @@ interface HostPort {
 class StageServer {
   readonly spec: StageSpec;
   readonly stage: HostStage;
+  /** Why the host refuses the stage (it answers its first batch so), or null. */
+  readonly refusal: string | null;
+  /** When the stage was last announced (performance.now()). */
+  seen = performance.now();
   readonly #host: HostPort;
   readonly #workers: number;
   /** Batches held (taken, not yet acked). */
@@ -702,11 +957,13 @@ class StageServer {
     spec: StageSpec,
     stage: HostStage,
     workers: number,
+    refusal: string | null,
   ) {
     this.#host = host;
     this.spec = spec;
     this.stage = stage;
     this.#workers = workers;
+    this.refusal = refusal;
   }
 
   /** Whether it still serves the stage. */
@@ -816,6 +1073,7 @@ function checkHostOptions(options: unknown): WorkerHostOptions {
     "credentials",
     "tls",
     "workers",
+    "trust",
     "allowSource",
     "allowTargets",
     "hostName",
@@ -848,14 +1106,30 @@ function checkHostOptions(options: unknown): WorkerHostOptions {
       "WorkerHost.start: 'options.allowSource' must be a boolean",
     );
   }
+  const trust = checked.trust;
+  if (
+    trust !== undefined &&
+    !(Array.isArray(trust) && trust.every((t) => typeof t === "string"))
+  ) {
+    throw new TypeError(
+      "WorkerHost.start: 'options.trust' must be an array of public keys (from JetStreamCluster.generateKeys())",
+    );
+  }
+  if (checked.allowSource === true && (trust ?? []).length === 0) {
+    throw new TypeError(
+      "WorkerHost.start: 'options.allowSource' needs 'options.trust' (--trust PUBLIC_KEY): a host runs function and class targets only from coordinators whose signing key it trusts. Make a key pair with `deno run jsr:@mpipe/mpipe/host --new-keys`",
+    );
+  }
   const targets = checked.allowTargets;
   if (
     targets !== undefined &&
     !(Array.isArray(targets) &&
-      targets.every((t) => typeof t === "string" && t !== ""))
+      targets.every((t) => typeof t === "string" && URL.canParse(t)))
   ) {
     throw new TypeError(
-      "WorkerHost.start: 'options.allowTargets' must be an array of URL prefixes",
+      `WorkerHost.start: 'options.allowTargets' must be an array of URL prefixes (https://example.com/tasks/), got ${
+        JSON.stringify(targets)
+      }`,
     );
   }
   if (
@@ -869,10 +1143,64 @@ function checkHostOptions(options: unknown): WorkerHostOptions {
   return checked;
 }
 
+/**
+ * Whether the module `specifier` is under the URL prefix `prefix`: both
+ * normalized (`..` and `.` resolved, as the import will), with the same
+ * scheme, host and port, and the target's path starting with the prefix's
+ * path on a segment boundary (a prefix `file:///srv/a` admits
+ * `file:///srv/a/x.ts`, not `file:///srv/ab.ts`).
+ */
+export function isUnder(specifier: string, prefix: string): boolean {
+  let target: URL;
+  let base: URL;
+  try {
+    target = new URL(specifier);
+    base = new URL(prefix);
+  } catch {
+    return false;
+  }
+  if (
+    target.protocol !== base.protocol || target.host !== base.host ||
+    target.username !== base.username || target.password !== base.password
+  ) {
+    return false;
+  }
+  // An encoded slash or backslash is a separator to some loaders.
+  if (/%2f|%5c/i.test(target.pathname)) return false;
+  const path = base.pathname.endsWith("/")
+    ? base.pathname
+    : `${base.pathname}/`;
+  return target.pathname.startsWith(path);
+}
+
+/** Whether `spec` has the shape of a stage's spec (an unsigned one may be anything). */
+function isSpec(spec: unknown): spec is StageSpec {
+  const s = spec as StageSpec;
+  return typeof s === "object" && s !== null &&
+    typeof s.run === "string" && /^[A-Za-z0-9]+$/.test(s.run) &&
+    Number.isInteger(s.index) && s.index >= 0 &&
+    typeof s.name === "string" && typeof s.issued === "number" &&
+    typeof s.target === "object" && s.target !== null &&
+    (s.target.kind === "source"
+      ? typeof s.target.source === "string"
+      : s.target.kind === "module" && typeof s.target.specifier === "string") &&
+    Array.isArray(s.args) &&
+    Number.isInteger(s.concurrency) && s.concurrency >= 1 &&
+    typeof s.ackWait === "number" && s.ackWait >= 100 &&
+    typeof s.taskTimeout === "number" && s.taskTimeout >= 0 &&
+    Number.isInteger(s.maxAttempts) && s.maxAttempts >= 1 &&
+    Number.isInteger(s.maxDeliver) && s.maxDeliver >= 1;
+}
+
 function defaultHostName(): string {
   let name = "host";
   try {
-    name = Deno.hostname();
+    // Only if granted: never a permission prompt.
+    const { state } = Deno.permissions.querySync({
+      name: "sys",
+      kind: "hostname",
+    });
+    if (state === "granted") name = Deno.hostname();
   } catch { /* No --allow-sys=hostname. */ }
   return `${name}:${Deno.pid}`;
 }

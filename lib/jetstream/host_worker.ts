@@ -17,7 +17,6 @@
 import { type Run, TargetLoader } from "../target_loader.ts";
 import { UnorderedWorker } from "../worker.ts";
 import {
-  ANSWER,
   Decoder,
   Encoder,
   errorValue,
@@ -28,6 +27,7 @@ import {
   NONE,
   ONE,
   readBatch,
+  writeAnswerHeader,
 } from "./protocol.ts";
 import type { RemoteTarget } from "../remote.ts";
 
@@ -87,13 +87,9 @@ export default class HostWorker extends UnorderedWorker<HostTask, HostResult> {
     // Most recently used last: the first is dropped when too many are kept.
     this.#loaded.delete(stage.key);
     this.#loaded.set(stage.key, loaded);
-    const { from, count, reader } = readBatch(bytes);
+    const { from, count, token, reader } = readBatch(bytes);
     const answer = new MessageWriter(256 + bytes.length);
-    answer.u32(ANSWER);
-    answer.u32(count);
-    answer.f64(from);
-    answer.i32(this.#worker);
-    answer.text(stage.host);
+    writeAnswerHeader(answer, count, from, token, this.#worker, stage.host);
     const run = loaded.run;
     for (let i = 0; i < count; i++) {
       let value: unknown;

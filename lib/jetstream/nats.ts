@@ -10,7 +10,11 @@
  * @module
  */
 
-export { connect, credsAuthenticator } from "npm:@nats-io/transport-node@3.4.0";
+export {
+  connect,
+  credsAuthenticator,
+  headers,
+} from "npm:@nats-io/transport-node@3.4.0";
 export type {
   NatsConnection,
   NodeConnectionOptions,

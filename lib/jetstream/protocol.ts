@@ -10,7 +10,14 @@
  * counts the runs of task k alone on a host (no consumer reads them; see
  * `host.ts`). The stream `MPIPE_STAGES` holds one
  * announcement per live stage, `mpipe.stages.<run>.<stage>`, which every
- * host watches. Message bodies are the library's own codec (`codec.ts`).
+ * host watches: the stage's spec, signed with the coordinator's Ed25519 key
+ * (see `signAnnouncement`), and announced again every `ANNOUNCE_EVERY_MS`.
+ * Message bodies are the library's own codec (`codec.ts`).
+ *
+ * Each batch carries a random token of its own (`TOKEN_BYTES`), which only
+ * the hosts it is delivered to read, and an answer or a refusal counts only
+ * if it echoes its batch's token: a client that did not receive the batch
+ * cannot answer for its tasks.
  *
  * @module
  */
@@ -25,7 +32,20 @@ import {
 } from "./nats.ts";
 
 /** The version of these messages; a host refuses a stage of another. */
-export const PROTOCOL = 1;
+export const PROTOCOL = 2;
+
+/** How often a live stage is announced again (each time newly signed). */
+export const ANNOUNCE_EVERY_MS = 10_000;
+
+/**
+ * How long an announcement holds: a host refuses a signed announcement
+ * issued longer ago than this (a replay), and stops serving a stage that
+ * was not announced again for this long (its coordinator is gone).
+ */
+export const ANNOUNCE_TTL_MS = 60_000;
+
+/** The bytes of a batch's token. */
+export const TOKEN_BYTES = 16;
 
 /** The stream of stage announcements, and its subjects' prefix. */
 export const STAGES_STREAM = "MPIPE_STAGES";
@@ -39,15 +59,15 @@ export const STAGES_SUBJECTS = "mpipe.stages.>";
  * the common case, and every byte costs the server (about 6 ns a byte a
  * hop, measured on 2.9.10), so nothing is padded.
  *
- * - BATCH (bridge to host): [u32 kind][u32 count][f64 first task's number],
- *   then `count` framed tasks.
+ * - BATCH (bridge to host): [u32 kind][u32 count][f64 first task's number]
+ *   [16 bytes token], then `count` framed tasks.
  * - ANSWER (host to bridge): [u32 kind][u32 count][f64 first task's
- *   number][i32 host worker], the host's name (a framed UTF-8 string), then
- *   per task a byte NONE, ONE, MANY or FAILED: ONE is followed by one framed
- *   result, MANY by a LEB128 count and that many, FAILED by the framed
- *   error.
- * - REFUSED (host to bridge): [u32 kind][u32 0], then one framed record,
- *   the codec's `[host, reason]`.
+ *   number][16 bytes token of the batch it answers][i32 host worker], the
+ *   host's name (a framed UTF-8 string), then per task a byte NONE, ONE,
+ *   MANY or FAILED: ONE is followed by one framed result, MANY by a LEB128
+ *   count and that many, FAILED by the framed error.
+ * - REFUSED (host to bridge): the header of the batch it refuses (its
+ *   token echoed), then one framed record, the codec's `[host, reason]`.
  */
 export const BATCH = 1;
 export const ANSWER = 2;
@@ -59,8 +79,23 @@ export const ONE = 1;
 export const MANY = 2;
 export const FAILED = 3;
 
-/** The bytes before a batch's first task. */
-export const BATCH_HEADER = 16;
+/** The bytes before a batch's first task (as `BatchRunner.SEND_HEADER`). */
+export const BATCH_HEADER = 16 + TOKEN_BYTES;
+
+/** Where a batch's (and an answer's) token starts. */
+export const TOKEN_AT = 16;
+
+/**
+ * The bytes of a message's body that a publish may use: the server's
+ * `max_payload` counts the headers too (`Nats-Msg-Id`, and the client's
+ * own), which stay well under this margin.
+ */
+export function bodyLimit(maxPayload: number): number {
+  return maxPayload - HEADER_ROOM;
+}
+
+/** The bytes kept for a message's headers (see `bodyLimit`). */
+export const HEADER_ROOM = 512;
 
 /** Writes a message: words and framed records, into a buffer that grows. */
 export class MessageWriter {
@@ -183,11 +218,12 @@ export class MessageReader {
     return this.bytes[this.at++]!;
   }
 
-  /** Reads a LEB128 integer. */
+  /** Reads a LEB128 integer; a `RangeError` if the message ends first (it is malformed). */
   varint(): number {
     let value = 0;
     let scale = 1;
     for (;;) {
+      if (this.at >= this.bytes.length) throw truncated();
       const byte = this.bytes[this.at++]!;
       value += (byte & 0x7f) * scale;
       if (byte < 0x80) return value;
@@ -199,6 +235,7 @@ export class MessageReader {
   frame(): number {
     const n = this.varint();
     const start = this.at;
+    if (start + n > this.bytes.length) throw truncated();
     this.recordLength = n;
     this.at = start + n;
     return start;
@@ -222,41 +259,87 @@ export class MessageReader {
   }
 }
 
-/** A batch of already framed tasks, as one message. */
+function truncated(): RangeError {
+  return new RangeError("a malformed message: it ends inside a record");
+}
+
+/** A batch of already framed tasks, with its token, as one message. */
 export function batchMessage(
   from: number,
   count: number,
+  token: Uint8Array,
   frames: Uint8Array,
   start = 0,
   end = frames.length,
 ): Uint8Array {
   const message = new Uint8Array(BATCH_HEADER + end - start);
-  writeBatchHeader(message, from, count);
+  writeBatchHeader(message, from, count, token);
   message.set(frames.subarray(start, end), BATCH_HEADER);
   return message;
 }
 
-/** Writes a batch's header into its first `BATCH_HEADER` bytes. */
+/** Writes a batch's header, `kind` (BATCH or REFUSED) and its token included, into its first `BATCH_HEADER` bytes. */
 export function writeBatchHeader(
   message: Uint8Array,
   from: number,
   count: number,
+  token: Uint8Array,
+  kind = BATCH,
 ): void {
   const view = new DataView(message.buffer, message.byteOffset, BATCH_HEADER);
-  view.setUint32(0, BATCH, true);
+  view.setUint32(0, kind, true);
   view.setUint32(4, count, true);
   view.setFloat64(8, from, true);
+  message.set(token, TOKEN_AT);
 }
 
-/** A batch's first task number, its tasks' count, and a reader at its first task. */
+/** A new random token for a batch. */
+export function newToken(): Uint8Array {
+  return crypto.getRandomValues(new Uint8Array(TOKEN_BYTES));
+}
+
+/** Whether `a[at, at + TOKEN_BYTES)` is `token`, in time that does not depend on where they differ. */
+export function sameToken(
+  a: Uint8Array,
+  at: number,
+  token: Uint8Array,
+): boolean {
+  if (a.length < at + TOKEN_BYTES) return false;
+  let diff = 0;
+  for (let i = 0; i < TOKEN_BYTES; i++) diff |= a[at + i]! ^ token[i]!;
+  return diff === 0;
+}
+
+/** A batch's first task number, its tasks' count, its token (a view), and a reader at its first task. */
 export function readBatch(
   message: Uint8Array,
-): { from: number; count: number; reader: MessageReader } {
+): { from: number; count: number; token: Uint8Array; reader: MessageReader } {
   const reader = new MessageReader(message);
   if (reader.u32() !== BATCH) throw new TypeError("not a batch of tasks");
   const count = reader.u32();
   const from = reader.f64();
-  return { from, count, reader };
+  const token = message.subarray(TOKEN_AT, TOKEN_AT + TOKEN_BYTES);
+  reader.at = BATCH_HEADER;
+  return { from, count, token, reader };
+}
+
+/** Writes an answer's header: kind, count, first task, token, worker, host. */
+export function writeAnswerHeader(
+  writer: MessageWriter,
+  count: number,
+  from: number,
+  token: Uint8Array,
+  worker: number,
+  host: string,
+): void {
+  writer.u32(ANSWER);
+  writer.u32(count);
+  writer.f64(from);
+  writer.reserve(TOKEN_BYTES);
+  writer.bytes.set(token, writer.length);
+  writer.length += TOKEN_BYTES;
+  writer.i32(worker);
+  writer.text(host);
 }
 
 /** An answer that every task of a batch failed with `error`. */
@@ -264,16 +347,13 @@ export function failedAnswer(
   encoder: Encoder,
   from: number,
   count: number,
+  token: Uint8Array,
   host: string,
   worker: number,
   error: unknown,
 ): Uint8Array {
   const writer = new MessageWriter();
-  writer.u32(ANSWER);
-  writer.u32(count);
-  writer.f64(from);
-  writer.i32(worker);
-  writer.text(host);
+  writeAnswerHeader(writer, count, from, token, worker, host);
   const length = encoder.encode(errorValue(encoder, error));
   const record = encoder.bytes.slice(0, length);
   for (let i = 0; i < count; i++) {
@@ -298,6 +378,8 @@ export function splitAnswer(
   reader.u32();
   const count = reader.u32();
   const from = reader.f64();
+  const token = answer.slice(TOKEN_AT, TOKEN_AT + TOKEN_BYTES);
+  reader.at = TOKEN_AT + TOKEN_BYTES;
   const worker = reader.i32();
   const host = reader.text();
   const head = reader.at;
@@ -307,11 +389,7 @@ export function splitAnswer(
   let tasks = 0;
   const start = () => {
     const w = new MessageWriter();
-    w.u32(ANSWER);
-    w.u32(0);
-    w.f64(first);
-    w.i32(worker);
-    w.text(host);
+    writeAnswerHeader(w, 0, first, token, worker, host);
     return w;
   };
   const finish = () => {
@@ -351,15 +429,18 @@ export function splitAnswer(
   return parts;
 }
 
-/** A refusal of a stage by `host`, for `reason`. */
+/** A refusal of a stage by `host`, for `reason`, in answer to the batch `batch` (its header and token). */
 export function refusalMessage(
   encoder: Encoder,
+  batch: Uint8Array,
   host: string,
   reason: string,
 ): Uint8Array {
   const writer = new MessageWriter();
-  writer.u32(REFUSED);
-  writer.u32(0);
+  writer.reserve(BATCH_HEADER);
+  const { from, count, token } = readBatch(batch);
+  writeBatchHeader(writer.bytes, from, count, token, REFUSED);
+  writer.length = BATCH_HEADER;
   writer.record(encoder, [host, reason]);
   return writer.take();
 }
@@ -447,6 +528,178 @@ export interface StageSpec {
   maxAttempts: number;
   /** How many times a task may be delivered at all (the consumer's `max_deliver`). */
   maxDeliver: number;
+  /** Milliseconds a task may run on a host (the stage's `taskTimeout`), or 0 for no limit. */
+  taskTimeout: number;
+  /** When it was announced (ms since the epoch, the coordinator's clock): a signed announcement older than `ANNOUNCE_TTL_MS` is a replay. */
+  issued: number;
+}
+
+/**
+ * An announcement: the spec's bytes, framed, then their Ed25519 signature
+ * by `key`, framed (empty when the coordinator has no signing key).
+ */
+export async function announcementMessage(
+  encoder: Encoder,
+  spec: StageSpec,
+  key: CryptoKey | null,
+): Promise<Uint8Array> {
+  const bytes = encodeMessage(encoder, spec);
+  const signature = key === null ? new Uint8Array(0) : new Uint8Array(
+    await crypto.subtle.sign("Ed25519", key, bytes as Uint8Array<ArrayBuffer>),
+  );
+  const writer = new MessageWriter(bytes.length + 80);
+  writer.frame(bytes);
+  writer.frame(signature);
+  return writer.take();
+}
+
+/**
+ * An announcement's spec, and whether one of the `trusted` keys signed it;
+ * null if it is not an announcement at all.
+ */
+export async function readAnnouncement(
+  decoder: Decoder,
+  message: Uint8Array,
+  trusted: readonly CryptoKey[],
+): Promise<{ spec: StageSpec; signed: boolean } | null> {
+  let bytes: Uint8Array;
+  let signature: Uint8Array;
+  let spec: StageSpec;
+  try {
+    const reader = new MessageReader(message);
+    bytes = reader.recordBytes();
+    signature = reader.recordBytes();
+    if (reader.at !== message.length) return null;
+    spec = decodeMessage(decoder, bytes) as StageSpec;
+    if (typeof spec !== "object" || spec === null) return null;
+  } catch {
+    return null;
+  }
+  let signed = false;
+  if (signature.length === 64) {
+    for (const key of trusted) {
+      const ok = await crypto.subtle.verify(
+        "Ed25519",
+        key,
+        signature as Uint8Array<ArrayBuffer>,
+        bytes as Uint8Array<ArrayBuffer>,
+      );
+      if (ok) {
+        signed = true;
+        break;
+      }
+    }
+  }
+  return { spec, signed };
+}
+
+/**
+ * The keys as text: a prefix that says which key it is (and keeps a
+ * command line from reading it as a flag), then base64url of a PKCS #8
+ * Ed25519 private key (64 characters) or of a raw public key (43).
+ */
+const SIGNING_PREFIX = "mpipe-sk-";
+const PUBLIC_PREFIX = "mpipe-pk-";
+const SIGNING_KEY_CHARS = SIGNING_PREFIX.length + 64;
+const PUBLIC_KEY_CHARS = PUBLIC_PREFIX.length + 43;
+
+/**
+ * A new Ed25519 key pair for signing announcements, as text (base64url):
+ * `signingKey` for the coordinators (keep it secret), `publicKey` for the
+ * hosts that trust them.
+ */
+export async function generateKeys(): Promise<
+  { signingKey: string; publicKey: string }
+> {
+  const pair = await crypto.subtle.generateKey(
+    { name: "Ed25519" },
+    true,
+    ["sign", "verify"],
+  ) as CryptoKeyPair;
+  const text = async (format: "pkcs8" | "raw", key: CryptoKey) =>
+    base64url(new Uint8Array(await crypto.subtle.exportKey(format, key)));
+  return {
+    signingKey: SIGNING_PREFIX + await text("pkcs8", pair.privateKey),
+    publicKey: PUBLIC_PREFIX + await text("raw", pair.publicKey),
+  };
+}
+
+/** Imports a signing key made by `generateKeys`; a `TypeError` names `where` if it is not one. */
+export async function importSigningKey(
+  text: string,
+  where: string,
+): Promise<CryptoKey> {
+  try {
+    if (
+      text.length !== SIGNING_KEY_CHARS || !text.startsWith(SIGNING_PREFIX)
+    ) {
+      throw new Error("not a signing key");
+    }
+    return await crypto.subtle.importKey(
+      "pkcs8",
+      fromBase64url(text.slice(SIGNING_PREFIX.length)),
+      { name: "Ed25519" },
+      false,
+      ["sign"],
+    );
+  } catch {
+    throw new TypeError(
+      `${where} must be a signing key as \`deno run jsr:@mpipe/mpipe/host --new-keys\` prints it ("${SIGNING_PREFIX}" and ${
+        SIGNING_KEY_CHARS - SIGNING_PREFIX.length
+      } characters of base64url), got ${text.length} characters${
+        text.startsWith(PUBLIC_PREFIX)
+          ? ": that is a public key, which the hosts trust"
+          : ""
+      }`,
+    );
+  }
+}
+
+/** Imports a public key made by `generateKeys`; a `TypeError` names `where` if it is not one. */
+export async function importPublicKey(
+  text: string,
+  where: string,
+): Promise<CryptoKey> {
+  try {
+    if (text.length !== PUBLIC_KEY_CHARS || !text.startsWith(PUBLIC_PREFIX)) {
+      throw new Error("not a public key");
+    }
+    return await crypto.subtle.importKey(
+      "raw",
+      fromBase64url(text.slice(PUBLIC_PREFIX.length)),
+      { name: "Ed25519" },
+      false,
+      ["verify"],
+    );
+  } catch {
+    throw new TypeError(
+      `${where} must be a public key as \`deno run jsr:@mpipe/mpipe/host --new-keys\` prints it ("${PUBLIC_PREFIX}" and ${
+        PUBLIC_KEY_CHARS - PUBLIC_PREFIX.length
+      } characters of base64url), got ${text.length} characters${
+        text.startsWith(SIGNING_PREFIX)
+          ? ": that is a signing key, which only coordinators may hold"
+          : ""
+      }`,
+    );
+  }
+}
+
+function base64url(bytes: Uint8Array): string {
+  let binary = "";
+  for (const byte of bytes) binary += String.fromCharCode(byte);
+  return btoa(binary).replaceAll("+", "-").replaceAll("/", "_").replace(
+    /=+$/,
+    "",
+  );
+}
+
+function fromBase64url(text: string): Uint8Array<ArrayBuffer> {
+  if (!/^[A-Za-z0-9_-]*$/.test(text)) throw new Error("not base64url");
+  const binary = atob(
+    text.replaceAll("-", "+").replaceAll("_", "/") +
+      "=".repeat((4 - text.length % 4) % 4),
+  );
+  return Uint8Array.from(binary, (c) => c.charCodeAt(0));
 }
 
 /** The names of a run's stage `index`. */
@@ -563,3 +816,24 @@ export function apiCode(error: unknown): number | undefined {
 }
 
 export { Decoder, Encoder };
+
+/** Whether a publish failed because no stream listens on the subject (or JetStream is not up yet). */
+export function noResponders(error: unknown): boolean {
+  const e = error as { name?: unknown; isNoResponders?: () => boolean };
+  return e?.name === "JetStreamNotEnabled" || e?.name === "NoResponders" ||
+    (e?.name === "RequestError" && e.isNoResponders?.() === true);
+}
+
+/**
+ * Whether a publish failed for good: too large for the server, a subject
+ * the client may not publish to, or a closed connection. Anything else (a
+ * timeout, a reconnection, a restarting server) may pass.
+ */
+export function permanent(error: unknown): boolean {
+  const name = (error as { name?: unknown })?.name;
+  return name === "InvalidArgumentError" ||
+    name === "InvalidSubjectError" ||
+    name === "PermissionViolationError" ||
+    name === "AuthorizationError" ||
+    name === "ClosedConnectionError";
+}

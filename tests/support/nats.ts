@@ -15,6 +15,38 @@
  */
 
 import { readEnv } from "./env.ts";
+import { generateKeys } from "../../lib/jetstream/protocol.ts";
+
+/**
+ * The test coordinators' key pair: clusters sign with `signingKey`
+ * (`clusterOptions()`), hosts trust `publicKey` (`HostProcess`'s default
+ * flags). Also set as `MPIPE_SIGNING_KEY` and `MPIPE_TRUST` in this
+ * process's environment, for the scripts the tests run (README snippets,
+ * doc examples).
+ */
+export const TEST_KEYS: { signingKey: string; publicKey: string } =
+  readEnv("MPIPE_SIGNING_KEY") !== undefined &&
+    readEnv("MPIPE_TRUST") !== undefined
+    // A process the tests started (a benchmark's coordinator): the same keys.
+    ? {
+      signingKey: readEnv("MPIPE_SIGNING_KEY")!,
+      publicKey: readEnv("MPIPE_TRUST")!,
+    }
+    : await generateKeys();
+try {
+  Deno.env.set("MPIPE_SIGNING_KEY", TEST_KEYS.signingKey);
+  Deno.env.set("MPIPE_TRUST", TEST_KEYS.publicKey);
+} catch { /* No --allow-env: the scripts get no keys. */ }
+
+/** The options of a test's `JetStreamCluster.connect`: `servers`, the test signing key, and `more`. */
+export function clusterOptions<T extends object>(
+  servers: string,
+  more?: T,
+): { servers: string; signingKey: string } & T {
+  return { servers, signingKey: TEST_KEYS.signingKey, ...more } as
+    & { servers: string; signingKey: string }
+    & T;
+}
 
 /** How to install the server, for the error when it is missing. */
 const INSTALL_HINT =
@@ -172,6 +204,32 @@ export async function stopSharedServer(): Promise<void> {
 /** The host entry point, `host.ts`. */
 const HOST = new URL("../../host.ts", import.meta.url);
 
+/** Permissions a host gets beyond the least (`hostPermissions`). */
+export interface HostGrants {
+  /** More paths to read (a CA's or a client certificate's files). */
+  read?: string[];
+  /** `--allow-run` (a task that kills its host with `Deno.kill`). */
+  run?: boolean;
+}
+
+/**
+ * The least permissions a host run from this checkout needs, as the README
+ * gives them: the server (`url`), reading the checkout (its workers load
+ * `lib/` from there), the environment variables it reads, and the host's
+ * name; and `more`.
+ */
+export function hostPermissions(url: string, more: HostGrants = {}): string[] {
+  const root = new URL("../../", import.meta.url).pathname;
+  const server = url.replace(/^[a-z]+:\/\//, "");
+  return [
+    `--allow-net=${server}`,
+    `--allow-read=${[root, ...more.read ?? []].join(",")}`,
+    "--allow-env=MPIPE_TRUST,MPIPE_NATS_PASS,MPIPE_NATS_TOKEN",
+    "--allow-sys=hostname",
+    ...(more.run ? ["--allow-run"] : []),
+  ];
+}
+
 /** A worker host (`host.ts`) as a process of its own. */
 export class HostProcess {
   readonly name: string;
@@ -187,18 +245,27 @@ export class HostProcess {
   }
 
   /**
-   * Starts `deno run -A host.ts --servers <url> --name <name> <flags>` and
-   * waits until it prints that it is ready (at most 30 s).
+   * Starts `deno run <permissions> host.ts --servers <url> --name <name>
+   * <flags>` and waits until it prints that it is ready (at most 30 s).
+   * The permissions are the least a host needs, as the README gives them
+   * (`hostPermissions`), and `more` of them.
    */
   static async start(
     url: string,
     name: string,
-    flags: string[] = ["--allow-source", "--workers", "2"],
+    flags: string[] = [
+      "--trust",
+      TEST_KEYS.publicKey,
+      "--allow-source",
+      "--workers",
+      "2",
+    ],
+    more: HostGrants = {},
   ): Promise<HostProcess> {
     const process = new Deno.Command(Deno.execPath(), {
       args: [
         "run",
-        "-A",
+        ...hostPermissions(url, more),
         HOST.href,
         "--servers",
         url,
@@ -209,7 +276,8 @@ export class HostProcess {
       stdin: "null",
       stdout: "piped",
       stderr: "piped",
-      env: { NO_COLOR: "1" },
+      // Trust only as the flags say (not this process's MPIPE_TRUST).
+      env: { NO_COLOR: "1", MPIPE_TRUST: "" },
     }).spawn();
     const host = new HostProcess(name, process);
     await host.#readUntilReady();

@@ -1,0 +1,292 @@
+// Faults of the cluster under remote stages, against a real nats-server and
+// real worker hosts (issue 24, F1 to F3): each test is the fault itself, and
+// its outcome is every result exactly once or a StageError, never a hang.
+// Every test is bounded in time and stops the processes it starts.
+
+import assert from "node:assert/strict";
+import { OrderedStage, Pipeline, StageError } from "../mod.ts";
+import { JetStreamCluster } from "../jetstream.ts";
+import { connect, jetstreamManager } from "../lib/jetstream/nats.ts";
+import { Encoder } from "../lib/jetstream/protocol.ts";
+import {
+  clusterOptions,
+  HostProcess,
+  NatsServer,
+  natsUrl,
+  stopSharedServer,
+  TEST_KEYS,
+} from "./support/nats.ts";
+
+const URL_ = await natsUrl();
+
+/** A test that may take up to `ms` (a hang guard), with the sanitizers on. */
+function timed(name: string, ms: number, fn: () => Promise<void>): void {
+  Deno.test(name, async () => {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const guard = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new Error(`${name}: still running after ${ms} ms`)),
+        ms,
+      );
+    });
+    try {
+      await Promise.race([fn(), guard]);
+    } finally {
+      clearTimeout(timer);
+    }
+  });
+}
+
+/** Starts hosts named `names` on `url`, runs `fn`, and stops them whatever happens. */
+async function withHosts(
+  url: string,
+  names: string[],
+  fn: (hosts: HostProcess[]) => Promise<void>,
+): Promise<void> {
+  const hosts = await Promise.all(
+    names.map((name) => HostProcess.start(url, name)),
+  );
+  try {
+    await fn(hosts);
+  } finally {
+    await Promise.all(hosts.map((host) => host.stop()));
+  }
+}
+
+/** The server's max_payload. */
+async function maxPayload(url: string): Promise<number> {
+  const nc = await connect({ servers: url });
+  try {
+    return nc.info!.max_payload;
+  } finally {
+    await nc.close();
+  }
+}
+
+/** The length of a LEB128 integer. */
+function varintLength(n: number): number {
+  let length = 1;
+  while (n >= 0x80) {
+    n = Math.floor(n / 128);
+    length++;
+  }
+  return length;
+}
+
+/** The length `n` of a Uint8Array whose framed record, after `head` bytes, makes a message of `total` bytes. */
+function sizedFor(head: number, total: number): number {
+  const encoder = new Encoder();
+  for (let n = total - head - 16; n > 0; n--) {
+    const encoded = encoder.encode(new Uint8Array(n));
+    if (head + varintLength(encoded) + encoded === total) return n;
+  }
+  throw new Error(`no length fits ${total}`);
+}
+
+// ---------------------------------------------------------------- F1
+
+timed(
+  "JetStream fault F1: a task and a result that fit max_payload only without their headers fail with a RangeError, not a hang",
+  60_000,
+  async () => {
+    const max = await maxPayload(URL_);
+    // Messages a few bytes under max_payload, as the layout before tokens
+    // framed them: a batch's 16 bytes, an answer's 20 and host name.
+    const task = new Uint8Array(sizedFor(16, max - 8));
+    const result = sizedFor(4 + 4 + 8 + 4 + 1 + "edge-1".length + 1, max - 8);
+    await using cluster = await JetStreamCluster.connect(
+      clusterOptions(URL_, { maxBatch: 1 }),
+    );
+    await withHosts(URL_, ["edge-1"], async () => {
+      const errors: StageError[] = [];
+      const pipe = new Pipeline<Uint8Array | number, number | Uint8Array>(
+        new OrderedStage(
+          (t: Uint8Array | number) =>
+            typeof t === "number" ? new Uint8Array(t) : t.length,
+          4,
+          { cluster, onError: (error) => errors.push(error) },
+        ),
+      );
+      pipe.put(task);
+      pipe.put(5);
+      pipe.put(result);
+      pipe.put(null);
+      const results = await Array.fromAsync(pipe);
+      assert.equal(results.length, 1);
+      assert.deepEqual(results[0], new Uint8Array(5));
+      assert.deepEqual(errors.map((e) => e.task), [0, 2]);
+      for (const error of errors) {
+        assert.ok(error.cause instanceof RangeError, String(error));
+        assert.match(error.message, /max_payload/);
+      }
+    });
+  },
+);
+
+// ---------------------------------------------------------------- F2
+
+timed(
+  "JetStream fault F2: the run's stream deleted mid-run fails the pipeline with a StageError, not a hang",
+  60_000,
+  async () => {
+    await using cluster = await JetStreamCluster.connect(clusterOptions(URL_));
+    await withHosts(URL_, ["lost-1"], async () => {
+      const pipe = new Pipeline<number, number>(
+        new OrderedStage(
+          async (x: number) => {
+            await new Promise((resolve) => setTimeout(resolve, 10));
+            return x;
+          },
+          8,
+          { cluster, name: "doomed", onError: () => {} },
+        ),
+      );
+      (async () => {
+        for (let i = 0; i < 1_000; i++) await pipe.put(i);
+        await pipe.put(null);
+      })().catch(() => {});
+      let seen = 0;
+      await assert.rejects(
+        (async () => {
+          for await (const _ of pipe) {
+            if (++seen === 20) {
+              const nc = await connect({ servers: URL_ });
+              const jsm = await jetstreamManager(nc);
+              for await (const name of jsm.streams.names()) {
+                if (name !== "MPIPE_STAGES") await jsm.streams.delete(name);
+              }
+              await nc.close();
+            }
+          }
+        })(),
+        (error: unknown) => {
+          assert.ok(error instanceof StageError, String(error));
+          assert.equal(error.stage, "doomed");
+          assert.match(error.message, /stream MPIPE_\w+ is gone/);
+          return true;
+        },
+      );
+      await pipe.done.catch(() => {});
+    });
+  },
+);
+
+timed(
+  "JetStream fault F2: the server restarted on an empty store fails the run with a StageError; the hosts serve the next run",
+  120_000,
+  async () => {
+    await using server = await NatsServer.start();
+    await using cluster = await JetStreamCluster.connect(
+      clusterOptions(server.url),
+    );
+    await withHosts(server.url, ["empty-1"], async () => {
+      const pipe = new Pipeline<number, number>(
+        new OrderedStage(
+          async (x: number) => {
+            await new Promise((resolve) => setTimeout(resolve, 10));
+            return x;
+          },
+          8,
+          { cluster, name: "amnesia" },
+        ),
+      );
+      (async () => {
+        for (let i = 0; i < 1_000; i++) await pipe.put(i);
+        await pipe.put(null);
+      })().catch(() => {});
+      let seen = 0;
+      await assert.rejects(
+        (async () => {
+          for await (const _ of pipe) {
+            if (++seen === 20) {
+              await server.stop();
+              await Deno.remove(server.storeDir, { recursive: true });
+              await server.restart();
+            }
+          }
+        })(),
+        (error: unknown) => {
+          assert.ok(error instanceof StageError, String(error));
+          assert.equal(error.stage, "amnesia");
+          assert.match(error.message, /is gone/);
+          return true;
+        },
+      );
+      await pipe.done.catch(() => {});
+      // The next run finds hosts that watch the new store.
+      const next = new Pipeline<number, number>(
+        new OrderedStage((x: number) => x * 2, 8, { cluster }),
+      );
+      for (let i = 0; i < 10; i++) next.put(i);
+      next.put(null);
+      assert.deepEqual(
+        await Array.fromAsync(next),
+        Array.from({ length: 10 }, (_, i) => i * 2),
+      );
+    });
+  },
+);
+
+// ---------------------------------------------------------------- F3
+
+timed(
+  "JetStream fault F3: a task stuck on a host (a busy loop, a promise that never settles) times out there; the host's later tasks and the next run go on",
+  90_000,
+  async () => {
+    await using cluster = await JetStreamCluster.connect(clusterOptions(URL_));
+    const host = await HostProcess.start(URL_, "stuck-1", [
+      "--trust",
+      TEST_KEYS.publicKey,
+      "--allow-source",
+      "--workers",
+      "2",
+    ]);
+    try {
+      const errors: StageError[] = [];
+      const pipe = new Pipeline<number, number>(
+        new OrderedStage(
+          (x: number) => {
+            if (x === 3) { for (;;) { /* stuck for good */ } }
+            if (x === 6) return new Promise<number>(() => {});
+            return x;
+          },
+          2,
+          {
+            cluster,
+            taskTimeout: 2_000,
+            onError: (error) => errors.push(error),
+          },
+        ),
+      );
+      for (let i = 0; i < 12; i++) pipe.put(i);
+      pipe.put(null);
+      assert.deepEqual(
+        await Array.fromAsync(pipe),
+        [0, 1, 2, 4, 5, 7, 8, 9, 10, 11],
+      );
+      assert.deepEqual(errors.map((e) => e.task), [3, 6]);
+      for (const error of errors) {
+        assert.equal((error.cause as Error).name, "TimeoutError");
+      }
+      // The host's workers are free for the next run.
+      const next = new Pipeline<number, number>(
+        new OrderedStage((x: number) => x + 1, 4, { cluster }),
+      );
+      for (let i = 0; i < 10; i++) next.put(i);
+      next.put(null);
+      assert.deepEqual(
+        await Array.fromAsync(next),
+        Array.from({ length: 10 }, (_, i) => i + 1),
+      );
+    } finally {
+      await host.stop(2_000);
+    }
+  },
+);
+
+Deno.test({
+  name: "JetStream faults: (the end) the test server stops",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  fn: stopSharedServer,
+});
