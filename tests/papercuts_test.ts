@@ -156,8 +156,16 @@ for (const flag of ["--help", "-h"]) {
     );
     assert.equal(signal, null, `killed after ${KILL_MS} ms`);
     assert.equal(code, 0, stderr);
-    assert.match(stdout, /^usage: deno run -A host\.ts/);
-    for (const name of ["--servers", "--workers", "--allow-source", "--tls"]) {
+    assert.match(stdout, /^usage: deno run --allow-net=SERVER host\.ts/);
+    for (
+      const name of [
+        "--servers",
+        "--workers",
+        "--trust",
+        "--allow-source",
+        "--tls",
+      ]
+    ) {
       assert.ok(stdout.includes(`\n  ${name} `), `${name} in:\n${stdout}`);
     }
   });
