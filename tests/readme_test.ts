@@ -76,7 +76,8 @@ for (const [index, { code, files }] of programs().entries()) {
           flags: [
             "--allow-read",
             "--unstable-worker-options",
-            ...(remote ? ["--allow-net"] : []),
+            // A remote stage's NATS server, or a snippet's own HTTP server.
+            ...(remote || code.includes("Deno.serve(") ? ["--allow-net"] : []),
             `--config=${dir}/deno.json`,
           ],
           timeout: remote ? 60_000 : undefined,
