@@ -76,7 +76,9 @@ for (const [index, { code, files }] of programs().entries()) {
           flags: [
             "--allow-read",
             "--unstable-worker-options",
+            // A remote stage's NATS server, or a snippet's own HTTP server.
             ...(remote ? ["--allow-net", "--allow-env=MPIPE_SIGNING_KEY"] : []),
+            ...(!remote && code.includes("Deno.serve(") ? ["--allow-net"] : []),
             `--config=${dir}/deno.json`,
           ],
           timeout: remote ? 60_000 : undefined,

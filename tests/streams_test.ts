@@ -631,70 +631,148 @@ function lineSplitter(): TransformStream<string, string> {
   });
 }
 
-// Still open: the error reaches every stream (the writable errors, the
-// upload's pipeTo rejects and cancels the request body, the readable and the
-// response body error), and Deno.serve reports the response as completed,
-// but the connection stays open and the client waits for ever. Run it with
-// MPIPE_HTTP_REPRO=1; see the streams branch's report for what was ruled out.
+// Deno's bug, not MPipe's, so the first two tests below are skipped; run them
+// with MPIPE_HTTP_REPRO=1 (they pass with Deno 2.8.2, the last release that
+// served HTTP/1.1 with hyper, and will once Deno is fixed). The error reaches
+// every stream: the writable errors, the upload's pipeTo cancels the request
+// body, the readable and the response body error. But on a response body
+// error, Deno's own HTTP/1.1 server (the default since 2.8.3; seen with
+// 2.9.6) returns without
+// closing the connection, which it shares with the request body, and a read
+// of the body that waits for the client's bytes at that moment holds it for
+// ever: no one wakes that read again (the response writer, which forwarded the
+// socket's wake-ups to it, is gone), and cancelling the body does not cancel
+// its read. The pipeline's writable takes chunks at once and a stage fails
+// later, in a worker, so such a read usually waits then; a TransformStream
+// whose transform throws fails while no read waits.
+// tests/fixtures/http_parked_read.ts is the case without MPipe; README "Over
+// HTTP" gives the workaround, which the third test checks.
+const SKIP_HTTP_REPRO = Deno.env.get("MPIPE_HTTP_REPRO") === undefined;
+
+Deno.test({
+  name:
+    "HTTP (Deno): a streamed response that errors while a request body read waits ends",
+  ignore: SKIP_HTTP_REPRO,
+  async fn() {
+    const run = new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "--allow-net",
+        new URL("./fixtures/http_parked_read.ts", import.meta.url).pathname,
+      ],
+      stdout: "piped",
+      stderr: "piped",
+    });
+    // The fixture bounds its own wait (3 s) and exits 1 on a hang.
+    const { code, stdout } = await within(run.output(), "the fixture", 20_000);
+    assert.equal(code, 0, new TextDecoder().decode(stdout));
+  },
+});
+
+/**
+ * Uploads 50 MB of JSON lines to a server whose handler sends the lines
+ * through a pipeline whose stage fails at line 1000, the results wrapped by
+ * `respond`; returns the response's text once it ends (or rejects if it ends
+ * with an error), and how much of the upload was sent.
+ */
+async function failingUpload(
+  respond: (results: ReadableStream<string>) => ReadableStream<string>,
+): Promise<{ text: Promise<string>; sent: number }> {
+  const server = Deno.serve(
+    {
+      hostname: "127.0.0.1",
+      port: 0,
+      onListen() {},
+      onError: () => new Response(null, { status: 500 }),
+    },
+    (request) => {
+      const pipe = new Pipeline(
+        new OrderedStage((line: string) => {
+          if (line.includes('"id":1000,')) throw new Error("bad line");
+          return line.toUpperCase() + "\n";
+        }, 2),
+      );
+      pipe.done.catch(() => {});
+      const results = request.body!.pipeThrough(new TextDecoderStream())
+        .pipeThrough(lineSplitter()).pipeThrough(pipe);
+      return new Response(
+        respond(results).pipeThrough(new TextEncoderStream()),
+      );
+    },
+  );
+  const encoder = new TextEncoder();
+  let id = 0;
+  let sent = 0;
+  const upload = new ReadableStream<Uint8Array>({
+    pull(controller) {
+      if (sent >= 50e6) return controller.close();
+      let text = "";
+      for (let i = 0; i < 100; i++) {
+        text += JSON.stringify({ id: id++, pad: "x".repeat(60) }) + "\n";
+      }
+      const bytes = encoder.encode(text);
+      sent += bytes.length;
+      controller.enqueue(bytes);
+    },
+  });
+  const aborter = new AbortController();
+  const text = (async () => {
+    const response = await fetch(`http://127.0.0.1:${server.addr.port}/`, {
+      method: "POST",
+      body: upload,
+      signal: aborter.signal,
+    });
+    return await response.text();
+  })();
+  text.catch(() => {});
+  try {
+    await within(text.catch(() => {}), "the response", 20_000);
+  } finally {
+    aborter.abort();
+    await within(server.shutdown(), "server.shutdown", 10_000);
+  }
+  return { text, sent };
+}
+
 Deno.test({
   name:
     "HTTP: a stage that fails during a large upload ends the response (issue 21.4)",
-  ignore: Deno.env.get("MPIPE_HTTP_REPRO") === undefined,
+  ignore: SKIP_HTTP_REPRO,
   async fn() {
-    const server = Deno.serve(
-      {
-        hostname: "127.0.0.1",
-        port: 0,
-        onListen() {},
-        onError: () => new Response(null, { status: 500 }),
-      },
-      (request) => {
-        const pipe = new Pipeline(
-          new OrderedStage((line: string) => {
-            if (line.includes('"id":1000,')) throw new Error("bad line");
-            return line.toUpperCase() + "\n";
-          }, 2),
-        );
-        pipe.done.catch(() => {});
-        return new Response(
-          request.body!.pipeThrough(new TextDecoderStream())
-            .pipeThrough(lineSplitter()).pipeThrough(pipe)
-            .pipeThrough(new TextEncoderStream()),
-        );
-      },
-    );
-    const encoder = new TextEncoder();
-    let id = 0;
-    let sent = 0;
-    const upload = new ReadableStream<Uint8Array>({
-      pull(controller) {
-        if (sent >= 50e6) return controller.close();
-        let text = "";
-        for (let i = 0; i < 100; i++) {
-          text += JSON.stringify({ id: id++, pad: "x".repeat(60) }) + "\n";
-        }
-        const bytes = encoder.encode(text);
-        sent += bytes.length;
-        controller.enqueue(bytes);
-      },
-    });
-    const aborter = new AbortController();
-    try {
-      const exchange = (async () => {
-        const response = await fetch(
-          `http://127.0.0.1:${server.addr.port}/`,
-          { method: "POST", body: upload, signal: aborter.signal },
-        );
-        for await (const _ of response.body!);
-      })();
-      // It must end, either way (an error is what curl and fetch get from
-      // the same handler without the pipeline), and not after the whole
-      // upload: the stage failed at line 1000.
-      await within(exchange.catch(() => {}), "the response", 20_000);
-      assert.ok(sent < 50e6, "the whole upload was sent");
-    } finally {
-      aborter.abort();
-      await server.shutdown();
-    }
+    // It must end, either way (an error is what curl and fetch get from the
+    // same handler without the pipeline), and not after the whole upload:
+    // the stage failed at line 1000.
+    const { sent } = await failingUpload((results) => results);
+    assert.ok(sent < 50e6, "the whole upload was sent");
   },
+});
+
+Deno.test("HTTP: the failure as the last line ends the response (README's workaround for issue 21.4)", async () => {
+  const { text } = await failingUpload((results) => {
+    const reader = results.getReader();
+    return new ReadableStream<string>({
+      async pull(controller) {
+        try {
+          const { done, value } = await reader.read();
+          if (done) controller.close();
+          else controller.enqueue(value);
+        } catch (error) {
+          controller.enqueue(JSON.stringify({ error: String(error) }) + "\n");
+          controller.close();
+        }
+      },
+      cancel: (reason) => reader.cancel(reason),
+    });
+  });
+  // It ended (failingUpload waits for that). Deno 2.9.6 ends it normally,
+  // with the failure as the last line; a server that closes the connection
+  // rather than read the rest of the upload (Deno 2.8.2 did) breaks it.
+  const body = await text.then((text) => text, () => null);
+  if (body === null) return;
+  const lines = body.trimEnd().split("\n");
+  assert.match(
+    lines.at(-1)!,
+    /"error":"StageError: .*task 1000 failed: bad line"/,
+  );
+  assert.ok(lines.length <= 1000, `${lines.length} lines`);
 });
