@@ -59,6 +59,7 @@ for (const [index, { code, files }] of programs().entries()) {
           imports: {
             "@mpipe/mpipe": at("../mod.ts"),
             "@mpipe/mpipe/jetstream": at("../jetstream.ts"),
+            "@mpipe/mpipe/dashboard": at("../dashboard.ts"),
           },
         }),
       );
@@ -76,7 +77,9 @@ for (const [index, { code, files }] of programs().entries()) {
           flags: [
             "--allow-read",
             "--unstable-worker-options",
-            ...(remote ? ["--allow-net"] : []),
+            ...(remote || code.includes('"@mpipe/mpipe/dashboard"')
+              ? ["--allow-net"]
+              : []),
             `--config=${dir}/deno.json`,
           ],
           timeout: remote ? 60_000 : undefined,

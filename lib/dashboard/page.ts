@@ -50,7 +50,7 @@ export const PAGE = `<!doctype html>
   .stage.within rect.box { stroke-dasharray: 4 3; }
   table { border-collapse: collapse; font-size: 12px; margin-top: 4px; }
   th, td { padding: 2px 8px; text-align: right; border-bottom: 1px solid #eceef2; }
-  th:first-child, td:first-child { text-align: left; }
+  th:first-child, td:first-child, table.slowest td, table.slowest th { text-align: left; }
   .legend span { display: inline-block; margin-right: 12px; font-size: 12px; }
   .swatch { display: inline-block; width: 10px; height: 10px; margin-right: 4px;
     vertical-align: -1px; }
@@ -209,7 +209,7 @@ function slowestTable(view) {
       stage.stats.slowest.map((t) => "task " + t.task + " " + ms(t.ms) + (stage.stats.workers.length > 1 ? " (#" + t.worker + ")" : "")).join(", ")) +
       '</td></tr>';
   }
-  return '<table class="slowest"><tr><th>stage</th><th style="text-align:left">slowest tasks</th></tr>' + rows + '</table>';
+  return '<table class="slowest"><tr><th>stage</th><th>slowest tasks</th></tr>' + rows + '</table>';
 }
 
 function render(views, now) {
