@@ -101,7 +101,8 @@ export function serveDashboard(
  * `mpipe_stage_restarts_total`, `mpipe_stage_busy_seconds_total`,
  * `mpipe_stage_blocked_seconds_total`, `mpipe_stage_idle_seconds_total`;
  * gauges `mpipe_stage_backlog`, `mpipe_stage_in_flight`,
- * `mpipe_stage_workers`.
+ * `mpipe_stage_workers` (the stage's workers in this process: one for a
+ * remote stage).
  *
  * @param pipelines A `Pipeline`, an array of them, or a function that
  * returns them.

@@ -264,7 +264,7 @@ Deno.test("metricsText: every metric, for a chain, a fork and a join, a FilterSt
     }
     assert.match(
       text,
-      /^mpipe_stage_workers\{pipeline="m-remote",stage="remote-stage"\} 4$/m,
+      /^mpipe_stage_workers\{pipeline="m-remote",stage="remote-stage"\} 1$/m,
     );
     const { code, out } = await promtool(text);
     assert.equal(code, 0, out);

@@ -86,8 +86,8 @@ const STAGE_METRICS: Metric[] = [
     name: "mpipe_stage_workers",
     type: "gauge",
     help:
-      "The stage's workers (for a remote stage, the tasks it runs at once on its cluster).",
-    value: (stage) => stage.stats.size,
+      "The stage's workers in this process (a remote stage has one, which runs its tasks on its cluster): the busy, blocked and idle seconds are theirs.",
+    value: (stage) => stage.stats.workers.length,
   },
 ];
 
