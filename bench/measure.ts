@@ -2,7 +2,7 @@
 // on stdout (see `Figures` in cases.ts); the child of bench/compare.ts and bench/ab.ts.
 //
 //   deno run --allow-read bench/measure.ts <case> <variant> [--quick] [--lib PATH/mod.ts]
-//                                          [--progress]
+//                                          [--progress] [--dashboard]
 //
 // <case> is W1–W6, startup or idle; <variant> one of VARIANTS in cases.ts (mpipe, pm,
 // pm-batch, pm-transfer, workers). `--quick` runs N / 10 per pass. `--lib` builds the MPipe
@@ -11,6 +11,9 @@
 // `--progress` turns on MPipe's progress display (PipelineOptions.progress) on stderr for
 // the pipelines of W1–W6 (not start-up or idle, which it would skew); it reads shared
 // memory on a timer, so its figures are for watching a run, not for the table.
+// `--dashboard` serves the dashboard (`@mpipe/mpipe/dashboard`) of the throughput
+// workloads' pipeline and opens its page in the headless Chromium for the timed passes
+// (bench/dashboard_watch.ts; needs -A): the A/B of bench/dashboard_ab.ts.
 //
 // Throughput workloads (W1, W2, W4, W5) run 6 timed passes of N through one pipeline after
 // the warm-up, each timed from just before its first put until its last result is read and
@@ -54,6 +57,8 @@ interface Request {
   libPath: string | undefined;
   /** Show MPipe's progress display on stderr (`--progress`). */
   progress: boolean;
+  /** Watch the pipeline's dashboard in the headless Chromium (`--dashboard`). */
+  dashboard: boolean;
 }
 
 function start(
@@ -84,6 +89,9 @@ async function throughput(r: Request, id: WorkloadId): Promise<Figures> {
   const spec = SPECS[id];
   const runner = await start(r, id);
   const seconds: number[] = [];
+  const watch = r.dashboard && runner instanceof MPipeRunner
+    ? await (await import("./dashboard_watch.ts")).watchInBrowser(runner.pipe)
+    : null;
   try {
     for (let pass = 0; pass < PASSES; pass++) {
       const c = spec.checker(n);
@@ -93,6 +101,7 @@ async function throughput(r: Request, id: WorkloadId): Promise<Figures> {
       seconds.push((performance.now() - t0) / 1000);
     }
   } finally {
+    await watch?.close();
     await runner.close();
   }
   const perPass = seconds.map((s) =>
@@ -258,17 +267,19 @@ function measure(r: Request): Promise<Figures> {
 }
 
 const USAGE =
-  "usage: measure.ts <case> <variant> [--quick] [--lib PATH/mod.ts] [--progress]";
+  "usage: measure.ts <case> <variant> [--quick] [--lib PATH/mod.ts] [--progress] [--dashboard]";
 
 async function parseArgs(args: string[]): Promise<Request> {
   const positional: string[] = [];
   let quick = false;
   let progress = false;
+  let dashboard = false;
   let lib: string | undefined;
   for (let i = 0; i < args.length; i++) {
     const a = args[i]!;
     if (a === "--quick") quick = true;
     else if (a === "--progress") progress = true;
+    else if (a === "--dashboard") dashboard = true;
     else if (a === "--lib") {
       lib = args[++i];
       if (lib === undefined) {
@@ -296,6 +307,7 @@ async function parseArgs(args: string[]): Promise<Request> {
     library: await loadLibrary(lib),
     libPath: lib,
     progress,
+    dashboard,
   };
 }
 
