@@ -65,6 +65,7 @@ export type {
   PipelineStats,
   SlowTask,
   StageStats,
+  TaskDurations,
   WorkerStats,
 } from "./lib/stats.ts";
 export { OrderedWorker, TaskWorker, UnorderedWorker } from "./lib/worker.ts";

@@ -266,6 +266,25 @@ Deno.test("metricsText: every metric, for a chain, a fork and a join, a FilterSt
       text,
       /^mpipe_stage_workers\{pipeline="m-remote",stage="remote-stage"\} 1$/m,
     );
+    // The histogram: a bucket per bound from 10 µs to 10 s and +Inf, its sum and count.
+    assert.match(
+      text,
+      /^# TYPE mpipe_stage_task_duration_seconds histogram$/m,
+    );
+    for (const pipe of pipes) {
+      for (const stage of pipe.stats().stages) {
+        const series =
+          `mpipe_stage_task_duration_seconds_bucket\\{pipeline="${pipe.name}",stage="${stage.name}"`;
+        assert.match(text, new RegExp(`^${series},le="0.00001"\\} \\d+$`, "m"));
+        assert.match(text, new RegExp(`^${series},le="10"\\} \\d+$`, "m"));
+        assert.match(text, new RegExp(`^${series},le="\\+Inf"\\} \\d+$`, "m"));
+      }
+    }
+    const slowCount = Number(
+      /^mpipe_stage_task_duration_seconds_count\{pipeline="m-chain",stage="slow"\} (\d+)$/m
+        .exec(text)?.[1],
+    );
+    assert.ok(slowCount > 0, "the slow stage's tasks are counted");
     const { code, out } = await promtool(text);
     assert.equal(code, 0, out);
   } finally {
@@ -531,6 +550,7 @@ Deno.test({
           'mpipe_stage_busy_seconds_total{pipeline="p-chain",stage="slow"}',
           'mpipe_pipeline_results_read_total{pipeline="p-chain"}',
           'mpipe_stage_results_total{pipeline="p-fork",stage="merge"}',
+          'mpipe_stage_task_duration_seconds_count{pipeline="p-chain",stage="slow"}',
         ]
       ) {
         const first = await eventually(10_000, promql, () => value(promql));
@@ -540,6 +560,17 @@ Deno.test({
           async () => ((await value(promql)) ?? 0) > first ? true : undefined,
         );
       }
+      // The histogram, as a Grafana heatmap or quantile panel would ask it:
+      // the slow stage's tasks take about 10 ms.
+      const median = await eventually(
+        15_000,
+        "a median task duration",
+        () =>
+          value(
+            'histogram_quantile(0.5, rate(mpipe_stage_task_duration_seconds_bucket{pipeline="p-chain",stage="slow"}[5s]))',
+          ),
+      );
+      assert.ok(median > 0.005 && median <= 0.1, `median ${median} s`);
       // Prometheus sees the rate, as a Grafana panel would ask it.
       const rate = await eventually(
         15_000,

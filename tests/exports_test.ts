@@ -42,6 +42,7 @@ const TYPES = [
   "StagePermissions",
   "StageStats",
   "Target",
+  "TaskDurations",
   "TaskFunction",
   "WorkerClass",
   "WorkerStats",

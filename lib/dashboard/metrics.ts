@@ -131,6 +131,29 @@ export function metricsOf(views: readonly PipelineView[]): string {
       }
     }
   }
+  const histogram = "mpipe_stage_task_duration_seconds";
+  lines.push(
+    `# HELP ${histogram} Seconds a task took (a batch's time per task), in fixed buckets from 10 µs to 10 s.`,
+    `# TYPE ${histogram} histogram`,
+  );
+  for (const view of views) {
+    for (const stage of view.stages) {
+      const labels = `pipeline="${escape(view.name)}",stage="${
+        escape(stage.label)
+      }"`;
+      const { boundsMs, counts, sumMs } = stage.stats.durations;
+      let count = 0;
+      counts.forEach((n, i) => {
+        count += n;
+        const le = i < boundsMs.length ? String(boundsMs[i]! / 1000) : "+Inf";
+        lines.push(`${histogram}_bucket{${labels},le="${le}"} ${count}`);
+      });
+      lines.push(
+        `${histogram}_sum{${labels}} ${number(sumMs / 1000)}`,
+        `${histogram}_count{${labels}} ${count}`,
+      );
+    }
+  }
   return lines.join("\n") + "\n";
 }
 
