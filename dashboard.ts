@@ -102,7 +102,8 @@ export function serveDashboard(
  * `mpipe_stage_blocked_seconds_total`, `mpipe_stage_idle_seconds_total`;
  * gauges `mpipe_stage_backlog`, `mpipe_stage_in_flight`,
  * `mpipe_stage_workers` (the stage's workers in this process: one for a
- * remote stage).
+ * remote stage); the histogram `mpipe_stage_task_duration_seconds` (fixed
+ * buckets from 10 µs to 10 s, as `StageStats.durations`).
  *
  * @param pipelines A `Pipeline`, an array of them, or a function that
  * returns them.
