@@ -235,6 +235,8 @@ function eventStream(
   const body = new ReadableStream<Uint8Array>({
     start(controller) {
       const send = () => {
+        // A page that stops reading gets no more until it reads again.
+        if ((controller.desiredSize ?? 1) <= 0) return;
         let data: string;
         try {
           data = JSON.stringify(viewsOf(pipelinesOf(source)));
