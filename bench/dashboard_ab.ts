@@ -2,7 +2,10 @@
 // headless Chromium (`measure.ts --dashboard`) against the same pipeline without it, each
 // measurement in a fresh process, the pairs alternating their order (off on, on off, …).
 //
-//   deno run -A bench/dashboard_ab.ts [--pairs 5] [--only W1,W5] [--quick]
+//   deno run -A bench/dashboard_ab.ts [--pairs 5] [--only W1,W5] [--quick] [--stream]
+//
+// `--stream`: curl reads the page's event stream instead of a browser drawing it (the
+// server's own cost, as with a browser on another machine).
 //
 // It prints, per case, the median (min–max) of each side, on ÷ off of the medians, and in
 // how many pairs the side with the dashboard did at least as well.
@@ -16,6 +19,7 @@ const { values } = parseArgs({
     pairs: { type: "string", default: "5" },
     only: { type: "string", default: "W1,W5" },
     quick: { type: "boolean", default: false },
+    stream: { type: "boolean", default: false },
   },
 });
 const pairs = Number(values.pairs);
@@ -31,7 +35,14 @@ async function steady(what: string, dashboard: boolean): Promise<number> {
       what,
       "mpipe",
       ...(values.quick ? ["--quick"] : []),
-      ...(dashboard ? ["--dashboard"] : []),
+      ...(dashboard
+        ? [values.stream ? "--dashboard-stream" : "--dashboard"]
+        : []),
+      // Both sides pause alike after the warm-up: the browser takes a
+      // second or two to open the page, and a pause alone changes the
+      // steady state several times over on a loaded 2-core box.
+      "--settle",
+      "4000",
     ],
     stdout: "piped",
     stderr: "piped",
@@ -69,7 +80,11 @@ const f = (xs: number[]) =>
     Math.max(...xs).toFixed(0)
   })`;
 console.log(
-  "case | without the dashboard | with its page open in Chromium | on ÷ off | pairs on ≥ off",
+  `case | without the dashboard | with ${
+    values.stream
+      ? "its event stream read by curl"
+      : "its page open in Chromium"
+  } | on ÷ off | pairs on ≥ off`,
 );
 for (const [what, { off, on }] of figures) {
   const wins = on.filter((x, i) => x >= off[i]!).length;
