@@ -4,7 +4,7 @@
  * `@mpipe/mpipe` so that the main module opens no socket.
  *
  * The page (`GET /`) is one self-contained HTML document that updates itself
- * four times a second over Server-Sent Events: each pipeline's stage graph
+ * 2.5 times a second over Server-Sent Events: each pipeline's stage graph
  * (forks, joins and a `FilterStage`'s sub-pipelines) with each stage's
  * workers, tasks done, rate, backlog and the shares of time its workers were
  * busy, blocked and waiting; the stage that holds the run back, with
