@@ -66,6 +66,7 @@ export type {
   RunEnd,
   SlowTask,
   StageStats,
+  TaskDurations,
   WorkerStats,
 } from "./lib/stats.ts";
 export { OrderedWorker, TaskWorker, UnorderedWorker } from "./lib/worker.ts";

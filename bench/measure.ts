@@ -2,7 +2,8 @@
 // on stdout (see `Figures` in cases.ts); the child of bench/compare.ts and bench/ab.ts.
 //
 //   deno run --allow-read bench/measure.ts <case> <variant> [--quick] [--lib PATH/mod.ts]
-//                                          [--progress]
+//                                          [--progress] [--dashboard | --dashboard-stream]
+//                                          [--settle MS]
 //
 // <case> is W1–W6, startup or idle; <variant> one of VARIANTS in cases.ts (mpipe, pm,
 // pm-batch, pm-transfer, workers). `--quick` runs N / 10 per pass. `--lib` builds the MPipe
@@ -11,6 +12,12 @@
 // `--progress` turns on MPipe's progress display (PipelineOptions.progress) on stderr for
 // the pipelines of W1–W6 (not start-up or idle, which it would skew); it reads shared
 // memory on a timer, so its figures are for watching a run, not for the table.
+// `--dashboard` serves the dashboard (`@mpipe/mpipe/dashboard`) of the throughput
+// workloads' pipeline and opens its page in the headless Chromium for the timed passes
+// (bench/dashboard_watch.ts; needs -A), `--dashboard-stream` has curl read its event stream
+// without drawing it: the A/B of bench/dashboard_ab.ts. `--settle MS`
+// waits until MS after the warm-up before the first timed pass (the browser's start
+// included), so that both sides of that A/B pause alike.
 //
 // Throughput workloads (W1, W2, W4, W5) run 6 timed passes of N through one pipeline after
 // the warm-up, each timed from just before its first put until its last result is read and
@@ -54,6 +61,10 @@ interface Request {
   libPath: string | undefined;
   /** Show MPipe's progress display on stderr (`--progress`). */
   progress: boolean;
+  /** Watch the pipeline's dashboard: in the headless Chromium (`--dashboard`), or its event stream with curl (`--dashboard-stream`). */
+  dashboard: "browser" | "stream" | null;
+  /** Ms from the end of the warm-up to the first timed pass, at least (`--settle`). */
+  settleMs: number;
 }
 
 function start(
@@ -84,6 +95,17 @@ async function throughput(r: Request, id: WorkloadId): Promise<Figures> {
   const spec = SPECS[id];
   const runner = await start(r, id);
   const seconds: number[] = [];
+  const warm = performance.now();
+  const watch = r.dashboard !== null && runner instanceof MPipeRunner
+    ? await (await import("./dashboard_watch.ts")).watch(
+      runner.pipe,
+      r.dashboard,
+    )
+    : null;
+  // The same pause after the warm-up on both sides of an A/B (a pause alone
+  // changes the steady state here several times over).
+  const pause = r.settleMs - (performance.now() - warm);
+  if (pause > 0) await new Promise((resolve) => setTimeout(resolve, pause));
   try {
     for (let pass = 0; pass < PASSES; pass++) {
       const c = spec.checker(n);
@@ -93,6 +115,7 @@ async function throughput(r: Request, id: WorkloadId): Promise<Figures> {
       seconds.push((performance.now() - t0) / 1000);
     }
   } finally {
+    await watch?.close();
     await runner.close();
   }
   const perPass = seconds.map((s) =>
@@ -258,18 +281,27 @@ function measure(r: Request): Promise<Figures> {
 }
 
 const USAGE =
-  "usage: measure.ts <case> <variant> [--quick] [--lib PATH/mod.ts] [--progress]";
+  "usage: measure.ts <case> <variant> [--quick] [--lib PATH/mod.ts] [--progress] [--dashboard | --dashboard-stream] [--settle MS]";
 
 async function parseArgs(args: string[]): Promise<Request> {
   const positional: string[] = [];
   let quick = false;
   let progress = false;
+  let dashboard: Request["dashboard"] = null;
+  let settleMs = 0;
   let lib: string | undefined;
   for (let i = 0; i < args.length; i++) {
     const a = args[i]!;
     if (a === "--quick") quick = true;
     else if (a === "--progress") progress = true;
-    else if (a === "--lib") {
+    else if (a === "--dashboard") dashboard = "browser";
+    else if (a === "--dashboard-stream") dashboard = "stream";
+    else if (a === "--settle") {
+      settleMs = Number(args[++i]);
+      if (!(settleMs >= 0)) {
+        throw new TypeError(`--settle needs a number of ms; ${USAGE}`);
+      }
+    } else if (a === "--lib") {
       lib = args[++i];
       if (lib === undefined) {
         throw new TypeError(`--lib needs a path; ${USAGE}`);
@@ -296,6 +328,8 @@ async function parseArgs(args: string[]): Promise<Request> {
     library: await loadLibrary(lib),
     libPath: lib,
     progress,
+    dashboard,
+    settleMs,
   };
 }
 

@@ -209,6 +209,22 @@ function byWorkingShare(
     .sort((a, b) => b.share - a.share);
 }
 
+/**
+ * The stage that held the run back (its index in `stats.stages`), or null
+ * if none did (yet), and the report's sentence that says so.
+ */
+export function bottleneckOf(
+  stats: PipelineStats,
+): { stage: number | null; text: string } {
+  const [top] = byWorkingShare(stats);
+  return {
+    stage: top !== undefined && top.share >= BOTTLENECK_SHARE
+      ? top.index
+      : null,
+    text: bottleneckText(stats),
+  };
+}
+
 function bottleneckText(stats: PipelineStats): string {
   const [top, second] = byWorkingShare(stats);
   if (top === undefined) {

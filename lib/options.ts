@@ -49,6 +49,12 @@ export interface PipelineOptions {
    * @default {false}
    */
   progress?: boolean | ProgressOptions;
+  /**
+   * The pipeline's name, in the dashboard and the metrics
+   * (`@mpipe/mpipe/dashboard`): a non-empty string.
+   * @default {`pipeline-1`, `pipeline-2`, … in the order pipelines are created}
+   */
+  name?: string;
 }
 
 /**
@@ -113,6 +119,8 @@ export interface CheckedPipelineOptions {
   spin: number | undefined;
   /** The progress display's options, or null for none. */
   progress: ProgressOptions | null;
+  /** The pipeline's name, or undefined for the next default one. */
+  name: string | undefined;
 }
 
 /** The default spin when every thread of the pipeline has a core of its own. */
@@ -138,12 +146,12 @@ export function checkPipelineOptions(options: unknown): CheckedPipelineOptions {
       `Pipeline: 'options' must be an object, got ${describe(options)}`,
     );
   }
-  const { ringBytes = 1 << 20, spin, progress = false, ...rest } =
+  const { ringBytes = 1 << 20, spin, progress = false, name, ...rest } =
     options as PipelineOptions;
   const unknown = Object.keys(rest)[0];
   if (unknown !== undefined) {
     throw new TypeError(
-      `Pipeline: 'options.${unknown}' is not a pipeline option; the options are ringBytes, spin, progress`,
+      `Pipeline: 'options.${unknown}' is not a pipeline option; the options are ringBytes, spin, progress, name`,
     );
   }
   if (
@@ -167,7 +175,14 @@ export function checkPipelineOptions(options: unknown): CheckedPipelineOptions {
       }`,
     );
   }
-  return { ringBytes, spin, progress: checkProgress(progress) };
+  if (name !== undefined && (typeof name !== "string" || name === "")) {
+    throw new TypeError(
+      `Pipeline: 'options.name' must be a non-empty string, got ${
+        describe(name)
+      }`,
+    );
+  }
+  return { ringBytes, spin, progress: checkProgress(progress), name };
 }
 
 /** Checks `options.progress`: a boolean or `{ total?, intervalMs? }`. */

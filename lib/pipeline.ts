@@ -34,7 +34,7 @@ import {
 } from "./options.ts";
 import { workerOptionsAllowed } from "./permissions.ts";
 import { ResultOutput } from "./result_output.ts";
-import { RunState } from "./run_state.ts";
+import { RunState, type RunView } from "./run_state.ts";
 import type { GetOptions, Stage } from "./stage.ts";
 import { type ClusterRun, openClusterRuns } from "./remote.ts";
 import {
@@ -59,6 +59,17 @@ export type {
   ProgressOptions,
   PutOptions,
 };
+
+/** How many pipelines were created without a name: the default names count them. */
+let pipelinesCreated = 0;
+
+/** Each pipeline's state, for the dashboard (`lib/dashboard/`), which reads it and changes nothing. */
+const runs = new WeakMap<object, RunView>();
+
+/** The state of `pipe` (stop requested, failure, terminated), or undefined for an object that is not a Pipeline. */
+export function runOf(pipe: object): RunView | undefined {
+  return runs.get(pipe);
+}
 
 /**
  * A pipeline of stages. Creating it builds and starts every worker of every
@@ -85,6 +96,11 @@ export type {
  * ```
  */
 export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
+  /**
+   * The pipeline's name in the dashboard and the metrics: `options.name`, or
+   * `pipeline-1`, `pipeline-2`, … in the order pipelines are created.
+   */
+  readonly name: string;
   /**
    * Settles once every worker has exited after the stop, or was killed (after
    * a failure or `terminate()`). If a stage failed and nothing ever read the
@@ -141,7 +157,9 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
       | Stage<unknown extends I ? never : I, unknown, never>,
     options: PipelineOptions = {},
   ) {
-    const { ringBytes, spin, progress } = checkPipelineOptions(options);
+    const { ringBytes, spin, progress, name } = checkPipelineOptions(options);
+    this.name = name ?? `pipeline-${++pipelinesCreated}`;
+    runs.set(this, this.#run);
     this.done = WatchedPromise.create((resolve, reject) => {
       this.#resolveDone = resolve;
       this.#rejectDone = reject;

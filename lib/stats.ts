@@ -47,6 +47,39 @@ export interface SlowTask {
 }
 
 /**
+ * A histogram of task durations: how many tasks took up to each bound, in
+ * fixed buckets from 10 µs to 10 s. A worker times a batch of tasks it
+ * claimed together, and each gets the batch's time per task (as in
+ * `slowest`); tasks a stage runs at once (`concurrency` above 1) are not
+ * timed one by one and are not counted.
+ *
+ * @example The tasks of a run, counted by duration
+ * ```ts
+ * import { OrderedStage, Pipeline, type TaskDurations } from "@mpipe/mpipe";
+ * import assert from "node:assert/strict";
+ *
+ * const pipe = new Pipeline<number, number>(new OrderedStage((x: number) => x));
+ * await pipe.feed([1, 2, 3]);
+ * await Array.fromAsync(pipe);
+ * await pipe.done;
+ * const durations: TaskDurations = pipe.stats().stages[0]!.durations;
+ * assert.equal(durations.counts.reduce((sum, n) => sum + n, 0), 3);
+ * assert.equal(durations.counts.length, durations.boundsMs.length + 1);
+ * ```
+ */
+export interface TaskDurations {
+  /** The buckets' upper bounds in ms, ascending: 0.01 (10 µs) to 10000 (10 s). */
+  boundsMs: readonly number[];
+  /**
+   * Tasks in each bucket: `counts[i]` took more than `boundsMs[i - 1]` and
+   * at most `boundsMs[i]`; the last count, more than the last bound.
+   */
+  counts: number[];
+  /** The ms of every task counted, summed. */
+  sumMs: number;
+}
+
+/**
  * What one worker place of a stage has done. A worker that replaces a lost
  * one goes on counting in its place.
  *
@@ -96,6 +129,8 @@ export interface WorkerStats {
   restarts: number;
   /** Its five slowest tasks so far, slowest first. */
   slowest: SlowTask[];
+  /** Its tasks counted by duration. */
+  durations: TaskDurations;
 }
 
 /**
@@ -163,6 +198,8 @@ export interface StageStats {
   workers: WorkerStats[];
   /** Its five slowest tasks so far, over all its workers, slowest first. */
   slowest: SlowTask[];
+  /** Its tasks counted by duration (the sum over its workers). */
+  durations: TaskDurations;
 }
 
 /**
@@ -355,6 +392,13 @@ export class StatsReader {
       slowest: workers.flatMap((worker) => worker.slowest)
         .sort((a, b) => b.ms - a.ms)
         .slice(0, StageStatus.SLOWEST_PAIRS),
+      durations: {
+        boundsMs: StageStatus.DURATION_BOUNDS_MS,
+        counts: StageStatus.DURATION_BOUNDS_MS.concat(Infinity).map((_, i) =>
+          workers.reduce((sum, worker) => sum + worker.durations.counts[i]!, 0)
+        ),
+        sumMs: workers.reduce((sum, w) => sum + w.durations.sumMs, 0),
+      },
     };
   }
 }
@@ -404,5 +448,12 @@ function workerStats(
     initMs: figure(StageStatus.INIT_MS),
     restarts: figure(StageStatus.RESTARTS),
     slowest,
+    durations: {
+      boundsMs: StageStatus.DURATION_BOUNDS_MS,
+      counts: StageStatus.DURATION_BOUNDS_MS.concat(Infinity).map((_, i) =>
+        figure(StageStatus.DURATIONS + i)
+      ),
+      sumMs: figure(StageStatus.DURATIONS_MS),
+    },
   };
 }

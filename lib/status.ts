@@ -62,7 +62,7 @@ export class StageStatus {
    * stores (a reader may see them a batch late). Counters are floats so
    * they never wrap.
    */
-  static readonly FIGURES = 23;
+  static readonly FIGURES = 44;
   /** Figure: when the running timed task started (ms since the epoch). */
   static readonly STARTED = 0;
   /** Figure: tasks this slot's workers finished, with a result or without, and did not skip (see `SKIPS`). */
@@ -112,6 +112,37 @@ export class StageStatus {
    * for each of the batch's tasks (a batch of slow tasks is one task).
    */
   static readonly AWAITING_MS = 22;
+  /**
+   * Upper bounds (ms) of the buckets of the task-duration histogram: 10 µs
+   * to 10 s, 1, 2.5 and 5 a decade. A task counts in the first bucket whose
+   * bound is at least its time (a batch's time per task), or in the last
+   * one, above every bound.
+   */
+  static readonly DURATION_BOUNDS_MS: readonly number[] = [
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    25,
+    50,
+    100,
+    250,
+    500,
+    1000,
+    2500,
+    5000,
+    10000,
+  ];
+  /** Figures: tasks in each bucket of the histogram, then above the last bound (20 figures). */
+  static readonly DURATIONS = 23;
+  /** Figure: the ms of every task counted in the histogram, summed. */
+  static readonly DURATIONS_MS = 43;
 
   /**
    * Stage figure: tasks a `FilterStage` passed into this stage, the root of

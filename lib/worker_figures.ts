@@ -101,10 +101,25 @@ export class WorkerFigures {
     this.#since(now);
   }
 
-  /** A batch ran from `started` (see `began`) to `ended`, `perTask` ms a task, its first task `seq`. */
-  batch(started: number, ended: number, perTask: number, seq: number): void {
+  /**
+   * A batch of `count` tasks ran from `started` (see `began`) to `ended`,
+   * `perTask` ms a task, its first task `seq`.
+   */
+  batch(
+    started: number,
+    ended: number,
+    perTask: number,
+    seq: number,
+    count: number,
+  ): void {
     this.#busyMs += ended - started;
     this.#lastEnd = ended;
+    // The histogram: two stores a batch, in place (a replacement goes on).
+    const bounds = StageStatus.DURATION_BOUNDS_MS;
+    let bucket = 0;
+    while (bucket < bounds.length && perTask > bounds[bucket]!) bucket++;
+    this.#figures[this.#at + StageStatus.DURATIONS + bucket]! += count;
+    this.#figures[this.#at + StageStatus.DURATIONS_MS]! += ended - started;
     const slowest = this.#slowest;
     if (
       slowest.length === WorkerFigures.SLOWEST &&

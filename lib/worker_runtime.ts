@@ -259,7 +259,7 @@ export class WorkerRuntime implements TaskHost, BatchHost {
         this.figures.awaited(Math.min(awaited * count, ended - started));
       }
       const perTask = (ended - started) / count;
-      this.figures.batch(started, ended, perTask, seqs[0]!);
+      this.figures.batch(started, ended, perTask, seqs[0]!, count);
       // Claim one task at a time when tasks are slow, so that idle workers
       // can take the rest; claim many when they are fast, to save on locking.
       this.#claimMax = perTask > ClaimPolicy.SLOW_TASK_MS

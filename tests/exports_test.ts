@@ -43,6 +43,7 @@ const TYPES = [
   "StagePermissions",
   "StageStats",
   "Target",
+  "TaskDurations",
   "TaskFunction",
   "WorkerClass",
   "WorkerStats",

@@ -59,6 +59,7 @@ for (const [index, { code, files }] of programs().entries()) {
           imports: {
             "@mpipe/mpipe": at("../mod.ts"),
             "@mpipe/mpipe/jetstream": at("../jetstream.ts"),
+            "@mpipe/mpipe/dashboard": at("../dashboard.ts"),
           },
         }),
       );
@@ -78,7 +79,10 @@ for (const [index, { code, files }] of programs().entries()) {
             "--unstable-worker-options",
             // A remote stage's NATS server, or a snippet's own HTTP server.
             ...(remote ? ["--allow-net", "--allow-env=MPIPE_SIGNING_KEY"] : []),
-            ...(!remote && code.includes("Deno.serve(") ? ["--allow-net"] : []),
+            ...(!remote && (code.includes("Deno.serve(") ||
+                code.includes('"@mpipe/mpipe/dashboard"'))
+              ? ["--allow-net"]
+              : []),
             `--config=${dir}/deno.json`,
           ],
           timeout: remote ? 60_000 : undefined,

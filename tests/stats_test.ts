@@ -697,3 +697,31 @@ Deno.test("Pipeline.stats() after a run that ended by its stop: nothing dropped,
   pipe.terminate();
   assert.equal(pipe.stats().end, "stop", "a terminate() after the end");
 });
+
+Deno.test("stats(): durations counts every task a worker timed in its bucket, from 10 µs to 10 s", async () => {
+  const slow = new OrderedStage(
+    async (x: number) => {
+      await new Promise((resolve) => setTimeout(resolve, 30));
+      return x;
+    },
+    1,
+    { name: "slow" },
+  );
+  const pipe = new Pipeline<number, number>(slow);
+  await pipe.feed([1, 2, 3, 4]);
+  await Array.fromAsync(pipe);
+  await pipe.done;
+  const { durations, tasks, workers } = pipe.stats().stages[0]!;
+  assert.equal(durations.boundsMs[0], 0.01);
+  assert.equal(durations.boundsMs.at(-1), 10_000);
+  assert.equal(durations.counts.length, durations.boundsMs.length + 1);
+  assert.equal(durations.counts.reduce((sum, n) => sum + n, 0), tasks);
+  // A slow task is claimed alone: each took 30 ms or more, so none counts at or below 25 ms.
+  const upTo25 = durations.boundsMs.findIndex((bound) => bound === 25);
+  assert.equal(
+    durations.counts.slice(0, upTo25 + 1).reduce((sum, n) => sum + n, 0),
+    0,
+  );
+  assert.ok(durations.sumMs >= 4 * 30, String(durations.sumMs));
+  assert.deepEqual(workers[0]!.durations, durations);
+});

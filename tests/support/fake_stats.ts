@@ -6,7 +6,18 @@
  * @module
  */
 
-import type { PipelineStats, StageStats, WorkerStats } from "../../mod.ts";
+import type {
+  PipelineStats,
+  StageStats,
+  TaskDurations,
+  WorkerStats,
+} from "../../mod.ts";
+
+/** An empty task-duration histogram. */
+function noDurations(): TaskDurations {
+  const boundsMs = [0.01, 0.1, 1, 10, 100, 1000, 10000];
+  return { boundsMs, counts: [...boundsMs, Infinity].map(() => 0), sumMs: 0 };
+}
 
 /** A worker that worked `working` ms, was blocked `blocked` ms and waited `waiting` ms. */
 export function fakeWorker(
@@ -28,6 +39,7 @@ export function fakeWorker(
     initMs: 0.5,
     restarts: 0,
     slowest: [],
+    durations: noDurations(),
     ...more,
   };
 }
@@ -55,6 +67,7 @@ export function fakeStage(
     within: null,
     workers,
     slowest: [],
+    durations: noDurations(),
     ...more,
   };
 }
