@@ -76,8 +76,13 @@ export class Wiring {
     this.#ringBytes = ringBytes;
     for (const stage of stages) {
       const state = internalsOf(stage);
+      // A worker of several tasks at once (not a remote stage's stand-in,
+      // which runs alone) keeps the exact set it holds in a table.
+      const held = state.standIn === null && state.concurrency > 1
+        ? state.concurrency
+        : 0;
       state.status = new StageStatus(
-        StageStatus.allocate(workersOf(stage), producersOf(stage)),
+        StageStatus.allocate(workersOf(stage), producersOf(stage), held),
         workersOf(stage),
       );
       this.#inputs.set(
@@ -298,7 +303,7 @@ function linkBranch(
 function stageFigure(stage: AnyStage, figure: number): FigureRef {
   return {
     buffer: internalsOf(stage).status!.buffer,
-    index: StageStatus.stageFigureIndex(workersOf(stage), figure),
+    index: internalsOf(stage).status!.stageFigureIndex(figure),
   };
 }
 
