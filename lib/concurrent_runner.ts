@@ -48,8 +48,8 @@ export interface TaskHost {
   readonly idleWait: IdleWait;
   /** Task `seq` starts now (its synchronous part is watched if timed). */
   begin(seq: number): void;
-  /** The running task's synchronous part ended. */
-  endSync(): void;
+  /** The running task's synchronous part ended; returns its ms if timed (else 0). */
+  endSync(): number;
   /** Writes a settled task's results (or skips it, or throws under "fail"). */
   finish(slot: TaskSlot): void;
   /** The worker has claimed tasks below `to`. */
@@ -169,15 +169,30 @@ export class ConcurrentRunner {
       ok = false;
     }
     this.current = null;
-    host.endSync();
-    if (ok && WorkerScope.isThenable(result)) {
+    const elapsed = host.endSync();
+    const timeout = host.config.taskTimeout;
+    if (elapsed > timeout) {
+      // Its synchronous part ran too long, though it ended before the
+      // watchdog saw it (a busy main thread looks late): timed out all the
+      // same. A promise it returned is ignored.
+      if (ok && WorkerScope.isThenable(result)) {
+        Promise.resolve(result).catch(() => {});
+      }
+      ok = false;
+      slot.held.length = 0;
+      result = new DOMException(
+        `task ${seq} ran longer than its taskTimeout of ${timeout} ms (${
+          Math.round(elapsed)
+        } ms)`,
+        "TimeoutError",
+      );
+    } else if (ok && WorkerScope.isThenable(result)) {
       Promise.resolve(result).then(
         (value) => this.#complete(slot, true, value),
         (error) => this.#complete(slot, false, error),
       );
-      // The synchronous part was watched; an await past the timeout is
-      // caught by a timer of its own.
-      const timeout = host.config.taskTimeout;
+      // The synchronous part was watched; an await past the rest of the
+      // timeout is caught by a timer of its own.
       if (timeout !== Infinity) {
         slot.timer = setTimeout(() =>
           this.#complete(
@@ -187,7 +202,7 @@ export class ConcurrentRunner {
               `task ${seq} ran longer than its taskTimeout of ${timeout} ms`,
               "TimeoutError",
             ),
-          ), timeout);
+          ), timeout - elapsed);
       }
       return;
     }

@@ -291,8 +291,10 @@ export class WorkerRuntime implements TaskHost, BatchHost {
     if (this.config.timed) this.#startTimed();
   }
 
-  endSync(): void {
-    if (this.config.timed) this.#endTimed();
+  endSync(): number {
+    if (!this.config.timed) return 0;
+    this.#endTimed();
+    return this.figures.taskElapsed();
   }
 
   finish(slot: TaskSlot): void {

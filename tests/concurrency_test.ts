@@ -486,3 +486,37 @@ Deno.test('Stage restart under onError "fail": a worker lost while it holds no t
     assert.equal(pipe.stats().stages[0]!.workers[0]!.restarts, 1);
   });
 });
+
+Deno.test("Stage concurrency with taskTimeout: a task whose synchronous part overruns it is timed out, even when the watchdog is late", async () => {
+  for (const ordered of [true, false]) {
+    const overrun = (x: number) => {
+      if (x === 3) {
+        const end = performance.now() + 400;
+        while (performance.now() < end) {
+          // Busy past the taskTimeout.
+        }
+      }
+      return x;
+    };
+    const options: StageOptions = {
+      concurrency: 4,
+      taskTimeout: 100,
+      onError: "skip",
+    };
+    const stage = ordered
+      ? new OrderedStage(overrun, 1, options)
+      : new UnorderedStage(overrun, 1, options);
+    const pipe = new Pipeline<number, number>(stage);
+    await guarded(pipe, async () => {
+      pipe.feed(range(8));
+      // The main thread, and the watchdog on it, is busy while task 3 runs.
+      const end = performance.now() + 1500;
+      while (performance.now() < end) {
+        // Busy.
+      }
+      const results = await Array.fromAsync(pipe);
+      assert.deepEqual(sortNumbers(results), [0, 1, 2, 4, 5, 6, 7]);
+      assert.equal(stage.skipped, 1);
+    });
+  }
+});
