@@ -1012,6 +1012,17 @@ function checkSkipped(
       const as = kind === "hang" || kind === "overrun" ? "timeout" : kind;
       if (count > 0) want.set(as, (want.get(as) ?? 0) + count);
     }
+    if (i === plan.lossy) {
+      // A faulty task that a lost worker held (settled, not yet written) is
+      // dropped with the loss, and reported so.
+      for (const [kind, count] of want) {
+        const seen = byKind.get(kind) ?? 0;
+        if (kind === "lost" || seen >= count) continue;
+        want.set(kind, seen);
+        want.set("lost", want.get("lost")! + count - seen);
+        if (seen === 0) want.delete(kind);
+      }
+    }
     const show = (map: Map<string, number>) =>
       JSON.stringify(Object.fromEntries([...map].sort()));
     if (show(byKind) !== show(want)) {
