@@ -320,11 +320,11 @@ async function assertLossesCounted(run: LossRun): Promise<void> {
     const figures = pipe.stats().stages[0]!;
     assert.equal(figures.received, run.tasks, what);
     assert.equal(figures.tasks + figures.skipped, run.tasks, what);
-    assert.equal(
-      figures.workers.reduce((sum, worker) => sum + worker.restarts, 0),
-      run.fatal.length,
-      what,
-    );
+    // An overrun that ends before the watchdog sees it (a busy main thread)
+    // fails as timed out, and its worker stays.
+    const restarts = figures.workers.reduce((sum, w) => sum + w.restarts, 0);
+    if (run.death === "overrun") assert.ok(restarts <= run.fatal.length, what);
+    else assert.equal(restarts, run.fatal.length, what);
     if (!run.callback) return;
     assert.deepEqual(
       sortNumbers(errors.map((error) => error.task!)),
