@@ -1281,7 +1281,14 @@ async function runPlan(plan: Plan): Promise<string[]> {
   let timer: ReturnType<typeof setInterval> | undefined;
   const stalled = new Promise<never>((_, reject) => {
     stop = reject;
+    let entered = 0;
     timer = setInterval(() => {
+      // A task that entered is progress too (feed() says nothing per task).
+      const now = pipe.stats().stages[0]?.received ?? 0;
+      if (now !== entered) {
+        entered = now;
+        progress();
+      }
       if (Date.now() - last > STALL_MS) {
         reject(
           new Stalled(
