@@ -31,10 +31,12 @@ export class StageStatus {
    * Header word: the words of each worker's held table, written once by
    * `allocate`: 0 for workers that run one task at a time, whose held tasks
    * are the range [`FROM`, `TO`) (a claim's stamps are consecutive); the
-   * stage's `concurrency` otherwise, whose tasks interleave with the other
-   * workers'. A table word is a task held (its seq + 1), or 0 (free): the
-   * worker holds a task there from before it starts until its results are
-   * published (see `HeldTable`).
+   * most tasks a worker runs at once otherwise (`concurrency`, or a remote
+   * stage's size), whose tasks interleave with the other workers'. A table
+   * word is a task held (its seq + 1), or 0 (free): the worker holds a task
+   * there from before it starts until its results are published (see
+   * `HeldTable`). A remote stage's stand-in running batches keeps only the
+   * range: it runs alone.
    */
   static readonly HELD = 1;
   /** Words before the first worker's slot. */
@@ -216,17 +218,18 @@ export class StageStatus {
    */
   heldTasks(index: number): number[] {
     const words = this.words;
-    if (this.held === 0) {
-      const from = words[this.at(index, StageStatus.FROM)]!;
-      const to = words[this.at(index, StageStatus.TO)]!;
-      return Array.from({ length: Math.max(0, to - from) }, (_, i) => from + i);
-    }
     const tasks: number[] = [];
     const at = this.heldAt(index);
     for (let i = 0; i < this.held; i++) {
       if (words[at + i] !== 0) tasks.push(words[at + i]! - 1);
     }
-    return tasks.sort((a, b) => a - b);
+    if (tasks.length > 0) return tasks.sort((a, b) => a - b);
+    // No table, or an empty one: the range, empty for a worker that keeps a
+    // table (its FROM reaches TO as its table empties), and kept alone by a
+    // remote stage's stand-in (BatchRunner).
+    const from = words[this.at(index, StageStatus.FROM)]!;
+    const to = words[this.at(index, StageStatus.TO)]!;
+    return Array.from({ length: Math.max(0, to - from) }, (_, i) => from + i);
   }
 
   /**
