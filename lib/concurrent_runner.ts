@@ -5,7 +5,9 @@
  * (for a completion, or for input when a slot is free), so that their
  * promises can settle. With nothing in flight it idles as the plain loop
  * does, in `Atomics.wait`. The worker runtime writes each settled task's
- * results (`TaskHost.finish`).
+ * results (`TaskHost.finish`). Its tasks interleave with the other workers',
+ * so it keeps the exact set it holds in shared memory (`HeldTable`), for
+ * whoever replaces it if it is lost.
  *
  * Shipped to workers by source, like `ring.ts`.
  *
@@ -14,6 +16,7 @@
 
 import type { IdleWait } from "./idle_wait.ts";
 import type { InputLink } from "./link.ts";
+import { HeldTable, type StageStatus } from "./status.ts";
 import type { Run } from "./target_loader.ts";
 import type { WorkerFigures } from "./worker_figures.ts";
 import type { WorkerConfig } from "./worker_runtime.ts";
@@ -22,6 +25,8 @@ import { WorkerScope } from "./worker_scope.ts";
 /** A task in flight. */
 export interface TaskSlot {
   seq: number;
+  /** Its place in the worker's held table. */
+  place: number;
   /** It settled: `ok` and `value` say how. */
   done: boolean;
   ok: boolean;
@@ -38,12 +43,13 @@ export interface TaskSlot {
 export interface TaskHost {
   readonly config: WorkerConfig;
   readonly input: InputLink;
+  readonly status: StageStatus;
   readonly figures: WorkerFigures;
   readonly idleWait: IdleWait;
   /** Task `seq` starts now (its synchronous part is watched if timed). */
   begin(seq: number): void;
-  /** The running task's synchronous part ended. */
-  endSync(): void;
+  /** The running task's synchronous part ended; returns its ms if timed (else 0). */
+  endSync(): number;
   /** Writes a settled task's results (or skips it, or throws under "fail"). */
   finish(slot: TaskSlot): void;
   /** The worker has claimed tasks below `to`. */
@@ -75,9 +81,20 @@ export class ConcurrentRunner {
   #claimedTo = 0;
   /** A task error to rethrow in the loop (it came in a promise callback). */
   #fatal: { error: unknown; seq: number } | null = null;
+  /**
+   * The tasks held (claimed, their results not yet published), in shared
+   * memory: what a replacement drops if this worker is lost (see Supervisor).
+   */
+  readonly #held: HeldTable;
 
   constructor(host: TaskHost) {
     this.#host = host;
+    this.#held = new HeldTable(host.status, host.config.index);
+  }
+
+  /** What was written is published (the runtime calls this after each publish). */
+  published(): void {
+    this.#held.published();
   }
 
   /** Claims and runs tasks until the input ends and nothing is in flight. */
@@ -86,9 +103,12 @@ export class ConcurrentRunner {
     const { input, idleWait, config } = host;
     const values: unknown[] = [];
     const seqs: number[] = [];
+    const places: number[] = [];
+    const held = this.#held;
     for (;;) {
       this.#throwFatal();
-      const free = config.concurrency - this.running;
+      // A slot is free once its task's results are published.
+      const free = held.free;
       let count = 0;
       if (free > 0) {
         count = input.claim(values, seqs, Math.min(free, config.maxClaim));
@@ -96,16 +116,18 @@ export class ConcurrentRunner {
           idleWait.reset();
           // Busy from now until nothing is in flight again (see #settle).
           if (this.running === 0) host.figures.busyFrom(performance.now());
+          // Held before any of them starts: a worker lost in a task's
+          // synchronous part leaves the exact set it held.
+          for (let i = 0; i < count; i++) places[i] = held.hold(seqs[i]!);
           this.#claimedTo = seqs[count - 1]! + 1;
           host.claimedTo(this.#claimedTo);
+          host.figures.claimed(this.running + count);
           for (let i = 0; i < count; i++) {
             const task = values[i];
             values[i] = undefined;
             input.taskStarted();
-            this.#start(run, task, seqs[i]!);
+            this.#start(run, task, seqs[i]!, places[i]!);
           }
-          // What a replacement drops if this worker is lost (see Supervisor).
-          host.figures.claimed(this.running);
           this.#settle();
           continue;
         }
@@ -125,11 +147,12 @@ export class ConcurrentRunner {
     }
   }
 
-  /** Starts one task, up to its first await. */
-  #start(run: Run, task: unknown, seq: number): void {
+  /** Starts one task, held at `place`, up to its first await. */
+  #start(run: Run, task: unknown, seq: number, place: number): void {
     const host = this.#host;
     const slot: TaskSlot = {
       seq,
+      place,
       done: false,
       ok: true,
       value: undefined,
@@ -150,15 +173,30 @@ export class ConcurrentRunner {
       ok = false;
     }
     this.current = null;
-    host.endSync();
-    if (ok && WorkerScope.isThenable(result)) {
+    const elapsed = host.endSync();
+    const timeout = host.config.taskTimeout;
+    if (elapsed > timeout) {
+      // Its synchronous part ran too long, though it ended before the
+      // watchdog saw it (a busy main thread looks late): timed out all the
+      // same. A promise it returned is ignored.
+      if (ok && WorkerScope.isThenable(result)) {
+        Promise.resolve(result).catch(() => {});
+      }
+      ok = false;
+      slot.held.length = 0;
+      result = new DOMException(
+        `task ${seq} ran longer than its taskTimeout of ${timeout} ms (${
+          Math.round(elapsed)
+        } ms)`,
+        "TimeoutError",
+      );
+    } else if (ok && WorkerScope.isThenable(result)) {
       Promise.resolve(result).then(
         (value) => this.#complete(slot, true, value),
         (error) => this.#complete(slot, false, error),
       );
-      // The synchronous part was watched; an await past the timeout is
-      // caught by a timer of its own.
-      const timeout = host.config.taskTimeout;
+      // The synchronous part was watched; an await past the rest of the
+      // timeout is caught by a timer of its own.
       if (timeout !== Infinity) {
         slot.timer = setTimeout(() =>
           this.#complete(
@@ -168,7 +206,7 @@ export class ConcurrentRunner {
               `task ${seq} ran longer than its taskTimeout of ${timeout} ms`,
               "TimeoutError",
             ),
-          ), timeout);
+          ), timeout - elapsed);
       }
       return;
     }
@@ -244,6 +282,7 @@ export class ConcurrentRunner {
     this.running--;
     try {
       this.#host.finish(slot);
+      this.#held.written(slot.place);
     } catch (error) {
       // Rethrown in the loop (see #complete), naming this task.
       this.#fatal ??= { error, seq: slot.seq };

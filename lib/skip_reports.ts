@@ -79,25 +79,32 @@ export class SkipReports implements CallbackGate {
     const reports = this.#stages.get(stage);
     if (reports === undefined) return;
     reports.received[worker]!++;
-    if (internalsOf(stage).ordered) {
-      // Insert in task order: reports of different workers interleave.
-      const waiting = reports.waiting;
-      let at = waiting.length;
-      while (at > 0 && waiting[at - 1]!.task > task) at--;
-      waiting.splice(at, 0, { task, error });
-      this.#release(reports, this.#releasableBelow(reports));
-    } else this.#run(reports, error);
+    this.#add(reports, task, error);
     const arrival = this.#arrival;
     this.#arrival = null;
     arrival?.resolve();
   }
 
-  /** `count` tasks of `stage` were dropped with a lost worker: report them now. */
-  lost(stage: AnyStage, count: number, error: StageError): void {
+  /** Runs the report of task `task`, or, in an ordered stage, queues it until its turn. */
+  #add(reports: StageReports, task: number, error: StageError): void {
+    if (!internalsOf(reports.stage).ordered) return this.#run(reports, error);
+    // Insert in task order: reports of different workers interleave.
+    const waiting = reports.waiting;
+    let at = waiting.length;
+    while (at > 0 && waiting[at - 1]!.task > task) at--;
+    waiting.splice(at, 0, { task, error });
+    this.#release(reports, this.#releasableBelow(reports));
+  }
+
+  /**
+   * Tasks of `stage` were dropped with a lost worker, one `errors` entry
+   * each, in task order (its place no longer holds them).
+   */
+  lost(stage: AnyStage, errors: StageError[]): void {
     const reports = this.#stages.get(stage);
     if (reports === undefined) return;
-    reports.lost += count;
-    this.#run(reports, error);
+    reports.lost += errors.length;
+    for (const error of errors) this.#add(reports, error.task!, error);
   }
 
   /**

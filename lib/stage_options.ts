@@ -57,10 +57,11 @@ export interface StageOptions {
    */
   args?: unknown[];
   /**
-   * What a task that throws (or rejects, or returns a value that cannot be
-   * cloned) does: `"fail"` fails the pipeline with a `StageError`; `"skip"`
-   * drops the task, counts it in `stage.skipped`, and goes on; a function does
-   * as `"skip"` and is called on the main thread with the `StageError`.
+   * What a task that throws (or rejects, returns a value that cannot be
+   * cloned, or is lost with its worker) does: `"fail"` fails the pipeline
+   * with a `StageError`; `"skip"` drops the task, counts it in
+   * `stage.skipped`, and goes on; a function does as `"skip"` and is called
+   * on the main thread with the `StageError`.
    * A function or class target that uses a name the worker lacks (an outer
    * variable) fails the pipeline whatever this says: that is a bug of the
    * program, not of a task.
@@ -69,10 +70,14 @@ export interface StageOptions {
   onError?: "fail" | "skip" | ((error: StageError) => void);
   /**
    * Replace a worker that is lost (it called `close()` or `Deno.exit()`, or
-   * threw outside `doTask`) and go on; the tasks it held are dropped, counted
-   * in `stage.skipped` and reported to an `onError` function. Without it, a
-   * lost worker fails the pipeline. A place whose workers are lost 3 times in a
-   * row without finishing a task fails the pipeline instead.
+   * threw outside `doTask`) and go on. The tasks it held (the one it ran, or
+   * up to `concurrency`) fail as if they threw: under `onError: "skip"` or a
+   * function each is dropped, counted in `stage.skipped` and reported to the
+   * function with a `StageError` of its own; under `"fail"` they fail the
+   * pipeline all the same, so `restart` then replaces only a worker lost
+   * before it took a task (in `doInit()`). Without it, a lost worker fails the
+   * pipeline. A place whose workers are lost 3 times in a row without
+   * finishing a task fails the pipeline instead.
    * @default {false}
    */
   restart?: boolean;

@@ -2,9 +2,10 @@
  * A stage's shared status block: what the main thread needs to know of its
  * workers without asking them (they are busy, or dead).
  *
- * Who writes what: each worker writes its own slot (except `KILL`) and the
- * header's counters; the main thread writes `KILL`, and takes a timed task
- * over by swapping `TASK_STATE`. Everyone else only reads.
+ * Who writes what: each worker writes its own slot (except `KILL`) and held
+ * table, and the header's counters; the main thread writes `KILL`, takes a
+ * timed task over by swapping `TASK_STATE`, and empties a lost worker's held
+ * tasks (`dropHeld`). Everyone else only reads.
  *
  * Shipped to workers by source, like `ring.ts`.
  *
@@ -19,12 +20,25 @@ export interface FigureRef {
 
 /**
  * Layout: a header of stage-wide counters, then one slot of words per worker,
- * then one slot of figures (64-bit floats) per worker, then the stage's own
- * figures (`RECEIVED`, then `FULL_MS` of each producer ring of its input).
+ * then one held table per worker (see `HELD`), then one slot of figures
+ * (64-bit floats) per worker, then the stage's own figures (`RECEIVED`, then
+ * `FULL_MS` of each producer ring of its input).
  */
 export class StageStatus {
   /** Header word: tasks dropped by the `onError` policy, timeouts and lost workers. */
   static readonly SKIPPED = 0;
+  /**
+   * Header word: the words of each worker's held table, written once by
+   * `allocate`: 0 for workers that run one task at a time, whose held tasks
+   * are the range [`FROM`, `TO`) (a claim's stamps are consecutive); the
+   * most tasks a worker runs at once otherwise (`concurrency`, or a remote
+   * stage's size), whose tasks interleave with the other workers'. A table
+   * word is a task held (its seq + 1), or 0 (free): the worker holds a task
+   * there from before it starts until its results are published (see
+   * `HeldTable`). A remote stage's stand-in running batches keeps only the
+   * range: it runs alone.
+   */
+  static readonly HELD = 1;
   /** Words before the first worker's slot. */
   static readonly HEADER = 4;
   /** Words of a worker's slot. */
@@ -159,13 +173,18 @@ export class StageStatus {
 
   /**
    * Creates the shared memory of a stage of `size` workers whose input has
-   * `producers` rings.
+   * `producers` rings, with held tables of `held` words (see `HELD`).
    */
-  static allocate(size: number, producers: number): SharedArrayBuffer {
+  static allocate(
+    size: number,
+    producers: number,
+    held: number,
+  ): SharedArrayBuffer {
     const buffer = new SharedArrayBuffer(
-      StageStatus.#timesOffset(size) +
+      StageStatus.#timesOffset(size, held) +
         (size * StageStatus.FIGURES + StageStatus.FULL_MS + producers) * 8,
     );
+    new Int32Array(buffer)[StageStatus.HELD] = held;
     const status = new StageStatus(buffer, size);
     for (let i = 0; i < size; i++) {
       for (let pair = 0; pair < StageStatus.SLOWEST_PAIRS; pair++) {
@@ -175,17 +194,9 @@ export class StageStatus {
     return buffer;
   }
 
-  /**
-   * The index of stage figure `figure` in a `Float64Array` over the whole
-   * block of a stage of `size` workers (for a thread that writes only it).
-   */
-  static stageFigureIndex(size: number, figure: number): number {
-    return (StageStatus.#timesOffset(size) >> 3) + size * StageStatus.FIGURES +
-      figure;
-  }
-
-  static #timesOffset(size: number): number {
-    return ((StageStatus.HEADER + size * StageStatus.SLOT) * 4 + 7) & ~7;
+  static #timesOffset(size: number, held: number): number {
+    return ((StageStatus.HEADER + size * (StageStatus.SLOT + held)) * 4 + 7) &
+      ~7;
   }
 
   readonly buffer: SharedArrayBuffer;
@@ -195,8 +206,14 @@ export class StageStatus {
   /** The stage's own figures: `RECEIVED`, then `FULL_MS` of each producer ring. */
   readonly stageFigures: Float64Array;
 
+  /** Words of each worker's held table (see `HELD`). */
+  readonly held: number;
+  readonly #size: number;
+
   constructor(buffer: SharedArrayBuffer, size: number) {
-    const offset = StageStatus.#timesOffset(size);
+    this.held = new Int32Array(buffer)[StageStatus.HELD]!;
+    this.#size = size;
+    const offset = StageStatus.#timesOffset(size, this.held);
     this.buffer = buffer;
     this.words = new Int32Array(buffer, 0, offset >> 2);
     this.figures = new Float64Array(
@@ -220,9 +237,115 @@ export class StageStatus {
     return index * StageStatus.FIGURES + figure;
   }
 
+  /** Index of the first word of worker `index`'s held table. */
+  heldAt(index: number): number {
+    return StageStatus.HEADER + this.#size * StageStatus.SLOT +
+      index * this.held;
+  }
+
+  /**
+   * The index of stage figure `figure` in a `Float64Array` over the whole
+   * block (for a thread that writes only it).
+   */
+  stageFigureIndex(figure: number): number {
+    return (this.figures.byteOffset >> 3) + this.figures.length + figure;
+  }
+
+  /**
+   * The tasks worker `index` holds (claimed, their results not all
+   * published), in order: exact once it writes no more (it was lost).
+   */
+  heldTasks(index: number): number[] {
+    const words = this.words;
+    const tasks: number[] = [];
+    const at = this.heldAt(index);
+    for (let i = 0; i < this.held; i++) {
+      if (words[at + i] !== 0) tasks.push(words[at + i]! - 1);
+    }
+    if (tasks.length > 0) return tasks.sort((a, b) => a - b);
+    // No table, or an empty one: the range, empty for a worker that keeps a
+    // table (its FROM reaches TO as its table empties), and kept alone by a
+    // remote stage's stand-in (BatchRunner).
+    const from = words[this.at(index, StageStatus.FROM)]!;
+    const to = words[this.at(index, StageStatus.TO)]!;
+    return Array.from({ length: Math.max(0, to - from) }, (_, i) => from + i);
+  }
+
+  /**
+   * Worker `index`, which was lost, holds nothing any more: its held tasks
+   * were dropped (read them first with `heldTasks`). For the main thread,
+   * once the worker writes no more; its replacement starts from here.
+   */
+  dropHeld(index: number): void {
+    const words = this.words;
+    const at = this.heldAt(index);
+    for (let i = 0; i < this.held; i++) {
+      // Untouched words stay untouched (their pages may be unallocated).
+      if (words[at + i] !== 0) words[at + i] = 0;
+    }
+    // Atomic: SkipReports loads FROM at any time.
+    Atomics.store(
+      words,
+      this.at(index, StageStatus.FROM),
+      words[this.at(index, StageStatus.TO)]!,
+    );
+  }
+
   /** Tasks the stage has dropped so far. */
   get skipped(): number {
     // Workers add to it at any time: a snapshot, exact once they have exited.
     return Atomics.load(this.words, StageStatus.SKIPPED);
+  }
+}
+
+/**
+ * The held table of a worker that runs several tasks at once (see
+ * `StageStatus.HELD`), written by that worker alone with plain stores: a
+ * claimed batch's places before any of its tasks starts (so a worker lost in
+ * a task leaves the exact set), and the places of written tasks as they are
+ * published. The main thread reads the table only once the worker is lost.
+ */
+export class HeldTable {
+  readonly #words: Int32Array;
+  readonly #at: number;
+  /** Free places, the lowest on top (so a table's far words stay untouched). */
+  readonly #free: number[] = [];
+  /** Places of tasks written since the last publish. */
+  readonly #written: number[] = [];
+
+  /** The held table of worker `index`, empty (see `StageStatus.dropHeld`). */
+  constructor(status: StageStatus, index: number) {
+    this.#words = status.words;
+    this.#at = status.heldAt(index);
+    for (let place = status.held - 1; place >= 0; place--) {
+      this.#free.push(place);
+    }
+  }
+
+  /** How many more tasks may be held now. */
+  get free(): number {
+    return this.#free.length;
+  }
+
+  /** Task `seq` is held from now on; returns its place. */
+  hold(seq: number): number {
+    const place = this.#free.pop()!;
+    this.#words[this.#at + place] = seq + 1;
+    return place;
+  }
+
+  /** The task at `place` was written; it is let go at the next publish. */
+  written(place: number): void {
+    this.#written.push(place);
+  }
+
+  /** What was written is published: its places are free. */
+  published(): void {
+    const written = this.#written;
+    for (let i = 0; i < written.length; i++) {
+      this.#words[this.#at + written[i]!] = 0;
+      this.#free.push(written[i]!);
+    }
+    written.length = 0;
   }
 }

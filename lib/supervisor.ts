@@ -252,9 +252,11 @@ export class Supervisor {
 
   /**
    * A worker ended without finishing (it called close() or Deno.exit(), threw
-   * outside a task, or ran a task past its timeout). Fails the pipeline, or,
-   * with `restart` (or a timeout under a skipping policy), starts a worker in
-   * its place that first closes the tasks the lost one held.
+   * outside a task, or ran a task past its timeout). The tasks it held are
+   * task failures: under onError "fail" they fail the pipeline. Otherwise,
+   * with `restart` (or after a timeout), a worker takes its place that first
+   * closes the tasks the lost one held, and each is counted and reported;
+   * without, the pipeline fails.
    */
   #lost(record: WorkerRecord, reason: string, cause: unknown): void {
     if (record.gone || this.#run.failure !== null || this.#run.terminated) {
@@ -268,52 +270,43 @@ export class Supervisor {
     const state = internalsOf(stage);
     const status = state.status!;
     // The lost worker wrote its slot last; nothing writes it now.
-    const from = status.words[status.at(config.index, StageStatus.FROM)]!;
-    const to = status.words[status.at(config.index, StageStatus.TO)]!;
-    const held = to > from
-      ? `; it held task${to - from > 1 ? `s ${from} to ${to - 1}` : ` ${from}`}`
-      : "";
+    const held = status.heldTasks(config.index);
+    const holds = held.length === 0 ? "" : `; it held ${describeTasks(held)}`;
     const timedOut = reason.startsWith("task");
     const finished = processed(status, config.index) > record.tasksAtStart;
     const lostInRow = finished ? 1 : record.lostInRow + 1;
     const giveUp = lostInRow >= MAX_LOST_IN_ROW;
-    const replace = !giveUp &&
+    const failsTasks = held.length > 0 && state.onError === "fail";
+    const replace = !giveUp && !failsTasks &&
       (state.restart || (timedOut && state.onError !== "fail"));
-    const error = new StageError(
-      `the worker was lost: ${reason}${held}${
-        replace
-          ? "; a new worker took its place and the held tasks were dropped"
-          : giveUp
-          ? `; ${lostInRow} workers in its place were lost in a row without finishing a task, so it is not replaced again: fix the cause (in doInit() or the target's loading, or an error outside doTask())`
-          : ""
-      }`,
-      {
-        stage: stage.name,
-        worker: config.index,
-        task: to > from ? from : undefined,
-        cause,
-      },
-    );
     if (!replace) {
       record.worker.terminate();
-      return this.#events.fail(error);
+      return this.#events.fail(
+        new StageError(
+          `the worker was lost: ${reason}${holds}${
+            giveUp
+              ? `; ${lostInRow} workers in its place were lost in a row without finishing a task, so it is not replaced again: fix the cause (in doInit() or the target's loading, or an error outside doTask())`
+              : failsTasks && state.restart
+              ? `; under onError "fail" a task lost with its worker fails the pipeline, restart or not: set onError to "skip" or a function to drop such tasks and go on`
+              : ""
+          }`,
+          { stage: stage.name, worker: config.index, task: held[0], cause },
+        ),
+      );
     }
     this.#retire(record);
-    // An unordered worker of several tasks at once may have finished some
-    // of [from, to): it counted the ones still in flight.
-    const dropped = config.concurrency > 1 && !config.ordered
-      ? status.figures[status.figure(config.index, StageStatus.IN_FLIGHT)]!
-      : to - from;
     // Readers of `skipped` load it at any time; other workers add to it too.
-    Atomics.add(status.words, StageStatus.SKIPPED, dropped);
+    Atomics.add(status.words, StageStatus.SKIPPED, held.length);
     // The place's figures, which the replacement goes on from: the dropped
     // tasks are counted, no longer in flight, and nothing runs until it is
     // ready. Plain stores: the lost worker writes no more, and the
     // replacement reads them after the message that starts it.
     const figures = status.figures;
-    figures[status.figure(config.index, StageStatus.DROPPED)]! += dropped;
+    figures[status.figure(config.index, StageStatus.DROPPED)]! += held.length;
     figures[status.figure(config.index, StageStatus.IN_FLIGHT)] = 0;
     figures[status.figure(config.index, StageStatus.SINCE)] = 0;
+    const to = status.words[status.at(config.index, StageStatus.TO)]!;
+    status.dropHeld(config.index);
     // The replacement starts with no timed task running.
     Atomics.store(
       status.words,
@@ -326,9 +319,17 @@ export class Supervisor {
     this.#spawn(stage, {
       ...config,
       generation: config.generation + 1,
-      recover: { from, to },
+      recover: { tasks: held, to },
     }, lostInRow);
-    this.#reports.lost(stage, dropped, error);
+    this.#reports.lost(
+      stage,
+      held.map((task) =>
+        new StageError(
+          `the worker was lost: ${reason}${holds}; a new worker took its place and the task was dropped`,
+          { stage: stage.name, worker: config.index, task, cause },
+        )
+      ),
+    );
   }
 
   /**
@@ -415,6 +416,22 @@ function spawnError(stage: AnyStage, error: unknown): StageError {
     stage: stage.name,
     cause: error,
   });
+}
+
+/** Names tasks `tasks` (in order) by their runs: "task 3", "tasks 3 to 5, 9 and 12". */
+function describeTasks(tasks: readonly number[]): string {
+  const runs: string[] = [];
+  for (let i = 0; i < tasks.length;) {
+    let end = i;
+    while (end + 1 < tasks.length && tasks[end + 1] === tasks[end]! + 1) end++;
+    runs.push(end === i ? `${tasks[i]}` : `${tasks[i]} to ${tasks[end]}`);
+    i = end + 1;
+  }
+  const shown = runs.length > 8 ? [...runs.slice(0, 7), "more"] : runs;
+  const list = shown.length === 1
+    ? shown[0]
+    : `${shown.slice(0, -1).join(", ")} and ${shown.at(-1)}`;
+  return `task${tasks.length > 1 ? "s" : ""} ${list}`;
 }
 
 /** The tasks worker place `index` has finished (`TASKS`) or skipped itself (`SKIPS`). */

@@ -125,8 +125,15 @@ export class Wiring {
     this.#ringBytes = ringBytes;
     for (const stage of stages) {
       const state = internalsOf(stage);
+      // A worker of several tasks at once keeps the exact set it holds in a
+      // table (see StageStatus.HELD).
+      const concurrency = concurrencyOf(stage);
       state.status = new StageStatus(
-        StageStatus.allocate(workersOf(stage), producersOf(stage)),
+        StageStatus.allocate(
+          workersOf(stage),
+          producersOf(stage),
+          concurrency > 1 ? concurrency : 0,
+        ),
         workersOf(stage),
       );
       this.#inputs.set(
@@ -231,7 +238,7 @@ export class Wiring {
         size: workersOf(stage),
         timed: Number.isFinite(state.taskTimeout),
         maxClaim: ClaimPolicy.maxClaim(workersOf(stage), holdOne),
-        concurrency: standIn === null ? state.concurrency : stage.size,
+        concurrency: concurrencyOf(stage),
         taskTimeout: state.taskTimeout,
         spawnedAt: 0,
         generation: 0,
@@ -366,11 +373,20 @@ function linkBranch(
   };
 }
 
+/**
+ * The most tasks each of `stage`'s workers runs at once: its `concurrency`,
+ * or a remote stage's size, which its one stand-in worker keeps in flight.
+ */
+function concurrencyOf(stage: AnyStage): number {
+  const state = internalsOf(stage);
+  return state.standIn === null ? state.concurrency : stage.size;
+}
+
 /** Stage figure `figure` of `stage`, for the one thread that writes it. */
 function stageFigure(stage: AnyStage, figure: number): FigureRef {
   return {
     buffer: internalsOf(stage).status!.buffer,
-    index: StageStatus.stageFigureIndex(workersOf(stage), figure),
+    index: internalsOf(stage).status!.stageFigureIndex(figure),
   };
 }
 

@@ -65,8 +65,11 @@ export interface WorkerConfig {
   taskTimeout: number;
   /** When the main thread spawned this worker (ms since the epoch). */
   spawnedAt: number;
-  /** Tasks a lost worker held, which this replacement must close. */
-  recover: { from: number; to: number } | null;
+  /**
+   * Tasks a lost worker held, in order, which this replacement must close,
+   * and one past the last task it claimed.
+   */
+  recover: { tasks: number[]; to: number } | null;
   /** The stage is a FilterStage: run the built-in filter, not a target. */
   filter: FilterConfig | null;
 }
@@ -141,6 +144,7 @@ export class WorkerRuntime implements TaskHost, BatchHost {
     const from = this.#slot.from;
     const to = this.#slot.to;
     this.output.onPublish = () => {
+      this.#runner?.published();
       // The tasks claimed and not finished: a batch's stamps are consecutive.
       this.figures.write(
         this.#runner?.running ?? this.#batches?.running ??
@@ -300,8 +304,10 @@ export class WorkerRuntime implements TaskHost, BatchHost {
     if (this.config.timed) this.#startTimed();
   }
 
-  endSync(): void {
-    if (this.config.timed) this.#endTimed();
+  endSync(): number {
+    if (!this.config.timed) return 0;
+    this.#endTimed();
+    return this.figures.taskElapsed();
   }
 
   finish(slot: TaskSlot): void {
@@ -467,11 +473,9 @@ export class WorkerRuntime implements TaskHost, BatchHost {
   }
 
   /** Closes the tasks a lost worker held, so an ordered merge does not wait for them. */
-  #recover({ from, to }: { from: number; to: number }): void {
+  #recover({ tasks, to }: { tasks: number[]; to: number }): void {
     if (this.config.ordered && !this.config.disableResult) {
-      for (let seq = from; seq < to; seq++) {
-        this.output.putEmpty(Ring.END | Ring.LAST, seq);
-      }
+      for (const seq of tasks) this.output.putEmpty(Ring.END | Ring.LAST, seq);
     }
     this.#claimed(to, to);
     this.output.publish();

@@ -16,7 +16,7 @@ import { FilterRuntime } from "./filter_runtime.ts";
 import { InputLink, OutputPort } from "./link.ts";
 import { Mutex } from "./mutex.ts";
 import { Ring } from "./ring.ts";
-import { StageStatus } from "./status.ts";
+import { HeldTable, StageStatus } from "./status.ts";
 import { BatchRunner } from "./batch_runner.ts";
 import { ConcurrentRunner } from "./concurrent_runner.ts";
 import { IdleWait } from "./idle_wait.ts";
@@ -81,6 +81,7 @@ export function stageWorkerScript(preload = ""): string {
       WorkerScope,
       WorkerFigures,
       IdleWait,
+      HeldTable,
       ConcurrentRunner,
       BatchRunner,
       FilterRuntime,

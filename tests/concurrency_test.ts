@@ -5,9 +5,12 @@ import {
   Pipeline,
   Stage,
   StageError,
+  type StageOptions,
   UnorderedStage,
   UnorderedWorker,
 } from "../mod.ts";
+import { guarded, sortNumbers } from "./fixtures/faults/harness.ts";
+import { Prng } from "./support/prng.ts";
 
 function range(n: number): number[] {
   return Array.from({ length: n }, (_, i) => i);
@@ -214,5 +217,306 @@ Deno.test("Stage concurrency: a bad value throws a RangeError naming the option 
         error instanceof RangeError &&
         error.message.includes("'options.concurrency'"),
     );
+  }
+});
+
+// ---- a lost worker of several tasks at once (issue 21, items 1, 6 and 7) ----
+
+/** How a `Mortal` loses its worker on its fatal tasks. */
+type Death =
+  /** close() before the task's first await. */
+  | "close"
+  /** close() after the task's first await. */
+  | "close-after-await"
+  /** A busy wait past the stage's taskTimeout, before the first await. */
+  | "overrun";
+
+/**
+ * Awaits a timer of a few ms per task (so tasks end out of order and
+ * interleave across workers), and loses its worker on the tasks in `fatal`.
+ */
+class Mortal extends OrderedWorker<number, number> {
+  /** How long an "overrun" busy-waits: 3 × LOSS_TIMEOUT_MS (no outer names in a shipped class). */
+  static readonly OVERRUN_MS = 900;
+  fatal: Set<number>;
+  death: Death;
+  constructor(fatal: number[], death: Death) {
+    super();
+    this.fatal = new Set(fatal);
+    this.death = death;
+  }
+  async doTask(x: number) {
+    const fatal = this.fatal.has(x);
+    const close = () => (globalThis as unknown as { close(): void }).close();
+    if (fatal && this.death === "close") close();
+    if (fatal && this.death === "overrun") {
+      const end = performance.now() + Mortal.OVERRUN_MS;
+      while (performance.now() < end) {
+        // Busy past the taskTimeout: the watchdog takes the task over.
+      }
+    }
+    await new Promise((resolve) => setTimeout(resolve, (x * 7) % 5));
+    if (fatal && this.death === "close-after-await") close();
+    return x;
+  }
+}
+
+/** The taskTimeout of the "overrun" runs: far above a healthy task's few ms. */
+const LOSS_TIMEOUT_MS = 300;
+
+interface LossRun {
+  ordered: boolean;
+  size: number;
+  concurrency: number;
+  tasks: number;
+  fatal: number[];
+  death: Death;
+  /** onError "skip", or a function that collects the errors. */
+  callback: boolean;
+}
+
+/**
+ * Runs `tasks` tasks through a `Mortal` stage with `restart` (or a
+ * taskTimeout for "overrun"), and checks what a lost worker may drop: each
+ * fatal task loses one worker, which drops at most `concurrency` tasks; each
+ * dropped task is counted once in `skipped` and reported once, with its own
+ * task number; every other task gives its result once, in order if ordered;
+ * and the stage's figures add up.
+ */
+async function assertLossesCounted(run: LossRun): Promise<void> {
+  const errors: StageError[] = [];
+  const options: StageOptions = {
+    name: "mortal",
+    args: [run.fatal, run.death],
+    concurrency: run.concurrency,
+    onError: run.callback ? (error) => void errors.push(error) : "skip",
+    ...(run.death === "overrun"
+      ? { taskTimeout: LOSS_TIMEOUT_MS }
+      : { restart: true }),
+  };
+  const stage = run.ordered
+    ? new OrderedStage(Mortal, run.size, options)
+    : new UnorderedStage(Mortal, run.size, options);
+  const pipe = new Pipeline<number, number>(stage);
+  const what = JSON.stringify(run);
+  await guarded(pipe, async () => {
+    pipe.feed(range(run.tasks));
+    const results = await Array.fromAsync(pipe);
+    await pipe.done;
+    const delivered = new Set(results);
+    assert.equal(delivered.size, results.length, `repeated results: ${what}`);
+    if (run.ordered) {
+      assert.deepEqual(results, sortNumbers([...results]), what);
+    }
+    const dropped = range(run.tasks).filter((x) => !delivered.has(x));
+    for (const x of run.fatal) {
+      assert.ok(!delivered.has(x), `fatal task ${x} gave a result: ${what}`);
+    }
+    assert.ok(
+      dropped.length <= run.fatal.length * run.concurrency,
+      `${dropped.length} tasks dropped: ${what}`,
+    );
+    assert.equal(stage.skipped, dropped.length, what);
+    const figures = pipe.stats().stages[0]!;
+    assert.equal(figures.received, run.tasks, what);
+    assert.equal(figures.tasks + figures.skipped, run.tasks, what);
+    // An overrun that ends before the watchdog sees it (a busy main thread)
+    // fails as timed out, and its worker stays.
+    const restarts = figures.workers.reduce((sum, w) => sum + w.restarts, 0);
+    if (run.death === "overrun") assert.ok(restarts <= run.fatal.length, what);
+    else assert.equal(restarts, run.fatal.length, what);
+    if (!run.callback) return;
+    assert.deepEqual(
+      sortNumbers(errors.map((error) => error.task!)),
+      dropped,
+      `one report per dropped task: ${what}`,
+    );
+    for (const error of errors) {
+      assert.ok(error instanceof StageError);
+      assert.equal(error.stage, "mortal");
+      assert.match(
+        error.message,
+        run.death === "overrun" ? /taskTimeout/ : /close\(\)/,
+      );
+    }
+    if (run.ordered) {
+      const reported = errors.map((error) => error.task!);
+      assert.deepEqual(reported, sortNumbers([...reported]), what);
+    }
+  }, 30_000);
+}
+
+for (const ordered of [true, false]) {
+  const kind = ordered ? "ordered" : "unordered";
+  Deno.test(`Stage concurrency, restart: an ${kind} stage of 2 workers running 8 tasks each goes on past lost workers, dropping only the tasks they held (issue 21.1)`, async () => {
+    await assertLossesCounted({
+      ordered,
+      size: 2,
+      concurrency: 8,
+      tasks: 400,
+      fatal: range(400).filter((x) => x % 40 === 20),
+      death: "close",
+      callback: false,
+    });
+  });
+
+  Deno.test(`Stage concurrency, restart: each task an ${kind} stage drops with a lost worker is counted, and reported to onError once with its own number (issue 21.7)`, async () => {
+    for (const death of ["close", "close-after-await"] as const) {
+      await assertLossesCounted({
+        ordered,
+        size: 3,
+        concurrency: 4,
+        tasks: 300,
+        fatal: [30, 95, 160, 230],
+        death,
+        callback: true,
+      });
+    }
+  });
+
+  Deno.test(`Stage concurrency, taskTimeout under a skipping onError: an ${kind} stage of 2 workers drops only what a replaced worker held (issue 21.1)`, async () => {
+    await assertLossesCounted({
+      ordered,
+      size: 2,
+      concurrency: 4,
+      tasks: 120,
+      fatal: [20, 80],
+      death: "overrun",
+      callback: true,
+    });
+  });
+}
+
+// Stress: random sizes, concurrencies, losses and task counts.
+for (let seed = 1; seed <= 16; seed++) {
+  const random = new Prng(seed * 7919);
+  const tasks = random.int(40, 400);
+  const concurrency = random.int(2, 12);
+  const size = random.int(1, 3);
+  // Lost workers far apart: a place whose workers are lost 3 times in a row
+  // without finishing a task gives up (the rule against crash loops).
+  const gap = Math.max(12, 3 * size * concurrency);
+  const fatal = range(tasks).filter((x) =>
+    x % gap === gap >> 1 && random.chance(0.7)
+  );
+  const run: LossRun = {
+    ordered: random.chance(0.5),
+    size,
+    concurrency,
+    tasks,
+    fatal,
+    death: random.pick(["close", "close-after-await"] as const),
+    callback: random.chance(0.7),
+  };
+  Deno.test(
+    `Stage concurrency, restart, stress seed ${seed}: ${
+      run.ordered ? "ordered" : "unordered"
+    } x${size}, concurrency ${concurrency}, ${tasks} tasks, ${fatal.length} lost workers (${run.death})`,
+    async () => {
+      await assertLossesCounted(run);
+    },
+  );
+}
+
+Deno.test('Stage restart under onError "fail": a task lost with its worker fails the pipeline with a StageError naming the stage, the worker and the task (issue 21.6)', async () => {
+  for (const concurrency of [1, 4]) {
+    for (const ordered of [true, false]) {
+      const options: StageOptions = {
+        name: "mortal",
+        args: [[13], "close"],
+        concurrency,
+        restart: true,
+      };
+      const stage = ordered
+        ? new OrderedStage(Mortal, 2, options)
+        : new UnorderedStage(Mortal, 2, options);
+      const pipe = new Pipeline<number, number>(stage);
+      await guarded(pipe, async () => {
+        pipe.feed(range(40)).catch(() => {});
+        await assert.rejects(Array.fromAsync(pipe), (error: unknown) => {
+          assert.ok(error instanceof StageError, String(error));
+          assert.equal(error.stage, "mortal");
+          assert.ok(error.worker === 0 || error.worker === 1, error.message);
+          // The lost worker held task 13, and perhaps earlier ones.
+          assert.ok(
+            error.task !== undefined && error.task <= 13,
+            error.message,
+          );
+          assert.match(error.message, /close\(\)/);
+          assert.match(error.message, /onError/);
+          return true;
+        });
+        await pipe.done.catch(() => {});
+      });
+    }
+  }
+});
+
+/** Its first worker is lost in doInit(), before it takes a task; the others work. */
+class DiesOnce extends OrderedWorker<number, number> {
+  inits: Int32Array;
+  constructor(inits: Int32Array) {
+    super();
+    this.inits = inits;
+  }
+  override doInit(): void {
+    if (Atomics.add(this.inits, 0, 1) === 0) {
+      (globalThis as unknown as { close(): void }).close();
+    }
+  }
+  doTask(x: number): number {
+    return x;
+  }
+}
+
+Deno.test('Stage restart under onError "fail": a worker lost while it holds no task (in doInit) is replaced, and nothing is dropped (issue 21.6)', async () => {
+  const inits = new Int32Array(new SharedArrayBuffer(4));
+  const stage = new OrderedStage(DiesOnce, 1, {
+    name: "flaky-init",
+    args: [inits],
+    restart: true,
+    concurrency: 2,
+  });
+  const pipe = new Pipeline<number, number>(stage);
+  await guarded(pipe, async () => {
+    pipe.feed(range(20));
+    assert.deepEqual(await Array.fromAsync(pipe), range(20));
+    assert.equal(Atomics.load(inits, 0), 2);
+    assert.equal(stage.skipped, 0);
+    assert.equal(pipe.stats().stages[0]!.workers[0]!.restarts, 1);
+  });
+});
+
+Deno.test("Stage concurrency with taskTimeout: a task whose synchronous part overruns it is timed out, even when the watchdog is late", async () => {
+  for (const ordered of [true, false]) {
+    const overrun = (x: number) => {
+      if (x === 3) {
+        const end = performance.now() + 400;
+        while (performance.now() < end) {
+          // Busy past the taskTimeout.
+        }
+      }
+      return x;
+    };
+    const options: StageOptions = {
+      concurrency: 4,
+      taskTimeout: 100,
+      onError: "skip",
+    };
+    const stage = ordered
+      ? new OrderedStage(overrun, 1, options)
+      : new UnorderedStage(overrun, 1, options);
+    const pipe = new Pipeline<number, number>(stage);
+    await guarded(pipe, async () => {
+      pipe.feed(range(8));
+      // The main thread, and the watchdog on it, is busy while task 3 runs.
+      const end = performance.now() + 1500;
+      while (performance.now() < end) {
+        // Busy.
+      }
+      const results = await Array.fromAsync(pipe);
+      assert.deepEqual(sortNumbers(results), [0, 1, 2, 4, 5, 6, 7]);
+      assert.equal(stage.skipped, 1);
+    });
   }
 });

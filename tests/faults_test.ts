@@ -353,8 +353,8 @@ function losesWorker(fault: Case["fault"]): fault is LostFault {
 
 /**
  * The faulty stage's options for `policy`. A worker lost by close(), exit()
- * or a timer is replaced under `restart` (the "skip" policy keeps the default
- * onError); a task past its taskTimeout is dropped under onError "skip".
+ * or a timer is replaced under `restart`, its task dropped under a skipping
+ * onError; a task past its taskTimeout is dropped under onError "skip".
  */
 function policyOptions(
   fault: Case["fault"],
@@ -368,7 +368,7 @@ function policyOptions(
   if (policy === "fail") return timeout;
   if (losesWorker(fault) && fault !== "hang") {
     return policy === "skip"
-      ? { restart: true }
+      ? { restart: true, onError: "skip" }
       : { restart: true, onError: callback };
   }
   return { ...timeout, onError: policy === "skip" ? "skip" : callback };

@@ -15,11 +15,14 @@ import { Prng } from "./support/prng.ts";
 
 // Random topologies, in the spirit of a stress campaign: seeded random
 // pipelines of chains, forks, joins and FilterStages, ordered and unordered
-// stages of one to four workers, on small rings (4 KiB to 64 KiB) with
-// records from empty to twice a ring (fragmented past a quarter of it), tasks
-// of random lengths, and faults: tasks that throw or reject under every
-// onError ("fail", "skip", a function), workers that call close() under
-// `restart`, tasks that overrun `taskTimeout`, `maxBacklog` on random stages.
+// stages of one to four workers running one or several tasks at once
+// (`concurrency`), some sandboxed (`permissions`), on small rings (4 KiB to
+// 64 KiB) with records from empty to twice a ring (fragmented past a quarter
+// of it), tasks of random lengths, put one by one or fed (`feed()` of an
+// array, a generator or an async generator), and faults: tasks that throw,
+// reject or are denied by their sandbox under every onError ("fail", "skip",
+// a function), workers that call close() under `restart`, tasks that overrun
+// `taskTimeout`, `maxBacklog` on random stages.
 //
 // Each task id has at most one fault, at one stage, so the expected output is
 // exact: every surviving (path, task, result index) reaches its leaf once, in
@@ -28,7 +31,13 @@ import { Prng } from "./support/prng.ts";
 // its faulty tasks, once per copy that reached it; a callback stage's
 // function gets one StageError per skipped task; a plan with a failing
 // stage rejects with a StageError naming that stage; and nothing hangs (a
-// run that makes no progress for STALL_MS fails with its seed).
+// run that makes no progress for STALL_MS fails with its seed). One stage may
+// be lossy: it runs several tasks at once and loses workers (close() or a
+// taskTimeout), so each loss also drops the other tasks its worker held. Such
+// a stage is reached by one copy of each task and has no faults after it, so
+// what it dropped is exact all the same: the tasks whose results are all
+// missing, no more than (concurrency - 1) a loss, each counted in its
+// `skipped` and reported once.
 //
 // Fault families: each family of once-known defects (tests/defects_test.ts,
 // all fixed) is behind a flag of FAMILIES below, all on. A flag that is off
@@ -38,13 +47,16 @@ import { Prng } from "./support/prng.ts";
 // tells which family made it fail (a test's name lists the families its plan
 // contains, which it may or may not hit).
 //
-// One test per seed. The default is a CI-sized run (SEEDS seeds, about 25 s
-// with every flag off on a quiet 2-core box; each plan that hangs adds
-// STALL_MS). By hand: `MPIPE_SEEDS=5000 deno test --allow-read --allow-run
-// --allow-env tests/random_topology_test.ts` (or MPIPE_SEEDS=2001-3000 for
-// a part of a long run), and MPIPE_SEED=n to replay seed n alone; both are read only if --allow-env grants them. A failure
-// names its seed and prints its plan: every stage, its options and its
-// faults (`throw@3,17`: tasks 3 and 17 throw there).
+// One test per seed, but one for all the seeds whose plan has a sandboxed
+// stage: they run in a child `deno test` with --unstable-worker-options.
+// The default is a CI-sized run (SEEDS seeds, about 25 s with every flag off
+// on a quiet 2-core box; each plan that hangs adds STALL_MS). By hand:
+// `MPIPE_SEEDS=5000 deno test --allow-read --allow-run --allow-env
+// tests/random_topology_test.ts` (or MPIPE_SEEDS=2001-3000 for a part of a
+// long run), and MPIPE_SEED=n to replay seed n alone; both are read only if
+// --allow-env grants them. A failure names its seed and prints its plan:
+// every stage, its options and its faults (`throw@3,17`: tasks 3 and 17
+// throw there).
 
 /**
  * Families of once-known defects (tests/defects_test.ts) the generator may
@@ -73,7 +85,33 @@ const FAMILIES = {
    * task that overruns it) and two results per task (one by putResult()).
    */
   timeoutPutResult: true,
+  /**
+   * Issue 21 (items 1 and 7, tests/concurrency_test.ts): a worker of several
+   * tasks at once that is lost (close() with restart, or a taskTimeout)
+   * dropped its neighbours' tasks too, and an ordered stage then hung, or
+   * dropped tasks uncounted. Here: a lossy stage (see above).
+   */
+  concurrentLoss: true,
 };
+
+/**
+ * The dimensions drawn on top of each plan (a second random stream, so a
+ * seed's topology and faults are those it had before them): a flag that is
+ * off keeps that dimension out (concurrency 1, put one by one, no sandbox).
+ */
+const DIMENSIONS = {
+  concurrency: true,
+  feed: true,
+  /**
+   * Sandboxed stages need Deno's --unstable-worker-options, which a test
+   * cannot see without -A: the plans that draw one run in a child
+   * `deno test` with the flag (see the end of the file).
+   */
+  sandbox: true,
+};
+
+/** This is that child: it runs the seeds of MPIPE_SEED, sandboxes and all. */
+const SANDBOX_CHILD = readEnv("MPIPE_SANDBOX_CHILD") === "1";
 
 /** How many seeds a plain `deno test` runs. */
 const SEEDS = 40;
@@ -107,7 +145,9 @@ type FaultKind =
   /** The task busy-waits past its taskTimeout, then finishes (D1). */
   | "overrun"
   /** The task blocks past its taskTimeout until the run ends, then closes. */
-  | "hang";
+  | "hang"
+  /** The task reads the environment, which its sandbox denies. */
+  | "denied";
 
 /** What a `Hop` worker is told. */
 interface HopConfig {
@@ -179,23 +219,25 @@ class Hop extends OrderedWorker<Task | [Task, Task[]], Task> {
         Atomics.wait(release, 0, 0, 60_000);
         close();
         return null;
+      case "denied":
+        // NotCapable: the sandbox has no env access.
+        Deno.env.get("HOME");
+        throw new Error(`fault: ${tag} was not denied on task ${task.id}`);
     }
     busy((busyUs * ((task.id * 7919) % 5)) / 4000);
-    const emit = (): Task => {
-      const result = (index: number): Task => ({
-        id: task.id,
-        payload: task.payload,
-        hops: [...task.hops, tag],
-        trail: [...task.trail, index],
-      });
-      for (let i = 0; i < fan - 1; i++) this.putResult(result(i));
-      return result(fan - 1);
-    };
+    const result = (index: number): Task => ({
+      id: task.id,
+      payload: task.payload,
+      hops: [...task.hops, tag],
+      trail: [...task.trail, index],
+    });
+    // Before any await: with concurrency, putResult() works only there.
+    for (let i = 0; i < fan - 1; i++) this.putResult(result(i));
     if (asyncEvery > 0 && task.id % asyncEvery === 0) {
       return new Promise((resolve) => setTimeout(resolve, task.id % 3))
-        .then(emit);
+        .then(() => result(fan - 1));
     }
-    return emit();
+    return result(fan - 1);
   }
 }
 
@@ -218,6 +260,9 @@ interface HopSpec {
   taskTimeout: number | undefined;
   faults: Map<number, FaultKind>;
   initDeath: boolean;
+  /** Tasks each worker runs at once. */
+  concurrency: number;
+  permissions: StageOptions["permissions"];
 }
 
 /** A stage of a FilterStage's sub-pipeline (a chain, without faults). */
@@ -250,6 +295,10 @@ interface Plan {
   /** The stage expected to fail the pipeline, if any. */
   failing: number | undefined;
   reader: "get" | "results" | "leaves" | "get-timeout";
+  /** How the tasks go in: put one by one, or fed. */
+  input: "put" | "feed-array" | "feed-generator" | "feed-async";
+  /** The lossy stage, if any (see the top of the file). */
+  lossy: number | undefined;
   awaitPuts: number;
   pauses: number;
   /** The known-defect families the plan contains. */
@@ -359,6 +408,8 @@ function makePlan(seed: number): Plan {
       taskTimeout: random.chance(0.1) ? 5_000 : undefined,
       faults: new Map(),
       initDeath: false,
+      concurrency: 1,
+      permissions: undefined,
     });
   }
   // maxBacklog on random stages; on a join fed by an ordered stage of two or
@@ -491,6 +542,7 @@ function makePlan(seed: number): Plan {
   const reader = random.pick(
     ["get", "results", "leaves", "get-timeout"] as const,
   );
+  const { input, lossy } = drawDimensions(seed, nodes, failing, families);
   if (
     FAMILIES.lateCallbacks && failing === undefined && reader !== "leaves" &&
     nodes.some((node) =>
@@ -504,10 +556,88 @@ function makePlan(seed: number): Plan {
     sizes,
     failing,
     reader,
+    input,
+    lossy,
     awaitPuts: random.pick([0, 0, 0.1, 0.5, 1]),
     pauses: random.pick([0, 0.01, 0.05]),
     families: [...families],
   };
+}
+
+/** Whether `kind` costs its worker (it is replaced). */
+function losesWorker(kind: FaultKind): boolean {
+  return kind === "close" || kind === "hang" || kind === "overrun";
+}
+
+/** The stages after node `at`, on every path from it. */
+function descendantsOf(nodes: NodeSpec[], at: number): number[] {
+  const found = new Set<number>();
+  const visit = (i: number) => {
+    nodes.forEach((node, child) => {
+      if (node.parents.includes(i) && !found.has(child)) {
+        found.add(child);
+        visit(child);
+      }
+    });
+  };
+  visit(at);
+  return [...found];
+}
+
+/**
+ * Draws the dimensions of DIMENSIONS on top of a plan, from a random stream
+ * of their own: each stage's concurrency and sandbox (whose "throw" faults
+ * may become "denied"), and the input. A stage of several tasks at once
+ * that loses workers is lossy; at most one is, and only where what it drops
+ * stays exact (see the top of the file): elsewhere it runs one at a time.
+ */
+function drawDimensions(
+  seed: number,
+  nodes: NodeSpec[],
+  failing: number | undefined,
+  families: Set<keyof typeof FAMILIES>,
+): { input: Plan["input"]; lossy: number | undefined } {
+  const random = new Prng(seed ^ 0x2c1b3c6d);
+  let lossy: number | undefined;
+  nodes.forEach((node, i) => {
+    if (node.kind !== "hop") return;
+    const concurrency = random.chance(0.35) ? random.int(2, 8) : 1;
+    const sandbox = random.chance(0.2);
+    const permissions = random.pick(
+      ["none", { env: false }, {
+        read: false,
+        env: false,
+        net: false,
+      }] as const,
+    );
+    const denials = [...node.faults.keys()].map(() => random.chance(0.5));
+    if (DIMENSIONS.concurrency && concurrency > 1) {
+      const loses = [...node.faults.values()].some(losesWorker);
+      const exact = i !== failing && lossy === undefined &&
+        arrivals(nodes, i) === 1 &&
+        descendantsOf(nodes, i).every((d) => {
+          const after = nodes[d]!;
+          return after.kind !== "hop" || after.faults.size === 0;
+        });
+      if (!loses || (FAMILIES.concurrentLoss && exact)) {
+        node.concurrency = concurrency;
+        if (loses) {
+          lossy = i;
+          families.add("concurrentLoss");
+        }
+      }
+    }
+    if (DIMENSIONS.sandbox && sandbox) {
+      node.permissions = permissions;
+      [...node.faults].forEach(([id, kind], f) => {
+        if (kind === "throw" && denials[f]) node.faults.set(id, "denied");
+      });
+    }
+  });
+  const input = random.pick(
+    ["put", "put", "feed-array", "feed-generator", "feed-async"] as const,
+  );
+  return { input: DIMENSIONS.feed ? input : "put", lossy };
 }
 
 function describeNode(node: NodeSpec): string {
@@ -540,6 +670,10 @@ function describeNode(node: NodeSpec): string {
     node.busyUs ? `busy ${node.busyUs}µs` : "",
     node.asyncEvery ? `async/${node.asyncEvery}` : "",
     node.maxBacklog === undefined ? "" : `maxBacklog ${node.maxBacklog}`,
+    node.concurrency > 1 ? `concurrency ${node.concurrency}` : "",
+    node.permissions === undefined
+      ? ""
+      : `permissions ${JSON.stringify(node.permissions)}`,
     `onError ${node.onError}`,
     node.restart ? "restart" : "",
     node.taskTimeout === undefined ? "" : `taskTimeout ${node.taskTimeout}`,
@@ -553,9 +687,11 @@ function describePlan(plan: Plan): string {
   const largest = Math.max(0, ...plan.sizes);
   return `seed ${plan.seed}: ${plan.sizes.length} tasks (largest ${largest} B), ${
     JSON.stringify(plan.options)
-  }, reader ${plan.reader}, awaitPuts ${plan.awaitPuts}, pauses ${plan.pauses}${
+  }, input ${plan.input}, reader ${plan.reader}, awaitPuts ${plan.awaitPuts}, pauses ${plan.pauses}${
     plan.failing === undefined ? "" : `, expect failure of s${plan.failing}`
-  }; [${plan.nodes.map(describeNode).join("; ")}]${
+  }${plan.lossy === undefined ? "" : `, lossy s${plan.lossy}`}; [${
+    plan.nodes.map(describeNode).join("; ")
+  }]${
     plan.families.length === 0 ? "" : `; known: ${plan.families.join(", ")}`
   }`;
 }
@@ -676,16 +812,17 @@ function some(items: string[], max = 8): string {
 }
 
 /**
- * Compares what arrived with what was expected; returns every problem found.
- * `received` holds each leaf's results in the order they arrived, or, with a
- * pipeline-wide reader, all of them under leaf -1.
+ * Compares what arrived with what was expected; returns every problem found,
+ * and how many tasks the lossy stage dropped with its lost workers' other
+ * tasks (`lost`). `received` holds each leaf's results in the order they
+ * arrived, or, with a pipeline-wide reader, all of them under leaf -1.
  */
 function checkResults(
   plan: Plan,
   expected: Expected,
   received: Map<number, unknown[]>,
   complete: boolean,
-): string[] {
+): { problems: string[]; lost: number } {
   const problems: string[] = [];
   const subLeaves = subLeafTags(plan);
   const leafOfHops = new Map<string, number[]>();
@@ -757,8 +894,37 @@ function checkResults(
       extra.push(wanted === 0 ? key : `${key} ×${count}/${wanted}`);
     }
   }
+  // The tasks the lossy stage dropped: all their results through it are
+  // missing (a lost worker writes a task's results all or none).
+  const lossyTag = plan.lossy === undefined
+    ? undefined
+    : plan.nodes[plan.lossy]!.tag;
+  const through = (key: string) =>
+    lossyTag !== undefined && key.split("|")[0]!.split(">").includes(lossyTag);
+  const lost = new Set<number>();
+  if (complete && lossyTag !== undefined) {
+    const counts = new Map<number, { wanted: number; got: number }>();
+    for (const [key, count] of want) {
+      if (!through(key)) continue;
+      const id = Number(key.split("|")[1]);
+      const entry = counts.get(id) ?? { wanted: 0, got: 0 };
+      entry.wanted += count;
+      entry.got += Math.min(got.get(key) ?? 0, count);
+      counts.set(id, entry);
+    }
+    for (const [id, { wanted, got }] of counts) {
+      if (got === 0) lost.add(id);
+      else if (got < wanted) {
+        problems.push(
+          `task ${id} gave ${got} of its ${wanted} results through ${lossyTag}`,
+        );
+      }
+    }
+  }
   if (complete) {
     for (const [key, count] of want) {
+      const id = Number(key.split("|")[1]);
+      if (through(key) && lost.has(id)) continue;
       if ((got.get(key) ?? 0) < count) missing.push(key);
     }
   }
@@ -779,21 +945,50 @@ function checkResults(
       );
     }
   }
-  return problems.slice(0, 20);
+  // The lossy stage's own faults are dropped anyway; the others it dropped
+  // are at most (concurrency - 1) per lost worker.
+  if (plan.lossy !== undefined) {
+    const node = plan.nodes[plan.lossy] as HopSpec;
+    const losses = [...node.faults.values()].filter(losesWorker).length;
+    const others = [...lost].filter((id) => !node.faults.has(id)).length;
+    if (others > losses * (node.concurrency - 1)) {
+      problems.push(
+        `${node.tag} dropped ${others} tasks besides its faults with ${losses} lost workers of ${node.concurrency} tasks each`,
+      );
+    }
+    lost.forEach((id) => {
+      if (node.faults.has(id)) lost.delete(id);
+    });
+  }
+  return { problems: problems.slice(0, 20), lost: lost.size };
 }
 
-/** Checks each stage's skipped count and its callback's calls; returns the problems. */
+/**
+ * Checks each stage's skipped count and its callback's calls; returns the
+ * problems. The lossy stage dropped `lost` tasks besides its faults.
+ */
 function checkSkipped(
   plan: Plan,
   expected: Expected,
   stages: Stage<never, unknown>[],
   callbacks: Map<number, StageError[]>,
   when: string,
+  lost: number,
 ): string[] {
   const problems: string[] = [];
   plan.nodes.forEach((node, i) => {
     if (node.kind !== "hop") return;
-    const kinds = expected.skipped.get(i)!;
+    const kinds = new Map(expected.skipped.get(i)!);
+    if (i === plan.lossy) {
+      // A lost worker's other tasks are reported with its loss (a close()
+      // or a timeout): count them all as "lost".
+      let losses = lost;
+      for (const kind of ["close", "hang", "overrun"] as const) {
+        losses += kinds.get(kind) ?? 0;
+        kinds.delete(kind);
+      }
+      kinds.set("lost" as FaultKind, losses);
+    }
     const total = [...kinds.values()].reduce((a, b) => a + b, 0);
     if (stages[i]!.skipped !== total) {
       problems.push(
@@ -806,13 +1001,27 @@ function checkSkipped(
     const calls = callbacks.get(i) ?? [];
     const byKind = new Map<string, number>();
     for (const error of calls) {
-      const kind = classify(error, node);
+      let kind = classify(error, node);
+      if (i === plan.lossy && (kind === "close" || kind === "timeout")) {
+        kind = "lost";
+      }
       byKind.set(kind, (byKind.get(kind) ?? 0) + 1);
     }
     const want = new Map<string, number>();
     for (const [kind, count] of kinds) {
       const as = kind === "hang" || kind === "overrun" ? "timeout" : kind;
-      want.set(as, (want.get(as) ?? 0) + count);
+      if (count > 0) want.set(as, (want.get(as) ?? 0) + count);
+    }
+    if (i === plan.lossy) {
+      // A faulty task that a lost worker held (settled, not yet written) is
+      // dropped with the loss, and reported so.
+      for (const [kind, count] of want) {
+        const seen = byKind.get(kind) ?? 0;
+        if (kind === "lost" || seen >= count) continue;
+        want.set(kind, seen);
+        want.set("lost", want.get("lost")! + count - seen);
+        if (seen === 0) want.delete(kind);
+      }
     }
     const show = (map: Map<string, number>) =>
       JSON.stringify(Object.fromEntries([...map].sort()));
@@ -831,6 +1040,11 @@ function checkSkipped(
 function classify(error: StageError, node: HopSpec): string {
   if (!(error instanceof StageError)) return `not a StageError: ${error}`;
   if (error.stage !== node.tag) return `a StageError of ${error.stage}`;
+  if ((error.cause as Error | undefined)?.name === "NotCapable") {
+    return node.permissions === undefined
+      ? `denied without a sandbox (${error.message})`
+      : "denied";
+  }
   const cause = (error.cause as Error | undefined)?.message ?? "";
   const thrown = /^fault: (\S+) (throws|rejects) on task (\d+)$/.exec(cause);
   if (thrown !== null) {
@@ -904,6 +1118,7 @@ function buildStages(
         initDeath: node.initDeath,
       })],
       restart: node.restart,
+      concurrency: node.concurrency,
       onError: node.onError === "callback"
         ? (error: StageError) => {
           callbacks.set(i, [...(callbacks.get(i) ?? []), error]);
@@ -913,6 +1128,7 @@ function buildStages(
     };
     if (node.maxBacklog !== undefined) options.maxBacklog = node.maxBacklog;
     if (node.taskTimeout !== undefined) options.taskTimeout = node.taskTimeout;
+    if (node.permissions !== undefined) options.permissions = node.permissions;
     return node.ordered
       ? new OrderedStage(Hop, node.size, options)
       : new UnorderedStage(Hop, node.size, options);
@@ -977,16 +1193,34 @@ async function runPlan(plan: Plan): Promise<string[]> {
     pipe.put(task).then(progress, (error) => {
       putErrors.push(error);
     });
+  const taskOf = (id: number): Task => ({
+    id,
+    payload: payloadOf(id, plan.sizes[id]!),
+    hops: [],
+    trail: [],
+  });
+  const ids = () => plan.sizes.keys();
   const produce = async () => {
+    if (plan.input !== "put") {
+      const source = plan.input === "feed-array"
+        ? [...ids()].map(taskOf)
+        : plan.input === "feed-generator"
+        ? ids().map(taskOf)
+        : (async function* () {
+          for (const id of ids()) {
+            if (random.chance(plan.pauses)) await sleep(random.int(0, 3));
+            yield taskOf(id);
+            progress();
+          }
+        })();
+      // It puts the stop at the end.
+      return pipe.feed(source).then(progress, (error) => {
+        putErrors.push(error);
+      });
+    }
     const puts: Promise<void>[] = [];
-    for (let id = 0; id < plan.sizes.length; id++) {
-      const task: Task = {
-        id,
-        payload: payloadOf(id, plan.sizes[id]!),
-        hops: [],
-        trail: [],
-      };
-      const putting = put(task);
+    for (const id of ids()) {
+      const putting = put(taskOf(id));
       puts.push(putting);
       if (random.chance(plan.awaitPuts)) await putting;
       if (random.chance(plan.pauses)) await sleep(random.int(0, 3));
@@ -1047,7 +1281,14 @@ async function runPlan(plan: Plan): Promise<string[]> {
   let timer: ReturnType<typeof setInterval> | undefined;
   const stalled = new Promise<never>((_, reject) => {
     stop = reject;
+    let entered = 0;
     timer = setInterval(() => {
+      // A task that entered is progress too (feed() says nothing per task).
+      const now = pipe.stats().stages[0]?.received ?? 0;
+      if (now !== entered) {
+        entered = now;
+        progress();
+      }
       if (Date.now() - last > STALL_MS) {
         reject(
           new Stalled(
@@ -1070,7 +1311,8 @@ async function runPlan(plan: Plan): Promise<string[]> {
     await Promise.all([produce(), consume()]);
     progress();
     const complete = failing === undefined;
-    problems.push(...checkResults(plan, expected, received, complete));
+    const checked = checkResults(plan, expected, received, complete);
+    problems.push(...checked.problems);
     if (failing === undefined) {
       for (const error of readerErrors) {
         problems.push(`a reader failed: ${describeError(error)}`);
@@ -1095,6 +1337,7 @@ async function runPlan(plan: Plan): Promise<string[]> {
             stages,
             callbacks,
             "at the end of results",
+            checked.lost,
           ),
         );
       }
@@ -1104,7 +1347,14 @@ async function runPlan(plan: Plan): Promise<string[]> {
       }
       await pipe.done;
       problems.push(
-        ...checkSkipped(plan, expected, stages, callbacks, "once done"),
+        ...checkSkipped(
+          plan,
+          expected,
+          stages,
+          callbacks,
+          "once done",
+          checked.lost,
+        ),
       );
     } else {
       const isTheFailure = (error: unknown) =>
@@ -1181,8 +1431,11 @@ function describeError(error: unknown): string {
 // ---- the tests ----
 
 function seeds(): number[] {
-  const one = readEnv("MPIPE_SEED");
-  if (one !== undefined && one !== "") return [Number(one) >>> 0];
+  // "n", or "a,b,c" (the sandboxed seeds, for the child).
+  const some = readEnv("MPIPE_SEED");
+  if (some !== undefined && some !== "") {
+    return some.split(",").map((seed) => Number(seed) >>> 0);
+  }
   // "N" runs seeds 1..N; "A-B" runs seeds A..B (a long run in parts).
   const [from, to] = (readEnv("MPIPE_SEEDS") ?? "").split("-").map(Number);
   const range = to === undefined ? [1, from] : [from, to];
@@ -1192,8 +1445,17 @@ function seeds(): number[] {
   return Array.from({ length: last - first + 1 }, (_, i) => first + i);
 }
 
+/** Seeds whose plan has a sandboxed stage: the child runs them. */
+const sandboxed: number[] = [];
 for (const seed of seeds()) {
   const plan = makePlan(seed);
+  const hasSandbox = plan.nodes.some((node) =>
+    node.kind === "hop" && node.permissions !== undefined
+  );
+  if (hasSandbox && !SANDBOX_CHILD) {
+    sandboxed.push(seed);
+    continue;
+  }
   const joins = plan.nodes.filter((n) => n.parents.length > 1).length;
   const filters = plan.nodes.filter((n) => n.kind === "filter").length;
   const shape = [
@@ -1205,13 +1467,75 @@ for (const seed of seeds()) {
   const known = plan.families.length === 0
     ? ""
     : `; fault families: ${plan.families.join(", ")}`;
-  Deno.test(`random topology: seed ${seed} (${shape}${known}) delivers every result once, in order where promised, counts skips and ends`, async () => {
-    const problems = await runPlan(plan);
-    assert.ok(
-      problems.length === 0,
-      `random topology failed (replay: MPIPE_SEED=${seed}): ${
-        describePlan(plan)
-      }\n  - ${problems.join("\n  - ")}`,
-    );
+  const hops = plan.nodes.filter((n): n is HopSpec => n.kind === "hop");
+  const drawn = [
+    plan.input === "put" ? "" : plan.input,
+    hops.some((n) => n.concurrency > 1) ? "concurrency" : "",
+    hops.some((n) => n.permissions !== undefined) ? "sandbox" : "",
+  ].filter((part) => part !== "").join(", ");
+  Deno.test(
+    `random topology: seed ${seed} (${shape}${
+      drawn === "" ? "" : `; ${drawn}`
+    }${known}) delivers every result once, in order where promised, counts skips and ends`,
+    async () => {
+      const problems = await runPlan(plan);
+      assert.ok(
+        problems.length === 0,
+        `random topology failed (replay: MPIPE_SEED=${seed}): ${
+          describePlan(plan)
+        }\n  - ${problems.join("\n  - ")}`,
+      );
+    },
+  );
+}
+
+/** The most a child run may take: a hang guard, not a speed check. */
+const CHILD_MS = 60_000;
+
+if (sandboxed.length > 0) {
+  const granted = Deno.permissions.querySync({ name: "run" }).state ===
+    "granted";
+  Deno.test({
+    name:
+      `random topology: the ${sandboxed.length} seeds with a sandboxed stage (${
+        sandboxed.join(", ")
+      }) pass in a child deno test with --unstable-worker-options${
+        granted ? "" : " (needs --allow-run)"
+      }`,
+    ignore: !granted,
+    fn: async () => {
+      const { code, stdout, stderr } = await new Deno.Command(
+        Deno.execPath(),
+        {
+          args: [
+            "test",
+            "--unstable-worker-options",
+            "--allow-read",
+            "--allow-env",
+            new URL(import.meta.url).pathname,
+          ],
+          env: {
+            NO_COLOR: "1",
+            MPIPE_SANDBOX_CHILD: "1",
+            MPIPE_SEED: sandboxed.join(","),
+          },
+          stdout: "piped",
+          stderr: "piped",
+          signal: AbortSignal.timeout(
+            CHILD_MS + sandboxed.length * (RUN_MS + STALL_MS),
+          ),
+        },
+      ).output();
+      const text = new TextDecoder();
+      const out = text.decode(stdout);
+      // The child's failures, with their plans and replay lines.
+      const failures = out.slice(Math.max(0, out.indexOf(" ERRORS ")));
+      assert.ok(
+        code === 0,
+        `the child run of seeds ${sandboxed.join(",")} exited with ${code}:\n${
+          failures.slice(0, 20_000)
+        }\n${text.decode(stderr).slice(0, 2_000)}`,
+      );
+    },
   });
 }
