@@ -157,24 +157,10 @@ export class TaskInput implements InputPump {
     } catch (error) {
       return Promise.reject(error);
     }
-    const run = this.#run;
-    if (run.failure !== null) {
-      return WatchedPromise.rejected(
-        run.failure,
-        () => this.#report.observed(),
-      );
-    }
-    if (run.stopRequested || run.terminated) {
-      return Promise.reject(
-        new PipelineClosedError(
-          run.terminated
-            ? "The pipeline was terminated: create a new Pipeline to put more tasks"
-            : "The stop request was already put: put every task before null, or create a new Pipeline",
-          task,
-        ),
-      );
-    }
+    const closed = this.#closed(task);
+    if (closed !== null) return closed;
     if (task === null) {
+      const run = this.#run;
       run.stopRequested = true;
       const stop = this.#alone(null, 0, options);
       this.#drain();
@@ -187,6 +173,10 @@ export class TaskInput implements InputPump {
       } catch (error) {
         return Promise.reject(error);
       }
+      // A getter of the task may have put the stop request, or ended the
+      // pipeline: the task must not enter after that end.
+      const closedWhileCopied = this.#closed(task);
+      if (closedWhileCopied !== null) return closedWhileCopied;
       const encoded = encoder.bytes;
       if (this.#waiting.length === 0 && this.#enterBacklog()) {
         const written = this.#ring.write(Ring.DATA, 0, encoded, 0, length);
@@ -207,6 +197,28 @@ export class TaskInput implements InputPump {
       }
       return this.#enqueue(encoder, length, options);
     }
+  }
+
+  /** The rejection of a put of `task` once the pipeline takes no more tasks, or null. */
+  #closed(task: unknown): Promise<void> | null {
+    const run = this.#run;
+    if (run.failure !== null) {
+      return WatchedPromise.rejected(
+        run.failure,
+        () => this.#report.observed(),
+      );
+    }
+    if (run.stopRequested || run.terminated) {
+      return Promise.reject(
+        new PipelineClosedError(
+          run.terminated
+            ? "The pipeline was terminated: create a new Pipeline to put more tasks"
+            : "The stop request was already put: put every task before null, or create a new Pipeline",
+          task,
+        ),
+      );
+    }
+    return null;
   }
 
   /**
