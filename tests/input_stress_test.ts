@@ -363,17 +363,23 @@ async function feedMix(seed: number): Promise<void> {
   const kind = rng.pick(["array", "sync", "async", "stream"] as const);
   const count = rng.int(1, 3000);
   const ending = rng.pick(
-    ["ends", "throws", "quiet-terminate", "quiet-failure"] as const,
+    ["ends", "throws", "quiet-terminate", "quiet-failure", "aborted"] as const,
   );
   const at = rng.int(0, count - 1);
   const ringBytes = rng.pick([4096, 1 << 16, 1 << 20]);
-  const withSignal = rng.chance(0.3);
+  const feedSignal = new AbortController();
+  const withSignal = ending === "aborted" || rng.chance(0.3);
+  const abortReason = new Error("feed aborted");
   const what =
     `seed ${seed} (${kind} of ${count}, ${ending} at ${at}, ringBytes ${ringBytes}, signal ${withSignal})`;
-  const effective = kind === "array"
+  const effective = ending === "aborted"
+    ? "aborted"
+    : kind === "array"
     ? "ends"
     : kind === "sync" && ending.startsWith("quiet")
     ? "ends"
+    : ending === "quiet-failure" && at === 0
+    ? "quiet-terminate" // no task before the quiet step to fail
     : ending;
   const cancelled = { value: false };
   const source = makeSource(
@@ -383,7 +389,8 @@ async function feedMix(seed: number): Promise<void> {
     effective.startsWith("quiet") ? at : -1,
     cancelled,
   );
-  const failAt = effective === "quiet-failure" ? rng.int(0, at) : -1;
+  // A task put before the source goes quiet.
+  const failAt = effective === "quiet-failure" ? rng.int(0, at - 1) : -1;
   const pipe = new Pipeline<number | string, number>(
     new OrderedStage((x: number | string) => {
       if (typeof x === "string") throw new Error("stage broke");
@@ -394,7 +401,7 @@ async function feedMix(seed: number): Promise<void> {
   const fed = pipe.feed(
     // The failing task: a string where the stage expects a number.
     failAt < 0 ? source : mapSource(source, failAt),
-    withSignal ? { signal: new AbortController().signal } : undefined,
+    withSignal ? { signal: feedSignal.signal } : undefined,
   );
   const fedOutcome = fed.then(() => "resolved", (error) => error);
   const results: number[] = [];
@@ -404,16 +411,39 @@ async function feedMix(seed: number): Promise<void> {
       if (effective === "quiet-terminate" && results.length === at) {
         pipe.terminate();
       }
+      if (effective === "aborted" && results.length === at) {
+        feedSignal.abort(abortReason);
+      }
     }
   })().then(() => "ended", (error) => error);
   if (effective === "quiet-terminate" && at === 0) {
     setTimeout(() => pipe.terminate(), 5);
   }
+  if (effective === "aborted" && at === 0) feedSignal.abort(abortReason);
   try {
     const feedEnd = await within(fedOutcome, `${what}: feed`);
+    // A feed stopped by its signal leaves the pipeline open.
+    if (effective === "aborted" && feedEnd !== "resolved") {
+      assert.equal(feedEnd, abortReason, `${what}: feed ended with ${feedEnd}`);
+      await pipe.put(null);
+    }
     const readEnd = await within(reader, `${what}: the reader`);
     await within(pipe.done.catch(() => {}), `${what}: done`);
     switch (effective) {
+      case "aborted":
+        // The tasks put before the abort, all of them, in order.
+        assert.equal(
+          readEnd,
+          "ended",
+          `${what}: the reader ended with ${readEnd}`,
+        );
+        assert.ok(results.length >= at, what);
+        assert.deepEqual(
+          results,
+          Array.from({ length: results.length }, (_, i) => i),
+          what,
+        );
+        break;
       case "ends":
         assert.equal(feedEnd, "resolved", what);
         assert.equal(readEnd, "ended", what);
