@@ -126,6 +126,11 @@ export class TaskInput implements InputPump {
   readonly #encoder = new Encoder();
   /** Runs of puts that wait for room, in order. */
   readonly #waiting = new Fifo<WaitingRun>();
+  /** The waiting puts of each signal, and the one abort listener that withdraws them. */
+  readonly #bySignal = new Map<
+    AbortSignal,
+    { runs: Set<WaitingRun>; withdrawAll: () => void }
+  >();
   #draining = false;
   /** Records written to the input ring and not yet published. */
   #unpublished = 0;
@@ -157,24 +162,10 @@ export class TaskInput implements InputPump {
     } catch (error) {
       return Promise.reject(error);
     }
-    const run = this.#run;
-    if (run.failure !== null) {
-      return WatchedPromise.rejected(
-        run.failure,
-        () => this.#report.observed(),
-      );
-    }
-    if (run.stopRequested || run.terminated) {
-      return Promise.reject(
-        new PipelineClosedError(
-          run.terminated
-            ? "The pipeline was terminated: create a new Pipeline to put more tasks"
-            : "The stop request was already put: put every task before null, or create a new Pipeline",
-          task,
-        ),
-      );
-    }
+    const closed = this.#closed(task);
+    if (closed !== null) return closed;
     if (task === null) {
+      const run = this.#run;
       run.stopRequested = true;
       const stop = this.#alone(null, 0, options);
       this.#drain();
@@ -187,6 +178,10 @@ export class TaskInput implements InputPump {
       } catch (error) {
         return Promise.reject(error);
       }
+      // A getter of the task may have put the stop request, or ended the
+      // pipeline: the task must not enter after that end.
+      const closedWhileCopied = this.#closed(task);
+      if (closedWhileCopied !== null) return closedWhileCopied;
       const encoded = encoder.bytes;
       if (this.#waiting.length === 0 && this.#enterBacklog()) {
         const written = this.#ring.write(Ring.DATA, 0, encoded, 0, length);
@@ -207,6 +202,28 @@ export class TaskInput implements InputPump {
       }
       return this.#enqueue(encoder, length, options);
     }
+  }
+
+  /** The rejection of a put of `task` once the pipeline takes no more tasks, or null. */
+  #closed(task: unknown): Promise<void> | null {
+    const run = this.#run;
+    if (run.failure !== null) {
+      return WatchedPromise.rejected(
+        run.failure,
+        () => this.#report.observed(),
+      );
+    }
+    if (run.stopRequested || run.terminated) {
+      return Promise.reject(
+        new PipelineClosedError(
+          run.terminated
+            ? "The pipeline was terminated: create a new Pipeline to put more tasks"
+            : "The stop request was already put: put every task before null, or create a new Pipeline",
+          task,
+        ),
+      );
+    }
+    return null;
   }
 
   /**
@@ -304,30 +321,59 @@ export class TaskInput implements InputPump {
     this.#waiting.push(run);
     const signal = options?.signal;
     if (signal !== undefined) {
-      const withdraw = () => {
-        // Only a task none of whose bytes were written can be withdrawn.
-        if (run.written !== 0) return;
-        run.withdrawn = true;
-        if (run.inBacklog) {
-          // Give back the place it held; no worker will start it.
-          Atomics.sub(this.#rootControl, InputLink.BACKLOG, 1);
+      // One listener per signal, not per put: an EventTarget scans its
+      // listeners on every add and remove, so many puts waiting on one
+      // signal would cost O(n^2).
+      const listened = this.#bySignal.get(signal) ?? this.#listen(signal);
+      const { runs } = listened;
+      runs.add(run);
+      // A signal may outlive many puts (feed's): each settled put leaves its
+      // set, and the last takes the listener off.
+      const forget = () => {
+        if (!runs.delete(run) || runs.size !== 0) return;
+        if (this.#bySignal.get(signal)?.runs === runs) {
+          this.#bySignal.delete(signal);
+          signal.removeEventListener("abort", listened.withdrawAll);
         }
-        if (bytes === null) this.#run.stopRequested = false;
-        run.reject(signal.reason);
       };
-      signal.addEventListener("abort", withdraw, { once: true });
-      // A signal may outlive many puts (feed's): each takes its listener off.
       const { resolve, reject } = run;
       run.resolve = () => {
-        signal.removeEventListener("abort", withdraw);
+        forget();
         resolve();
       };
       run.reject = (reason) => {
-        signal.removeEventListener("abort", withdraw);
+        forget();
         reject(reason);
       };
     }
     return run;
+  }
+
+  /** Listens for `signal`'s abort, which withdraws its waiting puts. */
+  #listen(
+    signal: AbortSignal,
+  ): { runs: Set<WaitingRun>; withdrawAll: () => void } {
+    const runs = new Set<WaitingRun>();
+    const withdrawAll = () => {
+      this.#bySignal.delete(signal);
+      for (const run of runs) this.#withdraw(run, signal.reason);
+    };
+    const listened = { runs, withdrawAll };
+    this.#bySignal.set(signal, listened);
+    signal.addEventListener("abort", withdrawAll, { once: true });
+    return listened;
+  }
+
+  /** Withdraws `run`, whose signal aborted with `reason`, unless some of its bytes were written. */
+  #withdraw(run: WaitingRun, reason: unknown): void {
+    if (run.written !== 0) return;
+    run.withdrawn = true;
+    if (run.inBacklog) {
+      // Give back the place it held; no worker will start it.
+      Atomics.sub(this.#rootControl, InputLink.BACKLOG, 1);
+    }
+    if (run.bytes === null) this.#run.stopRequested = false;
+    run.reject(reason);
   }
 
   /**

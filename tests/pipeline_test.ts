@@ -288,6 +288,28 @@ Deno.test("Pipeline.put() copies a task whose getter puts another task: both arr
   await pipe.done;
 });
 
+Deno.test("Pipeline.put() of a task whose getter puts the stop request, or terminates, rejects with PipelineClosedError: the task does not enter after the end", async () => {
+  for (const end of ["stop", "terminate"] as const) {
+    await using pipe = new Pipeline<unknown, unknown>(
+      new OrderedStage((task: unknown) => task),
+    );
+    using _guard = hangGuard(pipe);
+    const task = {
+      get a() {
+        if (end === "stop") pipe.put(null);
+        else pipe.terminate();
+        return 1;
+      },
+    };
+    await assert.rejects(pipe.put(task), PipelineClosedError, end);
+    assert.deepEqual(await Array.fromAsync(pipe), [], end);
+    await pipe.done;
+    // Nothing entered, so nothing is left unaccounted for.
+    const [stage] = pipe.stats().stages;
+    assert.equal(stage!.received, 0, end);
+  }
+});
+
 Deno.test("Pipeline.put() rejects with PipelineClosedError after the stop request", async () => {
   await using pipe = new Pipeline<number, number>(new OrderedStage(echo));
   using _guard = hangGuard(pipe);

@@ -128,3 +128,45 @@ Deno.test("Pipeline.put: small, large, signalled and withdrawn puts waiting toge
   assert.equal(results.length, arrived.length);
   assert.deepEqual(results, arrived);
 });
+
+Deno.test("Pipeline.put: waiting puts that share one signal cost O(1) each (one abort listener on it, not one per put), and its abort withdraws every put still waiting", async () => {
+  const pipe = new Pipeline<number, number>(
+    new OrderedStage((x: number) => x),
+    { ringBytes: 4096 }, // most puts wait
+  );
+  const controller = new AbortController();
+  const signal = controller.signal;
+  // An EventTarget scans its listeners on every add and remove: one listener
+  // per waiting put made n waiting puts cost O(n^2).
+  let listeners = 0;
+  let most = 0;
+  const add = signal.addEventListener.bind(signal);
+  const remove = signal.removeEventListener.bind(signal);
+  signal.addEventListener = (...args: Parameters<typeof add>) => {
+    most = Math.max(most, ++listeners);
+    add(...args);
+  };
+  signal.removeEventListener = (...args: Parameters<typeof remove>) => {
+    listeners--;
+    remove(...args);
+  };
+  const n = 5000;
+  const reason = new Error("withdrawn");
+  const outcomes: Promise<number | undefined>[] = [];
+  for (let i = 0; i < n; i++) {
+    outcomes.push(
+      pipe.put(i, { signal }).then(() => i, (error) => {
+        assert.equal(error, reason);
+        return undefined;
+      }),
+    );
+  }
+  assert.ok(most <= 1, `${most} abort listeners on one signal`);
+  controller.abort(reason);
+  pipe.put(null);
+  const results = await Array.fromAsync(pipe);
+  const entered = (await Promise.all(outcomes)).filter((i) => i !== undefined);
+  assert.ok(entered.length < n, "the abort withdrew the puts still waiting");
+  assert.deepEqual(results, entered);
+  await pipe.done;
+});
