@@ -265,9 +265,14 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
    * in call order even when not awaited; the returned Promise settles once the
    * task is in the root stage's input ring, so awaiting it is the backpressure.
    * Puts that wait for room together settle together, once the last of them
-   * has entered (a group holds at most 4,096 small tasks), which keeps a
-   * waiting task's cost to its encoded bytes: un-awaited puts cost O(1) each
-   * at any number waiting.
+   * has entered, which keeps a waiting task's cost to its encoded bytes:
+   * un-awaited puts cost O(1) each at any number waiting. A group takes the
+   * puts made while it waits, until one of them is awaited (at most 4,096
+   * small tasks): so awaiting a put also waits for the puts made after it
+   * and before the await. A program that puts ahead and then awaits an early
+   * put before it reads any result may wait for ever once the pipeline is
+   * full: read while you put (`results()` in another async function, or
+   * `feed`).
    * The task is copied at the call, as by `structuredClone`: a value that
    * cannot be cloned (a `DataCloneError`), or that encodes to more than
    * 2 GiB - 1 bytes (a `RangeError`), is refused (the Promise rejects) and

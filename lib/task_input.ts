@@ -69,6 +69,8 @@ class WaitingRun {
       this.resolve = resolve;
       this.reject = reject;
     });
+    // Code that awaits the run waits for its puts so far, not for later ones.
+    this.promise.onWatched = () => this.open = false;
   }
 
   /** Where the next task's bytes start. */

@@ -597,6 +597,30 @@ Deno.test("input stress: pipeTo(pipe.writable) keeps order and backpressure, and
 
 // ---- a known hazard, left to the lead: puts that wait together settle together ----
 
+Deno.test("Pipeline.put: a waiting put that is awaited settles once its task entered, whatever is put after the await", async () => {
+  const { ENTERED } = await import("../lib/task_input.ts");
+  const pipe = new Pipeline<number, number>(
+    new OrderedStage((x: number) => x),
+    { ringBytes: 4096 },
+  );
+  try {
+    // Fill what the pipeline holds without a reader, up to the second put
+    // that waits (the first waits alone), and await that one at once.
+    let waiting = 0;
+    let awaited: Promise<void> | null = null;
+    let i = 0;
+    while (awaited === null) {
+      const put = pipe.put(i++);
+      if (put !== ENTERED && waiting++ === 1) awaited = put.then(() => {});
+    }
+    // Puts made after the await wait in a group of their own.
+    for (let k = 0; k < 300; k++) pipe.put(i + k);
+    await within(awaited, "the awaited put of a task that entered", 5_000);
+  } finally {
+    pipe.terminate();
+  }
+});
+
 Deno.test({
   name:
     "input: a waiting put whose task entered settles without waiting for the puts made after it (fails today: it waits for its whole group, so awaiting it before reading hangs)",
