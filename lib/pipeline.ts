@@ -285,7 +285,10 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
    * @returns A Promise that resolves once the task has entered the pipeline.
    * It rejects with a `DataCloneError` if the task cannot be cloned, with a
    * `PipelineClosedError` after the stop request or `terminate()`, with the
-   * `StageError` of a failed pipeline, or with the signal's reason.
+   * `StageError` of a failed pipeline, or with the signal's reason. A put that
+   * waited with others settles with them: if the pipeline ends before they
+   * all entered, it rejects even when its own task had entered, and that
+   * task is dropped (counted in `stats()`) like every task in flight then.
    */
   put(task: I | null, options?: PutOptions): Promise<void> {
     return this.#input.put(task, options);

@@ -1320,11 +1320,14 @@ Deno.test("Pipeline.terminate() mid-task stops everything at once: waiting puts 
       false,
       "done did not settle at once",
     );
-    // Task 0 runs, task 1 waits in the backlog of one, the rest wait for room.
+    // Task 0 runs, task 1 waits in the backlog of one, the rest wait for
+    // room. Put 1 is fulfilled if the worker took task 0 before it was made;
+    // otherwise it waited with the later puts and settles with them: its
+    // task entered, and was dropped with them (see Pipeline.put).
     const settled = await settling;
     assert.deepEqual(
-      settled.map((result) => result.status),
-      ["fulfilled", "fulfilled", ...range(8).map(() => "rejected")],
+      settled.map((result, i) => i === 1 ? "either" : result.status),
+      ["fulfilled", "either", ...range(8).map(() => "rejected")],
     );
     for (const result of settled.slice(2)) {
       assert.ok(
@@ -1392,9 +1395,9 @@ Deno.test("Pipeline.put() signal: a put that entered after waiting takes its abo
     pipe.put(0);
     await handshake.reached();
     pipe.put(1);
-    // No room: these wait, each with a listener on the one signal.
+    // No room: these wait, with one listener on their one signal.
     const waiting = [2, 3, 4].map((task) => pipe.put(task, { signal }));
-    assert.equal(listeners, 3);
+    assert.equal(listeners, 1);
     pipe.put(null);
     handshake.go();
     assert.deepEqual(await Array.fromAsync(pipe), [0, 1, 2, 3, 4]);

@@ -531,11 +531,24 @@ Deno.test("Stage of a module target chains with function and class stages", asyn
   );
 });
 
-Deno.test("Stage of a module whose export is not a worker class fails with a StageError", async () => {
-  const error = await stageFailure(
-    new Stage<number, number>(fixture("square.ts"), 1, { name: "not-a-class" }),
+Deno.test("Stage of a module whose export is a task function runs it ordered, as OrderedStage would", async () => {
+  const pipe = new Pipeline<number, number>(
+    new Stage<number, number>(fixture("square.ts"), 2),
   );
-  assert.equal(error.stage, "not-a-class");
+  await pipe.feed([1, 2, 3, 4, 5]);
+  assert.deepEqual(await Array.fromAsync(pipe), [1, 4, 9, 16, 25]);
+});
+
+Deno.test("Stage of a module whose export is neither a worker class nor a function fails with a StageError", async () => {
+  const error = await stageFailure(
+    new Stage<number, number>(
+      { module: fixture("named.ts"), export: "notATarget" },
+      1,
+      { name: "not-a-target" },
+    ),
+  );
+  assert.equal(error.stage, "not-a-target");
+  assert.match(error.message, /neither a worker class nor a task function/);
 });
 
 Deno.test("OrderedStage of a module without the export fails with a StageError naming it", async () => {
