@@ -440,19 +440,23 @@ async function feed<I>(
     await iterator.return?.();
   };
   // What stops the feed before its source ends: one listener each for the
-  // whole feed (not one per step), raced against each pending step.
-  let stopListening = () => {};
-  const stopped = new Promise<never>((_, reject) => {
-    const onAbort = () => reject(signal!.reason);
-    const onEnd = () => reject(ended.reason);
-    signal?.addEventListener("abort", onAbort, { once: true });
-    ended.addEventListener("abort", onEnd, { once: true });
-    stopListening = () => {
-      signal?.removeEventListener("abort", onAbort);
-      ended.removeEventListener("abort", onEnd);
-    };
-  });
-  stopped.catch(() => {}); // rethrown through the race, if at all
+  // whole feed (not one per step), which rejects the pending step's wait.
+  // (Racing each step against one long-lived promise would leave a reaction
+  // on it per step: memory that grows with the source.)
+  let interrupt: ((reason: unknown) => void) | null = null;
+  const onAbort = () => interrupt?.(signal!.reason);
+  const onEnd = () => interrupt?.(ended.reason);
+  signal?.addEventListener("abort", onAbort, { once: true });
+  ended.addEventListener("abort", onEnd, { once: true });
+  const stopListening = () => {
+    signal?.removeEventListener("abort", onAbort);
+    ended.removeEventListener("abort", onEnd);
+  };
+  const untilSettledOrStopped = (step: Promise<IteratorResult<I>>) =>
+    new Promise<IteratorResult<I>>((resolve, reject) => {
+      interrupt = reject;
+      step.then(resolve, reject);
+    });
   try {
     signal?.throwIfAborted();
     ended.throwIfAborted();
@@ -463,7 +467,11 @@ async function feed<I>(
       if (!isPromise(step)) result = step;
       else {
         stepPending = true;
-        result = await Promise.race([step, stopped]);
+        // Checked before each wait: an abort between steps has no wait to stop.
+        signal?.throwIfAborted();
+        ended.throwIfAborted();
+        result = await untilSettledOrStopped(step);
+        interrupt = null;
         stepPending = false;
       }
       if (result.done) break;
