@@ -429,12 +429,11 @@ Deno.test({
         ),
         "failed",
       );
-      // The chart has a line per stage that did tasks.
-      assert.ok(
-        await page.$$eval(
-          'section[data-pipeline="chain"] svg.chart polyline',
-          (els) => els.length,
-        ) >= 1,
+      // The chart has a line per stage that did tasks, once it has two
+      // samples (a loaded box may not have drawn it yet): waited for, bounded
+      // by the page's default timeout.
+      await page.waitForSelector(
+        'section[data-pipeline="chain"] svg.chart polyline',
       );
       const origin = new URL(dashboard.url).origin;
       assert.deepEqual(
