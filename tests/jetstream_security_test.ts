@@ -39,28 +39,11 @@ import {
   natsUrl,
   stopSharedServer,
   TEST_KEYS,
+  timed,
 } from "./support/nats.ts";
 
 const URL_ = await natsUrl();
 const FIXTURES = new URL("./fixtures/", import.meta.url).href;
-
-/** A test that may take up to `ms`, with the sanitizers on. */
-function timed(name: string, ms: number, fn: () => Promise<void>): void {
-  Deno.test(name, async () => {
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const guard = new Promise<never>((_, reject) => {
-      timer = setTimeout(
-        () => reject(new Error(`${name}: still running after ${ms} ms`)),
-        ms,
-      );
-    });
-    try {
-      await Promise.race([fn(), guard]);
-    } finally {
-      clearTimeout(timer);
-    }
-  });
-}
 
 /** An attacker's connection: a plain client of the server. */
 async function attacker(): Promise<NatsConnection> {

@@ -22,49 +22,11 @@ import {
   natsUrl,
   stopSharedServer,
   TEST_KEYS,
+  timed,
+  withHosts,
 } from "./support/nats.ts";
 
 const URL_ = await natsUrl();
-
-/** A test that may take up to `ms`, with the sanitizers on. */
-function timed(
-  name: string,
-  ms: number,
-  fn: () => Promise<void>,
-): void {
-  Deno.test(name, async () => {
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const guard = new Promise<never>((_, reject) => {
-      timer = setTimeout(
-        () => reject(new Error(`${name}: still running after ${ms} ms`)),
-        ms,
-      );
-    });
-    try {
-      await Promise.race([fn(), guard]);
-    } finally {
-      clearTimeout(timer);
-    }
-  });
-}
-
-/** Starts hosts named `names` on `url`, runs `fn`, and stops them whatever happens. */
-async function withHosts(
-  url: string,
-  names: string[],
-  fn: (hosts: HostProcess[]) => Promise<void>,
-  flags?: string[],
-  grants?: HostGrants,
-): Promise<void> {
-  const hosts = await Promise.all(
-    names.map((name) => HostProcess.start(url, name, flags, grants)),
-  );
-  try {
-    await fn(hosts);
-  } finally {
-    await Promise.all(hosts.map((host) => host.stop()));
-  }
-}
 
 /** The streams of runs (not the announcements) on the server at `url`. */
 async function runStreams(url: string): Promise<string[]> {
