@@ -624,64 +624,68 @@ export async function generateKeys(): Promise<
   };
 }
 
-/** Imports a signing key made by `generateKeys`; a `TypeError` names `where` if it is not one. */
-export async function importSigningKey(
+/** The two kinds of key text `generateKeys` makes, and how each is imported. */
+const KEY_KINDS = {
+  signing: {
+    prefix: SIGNING_PREFIX,
+    chars: SIGNING_KEY_CHARS,
+    format: "pkcs8",
+    usage: "sign",
+    other: ": that is a public key, which the hosts trust",
+  },
+  public: {
+    prefix: PUBLIC_PREFIX,
+    chars: PUBLIC_KEY_CHARS,
+    format: "raw",
+    usage: "verify",
+    other: ": that is a signing key, which only coordinators may hold",
+  },
+} as const;
+
+/** Imports a key text of `kind` made by `generateKeys`; a `TypeError` names `where` if it is not one. */
+async function importKey(
+  kind: keyof typeof KEY_KINDS,
   text: string,
   where: string,
 ): Promise<CryptoKey> {
+  const { prefix, chars, format, usage, other } = KEY_KINDS[kind];
   try {
-    if (
-      text.length !== SIGNING_KEY_CHARS || !text.startsWith(SIGNING_PREFIX)
-    ) {
-      throw new Error("not a signing key");
+    if (text.length !== chars || !text.startsWith(prefix)) {
+      throw new Error(`not a ${kind} key`);
     }
     return await crypto.subtle.importKey(
-      "pkcs8",
-      fromBase64url(text.slice(SIGNING_PREFIX.length)),
+      format,
+      fromBase64url(text.slice(prefix.length)),
       { name: "Ed25519" },
       false,
-      ["sign"],
+      [usage],
     );
   } catch {
+    const otherPrefix = kind === "signing" ? PUBLIC_PREFIX : SIGNING_PREFIX;
     throw new TypeError(
-      `${where} must be a signing key as \`deno run jsr:@mpipe/mpipe/host --new-keys\` prints it ("${SIGNING_PREFIX}" and ${
-        SIGNING_KEY_CHARS - SIGNING_PREFIX.length
+      `${where} must be a ${kind} key as \`deno run jsr:@mpipe/mpipe/host --new-keys\` prints it ("${prefix}" and ${
+        chars - prefix.length
       } characters of base64url), got ${text.length} characters${
-        text.startsWith(PUBLIC_PREFIX)
-          ? ": that is a public key, which the hosts trust"
-          : ""
+        text.startsWith(otherPrefix) ? other : ""
       }`,
     );
   }
 }
 
-/** Imports a public key made by `generateKeys`; a `TypeError` names `where` if it is not one. */
-export async function importPublicKey(
+/** Imports a signing key made by `generateKeys`; a `TypeError` names `where` if it is not one. */
+export function importSigningKey(
   text: string,
   where: string,
 ): Promise<CryptoKey> {
-  try {
-    if (text.length !== PUBLIC_KEY_CHARS || !text.startsWith(PUBLIC_PREFIX)) {
-      throw new Error("not a public key");
-    }
-    return await crypto.subtle.importKey(
-      "raw",
-      fromBase64url(text.slice(PUBLIC_PREFIX.length)),
-      { name: "Ed25519" },
-      false,
-      ["verify"],
-    );
-  } catch {
-    throw new TypeError(
-      `${where} must be a public key as \`deno run jsr:@mpipe/mpipe/host --new-keys\` prints it ("${PUBLIC_PREFIX}" and ${
-        PUBLIC_KEY_CHARS - PUBLIC_PREFIX.length
-      } characters of base64url), got ${text.length} characters${
-        text.startsWith(SIGNING_PREFIX)
-          ? ": that is a signing key, which only coordinators may hold"
-          : ""
-      }`,
-    );
-  }
+  return importKey("signing", text, where);
+}
+
+/** Imports a public key made by `generateKeys`; a `TypeError` names `where` if it is not one. */
+export function importPublicKey(
+  text: string,
+  where: string,
+): Promise<CryptoKey> {
+  return importKey("public", text, where);
 }
 
 function base64url(bytes: Uint8Array): string {
