@@ -37,8 +37,8 @@
  * @module
  */
 
-export { JetStreamCluster } from "./lib/jetstream/cluster.ts";
-export type { JetStreamClusterOptions } from "./lib/jetstream/cluster.ts";
-export { WorkerHost } from "./lib/jetstream/host.ts";
-export type { WorkerHostOptions } from "./lib/jetstream/host.ts";
+export { JetStreamCluster } from "./lib/jetstream/coordinator/cluster.ts";
+export type { JetStreamClusterOptions } from "./lib/jetstream/coordinator/cluster.ts";
+export { WorkerHost } from "./lib/jetstream/host/host.ts";
+export type { WorkerHostOptions } from "./lib/jetstream/host/host.ts";
 export type { ConnectionOptions } from "./lib/jetstream/protocol.ts";

@@ -37,8 +37,8 @@
 
 export { PipelineClosedError, StageError } from "./lib/errors.ts";
 export type { StageErrorOptions } from "./lib/errors.ts";
-export { FilterStage } from "./lib/filter.ts";
-export type { FilterStageOptions } from "./lib/filter.ts";
+export { FilterStage } from "./lib/stage/filter.ts";
+export type { FilterStageOptions } from "./lib/stage/filter.ts";
 export { Pipeline } from "./lib/pipeline.ts";
 export type {
   FeedOptions,
@@ -52,15 +52,15 @@ export type {
   ClusterRun,
   RemoteStage,
   RemoteTarget,
-} from "./lib/remote.ts";
-export { OrderedStage, Stage, UnorderedStage } from "./lib/stage.ts";
+} from "./lib/stage/cluster.ts";
+export { OrderedStage, Stage, UnorderedStage } from "./lib/stage/stage.ts";
 export type {
   ModuleTarget,
   StageOptions,
   Target,
   TaskFunction,
   WorkerClass,
-} from "./lib/stage.ts";
+} from "./lib/stage/stage.ts";
 export type {
   PipelineStats,
   RunEnd,
@@ -68,6 +68,6 @@ export type {
   StageStats,
   TaskDurations,
   WorkerStats,
-} from "./lib/stats.ts";
-export { OrderedWorker, TaskWorker, UnorderedWorker } from "./lib/worker.ts";
-export type { PermissionValue, StagePermissions } from "./lib/permissions.ts";
+} from "./lib/features/stats.ts";
+export { OrderedWorker, TaskWorker, UnorderedWorker } from "./lib/stage/worker.ts";
+export type { PermissionValue, StagePermissions } from "./lib/stage/permissions.ts";

@@ -9,8 +9,8 @@
  * `deno run bench/bare_rings.ts [count] [batch]` prints one JSON line:
  * `{ "workload": "bare", "batch": B, "itemsPerSecond": N }`.
  */
-import { Bell } from "../lib/bell.ts";
-import { Ring } from "../lib/ring.ts";
+import { Bell } from "../lib/shared_memory/bell.ts";
+import { Ring } from "../lib/shared_memory/ring.ts";
 
 /** A stage worker's loop: read ints from `input`, apply `op`, write them to `output`. */
 function loop(

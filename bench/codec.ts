@@ -15,7 +15,7 @@
  * `deno run --allow-read --allow-run bench/codec.ts /tmp/old_codec.ts [processes]`
  * (default 5 processes of each).
  */
-import { Decoder, Encoder } from "../lib/codec.ts";
+import { Decoder, Encoder } from "../lib/shared_memory/codec.ts";
 
 interface Codec {
   name: string;
@@ -225,7 +225,7 @@ if (child !== undefined) {
   }
 } else {
   const processes = Number(Deno.args[1] ?? 5);
-  const here = new URL("../lib/codec.ts", import.meta.url).pathname;
+  const here = new URL("../lib/shared_memory/codec.ts", import.meta.url).pathname;
   const mine: Figures[] = [];
   const theirs: Figures[] = [];
   // Fresh processes, alternating which codec goes first: in one process the

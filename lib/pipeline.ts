@@ -23,34 +23,34 @@
  */
 
 import { PipelineClosedError, StageError } from "./errors.ts";
-import { FailureReport, WatchedPromise } from "./failure_report.ts";
-import { collectStages, pipelineLeaves } from "./graph.ts";
+import { FailureReport, WatchedPromise } from "./main_thread/failure_report.ts";
+import { collectStages, pipelineLeaves } from "./stage/graph.ts";
 import {
   checkPipelineOptions,
   defaultSpin,
   type PipelineOptions,
   type ProgressOptions,
   type PutOptions,
-} from "./options.ts";
-import { workerOptionsAllowed } from "./permissions.ts";
-import { ResultOutput } from "./result_output.ts";
-import { RunState, type RunView } from "./run_state.ts";
-import type { GetOptions, Stage } from "./stage.ts";
-import { type ClusterRun, openClusterRuns } from "./remote.ts";
+} from "./main_thread/options.ts";
+import { workerOptionsAllowed } from "./stage/permissions.ts";
+import { ResultOutput } from "./main_thread/result_output.ts";
+import { RunState, type RunView } from "./main_thread/run_state.ts";
+import type { GetOptions, Stage } from "./stage/stage.ts";
+import { type ClusterRun, openClusterRuns } from "./stage/cluster.ts";
 import {
   type AnyStage,
   internalsOf,
   type StageOwner,
   workersOf,
-} from "./stage_internals.ts";
-import { SkipReports } from "./skip_reports.ts";
-import { inspectModules, Supervisor } from "./supervisor.ts";
-import { TaskInput } from "./task_input.ts";
-import { type FeedOptions, PipelineStreams } from "./streams.ts";
-import { Wiring } from "./wiring.ts";
-import { type PipelineStats, StatsReader } from "./stats.ts";
-import { ProgressDisplay } from "./progress.ts";
-import { insightsReport } from "./insights.ts";
+} from "./stage/internals.ts";
+import { SkipReports } from "./main_thread/skip_reports.ts";
+import { inspectModules, Supervisor } from "./main_thread/supervisor.ts";
+import { TaskInput } from "./main_thread/task_input.ts";
+import { type FeedOptions, PipelineStreams } from "./features/streams.ts";
+import { Wiring } from "./main_thread/wiring.ts";
+import { type PipelineStats, StatsReader } from "./features/stats.ts";
+import { ProgressDisplay } from "./features/progress.ts";
+import { insightsReport } from "./features/insights.ts";
 
 export type {
   FeedOptions,

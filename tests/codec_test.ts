@@ -11,7 +11,7 @@
 
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
-import { Decoder, Encoder } from "../lib/codec.ts";
+import { Decoder, Encoder } from "../lib/shared_memory/codec.ts";
 import { Prng } from "./support/prng.ts";
 
 // ---- helpers ----

@@ -606,7 +606,7 @@ async function secondWaitingPut(
   pipe: Pipeline<number, number>,
   awaitIt: boolean,
 ): Promise<[Promise<void>, number]> {
-  const { ENTERED } = await import("../lib/task_input.ts");
+  const { ENTERED } = await import("../lib/main_thread/task_input.ts");
   let waiting = 0;
   let i = 0;
   for (;;) {

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { OrderedStage, Pipeline, UnorderedStage } from "../mod.ts";
-import { insightsReport } from "../lib/insights.ts";
+import { insightsReport } from "../lib/features/insights.ts";
 import { fakeRun, fakeStage, fakeWorker } from "./support/fake_stats.ts";
 
 // The report is a function of the statistics alone: most tests give it

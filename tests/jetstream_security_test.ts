@@ -13,7 +13,7 @@ import {
   jetstreamManager,
   type NatsConnection,
   RetentionPolicy,
-} from "../lib/jetstream/nats.ts";
+} from "../lib/jetstream/connection.ts";
 import {
   announcementMessage,
   ANSWER,
@@ -31,8 +31,8 @@ import {
   stageNames,
   type StageSpec,
 } from "../lib/jetstream/protocol.ts";
-import { isUnder } from "../lib/jetstream/host.ts";
-import { ensureStagesStream } from "../lib/jetstream/cluster.ts";
+import { isUnder } from "../lib/jetstream/host/host.ts";
+import { ensureStagesStream } from "../lib/jetstream/coordinator/cluster.ts";
 import {
   clusterOptions,
   HostProcess,

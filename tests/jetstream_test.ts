@@ -13,7 +13,7 @@ import {
   UnorderedStage,
 } from "../mod.ts";
 import { JetStreamCluster } from "../jetstream.ts";
-import { connect, jetstreamManager } from "../lib/jetstream/nats.ts";
+import { connect, jetstreamManager } from "../lib/jetstream/connection.ts";
 import {
   clusterOptions,
   type HostGrants,

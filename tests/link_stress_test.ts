@@ -15,8 +15,8 @@
  */
 
 import assert from "node:assert/strict";
-import { InputLink, type InputMode } from "../lib/link.ts";
-import { Ring } from "../lib/ring.ts";
+import { InputLink, type InputMode } from "../lib/shared_memory/link.ts";
+import { Ring } from "../lib/shared_memory/ring.ts";
 import { readEnv } from "./support/env.ts";
 import { Prng } from "./support/prng.ts";
 import {

@@ -17,8 +17,8 @@ import {
   waitUntilAtLeast,
   waitUntilChanged,
 } from "./fixtures/guard.ts";
-import { defaultSpin, SPIN } from "../lib/options.ts";
-import { ringPool } from "../lib/wiring.ts";
+import { defaultSpin, SPIN } from "../lib/main_thread/options.ts";
+import { ringPool } from "../lib/main_thread/wiring.ts";
 
 // Task functions and worker classes are shipped to the workers by their
 // source, so each one below is self-contained: it uses only globals, its

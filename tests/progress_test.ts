@@ -6,7 +6,7 @@ import {
   sampleOf,
   stageCells,
   summaryLines,
-} from "../lib/progress.ts";
+} from "../lib/features/progress.ts";
 import { fakeRun, fakeStage, fakeWorker } from "./support/fake_stats.ts";
 import { runScript } from "./support/run_script.ts";
 

@@ -8,9 +8,9 @@
  */
 
 import assert from "node:assert/strict";
-import { Encoder } from "../lib/codec.ts";
-import { InputLink, OutputPort } from "../lib/link.ts";
-import { Ring } from "../lib/ring.ts";
+import { Encoder } from "../lib/shared_memory/codec.ts";
+import { InputLink, OutputPort } from "../lib/shared_memory/link.ts";
+import { Ring } from "../lib/shared_memory/ring.ts";
 import { Prng } from "./support/prng.ts";
 
 // ---- helpers ----

@@ -4,7 +4,7 @@
 
 import assert from "node:assert/strict";
 import { OrderedStage, Pipeline, StageError, UnorderedStage } from "../mod.ts";
-import { Fifo } from "../lib/fifo.ts";
+import { Fifo } from "../lib/main_thread/fifo.ts";
 
 // ---- Fifo ----
 

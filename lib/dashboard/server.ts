@@ -9,7 +9,7 @@
  * @module
  */
 
-import { describe } from "../target.ts";
+import { describe } from "../stage/target.ts";
 import { METRICS_CONTENT_TYPE, metricsOf } from "./metrics.ts";
 import { pipelinesOf, type PipelineSource, viewsOf } from "./model.ts";
 import { PAGE } from "./page.ts";

@@ -22,14 +22,14 @@
  * @module
  */
 
-import { Decoder, Encoder } from "../codec.ts";
-import type { RemoteTarget } from "../remote.ts";
+import { Decoder, Encoder } from "../shared_memory/codec.ts";
+import type { RemoteTarget } from "../stage/cluster.ts";
 import {
   connect,
   credsAuthenticator,
   type NatsConnection,
   type NodeConnectionOptions,
-} from "./nats.ts";
+} from "./connection.ts";
 
 /** The version of these messages; a host refuses a stage of another. */
 export const PROTOCOL = 2;

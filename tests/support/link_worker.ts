@@ -11,9 +11,9 @@
  * @module
  */
 
-import { InputLink, type InputMode, OutputPort } from "../../lib/link.ts";
-import { Ring } from "../../lib/ring.ts";
-import { ENGINE_CLASSES, scriptUrl } from "../../lib/worker_script.ts";
+import { InputLink, type InputMode, OutputPort } from "../../lib/shared_memory/link.ts";
+import { Ring } from "../../lib/shared_memory/ring.ts";
+import { ENGINE_CLASSES, scriptUrl } from "../../lib/worker_thread/script.ts";
 
 /** What a producer worker does. */
 export interface ProducerConfig {

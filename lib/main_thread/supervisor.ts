@@ -1,0 +1,531 @@
+/**
+ * The pipeline's workers, seen from the main thread: it starts them, listens
+ * to their (rare) messages, replaces the lost ones, watches timed tasks, and
+ * kills them all at the end.
+ *
+ * Workers tell the main thread only what happens once or seldom (ready,
+ * exit, an error, a lost worker, a skipped task); tasks and results never go
+ * through messages.
+ *
+ * @module
+ */
+
+import { StageError } from "../errors.ts";
+import type { RunView } from "./run_state.ts";
+import { type AnyStage, internalsOf } from "../stage/internals.ts";
+import { StageStatus } from "../shared_memory/status.ts";
+import {
+  loadError,
+  revive,
+  skippedError,
+  workerError,
+} from "./stage_errors.ts";
+import type { WorkerConfig } from "../worker_thread/runtime.ts";
+import type { WorkerMessage } from "../worker_thread/scope.ts";
+import type { SkipReports } from "./skip_reports.ts";
+import { scriptUrl, stageWorkerScript } from "../worker_thread/script.ts";
+import { Watchdog } from "./watchdog.ts";
+import type { SleepWord } from "./wiring.ts";
+
+/** A running worker and what it was started with. */
+interface WorkerRecord {
+  stage: AnyStage;
+  config: WorkerConfig;
+  worker: Worker;
+  /** It exited, was lost or was killed: ignore what it still says. */
+  gone: boolean;
+  /** It loaded its target and ran doInit(). */
+  ready: boolean;
+  /** Its place's skip count when it started (StageStatus.SKIPS). */
+  skipsAtStart: number;
+  /** Skip reports received from it. */
+  reports: number;
+  /**
+   * It was killed and replaced, but its thread lives on until its last skip
+   * reports have arrived (`Worker.terminate()` drops messages in flight).
+   */
+  retiring: ReturnType<typeof setTimeout> | null;
+  /** The tasks its place had finished or skipped when it started. */
+  tasksAtStart: number;
+  /** How many workers before it in its place were lost in a row without finishing a task. */
+  lostInRow: number;
+}
+
+/** How long a replaced worker's reports may take to arrive before they are written off. */
+const RETIRE_MS = 2000;
+
+/**
+ * How many workers in one place may be lost in a row without finishing a
+ * task before the stage fails instead of replacing them again (a worker that
+ * dies in `doInit()` would otherwise be replaced for ever).
+ */
+const MAX_LOST_IN_ROW = 3;
+
+/** What the supervisor tells the pipeline. */
+export interface SupervisorEvents {
+  /** A worker failed the pipeline. */
+  fail(error: StageError): void;
+  /** Every worker has exited, after the stop or a shutdown. */
+  exited(): void;
+}
+
+/** Starts, watches, replaces and kills the workers of a pipeline. */
+export class Supervisor {
+  readonly #run: RunView;
+  readonly #events: SupervisorEvents;
+  readonly #reports: SkipReports;
+  /** Workers still running in each stage, to tell the reports when a stage is done. */
+  readonly #running = new Map<AnyStage, number>();
+  readonly #sleepWords: readonly SleepWord[];
+  #workers: WorkerRecord[] = [];
+  /** Replaced workers whose last reports are still on their way (see #retire). */
+  readonly #retiring = new Set<WorkerRecord>();
+  #alive = 0;
+  /** Every worker exited by itself (not killed). */
+  #exitedAll = false;
+  #watchdog: Watchdog | undefined;
+
+  constructor(
+    run: RunView,
+    sleepWords: readonly SleepWord[],
+    reports: SkipReports,
+    events: SupervisorEvents,
+  ) {
+    this.#run = run;
+    this.#reports = reports;
+    this.#sleepWords = sleepWords;
+    this.#events = events;
+  }
+
+  /** Whether any worker still runs. */
+  get running(): boolean {
+    return this.#alive > 0;
+  }
+
+  /**
+   * Whether every worker exited by itself after passing the stop on, and
+   * none that was replaced is still retiring: no thread of the pipeline
+   * reads or writes its rings any more.
+   */
+  get allExited(): boolean {
+    return this.#exitedAll && this.#retiring.size === 0;
+  }
+
+  /**
+   * Starts every stage's workers, and the watchdog if a stage has a task
+   * timeout. Throws a `StageError` if Deno refuses a worker; the caller then
+   * stops those already started.
+   */
+  start(stages: readonly { stage: AnyStage; configs: WorkerConfig[] }[]): void {
+    for (const { stage, configs } of stages) {
+      this.#running.set(stage, configs.length);
+      try {
+        for (const config of configs) this.#spawn(stage, config, 0);
+      } catch (error) {
+        throw spawnError(stage, error);
+      }
+    }
+    const timeouts = stages.map(({ stage }) => internalsOf(stage).taskTimeout)
+      .filter(Number.isFinite);
+    if (timeouts.length > 0) {
+      this.#watchdog = new Watchdog(
+        Math.min(...timeouts),
+        () => this.#workers,
+        (record, task, timeout) =>
+          this.#lost(
+            record as WorkerRecord,
+            `task ${task} ran longer than its taskTimeout of ${timeout} ms`,
+            undefined,
+          ),
+      );
+    }
+  }
+
+  /** Kills every worker, even one asleep in `Atomics.wait`, and reports them exited. */
+  killAll(): void {
+    for (const record of this.#workers) this.#kill(record);
+    for (const record of this.#retiring) this.#endRetirement(record);
+    this.#wakeSleepers(true);
+    this.#workers = [];
+    this.#alive = 0;
+    this.#allExited();
+  }
+
+  /** Starts one worker; `config.recover` says if it replaces a lost one. */
+  #spawn(stage: AnyStage, config: WorkerConfig, lostInRow: number): void {
+    config.spawnedAt = performance.timeOrigin + performance.now();
+    const { permissions, shipped } = internalsOf(stage);
+    const preload = permissions !== "inherit" && shipped.kind === "module"
+      ? shipped.specifier
+      : "";
+    const worker = new Worker(stageWorkerScript(preload), {
+      type: "module",
+      name: `${stage.name}#${config.index}`,
+      // Only a sandboxed stage passes permissions: they need Deno's
+      // --unstable-worker-options (checked in new Pipeline).
+      ...(permissions === "inherit" ? {} : { deno: { permissions } }),
+    } as WorkerOptions);
+    const status = internalsOf(stage).status!;
+    const record: WorkerRecord = {
+      stage,
+      config,
+      worker,
+      gone: false,
+      ready: false,
+      skipsAtStart: Atomics.load(
+        status.words,
+        status.at(config.index, StageStatus.SKIPS),
+      ),
+      reports: 0,
+      retiring: null,
+      // The last worker in this place wrote it; nothing writes it now.
+      tasksAtStart: processed(status, config.index),
+      lostInRow,
+    };
+    worker.onmessage = (event: MessageEvent<WorkerMessage>) =>
+      this.#onMessage(record, event.data);
+    worker.onerror = (event: ErrorEvent) => {
+      event.preventDefault();
+      if (preload !== "" && !record.ready) {
+        // Its script could not import the module target it preloads.
+        if (record.gone) return;
+        return this.#events.fail(
+          loadError(stage.name, config.index, event.error ?? event.message),
+        );
+      }
+      this.#lost(
+        record,
+        `it threw outside doTask(): ${event.message}`,
+        event.error,
+      );
+    };
+    worker.postMessage(config);
+    this.#workers.push(record);
+    this.#alive++;
+  }
+
+  #onMessage(record: WorkerRecord, message: WorkerMessage): void {
+    // A replaced worker's skip reports still count; nothing else of it does.
+    if (record.gone && !(record.retiring && message.type === "skipped")) return;
+    const { stage, config } = record;
+    switch (message.type) {
+      case "ready":
+        record.ready = true;
+        break;
+      case "exit": {
+        this.#kill(record);
+        const running = this.#running.get(stage)! - 1;
+        this.#running.set(stage, running);
+        if (running === 0) this.#reports.exited(stage);
+        if (--this.#alive === 0) {
+          // Nothing is left to kill: forget the workers and their configs.
+          this.#exitedAll = true;
+          this.#workers = [];
+          this.#allExited();
+        }
+        break;
+      }
+      case "error":
+        this.#events.fail(workerError(stage, config.index, message));
+        break;
+      case "skipped":
+        record.reports++;
+        this.#reports.skipped(
+          stage,
+          config.index,
+          message.task,
+          skippedError(
+            stage,
+            config.index,
+            message.task,
+            message.error,
+            message.errorName,
+          ),
+        );
+        if (record.retiring !== null) this.#retireWhenReported(record);
+        break;
+      case "lost":
+        this.#lost(record, message.reason, message.error);
+        break;
+    }
+  }
+
+  /**
+   * A worker ended without finishing (it called close() or Deno.exit(), threw
+   * outside a task, or ran a task past its timeout). The tasks it held are
+   * task failures: under onError "fail" they fail the pipeline. Otherwise,
+   * with `restart` (or after a timeout), a worker takes its place that first
+   * closes the tasks the lost one held, and each is counted and reported;
+   * without, the pipeline fails.
+   */
+  #lost(record: WorkerRecord, reason: string, cause: unknown): void {
+    if (record.gone || this.#run.failure !== null || this.#run.terminated) {
+      return;
+    }
+    // Raise the kill word now (it never writes again); the thread itself is
+    // terminated once its reports are in (#retire), or at once if it fails.
+    this.#kill(record, false);
+    this.#wakeSleepers(false);
+    const { stage, config } = record;
+    const state = internalsOf(stage);
+    const status = state.status!;
+    // The lost worker wrote its slot last; nothing writes it now.
+    const held = status.heldTasks(config.index);
+    const holds = held.length === 0 ? "" : `; it held ${describeTasks(held)}`;
+    const timedOut = reason.startsWith("task");
+    const finished = processed(status, config.index) > record.tasksAtStart;
+    const lostInRow = finished ? 1 : record.lostInRow + 1;
+    const giveUp = lostInRow >= MAX_LOST_IN_ROW;
+    const failsTasks = held.length > 0 && state.onError === "fail";
+    const replace = !giveUp && !failsTasks &&
+      (state.restart || (timedOut && state.onError !== "fail"));
+    if (!replace) {
+      record.worker.terminate();
+      return this.#events.fail(
+        new StageError(
+          `the worker was lost: ${reason}${holds}${
+            giveUp
+              ? `; ${lostInRow} workers in its place were lost in a row without finishing a task, so it is not replaced again: fix the cause (in doInit() or the target's loading, or an error outside doTask())`
+              : failsTasks && state.restart
+              ? `; under onError "fail" a task lost with its worker fails the pipeline, restart or not: set onError to "skip" or a function to drop such tasks and go on`
+              : ""
+          }`,
+          { stage: stage.name, worker: config.index, task: held[0], cause },
+        ),
+      );
+    }
+    this.#retire(record);
+    // Readers of `skipped` load it at any time; other workers add to it too.
+    Atomics.add(status.words, StageStatus.SKIPPED, held.length);
+    // The place's figures, which the replacement goes on from: the dropped
+    // tasks are counted, no longer in flight, and nothing runs until it is
+    // ready. Plain stores: the lost worker writes no more, and the
+    // replacement reads them after the message that starts it.
+    const figures = status.figures;
+    figures[status.figure(config.index, StageStatus.DROPPED)]! += held.length;
+    figures[status.figure(config.index, StageStatus.IN_FLIGHT)] = 0;
+    figures[status.figure(config.index, StageStatus.SINCE)] = 0;
+    const to = status.words[status.at(config.index, StageStatus.TO)]!;
+    status.dropHeld(config.index);
+    // The replacement starts with no timed task running.
+    Atomics.store(
+      status.words,
+      status.at(config.index, StageStatus.TASK_STATE),
+      StageStatus.taskState(config.generation + 1, StageStatus.IDLE),
+    );
+    this.#alive--;
+    this.#workers.splice(this.#workers.indexOf(record), 1);
+    status.figures[status.figure(config.index, StageStatus.RESTARTS)]!++;
+    this.#spawn(stage, {
+      ...config,
+      generation: config.generation + 1,
+      recover: { tasks: held, to },
+    }, lostInRow);
+    this.#reports.lost(
+      stage,
+      held.map((task) =>
+        new StageError(
+          `the worker was lost: ${reason}${holds}; a new worker took its place and the task was dropped`,
+          { stage: stage.name, worker: config.index, task, cause },
+        )
+      ),
+    );
+  }
+
+  /**
+   * A replaced worker: terminated once the skip reports it sent have all
+   * arrived, or after RETIRE_MS (then the missing ones are written off).
+   */
+  #retire(record: WorkerRecord): void {
+    this.#retiring.add(record);
+    record.retiring = setTimeout(() => {
+      const { stage, config } = record;
+      this.#reports.abandoned(stage, config.index, this.#unreported(record));
+      this.#endRetirement(record);
+    }, RETIRE_MS);
+    Deno.unrefTimer(record.retiring as unknown as number);
+    this.#retireWhenReported(record);
+  }
+
+  #retireWhenReported(record: WorkerRecord): void {
+    if (this.#unreported(record) <= 0) this.#endRetirement(record);
+  }
+
+  /** Skips the worker counted and the main thread has not heard of. */
+  #unreported(record: WorkerRecord): number {
+    const status = internalsOf(record.stage).status!;
+    const sent = Atomics.load(
+      status.words,
+      status.at(record.config.index, StageStatus.SKIPS),
+    ) - record.skipsAtStart;
+    return sent - record.reports;
+  }
+
+  #endRetirement(record: WorkerRecord): void {
+    clearTimeout(record.retiring ?? undefined);
+    record.retiring = null;
+    this.#retiring.delete(record);
+    record.worker.terminate();
+  }
+
+  /** Kills a worker for good: even one asleep in `Atomics.wait` (see `Bell.kill`). */
+  #kill(record: WorkerRecord, terminate = true): void {
+    record.gone = true;
+    const { stage, config } = record;
+    const status = internalsOf(stage).status!;
+    // Raised before any wake-up, so a worker that wakes sees it.
+    Atomics.store(
+      status.words,
+      status.at(config.index, StageStatus.KILL),
+      config.generation + 1,
+    );
+    if (terminate) record.worker.terminate();
+  }
+
+  /**
+   * Wakes sleeping workers: the killed ones then end, the others look again.
+   * Each word's value changes, so that a worker between reading a bell and
+   * sleeping on it cannot miss the wake-up. Lock words are only freed when
+   * every worker is killed (`all`): a lost worker never sleeps on a lock,
+   * since it is lost while running task code.
+   */
+  #wakeSleepers(all: boolean): void {
+    for (const { words, index, kind } of this.#sleepWords) {
+      // Change the value first, then notify: a worker about to sleep on the
+      // old value returns at once.
+      if (kind === "counter") Atomics.add(words, index, 1);
+      else if (!all) continue;
+      else Atomics.store(words, index, 0);
+      Atomics.notify(words, index);
+    }
+  }
+
+  #allExited(): void {
+    this.#watchdog?.stop();
+    this.#events.exited();
+  }
+}
+
+/** Deno refused to start one of `stage`'s workers. */
+function spawnError(stage: AnyStage, error: unknown): StageError {
+  const message = error instanceof Error ? error.message : String(error);
+  const hint = error instanceof Error && error.name === "NotCapable"
+    ? "; its 'options.permissions' ask for more than the program was granted: grant those to the program (e.g. --allow-net) or ask for fewer"
+    : "";
+  return new StageError(`its workers could not start: ${message}${hint}`, {
+    stage: stage.name,
+    cause: error,
+  });
+}
+
+/** Names tasks `tasks` (in order) by their runs: "task 3", "tasks 3 to 5, 9 and 12". */
+function describeTasks(tasks: readonly number[]): string {
+  const runs: string[] = [];
+  for (let i = 0; i < tasks.length;) {
+    let end = i;
+    while (end + 1 < tasks.length && tasks[end + 1] === tasks[end]! + 1) end++;
+    runs.push(end === i ? `${tasks[i]}` : `${tasks[i]} to ${tasks[end]}`);
+    i = end + 1;
+  }
+  const shown = runs.length > 8 ? [...runs.slice(0, 7), "more"] : runs;
+  const list = shown.length === 1
+    ? shown[0]
+    : `${shown.slice(0, -1).join(", ")} and ${shown.at(-1)}`;
+  return `task${tasks.length > 1 ? "s" : ""} ${list}`;
+}
+
+/** The tasks worker place `index` has finished (`TASKS`) or skipped itself (`SKIPS`). */
+function processed(status: StageStatus, index: number): number {
+  return status.figures[status.figure(index, StageStatus.TASKS)]! +
+    Atomics.load(status.words, status.at(index, StageStatus.SKIPS));
+}
+
+/**
+ * Learns the ordering of each `Stage` whose module target's is not known yet,
+ * from the worker class it exports. `signal` (the pipeline ended) kills the
+ * workers that import them: a module whose top level never ends must not
+ * keep the process alive.
+ */
+export async function inspectModules(
+  stages: AnyStage[],
+  signal: AbortSignal,
+): Promise<void> {
+  await Promise.all(stages.map((stage) => inspectModule(stage, signal)));
+}
+
+/**
+ * The script of the worker that imports a module target to read its export's
+ * `ordered`. The main thread does not import it itself: the module may be the
+ * main module, or one still evaluating (a top-level `await` that waits for
+ * this pipeline), and importing it there would wait for itself for ever.
+ */
+let inspectorUrl = "";
+
+/** Each inspected export's ordering, by specifier and export: a worker's start is paid once per process. */
+const orderings = new Map<string, boolean>();
+
+async function inspectModule(
+  stage: AnyStage,
+  signal: AbortSignal,
+): Promise<void> {
+  const state = internalsOf(stage);
+  const shipped = state.shipped;
+  if (shipped.kind !== "module") return;
+  const key = `${shipped.specifier}#${shipped.exportName}`;
+  const known = orderings.get(key);
+  if (known !== undefined) {
+    state.ordered = known;
+    return;
+  }
+  inspectorUrl ||= scriptUrl(
+    [],
+    `self.onmessage = async ({ data: [specifier, name] }) => {
+  try {
+    const value = (await import(specifier))[name];
+    // A worker class says its ordering; a task function runs ordered, as
+    // under OrderedStage (a script may export either, as in Python MPipe).
+    postMessage({ ordered: typeof value === "function" ? value.ordered ?? true : undefined });
+  } catch (error) {
+    postMessage({ error, errorName: error?.name });
+  }
+};`,
+  );
+  const worker = new Worker(inspectorUrl, {
+    type: "module",
+    name: `${stage.name} (inspect)`,
+  });
+  let answer: { ordered?: unknown; error?: unknown; errorName?: string };
+  let ended = () => {};
+  try {
+    answer = await new Promise((resolve) => {
+      worker.onmessage = (event) => resolve(event.data);
+      worker.onerror = (event) => {
+        event.preventDefault();
+        resolve({ error: event.error ?? event.message });
+      };
+      // The pipeline ended: it no longer waits for the answer.
+      ended = () => resolve({});
+      signal.addEventListener("abort", ended, { once: true });
+      worker.postMessage([shipped.specifier, shipped.exportName]);
+    });
+  } finally {
+    signal.removeEventListener("abort", ended);
+    worker.terminate();
+  }
+  if (signal.aborted) return;
+  if ("error" in answer) {
+    throw loadError(
+      stage.name,
+      undefined,
+      revive(answer.error, answer.errorName),
+    );
+  }
+  if (typeof answer.ordered !== "boolean") {
+    throw new StageError(
+      `export '${shipped.exportName}' of ${shipped.specifier} is neither a worker class nor a task function: export a class extending OrderedWorker or UnorderedWorker, or a function`,
+      { stage: stage.name },
+    );
+  }
+  orderings.set(key, answer.ordered);
+  state.ordered = answer.ordered;
+}

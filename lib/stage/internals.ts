@@ -1,0 +1,83 @@
+/**
+ * What a stage keeps out of its public face: its target as shipped, its
+ * settings, its links, and the pipeline that owns it once built. `Stage`
+ * writes it; the pipeline's parts read it.
+ *
+ * @module
+ */
+
+import type { StageError } from "../errors.ts";
+import type { Cluster } from "./cluster.ts";
+import type { GetOptions, Stage } from "./stage.ts";
+import type { StageStatus } from "../shared_memory/status.ts";
+import type { ShippedTarget } from "./target.ts";
+import type { StagePermissions } from "./permissions.ts";
+
+/** A stage of any task and result type, as the pipeline's parts handle it. */
+export type AnyStage = Stage<never, unknown>;
+
+/** What a built pipeline offers its stages. */
+export interface StageOwner {
+  getFrom(stage: AnyStage, options?: GetOptions): Promise<unknown>;
+  resultsFrom(
+    stage: AnyStage,
+    options?: GetOptions,
+  ): AsyncIterableIterator<unknown>;
+}
+
+/** A stage's wiring and settings, for the pipeline that builds it. */
+export interface StageInternals {
+  shipped: ShippedTarget;
+  /** Whether the stage keeps order; undefined until a module target is inspected. */
+  ordered: boolean | undefined;
+  /** Whether the target must be a worker class (`Stage`). */
+  classOnly: boolean;
+  disableResult: boolean;
+  doStopTask: boolean;
+  maxBacklog: number;
+  args: unknown[];
+  onError: "fail" | "skip" | ((error: StageError) => void);
+  restart: boolean;
+  taskTimeout: number;
+  /** The most tasks one worker runs at once. */
+  concurrency: number;
+  /** The permissions of its workers. */
+  permissions: StagePermissions;
+  /** The cluster the stage runs on, or null for this process's workers. */
+  cluster: Cluster | null;
+  /** A remote stage's stand-in worker, once its pipeline opened a run. */
+  standIn: { module: string; args: unknown[] } | null;
+  /** The stage's status block, once a pipeline is built. */
+  status: StageStatus | null;
+  next: AnyStage[];
+  previous: AnyStage[];
+  owner: StageOwner | null;
+  /** A FilterStage's sub-pipeline roots and settings. */
+  filter: {
+    stages: AnyStage[];
+    maxTasks: number;
+    dropResults: boolean;
+    cacheResults: boolean;
+    doStopTask: boolean;
+  } | null;
+}
+
+const internals = new WeakMap<object, StageInternals>();
+
+/** The settings and links of `stage`; undefined for an object that is not a Stage. */
+export function internalsOf(stage: AnyStage): StageInternals {
+  return internals.get(stage)!;
+}
+
+/**
+ * How many workers `stage` runs in this process: its size, or 1 for a
+ * remote stage, whose one stand-in worker runs `size` tasks at once.
+ */
+export function workersOf(stage: AnyStage): number {
+  return internals.get(stage)!.cluster === null ? stage.size : 1;
+}
+
+/** Records a new stage's settings (its constructor does). */
+export function setInternals(stage: object, state: StageInternals): void {
+  internals.set(stage, state);
+}

@@ -1,0 +1,274 @@
+/**
+ * The options of a stage: their type, their checks and their defaults.
+ *
+ * @module
+ */
+
+import type { StageError } from "../errors.ts";
+import { checkPermissions, type StagePermissions } from "./permissions.ts";
+import type { Cluster } from "./cluster.ts";
+import { describe } from "./target.ts";
+
+/**
+ * Options of a stage.
+ *
+ * @example Usage
+ * ```ts
+ * import { OrderedStage, Pipeline, type StageOptions } from "@mpipe/mpipe";
+ * import assert from "node:assert/strict";
+ *
+ * const options: StageOptions = { name: "halve", onError: "skip" };
+ * const halve = new OrderedStage((x: number) => {
+ *   if (x % 2 !== 0) throw new Error(`${x} is odd`);
+ *   return x / 2;
+ * }, 2, options);
+ * const pipe = new Pipeline(halve);
+ * await pipe.feed([2, 3, 4]);
+ * assert.deepEqual(await Array.fromAsync(pipe), [1, 2]);
+ * ```
+ */
+export interface StageOptions {
+  /**
+   * The stage's name, used in errors.
+   * @default {the target's name}
+   */
+  name?: string;
+  /**
+   * Put no results downstream: the stage is a dead-end (the stop still passes).
+   * @default {false}
+   */
+  disableResult?: boolean;
+  /**
+   * At stop, call each worker's `doTask(null)` once after its last task.
+   * @default {false}
+   */
+  doStopTask?: boolean;
+  /**
+   * The most tasks that may wait at the stage's input; producers wait at `put`
+   * while it is full. `Infinity` means no bound beyond the rings' size.
+   * @default {Infinity}
+   */
+  maxBacklog?: number;
+  /**
+   * Arguments for the worker class's constructor (structured-cloneable). They
+   * are copied when the stage is made, which throws a `TypeError` if they
+   * cannot be.
+   * @default {[]}
+   */
+  args?: unknown[];
+  /**
+   * What a task that throws (or rejects, returns a value that cannot be
+   * cloned, or is lost with its worker) does: `"fail"` fails the pipeline
+   * with a `StageError`; `"skip"` drops the task, counts it in
+   * `stage.skipped`, and goes on; a function does as `"skip"` and is called
+   * on the main thread with the `StageError`.
+   * A function or class target that uses a name the worker lacks (an outer
+   * variable) fails the pipeline whatever this says: that is a bug of the
+   * program, not of a task.
+   * @default {"fail"}
+   */
+  onError?: "fail" | "skip" | ((error: StageError) => void);
+  /**
+   * Replace a worker that is lost (it called `close()` or `Deno.exit()`, or
+   * threw outside `doTask`) and go on. The tasks it held (the one it ran, or
+   * up to `concurrency`) fail as if they threw: under `onError: "skip"` or a
+   * function each is dropped, counted in `stage.skipped` and reported to the
+   * function with a `StageError` of its own; under `"fail"` they fail the
+   * pipeline all the same, so `restart` then replaces only a worker lost
+   * before it took a task (in `doInit()`). Without it, a lost worker fails the
+   * pipeline. A place whose workers are lost 3 times in a row without
+   * finishing a task fails the pipeline instead.
+   * @default {false}
+   */
+  restart?: boolean;
+  /**
+   * Milliseconds a task may run, from its start. A task that runs longer has
+   * its worker replaced, and fails the pipeline (`onError: "fail"`) or is
+   * dropped (`"skip"` or a function). A task stuck in a synchronous loop
+   * goes on running in its old thread (Deno cannot stop it), but its worker
+   * no longer touches the pipeline.
+   * @default {Infinity}
+   */
+  taskTimeout?: number;
+  /**
+   * The most tasks one worker runs at once (a positive integer). With more
+   * than 1, a worker whose task returns a promise starts further tasks while
+   * earlier ones await, up to this many at a time; an ordered stage still
+   * puts its results in task order. A worker takes a task from its ring
+   * only for a free slot, so the rings stay the only queue. With more than 1,
+   * `putResult()` works only before a task's first await.
+   * @default {1}
+   */
+  concurrency?: number;
+  /**
+   * The permissions of the stage's workers: `"inherit"`, `"none"`, or an
+   * object with `read`/`write`/`net`/`env`/`run`/`sys`/`ffi`/`import` fields,
+   * each `"inherit"`, a boolean or a list, as Deno's `Worker` takes them;
+   * fields left out are denied. A task that tries what it may not do fails
+   * like any other task, its `StageError`'s cause Deno's `NotCapable` error.
+   * Needs Deno's `--unstable-worker-options` flag (or `"unstable":
+   * ["worker-options"]` in deno.json): where the pipeline can tell the flag
+   * is missing, `new Pipeline` throws a `TypeError` before any worker starts.
+   * @default {"inherit"}
+   */
+  permissions?: StagePermissions;
+  /**
+   * Run the stage on other machines: on the worker hosts of this cluster,
+   * such as a `JetStreamCluster` from `@mpipe/mpipe/jetstream`. `size` is
+   * then how many of its tasks may run at once across the cluster; the
+   * stage's order, backpressure, stop and errors are as for a local stage.
+   * A function or class target travels by its source, a module target by
+   * its URL (which the hosts must be able to import). `taskTimeout` counts
+   * from when a task is sent until its result is back; `concurrency` is how
+   * many tasks each host worker runs at once; `doStopTask` and `restart`
+   * are refused.
+   * @default {null: the stage runs in this process's Web Workers}
+   */
+  cluster?: Cluster | null;
+}
+
+const OPTION_NAMES = [
+  "name",
+  "disableResult",
+  "doStopTask",
+  "maxBacklog",
+  "args",
+  "onError",
+  "restart",
+  "taskTimeout",
+  "concurrency",
+  "permissions",
+  "cluster",
+];
+
+/** Checks a stage's options; throws a `TypeError` or `RangeError` naming the bad one. */
+export function checkStageOptions(
+  kind: string,
+  options: unknown,
+): StageOptions {
+  if (typeof options !== "object" || options === null) {
+    throw new TypeError(
+      `${kind}: 'options' must be an object, got ${describe(options)}`,
+    );
+  }
+  const o = options as Record<string, unknown>;
+  for (const key of Object.keys(o)) {
+    if (!OPTION_NAMES.includes(key)) {
+      throw new TypeError(
+        `${kind}: 'options.${key}' is not a stage option; the options are ${
+          OPTION_NAMES.join(", ")
+        }`,
+      );
+    }
+  }
+  const fail = (key: string, what: string) => {
+    throw new TypeError(
+      `${kind}: 'options.${key}' must be ${what}, got ${describe(o[key])}`,
+    );
+  };
+  if (o.name !== undefined && (typeof o.name !== "string" || o.name === "")) {
+    fail("name", "a non-empty string");
+  }
+  for (const key of ["disableResult", "doStopTask", "restart"]) {
+    if (o[key] !== undefined && typeof o[key] !== "boolean") {
+      fail(key, "a boolean");
+    }
+  }
+  if (o.args !== undefined && !Array.isArray(o.args)) fail("args", "an array");
+  if (
+    o.onError !== undefined && o.onError !== "fail" && o.onError !== "skip" &&
+    typeof o.onError !== "function"
+  ) {
+    fail("onError", '"fail", "skip" or a function');
+  }
+  if (o.taskTimeout !== undefined) {
+    const timeout = o.taskTimeout;
+    if (typeof timeout !== "number") fail("taskTimeout", "a number");
+    if (!((timeout as number) > 0)) {
+      throw new RangeError(
+        `${kind}: 'options.taskTimeout' must be a positive number of milliseconds or Infinity, got ${
+          describe(timeout)
+        }`,
+      );
+    }
+  }
+  if (
+    o.concurrency !== undefined &&
+    !(typeof o.concurrency === "number" && Number.isInteger(o.concurrency) &&
+      o.concurrency >= 1)
+  ) {
+    throw new RangeError(
+      `${kind}: 'options.concurrency' must be a positive integer, got ${
+        describe(o.concurrency)
+      }`,
+    );
+  }
+  if (o.permissions !== undefined) checkPermissions(kind, o.permissions);
+  if (o.cluster !== undefined && o.cluster !== null) {
+    if (
+      typeof o.cluster !== "object" ||
+      typeof (o.cluster as { openRun?: unknown }).openRun !== "function"
+    ) {
+      fail("cluster", "a cluster (such as a JetStreamCluster) or null");
+    }
+    for (const key of ["doStopTask", "restart"]) {
+      if (o[key] === true) {
+        throw new TypeError(
+          `${kind}: 'options.${key}' cannot be used with 'options.cluster': ${
+            key === "restart"
+              ? "a remote stage's hosts replace their lost workers themselves, and a task that loses its worker fails (skip it with onError)"
+              : "a remote stage has no workers of its own to give a stop task to"
+          }`,
+        );
+      }
+    }
+  }
+  if (o.maxBacklog !== undefined) {
+    const max = o.maxBacklog;
+    if (typeof max !== "number") fail("maxBacklog", "a number");
+    if (
+      !(max === Infinity || (Number.isInteger(max) && (max as number) >= 1))
+    ) {
+      throw new RangeError(
+        `${kind}: 'options.maxBacklog' must be a positive integer or Infinity, got ${
+          describe(max)
+        }`,
+      );
+    }
+  }
+  return o as StageOptions;
+}
+
+/**
+ * A copy of a worker class's constructor arguments, made when the stage is,
+ * as its workers will get them: arguments that cannot be sent to a worker are
+ * refused here, before any worker of any stage starts.
+ */
+export function cloneArgs(
+  kind: string,
+  stage: string,
+  args: unknown[],
+): unknown[] {
+  try {
+    return structuredClone(args);
+  } catch (error) {
+    throw new TypeError(
+      `${kind} '${stage}': 'options.args' cannot be sent to its workers (${
+        error instanceof Error ? error.message : String(error)
+      }): pass only structured-cloneable values, and create anything else (a function, a connection) in the worker class's constructor or doInit()`,
+      { cause: error },
+    );
+  }
+}
+
+/** A stage's name when none is given: its target's. */
+export function defaultName(target: unknown): string {
+  if (typeof target === "function" && target.name) return target.name;
+  if (target instanceof URL || typeof target === "string") {
+    return String(target).split("/").pop() || "stage";
+  }
+  if (typeof target === "object" && target !== null && "export" in target) {
+    return String((target as { export: unknown }).export);
+  }
+  return "stage";
+}

@@ -1,0 +1,303 @@
+/**
+ * The loop of a worker that runs up to `concurrency` tasks at once (the stage
+ * option): it claims a task only for a free slot, so the rings stay the only
+ * queue, starts it, and while tasks are in flight it waits with `waitAsync`
+ * (for a completion, or for input when a slot is free), so that their
+ * promises can settle. With nothing in flight it idles as the plain loop
+ * does, in `Atomics.wait`. The worker runtime writes each settled task's
+ * results (`TaskHost.finish`). Its tasks interleave with the other workers',
+ * so it keeps the exact set it holds in shared memory (`HeldTable`), for
+ * whoever replaces it if it is lost.
+ *
+ * Shipped to workers by source, like `ring.ts`.
+ *
+ * @module
+ */
+
+import type { IdleWait } from "./idle_wait.ts";
+import type { InputLink } from "../shared_memory/link.ts";
+import { HeldTable, type StageStatus } from "../shared_memory/status.ts";
+import type { Run } from "./target_loader.ts";
+import type { WorkerFigures } from "./figures.ts";
+import type { WorkerConfig } from "./runtime.ts";
+import { WorkerScope } from "./scope.ts";
+
+/** A task in flight. */
+export interface TaskSlot {
+  seq: number;
+  /** Its place in the worker's held table. */
+  place: number;
+  /** It settled: `ok` and `value` say how. */
+  done: boolean;
+  ok: boolean;
+  value: unknown;
+  /** Results it put with `putResult()`, written with its own result. */
+  held: Uint8Array[];
+  /** Its taskTimeout's timer, if it awaits. */
+  timer: ReturnType<typeof setTimeout> | undefined;
+  /** Its results (or its failure) were written. */
+  written: boolean;
+}
+
+/** What the runner needs of its worker runtime. */
+export interface TaskHost {
+  readonly config: WorkerConfig;
+  readonly input: InputLink;
+  readonly status: StageStatus;
+  readonly figures: WorkerFigures;
+  readonly idleWait: IdleWait;
+  /** Task `seq` starts now (its synchronous part is watched if timed). */
+  begin(seq: number): void;
+  /** The running task's synchronous part ended; returns its ms if timed (else 0). */
+  endSync(): number;
+  /** Writes a settled task's results (or skips it, or throws under "fail"). */
+  finish(slot: TaskSlot): void;
+  /** The worker has claimed tasks below `to`. */
+  claimedTo(to: number): void;
+  /** A replacement would resume at `seq` (the first task not written). */
+  resumeAt(seq: number): void;
+  /** Publishes what was written. */
+  publish(): void;
+}
+
+/** Runs one worker's tasks, several at once. */
+export class ConcurrentRunner {
+  readonly #host: TaskHost;
+  /**
+   * The tasks claimed, in order, from `#head` on: the slots before it were
+   * written (dropped in bulk, so that each slot is moved once on average).
+   */
+  readonly #slots: TaskSlot[] = [];
+  #head = 0;
+  /** Tasks claimed and not yet written. */
+  running = 0;
+  /** An unordered stage's settled tasks not yet written, in the order they settled. */
+  readonly #settled: TaskSlot[] = [];
+  /** A settle is queued (see `#complete`). */
+  #settleQueued = false;
+  /** The task whose synchronous part runs now, for putResult(). */
+  current: TaskSlot | null = null;
+  /** One past the last task claimed. */
+  #claimedTo = 0;
+  /** A task error to rethrow in the loop (it came in a promise callback). */
+  #fatal: { error: unknown; seq: number } | null = null;
+  /**
+   * The tasks held (claimed, their results not yet published), in shared
+   * memory: what a replacement drops if this worker is lost (see Supervisor).
+   */
+  readonly #held: HeldTable;
+
+  constructor(host: TaskHost) {
+    this.#host = host;
+    this.#held = new HeldTable(host.status, host.config.index);
+  }
+
+  /** What was written is published (the runtime calls this after each publish). */
+  published(): void {
+    this.#held.published();
+  }
+
+  /** Claims and runs tasks until the input ends and nothing is in flight. */
+  async run(run: Run): Promise<void> {
+    const host = this.#host;
+    const { input, idleWait, config } = host;
+    const values: unknown[] = [];
+    const seqs: number[] = [];
+    const places: number[] = [];
+    const held = this.#held;
+    for (;;) {
+      this.#throwFatal();
+      // A slot is free once its task's results are published.
+      const free = held.free;
+      let count = 0;
+      if (free > 0) {
+        count = input.claim(values, seqs, Math.min(free, config.maxClaim));
+        if (count > 0) {
+          idleWait.reset();
+          // Busy from now until nothing is in flight again (see #settle).
+          if (this.running === 0) host.figures.busyFrom(performance.now());
+          // Held before any of them starts: a worker lost in a task's
+          // synchronous part leaves the exact set it held.
+          for (let i = 0; i < count; i++) places[i] = held.hold(seqs[i]!);
+          this.#claimedTo = seqs[count - 1]! + 1;
+          host.claimedTo(this.#claimedTo);
+          host.figures.claimed(this.running + count);
+          for (let i = 0; i < count; i++) {
+            const task = values[i];
+            values[i] = undefined;
+            input.taskStarted();
+            this.#start(run, task, seqs[i]!, places[i]!);
+          }
+          this.#settle();
+          continue;
+        }
+        if (count < 0 && this.running === 0) return;
+      }
+      if (this.running === 0) {
+        idleWait.idle();
+        continue;
+      }
+      // Tasks in flight: arm the input's bell, look once more, then wait.
+      const waiting = idleWait.untilCompletion(count === 0);
+      if (waiting !== undefined) {
+        const from = performance.now();
+        await waiting;
+        host.figures.awaited(performance.now() - from);
+      }
+    }
+  }
+
+  /** Starts one task, held at `place`, up to its first await. */
+  #start(run: Run, task: unknown, seq: number, place: number): void {
+    const host = this.#host;
+    const slot: TaskSlot = {
+      seq,
+      place,
+      done: false,
+      ok: true,
+      value: undefined,
+      held: [],
+      timer: undefined,
+      written: false,
+    };
+    this.#slots.push(slot);
+    this.running++;
+    host.begin(seq);
+    this.current = slot;
+    let result: unknown;
+    let ok = true;
+    try {
+      result = run(task);
+    } catch (error) {
+      result = error;
+      ok = false;
+    }
+    this.current = null;
+    const elapsed = host.endSync();
+    const timeout = host.config.taskTimeout;
+    if (elapsed > timeout) {
+      // Its synchronous part ran too long, though it ended before the
+      // watchdog saw it (a busy main thread looks late): timed out all the
+      // same. A promise it returned is ignored.
+      if (ok && WorkerScope.isThenable(result)) {
+        Promise.resolve(result).catch(() => {});
+      }
+      ok = false;
+      slot.held.length = 0;
+      result = new DOMException(
+        `task ${seq} ran longer than its taskTimeout of ${timeout} ms (${
+          Math.round(elapsed)
+        } ms)`,
+        "TimeoutError",
+      );
+    } else if (ok && WorkerScope.isThenable(result)) {
+      Promise.resolve(result).then(
+        (value) => this.#complete(slot, true, value),
+        (error) => this.#complete(slot, false, error),
+      );
+      // The synchronous part was watched; an await past the rest of the
+      // timeout is caught by a timer of its own.
+      if (timeout !== Infinity) {
+        slot.timer = setTimeout(() =>
+          this.#complete(
+            slot,
+            false,
+            new DOMException(
+              `task ${seq} ran longer than its taskTimeout of ${timeout} ms`,
+              "TimeoutError",
+            ),
+          ), timeout - elapsed);
+      }
+      return;
+    }
+    slot.done = true;
+    slot.ok = ok;
+    slot.value = result;
+    if (!host.config.ordered) this.#settled.push(slot);
+  }
+
+  /**
+   * A task in flight settled: note it, and write what may be written. Tasks
+   * that settle together (promises resolved in one go) are written together,
+   * by one settle queued after their callbacks, and published once.
+   */
+  #complete(slot: TaskSlot, ok: boolean, value: unknown): void {
+    if (slot.done) return; // A late end of a task that timed out.
+    clearTimeout(slot.timer);
+    slot.done = true;
+    slot.ok = ok;
+    slot.value = value;
+    if (!this.#host.config.ordered) this.#settled.push(slot);
+    if (this.#settleQueued) return;
+    this.#settleQueued = true;
+    queueMicrotask(this.#settleQueuedTasks);
+  }
+
+  /** The settle queued by `#complete`, which then wakes the loop. */
+  readonly #settleQueuedTasks = (): void => {
+    this.#settleQueued = false;
+    try {
+      this.#settle();
+    } catch {
+      // #settle kept the error for the loop to rethrow.
+    }
+    this.#host.idleWait.completed();
+  };
+
+  /**
+   * Writes the settled tasks that may be written: in task order for an
+   * ordered stage (a worker's ring must hold its tasks in order), as they
+   * settled otherwise; each task is looked at once. Publishes what it wrote.
+   */
+  #settle(): void {
+    const host = this.#host;
+    const slots = this.#slots;
+    let head = this.#head;
+    let wrote = false;
+    if (host.config.ordered) {
+      while (head < slots.length && slots[head]!.done) {
+        this.#write(slots[head++]!);
+        wrote = true;
+      }
+    } else {
+      const settled = this.#settled;
+      for (let i = 0; i < settled.length; i++) this.#write(settled[i]!);
+      wrote = settled.length > 0;
+      settled.length = 0;
+      while (head < slots.length && slots[head]!.written) head++;
+    }
+    if (head > 64 && head * 2 > slots.length) {
+      slots.splice(0, head);
+      head = 0;
+    }
+    this.#head = head;
+    host.resumeAt(head < slots.length ? slots[head]!.seq : this.#claimedTo);
+    if (this.running === 0) host.figures.idleFrom(performance.now());
+    if (wrote) host.publish();
+  }
+
+  /** Writes one settled task's results (or its failure). */
+  #write(slot: TaskSlot): void {
+    slot.written = true;
+    this.running--;
+    try {
+      this.#host.finish(slot);
+      this.#held.written(slot.place);
+    } catch (error) {
+      // Rethrown in the loop (see #complete), naming this task.
+      this.#fatal ??= { error, seq: slot.seq };
+      throw error;
+    }
+  }
+
+  #throwFatal(): void {
+    const fatal = this.#fatal;
+    if (fatal === null) return;
+    throw fatal.error;
+  }
+
+  /** The task whose error the loop last rethrew, for the report. */
+  get failedTask(): number | undefined {
+    return this.#fatal?.seq;
+  }
+}

@@ -1,0 +1,136 @@
+/**
+ * What a `FilterStage`'s worker runs instead of a target: it feeds its
+ * sub-pipelines and drains their results, as the only producer of each
+ * sub-pipeline's root and the only consumer of its leaves.
+ *
+ * Shipped to workers by source, like `ring.ts`.
+ *
+ * @module
+ */
+
+import { ClaimPolicy } from "../shared_memory/claim_policy.ts";
+import { type Branch, InputLink, type InputMode, OutputPort } from "../shared_memory/link.ts";
+import { Ring } from "../shared_memory/ring.ts";
+import type { FigureRef } from "../shared_memory/status.ts";
+
+/** What the filter's worker is told: its settings and its sub-pipelines' links. */
+export interface FilterConfig {
+  maxTasks: number;
+  dropResults: boolean;
+  cacheResults: boolean;
+  doStopTask: boolean;
+  subs: {
+    /** The ring into the sub-pipeline's root stage. */
+    input: Branch;
+    /** The root's count of the tasks passed in (`StageStatus.RECEIVED`), written by the filter alone. */
+    received: FigureRef;
+    /** The rings from the sub-pipeline's leaf stages. */
+    output: {
+      control: SharedArrayBuffer;
+      rings: SharedArrayBuffer[];
+      mode: InputMode;
+    };
+  }[];
+}
+
+/** The filter's logic in its worker. */
+export class FilterRuntime {
+  readonly config: FilterConfig;
+  readonly inputs: OutputPort[];
+  readonly outputs: InputLink[];
+  /** Tasks put into each sub-pipeline, less results drained from it. */
+  readonly counts: number[];
+  /** Each sub-pipeline root's count of the tasks passed in, and where it is. */
+  readonly received: Float64Array[];
+  readonly receivedAt: number[];
+  /** The latest result of each sub-pipeline (kept across tasks with cacheResults). */
+  readonly latest: Map<number, unknown> = new Map();
+  #values: unknown[] = [];
+  #seqs: number[] = [];
+
+  constructor(config: FilterConfig) {
+    this.config = config;
+    this.counts = config.subs.map(() => 0);
+    this.received = config.subs.map((sub) =>
+      new Float64Array(sub.received.buffer)
+    );
+    this.receivedAt = config.subs.map((sub) => sub.received.index);
+    this.inputs = config.subs.map((sub, i) => {
+      const port = new OutputPort([sub.input]);
+      // While a task waits for room in a sub-pipeline, drain what that
+      // sub-pipeline returns: it may be waiting for room in the filter.
+      port.whileFull = () => this.#drain(i);
+      return port;
+    });
+    // The sub-pipeline's leaves ring the bell the filter sleeps on while it
+    // waits for room in the sub-pipeline's input (see Wiring): one bell for
+    // both, so either wakes it.
+    this.outputs = config.subs.map((sub) =>
+      new InputLink(sub.output.control, sub.output.rings, sub.output.mode, {
+        words: new Int32Array(sub.input.ring, 0, Ring.CONTROL_BYTES >> 2),
+        base: Ring.SPACE_BELL,
+      })
+    );
+  }
+
+  /** Drains each sub-pipeline, feeds the task to those with room, and returns the filter's result. */
+  doTask(task: unknown): unknown {
+    const { maxTasks, dropResults, cacheResults } = this.config;
+    if (!cacheResults) this.latest.clear();
+    for (let i = 0; i < this.inputs.length; i++) {
+      this.#drain(i);
+      // A sub-pipeline whose root's backlog is full holds too many tasks too.
+      if (
+        this.counts[i]! < maxTasks && this.inputs[i]!.offer(task, Ring.DATA, 0)
+      ) {
+        // A plain store: the filter's worker alone writes it.
+        this.received[i]![this.receivedAt[i]!]!++;
+        this.inputs[i]!.publish();
+        this.counts[i]!++;
+      }
+    }
+    if (dropResults) return task;
+    const results = [...this.latest.keys()].sort((a, b) => a - b).map((i) =>
+      this.latest.get(i)
+    );
+    return [task, results];
+  }
+
+  /** Takes every result sub-pipeline `i` has returned so far. */
+  #drain(i: number): void {
+    for (;;) {
+      const taken = this.outputs[i]!.claim(
+        this.#values,
+        this.#seqs,
+        ClaimPolicy.FILTER_DRAIN,
+      );
+      if (taken <= 0) return;
+      if (!this.config.dropResults) {
+        this.latest.set(i, this.#values[taken - 1]);
+      }
+      this.#values.length = 0;
+      this.counts[i] = Math.max(0, this.counts[i]! - taken);
+    }
+  }
+
+  /** Passes the stop to every sub-pipeline and drains them until they end. */
+  finish(): void {
+    for (const input of this.inputs) {
+      input.putEmpty(Ring.STOP, 0);
+      input.publish();
+    }
+    for (const output of this.outputs) {
+      for (;;) {
+        const counter = output.arm();
+        const taken = output.claim(
+          this.#values,
+          this.#seqs,
+          ClaimPolicy.FILTER_DRAIN,
+        );
+        this.#values.length = 0;
+        if (taken < 0) break;
+        if (taken === 0) output.sleep(counter);
+      }
+    }
+  }
+}
