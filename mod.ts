@@ -55,6 +55,7 @@ export type {
 } from "./lib/stage/cluster.ts";
 export { OrderedStage, Stage, UnorderedStage } from "./lib/stage/stage.ts";
 export type {
+  ElasticSize,
   ModuleTarget,
   StageOptions,
   Target,
@@ -63,11 +64,19 @@ export type {
 } from "./lib/stage/stage.ts";
 export type {
   PipelineStats,
+  Resize,
   RunEnd,
   SlowTask,
   StageStats,
   TaskDurations,
   WorkerStats,
 } from "./lib/features/stats.ts";
-export { OrderedWorker, TaskWorker, UnorderedWorker } from "./lib/stage/worker.ts";
-export type { PermissionValue, StagePermissions } from "./lib/stage/permissions.ts";
+export {
+  OrderedWorker,
+  TaskWorker,
+  UnorderedWorker,
+} from "./lib/stage/worker.ts";
+export type {
+  PermissionValue,
+  StagePermissions,
+} from "./lib/stage/permissions.ts";

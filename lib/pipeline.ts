@@ -51,6 +51,7 @@ import { Wiring } from "./main_thread/wiring.ts";
 import { type PipelineStats, StatsReader } from "./features/stats.ts";
 import { ProgressDisplay } from "./features/progress.ts";
 import { insightsReport } from "./features/insights.ts";
+import { ElasticControl } from "./features/elastic.ts";
 
 export type {
   FeedOptions,
@@ -157,7 +158,9 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
       | Stage<unknown extends I ? never : I, unknown, never>,
     options: PipelineOptions = {},
   ) {
-    const { ringBytes, spin, progress, name } = checkPipelineOptions(options);
+    const { ringBytes, spin, progress, name, threads } = checkPipelineOptions(
+      options,
+    );
     this.name = name ?? `pipeline-${++pipelinesCreated}`;
     runs.set(this, this.#run);
     this.done = WatchedPromise.create((resolve, reject) => {
@@ -215,7 +218,34 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
     }
     this.#supervisor = new Supervisor(this.#run, wiring.sleepWords, reports, {
       fail: (error) => this.#fail(error),
-      exited: () => this.#settleDone(),
+      exited: () => {
+        elastic.stop();
+        this.#settleDone();
+      },
+      left: (stage, size, idleMs, asked) =>
+        elastic.left(stage, size, idleMs, asked),
+    });
+    const elastic = new ElasticControl(
+      stages,
+      (stage) => wiring.inputOf(stage),
+      this.#supervisor,
+      threads,
+      (stage) =>
+        this.stats().stages.find((s) => s.name === stage.name)?.backlog ?? 0,
+      (error) =>
+        this.#fail(
+          error instanceof StageError
+            ? error
+            : new StageError(`its workers could not be resized: ${error}`, {
+              stage: stages[0]!.name,
+              cause: error,
+            }),
+        ),
+    );
+    this.#stats.watch({
+      sizeOf: (stage) => this.#supervisor.sizeOf(stage),
+      spansOf: (stage) => this.#supervisor.spansOf(stage),
+      log: elastic.log,
     });
     this.#streams = new PipelineStreams(this.#input, this.#output, {
       terminate: () => this.terminate(),
@@ -240,6 +270,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
         stage,
         configs: wiring.workerConfigs(stage, threadSpin),
       })));
+      elastic.start();
     };
     const uninspected = stages.filter((s) =>
       internalsOf(s).ordered === undefined

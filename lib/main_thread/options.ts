@@ -55,6 +55,15 @@ export interface PipelineOptions {
    * @default {`pipeline-1`, `pipeline-2`, … in the order pipelines are created}
    */
   name?: string;
+  /**
+   * The budget of the elastic stages (`size` given as `{ min, max }`): how
+   * many workers, above their `min`s, they may add together (a positive
+   * integer). Once it is spent, a stage that holds the run back takes a
+   * worker from an elastic stage whose workers mostly wait (see the README's
+   * "Elastic stages").
+   * @default {navigator.hardwareConcurrency}
+   */
+  threads?: number;
 }
 
 /**
@@ -121,6 +130,7 @@ export interface CheckedPipelineOptions {
   progress: ProgressOptions | null;
   /** The pipeline's name, or undefined for the next default one. */
   name: string | undefined;
+  threads: number;
 }
 
 /** The default spin when every thread of the pipeline has a core of its own. */
@@ -146,12 +156,27 @@ export function checkPipelineOptions(options: unknown): CheckedPipelineOptions {
       `Pipeline: 'options' must be an object, got ${describe(options)}`,
     );
   }
-  const { ringBytes = 1 << 20, spin, progress = false, name, ...rest } =
-    options as PipelineOptions;
+  const {
+    ringBytes = 1 << 20,
+    spin,
+    progress = false,
+    name,
+    threads = navigator.hardwareConcurrency,
+    ...rest
+  } = options as PipelineOptions;
   const unknown = Object.keys(rest)[0];
   if (unknown !== undefined) {
     throw new TypeError(
-      `Pipeline: 'options.${unknown}' is not a pipeline option; the options are ringBytes, spin, progress, name`,
+      `Pipeline: 'options.${unknown}' is not a pipeline option; the options are ringBytes, spin, progress, name, threads`,
+    );
+  }
+  if (
+    typeof threads !== "number" || !Number.isInteger(threads) || threads < 1
+  ) {
+    throw new RangeError(
+      `Pipeline: 'options.threads' must be a positive integer, got ${
+        describe(threads)
+      }`,
     );
   }
   if (
@@ -182,7 +207,13 @@ export function checkPipelineOptions(options: unknown): CheckedPipelineOptions {
       }`,
     );
   }
-  return { ringBytes, spin, progress: checkProgress(progress), name };
+  return {
+    ringBytes,
+    spin,
+    progress: checkProgress(progress),
+    name,
+    threads,
+  };
 }
 
 /** Checks `options.progress`: a boolean or `{ total?, intervalMs? }`. */

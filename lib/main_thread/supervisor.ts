@@ -67,6 +67,30 @@ export interface SupervisorEvents {
   fail(error: StageError): void;
   /** Every worker has exited, after the stop or a shutdown. */
   exited(): void;
+  /** A worker left elastic `stage`, idle `idleMs`, or `asked` to; it has `size` workers now. */
+  left?(stage: AnyStage, size: number, idleMs: number, asked: boolean): void;
+}
+
+/** When a worker held a place: from `startMs` to `endMs` (null while it does), as `performance.now()`. */
+export interface PlaceSpan {
+  startMs: number;
+  endMs: number | null;
+}
+
+/** A stage's worker places as the supervisor keeps them. */
+interface Places {
+  /** Each place's config, as the pipeline was built. */
+  configs: WorkerConfig[];
+  /** Each place's latest worker's generation. */
+  generations: number[];
+  /** When each place's workers held it. */
+  spans: PlaceSpan[][];
+  /** Places not yet done: not passed the stop on (or ended as parked). */
+  left: number;
+  /** Workers holding a place now (joined and not left; those that exit at the stop still count). */
+  size: number;
+  lowest: number;
+  highest: number;
 }
 
 /** Starts, watches, replaces and kills the workers of a pipeline. */
@@ -74,8 +98,10 @@ export class Supervisor {
   readonly #run: RunView;
   readonly #events: SupervisorEvents;
   readonly #reports: SkipReports;
-  /** Workers still running in each stage, to tell the reports when a stage is done. */
-  readonly #running = new Map<AnyStage, number>();
+  /** Each stage's places, to tell the reports when a stage is done and to add workers to elastic ones. */
+  readonly #places = new Map<AnyStage, Places>();
+  /** Places of every stage not yet done. */
+  #placesLeft = 0;
   readonly #sleepWords: readonly SleepWord[];
   #workers: WorkerRecord[] = [];
   /** Replaced workers whose last reports are still on their way (see #retire). */
@@ -97,9 +123,9 @@ export class Supervisor {
     this.#events = events;
   }
 
-  /** Whether any worker still runs. */
+  /** Whether any worker still runs, or an elastic stage may still start one. */
   get running(): boolean {
-    return this.#alive > 0;
+    return this.#placesLeft > 0;
   }
 
   /**
@@ -118,9 +144,22 @@ export class Supervisor {
    */
   start(stages: readonly { stage: AnyStage; configs: WorkerConfig[] }[]): void {
     for (const { stage, configs } of stages) {
-      this.#running.set(stage, configs.length);
+      const open = configs[0]?.elastic?.min ?? configs.length;
+      this.#places.set(stage, {
+        configs,
+        generations: configs.map(() => 0),
+        spans: configs.map(() => []),
+        left: configs.length,
+        size: open,
+        lowest: open,
+        highest: open,
+      });
+      this.#placesLeft += configs.length;
       try {
-        for (const config of configs) this.#spawn(stage, config, 0);
+        // An elastic stage's places past `min` wait, parked (see Wiring).
+        for (const config of configs.slice(0, open)) {
+          this.#spawn(stage, config, 0);
+        }
       } catch (error) {
         throw spawnError(stage, error);
       }
@@ -148,12 +187,103 @@ export class Supervisor {
     this.#wakeSleepers(true);
     this.#workers = [];
     this.#alive = 0;
+    this.#placesLeft = 0;
     this.#allExited();
+  }
+
+  /**
+   * Adds a worker to elastic `stage` in a parked place; false if it has
+   * none, or its places are being ended (the stop came). Throws a
+   * `StageError` if Deno refuses the worker.
+   */
+  grow(stage: AnyStage): boolean {
+    const places = this.#places.get(stage);
+    if (
+      places === undefined || this.#run.failure !== null ||
+      this.#run.terminated || this.#exitedAll
+    ) {
+      return false;
+    }
+    const status = internalsOf(stage).status!;
+    const words = status.words;
+    for (let index = 0; index < places.configs.length; index++) {
+      // Races a stopping worker that ends parked places: one of them wins.
+      if (
+        Atomics.compareExchange(
+          words,
+          status.at(index, StageStatus.PLACE),
+          StageStatus.PARKED,
+          StageStatus.OPEN,
+        ) !== StageStatus.PARKED
+      ) continue;
+      Atomics.add(words, StageStatus.WORKERS, 1);
+      const generation = places.generations[index]! + 1;
+      // Its previous worker, if still there, never writes again; the new one
+      // starts with no timed task running.
+      Atomics.store(words, status.at(index, StageStatus.KILL), generation);
+      Atomics.store(
+        words,
+        status.at(index, StageStatus.TASK_STATE),
+        StageStatus.taskState(generation, StageStatus.IDLE),
+      );
+      this.#resized(places, 1);
+      try {
+        this.#spawn(stage, {
+          ...places.configs[index]!,
+          generation,
+          recover: null,
+        }, 0);
+      } catch (error) {
+        throw spawnError(stage, error);
+      }
+      return true;
+    }
+    return false;
+  }
+
+  /** `stage`'s size now, and its lowest and highest: fixed stages keep theirs. */
+  sizeOf(stage: AnyStage): { size: number; lowest: number; highest: number } {
+    const places = this.#places.get(stage);
+    if (places === undefined) {
+      return { size: stage.size, lowest: stage.size, highest: stage.size };
+    }
+    return {
+      size: places.size,
+      lowest: places.lowest,
+      highest: places.highest,
+    };
+  }
+
+  /** How many of `stage`'s workers are still starting (not ready yet). */
+  startingIn(stage: AnyStage): number {
+    let starting = 0;
+    for (const record of this.#workers) {
+      if (record.stage === stage && !record.ready) starting++;
+    }
+    return starting;
+  }
+
+  /** When each of `stage`'s places was held (none before the workers start). */
+  spansOf(stage: AnyStage): readonly (readonly PlaceSpan[])[] {
+    return this.#places.get(stage)?.spans ?? [];
+  }
+
+  #resized(places: Places, by: number): void {
+    places.size += by;
+    places.lowest = Math.min(places.lowest, places.size);
+    places.highest = Math.max(places.highest, places.size);
   }
 
   /** Starts one worker; `config.recover` says if it replaces a lost one. */
   #spawn(stage: AnyStage, config: WorkerConfig, lostInRow: number): void {
     config.spawnedAt = performance.timeOrigin + performance.now();
+    const places = this.#places.get(stage)!;
+    places.generations[config.index] = config.generation;
+    // A replacement goes on in its place's span.
+    const spans = places.spans[config.index]!;
+    if (spans.at(-1)?.endMs !== null) {
+      spans.push({ startMs: performance.now(), endMs: null });
+    }
     const { permissions, shipped } = internalsOf(stage);
     const preload = permissions !== "inherit" && shipped.kind === "module"
       ? shipped.specifier
@@ -204,6 +334,14 @@ export class Supervisor {
     this.#alive++;
   }
 
+  /** A worker ended by itself: it passed the stop on, or left its elastic stage. */
+  #gone(record: WorkerRecord): void {
+    this.#kill(record);
+    const at = this.#workers.indexOf(record);
+    if (at >= 0) this.#workers.splice(at, 1);
+    this.#alive--;
+  }
+
   #onMessage(record: WorkerRecord, message: WorkerMessage): void {
     // A replaced worker's skip reports still count; nothing else of it does.
     if (record.gone && !(record.retiring && message.type === "skipped")) return;
@@ -213,16 +351,26 @@ export class Supervisor {
         record.ready = true;
         break;
       case "exit": {
-        this.#kill(record);
-        const running = this.#running.get(stage)! - 1;
-        this.#running.set(stage, running);
-        if (running === 0) this.#reports.exited(stage);
-        if (--this.#alive === 0) {
+        this.#gone(record);
+        // Its own place, and the parked places it ended.
+        const done = 1 + message.ended;
+        const places = this.#places.get(stage)!;
+        places.left -= done;
+        if (places.left === 0) this.#reports.exited(stage);
+        this.#placesLeft -= done;
+        if (this.#placesLeft === 0) {
           // Nothing is left to kill: forget the workers and their configs.
           this.#exitedAll = true;
           this.#workers = [];
           this.#allExited();
         }
+        break;
+      }
+      case "left": {
+        this.#gone(record);
+        const places = this.#places.get(stage)!;
+        this.#resized(places, -1);
+        this.#events.left?.(stage, places.size, message.idleMs, message.asked);
         break;
       }
       case "error":
@@ -372,6 +520,10 @@ export class Supervisor {
   #kill(record: WorkerRecord, terminate = true): void {
     record.gone = true;
     const { stage, config } = record;
+    const span = this.#places.get(stage)?.spans[config.index]?.at(-1);
+    if (span !== undefined && span.endMs === null && terminate) {
+      span.endMs = performance.now();
+    }
     const status = internalsOf(stage).status!;
     // Raised before any wake-up, so a worker that wakes sees it.
     Atomics.store(

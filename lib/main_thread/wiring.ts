@@ -16,7 +16,11 @@ import { Bell } from "../shared_memory/bell.ts";
 import { ClaimPolicy } from "../shared_memory/claim_policy.ts";
 import type { FilterConfig } from "../worker_thread/filter_runtime.ts";
 import { groupOf, leavesOf, producersOf, ringIndex } from "../stage/graph.ts";
-import { type Branch, InputLink, type InputMode } from "../shared_memory/link.ts";
+import {
+  type Branch,
+  InputLink,
+  type InputMode,
+} from "../shared_memory/link.ts";
 import { Ring } from "../shared_memory/ring.ts";
 import { type AnyStage, internalsOf, workersOf } from "../stage/internals.ts";
 import { type FigureRef, StageStatus } from "../shared_memory/status.ts";
@@ -24,7 +28,7 @@ import type { ShippedTarget } from "../stage/target.ts";
 import type { WorkerConfig } from "../worker_thread/runtime.ts";
 
 /** The memory of one link: its control block and one ring per producer. */
-interface LinkMemory {
+export interface LinkMemory {
   control: SharedArrayBuffer;
   rings: SharedArrayBuffer[];
 }
@@ -128,7 +132,7 @@ export class Wiring {
       // A worker of several tasks at once keeps the exact set it holds in a
       // table (see StageStatus.HELD).
       const concurrency = concurrencyOf(stage);
-      state.status = new StageStatus(
+      const status = state.status = new StageStatus(
         StageStatus.allocate(
           workersOf(stage),
           producersOf(stage),
@@ -136,6 +140,15 @@ export class Wiring {
         ),
         workersOf(stage),
       );
+      // An elastic stage starts `min` workers; its other places wait,
+      // parked, their rings wired all the same (see `Supervisor.grow`).
+      const min = elasticOf(stage)?.min;
+      if (min !== undefined) {
+        status.words[StageStatus.WORKERS] = min;
+        for (let i = min; i < workersOf(stage); i++) {
+          status.words[status.at(i, StageStatus.PLACE)] = StageStatus.PARKED;
+        }
+      }
       this.#inputs.set(
         stage,
         this.#link(Math.max(1, state.previous.length), producersOf(stage)),
@@ -191,7 +204,7 @@ export class Wiring {
       specifier: standIn.module,
       exportName: "default",
     };
-    return Array.from({ length: workersOf(stage) }, (_, index) => {
+    const places = Array.from({ length: workersOf(stage) }, (_, index) => {
       const outputs = state.next.map((next) => {
         const target = this.#inputs.get(next)!;
         const ring = ringIndex(next, stage, index);
@@ -222,6 +235,10 @@ export class Wiring {
           nextSeqWord: -1,
         });
       }
+      return outputs;
+    });
+    const elastic = elasticOf(stage);
+    return places.map((outputs, index) => {
       return {
         stage: stage.name,
         index,
@@ -244,8 +261,14 @@ export class Wiring {
         generation: 0,
         recover: null,
         filter,
+        elastic: elastic === null ? null : { ...elastic, places },
       };
     });
+  }
+
+  /** `stage`'s input link: its control block and rings. */
+  inputOf(stage: AnyStage): LinkMemory {
+    return this.#inputs.get(stage)!;
   }
 
   /** The main thread's link from leaf `stage`. Call once every stage's ordering is known. */
@@ -371,6 +394,12 @@ function linkBranch(
     nextSeqWord,
     fullMs,
   };
+}
+
+/** `stage`'s elastic settings, or null for a fixed size or a remote stage. */
+function elasticOf(stage: AnyStage): { min: number; idleMs: number } | null {
+  const state = internalsOf(stage);
+  return state.standIn === null ? state.elastic : null;
 }
 
 /**

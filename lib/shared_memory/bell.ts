@@ -105,11 +105,17 @@ export class Bell {
    * `Atomics.wait` for workers, which throws once this worker was killed. It
    * checks before sleeping too: a worker that was still starting when it was
    * killed may come to sleep after the wake-ups (the main thread raises the
-   * kill word before it wakes anyone, so one of the checks sees it).
+   * kill word before it wakes anyone, so one of the checks sees it). An
+   * idle worker of an elastic stage sleeps at most `timeout` ms.
    */
-  static sleep(words: Int32Array, index: number, value: number): void {
+  static sleep(
+    words: Int32Array,
+    index: number,
+    value: number,
+    timeout = Infinity,
+  ): void {
     Bell.checkKilled();
-    Atomics.wait(words, index, value);
+    Atomics.wait(words, index, value, timeout);
     Bell.checkKilled();
   }
 }

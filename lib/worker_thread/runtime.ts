@@ -10,7 +10,12 @@
 import { Bell } from "../shared_memory/bell.ts";
 import { ClaimPolicy } from "../shared_memory/claim_policy.ts";
 import { type FilterConfig, FilterRuntime } from "./filter_runtime.ts";
-import { type Branch, InputLink, type InputMode, OutputPort } from "../shared_memory/link.ts";
+import {
+  type Branch,
+  InputLink,
+  type InputMode,
+  OutputPort,
+} from "../shared_memory/link.ts";
 import { Ring } from "../shared_memory/ring.ts";
 import { StageStatus } from "../shared_memory/status.ts";
 import type { ShippedTarget } from "../stage/target.ts";
@@ -21,7 +26,7 @@ import {
   type TaskHost,
   type TaskSlot,
 } from "./concurrent_runner.ts";
-import { IdleWait } from "./idle_wait.ts";
+import { IdleWait, type Leaving } from "./idle_wait.ts";
 import { WorkerFigures } from "./figures.ts";
 import { WorkerScope } from "./scope.ts";
 
@@ -72,6 +77,23 @@ export interface WorkerConfig {
   recover: { tasks: number[]; to: number } | null;
   /** The stage is a FilterStage: run the built-in filter, not a target. */
   filter: FilterConfig | null;
+  /** An elastic stage's settings; null for a fixed size. */
+  elastic: ElasticConfig | null;
+}
+
+/**
+ * What a worker of an elastic stage knows of it: its workers come and go
+ * between `min` and its places (`size`), each leaving once idle `idleMs`.
+ */
+export interface ElasticConfig {
+  min: number;
+  idleMs: number;
+  /**
+   * The output branches of each of the stage's places: a worker that passes
+   * the stop on ends the parked places' rings too, as their workers would
+   * have (see `StageStatus.PLACE`).
+   */
+  places: Branch[][];
 }
 
 /** Runs one stage worker. */
@@ -125,7 +147,12 @@ export class WorkerRuntime implements TaskHost, BatchHost {
     this.output = new OutputPort(config.outputs);
     this.status = new StageStatus(config.status, config.size);
     this.figures = new WorkerFigures(this.status, config.index);
-    this.idleWait = new IdleWait(this.input, config.spin);
+    const elastic = config.elastic;
+    const leaving: Leaving | null = elastic === null ? null : {
+      idleMs: elastic.idleMs,
+      mayLeave: (idleFor) => this.#mayLeave(idleFor, elastic.min),
+    };
+    this.idleWait = new IdleWait(this.input, config.spin, leaving);
     this.#runner = config.concurrency > 1 ? new ConcurrentRunner(this) : null;
     Bell.kill = {
       words: this.status.words,
@@ -193,13 +220,20 @@ export class WorkerRuntime implements TaskHost, BatchHost {
     const send = instance?.[Symbol.for("mpipe.sendTasks")];
     if (typeof send === "function") this.#batches = new BatchRunner(this);
     try {
-      await (this.#batches !== null
-        ? this.#batches.run((send as SendTasks).bind(instance))
+      const left = await (this.#batches !== null
+        ? this.#batches.run((send as SendTasks).bind(instance)).then(() =>
+          false
+        )
         : this.#runner !== null
         ? this.#runner.run(run)
         : this.#loop(run));
+      if (left && this.#leave()) {
+        return;
+      }
       // A filter lets its sub-pipelines finish before or after its own stop.
-      if (filter?.config.doStopTask) filter.finish();
+      if (filter?.config.doStopTask) {
+        filter.finish();
+      }
       if (this.config.doStopTask) {
         const seq = this.input.nextOwnSeq();
         this.#claimed(seq, seq + 1);
@@ -220,10 +254,110 @@ export class WorkerRuntime implements TaskHost, BatchHost {
     this.output.putEmpty(Ring.STOP, 0);
     this.output.publish();
     if (filter !== null && !filter.config.doStopTask) filter.finish();
-    WorkerScope.post({ type: "exit" });
+    WorkerScope.post({ type: "exit", ended: this.#endParked() });
   }
 
-  async #loop(run: Run): Promise<void> {
+  /**
+   * Whether this idle worker of an elastic stage leaves now (see `Leaving`):
+   * it has waited `idleMs`, or the main thread asks for a worker (`SHED`),
+   * and the stage keeps `min` workers.
+   */
+  #mayLeave(idleFor: number, min: number): boolean {
+    const words = this.status.words;
+    const asked = Atomics.load(words, StageStatus.SHED) > 0;
+    if (!asked && idleFor < this.config.elastic!.idleMs) return false;
+    for (;;) {
+      const running = Atomics.load(words, StageStatus.WORKERS);
+      if (running <= min) return false;
+      if (
+        Atomics.compareExchange(
+          words,
+          StageStatus.WORKERS,
+          running,
+          running - 1,
+        ) === running
+      ) break;
+    }
+    // Take the request, if one is still there (another worker may have).
+    for (let shed; (shed = Atomics.load(words, StageStatus.SHED)) > 0;) {
+      if (
+        Atomics.compareExchange(words, StageStatus.SHED, shed, shed - 1) ===
+          shed
+      ) break;
+    }
+    this.#idleFor = idleFor;
+    this.#asked = asked;
+    return true;
+  }
+
+  /** How long this worker waited before it left, and whether it was asked to. */
+  #idleFor = 0;
+  #asked = false;
+
+  /**
+   * Leaves the stage: it holds no task, and everything it wrote is
+   * published, so its place is parked with its rings open, for a later
+   * worker. If the stop came meanwhile, a worker passing it on may have
+   * looked at this place before it was parked: then this one takes its place
+   * back (false) and passes the stop on itself, unless another worker has
+   * already ended the place.
+   */
+  #leave(): boolean {
+    const words = this.status.words;
+    const place = this.status.at(this.config.index, StageStatus.PLACE);
+    this.figures.exiting(performance.now());
+    this.output.publish();
+    Atomics.store(words, place, StageStatus.PARKED);
+    if (
+      this.input.ended &&
+      Atomics.compareExchange(
+          words,
+          place,
+          StageStatus.PARKED,
+          StageStatus.OPEN,
+        ) === StageStatus.PARKED
+    ) {
+      Atomics.add(words, StageStatus.WORKERS, 1);
+      return false;
+    }
+    WorkerScope.post({
+      type: "left",
+      idleMs: this.#idleFor,
+      asked: this.#asked,
+    });
+    return true;
+  }
+
+  /**
+   * Ends the rings of the stage's parked places, which no worker holds, as
+   * their workers would have at the stop; returns how many it ended. Each
+   * place is ended once: by whoever changes it from PARKED to ENDED.
+   */
+  #endParked(): number {
+    const elastic = this.config.elastic;
+    if (elastic === null) return 0;
+    const words = this.status.words;
+    let ended = 0;
+    elastic.places.forEach((branches, index) => {
+      if (
+        Atomics.compareExchange(
+          words,
+          this.status.at(index, StageStatus.PLACE),
+          StageStatus.PARKED,
+          StageStatus.ENDED,
+        ) !== StageStatus.PARKED
+      ) return;
+      // The place's last worker published all it wrote before parking it.
+      const port = new OutputPort(branches);
+      port.putEmpty(Ring.STOP, 0);
+      port.publish();
+      ended++;
+    });
+    return ended;
+  }
+
+  /** Runs tasks until the input ends (false) or the worker leaves its elastic stage (true). */
+  async #loop(run: Run): Promise<boolean> {
     const input = this.input;
     const values: unknown[] = [];
     const seqs: number[] = [];
@@ -232,10 +366,10 @@ export class WorkerRuntime implements TaskHost, BatchHost {
       // again into the idle path.
       const count = input.claim(values, seqs, this.#claimMax);
       if (count === 0) {
-        this.idleWait.idle();
+        if (this.idleWait.idle()) return true;
         continue;
       }
-      if (count < 0) return;
+      if (count < 0) return false;
       this.idleWait.reset();
       const started = performance.now();
       this.figures.began(started);

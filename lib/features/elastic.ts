@@ -1,0 +1,304 @@
+/**
+ * Elastic stages, seen from the main thread: a timer that adds workers where
+ * tasks wait, asks for workers back where they mostly wait within the
+ * pipeline's `threads` budget, and keeps the log of its decisions for
+ * `insights()`.
+ *
+ * The workers leave by themselves (`IdleWait`, `WorkerRuntime`): once idle
+ * for `idleMs`, or when this asks their stage for one (`StageStatus.SHED`).
+ * This only adds them (`Supervisor.grow`), reading what it needs from shared
+ * memory: the stage's input rings (tasks waiting) and its workers' figures
+ * (busy and blocked time).
+ *
+ * The rule, every `TICK_MS` (the README states it too):
+ * - a stage is pressed when tasks wait at its input and its workers were
+ *   busy at least `GROW_BUSY` of the last `WINDOW_TICKS` ticks (time blocked
+ *   on a full stage downstream does not count as busy: more workers would
+ *   not help), with none of its workers still starting;
+ * - a stage with no worker gets one as soon as anything waits at its input
+ *   (a task, or the stop);
+ * - a stage pressed for `PRESSED_TICKS` ticks in a row gets a worker, up to
+ *   its `max`, while the elastic stages' workers above their `min` are fewer
+ *   than `threads`;
+ * - when that budget is spent, the least busy other elastic stage above its
+ *   `min` whose workers were busy at most `GIVE_BUSY` is asked for a worker,
+ *   which leaves once idle; then the pressed stage grows;
+ * - a stage that got a worker gives none away for `SETTLE_MS`, and one that
+ *   gave one away gets none for as long: with the gap between `GROW_BUSY`
+ *   and `GIVE_BUSY`, this keeps a worker from moving back and forth.
+ *
+ * @module
+ */
+
+import { Ring } from "../shared_memory/ring.ts";
+import { Bell } from "../shared_memory/bell.ts";
+import { InputLink } from "../shared_memory/link.ts";
+import { StageStatus } from "../shared_memory/status.ts";
+import { type AnyStage, internalsOf } from "../stage/internals.ts";
+import type { Supervisor } from "../main_thread/supervisor.ts";
+import type { Resize } from "./stats.ts";
+
+/** Ms between two looks. */
+const TICK_MS = 25;
+/** Ticks whose busy time decides (100 ms). */
+const WINDOW_TICKS = 4;
+/** Ticks in a row a stage must be pressed before it grows. */
+const PRESSED_TICKS = 2;
+/** Busy share at or above which a stage with waiting tasks is pressed. */
+const GROW_BUSY = 0.9;
+/** Busy share at or below which a stage may give a worker away. */
+const GIVE_BUSY = 0.5;
+/** Ms after a change during which a stage does not change the other way. */
+const SETTLE_MS = 1000;
+/** Ms a request for a worker stands before it is withdrawn. */
+const ASK_MS = 500;
+
+/** What the control needs of one elastic stage. */
+interface Elastic {
+  stage: AnyStage;
+  min: number;
+  words: Int32Array;
+  figures: Float64Array;
+  status: StageStatus;
+  /** The control words of its input's rings (HEAD, TAIL). */
+  rings: Int32Array[];
+  /** Its input link's control block (its doorbell, to wake idle workers). */
+  link: Int32Array;
+  /** Busy minus blocked ms of its places, at each of the last ticks. */
+  busy: number[];
+  /** Ticks in a row it was pressed. */
+  pressed: number;
+  grewAt: number;
+  gaveAt: number;
+  /** When it was asked for a worker, and why (for the log), or null. */
+  asked: { at: number; why: string } | null;
+}
+
+/** Adds workers to elastic stages, and moves them between stages. */
+export class ElasticControl {
+  /** The decisions so far, in order. */
+  readonly log: Resize[] = [];
+  readonly #stages: Elastic[];
+  readonly #supervisor: Supervisor;
+  readonly #threads: number;
+  readonly #createdAt: number;
+  readonly #backlogOf: (stage: AnyStage) => number;
+  readonly #fail: (error: unknown) => void;
+  #timer: ReturnType<typeof setInterval> | undefined;
+  /** The ticks' times (performance.now()), as many as `busy` holds. */
+  readonly #times: number[] = [];
+
+  /**
+   * Controls the elastic ones of `stages`, whose input links are
+   * `inputs(stage)`; `backlogOf` counts a stage's waiting tasks for the log.
+   */
+  constructor(
+    stages: readonly AnyStage[],
+    inputs: (stage: AnyStage) => {
+      control: SharedArrayBuffer;
+      rings: SharedArrayBuffer[];
+    },
+    supervisor: Supervisor,
+    threads: number,
+    backlogOf: (stage: AnyStage) => number,
+    fail: (error: unknown) => void,
+  ) {
+    this.#supervisor = supervisor;
+    this.#threads = threads;
+    this.#createdAt = performance.now();
+    this.#backlogOf = backlogOf;
+    this.#fail = fail;
+    this.#stages = stages.filter((stage) => internalsOf(stage).elastic)
+      .map((stage) => {
+        const status = internalsOf(stage).status!;
+        const input = inputs(stage);
+        return {
+          stage,
+          min: internalsOf(stage).elastic!.min,
+          words: status.words,
+          figures: status.figures,
+          status,
+          rings: input.rings.map((ring) =>
+            new Int32Array(ring, 0, Ring.CONTROL_BYTES >> 2)
+          ),
+          link: new Int32Array(input.control),
+          busy: [],
+          pressed: 0,
+          grewAt: -Infinity,
+          gaveAt: -Infinity,
+          asked: null,
+        };
+      });
+  }
+
+  /** Whether the pipeline has elastic stages to control. */
+  get active(): boolean {
+    return this.#stages.length > 0;
+  }
+
+  /** Starts looking, once the workers have started. */
+  start(): void {
+    if (this.#stages.length === 0) return;
+    // Not unref'd: a stage with no worker may still have tasks to start one
+    // for, as long as the pipeline runs (the workers would keep it alive).
+    this.#timer = setInterval(() => {
+      try {
+        this.#tick();
+      } catch (error) {
+        this.#fail(error);
+      }
+    }, TICK_MS);
+  }
+
+  /** Stops looking: every worker has exited. */
+  stop(): void {
+    clearInterval(this.#timer);
+    this.#timer = undefined;
+  }
+
+  /** A worker left `stage` (see `SupervisorEvents.left`); it now has `size` workers. */
+  left(stage: AnyStage, size: number, idleMs: number, asked: boolean): void {
+    const elastic = this.#stages.find((e) => e.stage === stage);
+    if (elastic === undefined) return;
+    const why = asked && elastic.asked !== null
+      ? elastic.asked.why
+      : `idle ${Math.round(idleMs).toLocaleString("en-US")} ms`;
+    if (asked) elastic.asked = null;
+    this.#record(stage, size + 1, size, why);
+  }
+
+  #tick(): void {
+    const now = performance.now();
+    const times = this.#times;
+    times.push(now);
+    if (times.length > WINDOW_TICKS + 1) times.shift();
+    const looks = this.#stages.map((elastic) => this.#look(elastic, now));
+    let added = this.#stages.reduce(
+      (sum, e) => sum + Math.max(0, this.#running(e) - e.min),
+      0,
+    );
+    for (const look of looks) {
+      const { elastic, waiting, busy } = look;
+      const running = this.#running(elastic);
+      if (running === 0 && waiting) {
+        // Nothing may wait at a stage without a worker: not even the stop.
+        this.#grow(elastic, now, `${this.#describe(elastic, busy)}`);
+        added++;
+        continue;
+      }
+      if (elastic.pressed < PRESSED_TICKS || running >= elastic.stage.size) {
+        continue;
+      }
+      if (now - elastic.gaveAt < SETTLE_MS) continue;
+      if (added < this.#threads) {
+        this.#grow(elastic, now, this.#describe(elastic, busy));
+        added++;
+        elastic.pressed = 0;
+        continue;
+      }
+      this.#askForWorker(looks, elastic, now, busy);
+    }
+    for (const elastic of this.#stages) {
+      // A request no idle worker took is withdrawn.
+      if (elastic.asked !== null && now - elastic.asked.at > ASK_MS) {
+        Atomics.store(elastic.words, StageStatus.SHED, 0);
+        elastic.asked = null;
+      }
+    }
+  }
+
+  /** What one stage looks like now: tasks waiting, and its busy share over the window. */
+  #look(elastic: Elastic, now: number) {
+    let waiting = false;
+    for (const ring of elastic.rings) {
+      if (
+        Atomics.load(ring, Ring.HEAD) !== Atomics.load(ring, Ring.TAIL)
+      ) waiting = true;
+    }
+    const { status, figures } = elastic;
+    let busyMs = 0;
+    for (let i = 0; i < elastic.stage.size; i++) {
+      const at = status.figure(i, 0);
+      busyMs += figures[at + StageStatus.BUSY_MS]! -
+        figures[at + StageStatus.BLOCKED_MS]!;
+      const since = figures[at + StageStatus.SINCE]!;
+      if (figures[at + StageStatus.IN_FLIGHT]! > 0 && since > 0) {
+        busyMs += Math.max(0, performance.timeOrigin + now - since);
+      }
+    }
+    elastic.busy.push(busyMs);
+    if (elastic.busy.length > WINDOW_TICKS + 1) elastic.busy.shift();
+    const times = this.#times;
+    const span = (now - times[0]!) * Math.max(1, this.#running(elastic));
+    const busy = span > 0 ? (busyMs - elastic.busy[0]!) / span : 0;
+    const starting = this.#supervisor.startingIn(elastic.stage) > 0;
+    const pressed = waiting && !starting && times.length > WINDOW_TICKS &&
+      busy >= GROW_BUSY;
+    elastic.pressed = pressed ? elastic.pressed + 1 : 0;
+    return { elastic, waiting, busy };
+  }
+
+  /** Asks the least busy other stage that may give a worker for one, for `pressed`. */
+  #askForWorker(
+    looks: { elastic: Elastic; busy: number }[],
+    pressed: Elastic,
+    now: number,
+    busy: number,
+  ): void {
+    if (this.#stages.some((e) => e.asked !== null)) return;
+    let donor: { elastic: Elastic; busy: number } | null = null;
+    for (const look of looks) {
+      const e = look.elastic;
+      if (
+        e === pressed || this.#running(e) <= e.min ||
+        look.busy > GIVE_BUSY || now - e.grewAt < SETTLE_MS ||
+        this.#times.length <= WINDOW_TICKS
+      ) continue;
+      if (donor === null || look.busy < donor.busy) donor = look;
+    }
+    if (donor === null) return;
+    const e = donor.elastic;
+    e.asked = {
+      at: now,
+      why: `busy ${percent(donor.busy)}, a worker for ${pressed.stage.name} (${
+        this.#describe(pressed, busy)
+      })`,
+    };
+    e.gaveAt = now;
+    Atomics.store(e.words, StageStatus.SHED, 1);
+    // Wake its idle workers, so that one takes the request.
+    Bell.ringAlways(e.link, InputLink.BELL);
+  }
+
+  #grow(elastic: Elastic, now: number, why: string): void {
+    const from = this.#supervisor.sizeOf(elastic.stage).size;
+    if (!this.#supervisor.grow(elastic.stage)) return;
+    elastic.grewAt = now;
+    this.#record(elastic.stage, from, from + 1, why);
+  }
+
+  #record(stage: AnyStage, from: number, to: number, why: string): void {
+    this.log.push({
+      stage: stage.name,
+      from,
+      to,
+      atMs: performance.now() - this.#createdAt,
+      why,
+    });
+  }
+
+  /** The figures that make a stage grow: its backlog and busy share. */
+  #describe(elastic: Elastic, busy: number): string {
+    const backlog = this.#backlogOf(elastic.stage);
+    return `backlog ${backlog.toLocaleString("en-US")}, busy ${percent(busy)}`;
+  }
+
+  /** Workers the stage runs now (by its own count, which its workers keep). */
+  #running(elastic: Elastic): number {
+    return Atomics.load(elastic.words, StageStatus.WORKERS);
+  }
+}
+
+function percent(share: number): string {
+  return `${Math.round(Math.min(1, share) * 100)}%`;
+}
