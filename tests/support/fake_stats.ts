@@ -40,6 +40,7 @@ export function fakeWorker(
     restarts: 0,
     slowest: [],
     durations: noDurations(),
+    spans: [{ startMs: 0, endMs: null }],
     ...more,
   };
 }
@@ -54,6 +55,9 @@ export function fakeStage(
   return {
     name,
     size: workers.length,
+    lowestSize: workers.length,
+    highestSize: workers.length,
+    elastic: null,
     ordered: true,
     received: tasks,
     tasks,
@@ -86,6 +90,7 @@ export function fakeRun(
     put: 100,
     read: 100,
     stages,
+    resizes: [],
     ...more,
   };
 }
