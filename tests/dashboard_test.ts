@@ -17,6 +17,8 @@ import {
   filtered,
   forkJoin,
   keepFeeding,
+  MARKUP,
+  markup,
   slowChain,
   withRemote,
 } from "./fixtures/dashboard/pipelines.ts";
@@ -204,6 +206,144 @@ Deno.test("serveDashboard: with a token, a request needs it (header or ?token=);
   }
 });
 
+/** Sends GET `path` to `url`'s server over a raw connection, naming `host` in the Host header; returns the status code. */
+async function statusFor(
+  url: string,
+  path: string,
+  host: string,
+  headers: string[] = [],
+): Promise<number> {
+  const { hostname, port } = new URL(url);
+  const conn = await Deno.connect({ hostname, port: Number(port) });
+  try {
+    await conn.write(new TextEncoder().encode(
+      [
+        `GET ${path} HTTP/1.1`,
+        `Host: ${host}`,
+        "Connection: close",
+        ...headers,
+        "",
+        "",
+      ].join("\r\n"),
+    ));
+    const head = await within(
+      10_000,
+      `the answer to ${path}`,
+      new Response(conn.readable).text(),
+    );
+    return Number(/^HTTP\/1\.1 (\d{3})/.exec(head)?.[1]);
+  } catch (error) {
+    conn.close();
+    throw error;
+  }
+}
+
+Deno.test("serveDashboard without a token answers only requests that name a loopback host (DNS rebinding); with one, the Bearer scheme in any case", async () => {
+  const pipe = new Pipeline(new OrderedStage((x: number) => x));
+  const open = serveDashboard(pipe);
+  const guarded = serveDashboard(pipe, { token: "s3cret" });
+  try {
+    const port = new URL(open.url).port;
+    // A page of evil.example whose name now resolves to 127.0.0.1.
+    for (const path of ["/", "/metrics", "/events"]) {
+      assert.equal(
+        await statusFor(open.url, path, `evil.example:${port}`),
+        403,
+        path,
+      );
+    }
+    assert.equal(await statusFor(open.url, "/metrics", "evil.example"), 403);
+    for (const host of [`127.0.0.1:${port}`, `localhost:${port}`, "[::1]"]) {
+      assert.equal(await statusFor(open.url, "/metrics", host), 200, host);
+    }
+    // A token guards the server whatever its name (a LAN name, say).
+    const bearer = (scheme: string) => [`Authorization: ${scheme} s3cret`];
+    const host = `mpipe.lan:${new URL(guarded.url).port}`;
+    assert.equal(await statusFor(guarded.url, "/metrics", host), 401);
+    for (const scheme of ["Bearer", "bearer", "BEARER"]) {
+      assert.equal(
+        await statusFor(guarded.url, "/metrics", host, bearer(scheme)),
+        200,
+        scheme,
+      );
+    }
+  } finally {
+    await open.close();
+    await guarded.close();
+    pipe.terminate();
+    await pipe.done;
+  }
+});
+
+Deno.test("the page may run its own script only: a content security policy with a fresh nonce, no framing, no referrer", async () => {
+  const pipe = new Pipeline(new OrderedStage((x: number) => x));
+  await using dashboard = serveDashboard(pipe);
+  try {
+    const nonces = [];
+    for (let i = 0; i < 2; i++) {
+      const response = await fetch(dashboard.url);
+      const page = await response.text();
+      const policy = response.headers.get("content-security-policy") ?? "";
+      const nonce = /script-src 'nonce-([^']+)'/.exec(policy)?.[1];
+      assert.ok(nonce !== undefined, policy);
+      assert.match(policy, /default-src 'none'/);
+      assert.match(policy, /frame-ancestors 'none'/);
+      assert.ok(page.includes(`<script nonce="${nonce}">`));
+      assert.equal(page.match(/<script/g)?.length, 1);
+      assert.equal(response.headers.get("referrer-policy"), "no-referrer");
+      nonces.push(nonce);
+    }
+    assert.notEqual(nonces[0], nonces[1]);
+  } finally {
+    pipe.terminate();
+    await pipe.done;
+  }
+});
+
+Deno.test("the figures are read once a tick however many pages watch, and not at all once they have gone", async () => {
+  const pipe = new Pipeline(new OrderedStage((x: number) => x));
+  let reads = 0;
+  const dashboard = serveDashboard(() => {
+    reads++;
+    return pipe as unknown as Pipeline<never, unknown>;
+  });
+  const aborts = [0, 1, 2].map(() => new AbortController());
+  try {
+    const readers = await Promise.all(aborts.map(async (abort) => {
+      const response = await fetch(new URL("events", dashboard.url), {
+        signal: abort.signal,
+      });
+      const reader = response.body!.getReader();
+      await within(10_000, "a first message", reader.read());
+      return reader;
+    }));
+    // Three pages read along; count the reads over five messages of one.
+    const along = readers.slice(1).map(async (reader) => {
+      while (!(await reader.read().catch(() => ({ done: true }))).done) {
+        /* read */
+      }
+    });
+    const before = reads;
+    for (let i = 0; i < 5; i++) {
+      await within(10_000, "a message", readers[0]!.read());
+    }
+    const during = reads - before;
+    assert.ok(during <= 6, `${during} reads for 5 messages to each of 3 pages`);
+    for (const abort of aborts) abort.abort();
+    await Promise.all(along);
+    // A tick may be under way as the pages leave; after it, none.
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    const after = reads;
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    assert.equal(reads, after, "the figures were read with no page open");
+  } finally {
+    for (const abort of aborts) abort.abort();
+    await dashboard.close();
+    pipe.terminate();
+    await pipe.done;
+  }
+});
+
 Deno.test("a program whose dashboard was closed (by close() or its signal) exits by itself, even with a page's stream open", async () => {
   for (const how of ["close", "signal"]) {
     const { code, stdout, stderr, signal } = await runScript(
@@ -331,12 +471,15 @@ Deno.test({
       filtered("filter"),
       withRemote("remote"),
       failing("failing"),
+      withRemote("remote-1", 1),
     ];
+    // Named in markup: not in `pipes`, whose names the selectors below hold.
+    const marked = markup();
     const stop = new AbortController();
-    const runs = pipes.map((pipe, i) =>
+    const runs = [...pipes, marked].map((pipe, i) =>
       keepFeeding(pipe, stop.signal, i === 0 ? 0 : 20)
     );
-    const dashboard = serveDashboard(pipes);
+    const dashboard = serveDashboard([...pipes, marked]);
     const browser = await within(
       30_000,
       "Chromium's start",
@@ -387,6 +530,30 @@ Deno.test({
         (el) => el.textContent,
       );
       assert.match(remoteBox!, /remote: 4 at once on its cluster/);
+      // A remote stage of size 1 is remote too (one stand-in, as one local worker).
+      assert.match(
+        await page.$eval(
+          'section[data-pipeline="remote-1"] g.stage[data-stage="remote-stage"]',
+          (el) => el.textContent,
+        ) ?? "",
+        /remote: 1 at once on its cluster/,
+      );
+      // Names are shown as text, never run as markup.
+      const shown = await page.$$eval("section.pipeline", (sections) => {
+        const section = sections.find((el) =>
+          el.getAttribute("data-pipeline")?.startsWith("<")
+        );
+        return {
+          pipeline: section?.querySelector("h2")?.firstChild?.textContent,
+          stage: section?.querySelector("g.stage")?.getAttribute("data-stage"),
+          pwned: (globalThis as { pwned?: string }).pwned ?? null,
+        };
+      });
+      assert.deepEqual(shown, {
+        pipeline: `${MARKUP.pipeline} `,
+        stage: MARKUP.stage,
+        pwned: null,
+      });
       // Tasks done advance.
       const before = await tasksOf("chain", "slow");
       await eventually(
@@ -412,6 +579,15 @@ Deno.test({
         (el) => el.textContent,
       );
       assert.match(sentence!, /^Bottleneck: stage 'slow' held the run back\./);
+      // And since when.
+      const since = await page.$eval(
+        'section[data-pipeline="chain"] .bottleneck-since',
+        (el) => el.textContent,
+      );
+      assert.match(
+        since!,
+        /^'slow' has been marked since (before )?\d+\.\d s into the run/,
+      );
       // The failure: its state, and its StageError in full.
       const error = await page.waitForSelector(
         'section[data-pipeline="failing"] pre.error',
@@ -446,7 +622,7 @@ Deno.test({
         chromium?.kill("SIGKILL")
       );
       stop.abort();
-      for (const pipe of pipes) pipe.terminate();
+      for (const pipe of [...pipes, marked]) pipe.terminate();
       await dashboard.close();
       await within(20_000, "the pipelines' end", Promise.all(runs));
       if (chromium !== null && chromium.exitCode === null) {

@@ -54,6 +54,7 @@ export function fakeStage(
   return {
     name,
     size: workers.length,
+    remote: false,
     ordered: true,
     received: tasks,
     tasks,
