@@ -12,6 +12,13 @@ import {
   serveDashboard,
 } from "../dashboard.ts";
 import { OrderedStage, Pipeline } from "../mod.ts";
+import { JetStreamCluster } from "../jetstream.ts";
+import {
+  clusterOptions,
+  natsUrl,
+  stopSharedServer,
+  withHosts,
+} from "./support/nats.ts";
 import {
   failing,
   filtered,
@@ -101,6 +108,36 @@ async function promtool(text: string): Promise<{ code: number; out: string }> {
   const { code, stdout, stderr } = await child.output();
   const decode = (b: Uint8Array) => new TextDecoder().decode(b);
   return { code, out: decode(stdout) + decode(stderr) };
+}
+
+/** The real headless Chromium, started by puppeteer-core (bounded). */
+function launchChromium() {
+  return within(
+    30_000,
+    "Chromium's start",
+    puppeteer.launch({
+      executablePath: CHROMIUM,
+      headless: true,
+      args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+    }),
+  );
+}
+
+/** Closes `browser` (or kills it) and waits until its process has exited, bounded. */
+async function closeChromium(
+  browser: Awaited<ReturnType<typeof launchChromium>>,
+): Promise<void> {
+  const chromium = browser.process();
+  await within(15_000, "Chromium's close", browser.close()).catch(() =>
+    chromium?.kill("SIGKILL")
+  );
+  if (chromium !== null && chromium.exitCode === null) {
+    await within(
+      10_000,
+      "Chromium's exit",
+      new Promise((resolve) => chromium.once("exit", resolve)),
+    );
+  }
 }
 
 /** A free loopback port (a race with other programs is possible, and harmless here). */
@@ -480,16 +517,7 @@ Deno.test({
       keepFeeding(pipe, stop.signal, i === 0 ? 0 : 20)
     );
     const dashboard = serveDashboard([...pipes, marked]);
-    const browser = await within(
-      30_000,
-      "Chromium's start",
-      puppeteer.launch({
-        executablePath: CHROMIUM,
-        headless: true,
-        args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
-      }),
-    );
-    const chromium = browser.process();
+    const browser = await launchChromium();
     try {
       const page = await browser.newPage();
       page.setDefaultTimeout(20_000);
@@ -618,20 +646,11 @@ Deno.test({
         "the page requested something from elsewhere",
       );
     } finally {
-      await within(15_000, "Chromium's close", browser.close()).catch(() =>
-        chromium?.kill("SIGKILL")
-      );
+      await closeChromium(browser);
       stop.abort();
       for (const pipe of [...pipes, marked]) pipe.terminate();
       await dashboard.close();
       await within(20_000, "the pipelines' end", Promise.all(runs));
-      if (chromium !== null && chromium.exitCode === null) {
-        await within(
-          10_000,
-          "Chromium's exit",
-          new Promise((resolve) => chromium.once("exit", resolve)),
-        );
-      }
     }
   },
 });
@@ -828,4 +847,80 @@ Deno.test("the picture's layout: a stage right of those linked to it, a filter's
       await pipe.done;
     }
   }
+});
+
+Deno.test({
+  name:
+    "a pipeline with a remote stage on the real NATS JetStream and two worker hosts: its page in Chromium and its metrics",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  fn: async () => {
+    const url = await natsUrl();
+    try {
+      await using cluster = await JetStreamCluster.connect(clusterOptions(url));
+      await withHosts(url, ["dash-host-1", "dash-host-2"], async () => {
+        const first = new OrderedStage((x: number) => x, 1, { name: "local" });
+        const remote = new OrderedStage(
+          async (x: number) => {
+            await new Promise((resolve) => setTimeout(resolve, 5));
+            return x * 3;
+          },
+          4,
+          { name: "on-hosts", cluster },
+        );
+        const last = new OrderedStage((x: number) => x - 1, 1, {
+          name: "after",
+        });
+        first.link(remote.link(last));
+        const pipe = new Pipeline<number, number>(first, { name: "jet" });
+        const stop = new AbortController();
+        const run = keepFeeding(pipe, stop.signal, 20);
+        const dashboard = serveDashboard(pipe);
+        const browser = await launchChromium();
+        try {
+          const page = await browser.newPage();
+          page.setDefaultTimeout(20_000);
+          await page.goto(dashboard.url);
+          const box =
+            'section[data-pipeline="jet"] g.stage[data-stage="on-hosts"]';
+          await page.waitForSelector(box);
+          assert.match(
+            await page.$eval(box, (el) => el.textContent) ?? "",
+            /remote: 4 at once on its cluster/,
+          );
+          const tasks = () =>
+            page.$eval(
+              `${box} .tasks`,
+              (el) => Number(el.textContent!.replace(/,/g, "")),
+            );
+          const before = await tasks();
+          await eventually(
+            20_000,
+            "the remote stage's tasks done advancing on the page",
+            async () => (await tasks()) > before ? true : undefined,
+          );
+          const text = await (await fetch(new URL("metrics", dashboard.url)))
+            .text();
+          assert.match(
+            text,
+            /^mpipe_stage_workers\{pipeline="jet",stage="on-hosts"\} 1$/m,
+          );
+          const done = Number(
+            /^mpipe_stage_tasks_total\{pipeline="jet",stage="on-hosts"\} (\d+)$/m
+              .exec(text)?.[1],
+          );
+          assert.ok(done > 0, text);
+          const { code, out } = await promtool(text);
+          assert.equal(code, 0, out);
+        } finally {
+          await closeChromium(browser);
+          stop.abort();
+          await within(30_000, "the pipeline's end", run);
+          await dashboard.close();
+        }
+      });
+    } finally {
+      await stopSharedServer();
+    }
+  },
 });
