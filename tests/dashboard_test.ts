@@ -477,12 +477,29 @@ Deno.test("metricsText: repeated stage and pipeline names get distinct labels (p
     a.link(new OrderedStage((x: number) => x, 1, { name: "step" }));
     return new Pipeline<number, number>(a, { name: "twin" });
   };
-  const pipes = [same(), same()];
+  // A third pipeline is already named as the first would be renamed, and
+  // its stage as the second's would be.
+  const third = new OrderedStage((x: number) => x, 1, { name: "step" });
+  third.link(new OrderedStage((x: number) => x, 1, { name: "step" }))
+    .link(new OrderedStage((x: number) => x, 1, { name: "step (stage 2)" }));
+  const pipes = [
+    same(),
+    same(),
+    new Pipeline<number, number>(third, { name: "twin (1)" }),
+  ];
   try {
     const text = metricsText(pipes);
     assert.match(
       text,
       /^mpipe_stage_tasks_total\{pipeline="twin \(2\)",stage="step \(stage 2\)"\} 0$/m,
+    );
+    assert.match(
+      text,
+      /^mpipe_stage_tasks_total\{pipeline="twin \(1\) #2",stage="step \(stage 1\)"\} 0$/m,
+    );
+    assert.match(
+      text,
+      /^mpipe_stage_tasks_total\{pipeline="twin \(1\)",stage="step \(stage 2\) #2"\} 0$/m,
     );
     const { code, out } = await promtool(text);
     assert.equal(code, 0, out);
@@ -657,11 +674,17 @@ Deno.test({
 
 Deno.test({
   name:
-    "the real Prometheus scrapes /metrics every second: every series is there, and the counters increase",
+    "the real Prometheus scrapes /metrics every second: every series of a chain, a fork and a join, a FilterStage, a remote stage and a failed pipeline is there, and the counters increase",
   sanitizeOps: false,
   sanitizeResources: false,
   fn: async () => {
-    const pipes = [slowChain("p-chain"), forkJoin("p-fork")];
+    const pipes = [
+      slowChain("p-chain"),
+      forkJoin("p-fork"),
+      filtered("p-filter"),
+      withRemote("p-remote"),
+      failing("p-failing"),
+    ];
     const stop = new AbortController();
     const runs = pipes.map((pipe, i) =>
       keepFeeding(pipe, stop.signal, i === 0 ? 0 : 20)

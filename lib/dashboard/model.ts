@@ -244,20 +244,28 @@ export function sharesOf(workers: readonly WorkerStats[]): Shares {
     : { working: NaN, blocked: NaN, waiting: NaN };
 }
 
-/** `names`, each repeated one renamed by `rename` (given its count so far and its index). */
+/**
+ * `names`, each repeated one renamed by `rename` (given its count so far
+ * and its index); a new name that another name already is gets `#k` too,
+ * so that no two come out the same (Prometheus refuses repeated series).
+ */
 export function unique(
   names: readonly string[],
   rename: (name: string, n: number, index: number) => string,
 ): string[] {
+  const counts = new Map<string, number>();
+  for (const name of names) counts.set(name, (counts.get(name) ?? 0) + 1);
+  const taken = new Set(names.filter((name) => counts.get(name) === 1));
   const seen = new Map<string, number>();
-  const repeated = new Set(
-    names.filter((name, i) => names.indexOf(name) !== i),
-  );
   return names.map((name, index) => {
-    if (!repeated.has(name)) return name;
+    if (counts.get(name) === 1) return name;
     const n = (seen.get(name) ?? 0) + 1;
     seen.set(name, n);
-    return rename(name, n, index);
+    const base = rename(name, n, index);
+    let label = base;
+    for (let k = 2; taken.has(label); k++) label = `${base} #${k}`;
+    taken.add(label);
+    return label;
   });
 }
 
