@@ -6,7 +6,7 @@
  * The page (`GET /`) is one self-contained HTML document that updates itself
  * 2.5 times a second over Server-Sent Events: each pipeline's stage graph
  * (forks, joins and a `FilterStage`'s sub-pipelines) with each stage's
- * workers, tasks done, rate, backlog and the shares of time its workers were
+ * workers (a remote stage's hosts), tasks done, rate, backlog and the shares of time its workers were
  * busy, blocked and waiting; the stage that holds the run back, since when
  * (as far as the dashboard's looks tell), with `insights()`' sentence; a chart of each stage's rate over the last
  * minutes; the workers' rows; the slowest tasks; the pipeline's state, and

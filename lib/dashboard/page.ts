@@ -121,6 +121,14 @@ function shareBar(x, y, w, shares) {
   return out;
 }
 
+/** A remote stage's hosts that answered so far, in about \`room\` characters. */
+function hostsText(hosts, room) {
+  if (hosts.length === 0) return "its cluster";
+  const all = hosts.join(", ");
+  return all.length <= room || hosts.length === 1 ? all
+    : hosts.length + " hosts: " + hosts[0] + ", …";
+}
+
 function graph(view) {
   const cols = Math.max(...view.stages.map((s) => s.column)) + 1;
   const rows = Math.max(...view.stages.map((s) => s.row)) + 1;
@@ -144,13 +152,14 @@ function graph(view) {
         ' L' + (x - 2) + ' ' + (y + H / 2) + '" fill="none" stroke="#8a93a6" stroke-dasharray="5 4" stroke-width="1.5" marker-end="url(#arrow)"/>';
     }
     const s = stage.stats;
-    const workers = s.remote ? "remote: " + s.size + " at once on its cluster"
+    const workers = s.remote ? "remote: " + s.size + " at once on " + hostsText(s.hosts, 30)
       : s.size + (s.size === 1 ? " worker" : " workers") + (s.ordered ? ", ordered" : "");
     const mark = view.bottleneck === i;
     boxes += '<g class="stage' + (mark ? " bottleneck" : "") + (within !== null ? " within" : "") +
       '" data-stage="' + esc(stage.label) + '" transform="translate(' + x + ',' + y + ')">' +
       '<title>' + esc(stage.label) + ": working " + pct(stage.shares.working) + ", blocked " +
-      pct(stage.shares.blocked) + ", waiting " + pct(stage.shares.waiting) + '</title>' +
+      pct(stage.shares.blocked) + ", waiting " + pct(stage.shares.waiting) +
+      (s.remote ? "; hosts: " + esc(hostsText(s.hosts, Infinity)) : "") + '</title>' +
       '<rect class="box" width="' + W + '" height="' + H + '" rx="6"/>' +
       '<text class="name" x="10" y="19">' + esc(stage.label) + (mark ? "  ⚠ bottleneck" : "") + '</text>' +
       '<text class="small" x="10" y="35">' + esc(workers) + '</text>' +
@@ -195,7 +204,8 @@ function workersTable(view) {
   for (const stage of view.stages) {
     stage.stats.workers.forEach((w, i) => {
       const sh = stage.workerShares[i];
-      rows += '<tr><td>' + esc(stage.label) + ' #' + i + '</td><td>' + num(w.tasks) + '</td><td>' +
+      const place = stage.stats.remote ? " (stand-in for " + hostsText(stage.stats.hosts, Infinity) + ")" : "";
+      rows += '<tr><td>' + esc(stage.label + ' #' + i + place) + '</td><td>' + num(w.tasks) + '</td><td>' +
         pct(sh.working) + '</td><td>' + pct(sh.blocked) + '</td><td>' + pct(sh.waiting) + '</td><td>' +
         num(w.inFlight) + '</td><td>' + num(w.skipped) + '</td><td>' + num(w.restarts) + '</td></tr>';
     });

@@ -55,6 +55,7 @@ export function fakeStage(
     name,
     size: workers.length,
     remote: false,
+    hosts: [],
     ordered: true,
     received: tasks,
     tasks,
