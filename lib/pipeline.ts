@@ -36,7 +36,8 @@ import { workerOptionsAllowed } from "./stage/permissions.ts";
 import { ResultOutput } from "./main_thread/result_output.ts";
 import { RunState, type RunView } from "./main_thread/run_state.ts";
 import type { GetOptions, Stage } from "./stage/stage.ts";
-import { type ClusterRun, openClusterRuns } from "./stage/cluster.ts";
+import type { ClusterRun } from "./stage/cluster.ts";
+import { openClusterRuns } from "./main_thread/cluster_runs.ts";
 import {
   type AnyStage,
   internalsOf,
@@ -164,7 +165,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
       this.#resolveDone = resolve;
       this.#rejectDone = reject;
     });
-    const stages = collectStages(root as unknown as AnyStage);
+    const stages = collectStages(root);
     checkSandboxes(stages);
     this.#clusterRuns = openClusterRuns(stages);
     const leaves = pipelineLeaves(stages);
@@ -206,7 +207,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
     );
     this.#output.pump = this.#input;
     this.#stats = new StatsReader(
-      root as unknown as AnyStage,
+      root,
       this.#input,
       this.#output,
     );

@@ -5,7 +5,7 @@
  * @module
  */
 
-import type { GetOptions } from "../stage/stage.ts";
+import type { GetOptions } from "../stage/stage_options.ts";
 import { describe } from "../stage/target.ts";
 
 /**

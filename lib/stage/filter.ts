@@ -10,7 +10,7 @@
  */
 
 import { OrderedStage, Stage } from "./stage.ts";
-import { type AnyStage, internalsOf } from "./internals.ts";
+import { internalsOf } from "./internals.ts";
 import { describe } from "./target.ts";
 
 /**
@@ -137,7 +137,7 @@ export class FilterStage<I, R = unknown, O = [task: I, results: R[]]>
           `FilterStage: 'stages' must hold Stages, got ${describe(sub)}`,
         );
       }
-      const state = internalsOf(sub as unknown as AnyStage);
+      const state = internalsOf(sub);
       if (state.previous.length > 0 || state.owner !== null) {
         throw new TypeError(
           `FilterStage: stage '${sub.name}' is linked from another stage or belongs to a pipeline: each filtered stage must be the root of its own sub-pipeline`,

@@ -1,5 +1,6 @@
 /**
- * The options of a stage: their type, their checks and their defaults.
+ * The options of a stage (their type, their checks and their defaults), and
+ * the options of reading its results.
  *
  * @module
  */
@@ -125,6 +126,28 @@ export interface StageOptions {
    * @default {null: the stage runs in this process's Web Workers}
    */
   cluster?: Cluster | null;
+}
+
+/**
+ * Options for reading results.
+ *
+ * @example Usage
+ * ```ts
+ * import { type GetOptions, OrderedStage, Pipeline } from "@mpipe/mpipe";
+ * import assert from "node:assert/strict";
+ *
+ * const pipe = new Pipeline(new OrderedStage((x: number) => x));
+ * const options: GetOptions = { timeout: 50 };
+ * // Nothing was put: the read gives up after 50 ms, and loses nothing.
+ * await assert.rejects(pipe.get(options), { name: "TimeoutError" });
+ * pipe.terminate();
+ * ```
+ */
+export interface GetOptions {
+  /** Give up after this many milliseconds with a `TimeoutError` `DOMException`; nothing is lost. */
+  timeout?: number;
+  /** Give up when this signal aborts, with its reason; nothing is lost. */
+  signal?: AbortSignal;
 }
 
 const OPTION_NAMES = [
