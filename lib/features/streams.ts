@@ -11,7 +11,13 @@
 
 import { ENTERED, type TaskInput } from "../main_thread/task_input.ts";
 import type { ResultOutput } from "../main_thread/result_output.ts";
-import { describe } from "../stage/target.ts";
+import {
+  checkBoolean,
+  checkObject,
+  checkOptionNames,
+  checkSignal,
+  describe,
+} from "../checks.ts";
 
 /**
  * Options of `feed`.
@@ -555,30 +561,9 @@ function isPromise<T>(value: T | Promise<T>): value is Promise<T> {
 }
 
 function checkFeedOptions(options: unknown): FeedOptions {
-  if (typeof options !== "object" || options === null) {
-    throw new TypeError(
-      `feed: 'options' must be an object, got ${describe(options)}`,
-    );
-  }
-  const o = options as Record<string, unknown>;
-  for (const key of Object.keys(o)) {
-    if (key !== "close" && key !== "signal") {
-      throw new TypeError(
-        `feed: 'options.${key}' is not an option; the options are close, signal`,
-      );
-    }
-  }
-  if (o.close !== undefined && typeof o.close !== "boolean") {
-    throw new TypeError(
-      `feed: 'options.close' must be a boolean, got ${describe(o.close)}`,
-    );
-  }
-  if (o.signal !== undefined && !(o.signal instanceof AbortSignal)) {
-    throw new TypeError(
-      `feed: 'options.signal' must be an AbortSignal, got ${
-        describe(o.signal)
-      }`,
-    );
-  }
+  const o = checkObject("feed", "options", options);
+  checkOptionNames("feed", o, ["close", "signal"]);
+  checkBoolean("feed", "options.close", o.close);
+  checkSignal("feed", "options.signal", o.signal);
   return o as FeedOptions;
 }

@@ -11,7 +11,14 @@
 
 import { OrderedStage, Stage } from "./stage.ts";
 import { internalsOf } from "./internals.ts";
-import { describe } from "./target.ts";
+import {
+  checkBoolean,
+  checkName,
+  checkObject,
+  checkOptionNames,
+  checkPositiveInteger,
+  describe,
+} from "../checks.ts";
 
 /**
  * Options of a `FilterStage`.
@@ -155,47 +162,12 @@ export class FilterStage<I, R = unknown, O = [task: I, results: R[]]>
 }
 
 function checkFilterOptions(options: unknown): FilterStageOptions {
-  if (typeof options !== "object" || options === null) {
-    throw new TypeError(
-      `FilterStage: 'options' must be an object, got ${describe(options)}`,
-    );
-  }
-  const o = options as Record<string, unknown>;
-  for (const key of Object.keys(o)) {
-    if (!OPTION_NAMES.includes(key)) {
-      throw new TypeError(
-        `FilterStage: 'options.${key}' is not a filter option; the options are ${
-          OPTION_NAMES.join(", ")
-        }`,
-      );
-    }
-  }
+  const o = checkObject("FilterStage", "options", options);
+  checkOptionNames("FilterStage", o, OPTION_NAMES, "filter");
   for (const key of ["dropResults", "cacheResults", "doStopTask"]) {
-    if (o[key] !== undefined && typeof o[key] !== "boolean") {
-      throw new TypeError(
-        `FilterStage: 'options.${key}' must be a boolean, got ${
-          describe(o[key])
-        }`,
-      );
-    }
+    checkBoolean("FilterStage", `options.${key}`, o[key]);
   }
-  if (o.name !== undefined && (typeof o.name !== "string" || o.name === "")) {
-    throw new TypeError(
-      `FilterStage: 'options.name' must be a non-empty string, got ${
-        describe(o.name)
-      }`,
-    );
-  }
-  if (
-    o.maxTasks !== undefined &&
-    !(typeof o.maxTasks === "number" && Number.isInteger(o.maxTasks) &&
-      o.maxTasks >= 1)
-  ) {
-    throw new RangeError(
-      `FilterStage: 'options.maxTasks' must be a positive integer, got ${
-        describe(o.maxTasks)
-      }`,
-    );
-  }
+  checkName("FilterStage", "options.name", o.name);
+  checkPositiveInteger("FilterStage", "options.maxTasks", o.maxTasks);
   return o as FilterStageOptions;
 }

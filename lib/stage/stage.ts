@@ -18,7 +18,8 @@ import {
   type GetOptions,
   type StageOptions,
 } from "./stage_options.ts";
-import { describe, shipTarget } from "./target.ts";
+import { checkPositiveInteger, describe } from "../checks.ts";
+import { shipTarget } from "./target.ts";
 import type {
   ModuleTarget,
   Target,
@@ -88,11 +89,7 @@ export class Stage<I, O, R = never> {
     options: StageOptions = {},
   ) {
     const kind = new.target === Stage ? "Stage" : new.target.name;
-    if (typeof size !== "number" || !Number.isInteger(size) || size < 1) {
-      throw new RangeError(
-        `${kind}: 'size' must be a positive integer, got ${describe(size)}`,
-      );
-    }
+    checkPositiveInteger(kind, "size", size);
     const checked = checkStageOptions(kind, options);
     const { shipped, ordered, isClass } = shipTarget(target, kind);
     const classOnly = !(this instanceof OrderedStage ||

@@ -8,7 +8,14 @@
 import type { StageError } from "../errors.ts";
 import { checkPermissions, type StagePermissions } from "./permissions.ts";
 import type { Cluster } from "./cluster.ts";
-import { describe } from "./target.ts";
+import {
+  checkBoolean,
+  checkName,
+  checkObject,
+  checkOptionNames,
+  checkPositiveInteger,
+  describe,
+} from "../checks.ts";
 
 /**
  * Options of a stage.
@@ -169,33 +176,16 @@ export function checkStageOptions(
   kind: string,
   options: unknown,
 ): StageOptions {
-  if (typeof options !== "object" || options === null) {
-    throw new TypeError(
-      `${kind}: 'options' must be an object, got ${describe(options)}`,
-    );
-  }
-  const o = options as Record<string, unknown>;
-  for (const key of Object.keys(o)) {
-    if (!OPTION_NAMES.includes(key)) {
-      throw new TypeError(
-        `${kind}: 'options.${key}' is not a stage option; the options are ${
-          OPTION_NAMES.join(", ")
-        }`,
-      );
-    }
-  }
+  const o = checkObject(kind, "options", options);
+  checkOptionNames(kind, o, OPTION_NAMES, "stage");
   const fail = (key: string, what: string) => {
     throw new TypeError(
       `${kind}: 'options.${key}' must be ${what}, got ${describe(o[key])}`,
     );
   };
-  if (o.name !== undefined && (typeof o.name !== "string" || o.name === "")) {
-    fail("name", "a non-empty string");
-  }
+  checkName(kind, "options.name", o.name);
   for (const key of ["disableResult", "doStopTask", "restart"]) {
-    if (o[key] !== undefined && typeof o[key] !== "boolean") {
-      fail(key, "a boolean");
-    }
+    checkBoolean(kind, `options.${key}`, o[key]);
   }
   if (o.args !== undefined && !Array.isArray(o.args)) fail("args", "an array");
   if (
@@ -215,17 +205,7 @@ export function checkStageOptions(
       );
     }
   }
-  if (
-    o.concurrency !== undefined &&
-    !(typeof o.concurrency === "number" && Number.isInteger(o.concurrency) &&
-      o.concurrency >= 1)
-  ) {
-    throw new RangeError(
-      `${kind}: 'options.concurrency' must be a positive integer, got ${
-        describe(o.concurrency)
-      }`,
-    );
-  }
+  checkPositiveInteger(kind, "options.concurrency", o.concurrency);
   if (o.permissions !== undefined) checkPermissions(kind, o.permissions);
   if (o.cluster !== undefined && o.cluster !== null) {
     if (
