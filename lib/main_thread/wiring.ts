@@ -312,7 +312,7 @@ export class Wiring {
    * words. Call only once nothing will read or write them again: every
    * worker exited after passing the stop on, the main thread read every
    * leaf ring to its end, and the input will write nothing more (its stop
-   * request was written, and it is not shut down afterwards).
+   * request was written, and the run is not cut short afterwards).
    */
   release(): void {
     const rings = new Set<ArrayBufferLike>(this.#rings);

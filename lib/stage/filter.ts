@@ -43,7 +43,7 @@ import {
 export interface FilterStageOptions {
   /**
    * A task enters a sub-pipeline only while it holds fewer than this many
-   * tasks (tasks put in, less results drained out); others are shed.
+   * tasks (tasks put in, less results read out); others are shed.
    * @default {1}
    */
   maxTasks?: number;
@@ -84,7 +84,7 @@ const OPTION_NAMES = [
  * A stage that passes each task into every sub-pipeline that holds fewer than
  * `maxTasks` tasks, sheds it from the others, and for every task — shed or
  * not — puts one result: `[task, results]`, where `results` holds the latest
- * result drained from each sub-pipeline since the previous task (or, with
+ * result read from each sub-pipeline since the previous task (or, with
  * `cacheResults`, its last result ever), or just `task` with `dropResults`.
  *
  * @typeParam I The type of the tasks.
