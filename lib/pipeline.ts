@@ -2,22 +2,8 @@
  * The `Pipeline` users meet: a facade that puts the parts together and hands
  * each call to the part that does it.
  *
- * One task's path through the files:
- * 1. `put` (`task_input.ts`) encodes the task (`codec.ts`) and writes it to
- *    the root stage's input ring (`ring.ts`), publishing in runs and ringing
- *    the workers' doorbell (`bell.ts`) only when one sleeps.
- * 2. A worker of the root stage (`worker_runtime.ts`, started by
- *    `supervisor.ts` from the configs of `wiring.ts`) claims a batch of tasks
- *    from its input link (`link.ts`: the rings of every producer, merged by
- *    sequence number for an ordered upstream stage), runs the target
- *    (`target.ts`, `worker.ts`) on each, and writes each result to every
- *    downstream link through its output port (`link.ts`).
- * 3. So on, stage by stage; a `FilterStage` (`filter.ts`) runs
- *    `filter_runtime.ts` instead of a target.
- * 4. The leaf stages' workers write to rings the main thread reads:
- *    `get` and `results()` (`result_output.ts`) claim results from them.
- * 5. The stop request is a record each worker passes on after its last task;
- *    when every worker has exited, `done` settles.
+ * Where each file of `lib/` runs, and one task's path through them: the
+ * README's "How it works".
  *
  * @module
  */

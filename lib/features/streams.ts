@@ -1,10 +1,10 @@
 /**
  * The pipeline as Web Streams, and `feed`: a `WritableStream` of tasks, a
  * `ReadableStream` of results (`ResultStream`, in `result_stream.ts`), and a
- * loop that puts every item of an iterable or stream. All three sit on the same input and output as `put`
- * and `get`, so backpressure reaches the rings in both directions: a write
- * waits while the chunks held with it wait for room, and results wait in the
- * rings until a reader asks for them.
+ * loop that puts every item of an iterable or stream. All three sit on the
+ * same input and output as `put` and `get`, so backpressure reaches the rings
+ * in both directions: a write waits while the chunks held with it wait for
+ * room, and results wait in the rings until a reader asks for them.
  *
  * @module
  */

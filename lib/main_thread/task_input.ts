@@ -2,8 +2,8 @@
  * The pipeline's input: the main thread as the only producer of the root
  * stage's input link. `put` encodes a task and writes it to the ring at once
  * when there is room; otherwise the task waits, in order, until room appears.
- * Writes are published several at a time, since each publish moves the ring's head to
- * the consumers' cores.
+ * Writes are published several at a time, since each publish moves the
+ * ring's head to the consumers' cores.
  *
  * The main thread never blocks: it waits for room with `Atomics.waitAsync`.
  *

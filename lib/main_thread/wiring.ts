@@ -188,7 +188,7 @@ export class Wiring {
     const holdOne = state.restart || Number.isFinite(state.taskTimeout);
     const filter = this.#filterConfig(stage);
     // A remote stage runs one stand-in worker that keeps `size` tasks in
-    // flight on its cluster (see remote.ts).
+    // flight on its cluster (see stage/cluster.ts).
     const standIn = state.standIn;
     const target: ShippedTarget = standIn === null ? state.shipped : {
       kind: "module",
