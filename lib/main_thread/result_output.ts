@@ -10,7 +10,7 @@
 import { Bell } from "../shared_memory/bell.ts";
 import { ClaimPolicy } from "../shared_memory/claim_policy.ts";
 import type { InputLink } from "../shared_memory/link.ts";
-import type { GetOptions } from "../stage/stage_options.ts";
+import type { GetOptions } from "../stage/stage.ts";
 import type { AnyStage } from "../stage/internals.ts";
 import { internalsOf } from "../stage/internals.ts";
 import { checkCallOptions } from "./options.ts";
