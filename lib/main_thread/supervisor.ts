@@ -65,8 +65,11 @@ const MAX_LOST_IN_ROW = 3;
 export interface SupervisorEvents {
   /** A worker failed the pipeline. */
   fail(error: StageError): void;
-  /** Every worker has exited, after the stop or a shutdown. */
-  exited(): void;
+  /**
+   * Every worker is gone: each exited by itself after the stop, or was
+   * killed (the run was cut short).
+   */
+  allGone(): void;
   /** A worker left elastic `stage`, idle `idleMs`, or `asked` to; it has `size` workers now. */
   left?(stage: AnyStage, size: number, idleMs: number, asked: boolean): void;
 }
@@ -107,7 +110,7 @@ export class Supervisor {
   /** Replaced workers whose last reports are still on their way (see #retire). */
   readonly #retiring = new Set<WorkerRecord>();
   #alive = 0;
-  /** Every worker exited by itself (not killed). */
+  /** Every worker exited by itself after the stop (none was killed). */
   #exitedAll = false;
   #watchdog: Watchdog | undefined;
 
@@ -180,7 +183,7 @@ export class Supervisor {
     }
   }
 
-  /** Kills every worker, even one asleep in `Atomics.wait`, and reports them exited. */
+  /** Kills every worker, even one asleep in `Atomics.wait`, and reports them all gone. */
   killAll(): void {
     for (const record of this.#workers) this.#kill(record);
     for (const record of this.#retiring) this.#endRetirement(record);
@@ -188,7 +191,7 @@ export class Supervisor {
     this.#workers = [];
     this.#alive = 0;
     this.#placesLeft = 0;
-    this.#allExited();
+    this.#allGone();
   }
 
   /**
@@ -362,7 +365,7 @@ export class Supervisor {
           // Nothing is left to kill: forget the workers and their configs.
           this.#exitedAll = true;
           this.#workers = [];
-          this.#allExited();
+          this.#allGone();
         }
         break;
       }
@@ -395,15 +398,18 @@ export class Supervisor {
       case "lost":
         this.#lost(record, message.reason, message.error);
         break;
+      case "hosts":
+        internalsOf(stage).hosts = message.hosts;
+        break;
     }
   }
 
   /**
-   * A worker ended without finishing (it called close() or Deno.exit(), threw
-   * outside a task, or ran a task past its timeout). The tasks it held are
-   * task failures: under onError "fail" they fail the pipeline. Otherwise,
-   * with `restart` (or after a timeout), a worker takes its place that first
-   * closes the tasks the lost one held, and each is counted and reported;
+   * A worker is lost: it died unasked (it called close() or Deno.exit(), or
+   * threw outside a task), or ran a task past its timeout. The tasks it held
+   * are task failures: under onError "fail" they fail the pipeline.
+   * Otherwise, with `restart` (or after a timeout), a worker takes its place
+   * that first settles the tasks the lost one held, and each is counted and reported;
    * without, the pipeline fails.
    */
   #lost(record: WorkerRecord, reason: string, cause: unknown): void {
@@ -552,9 +558,9 @@ export class Supervisor {
     }
   }
 
-  #allExited(): void {
+  #allGone(): void {
     this.#watchdog?.stop();
-    this.#events.exited();
+    this.#events.allGone();
   }
 }
 
@@ -594,7 +600,7 @@ function processed(status: StageStatus, index: number): number {
 
 /**
  * Learns the ordering of each `Stage` whose module target's is not known yet,
- * from the worker class it exports. `signal` (the pipeline ended) kills the
+ * from the worker class it exports. `signal` (the run was cut short) kills the
  * workers that import them: a module whose top level never ends must not
  * keep the process alive.
  */
@@ -647,7 +653,7 @@ async function inspectModule(
     name: `${stage.name} (inspect)`,
   });
   let answer: { ordered?: unknown; error?: unknown; errorName?: string };
-  let ended = () => {};
+  let stopWaiting = () => {};
   try {
     answer = await new Promise((resolve) => {
       worker.onmessage = (event) => resolve(event.data);
@@ -655,13 +661,13 @@ async function inspectModule(
         event.preventDefault();
         resolve({ error: event.error ?? event.message });
       };
-      // The pipeline ended: it no longer waits for the answer.
-      ended = () => resolve({});
-      signal.addEventListener("abort", ended, { once: true });
+      // The run was cut short: it no longer waits for the answer.
+      stopWaiting = () => resolve({});
+      signal.addEventListener("abort", stopWaiting, { once: true });
       worker.postMessage([shipped.specifier, shipped.exportName]);
     });
   } finally {
-    signal.removeEventListener("abort", ended);
+    signal.removeEventListener("abort", stopWaiting);
     worker.terminate();
   }
   if (signal.aborted) return;

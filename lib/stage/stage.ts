@@ -17,38 +17,18 @@ import {
   cloneArgs,
   defaultName,
   type ElasticSize,
+  type GetOptions,
   IDLE_MS,
   type StageOptions,
 } from "./stage_options.ts";
-import { describe, shipTarget } from "./target.ts";
+import { describe } from "../checks.ts";
+import { shipTarget } from "./target.ts";
 import type {
   ModuleTarget,
   Target,
   TaskFunction,
   WorkerClass,
 } from "./target.ts";
-
-/**
- * Options for reading results.
- *
- * @example Usage
- * ```ts
- * import { type GetOptions, OrderedStage, Pipeline } from "@mpipe/mpipe";
- * import assert from "node:assert/strict";
- *
- * const pipe = new Pipeline(new OrderedStage((x: number) => x));
- * const options: GetOptions = { timeout: 50 };
- * // Nothing was put: the read gives up after 50 ms, and loses nothing.
- * await assert.rejects(pipe.get(options), { name: "TimeoutError" });
- * pipe.terminate();
- * ```
- */
-export interface GetOptions {
-  /** Give up after this many milliseconds with a `TimeoutError` `DOMException`; nothing is lost. */
-  timeout?: number;
-  /** Give up when this signal aborts, with its reason; nothing is lost. */
-  signal?: AbortSignal;
-}
 
 /**
  * A stage of identical workers running a worker class: ordered if the class
@@ -160,6 +140,7 @@ export class Stage<I, O, R = never> {
       permissions: checked.permissions ?? "inherit",
       cluster: checked.cluster ?? null,
       standIn: null,
+      hosts: [],
       status: null,
       next: [],
       previous: [],
@@ -170,13 +151,13 @@ export class Stage<I, O, R = never> {
 
   /** Tasks this stage has dropped: by its `onError` policy, past `taskTimeout`, or held by a lost worker. */
   get skipped(): number {
-    const status = internalsOf(this as unknown as AnyStage).status;
+    const status = internalsOf(this).status;
     return status === null ? 0 : status.skipped;
   }
 
   /** Whether the stage keeps the order of its tasks (undefined until a module target is loaded). */
   get ordered(): boolean | undefined {
-    return internalsOf(this as unknown as AnyStage).ordered;
+    return internalsOf(this).ordered;
   }
 
   /**
@@ -201,9 +182,8 @@ export class Stage<I, O, R = never> {
         `Stage '${this.name}': 'next' must be a Stage, got ${describe(next)}`,
       );
     }
-    const self = this as unknown as AnyStage;
-    const other = next as unknown as AnyStage;
-    const mine = internalsOf(self);
+    const other: AnyStage = next;
+    const mine = internalsOf(this);
     const theirs = internalsOf(other);
     if (mine.owner !== null || theirs.owner !== null) {
       throw new TypeError(
@@ -212,19 +192,19 @@ export class Stage<I, O, R = never> {
         } already belongs to a built pipeline; link stages before creating the Pipeline`,
       );
     }
-    if (other === self) {
+    if (other === this as AnyStage) {
       throw new TypeError(
         `Stage '${this.name}' cannot be linked to itself`,
       );
     }
-    if (reaches(other, self)) {
+    if (reaches(other, this)) {
       throw new TypeError(
         `Linking stage '${this.name}' to stage '${next.name}' would make a cycle: '${next.name}' already leads to '${this.name}'`,
       );
     }
     if (!mine.next.includes(other)) {
       mine.next.push(other);
-      theirs.previous.push(self);
+      theirs.previous.push(this);
     }
     return this;
   }
@@ -240,7 +220,7 @@ export class Stage<I, O, R = never> {
    */
   get(options?: GetOptions): Promise<O | null> {
     return this.#owner().getFrom(
-      this as unknown as AnyStage,
+      this,
       options,
     ) as Promise<O | null>;
   }
@@ -254,13 +234,13 @@ export class Stage<I, O, R = never> {
    */
   results(options?: GetOptions): AsyncIterableIterator<O> {
     return this.#owner().resultsFrom(
-      this as unknown as AnyStage,
+      this,
       options,
     ) as AsyncIterableIterator<O>;
   }
 
   #owner(): StageOwner {
-    const owner = internalsOf(this as unknown as AnyStage).owner;
+    const owner = internalsOf(this).owner;
     if (owner === null) {
       throw new TypeError(
         `Stage '${this.name}' has no results to read: create a Pipeline with it first`,
@@ -357,6 +337,7 @@ export class UnorderedStage<I, O> extends Stage<I, O> {
 /** Re-exported here so stage users find the target and option types beside the stages. */
 export type {
   ElasticSize,
+  GetOptions,
   ModuleTarget,
   StageOptions,
   Target,

@@ -58,6 +58,8 @@ export function fakeStage(
     lowestSize: workers.length,
     highestSize: workers.length,
     elastic: null,
+    remote: false,
+    hosts: [],
     ordered: true,
     received: tasks,
     tasks,
