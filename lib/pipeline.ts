@@ -31,7 +31,8 @@ import {
   workersOf,
 } from "./stage/internals.ts";
 import { SkipReports } from "./main_thread/skip_reports.ts";
-import { inspectModules, Supervisor } from "./main_thread/supervisor.ts";
+import { Supervisor } from "./main_thread/supervisor.ts";
+import { inspectModules } from "./main_thread/inspect_modules.ts";
 import { TaskInput } from "./main_thread/task_input.ts";
 import { type FeedOptions, PipelineStreams } from "./features/streams.ts";
 import { Wiring } from "./main_thread/wiring.ts";

@@ -16,7 +16,7 @@
 import { flowOrder, reachable } from "../stage/graph.ts";
 import { type AnyStage, internalsOf, workersOf } from "../stage/internals.ts";
 import { StageStatus } from "../shared_memory/status.ts";
-import type { PlaceSpan } from "../main_thread/supervisor.ts";
+import type { PlaceSpan } from "../main_thread/places.ts";
 import type { ElasticSize } from "../stage/stage_options.ts";
 
 /**

@@ -14,18 +14,14 @@ import { StageError } from "../errors.ts";
 import type { RunView } from "./run_state.ts";
 import { type AnyStage, internalsOf } from "../stage/internals.ts";
 import { StageStatus } from "../shared_memory/status.ts";
-import {
-  loadError,
-  revive,
-  skippedError,
-  workerError,
-} from "./stage_errors.ts";
+import { loadError, skippedError, workerError } from "./stage_errors.ts";
 import type { WorkerConfig } from "../worker_thread/runtime.ts";
 import type { WorkerMessage } from "../worker_thread/scope.ts";
 import type { SkipReports } from "./skip_reports.ts";
-import { scriptUrl, stageWorkerScript } from "../worker_thread/script.ts";
+import { stageWorkerScript } from "../worker_thread/script.ts";
 import { Watchdog } from "./watchdog.ts";
 import type { SleepWord } from "./wiring.ts";
+import { type PlaceSpan, StagePlaces } from "./places.ts";
 
 /** A running worker and what it was started with. */
 interface WorkerRecord {
@@ -74,35 +70,13 @@ export interface SupervisorEvents {
   left?(stage: AnyStage, size: number, idleMs: number, asked: boolean): void;
 }
 
-/** When a worker held a place: from `startMs` to `endMs` (null while it does), as `performance.now()`. */
-export interface PlaceSpan {
-  startMs: number;
-  endMs: number | null;
-}
-
-/** A stage's worker places as the supervisor keeps them. */
-interface Places {
-  /** Each place's config, as the pipeline was built. */
-  configs: WorkerConfig[];
-  /** Each place's latest worker's generation. */
-  generations: number[];
-  /** When each place's workers held it. */
-  spans: PlaceSpan[][];
-  /** Places not yet done: not passed the stop on (or ended as parked). */
-  left: number;
-  /** Workers holding a place now (joined and not left; those that exit at the stop still count). */
-  size: number;
-  lowest: number;
-  highest: number;
-}
-
 /** Starts, watches, replaces and kills the workers of a pipeline. */
 export class Supervisor {
   readonly #run: RunView;
   readonly #events: SupervisorEvents;
   readonly #reports: SkipReports;
   /** Each stage's places, to tell the reports when a stage is done and to add workers to elastic ones. */
-  readonly #places = new Map<AnyStage, Places>();
+  readonly #places = new Map<AnyStage, StagePlaces>();
   /** Places of every stage not yet done. */
   #placesLeft = 0;
   readonly #sleepWords: readonly SleepWord[];
@@ -148,15 +122,7 @@ export class Supervisor {
   start(stages: readonly { stage: AnyStage; configs: WorkerConfig[] }[]): void {
     for (const { stage, configs } of stages) {
       const open = configs[0]?.elastic?.min ?? configs.length;
-      this.#places.set(stage, {
-        configs,
-        generations: configs.map(() => 0),
-        spans: configs.map(() => []),
-        left: configs.length,
-        size: open,
-        lowest: open,
-        highest: open,
-      });
+      this.#places.set(stage, new StagePlaces(configs, open));
       this.#placesLeft += configs.length;
       try {
         // An elastic stage's places past `min` wait, parked (see Wiring).
@@ -207,41 +173,14 @@ export class Supervisor {
     ) {
       return false;
     }
-    const status = internalsOf(stage).status!;
-    const words = status.words;
-    for (let index = 0; index < places.configs.length; index++) {
-      // Races a stopping worker that ends parked places: one of them wins.
-      if (
-        Atomics.compareExchange(
-          words,
-          status.at(index, StageStatus.PLACE),
-          StageStatus.PARKED,
-          StageStatus.OPEN,
-        ) !== StageStatus.PARKED
-      ) continue;
-      Atomics.add(words, StageStatus.WORKERS, 1);
-      const generation = places.generations[index]! + 1;
-      // Its previous worker, if still there, never writes again; the new one
-      // starts with no timed task running.
-      Atomics.store(words, status.at(index, StageStatus.KILL), generation);
-      Atomics.store(
-        words,
-        status.at(index, StageStatus.TASK_STATE),
-        StageStatus.taskState(generation, StageStatus.IDLE),
-      );
-      this.#resized(places, 1);
-      try {
-        this.#spawn(stage, {
-          ...places.configs[index]!,
-          generation,
-          recover: null,
-        }, 0);
-      } catch (error) {
-        throw spawnError(stage, error);
-      }
-      return true;
+    const config = places.open(internalsOf(stage).status!);
+    if (config === null) return false;
+    try {
+      this.#spawn(stage, config, 0);
+    } catch (error) {
+      throw spawnError(stage, error);
     }
-    return false;
+    return true;
   }
 
   /** `stage`'s size now, and its lowest and highest: fixed stages keep theirs. */
@@ -271,22 +210,10 @@ export class Supervisor {
     return this.#places.get(stage)?.spans ?? [];
   }
 
-  #resized(places: Places, by: number): void {
-    places.size += by;
-    places.lowest = Math.min(places.lowest, places.size);
-    places.highest = Math.max(places.highest, places.size);
-  }
-
   /** Starts one worker; `config.recover` says if it replaces a lost one. */
   #spawn(stage: AnyStage, config: WorkerConfig, lostInRow: number): void {
     config.spawnedAt = performance.timeOrigin + performance.now();
-    const places = this.#places.get(stage)!;
-    places.generations[config.index] = config.generation;
-    // A replacement goes on in its place's span.
-    const spans = places.spans[config.index]!;
-    if (spans.at(-1)?.endMs !== null) {
-      spans.push({ startMs: performance.now(), endMs: null });
-    }
+    this.#places.get(stage)!.started(config);
     const { permissions, shipped } = internalsOf(stage);
     const preload = permissions !== "inherit" && shipped.kind === "module"
       ? shipped.specifier
@@ -372,7 +299,7 @@ export class Supervisor {
       case "left": {
         this.#gone(record);
         const places = this.#places.get(stage)!;
-        this.#resized(places, -1);
+        places.resized(-1);
         this.#events.left?.(stage, places.size, message.idleMs, message.asked);
         break;
       }
@@ -526,10 +453,7 @@ export class Supervisor {
   #kill(record: WorkerRecord, terminate = true): void {
     record.gone = true;
     const { stage, config } = record;
-    const span = this.#places.get(stage)?.spans[config.index]?.at(-1);
-    if (span !== undefined && span.endMs === null && terminate) {
-      span.endMs = performance.now();
-    }
+    if (terminate) this.#places.get(stage)?.ended(config.index);
     const status = internalsOf(stage).status!;
     // Raised before any wake-up, so a worker that wakes sees it.
     Atomics.store(
@@ -596,94 +520,4 @@ function describeTasks(tasks: readonly number[]): string {
 function processed(status: StageStatus, index: number): number {
   return status.figures[status.figure(index, StageStatus.TASKS)]! +
     Atomics.load(status.words, status.at(index, StageStatus.SKIPS));
-}
-
-/**
- * Learns the ordering of each `Stage` whose module target's is not known yet,
- * from the worker class it exports. `signal` (the run was cut short) kills the
- * workers that import them: a module whose top level never ends must not
- * keep the process alive.
- */
-export async function inspectModules(
-  stages: AnyStage[],
-  signal: AbortSignal,
-): Promise<void> {
-  await Promise.all(stages.map((stage) => inspectModule(stage, signal)));
-}
-
-/**
- * The script of the worker that imports a module target to read its export's
- * `ordered`. The main thread does not import it itself: the module may be the
- * main module, or one still evaluating (a top-level `await` that waits for
- * this pipeline), and importing it there would wait for itself for ever.
- */
-let inspectorUrl = "";
-
-/** Each inspected export's ordering, by specifier and export: a worker's start is paid once per process. */
-const orderings = new Map<string, boolean>();
-
-async function inspectModule(
-  stage: AnyStage,
-  signal: AbortSignal,
-): Promise<void> {
-  const state = internalsOf(stage);
-  const shipped = state.shipped;
-  if (shipped.kind !== "module") return;
-  const key = `${shipped.specifier}#${shipped.exportName}`;
-  const known = orderings.get(key);
-  if (known !== undefined) {
-    state.ordered = known;
-    return;
-  }
-  inspectorUrl ||= scriptUrl(
-    [],
-    `self.onmessage = async ({ data: [specifier, name] }) => {
-  try {
-    const value = (await import(specifier))[name];
-    // A worker class says its ordering; a task function runs ordered, as
-    // under OrderedStage (a script may export either, as in Python MPipe).
-    postMessage({ ordered: typeof value === "function" ? value.ordered ?? true : undefined });
-  } catch (error) {
-    postMessage({ error, errorName: error?.name });
-  }
-};`,
-  );
-  const worker = new Worker(inspectorUrl, {
-    type: "module",
-    name: `${stage.name} (inspect)`,
-  });
-  let answer: { ordered?: unknown; error?: unknown; errorName?: string };
-  let stopWaiting = () => {};
-  try {
-    answer = await new Promise((resolve) => {
-      worker.onmessage = (event) => resolve(event.data);
-      worker.onerror = (event) => {
-        event.preventDefault();
-        resolve({ error: event.error ?? event.message });
-      };
-      // The run was cut short: it no longer waits for the answer.
-      stopWaiting = () => resolve({});
-      signal.addEventListener("abort", stopWaiting, { once: true });
-      worker.postMessage([shipped.specifier, shipped.exportName]);
-    });
-  } finally {
-    signal.removeEventListener("abort", stopWaiting);
-    worker.terminate();
-  }
-  if (signal.aborted) return;
-  if ("error" in answer) {
-    throw loadError(
-      stage.name,
-      undefined,
-      revive(answer.error, answer.errorName),
-    );
-  }
-  if (typeof answer.ordered !== "boolean") {
-    throw new StageError(
-      `export '${shipped.exportName}' of ${shipped.specifier} is neither a worker class nor a task function: export a class extending OrderedWorker or UnorderedWorker, or a function`,
-      { stage: stage.name },
-    );
-  }
-  orderings.set(key, answer.ordered);
-  state.ordered = answer.ordered;
 }

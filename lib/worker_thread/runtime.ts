@@ -26,7 +26,8 @@ import {
   type TaskHost,
   type TaskSlot,
 } from "./concurrent_runner.ts";
-import { IdleWait, type Leaving } from "./idle_wait.ts";
+import { IdleWait } from "./idle_wait.ts";
+import { type ElasticConfig, ElasticPlace } from "./elastic_place.ts";
 import { WorkerFigures } from "./figures.ts";
 import { WorkerScope } from "./scope.ts";
 
@@ -81,21 +82,6 @@ export interface WorkerConfig {
   elastic: ElasticConfig | null;
 }
 
-/**
- * What a worker of an elastic stage knows of it: its workers come and go
- * between `min` and its places (`size`), each leaving once idle `idleMs`.
- */
-export interface ElasticConfig {
-  min: number;
-  idleMs: number;
-  /**
-   * The output branches of each of the stage's places: a worker that passes
-   * the stop on ends the parked places' rings too, as their workers would
-   * have (see `StageStatus.PLACE`).
-   */
-  places: Branch[][];
-}
-
 /** Runs one stage worker. */
 export class WorkerRuntime implements TaskHost, BatchHost {
   /** Starts the worker described by `config`; reports every failure. */
@@ -118,6 +104,8 @@ export class WorkerRuntime implements TaskHost, BatchHost {
   readonly status: StageStatus;
   readonly figures: WorkerFigures;
   readonly idleWait: IdleWait;
+  /** Its place in an elastic stage; null for a fixed size. */
+  readonly #elastic: ElasticPlace | null;
   /** The loop of a worker that runs several tasks at once, if it does. */
   readonly #runner: ConcurrentRunner | null;
   /** The loop of a worker whose target takes its tasks in batches, if it does (set once loaded). */
@@ -147,12 +135,10 @@ export class WorkerRuntime implements TaskHost, BatchHost {
     this.output = new OutputPort(config.outputs);
     this.status = new StageStatus(config.status, config.size);
     this.figures = new WorkerFigures(this.status, config.index);
-    const elastic = config.elastic;
-    const leaving: Leaving | null = elastic === null ? null : {
-      idleMs: elastic.idleMs,
-      mayLeave: (idleFor) => this.#mayLeave(idleFor, elastic.min),
-    };
-    this.idleWait = new IdleWait(this.input, config.spin, leaving);
+    this.#elastic = config.elastic === null
+      ? null
+      : new ElasticPlace(config.elastic, this.status, config.index);
+    this.idleWait = new IdleWait(this.input, config.spin, this.#elastic);
     this.#runner = config.concurrency > 1 ? new ConcurrentRunner(this) : null;
     Bell.kill = {
       words: this.status.words,
@@ -227,7 +213,7 @@ export class WorkerRuntime implements TaskHost, BatchHost {
         : this.#runner !== null
         ? this.#runner.run(run)
         : this.#loop(run));
-      if (left && this.#leave()) {
+      if (left && this.#leave(this.#elastic!)) {
         return;
       }
       // A filter lets its sub-pipelines finish before or after its own stop.
@@ -254,106 +240,14 @@ export class WorkerRuntime implements TaskHost, BatchHost {
     this.output.putEmpty(Ring.STOP, 0);
     this.output.publish();
     if (filter !== null && !filter.config.doStopTask) filter.finish();
-    WorkerScope.post({ type: "exit", ended: this.#endParked() });
+    WorkerScope.post({ type: "exit", ended: this.#elastic?.endParked() ?? 0 });
   }
 
-  /**
-   * Whether this idle worker of an elastic stage leaves now (see `Leaving`):
-   * it has waited `idleMs`, or the main thread asks for a worker (`SHED`),
-   * and the stage keeps `min` workers.
-   */
-  #mayLeave(idleFor: number, min: number): boolean {
-    const words = this.status.words;
-    const asked = Atomics.load(words, StageStatus.SHED) > 0;
-    if (!asked && idleFor < this.config.elastic!.idleMs) return false;
-    for (;;) {
-      const running = Atomics.load(words, StageStatus.WORKERS);
-      if (running <= min) return false;
-      if (
-        Atomics.compareExchange(
-          words,
-          StageStatus.WORKERS,
-          running,
-          running - 1,
-        ) === running
-      ) break;
-    }
-    // Take the request, if one is still there (another worker may have).
-    for (let shed; (shed = Atomics.load(words, StageStatus.SHED)) > 0;) {
-      if (
-        Atomics.compareExchange(words, StageStatus.SHED, shed, shed - 1) ===
-          shed
-      ) break;
-    }
-    this.#idleFor = idleFor;
-    this.#asked = asked;
-    return true;
-  }
-
-  /** How long this worker waited before it left, and whether it was asked to. */
-  #idleFor = 0;
-  #asked = false;
-
-  /**
-   * Leaves the stage: it holds no task, and everything it wrote is
-   * published, so its place is parked with its rings open, for a later
-   * worker. If the stop came meanwhile, a worker passing it on may have
-   * looked at this place before it was parked: then this one takes its place
-   * back (false) and passes the stop on itself, unless another worker has
-   * already ended the place.
-   */
-  #leave(): boolean {
-    const words = this.status.words;
-    const place = this.status.at(this.config.index, StageStatus.PLACE);
+  /** Leaves the elastic stage, unless the stop came meanwhile (see `ElasticPlace.leave`). */
+  #leave(elastic: ElasticPlace): boolean {
     this.figures.exiting(performance.now());
     this.output.publish();
-    Atomics.store(words, place, StageStatus.PARKED);
-    if (
-      this.input.ended &&
-      Atomics.compareExchange(
-          words,
-          place,
-          StageStatus.PARKED,
-          StageStatus.OPEN,
-        ) === StageStatus.PARKED
-    ) {
-      Atomics.add(words, StageStatus.WORKERS, 1);
-      return false;
-    }
-    WorkerScope.post({
-      type: "left",
-      idleMs: this.#idleFor,
-      asked: this.#asked,
-    });
-    return true;
-  }
-
-  /**
-   * Ends the rings of the stage's parked places, which no worker holds, as
-   * their workers would have at the stop; returns how many it ended. Each
-   * place is ended once: by whoever changes it from PARKED to ENDED.
-   */
-  #endParked(): number {
-    const elastic = this.config.elastic;
-    if (elastic === null) return 0;
-    const words = this.status.words;
-    let ended = 0;
-    elastic.places.forEach((branches, index) => {
-      if (
-        Atomics.compareExchange(
-          words,
-          this.status.at(index, StageStatus.PLACE),
-          StageStatus.PARKED,
-          StageStatus.ENDED,
-        ) !== StageStatus.PARKED
-      ) return;
-      // The place's last worker published all it wrote before parking it.
-      const port = new OutputPort(branches);
-      port.putEmpty(Ring.STOP, 0);
-      port.publish();
-      ended++;
-    });
-    return ended;
+    return elastic.leave(() => this.input.ended);
   }
 
   /** Runs tasks until the input ends (false) or the worker leaves its elastic stage (true). */

@@ -20,6 +20,7 @@ import { HeldTable, StageStatus } from "../shared_memory/status.ts";
 import { BatchRunner } from "./batch_runner.ts";
 import { ConcurrentRunner } from "./concurrent_runner.ts";
 import { IdleWait } from "./idle_wait.ts";
+import { ElasticPlace } from "./elastic_place.ts";
 import { TargetLoader } from "./target_loader.ts";
 import { WorkerFigures } from "./figures.ts";
 import { OrderedWorker, TaskWorker, UnorderedWorker } from "../stage/worker.ts";
@@ -81,6 +82,7 @@ export function stageWorkerScript(preload = ""): string {
       WorkerScope,
       WorkerFigures,
       IdleWait,
+      ElasticPlace,
       HeldTable,
       ConcurrentRunner,
       BatchRunner,

@@ -1,0 +1,144 @@
+/**
+ * A worker's place in an elastic stage (`size` given as `{ min, max }`): when
+ * an idle worker leaves, how it leaves without stopping the stage, and how a
+ * worker that passes the stop on ends the places no worker holds.
+ *
+ * Every place is wired when the pipeline is built (its output rings exist
+ * whether a worker holds it or not), so a worker that joins needs no new
+ * rings, and the links downstream count every place's ring as today. A
+ * leaving worker holds no task and has published all it wrote: its place is
+ * parked (`StageStatus.PARKED`) with its rings open, for a later worker. At
+ * the stop, each place's rings must carry one stop record: a held place's
+ * worker writes its own; the parked ones are ended by a worker that passes
+ * the stop on, which changes them from PARKED to ENDED first, so that the
+ * main thread starting a worker there (PARKED to OPEN) and it never both win.
+ *
+ * Shipped to workers by source, like `ring.ts`.
+ *
+ * @module
+ */
+
+import { type Branch, OutputPort } from "../shared_memory/link.ts";
+import { Ring } from "../shared_memory/ring.ts";
+import { StageStatus } from "../shared_memory/status.ts";
+import { WorkerScope } from "./scope.ts";
+
+/** What a worker of an elastic stage knows of it. */
+export interface ElasticConfig {
+  /** The fewest workers. */
+  min: number;
+  /** Ms a worker waits for tasks before it leaves. */
+  idleMs: number;
+  /** The output branches of each of the stage's places (see `endParked`). */
+  places: Branch[][];
+}
+
+/** One worker's place in an elastic stage. */
+export class ElasticPlace {
+  readonly idleMs: number;
+  readonly #config: ElasticConfig;
+  readonly #status: StageStatus;
+  readonly #words: Int32Array;
+  /** This place's state word. */
+  readonly #place: number;
+  /** How long the worker waited before it left, and whether it was asked to. */
+  #idleFor = 0;
+  #asked = false;
+
+  constructor(config: ElasticConfig, status: StageStatus, index: number) {
+    this.idleMs = config.idleMs;
+    this.#config = config;
+    this.#status = status;
+    this.#words = status.words;
+    this.#place = status.at(index, StageStatus.PLACE);
+  }
+
+  /**
+   * Whether this worker, idle for `idleFor` ms, leaves now: it has waited
+   * `idleMs`, or the main thread asks for a worker of its stage (`SHED`),
+   * and the stage keeps `min` workers. True takes it off the stage's count.
+   */
+  mayLeave(idleFor: number): boolean {
+    const words = this.#words;
+    const asked = Atomics.load(words, StageStatus.SHED) > 0;
+    if (!asked && idleFor < this.idleMs) return false;
+    for (;;) {
+      const workers = Atomics.load(words, StageStatus.WORKERS);
+      if (workers <= this.#config.min) return false;
+      if (
+        Atomics.compareExchange(
+          words,
+          StageStatus.WORKERS,
+          workers,
+          workers - 1,
+        ) === workers
+      ) break;
+    }
+    // Take the request, if it is still there (another worker may have).
+    for (let shed; (shed = Atomics.load(words, StageStatus.SHED)) > 0;) {
+      if (
+        Atomics.compareExchange(words, StageStatus.SHED, shed, shed - 1) ===
+          shed
+      ) break;
+    }
+    this.#idleFor = idleFor;
+    this.#asked = asked;
+    return true;
+  }
+
+  /**
+   * Parks the place of a worker that may leave (it holds no task, and all
+   * it wrote is published) and tells the main thread. If the stop came
+   * (`ended`), a worker passing it on may have looked at this place before
+   * it was parked: then the worker takes its place back (false) and passes
+   * the stop on itself, unless another worker has already ended the place.
+   */
+  leave(ended: () => boolean): boolean {
+    const words = this.#words;
+    Atomics.store(words, this.#place, StageStatus.PARKED);
+    if (
+      ended() &&
+      Atomics.compareExchange(
+          words,
+          this.#place,
+          StageStatus.PARKED,
+          StageStatus.OPEN,
+        ) === StageStatus.PARKED
+    ) {
+      Atomics.add(words, StageStatus.WORKERS, 1);
+      return false;
+    }
+    WorkerScope.post({
+      type: "left",
+      idleMs: this.#idleFor,
+      asked: this.#asked,
+    });
+    return true;
+  }
+
+  /**
+   * Ends the rings of the stage's parked places, as their workers would
+   * have at the stop; returns how many it ended. Call after passing the
+   * stop on.
+   */
+  endParked(): number {
+    const words = this.#words;
+    let ended = 0;
+    this.#config.places.forEach((branches, index) => {
+      if (
+        Atomics.compareExchange(
+          words,
+          this.#status.at(index, StageStatus.PLACE),
+          StageStatus.PARKED,
+          StageStatus.ENDED,
+        ) !== StageStatus.PARKED
+      ) return;
+      // The place's last worker published all it wrote before parking it.
+      const port = new OutputPort(branches);
+      port.putEmpty(Ring.STOP, 0);
+      port.publish();
+      ended++;
+    });
+    return ended;
+  }
+}
