@@ -215,7 +215,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
     });
     const elastic = new ElasticControl(
       stages,
-      (stage) => wiring.inputOf(stage),
+      wiring,
       this.#supervisor,
       threads,
       (stage) =>

@@ -12,9 +12,10 @@
  *
  * The rule, every `TICK_MS` (the README states it too):
  * - a stage is pressed when tasks wait at its input and its workers were
- *   busy at least `GROW_BUSY` of the last `WINDOW_TICKS` ticks (time blocked
- *   on a full stage downstream does not count as busy: more workers would
- *   not help), with none of its workers still starting;
+ *   busy at least `GROW_BUSY` of the last `WINDOW_TICKS` ticks, with none
+ *   of its workers still starting, and what it writes is not held up
+ *   downstream (a ring of its half full, or a `maxBacklog` three quarters
+ *   full: more workers would only wait there too);
  * - a stage with no worker gets one as soon as anything waits at its input
  *   (a task, or the stop);
  * - a stage pressed for `PRESSED_TICKS` ticks in a row gets a worker, up to
@@ -64,6 +65,12 @@ interface Elastic {
   rings: Int32Array[];
   /** Its input link's control block (its doorbell, to wake idle workers). */
   link: Int32Array;
+  /** The control words of the rings its places write to. */
+  outputs: Int32Array[];
+  /** The capacity of those rings, in bytes. */
+  outputBytes: number;
+  /** The links downstream that bound their backlog, and the bound. */
+  backlogs: { control: Int32Array; max: number }[];
   /** Busy minus blocked ms of its places, at each of the last ticks. */
   busy: number[];
   /** Ticks in a row it was pressed. */
@@ -94,9 +101,15 @@ export class ElasticControl {
    */
   constructor(
     stages: readonly AnyStage[],
-    inputs: (stage: AnyStage) => {
-      control: SharedArrayBuffer;
-      rings: SharedArrayBuffer[];
+    wiring: {
+      inputOf(stage: AnyStage): {
+        control: SharedArrayBuffer;
+        rings: SharedArrayBuffer[];
+      };
+      outputsOf(stage: AnyStage): {
+        rings: SharedArrayBuffer[];
+        backlogs: { control: SharedArrayBuffer; max: number }[];
+      };
     },
     supervisor: Supervisor,
     threads: number,
@@ -111,7 +124,8 @@ export class ElasticControl {
     this.#stages = stages.filter((stage) => internalsOf(stage).elastic)
       .map((stage) => {
         const status = internalsOf(stage).status!;
-        const input = inputs(stage);
+        const input = wiring.inputOf(stage);
+        const outputs = wiring.outputsOf(stage);
         return {
           stage,
           min: internalsOf(stage).elastic!.min,
@@ -122,6 +136,14 @@ export class ElasticControl {
             new Int32Array(ring, 0, Ring.CONTROL_BYTES >> 2)
           ),
           link: new Int32Array(input.control),
+          outputs: outputs.rings.map((ring) =>
+            new Int32Array(ring, 0, Ring.CONTROL_BYTES >> 2)
+          ),
+          outputBytes: (outputs.rings[0]?.byteLength ?? 0) - Ring.CONTROL_BYTES,
+          backlogs: outputs.backlogs.map(({ control, max }) => ({
+            control: new Int32Array(control),
+            max,
+          })),
           busy: [],
           pressed: 0,
           grewAt: -Infinity,
@@ -233,9 +255,25 @@ export class ElasticControl {
     const busy = span > 0 ? (busyMs - elastic.busy[0]!) / span : 0;
     const starting = this.#supervisor.startingIn(elastic.stage) > 0;
     const pressed = waiting && !starting && times.length > WINDOW_TICKS &&
-      busy >= GROW_BUSY;
+      busy >= GROW_BUSY && !this.#heldUp(elastic);
     elastic.pressed = pressed ? elastic.pressed + 1 : 0;
     return { elastic, waiting, busy };
+  }
+
+  /** Whether what `elastic`'s workers write waits downstream: a ring half full, or a backlog three quarters full. */
+  #heldUp(elastic: Elastic): boolean {
+    const half = elastic.outputBytes / 2;
+    for (const ring of elastic.outputs) {
+      const used = (Atomics.load(ring, Ring.HEAD) -
+        Atomics.load(ring, Ring.TAIL)) | 0;
+      if (used >= half) return true;
+    }
+    for (const { control, max } of elastic.backlogs) {
+      // Three quarters: a merge keeps a place free, and a sample may fall
+      // between a start and the write that refills it.
+      if (Atomics.load(control, InputLink.BACKLOG) * 4 >= max * 3) return true;
+    }
+    return false;
   }
 
   /** Asks the least busy other stage that may give a worker for one, for `pressed`. */

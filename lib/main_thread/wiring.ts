@@ -271,6 +271,32 @@ export class Wiring {
     return this.#inputs.get(stage)!;
   }
 
+  /**
+   * Where `stage`'s places write: every ring they own, and the control
+   * blocks of the links downstream that bound their backlog, with the bound.
+   */
+  outputsOf(stage: AnyStage): {
+    rings: SharedArrayBuffer[];
+    backlogs: { control: SharedArrayBuffer; max: number }[];
+  } {
+    const state = internalsOf(stage);
+    const places = Array.from({ length: workersOf(stage) }, (_, i) => i);
+    const rings = state.next.flatMap((next) =>
+      places.map((i) =>
+        this.#inputs.get(next)!.rings[ringIndex(next, stage, i)]!
+      )
+    );
+    const leaf = this.#leafLinks.get(stage) ?? this.#subLeafLinks.get(stage);
+    if (leaf !== undefined) rings.push(...places.map((i) => leaf.rings[i]!));
+    const backlogs = state.next
+      .filter((next) => Number.isFinite(internalsOf(next).maxBacklog))
+      .map((next) => ({
+        control: this.#inputs.get(next)!.control,
+        max: internalsOf(next).maxBacklog,
+      }));
+    return { rings, backlogs };
+  }
+
   /** The main thread's link from leaf `stage`. Call once every stage's ordering is known. */
   leafLink(stage: AnyStage): InputLink {
     const { control, rings } = this.#leafLinks.get(stage)!;

@@ -87,6 +87,14 @@ export class ElasticPlace {
   }
 
   /**
+   * Whether the main thread asks for a worker of this stage, and this one
+   * may leave (then it is off the stage's count): between batches.
+   */
+  asked(): boolean {
+    return Atomics.load(this.#words, StageStatus.SHED) > 0 && this.mayLeave(0);
+  }
+
+  /**
    * Parks the place of a worker that may leave (it holds no task, and all
    * it wrote is published) and tells the main thread. If the stop came
    * (`ended`), a worker passing it on may have looked at this place before

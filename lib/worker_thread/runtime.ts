@@ -298,6 +298,9 @@ export class WorkerRuntime implements TaskHost, BatchHost {
         ? 1
         : Math.min(this.#claimMax * 2, this.config.maxClaim);
       this.output.publish();
+      // Between batches it holds no task: a worker asked to leave its
+      // elastic stage may (one that is never idle, blocked downstream).
+      if (this.#elastic?.asked()) return true;
     }
   }
 
