@@ -238,24 +238,30 @@ export class ElasticControl {
       ) waiting = true;
     }
     const { status, figures } = elastic;
-    let busyMs = 0;
+    // What the workers published (busy less blocked), and the time since
+    // their running batches began, which counts as busy only while nothing
+    // holds their writes up (else they may be blocked in them).
+    let published = 0;
+    let ongoing = 0;
     for (let i = 0; i < elastic.stage.size; i++) {
       const at = status.figure(i, 0);
-      busyMs += figures[at + StageStatus.BUSY_MS]! -
+      published += figures[at + StageStatus.BUSY_MS]! -
         figures[at + StageStatus.BLOCKED_MS]!;
       const since = figures[at + StageStatus.SINCE]!;
       if (figures[at + StageStatus.IN_FLIGHT]! > 0 && since > 0) {
-        busyMs += Math.max(0, performance.timeOrigin + now - since);
+        ongoing += Math.max(0, performance.timeOrigin + now - since);
       }
     }
-    elastic.busy.push(busyMs);
+    const held = this.#heldUp(elastic);
+    elastic.busy.push(published);
     if (elastic.busy.length > WINDOW_TICKS + 1) elastic.busy.shift();
     const times = this.#times;
     const span = (now - times[0]!) * Math.max(1, this.#running(elastic));
-    const busy = span > 0 ? (busyMs - elastic.busy[0]!) / span : 0;
+    const busyMs = published - elastic.busy[0]! + (held ? 0 : ongoing);
+    const busy = span > 0 ? Math.min(1, busyMs / span) : 0;
     const starting = this.#supervisor.startingIn(elastic.stage) > 0;
-    const pressed = waiting && !starting && times.length > WINDOW_TICKS &&
-      busy >= GROW_BUSY && !this.#heldUp(elastic);
+    const pressed = waiting && !starting && !held &&
+      times.length > WINDOW_TICKS && busy >= GROW_BUSY;
     elastic.pressed = pressed ? elastic.pressed + 1 : 0;
     return { elastic, waiting, busy };
   }
