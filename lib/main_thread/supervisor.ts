@@ -20,7 +20,7 @@ import {
   skippedError,
   workerError,
 } from "./stage_errors.ts";
-import type { WorkerConfig } from "../worker_thread/runtime.ts";
+import type { WorkerConfig } from "../worker_thread/config.ts";
 import type { WorkerMessage } from "../worker_thread/scope.ts";
 import type { SkipReports } from "./skip_reports.ts";
 import { scriptUrl, stageWorkerScript } from "../worker_thread/script.ts";

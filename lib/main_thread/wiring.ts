@@ -16,12 +16,16 @@ import { Bell } from "../shared_memory/bell.ts";
 import { ClaimPolicy } from "../shared_memory/claim_policy.ts";
 import type { FilterConfig } from "../worker_thread/filter_runtime.ts";
 import { groupOf, leavesOf, producersOf, ringIndex } from "../stage/graph.ts";
-import { type Branch, InputLink, type InputMode } from "../shared_memory/link.ts";
+import {
+  type Branch,
+  InputLink,
+  type InputMode,
+} from "../shared_memory/link.ts";
 import { Ring } from "../shared_memory/ring.ts";
 import { type AnyStage, internalsOf, workersOf } from "../stage/internals.ts";
 import { type FigureRef, StageStatus } from "../shared_memory/status.ts";
 import type { ShippedTarget } from "../stage/target.ts";
-import type { WorkerConfig } from "../worker_thread/runtime.ts";
+import type { WorkerConfig } from "../worker_thread/config.ts";
 
 /** The memory of one link: its control block and one ring per producer. */
 interface LinkMemory {

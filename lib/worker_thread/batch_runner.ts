@@ -15,7 +15,7 @@
 import type { IdleWait } from "./idle_wait.ts";
 import type { InputLink, RawRecords } from "../shared_memory/link.ts";
 import type { WorkerFigures } from "./figures.ts";
-import type { WorkerConfig } from "./runtime.ts";
+import type { WorkerConfig } from "./config.ts";
 
 /**
  * What a worker class may offer under `Symbol.for("mpipe.sendTasks")` to

@@ -19,7 +19,7 @@ import type { InputLink } from "../shared_memory/link.ts";
 import { HeldTable, type StageStatus } from "../shared_memory/status.ts";
 import type { Run } from "./target_loader.ts";
 import type { WorkerFigures } from "./figures.ts";
-import type { WorkerConfig } from "./runtime.ts";
+import type { WorkerConfig } from "./config.ts";
 import { WorkerScope } from "./scope.ts";
 
 /** A task in flight. */
