@@ -1,6 +1,6 @@
 /**
  * A multi-threaded stress test of the link layer: producer workers write
- * numbered records through `OutputPort`s into the rings of one `InputLink`,
+ * numbered records through `LinkWriter`s into the rings of one `LinkReader`,
  * consumer workers claim them, and the test checks that every record is
  * delivered exactly once and intact, that each consumer sees each
  * producer's records in order, that stamps are unique, and that the rings of
@@ -15,7 +15,10 @@
  */
 
 import assert from "node:assert/strict";
-import { InputLink, type InputMode } from "../lib/shared_memory/link.ts";
+import {
+  type InputMode,
+  LinkReader,
+} from "../lib/shared_memory/link_reader.ts";
 import { Ring } from "../lib/shared_memory/ring.ts";
 import { readEnv } from "./support/env.ts";
 import { Prng } from "./support/prng.ts";
@@ -542,7 +545,7 @@ async function runStress(c: StressConfig): Promise<number> {
     bounded: c.maxBacklog > 0,
     blocking: c.blocking,
   };
-  const control = new SharedArrayBuffer(InputLink.bytes(c.groups.length));
+  const control = new SharedArrayBuffer(LinkReader.bytes(c.groups.length));
   const scripts = groupScripts.flatMap((g) => g.scripts);
   const groupOf = c.groups.flatMap((g, i) => Array(g.producers).fill(i));
   const producers = scripts.length;
@@ -578,7 +581,7 @@ async function runStress(c: StressConfig): Promise<number> {
     link: control,
     maxBacklog: c.maxBacklog,
     nextSeqWord: mode.groups[groupOf[p]]!.merge
-      ? InputLink.groupWord(groupOf[p], InputLink.NEXT_SEQ)
+      ? LinkReader.groupWord(groupOf[p], LinkReader.NEXT_SEQ)
       : -1,
     records,
     publishEvery: c.publishEvery,
@@ -659,14 +662,14 @@ async function runStress(c: StressConfig): Promise<number> {
   });
   // The link ended cleanly.
   const words = new Int32Array(control);
-  assert.equal(words[InputLink.ENDED_RINGS], producers, "every stop was seen");
-  assert.equal(words[InputLink.OWN_SEQ], total, "one stamp per record");
+  assert.equal(words[LinkReader.ENDED_RINGS], producers, "every stop was seen");
+  assert.equal(words[LinkReader.OWN_SEQ], total, "one stamp per record");
   if (c.maxBacklog > 0) {
-    assert.equal(words[InputLink.BACKLOG], 0, "backlog drained");
+    assert.equal(words[LinkReader.BACKLOG], 0, "backlog drained");
   }
   mode.groups.forEach((group, g) => {
     if (!group.merge) return;
-    const next = words[InputLink.groupWord(g, InputLink.NEXT_SEQ)];
+    const next = words[LinkReader.groupWord(g, LinkReader.NEXT_SEQ)];
     assert.equal(next, c.groups[g]!.count, `group ${g}: every task merged`);
   });
   for (const buffer of rings) {
@@ -683,7 +686,7 @@ let totalRecords = 0;
 
 for (const [n, config] of CONFIGS.entries()) {
   Deno.test(
-    `InputLink/OutputPort deliver every record exactly once and in order (config ${n}, ${
+    `LinkReader/LinkWriter deliver every record exactly once and in order (config ${n}, ${
       describeConfig(config)
     })`,
     async () => {
@@ -694,7 +697,7 @@ for (const [n, config] of CONFIGS.entries()) {
 
 for (const config of MERGE_CONFIGS) {
   Deno.test(
-    `InputLink merges the rings of an ordered stage into global sequence order (${
+    `LinkReader merges the rings of an ordered stage into global sequence order (${
       describeConfig(config)
     })`,
     async () => {
@@ -705,7 +708,7 @@ for (const config of MERGE_CONFIGS) {
 
 for (const config of JOIN_CONFIGS) {
   Deno.test(
-    `InputLink joins several upstream stages, merging each ordered one (${
+    `LinkReader joins several upstream stages, merging each ordered one (${
       describeConfig(config)
     })`,
     async () => {

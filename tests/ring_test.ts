@@ -9,7 +9,8 @@
 
 import assert from "node:assert/strict";
 import { Encoder } from "../lib/shared_memory/codec.ts";
-import { InputLink, OutputPort } from "../lib/shared_memory/link.ts";
+import { LinkReader } from "../lib/shared_memory/link_reader.ts";
+import { LinkWriter } from "../lib/shared_memory/link_writer.ts";
 import { Ring } from "../lib/shared_memory/ring.ts";
 import { Prng } from "./support/prng.ts";
 
@@ -889,16 +890,16 @@ function throughLink(value: unknown): {
   };
   try {
     const ring = Ring.allocate(1 << 16);
-    const control = new SharedArrayBuffer(InputLink.bytes(1));
-    const port = new OutputPort([{
+    const control = new SharedArrayBuffer(LinkReader.bytes(1));
+    const port = new LinkWriter([{
       ring,
       bell: control,
-      bellBase: InputLink.BELL,
+      bellBase: LinkReader.BELL,
       link: control,
       maxBacklog: 0,
       nextSeqWord: -1,
     }]);
-    const link = new InputLink(control, [ring], {
+    const link = new LinkReader(control, [ring], {
       shared: false,
       groups: [{ size: 1, merge: false }],
       bounded: false,
@@ -968,18 +969,18 @@ Deno.test("Any other large record is decoded from one reassembly buffer, freed a
   assert.equal((read as ArrayBuffer).maxByteLength, 2 * data.length);
 });
 
-Deno.test("OutputPort writes a large byte run from the value itself, not from a copy, and the reader gets the record whole", () => {
+Deno.test("LinkWriter writes a large byte run from the value itself, not from a copy, and the reader gets the record whole", () => {
   const ring = Ring.allocate(1 << 26);
-  const control = new SharedArrayBuffer(InputLink.bytes(1));
-  const port = new OutputPort([{
+  const control = new SharedArrayBuffer(LinkReader.bytes(1));
+  const port = new LinkWriter([{
     ring,
     bell: control,
-    bellBase: InputLink.BELL,
+    bellBase: LinkReader.BELL,
     link: control,
     maxBacklog: 0,
     nextSeqWord: -1,
   }]);
-  const link = new InputLink(control, [ring], {
+  const link = new LinkReader(control, [ring], {
     shared: false,
     groups: [{ size: 1, merge: false }],
     bounded: false,

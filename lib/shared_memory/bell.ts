@@ -6,7 +6,7 @@
  * `ring` it. Only stage workers (and the worker-side link code) call `sleep`,
  * since the main thread never blocks; it waits with `Atomics.waitAsync`.
  *
- * Shipped to stage workers by its source text (see `worker_script.ts`), so it
+ * Shipped to stage workers by its source text (see `worker_thread/script.ts`), so it
  * refers only to globals and keeps its constants as static fields.
  *
  * @module

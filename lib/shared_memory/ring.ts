@@ -6,10 +6,10 @@
  * `writeEmpty`, `publish`) for the ring's whole life; the consumer half
  * (`beginRead` … `endRead`) belongs to one consumer at a time: the lone
  * consumer of a link, or whichever consumer holds the link's lock (see
- * `InputLink`). Roles never change.
+ * `LinkReader`). Roles never change.
  *
  * Shipped to stage workers by its source text (`Function.prototype.toString`,
- * see `worker_script.ts`), so it refers only to globals and to the other
+ * see `worker_thread/script.ts`), so it refers only to globals and to the other
  * shipped classes by name, and keeps its constants as static fields.
  *
  * @module
@@ -29,7 +29,7 @@ import { Bell } from "./bell.ts";
  * wrapped; `head - tail` is the bytes in use. `Atomics` orders every payload
  * write before the head store that publishes it. Several consumers may
  * share the consumer side only while holding their link's lock
- * (see `InputLink`).
+ * (see `LinkReader`).
  */
 export class Ring {
   /** Word index of the published head (producer). */

@@ -13,7 +13,7 @@
  */
 
 import type { IdleWait } from "./idle_wait.ts";
-import type { InputLink, RawRecords } from "../shared_memory/link.ts";
+import type { LinkReader, RawRecords } from "../shared_memory/link_reader.ts";
 import type { WorkerFigures } from "./figures.ts";
 import type { WorkerConfig } from "./config.ts";
 
@@ -51,7 +51,7 @@ export interface TaskSettler {
 /** What the batch runner needs of its worker runtime. */
 export interface BatchHost {
   readonly config: WorkerConfig;
-  readonly input: InputLink;
+  readonly input: LinkReader;
   readonly figures: WorkerFigures;
   readonly idleWait: IdleWait;
   /** Writes the results of task `seq`: encoded records (the last one ends the task), or its failure. */

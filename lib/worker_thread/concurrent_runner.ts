@@ -15,7 +15,7 @@
  */
 
 import type { IdleWait } from "./idle_wait.ts";
-import type { InputLink } from "../shared_memory/link.ts";
+import type { LinkReader } from "../shared_memory/link_reader.ts";
 import { HeldTable, type StageStatus } from "../shared_memory/status.ts";
 import type { Run } from "./target_loader.ts";
 import type { WorkerFigures } from "./figures.ts";
@@ -42,7 +42,7 @@ export interface TaskSlot {
 /** What the runner needs of its worker runtime. */
 export interface TaskHost {
   readonly config: WorkerConfig;
-  readonly input: InputLink;
+  readonly input: LinkReader;
   readonly status: StageStatus;
   readonly figures: WorkerFigures;
   readonly idleWait: IdleWait;

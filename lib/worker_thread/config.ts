@@ -7,7 +7,8 @@
  * @module
  */
 
-import type { Branch, InputMode } from "../shared_memory/link.ts";
+import type { InputMode } from "../shared_memory/link_reader.ts";
+import type { Branch } from "../shared_memory/link_writer.ts";
 import type { ShippedTarget } from "../stage/target.ts";
 import type { FilterConfig } from "./filter_runtime.ts";
 

@@ -9,12 +9,8 @@
  */
 
 import { ClaimPolicy } from "../shared_memory/claim_policy.ts";
-import {
-  type Branch,
-  InputLink,
-  type InputMode,
-  OutputPort,
-} from "../shared_memory/link.ts";
+import { type InputMode, LinkReader } from "../shared_memory/link_reader.ts";
+import { type Branch, LinkWriter } from "../shared_memory/link_writer.ts";
 import { Ring } from "../shared_memory/ring.ts";
 import type { FigureRef } from "../shared_memory/status.ts";
 
@@ -41,8 +37,8 @@ export interface FilterConfig {
 /** The filter's logic in its worker. */
 export class FilterRuntime {
   readonly config: FilterConfig;
-  readonly inputs: OutputPort[];
-  readonly outputs: InputLink[];
+  readonly inputs: LinkWriter[];
+  readonly outputs: LinkReader[];
   /** Tasks put into each sub-pipeline, less results drained from it. */
   readonly counts: number[];
   /** Each sub-pipeline root's count of the tasks passed in, and where it is. */
@@ -61,7 +57,7 @@ export class FilterRuntime {
     );
     this.receivedAt = config.subs.map((sub) => sub.received.index);
     this.inputs = config.subs.map((sub, i) => {
-      const port = new OutputPort([sub.input]);
+      const port = new LinkWriter([sub.input]);
       // While a task waits for room in a sub-pipeline, drain what that
       // sub-pipeline returns: it may be waiting for room in the filter.
       port.whileFull = () => this.#drain(i);
@@ -71,7 +67,7 @@ export class FilterRuntime {
     // waits for room in the sub-pipeline's input (see Wiring): one bell for
     // both, so either wakes it.
     this.outputs = config.subs.map((sub) =>
-      new InputLink(sub.output.control, sub.output.rings, sub.output.mode, {
+      new LinkReader(sub.output.control, sub.output.rings, sub.output.mode, {
         words: new Int32Array(sub.input.ring, 0, Ring.CONTROL_BYTES >> 2),
         base: Ring.SPACE_BELL,
       })

@@ -10,11 +10,11 @@
  * @module
  */
 
-import type { InputLink } from "../shared_memory/link.ts";
+import type { LinkReader } from "../shared_memory/link_reader.ts";
 
 /** A worker's idle state between claims. */
 export class IdleWait {
-  readonly #input: InputLink;
+  readonly #input: LinkReader;
   readonly #spin: number;
   #spinLeft = 0;
   /** The doorbell is armed: the next empty claim sleeps on `#counter`. */
@@ -23,7 +23,7 @@ export class IdleWait {
   /** Settles when a task in flight completes (see `untilCompletion`). */
   #completion: PromiseWithResolvers<void> | null = null;
 
-  constructor(input: InputLink, spin: number) {
+  constructor(input: LinkReader, spin: number) {
     this.#input = input;
     this.#spin = spin;
   }

@@ -10,7 +10,8 @@
 import { Bell } from "../shared_memory/bell.ts";
 import { ClaimPolicy } from "../shared_memory/claim_policy.ts";
 import { FilterRuntime } from "./filter_runtime.ts";
-import { InputLink, OutputPort } from "../shared_memory/link.ts";
+import { LinkReader } from "../shared_memory/link_reader.ts";
+import { LinkWriter } from "../shared_memory/link_writer.ts";
 import type { WorkerConfig } from "./config.ts";
 import { Ring } from "../shared_memory/ring.ts";
 import { StageStatus } from "../shared_memory/status.ts";
@@ -42,8 +43,8 @@ export class WorkerRuntime implements TaskHost, BatchHost {
   }
 
   readonly config: WorkerConfig;
-  readonly input: InputLink;
-  readonly output: OutputPort;
+  readonly input: LinkReader;
+  readonly output: LinkWriter;
   readonly status: StageStatus;
   readonly figures: WorkerFigures;
   readonly idleWait: IdleWait;
@@ -68,12 +69,12 @@ export class WorkerRuntime implements TaskHost, BatchHost {
 
   constructor(config: WorkerConfig) {
     this.config = config;
-    this.input = new InputLink(
+    this.input = new LinkReader(
       config.input.control,
       config.input.rings,
       config.input.mode,
     );
-    this.output = new OutputPort(config.outputs);
+    this.output = new LinkWriter(config.outputs);
     this.status = new StageStatus(config.status, config.size);
     this.figures = new WorkerFigures(this.status, config.index);
     this.idleWait = new IdleWait(this.input, config.spin);

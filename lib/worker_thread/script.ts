@@ -13,7 +13,8 @@ import { Bell } from "../shared_memory/bell.ts";
 import { ClaimPolicy } from "../shared_memory/claim_policy.ts";
 import { Decoder, Encoder } from "../shared_memory/codec.ts";
 import { FilterRuntime } from "./filter_runtime.ts";
-import { InputLink, OutputPort } from "../shared_memory/link.ts";
+import { LinkReader } from "../shared_memory/link_reader.ts";
+import { LinkWriter } from "../shared_memory/link_writer.ts";
 import { Mutex } from "../shared_memory/mutex.ts";
 import { Ring } from "../shared_memory/ring.ts";
 import { HeldTable, StageStatus } from "../shared_memory/status.ts";
@@ -35,8 +36,8 @@ export const ENGINE_CLASSES: readonly unknown[] = [
   ClaimPolicy,
   Encoder,
   Decoder,
-  InputLink,
-  OutputPort,
+  LinkReader,
+  LinkWriter,
 ];
 
 /**

@@ -1,17 +1,21 @@
 /**
- * Links: how records move from a group of producers to a group of consumers.
+ * The consumer side of a link: how a group of consumers reads the records
+ * of every upstream producer.
  *
  * Every producer (a stage worker, or the main thread for the pipeline's input)
- * owns one single-producer `Ring` per downstream link. The consumers of a link
- * (the workers of the next stage, or the main thread for a leaf stage) share
- * those rings through `InputLink`: a lone consumer reads them freely; several
- * consumers take a short lock around each claim, so a claim can both pick the
- * next record in order and stamp it with the stage's own sequence number. The
- * lock is held only while records are decoded, never while a task runs.
+ * owns one single-producer `Ring` per downstream link (see `link_writer.ts`).
+ * The consumers of a link (the workers of the next stage, or the main thread
+ * for a leaf stage: it reads the pipeline's output through a `LinkReader`)
+ * share those rings through `LinkReader`: a lone consumer reads them freely;
+ * several consumers take a short lock around each claim, so a claim can both
+ * pick the next record in order and stamp it with the stage's own sequence
+ * number. The lock is held only while records are decoded, never while a task
+ * runs. The link's control block (its words below) is laid out here; the
+ * writers read and write its backlog words.
  *
- * Who calls what: `OutputPort` runs on the producing thread of its rings;
- * `InputLink` on each consumer of the link (several workers of a stage, or
- * the main thread alone for a leaf or a filter's sub-pipeline).
+ * Who calls what: `LinkReader` runs on each consumer of the link (several
+ * workers of a stage, or the main thread alone for a leaf or a filter's
+ * sub-pipeline).
  *
  * Shipped to workers by source, like `ring.ts`.
  *
@@ -22,10 +26,9 @@ import { Bell } from "./bell.ts";
 import { Mutex } from "./mutex.ts";
 import { Ring } from "./ring.ts";
 import { Decoder, Encoder } from "./codec.ts";
-import type { FigureRef } from "./status.ts";
 
 /**
- * Where `InputLink.claimRaw` puts each record's bytes: `add` is called with
+ * Where `LinkReader.claimRaw` puts each record's bytes: `add` is called with
  * the bytes `[start, start + length)` of `bytes`, which it must copy (they
  * are the ring's, soon overwritten).
  */
@@ -50,7 +53,7 @@ export interface InputMode {
 }
 
 /** The consumer side of a link: the rings of every upstream producer. */
-export class InputLink {
+export class LinkReader {
   /** Base index of the link's data doorbell. */
   static readonly BELL = 0;
   /** Lock word: 0 free, 1 held, 2 held with waiters. */
@@ -72,12 +75,12 @@ export class InputLink {
 
   /** Bytes of the control block of a link fed by `groups` upstream stages. */
   static bytes(groups: number): number {
-    return (InputLink.GROUPS + 2 * groups) * 4;
+    return (LinkReader.GROUPS + 2 * groups) * 4;
   }
 
   /** Index of a group's word (NEXT_SEQ or CURRENT). */
   static groupWord(group: number, word: number): number {
-    return InputLink.GROUPS + 2 * group + word;
+    return LinkReader.GROUPS + 2 * group + word;
   }
 
   /** What `take` found: a task, a record that is not a task, or nothing yet. */
@@ -117,7 +120,7 @@ export class InputLink {
     this.rings = rings.map((buffer) => new Ring(buffer));
     this.mode = mode;
     this.bell = bell?.words ?? this.control;
-    this.bellBase = bell?.base ?? InputLink.BELL;
+    this.bellBase = bell?.base ?? LinkReader.BELL;
     let start = 0;
     this.groups = mode.groups.map(({ size, merge }, group) => {
       for (let i = 0; i < size; i++) this.groupOf.push(group);
@@ -131,7 +134,7 @@ export class InputLink {
   get ended(): boolean {
     // Counts only grow, and a ring's end is counted after its last record
     // was consumed, so "ended" is never reported early.
-    return Atomics.load(this.control, InputLink.ENDED_RINGS) ===
+    return Atomics.load(this.control, LinkReader.ENDED_RINGS) ===
         this.rings.length &&
       this.#partial === null;
   }
@@ -143,7 +146,7 @@ export class InputLink {
   claim(values: unknown[], seqs: number[], max: number): number {
     // Once per claim: a killed worker must not take tasks from a replacement.
     Bell.checkKilled();
-    if (this.mode.shared) Mutex.lock(this.control, InputLink.LOCK);
+    if (this.mode.shared) Mutex.lock(this.control, LinkReader.LOCK);
     try {
       const rings = this.rings;
       for (let i = 0; i < rings.length; i++) rings[i]!.beginRead();
@@ -166,11 +169,11 @@ export class InputLink {
       // The stamps order an ordered stage's results and number tasks in
       // errors. One atomic add per claim, not per record: V8 runs each
       // Atomics call as a builtin, not inline.
-      const first = Atomics.add(this.control, InputLink.OWN_SEQ, count);
+      const first = Atomics.add(this.control, LinkReader.OWN_SEQ, count);
       for (let i = 0; i < count; i++) seqs[i] = first + i;
       return count;
     } finally {
-      if (this.mode.shared) Mutex.unlock(this.control, InputLink.LOCK);
+      if (this.mode.shared) Mutex.unlock(this.control, LinkReader.LOCK);
     }
   }
 
@@ -223,16 +226,16 @@ export class InputLink {
   taskStarted(): void {
     if (!this.mode.bounded) return;
     // Free the place first, then ring: a producer woken by the bell finds it.
-    Atomics.sub(this.control, InputLink.BACKLOG, 1);
-    Bell.ring(this.control, InputLink.SPACE_BELL);
+    Atomics.sub(this.control, LinkReader.BACKLOG, 1);
+    Bell.ring(this.control, LinkReader.SPACE_BELL);
   }
 
   /** Takes the next sequence number for a task this consumer makes up itself (the stop task). */
   nextOwnSeq(): number {
-    if (this.mode.shared) Mutex.lock(this.control, InputLink.LOCK);
+    if (this.mode.shared) Mutex.lock(this.control, LinkReader.LOCK);
     // Under the lock, so no claim stamps between its records and this one.
-    const seq = Atomics.add(this.control, InputLink.OWN_SEQ, 1);
-    if (this.mode.shared) Mutex.unlock(this.control, InputLink.LOCK);
+    const seq = Atomics.add(this.control, LinkReader.OWN_SEQ, 1);
+    if (this.mode.shared) Mutex.unlock(this.control, LinkReader.LOCK);
     return seq;
   }
 
@@ -251,7 +254,7 @@ export class InputLink {
       while (
         count < max &&
         (took = this.#take(index, values, count, -1)) !==
-          InputLink.NOTHING
+          LinkReader.NOTHING
       ) {
         count += took;
       }
@@ -269,8 +272,8 @@ export class InputLink {
     max: number,
   ): number {
     const control = this.control;
-    const current = InputLink.groupWord(group, InputLink.CURRENT);
-    const next = InputLink.groupWord(group, InputLink.NEXT_SEQ);
+    const current = LinkReader.groupWord(group, LinkReader.CURRENT);
+    const next = LinkReader.groupWord(group, LinkReader.NEXT_SEQ);
     while (count < max) {
       // The merge words are read and written only under the link's lock (or
       // by its lone consumer), so these loads are exact.
@@ -281,7 +284,7 @@ export class InputLink {
         Atomics.store(control, current, index + 1);
       }
       const took = this.#take(index, values, count, group);
-      if (took === InputLink.NOTHING) break;
+      if (took === LinkReader.NOTHING) break;
       count += took;
     }
     return count;
@@ -315,16 +318,16 @@ export class InputLink {
   ): number {
     const ring = this.rings[index]!;
     const at = ring.peek();
-    if (at < 0) return InputLink.NOTHING;
+    if (at < 0) return LinkReader.NOTHING;
     const kind = ring.kindAt(at);
     const base = kind & 0xff;
     if (base === Ring.STOP) {
       this.#endRing(index);
-      return InputLink.NOTHING;
+      return LinkReader.NOTHING;
     }
     let value: unknown = undefined;
     if (kind & Ring.FRAGMENT) {
-      if (!this.#takeFragment(index, at, kind)) return InputLink.NOTHING;
+      if (!this.#takeFragment(index, at, kind)) return LinkReader.NOTHING;
       const whole = this.#partial!;
       const run = this.#run;
       this.#partial = null;
@@ -365,20 +368,20 @@ export class InputLink {
       // forget which ring held this one.
       Atomics.add(
         this.control,
-        InputLink.groupWord(merged, InputLink.NEXT_SEQ),
+        LinkReader.groupWord(merged, LinkReader.NEXT_SEQ),
         1,
       );
       Atomics.store(
         this.control,
-        InputLink.groupWord(merged, InputLink.CURRENT),
+        LinkReader.groupWord(merged, LinkReader.CURRENT),
         0,
       );
       // A producer may wait on the backlog with the record now wanted.
-      if (this.mode.bounded) Bell.ring(this.control, InputLink.SPACE_BELL);
+      if (this.mode.bounded) Bell.ring(this.control, LinkReader.SPACE_BELL);
     }
-    if (base !== Ring.DATA) return InputLink.SKIPPED;
+    if (base !== Ring.DATA) return LinkReader.SKIPPED;
     values[count] = value;
-    return InputLink.TOOK;
+    return LinkReader.TOOK;
   }
 
   /**
@@ -460,316 +463,8 @@ export class InputLink {
     ring.advance();
     // The ring's flag (for inspection), then the link's count that `ended` reads.
     Atomics.store(ring.control, Ring.ENDED, 1);
-    Atomics.add(this.control, InputLink.ENDED_RINGS, 1);
+    Atomics.add(this.control, LinkReader.ENDED_RINGS, 1);
     // Other consumers of this link may sleep on the bell: let them see the end.
     Bell.ringAlways(this.bell, this.bellBase);
-  }
-}
-
-/** One downstream link of a producer: its ring, and the link it feeds. */
-export interface Branch {
-  ring: SharedArrayBuffer;
-  /** The consumers' doorbell: the link's control block, or the main thread's bell. */
-  bell: SharedArrayBuffer;
-  bellBase: number;
-  /** The downstream link's control block (for the backlog). */
-  link: SharedArrayBuffer;
-  /** Bound on the downstream stage's backlog; 0 for none. */
-  maxBacklog: number;
-  /** Index of the NEXT_SEQ word of this producer's group downstream, if that group is merged by sequence; -1 if not. */
-  nextSeqWord: number;
-  /**
-   * Where this producer adds the ms it waits for room in the branch: a float
-   * of the downstream stage's status block (`StageStatus.FULL_MS`), as an
-   * index into a `Float64Array` over `buffer`; absent for the main thread.
-   */
-  fullMs?: FigureRef;
-}
-
-/**
- * The producer side of a worker: writes each record to every downstream link,
- * blocking while a ring is full or a backlog is at its bound.
- */
-export class OutputPort {
-  readonly rings: Ring[];
-  readonly bells: Int32Array[];
-  readonly bellBases: number[];
-  readonly links: Int32Array[];
-  readonly maxBacklogs: number[];
-  readonly nextSeqWords: number[];
-  /** Called after anything was published. */
-  onPublish: (() => void) | null = null;
-  /** Ms this port spent asleep waiting for room downstream. */
-  blockedMs = 0;
-  /** Each branch's float that counts its waits for room (see `Branch.fullMs`), or null. */
-  readonly fullMs: (Float64Array | null)[];
-  readonly fullMsAt: number[];
-  /**
-   * Called while a write waits for room, once the ring's space bell is armed.
-   * A thread that also consumes what its output leads to (a filter and its
-   * sub-pipelines) drains it here, so that the two never wait on each other;
-   * whatever it consumes must ring this same bell (see `Wiring`).
-   */
-  whileFull: (() => void) | null = null;
-  #encoder = new Encoder();
-  /**
-   * While `put` writes a record whose large runs its encoder left out: the
-   * record is the encoder's bytes with each run put in at its place.
-   */
-  #runs: { at: number; bytes: Uint8Array }[] | null = null;
-
-  constructor(branches: Branch[]) {
-    this.rings = branches.map((b) => new Ring(b.ring));
-    this.bells = branches.map((b) => new Int32Array(b.bell));
-    this.bellBases = branches.map((b) => b.bellBase);
-    this.links = branches.map((b) => new Int32Array(b.link));
-    this.maxBacklogs = branches.map((b) => b.maxBacklog);
-    this.nextSeqWords = branches.map((b) => b.nextSeqWord);
-    this.fullMs = branches.map((b) =>
-      b.fullMs === undefined ? null : new Float64Array(b.fullMs.buffer)
-    );
-    this.fullMsAt = branches.map((b) => b.fullMs?.index ?? 0);
-  }
-
-  /**
-   * Encodes `value` once and writes it to every branch. Throws a
-   * `DataCloneError` before writing anything if the value cannot be cloned.
-   */
-  put(value: unknown, kind: number, seq: number): void {
-    Bell.checkRevoked();
-    const encoder = this.#encoder.idle();
-    // A large byte run is written from the value, not copied first.
-    const length = encoder.encode(value, true);
-    const runs = encoder.leftOut;
-    if (runs.length === 0) this.#putBytes(encoder.bytes, length, kind, seq);
-    else {
-      this.#runs = runs;
-      try {
-        const total = runs.reduce((sum, run) => sum + run.bytes.length, length);
-        this.#putBytes(encoder.bytes, total, kind, seq);
-      } finally {
-        this.#runs = null;
-        runs.length = 0;
-      }
-    }
-    encoder.trim();
-  }
-
-  /**
-   * Encodes `value` into bytes of its own, to be written later with
-   * `putEncoded`. Throws a `DataCloneError` if it cannot be cloned.
-   */
-  encode(value: unknown): Uint8Array {
-    const encoder = this.#encoder.idle();
-    // The length first: encoding may grow the encoder's buffer.
-    const length = encoder.encode(value);
-    const bytes = encoder.bytes.slice(0, length);
-    encoder.trim();
-    return bytes;
-  }
-
-  /**
-   * Like `put` for a port of one branch, but when the branch's backlog is
-   * full it writes nothing and returns false (a filter sheds the task).
-   */
-  offer(value: unknown, kind: number, seq: number): boolean {
-    Bell.checkRevoked();
-    const encoder = this.#encoder.idle();
-    const length = encoder.encode(value);
-    if (this.maxBacklogs[0]! > 0 && !this.#tryEnterBacklog(0, seq)) {
-      return false;
-    }
-    this.#write(0, kind, seq, encoder.bytes, length);
-    encoder.trim();
-    return true;
-  }
-
-  /** Writes a value encoded by `encode` to every branch. */
-  putEncoded(bytes: Uint8Array, kind: number, seq: number): void {
-    Bell.checkRevoked();
-    this.#putBytes(bytes, bytes.length, kind, seq);
-  }
-
-  #putBytes(bytes: Uint8Array, length: number, kind: number, seq: number) {
-    for (let i = 0; i < this.rings.length; i++) {
-      if (this.maxBacklogs[i]! > 0) this.#enterBacklog(i, seq);
-      this.#write(i, kind, seq, bytes, length);
-    }
-  }
-
-  /** Writes a record without payload (END or STOP) to every branch. */
-  putEmpty(kind: number, seq: number): void {
-    Bell.checkRevoked();
-    for (let i = 0; i < this.rings.length; i++) {
-      this.#write(i, kind, seq, null, 0);
-    }
-  }
-
-  /** Publishes what was written and wakes the consumers that sleep. */
-  publish(): void {
-    // Once per batch: a killed worker must not move a head a replacement owns.
-    Bell.checkKilled();
-    const rings = this.rings;
-    for (let i = 0; i < rings.length; i++) {
-      if (rings[i]!.publish()) Bell.ring(this.bells[i]!, this.bellBases[i]!);
-    }
-    this.onPublish?.();
-  }
-
-  #write(
-    branch: number,
-    kind: number,
-    seq: number,
-    bytes: Uint8Array | null,
-    length: number,
-  ): void {
-    const ring = this.rings[branch]!;
-    // An empty record counts as one unit written, so both kinds share a target.
-    const target = bytes === null ? 1 : length;
-    let done = this.#attempt(ring, kind, seq, bytes, 0, length);
-    while (done !== target) {
-      // Full: publish so the consumer can make room, then sleep until it does.
-      this.publish();
-      const counter = Bell.arm(ring.control, Ring.SPACE_BELL);
-      this.whileFull?.();
-      const before = done;
-      done = this.#attempt(ring, kind, seq, bytes, done, length);
-      if (done === before) {
-        const asleep = performance.now();
-        Bell.sleep(ring.control, Ring.SPACE_BELL + Bell.COUNTER, counter);
-        this.#waited(branch, performance.now() - asleep);
-        done = this.#attempt(ring, kind, seq, bytes, done, length);
-      }
-    }
-  }
-
-  /** Writes what fits of a record from `from` on; an empty one is 0 or 1 written. */
-  #attempt(
-    ring: Ring,
-    kind: number,
-    seq: number,
-    bytes: Uint8Array | null,
-    from: number,
-    length: number,
-  ): number {
-    if (bytes === null) return ring.writeEmpty(kind, seq) ? 1 : 0;
-    if (this.#runs === null) return ring.write(kind, seq, bytes, from, length);
-    return OutputPort.#attemptParts(
-      ring,
-      kind,
-      seq,
-      bytes,
-      this.#runs,
-      from,
-      length,
-    );
-  }
-
-  /**
-   * Writes what fits of a record of `total` bytes, from `from` on, whose
-   * parts are `bytes` with each of `runs` put in at its place; returns how
-   * far it got.
-   */
-  static #attemptParts(
-    ring: Ring,
-    kind: number,
-    seq: number,
-    bytes: Uint8Array,
-    runs: { at: number; bytes: Uint8Array }[],
-    from: number,
-    total: number,
-  ): number {
-    const own = total - runs.reduce((sum, run) => sum + run.bytes.length, 0);
-    // Even parts are stretches of `bytes` (up to the next run's place), odd
-    // ones the runs; `start` is a part's offset in the record.
-    let start = 0;
-    let taken = 0;
-    for (let i = 0; i <= 2 * runs.length; i++) {
-      const run = runs[i >> 1];
-      let src = bytes;
-      let begin = taken;
-      let end = run?.at ?? own;
-      if (i % 2 === 1) [src, begin, end] = [run!.bytes, 0, run!.bytes.length];
-      else taken = end;
-      const length = end - begin;
-      if (from < start + length) {
-        const more = start + length < total;
-        const at = begin + from - start;
-        const done = ring.writeFragments(kind, seq, src, at, end, total, more);
-        if (done < end) return start + done - begin;
-        from = start + length;
-      }
-      start += length;
-    }
-    return total;
-  }
-
-  /**
-   * Waits for a place in the downstream backlog, then takes it. When the
-   * downstream merges by sequence, the record it waits for always enters:
-   * otherwise later records could fill the backlog and nothing could move.
-   */
-  #enterBacklog(branch: number, seq: number): void {
-    const link = this.links[branch]!;
-    while (!this.#tryEnterBacklog(branch, seq)) {
-      this.publish();
-      // Arm, then look again, then sleep: the bell is rung after each place
-      // is freed, so a place freed after the arm still wakes us.
-      const counter = Bell.arm(link, InputLink.SPACE_BELL);
-      if (this.#tryEnterBacklog(branch, seq)) return;
-      const asleep = performance.now();
-      Bell.sleep(link, InputLink.SPACE_BELL + Bell.COUNTER, counter);
-      this.#waited(branch, performance.now() - asleep);
-    }
-  }
-
-  /** Counts `ms` asleep waiting for room in `branch`: this port's and the branch's. */
-  #waited(branch: number, ms: number): void {
-    this.blockedMs += ms;
-    // A plain store: this producer alone writes its branch's float.
-    const fullMs = this.fullMs[branch]!;
-    if (fullMs !== null) fullMs[this.fullMsAt[branch]!]! += ms;
-  }
-
-  /** Takes a place in the downstream backlog if record `seq` may enter now. */
-  #tryEnterBacklog(branch: number, seq: number): boolean {
-    const link = this.links[branch]!;
-    const max = this.maxBacklogs[branch]!;
-    const nextSeq = this.nextSeqWords[branch]!;
-    for (;;) {
-      // A snapshot: consumers lower it and other producers raise it at any
-      // time, so a place is only taken by the compare-exchange below.
-      const backlog = Atomics.load(link, InputLink.BACKLOG);
-      if (!OutputPort.#mayEnter(link, backlog, max, nextSeq, seq)) return false;
-      if (
-        Atomics.compareExchange(
-          link,
-          InputLink.BACKLOG,
-          backlog,
-          backlog + 1,
-        ) === backlog
-      ) return true;
-    }
-  }
-
-  /**
-   * Whether record `seq` may enter a backlog of `backlog`. A record the merge
-   * waits for (its group's NEXT_SEQ) always enters; one it cannot take yet
-   * leaves a place free for records it can take: otherwise such records could
-   * fill the backlog while the awaited one's producer waits on another
-   * upstream stage that waits on this backlog (a join), and nothing moves.
-   */
-  static #mayEnter(
-    link: Int32Array,
-    backlog: number,
-    max: number,
-    nextSeq: number,
-    seq: number,
-  ): boolean {
-    if (nextSeq < 0) return backlog < max;
-    // NEXT_SEQ may be stale towards the past: then this record waits for the
-    // next ring of the space bell, which every merge step rings.
-    if (Atomics.load(link, nextSeq) === seq) return true;
-    return backlog < max - 1;
   }
 }
