@@ -16,6 +16,7 @@ import type { IdleWait } from "./idle_wait.ts";
 import type { LinkReader, RawRecords } from "../shared_memory/link_reader.ts";
 import type { WorkerFigures } from "./figures.ts";
 import type { WorkerConfig } from "./config.ts";
+import { TaskTimeout } from "./task_timeout.ts";
 
 /**
  * What a worker class may offer under `Symbol.for("mpipe.sendTasks")` to
@@ -313,12 +314,7 @@ export class BatchRunner {
         this.#settle(
           task,
           BatchRunner.FAILED,
-          new DOMException(
-            `task ${
-              this.#seq[at]
-            } ran longer than its taskTimeout of ${timeout} ms`,
-            "TimeoutError",
-          ),
+          TaskTimeout.error(this.#seq[at]!, timeout),
         );
         any = true;
       }

@@ -21,6 +21,7 @@ import type { Run } from "./target_loader.ts";
 import type { WorkerFigures } from "./figures.ts";
 import type { WorkerConfig } from "./config.ts";
 import { WorkerScope } from "./scope.ts";
+import { TaskTimeout } from "./task_timeout.ts";
 
 /** A task in flight. */
 export interface TaskSlot {
@@ -184,12 +185,7 @@ export class ConcurrentRunner {
       }
       ok = false;
       slot.held.length = 0;
-      result = new DOMException(
-        `task ${seq} ran longer than its taskTimeout of ${timeout} ms (${
-          Math.round(elapsed)
-        } ms)`,
-        "TimeoutError",
-      );
+      result = TaskTimeout.error(seq, timeout, elapsed);
     } else if (ok && WorkerScope.isThenable(result)) {
       Promise.resolve(result).then(
         (value) => this.#complete(slot, true, value),
@@ -198,15 +194,10 @@ export class ConcurrentRunner {
       // The synchronous part was watched; an await past the rest of the
       // timeout is caught by a timer of its own.
       if (timeout !== Infinity) {
-        slot.timer = setTimeout(() =>
-          this.#complete(
-            slot,
-            false,
-            new DOMException(
-              `task ${seq} ran longer than its taskTimeout of ${timeout} ms`,
-              "TimeoutError",
-            ),
-          ), timeout - elapsed);
+        slot.timer = setTimeout(
+          () => this.#complete(slot, false, TaskTimeout.error(seq, timeout)),
+          timeout - elapsed,
+        );
       }
       return;
     }

@@ -25,6 +25,7 @@ import {
 import { IdleWait } from "./idle_wait.ts";
 import { WorkerFigures } from "./figures.ts";
 import { WorkerScope } from "./scope.ts";
+import { TaskTimeout } from "./task_timeout.ts";
 
 /** Runs one stage worker. */
 export class WorkerRuntime implements TaskHost, BatchHost {
@@ -48,6 +49,8 @@ export class WorkerRuntime implements TaskHost, BatchHost {
   readonly status: StageStatus;
   readonly figures: WorkerFigures;
   readonly idleWait: IdleWait;
+  /** The stage's taskTimeout, if it has one (`config.timed`). */
+  readonly #timeout: TaskTimeout | null;
   /** The loop of a worker that runs several tasks at once, if it does. */
   readonly #runner: ConcurrentRunner | null;
   /** The loop of a worker whose target takes its tasks in batches, if it does (set once loaded). */
@@ -63,7 +66,6 @@ export class WorkerRuntime implements TaskHost, BatchHost {
     seq: number;
     from: number;
     to: number;
-    taskState: number;
     skips: number;
   };
 
@@ -78,6 +80,15 @@ export class WorkerRuntime implements TaskHost, BatchHost {
     this.status = new StageStatus(config.status, config.size);
     this.figures = new WorkerFigures(this.status, config.index);
     this.idleWait = new IdleWait(this.input, config.spin);
+    this.#timeout = config.timed
+      ? new TaskTimeout(
+        this.status,
+        config.index,
+        config.generation,
+        config.taskTimeout,
+        this.figures,
+      )
+      : null;
     this.#runner = config.concurrency > 1 ? new ConcurrentRunner(this) : null;
     Bell.kill = {
       words: this.status.words,
@@ -89,7 +100,6 @@ export class WorkerRuntime implements TaskHost, BatchHost {
       seq: at(StageStatus.SEQ),
       from: at(StageStatus.FROM),
       to: at(StageStatus.TO),
-      taskState: at(StageStatus.TASK_STATE),
       skips: at(StageStatus.SKIPS),
     };
     // What is published is safe; a replacement must close what is not.
@@ -253,13 +263,11 @@ export class WorkerRuntime implements TaskHost, BatchHost {
     this.#seq = seq;
     // Plain: read for the watchdog's message after the task state's store.
     this.status.words[this.#slot.seq] = seq;
-    if (this.config.timed) this.#startTimed();
+    this.#timeout?.start();
   }
 
   endSync(): number {
-    if (!this.config.timed) return 0;
-    this.#endTimed();
-    return this.figures.taskElapsed();
+    return this.#timeout?.end() ?? 0;
   }
 
   finish(slot: TaskSlot): void {
@@ -305,19 +313,14 @@ export class WorkerRuntime implements TaskHost, BatchHost {
 
   #succeeded(result: unknown, timed = this.config.timed): void {
     if (timed) {
-      this.#endTimed();
+      const timeout = this.#timeout!;
       // It ran too long, though it ended before the watchdog saw it (a busy
       // main thread looks late): a timed-out task all the same.
-      const elapsed = this.figures.taskElapsed();
-      if (elapsed > this.config.taskTimeout) {
+      const elapsed = timeout.end();
+      if (elapsed > timeout.ms) {
         this.#held.length = 0;
         return this.#failed(
-          new DOMException(
-            `task ${this.#seq} ran longer than its taskTimeout of ${this.config.taskTimeout} ms (${
-              Math.round(elapsed)
-            } ms)`,
-            "TimeoutError",
-          ),
+          TaskTimeout.error(this.#seq, timeout.ms, elapsed),
           false,
         );
       }
@@ -336,7 +339,7 @@ export class WorkerRuntime implements TaskHost, BatchHost {
 
   #failed(error: unknown, timed = this.config.timed): undefined {
     Bell.checkRevoked();
-    if (timed) this.#endTimed();
+    if (timed) this.#timeout!.end();
     if (
       this.config.onError === "fail" ||
       (this.config.target.kind === "source" &&
@@ -370,42 +373,6 @@ export class WorkerRuntime implements TaskHost, BatchHost {
     words[this.#slot.to] = to;
     Atomics.store(words, this.#slot.from, from);
     this.#finished = from;
-  }
-
-  #startTimed(): void {
-    this.figures.taskStarted();
-    // The start time first, then the state: the watchdog reads the time only
-    // after it sees RUNNING.
-    Atomics.store(
-      this.status.words,
-      this.#slot.taskState,
-      StageStatus.taskState(this.config.generation, StageStatus.RUNNING),
-    );
-  }
-
-  /**
-   * Ends a timed task. If the main thread already took it over (it ran too
-   * long), a replacement owns this worker's place: this one gives it up and
-   * unwinds without writing anything more.
-   */
-  #endTimed(): void {
-    // The compare-exchange races the watchdog's: exactly one of them wins.
-    // Both values carry this worker's generation, so it cannot match a
-    // replacement's running task.
-    const running = StageStatus.taskState(
-      this.config.generation,
-      StageStatus.RUNNING,
-    );
-    if (
-      Atomics.compareExchange(
-        this.status.words,
-        this.#slot.taskState,
-        running,
-        StageStatus.taskState(this.config.generation, StageStatus.IDLE),
-      ) === running
-    ) return;
-    Bell.revoke();
-    Bell.checkRevoked();
   }
 
   /**

@@ -22,6 +22,7 @@ import { BatchRunner } from "./batch_runner.ts";
 import { ConcurrentRunner } from "./concurrent_runner.ts";
 import { IdleWait } from "./idle_wait.ts";
 import { TargetLoader } from "./target_loader.ts";
+import { TaskTimeout } from "./task_timeout.ts";
 import { WorkerFigures } from "./figures.ts";
 import { OrderedWorker, TaskWorker, UnorderedWorker } from "../stage/worker.ts";
 import { WorkerRuntime } from "./runtime.ts";
@@ -82,6 +83,7 @@ export function stageWorkerScript(preload = ""): string {
       WorkerScope,
       WorkerFigures,
       IdleWait,
+      TaskTimeout,
       HeldTable,
       ConcurrentRunner,
       BatchRunner,
