@@ -115,7 +115,7 @@ function describeLink(
     const ring = new Int32Array(buffer, 0, Ring.CONTROL_BYTES >> 2);
     return `ring ${i}: head ${ring[Ring.HEAD]} tail ${
       ring[Ring.TAIL]
-    } stopped ${ring[Ring.ENDED]}`;
+    } stopped ${ring[Ring.STOPPED]}`;
   });
   return `link: [${[...words].join(", ")}]; ${ringState.join("; ")}`;
 }
@@ -520,7 +520,7 @@ function orderedScript(
       const size = randomSize(random, c.ringBytes, c.largeShare);
       script.push(kind, seq, tag++, size);
     }
-    if (endsEmpty) script.push(Ring.END | Ring.LAST, seq, -1, 0);
+    if (endsEmpty) script.push(Ring.TASK_DONE | Ring.LAST, seq, -1, 0);
   }
   return { scripts: scripts.map((s) => Int32Array.from(s)), data: tag };
 }
@@ -662,7 +662,11 @@ async function runStress(c: StressConfig): Promise<number> {
   });
   // The link ended cleanly.
   const words = new Int32Array(control);
-  assert.equal(words[LinkReader.ENDED_RINGS], producers, "every stop was seen");
+  assert.equal(
+    words[LinkReader.STOPPED_RINGS],
+    producers,
+    "every stop was seen",
+  );
   assert.equal(words[LinkReader.OWN_SEQ], total, "one stamp per record");
   if (c.maxBacklog > 0) {
     assert.equal(words[LinkReader.BACKLOG], 0, "backlog drained");
@@ -675,7 +679,7 @@ async function runStress(c: StressConfig): Promise<number> {
   for (const buffer of rings) {
     const ring = new Int32Array(buffer, 0, Ring.CONTROL_BYTES >> 2);
     assert.equal(ring[Ring.TAIL], ring[Ring.HEAD], "ring fully consumed");
-    assert.equal(ring[Ring.ENDED], 1, "ring marked stopped");
+    assert.equal(ring[Ring.STOPPED], 1, "ring marked stopped");
   }
   return total;
 }

@@ -368,7 +368,7 @@ export class Supervisor {
     record.worker.terminate();
   }
 
-  /** Kills a worker for good: even one asleep in `Atomics.wait` (see `Bell.kill`). */
+  /** Kills a worker for good: even one asleep in `Atomics.wait` (see `Dismissal.killWord`). */
   #kill(record: WorkerRecord, terminate = true): void {
     record.gone = true;
     const { stage, config } = record;

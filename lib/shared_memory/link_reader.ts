@@ -23,6 +23,7 @@
  */
 
 import { Bell } from "./bell.ts";
+import { Dismissal } from "./dismissal.ts";
 import { Mutex } from "./mutex.ts";
 import { Ring } from "./ring.ts";
 import { Decoder, Encoder } from "./codec.ts";
@@ -64,8 +65,8 @@ export class LinkReader {
   static readonly BACKLOG = 6;
   /** Base index of the doorbell for producers waiting on the backlog. */
   static readonly SPACE_BELL = 7;
-  /** How many rings have delivered their stop record (ended). */
-  static readonly ENDED_RINGS = 9;
+  /** How many rings have delivered their stop record (stopped). */
+  static readonly STOPPED_RINGS = 9;
   /** Words before the groups' merge words. */
   static readonly GROUPS = 16;
   /** Group word: the next upstream sequence number to take (ordered merge). */
@@ -131,10 +132,10 @@ export class LinkReader {
   }
 
   /** Whether every upstream producer has stopped and nothing is left. */
-  get ended(): boolean {
-    // Counts only grow, and a ring's end is counted after its last record
-    // was consumed, so "ended" is never reported early.
-    return Atomics.load(this.control, LinkReader.ENDED_RINGS) ===
+  get stopped(): boolean {
+    // Counts only grow, and a ring's stop is counted after its last record
+    // was consumed, so "stopped" is never reported early.
+    return Atomics.load(this.control, LinkReader.STOPPED_RINGS) ===
         this.rings.length &&
       this.#partial === null;
   }
@@ -144,14 +145,14 @@ export class LinkReader {
    * Returns how many, or -1 once every upstream has stopped and all is taken.
    */
   claim(values: unknown[], seqs: number[], max: number): number {
-    // Once per claim: a killed worker must not take tasks from a replacement.
-    Bell.checkKilled();
+    // Once per claim: a dismissed worker must not take tasks from a replacement.
+    Dismissal.throwIfDismissed();
     if (this.mode.shared) Mutex.lock(this.control, LinkReader.LOCK);
     try {
       const rings = this.rings;
       for (let i = 0; i < rings.length; i++) rings[i]!.beginRead();
       const groups = this.groups;
-      // A record half reassembled from fragments is finished first.
+      // A record half reassembled from fragments is completed first.
       if (this.#partialRing >= 0) {
         this.#group = this.groupOf[this.#partialRing]!;
       }
@@ -164,8 +165,8 @@ export class LinkReader {
         if (this.#partial !== null) break;
         this.#group = group + 1 === groups.length ? 0 : group + 1;
       }
-      for (let i = 0; i < rings.length; i++) rings[i]!.endRead();
-      if (count === 0) return this.ended ? -1 : 0;
+      for (let i = 0; i < rings.length; i++) rings[i]!.releaseRead();
+      if (count === 0) return this.stopped ? -1 : 0;
       // The stamps order an ordered stage's results and number tasks in
       // errors. One atomic add per claim, not per record: V8 runs each
       // Atomics call as a builtin, not inline.
@@ -208,7 +209,7 @@ export class LinkReader {
 
   /** Like `sleep`, without blocking: settles when the bell moves past `counter`. */
   sleepAsync(counter: number): Promise<unknown> {
-    Bell.checkKilled();
+    Dismissal.throwIfDismissed();
     const wait = Atomics.waitAsync(
       this.bell,
       this.bellBase + Bell.COUNTER,
@@ -298,7 +299,7 @@ export class LinkReader {
       const at = ring.peek();
       if (at < 0) continue;
       if ((ring.kindAt(at) & 0xff) === Ring.STOP) {
-        this.#endRing(i);
+        this.#takeStop(i);
         continue;
       }
       if (ring.seqAt(at) === seq) return i;
@@ -322,7 +323,7 @@ export class LinkReader {
     const kind = ring.kindAt(at);
     const base = kind & 0xff;
     if (base === Ring.STOP) {
-      this.#endRing(index);
+      this.#takeStop(index);
       return LinkReader.NOTHING;
     }
     let value: unknown = undefined;
@@ -416,7 +417,7 @@ export class LinkReader {
       at = ring.peek();
       while (at < 0) {
         if (!this.mode.blocking) return false;
-        ring.endRead();
+        ring.releaseRead();
         const counter = this.arm();
         ring.beginRead();
         at = ring.peek();
@@ -458,13 +459,14 @@ export class LinkReader {
     }
   }
 
-  #endRing(index: number): void {
+  /** Consumes ring `index`'s stop record and counts the ring as stopped. */
+  #takeStop(index: number): void {
     const ring = this.rings[index]!;
     ring.advance();
-    // The ring's flag (for inspection), then the link's count that `ended` reads.
-    Atomics.store(ring.control, Ring.ENDED, 1);
-    Atomics.add(this.control, LinkReader.ENDED_RINGS, 1);
-    // Other consumers of this link may sleep on the bell: let them see the end.
+    // The ring's flag (for inspection), then the link's count that `stopped` reads.
+    Atomics.store(ring.control, Ring.STOPPED, 1);
+    Atomics.add(this.control, LinkReader.STOPPED_RINGS, 1);
+    // Other consumers of this link may sleep on the bell: let them see the stop.
     Bell.ringAlways(this.bell, this.bellBase);
   }
 }

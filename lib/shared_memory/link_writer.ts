@@ -18,6 +18,7 @@
  */
 
 import { Bell } from "./bell.ts";
+import { Dismissal } from "./dismissal.ts";
 import { Ring } from "./ring.ts";
 import { Encoder } from "./codec.ts";
 import { LinkReader } from "./link_reader.ts";
@@ -64,7 +65,7 @@ export class LinkWriter {
   /**
    * Called while a write waits for room, once the ring's space bell is armed.
    * A thread that also consumes what its output leads to (a filter and its
-   * sub-pipelines) drains it here, so that the two never wait on each other;
+   * sub-pipelines) collects from it here, so that the two never wait on each other;
    * whatever it consumes must ring this same bell (see `Wiring`).
    */
   whileFull: (() => void) | null = null;
@@ -93,7 +94,8 @@ export class LinkWriter {
    * `DataCloneError` before writing anything if the value cannot be cloned.
    */
   put(value: unknown, kind: number, seq: number): void {
-    Bell.checkRevoked();
+    // Per record, so a plain field read: a worker that resigned writes nothing.
+    if (Dismissal.resigned) Dismissal.unwind();
     const encoder = this.#encoder.idle();
     // A large byte run is written from the value, not copied first.
     const length = encoder.encode(value, true);
@@ -130,7 +132,7 @@ export class LinkWriter {
    * full it writes nothing and returns false (a filter sheds the task).
    */
   offer(value: unknown, kind: number, seq: number): boolean {
-    Bell.checkRevoked();
+    if (Dismissal.resigned) Dismissal.unwind();
     const encoder = this.#encoder.idle();
     const length = encoder.encode(value);
     if (this.maxBacklogs[0]! > 0 && !this.#tryEnterBacklog(0, seq)) {
@@ -143,7 +145,7 @@ export class LinkWriter {
 
   /** Writes a value encoded by `encode` to every branch. */
   putEncoded(bytes: Uint8Array, kind: number, seq: number): void {
-    Bell.checkRevoked();
+    if (Dismissal.resigned) Dismissal.unwind();
     this.#putBytes(bytes, bytes.length, kind, seq);
   }
 
@@ -154,9 +156,9 @@ export class LinkWriter {
     }
   }
 
-  /** Writes a record without payload (END or STOP) to every branch. */
+  /** Writes a record without payload (TASK_DONE or STOP) to every branch. */
   putEmpty(kind: number, seq: number): void {
-    Bell.checkRevoked();
+    if (Dismissal.resigned) Dismissal.unwind();
     for (let i = 0; i < this.rings.length; i++) {
       this.#write(i, kind, seq, null, 0);
     }
@@ -164,8 +166,8 @@ export class LinkWriter {
 
   /** Publishes what was written and wakes the consumers that sleep. */
   publish(): void {
-    // Once per batch: a killed worker must not move a head a replacement owns.
-    Bell.checkKilled();
+    // Once per publish: a dismissed worker must not move a head a replacement owns.
+    Dismissal.throwIfDismissed();
     const rings = this.rings;
     for (let i = 0; i < rings.length; i++) {
       if (rings[i]!.publish()) Bell.ring(this.bells[i]!, this.bellBases[i]!);

@@ -78,8 +78,8 @@ export class BatchRunner {
 
   // The states of a numbered task.
   static readonly PENDING = 0;
-  static readonly DONE = 1;
-  static readonly MANY = 2;
+  static readonly RESOLVED = 1;
+  static readonly RESOLVED_MANY = 2;
   static readonly FAILED = 3;
   static readonly WRITTEN = 4;
 
@@ -123,8 +123,10 @@ export class BatchRunner {
     const seqs: number[] = [];
     const records = BatchRunner.#records();
     const settler: TaskSettler = {
-      resolve: (task, record) => this.#settle(task, BatchRunner.DONE, record),
-      resolveMany: (task, list) => this.#settle(task, BatchRunner.MANY, list),
+      resolve: (task, record) =>
+        this.#settle(task, BatchRunner.RESOLVED, record),
+      resolveMany: (task, list) =>
+        this.#settle(task, BatchRunner.RESOLVED_MANY, list),
       reject: (task, error) => this.#settle(task, BatchRunner.FAILED, error),
       flush: () => this.#flush(),
     };
@@ -292,7 +294,7 @@ export class BatchRunner {
     if (state === BatchRunner.FAILED) {
       return this.#host.finishEncoded(seq, null, value);
     }
-    const records = state === BatchRunner.MANY
+    const records = state === BatchRunner.RESOLVED_MANY
       ? value as Uint8Array[]
       : value === null
       ? []

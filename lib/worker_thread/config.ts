@@ -51,8 +51,8 @@ export interface WorkerConfig {
   /** When the main thread spawned this worker (ms since the epoch). */
   spawnedAt: number;
   /**
-   * Tasks a lost worker held, in order, which this replacement must close,
-   * and one past the last task it claimed.
+   * Tasks a lost worker held, in order, which this replacement must mark
+   * done (`Ring.TASK_DONE`), and one past the last task it claimed.
    */
   recover: { tasks: number[]; to: number } | null;
   /** The stage is a FilterStage: run the built-in filter, not a target. */

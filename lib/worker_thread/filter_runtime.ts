@@ -1,6 +1,6 @@
 /**
  * What a `FilterStage`'s worker runs instead of a target: it feeds its
- * sub-pipelines and drains their results, as the only producer of each
+ * sub-pipelines and collects their results, as the only producer of each
  * sub-pipeline's root and the only consumer of its leaves.
  *
  * Shipped to workers by source, like `ring.ts`.
@@ -39,7 +39,7 @@ export class FilterRuntime {
   readonly config: FilterConfig;
   readonly inputs: LinkWriter[];
   readonly outputs: LinkReader[];
-  /** Tasks put into each sub-pipeline, less results drained from it. */
+  /** Tasks put into each sub-pipeline, less results collected from it. */
   readonly counts: number[];
   /** Each sub-pipeline root's count of the tasks passed in, and where it is. */
   readonly received: Float64Array[];
@@ -58,9 +58,9 @@ export class FilterRuntime {
     this.receivedAt = config.subs.map((sub) => sub.received.index);
     this.inputs = config.subs.map((sub, i) => {
       const port = new LinkWriter([sub.input]);
-      // While a task waits for room in a sub-pipeline, drain what that
+      // While a task waits for room in a sub-pipeline, collect what that
       // sub-pipeline returns: it may be waiting for room in the filter.
-      port.whileFull = () => this.#drain(i);
+      port.whileFull = () => this.#collect(i);
       return port;
     });
     // The sub-pipeline's leaves ring the bell the filter sleeps on while it
@@ -74,12 +74,12 @@ export class FilterRuntime {
     );
   }
 
-  /** Drains each sub-pipeline, feeds the task to those with room, and returns the filter's result. */
+  /** Collects from each sub-pipeline, feeds the task to those with room, and returns the filter's result. */
   doTask(task: unknown): unknown {
     const { maxTasks, dropResults, cacheResults } = this.config;
     if (!cacheResults) this.latest.clear();
     for (let i = 0; i < this.inputs.length; i++) {
-      this.#drain(i);
+      this.#collect(i);
       // A sub-pipeline whose root's backlog is full holds too many tasks too.
       if (
         this.counts[i]! < maxTasks && this.inputs[i]!.offer(task, Ring.DATA, 0)
@@ -98,12 +98,12 @@ export class FilterRuntime {
   }
 
   /** Takes every result sub-pipeline `i` has returned so far. */
-  #drain(i: number): void {
+  #collect(i: number): void {
     for (;;) {
       const taken = this.outputs[i]!.claim(
         this.#values,
         this.#seqs,
-        ClaimPolicy.FILTER_DRAIN,
+        ClaimPolicy.FILTER_COLLECT,
       );
       if (taken <= 0) return;
       if (!this.config.dropResults) {
@@ -114,8 +114,8 @@ export class FilterRuntime {
     }
   }
 
-  /** Passes the stop to every sub-pipeline and drains them until they end. */
-  finish(): void {
+  /** Passes the stop to every sub-pipeline and takes their results until each has stopped. */
+  stop(): void {
     for (const input of this.inputs) {
       input.putEmpty(Ring.STOP, 0);
       input.publish();
@@ -126,7 +126,7 @@ export class FilterRuntime {
         const taken = output.claim(
           this.#values,
           this.#seqs,
-          ClaimPolicy.FILTER_DRAIN,
+          ClaimPolicy.FILTER_COLLECT,
         );
         this.#values.length = 0;
         if (taken < 0) break;

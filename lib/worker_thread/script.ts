@@ -10,6 +10,7 @@
  */
 
 import { Bell } from "../shared_memory/bell.ts";
+import { Dismissal } from "../shared_memory/dismissal.ts";
 import { ClaimPolicy } from "../shared_memory/claim_policy.ts";
 import { Decoder, Encoder } from "../shared_memory/codec.ts";
 import { FilterRuntime } from "./filter_runtime.ts";
@@ -30,6 +31,7 @@ import { WorkerScope } from "./scope.ts";
 
 /** The engine's classes, in an order where each comes after what it extends. */
 export const ENGINE_CLASSES: readonly unknown[] = [
+  Dismissal,
   Bell,
   Mutex,
   Ring,

@@ -1,7 +1,7 @@
 /**
- * A worker's side of its stage's `taskTimeout`: it marks each timed task
- * running in the worker's slot of the status block, and ends it unless the
- * watchdog (`main_thread/watchdog.ts`) took it over first. The two race on
+ * A worker's side of its stage's `taskTimeout`: it puts each timed task
+ * under watch in the worker's slot of the status block, and takes it off
+ * unless the watchdog (`main_thread/watchdog.ts`) took it over first. The two race on
  * one word (`StageStatus.TASK_STATE`) with a compare-exchange, so exactly one
  * of them wins: a worker whose task was taken over leaves its place to a
  * replacement and writes nothing more. Also the one wording of a timeout.
@@ -11,7 +11,7 @@
  * @module
  */
 
-import { Bell } from "../shared_memory/bell.ts";
+import { Dismissal } from "../shared_memory/dismissal.ts";
 import { StageStatus } from "../shared_memory/status.ts";
 import type { WorkerFigures } from "./figures.ts";
 
@@ -53,8 +53,8 @@ export class TaskTimeout {
     this.#figures = figures;
   }
 
-  /** A timed task starts now. */
-  start(): void {
+  /** A timed task starts now: the watchdog may take it over from now on. */
+  watch(): void {
     this.#figures.taskStarted();
     // The start time first, then the state: the watchdog reads the time only
     // after it sees RUNNING.
@@ -62,11 +62,12 @@ export class TaskTimeout {
   }
 
   /**
-   * Ends the timed task; returns the ms it ran. If the main thread already
-   * took it over (it ran too long), a replacement owns this worker's place:
-   * this one gives it up and unwinds without writing anything more.
+   * The timed task returned: takes it off watch and returns the ms it ran.
+   * If the main thread already took it over (it ran too long), a replacement
+   * owns this worker's place: this one resigns and unwinds without writing
+   * anything more.
    */
-  end(): number {
+  unwatch(): number {
     // The compare-exchange races the watchdog's: exactly one of them wins.
     if (
       Atomics.compareExchange(
@@ -76,8 +77,8 @@ export class TaskTimeout {
         this.#idle,
       ) !== this.#running
     ) {
-      Bell.revoke();
-      Bell.checkRevoked();
+      Dismissal.resign();
+      Dismissal.unwind();
     }
     return this.#figures.taskElapsed();
   }

@@ -179,7 +179,7 @@ export function runProducer(config: ProducerConfig): WorkerReport {
   for (let k = 0; k < records.length; k += 4) {
     const kind = records[k]!;
     const seq = records[k + 1]!;
-    if ((kind & 0xff) === Ring.END) {
+    if ((kind & 0xff) === Ring.TASK_DONE) {
       port.putEmpty(kind, seq);
     } else {
       const value = makeRecordValue(
@@ -288,7 +288,7 @@ export function runConsumer(config: ConsumerConfig): WorkerReport {
       }
     }
   }
-  if (!link.ended) fail("claim() returned -1 before the link ended");
+  if (!link.stopped) fail("claim() returned -1 before the link stopped");
   return {
     type: "done",
     role: "consumer",
