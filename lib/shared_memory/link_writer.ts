@@ -57,7 +57,7 @@ export class LinkWriter {
   readonly nextSeqWords: number[];
   /** Called after anything was published. */
   onPublish: (() => void) | null = null;
-  /** Ms this port spent asleep waiting for room downstream. */
+  /** Ms this writer spent asleep waiting for room downstream. */
   blockedMs = 0;
   /** Each branch's float that counts its waits for room (see `Branch.fullMs`), or null. */
   readonly fullMs: (Float64Array | null)[];
@@ -128,7 +128,7 @@ export class LinkWriter {
   }
 
   /**
-   * Like `put` for a port of one branch, but when the branch's backlog is
+   * Like `put` for a writer of one branch, but when the branch's backlog is
    * full it writes nothing and returns false (a filter sheds the task).
    */
   offer(value: unknown, kind: number, seq: number): boolean {
@@ -282,7 +282,7 @@ export class LinkWriter {
     }
   }
 
-  /** Counts `ms` asleep waiting for room in `branch`: this port's and the branch's. */
+  /** Counts `ms` asleep waiting for room in `branch`: this writer's and the branch's. */
   #waited(branch: number, ms: number): void {
     this.blockedMs += ms;
     // A plain store: this producer alone writes its branch's float.

@@ -57,11 +57,11 @@ export class FilterRuntime {
     );
     this.receivedAt = config.subs.map((sub) => sub.received.index);
     this.inputs = config.subs.map((sub, i) => {
-      const port = new LinkWriter([sub.input]);
+      const writer = new LinkWriter([sub.input]);
       // While a task waits for room in a sub-pipeline, collect what that
       // sub-pipeline returns: it may be waiting for room in the filter.
-      port.whileFull = () => this.#collect(i);
-      return port;
+      writer.whileFull = () => this.#collect(i);
+      return writer;
     });
     // The sub-pipeline's leaves ring the bell the filter sleeps on while it
     // waits for room in the sub-pipeline's input (see Wiring): one bell for

@@ -1,5 +1,5 @@
 /**
- * The loop each stage worker runs: claim tasks from the input link, run the
+ * The loop each stage worker runs: claim tasks from its link reader, run the
  * target, write results through the link writer, and pass the stop on.
  *
  * Shipped to workers by source with the ring, codec and link classes.
