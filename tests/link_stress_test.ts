@@ -15,10 +15,7 @@
  */
 
 import assert from "node:assert/strict";
-import {
-  type InputMode,
-  LinkReader,
-} from "../lib/shared_memory/link_reader.ts";
+import { LinkReader, type ReadMode } from "../lib/shared_memory/link_reader.ts";
 import { Ring } from "../lib/shared_memory/ring.ts";
 import { readEnv } from "./support/env.ts";
 import { Prng } from "./support/prng.ts";
@@ -535,7 +532,7 @@ async function runStress(c: StressConfig): Promise<number> {
       ? orderedScript(random, group, c)
       : unorderedScript(random, group, c)
   );
-  const mode: InputMode = {
+  const mode: ReadMode = {
     shared: c.consumers > 1,
     // An ordered stage's rings are merged only when it has several workers.
     groups: c.groups.map((g) => ({

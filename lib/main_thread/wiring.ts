@@ -16,7 +16,7 @@ import { Bell } from "../shared_memory/bell.ts";
 import { ClaimPolicy } from "../shared_memory/claim_policy.ts";
 import type { FilterConfig } from "../worker_thread/filter_runtime.ts";
 import { groupOf, leavesOf, producersOf, ringIndex } from "../stage/graph.ts";
-import { type InputMode, LinkReader } from "../shared_memory/link_reader.ts";
+import { LinkReader, type ReadMode } from "../shared_memory/link_reader.ts";
 import type { Branch } from "../shared_memory/link_writer.ts";
 import { Ring } from "../shared_memory/ring.ts";
 import { type AnyStage, internalsOf, workersOf } from "../stage/internals.ts";
@@ -252,7 +252,7 @@ export class Wiring {
   /** The main thread's link from leaf `stage`. Call once every stage's ordering is known. */
   leafLink(stage: AnyStage): LinkReader {
     const { control, rings } = this.#leafLinks.get(stage)!;
-    const mode: InputMode = {
+    const mode: ReadMode = {
       shared: false,
       groups: [groupOf(stage)],
       bounded: false,
@@ -392,7 +392,7 @@ function stageFigure(stage: AnyStage, figure: number): FigureRef {
 }
 
 /** How `stage`'s workers read their input link. */
-function inputMode(stage: AnyStage): InputMode {
+function inputMode(stage: AnyStage): ReadMode {
   const state = internalsOf(stage);
   return {
     shared: workersOf(stage) > 1,

@@ -38,7 +38,7 @@ export interface RawRecords {
 }
 
 /** How the consumers of a link read it. */
-export interface InputMode {
+export interface ReadMode {
   /** Several consumers share the link: claims take the lock. */
   shared: boolean;
   /**
@@ -93,7 +93,7 @@ export class LinkReader {
   readonly rings: Ring[];
   readonly bell: Int32Array;
   readonly bellBase: number;
-  readonly mode: InputMode;
+  readonly mode: ReadMode;
   /** Each group's first ring, one past its last ring, and whether it is merged. */
   readonly groups: { start: number; end: number; merge: boolean }[];
   /** The group of each ring. */
@@ -114,7 +114,7 @@ export class LinkReader {
   constructor(
     control: SharedArrayBuffer,
     rings: SharedArrayBuffer[],
-    mode: InputMode,
+    mode: ReadMode,
     bell?: { words: Int32Array; base: number },
   ) {
     this.control = new Int32Array(control);

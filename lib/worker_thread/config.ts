@@ -7,7 +7,7 @@
  * @module
  */
 
-import type { InputMode } from "../shared_memory/link_reader.ts";
+import type { ReadMode } from "../shared_memory/link_reader.ts";
 import type { Branch } from "../shared_memory/link_writer.ts";
 import type { ShippedTarget } from "../stage/target.ts";
 import type { FilterConfig } from "./filter_runtime.ts";
@@ -24,7 +24,7 @@ export interface WorkerConfig {
   input: {
     control: SharedArrayBuffer;
     rings: SharedArrayBuffer[];
-    mode: InputMode;
+    mode: ReadMode;
   };
   outputs: Branch[];
   /** How many times to look for input before sleeping. */

@@ -9,7 +9,7 @@
  */
 
 import { ClaimPolicy } from "../shared_memory/claim_policy.ts";
-import { type InputMode, LinkReader } from "../shared_memory/link_reader.ts";
+import { LinkReader, type ReadMode } from "../shared_memory/link_reader.ts";
 import { type Branch, LinkWriter } from "../shared_memory/link_writer.ts";
 import { Ring } from "../shared_memory/ring.ts";
 import type { FigureRef } from "../shared_memory/status.ts";
@@ -29,7 +29,7 @@ export interface FilterConfig {
     output: {
       control: SharedArrayBuffer;
       rings: SharedArrayBuffer[];
-      mode: InputMode;
+      mode: ReadMode;
     };
   }[];
 }

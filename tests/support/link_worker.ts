@@ -12,8 +12,8 @@
  */
 
 import {
-  type InputMode,
   LinkReader,
+  type ReadMode,
 } from "../../lib/shared_memory/link_reader.ts";
 import { LinkWriter } from "../../lib/shared_memory/link_writer.ts";
 import { Ring } from "../../lib/shared_memory/ring.ts";
@@ -56,7 +56,7 @@ export interface ConsumerConfig {
   index: number;
   link: SharedArrayBuffer;
   rings: SharedArrayBuffer[];
-  mode: InputMode;
+  mode: ReadMode;
   /** Most records taken per claim. */
   claimMax: number;
   /** How many times to poll `hasData()` before sleeping. */
