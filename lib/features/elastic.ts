@@ -33,7 +33,7 @@
 
 import { Ring } from "../shared_memory/ring.ts";
 import { Bell } from "../shared_memory/bell.ts";
-import { InputLink } from "../shared_memory/link.ts";
+import { LinkReader } from "../shared_memory/link_reader.ts";
 import { StageStatus } from "../shared_memory/status.ts";
 import { type AnyStage, internalsOf } from "../stage/internals.ts";
 import type { Supervisor } from "../main_thread/supervisor.ts";
@@ -277,7 +277,7 @@ export class ElasticControl {
     for (const { control, max } of elastic.backlogs) {
       // Three quarters: a merge keeps a place free, and a sample may fall
       // between a start and the write that refills it.
-      if (Atomics.load(control, InputLink.BACKLOG) * 4 >= max * 3) return true;
+      if (Atomics.load(control, LinkReader.BACKLOG) * 4 >= max * 3) return true;
     }
     return false;
   }
@@ -311,7 +311,7 @@ export class ElasticControl {
     e.gaveAt = now;
     Atomics.store(e.words, StageStatus.SHED, 1);
     // Wake its idle workers, so that one takes the request.
-    Bell.ringAlways(e.link, InputLink.BELL);
+    Bell.ringAlways(e.link, LinkReader.BELL);
   }
 
   #grow(elastic: Elastic, now: number, why: string): void {

@@ -9,7 +9,7 @@
  */
 
 import { StageStatus } from "../shared_memory/status.ts";
-import type { WorkerConfig } from "../worker_thread/runtime.ts";
+import type { WorkerConfig } from "../worker_thread/config.ts";
 
 /** When a worker held a place: from `startMs` to `endMs` (null while it does), as `performance.now()`. */
 export interface PlaceSpan {
@@ -67,9 +67,9 @@ export class StagePlaces {
 
   /**
    * Opens a parked place of the stage whose status is `status`, for a new
-   * worker: its config, or null if none is parked (or they are being ended:
+   * worker: its config, or null if none is parked (or they are being stopped:
    * the stop came). The compare-exchange races a stopping worker that ends
-   * parked places (`ElasticPlace.endParked`): one of them wins.
+   * parked places (`ElasticPlace.stopParked`): one of them wins.
    */
   open(status: StageStatus): WorkerConfig | null {
     const words = status.words;

@@ -15,7 +15,7 @@ import type { RunView } from "./run_state.ts";
 import { type AnyStage, internalsOf } from "../stage/internals.ts";
 import { StageStatus } from "../shared_memory/status.ts";
 import { loadError, skippedError, workerError } from "./stage_errors.ts";
-import type { WorkerConfig } from "../worker_thread/runtime.ts";
+import type { WorkerConfig } from "../worker_thread/config.ts";
 import type { WorkerMessage } from "../worker_thread/scope.ts";
 import type { SkipReports } from "./skip_reports.ts";
 import { stageWorkerScript } from "../worker_thread/script.ts";
@@ -162,7 +162,7 @@ export class Supervisor {
 
   /**
    * Adds a worker to elastic `stage` in a parked place; false if it has
-   * none, or its places are being ended (the stop came). Throws a
+   * none, or its places are being stopped (the stop came). Throws a
    * `StageError` if Deno refuses the worker.
    */
   grow(stage: AnyStage): boolean {
@@ -282,8 +282,8 @@ export class Supervisor {
         break;
       case "exit": {
         this.#gone(record);
-        // Its own place, and the parked places it ended.
-        const done = 1 + message.ended;
+        // Its own place, and the parked places it stopped.
+        const done = 1 + message.stopped;
         const places = this.#places.get(stage)!;
         places.left -= done;
         if (places.left === 0) this.#reports.exited(stage);
@@ -449,7 +449,7 @@ export class Supervisor {
     record.worker.terminate();
   }
 
-  /** Kills a worker for good: even one asleep in `Atomics.wait` (see `Bell.kill`). */
+  /** Kills a worker for good: even one asleep in `Atomics.wait` (see `Dismissal.killWord`). */
   #kill(record: WorkerRecord, terminate = true): void {
     record.gone = true;
     const { stage, config } = record;

@@ -9,8 +9,8 @@
  * leaving worker holds no task and has published all it wrote: its place is
  * parked (`StageStatus.PARKED`) with its rings open, for a later worker. At
  * the stop, each place's rings must carry one stop record: a held place's
- * worker writes its own; the parked ones are ended by a worker that passes
- * the stop on, which changes them from PARKED to ENDED first, so that the
+ * worker writes its own; the parked ones are stopped by a worker that passes
+ * the stop on, which changes them from PARKED to STOPPED first, so that the
  * main thread starting a worker there (PARKED to OPEN) and it never both win.
  *
  * Shipped to workers by source, like `ring.ts`.
@@ -18,7 +18,7 @@
  * @module
  */
 
-import { type Branch, OutputPort } from "../shared_memory/link.ts";
+import { type Branch, LinkWriter } from "../shared_memory/link_writer.ts";
 import { Ring } from "../shared_memory/ring.ts";
 import { StageStatus } from "../shared_memory/status.ts";
 import { WorkerScope } from "./scope.ts";
@@ -29,7 +29,7 @@ export interface ElasticConfig {
   min: number;
   /** Ms a worker waits for tasks before it leaves. */
   idleMs: number;
-  /** The output branches of each of the stage's places (see `endParked`). */
+  /** The output branches of each of the stage's places (see `stopParked`). */
   places: Branch[][];
 }
 
@@ -97,15 +97,16 @@ export class ElasticPlace {
   /**
    * Parks the place of a worker that may leave (it holds no task, and all
    * it wrote is published) and tells the main thread. If the stop came
-   * (`ended`), a worker passing it on may have looked at this place before
+   * (`stopped`), a worker passing it on may have looked at this place before
    * it was parked: then the worker takes its place back (false) and passes
-   * the stop on itself, unless another worker has already ended the place.
+   * the stop on itself, unless another worker has already stopped the place.
+   * `stopped` tells whether every upstream producer has stopped.
    */
-  leave(ended: () => boolean): boolean {
+  leave(stopped: () => boolean): boolean {
     const words = this.#words;
     Atomics.store(words, this.#place, StageStatus.PARKED);
     if (
-      ended() &&
+      stopped() &&
       Atomics.compareExchange(
           words,
           this.#place,
@@ -125,28 +126,28 @@ export class ElasticPlace {
   }
 
   /**
-   * Ends the rings of the stage's parked places, as their workers would
-   * have at the stop; returns how many it ended. Call after passing the
+   * Stops the rings of the stage's parked places, as their workers would
+   * have at the stop; returns how many it stopped. Call after passing the
    * stop on.
    */
-  endParked(): number {
+  stopParked(): number {
     const words = this.#words;
-    let ended = 0;
+    let stopped = 0;
     this.#config.places.forEach((branches, index) => {
       if (
         Atomics.compareExchange(
           words,
           this.#status.at(index, StageStatus.PLACE),
           StageStatus.PARKED,
-          StageStatus.ENDED,
+          StageStatus.STOPPED,
         ) !== StageStatus.PARKED
       ) return;
       // The place's last worker published all it wrote before parking it.
-      const port = new OutputPort(branches);
-      port.putEmpty(Ring.STOP, 0);
-      port.publish();
-      ended++;
+      const writer = new LinkWriter(branches);
+      writer.putEmpty(Ring.STOP, 0);
+      writer.publish();
+      stopped++;
     });
-    return ended;
+    return stopped;
   }
 }

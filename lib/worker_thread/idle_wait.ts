@@ -14,7 +14,7 @@
  */
 
 import { Bell } from "../shared_memory/bell.ts";
-import type { InputLink } from "../shared_memory/link.ts";
+import type { LinkReader } from "../shared_memory/link_reader.ts";
 
 /** How an idle worker of an elastic stage leaves. */
 export interface Leaving {
@@ -30,7 +30,7 @@ export interface Leaving {
 
 /** A worker's idle state between claims. */
 export class IdleWait {
-  readonly #input: InputLink;
+  readonly #input: LinkReader;
   readonly #spin: number;
   readonly #leaving: Leaving | null;
   /** When the worker began to wait (performance.now()), or -1 while it works. */
@@ -42,7 +42,7 @@ export class IdleWait {
   /** Settles when a task in flight completes (see `untilCompletion`). */
   #completion: PromiseWithResolvers<void> | null = null;
 
-  constructor(input: InputLink, spin: number, leaving: Leaving | null) {
+  constructor(input: LinkReader, spin: number, leaving: Leaving | null) {
     this.#input = input;
     this.#spin = spin;
     this.#leaving = leaving;
@@ -93,7 +93,7 @@ export class IdleWait {
     return false;
   }
 
-  /** Arms the doorbell: look once more, then sleep (`idle`) or wait (`wake`). */
+  /** Arms the doorbell: look once more, then sleep (`idle`) or wait (`untilRung`). */
   arm(): void {
     this.#counter = this.#input.arm();
     this.armed = true;
@@ -112,7 +112,7 @@ export class IdleWait {
     }
     this.#completion ??= Promise.withResolvers<void>();
     return claimedNone
-      ? Promise.race([this.#completion.promise, this.wake()])
+      ? Promise.race([this.#completion.promise, this.untilRung()])
       : this.#completion.promise;
   }
 
@@ -124,7 +124,7 @@ export class IdleWait {
   }
 
   /** Settles when the armed doorbell rings, without blocking (tasks are in flight). */
-  wake(): Promise<unknown> {
+  untilRung(): Promise<unknown> {
     this.armed = false;
     return this.#input.sleepAsync(this.#counter);
   }
