@@ -302,6 +302,79 @@ Deno.test("tasks that run past taskTimeout have their worker replaced in an elas
   assert.equal(pipe.stats().stages[0]!.skipped, 2);
 });
 
+Deno.test("restart and concurrency keep their meaning in an elastic stage whose workers come and go", async () => {
+  const pipe = new Pipeline<number, number>(
+    new UnorderedStage(
+      async (x: number) => {
+        // A worker lost in its task: under restart, a new one takes its place.
+        if (x === 50 || x === 150) globalThis.close();
+        if (x % 3 === 0) await new Promise((r) => setTimeout(r, 1));
+        return x;
+      },
+      { min: 0, max: 3 },
+      {
+        idleMs: 1,
+        restart: true,
+        onError: "skip",
+        concurrency: 4,
+      },
+    ).link(
+      new OrderedStage((x: number) => x, { min: 0, max: 2 }, { idleMs: 1 }),
+    ),
+    { threads: 4 },
+  );
+  const reading = Array.fromAsync(pipe);
+  for (let burst = 0; burst < 5; burst++) {
+    for (let i = burst * 40; i < burst * 40 + 40; i++) pipe.put(i);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  await pipe.close();
+  const results = (await reading).sort((a, b) => a - b);
+  await pipe.done;
+  const stats = pipe.stats();
+  const stage = stats.stages[0]!;
+  // Each lost worker drops what it held: its task, and up to 3 others in
+  // flight with it; every other task arrives once.
+  assert.ok(!results.includes(50) && !results.includes(150));
+  assert.equal(new Set(results).size, results.length);
+  assert.equal(results.length + stage.skipped, 200);
+  assert.ok(stage.skipped >= 2 && stage.skipped <= 8, `${stage.skipped}`);
+  assert.equal(stage.workers.reduce((sum, w) => sum + w.restarts, 0), 2);
+});
+
+Deno.test("forks, joins and maxBacklog keep their meaning across elastic stages", async () => {
+  const top = new OrderedStage((x: number) => x, { min: 0, max: 3 }, {
+    idleMs: 1,
+  });
+  const left = new OrderedStage((x: number) => x * 2, { min: 0, max: 2 }, {
+    idleMs: 1,
+    maxBacklog: 4,
+  });
+  const right = new UnorderedStage(
+    (x: number) => x * 2 + 1,
+    { min: 1, max: 2 },
+    {
+      idleMs: 1,
+    },
+  );
+  const join = new UnorderedStage((x: number) => x, { min: 0, max: 2 }, {
+    idleMs: 1,
+    maxBacklog: 3,
+  });
+  top.link(left.link(join)).link(right.link(join));
+  const pipe = new Pipeline<number, number>(top, { threads: 3 });
+  const reading = Array.fromAsync(pipe);
+  for (let burst = 0; burst < 5; burst++) {
+    for (let i = burst * 40; i < burst * 40 + 40; i++) pipe.put(i);
+    await new Promise((r) => setTimeout(r, 4));
+  }
+  await pipe.close();
+  const results = (await reading).sort((a, b) => a - b);
+  await pipe.done;
+  // Each task reaches the join twice: once as 2x, once as 2x + 1.
+  assert.deepEqual(results, Array.from({ length: 400 }, (_, i) => i));
+});
+
 Deno.test("terminate() while an elastic stage grows ends the run", async () => {
   const pipe = new Pipeline<{ id: number; ms: number }, number>(
     new UnorderedStage(spin, { min: 1, max: 3 }, { idleMs: 5 }),
