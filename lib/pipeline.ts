@@ -218,8 +218,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
       wiring,
       this.#supervisor,
       threads,
-      (stage) =>
-        this.stats().stages.find((s) => s.name === stage.name)?.backlog ?? 0,
+      (stage) => this.#stats.backlogOf(stage),
       (error) =>
         this.#fail(
           error instanceof StageError

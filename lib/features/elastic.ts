@@ -96,8 +96,8 @@ export class ElasticControl {
   readonly #times: number[] = [];
 
   /**
-   * Controls the elastic ones of `stages`, whose input links are
-   * `inputs(stage)`; `backlogOf` counts a stage's waiting tasks for the log.
+   * Controls the elastic ones of `stages`, whose links `wiring` gives;
+   * `backlogOf` counts a stage's waiting tasks for the log.
    */
   constructor(
     stages: readonly AnyStage[],
@@ -153,11 +153,6 @@ export class ElasticControl {
       });
   }
 
-  /** Whether the pipeline has elastic stages to control. */
-  get active(): boolean {
-    return this.#stages.length > 0;
-  }
-
   /** Starts looking, once the workers have started. */
   start(): void {
     if (this.#stages.length === 0) return;
@@ -204,7 +199,7 @@ export class ElasticControl {
       const running = this.#running(elastic);
       if (running === 0 && waiting) {
         // Nothing may wait at a stage without a worker: not even the stop.
-        this.#grow(elastic, now, `${this.#describe(elastic, busy)}`);
+        this.#grow(elastic, now, this.#describe(elastic, busy));
         added++;
         continue;
       }
@@ -331,10 +326,12 @@ export class ElasticControl {
     });
   }
 
-  /** The figures that make a stage grow: its backlog and busy share. */
+  /** The figures that make a stage grow: its backlog and busy share (or that it has no worker). */
   #describe(elastic: Elastic, busy: number): string {
     const backlog = this.#backlogOf(elastic.stage);
-    return `backlog ${backlog.toLocaleString("en-US")}, busy ${percent(busy)}`;
+    return `backlog ${backlog.toLocaleString("en-US")}, ${
+      this.#running(elastic) === 0 ? "no worker" : `busy ${percent(busy)}`
+    }`;
   }
 
   /** Workers the stage runs now (by its own count, which its workers keep). */

@@ -370,6 +370,11 @@ export class StatsReader {
     });
   }
 
+  /** Tasks waiting at `stage`'s input now (see `StageStats.backlog`). */
+  backlogOf(stage: AnyStage): number {
+    return this.snapshot().stages[this.#index.get(stage)!]!.backlog;
+  }
+
   /** Reads sizes, spans and resizings from `workers` from now on. */
   watch(workers: WorkerSources): void {
     this.#workers = workers;

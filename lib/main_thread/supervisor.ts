@@ -67,7 +67,7 @@ export interface SupervisorEvents {
    */
   allGone(): void;
   /** A worker left elastic `stage`, idle `idleMs`, or `asked` to; it has `size` workers now. */
-  left?(stage: AnyStage, size: number, idleMs: number, asked: boolean): void;
+  left(stage: AnyStage, size: number, idleMs: number, asked: boolean): void;
 }
 
 /** Starts, watches, replaces and kills the workers of a pipeline. */
@@ -300,7 +300,7 @@ export class Supervisor {
         this.#gone(record);
         const places = this.#places.get(stage)!;
         places.resized(-1);
-        this.#events.left?.(stage, places.size, message.idleMs, message.asked);
+        this.#events.left(stage, places.size, message.idleMs, message.asked);
         break;
       }
       case "error":
