@@ -10,6 +10,7 @@ import {
   type PipelineStats,
   type Stage,
   StageError,
+  type StageOptions,
   UnorderedStage,
 } from "../mod.ts";
 
@@ -467,6 +468,12 @@ Deno.test("elastic sizes and options are checked", () => {
   assert.throws(
     () => new Pipeline(new OrderedStage(f), { threads: 0 }),
     RangeError,
+  );
+  // A remote stage keeps its hosts' pools: it cannot be elastic.
+  const cluster = { openRun() {} } as unknown as StageOptions["cluster"];
+  assert.throws(
+    () => new OrderedStage(f, { min: 1, max: 4 }, { cluster }),
+    TypeError,
   );
   const stage = new OrderedStage(f, { min: 1, max: 4 });
   assert.deepEqual([stage.size, stage.minSize], [4, 1]);
