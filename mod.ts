@@ -69,5 +69,13 @@ export type {
   TaskDurations,
   WorkerStats,
 } from "./lib/features/stats.ts";
-export { OrderedWorker, TaskWorker, UnorderedWorker } from "./lib/stage/worker.ts";
-export type { PermissionValue, StagePermissions } from "./lib/stage/permissions.ts";
+export {
+  OrderedWorker,
+  TaskWorker,
+  UnorderedWorker,
+} from "./lib/stage/worker.ts";
+export type {
+  PermissionValue,
+  StagePermissions,
+} from "./lib/stage/permissions.ts";
+export type { RetryOptions } from "./lib/stage/retry_option.ts";

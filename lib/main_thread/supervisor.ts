@@ -20,7 +20,8 @@ import {
   skippedError,
   workerError,
 } from "./stage_errors.ts";
-import type { WorkerConfig } from "../worker_thread/runtime.ts";
+import type { RetriedTask, WorkerConfig } from "../worker_thread/runtime.ts";
+import { Retries } from "../worker_thread/retries.ts";
 import type { WorkerMessage } from "../worker_thread/scope.ts";
 import type { SkipReports } from "./skip_reports.ts";
 import { scriptUrl, stageWorkerScript } from "../worker_thread/script.ts";
@@ -47,17 +48,20 @@ interface WorkerRecord {
   retiring: ReturnType<typeof setTimeout> | null;
   /** The tasks its place had finished or skipped when it started. */
   tasksAtStart: number;
-  /** How many workers before it in its place were lost in a row without finishing a task. */
+  /** How many workers before it in its place were lost in a row before they were ready. */
   lostInRow: number;
+  /** Its stash buffers, by held place, under `retry` (see `Retries`). */
+  stash: SharedArrayBuffer[];
 }
 
 /** How long a replaced worker's reports may take to arrive before they are written off. */
 const RETIRE_MS = 2000;
 
 /**
- * How many workers in one place may be lost in a row without finishing a
- * task before the stage fails instead of replacing them again (a worker that
- * dies in `doInit()` would otherwise be replaced for ever).
+ * How many workers in one place may be lost in a row before they are ready
+ * (in `doInit()` or loading the target) before the stage fails instead of
+ * replacing them again (they would otherwise be replaced for ever). Workers
+ * lost in a task count against the task instead (`crashBudget`).
  */
 const MAX_LOST_IN_ROW = 3;
 
@@ -84,6 +88,8 @@ export class Supervisor {
   /** Every worker exited by itself (not killed). */
   #exitedAll = false;
   #watchdog: Watchdog | undefined;
+  /** The workers each task has cost so far, by stage, for tasks lost with one. */
+  readonly #losses = new Map<AnyStage, Map<number, number>>();
 
   constructor(
     run: RunView,
@@ -181,6 +187,7 @@ export class Supervisor {
       // The last worker in this place wrote it; nothing writes it now.
       tasksAtStart: processed(status, config.index),
       lostInRow,
+      stash: [],
     };
     worker.onmessage = (event: MessageEvent<WorkerMessage>) =>
       this.#onMessage(record, event.data);
@@ -240,6 +247,7 @@ export class Supervisor {
             message.task,
             message.error,
             message.errorName,
+            message.attempts,
           ),
         );
         if (record.retiring !== null) this.#retireWhenReported(record);
@@ -247,16 +255,21 @@ export class Supervisor {
       case "lost":
         this.#lost(record, message.reason, message.error);
         break;
+      case "stash":
+        record.stash[message.place] = message.buffer;
+        break;
     }
   }
 
   /**
    * A worker ended without finishing (it called close() or Deno.exit(), threw
-   * outside a task, or ran a task past its timeout). The tasks it held are
-   * task failures: under onError "fail" they fail the pipeline. Otherwise,
-   * with `restart` (or after a timeout), a worker takes its place that first
-   * closes the tasks the lost one held, and each is counted and reported;
-   * without, the pipeline fails.
+   * outside a task, or ran a task past its timeout). Each task it held is
+   * charged the worker, and tried again (`retry`) by a worker that takes its
+   * place, or, past its attempts or its `crashBudget`, fails as if it threw:
+   * under onError "fail" it fails the pipeline; otherwise the replacement
+   * closes it, and it is counted and reported. A worker takes the lost one's
+   * place under `restart` or `retry` (or after a timeout); else the pipeline
+   * fails.
    */
   #lost(record: WorkerRecord, reason: string, cause: unknown): void {
     if (record.gone || this.#run.failure !== null || this.#run.terminated) {
@@ -269,25 +282,28 @@ export class Supervisor {
     const { stage, config } = record;
     const state = internalsOf(stage);
     const status = state.status!;
-    // The lost worker wrote its slot last; nothing writes it now.
-    const held = status.heldTasks(config.index);
+    const { held, retried, dropped, carried, quarantined } = this.#charge(
+      record,
+      reason,
+      cause,
+    );
     const holds = held.length === 0 ? "" : `; it held ${describeTasks(held)}`;
     const timedOut = reason.startsWith("task");
-    const finished = processed(status, config.index) > record.tasksAtStart;
-    const lostInRow = finished ? 1 : record.lostInRow + 1;
+    // Only workers lost before they are ready count against their place.
+    const lostInRow = record.ready ? 0 : record.lostInRow + 1;
     const giveUp = lostInRow >= MAX_LOST_IN_ROW;
-    const failsTasks = held.length > 0 && state.onError === "fail";
-    const replace = !giveUp && !failsTasks &&
-      (state.restart || (timedOut && state.onError !== "fail"));
+    const failed = state.onError === "fail" ? dropped[0] : undefined;
+    const replace = !giveUp && failed === undefined &&
+      (state.restart || state.retry.attempts > 1 ||
+        (timedOut && state.onError !== "fail"));
     if (!replace) {
       record.worker.terminate();
+      if (failed !== undefined && !giveUp) return this.#events.fail(failed);
       return this.#events.fail(
         new StageError(
           `the worker was lost: ${reason}${holds}${
             giveUp
-              ? `; ${lostInRow} workers in its place were lost in a row without finishing a task, so it is not replaced again: fix the cause (in doInit() or the target's loading, or an error outside doTask())`
-              : failsTasks && state.restart
-              ? `; under onError "fail" a task lost with its worker fails the pipeline, restart or not: set onError to "skip" or a function to drop such tasks and go on`
+              ? `; ${lostInRow} workers in its place were lost in a row before they were ready, so it is not replaced again: fix the cause (in doInit() or the target's loading, or an error outside doTask())`
               : ""
           }`,
           { stage: stage.name, worker: config.index, task: held[0], cause },
@@ -296,15 +312,17 @@ export class Supervisor {
     }
     this.#retire(record);
     // Readers of `skipped` load it at any time; other workers add to it too.
-    Atomics.add(status.words, StageStatus.SKIPPED, held.length);
+    Atomics.add(status.words, StageStatus.SKIPPED, dropped.length);
     // The place's figures, which the replacement goes on from: the dropped
     // tasks are counted, no longer in flight, and nothing runs until it is
     // ready. Plain stores: the lost worker writes no more, and the
     // replacement reads them after the message that starts it.
     const figures = status.figures;
-    figures[status.figure(config.index, StageStatus.DROPPED)]! += held.length;
-    figures[status.figure(config.index, StageStatus.IN_FLIGHT)] = 0;
-    figures[status.figure(config.index, StageStatus.SINCE)] = 0;
+    const figure = (which: number) => status.figure(config.index, which);
+    figures[figure(StageStatus.DROPPED)]! += dropped.length;
+    figures[figure(StageStatus.QUARANTINED)]! += quarantined;
+    figures[figure(StageStatus.IN_FLIGHT)] = 0;
+    figures[figure(StageStatus.SINCE)] = 0;
     const to = status.words[status.at(config.index, StageStatus.TO)]!;
     status.dropHeld(config.index);
     // The replacement starts with no timed task running.
@@ -315,21 +333,145 @@ export class Supervisor {
     );
     this.#alive--;
     this.#workers.splice(this.#workers.indexOf(record), 1);
-    status.figures[status.figure(config.index, StageStatus.RESTARTS)]!++;
+    figures[figure(StageStatus.RESTARTS)]!++;
     this.#spawn(stage, {
       ...config,
       generation: config.generation + 1,
-      recover: { tasks: held, to },
+      recover: {
+        tasks: [...carried, ...dropped.map((error) => error.task!)].sort((
+          a,
+          b,
+        ) => a - b),
+        to: Math.max(to, config.recover?.to ?? 0),
+        retry: retried,
+      },
     }, lostInRow);
-    this.#reports.lost(
-      stage,
-      held.map((task) =>
+    this.#reports.lost(stage, dropped);
+  }
+
+  /**
+   * Charges a lost worker to each task it held: the tasks to try again, and
+   * the errors of those dropped (past their attempts, their crash budget, or
+   * refused by `when`). A worker lost before it was ready held what it was
+   * to take over: the tasks to close (`carried`) and those to retry.
+   */
+  #charge(record: WorkerRecord, reason: string, cause: unknown): {
+    held: number[];
+    retried: RetriedTask[];
+    dropped: StageError[];
+    carried: number[];
+    quarantined: number;
+  } {
+    const { stage, config } = record;
+    const state = internalsOf(stage);
+    const status = state.status!;
+    const name = stage.name;
+    const index = config.index;
+    // The lost worker wrote its slot last; nothing writes it now.
+    const tasks: { seq: number; stashed: RetriedTask | null }[] = [];
+    const places = status.heldPlaces(index);
+    for (let place = 0; place < places.length; place++) {
+      const seq = places[place]!;
+      if (seq < 0) continue;
+      const stash = record.stash[place];
+      const read = stash === undefined ? undefined : Retries.read(stash);
+      // A task it only closed: it was dropped and reported already.
+      if (read === null) continue;
+      tasks.push({
+        seq,
+        stashed: read === undefined
+          ? null
+          : { seq, record: read.record, attempt: read.attempt, errors: [] },
+      });
+    }
+    if (places.every((seq) => seq < 0)) {
+      for (const seq of status.heldTasks(index)) {
+        tasks.push({ seq, stashed: null });
+      }
+    }
+    const carried = !record.ready && config.recover !== null
+      ? config.recover.tasks
+      : [];
+    if (!record.ready) {
+      for (const task of config.recover?.retry ?? []) {
+        tasks.push({ seq: task.seq, stashed: task });
+      }
+    }
+    tasks.sort((a, b) => a.seq - b.seq);
+    const held = tasks.map((task) => task.seq);
+    const holds = held.length === 0 ? "" : `; it held ${describeTasks(held)}`;
+    let losses = this.#losses.get(stage);
+    if (losses === undefined) this.#losses.set(stage, losses = new Map());
+    const retried: RetriedTask[] = [];
+    const dropped: StageError[] = [];
+    let quarantined = 0;
+    for (const { seq, stashed } of tasks) {
+      const cost = (losses.get(seq) ?? 0) + 1;
+      losses.set(seq, cost);
+      const lost = new StageError(`the worker was lost: ${reason}${holds}`, {
+        stage: name,
+        worker: index,
+        task: seq,
+        cause,
+      });
+      const attempt = stashed?.attempt ?? 1;
+      // The errors of the attempts before, as far as they are known (those
+      // of attempts in a worker now lost went with it).
+      const errors = stashed?.errors.slice() ?? [];
+      while (errors.length < attempt - 1) {
+        errors.push(
+          new Error(
+            `attempt ${errors.length + 1}'s error was lost with its worker`,
+          ),
+        );
+      }
+      errors.push(lost);
+      let verdict: unknown = lost;
+      if (cost >= state.crashBudget && stashed !== null) verdict = null;
+      else if (stashed !== null && attempt < state.retry.attempts) {
+        try {
+          verdict = state.retryWhen === null || state.retryWhen(lost, attempt)
+            ? undefined
+            : lost;
+        } catch (thrown) {
+          verdict = errors[errors.length - 1] = thrown;
+        }
+      }
+      if (verdict === undefined) {
+        retried.push({
+          seq,
+          record: stashed!.record,
+          attempt: attempt + 1,
+          errors: errors.map(cloneable),
+        });
+        continue;
+      }
+      if (verdict === null) quarantined++;
+      const what = verdict === null
+        ? `task ${seq} was quarantined: it has cost the stage ${cost} workers (its crashBudget is ${state.crashBudget}), and is not handed to a worker again`
+        : `the worker was lost: ${reason}${holds}`;
+      dropped.push(
         new StageError(
-          `the worker was lost: ${reason}${holds}; a new worker took its place and the task was dropped`,
-          { stage: stage.name, worker: config.index, task, cause },
-        )
-      ),
-    );
+          `${what}${
+            errors.length > 1 ? ` (after ${errors.length} attempts)` : ""
+          }${
+            state.onError !== "fail"
+              ? "; a new worker took its place and the task was dropped"
+              : state.restart
+              ? `; under onError "fail" a task lost with its worker fails the pipeline, restart or not: set onError to "skip" or a function to drop such tasks and go on`
+              : ""
+          }`,
+          {
+            stage: name,
+            worker: index,
+            task: seq,
+            cause: verdict ?? lost,
+            attempts: errors,
+          },
+        ),
+      );
+    }
+    return { held, retried, dropped, carried, quarantined };
   }
 
   /**
@@ -416,6 +558,16 @@ function spawnError(stage: AnyStage, error: unknown): StageError {
     stage: stage.name,
     cause: error,
   });
+}
+
+/** `error`, or what it says if it cannot be sent to a worker. */
+function cloneable(error: unknown): unknown {
+  try {
+    structuredClone(error);
+    return error;
+  } catch {
+    return String(error);
+  }
 }
 
 /** Names tasks `tasks` (in order) by their runs: "task 3", "tasks 3 to 5, 9 and 12". */

@@ -18,6 +18,7 @@ import {
   type StageOptions,
 } from "./stage_options.ts";
 import { describe, shipTarget } from "./target.ts";
+import { retrySettings } from "./retry_option.ts";
 import type {
   ModuleTarget,
   Target,
@@ -143,6 +144,7 @@ export class Stage<I, O, R = never> {
       restart: checked.restart ?? false,
       taskTimeout: checked.taskTimeout ?? Infinity,
       concurrency: checked.concurrency ?? 1,
+      ...retrySettings(kind, checked),
       permissions: checked.permissions ?? "inherit",
       cluster: checked.cluster ?? null,
       standIn: null,

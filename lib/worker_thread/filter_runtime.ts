@@ -9,7 +9,12 @@
  */
 
 import { ClaimPolicy } from "../shared_memory/claim_policy.ts";
-import { type Branch, InputLink, type InputMode, OutputPort } from "../shared_memory/link.ts";
+import {
+  type Branch,
+  InputLink,
+  type InputMode,
+  OutputPort,
+} from "../shared_memory/link.ts";
 import { Ring } from "../shared_memory/ring.ts";
 import type { FigureRef } from "../shared_memory/status.ts";
 

@@ -10,7 +10,12 @@
 import { Bell } from "../shared_memory/bell.ts";
 import { ClaimPolicy } from "../shared_memory/claim_policy.ts";
 import { type FilterConfig, FilterRuntime } from "./filter_runtime.ts";
-import { type Branch, InputLink, type InputMode, OutputPort } from "../shared_memory/link.ts";
+import {
+  type Branch,
+  InputLink,
+  type InputMode,
+  OutputPort,
+} from "../shared_memory/link.ts";
 import { Ring } from "../shared_memory/ring.ts";
 import { StageStatus } from "../shared_memory/status.ts";
 import type { ShippedTarget } from "../stage/target.ts";
@@ -24,6 +29,8 @@ import {
 import { IdleWait } from "./idle_wait.ts";
 import { WorkerFigures } from "./figures.ts";
 import { WorkerScope } from "./scope.ts";
+import { Retries } from "./retries.ts";
+import type { RetryConfig } from "../stage/retry_option.ts";
 
 export type { WorkerMessage } from "./scope.ts";
 
@@ -69,9 +76,31 @@ export interface WorkerConfig {
    * Tasks a lost worker held, in order, which this replacement must close,
    * and one past the last task it claimed.
    */
-  recover: { tasks: number[]; to: number } | null;
+  recover: Recovery | null;
+  /** The stage's retry policy, or null if it does not retry (`attempts` 1, or a remote stage's stand-in). */
+  retry: RetryConfig | null;
   /** The stage is a FilterStage: run the built-in filter, not a target. */
   filter: FilterConfig | null;
+}
+
+/**
+ * What a replacement takes over from the lost worker whose place it takes:
+ * the tasks it held that were dropped (to close, in order), one past the last
+ * task it claimed, and under `retry` the tasks to try again, each with its
+ * record, the attempt it is at and the errors of the attempts before.
+ */
+export interface Recovery {
+  tasks: number[];
+  to: number;
+  retry: RetriedTask[];
+}
+
+/** A task a lost worker held, to try again (see `Recovery`). */
+export interface RetriedTask {
+  seq: number;
+  record: Uint8Array;
+  attempt: number;
+  errors: unknown[];
 }
 
 /** Runs one stage worker. */
@@ -96,7 +125,8 @@ export class WorkerRuntime implements TaskHost, BatchHost {
   readonly status: StageStatus;
   readonly figures: WorkerFigures;
   readonly idleWait: IdleWait;
-  /** The loop of a worker that runs several tasks at once, if it does. */
+  readonly retries: Retries | null;
+  /** The loop of a worker that runs several tasks at once (or retries), if it does. */
   readonly #runner: ConcurrentRunner | null;
   /** The loop of a worker whose target takes its tasks in batches, if it does (set once loaded). */
   #batches: BatchRunner | null = null;
@@ -104,6 +134,8 @@ export class WorkerRuntime implements TaskHost, BatchHost {
   /** One past the last task whose results were all written. */
   #finished = 0;
   #claimMax = 1;
+  /** The errors of the failing task's attempts, under `retry`. */
+  #attempts: unknown[] | null = null;
   /** Results a timed task put with `putResult()`, written at its end. */
   #held: Uint8Array[] = [];
   /** This worker's words in the stage's status block, found once. */
@@ -126,7 +158,11 @@ export class WorkerRuntime implements TaskHost, BatchHost {
     this.status = new StageStatus(config.status, config.size);
     this.figures = new WorkerFigures(this.status, config.index);
     this.idleWait = new IdleWait(this.input, config.spin);
-    this.#runner = config.concurrency > 1 ? new ConcurrentRunner(this) : null;
+    // Decided once: a stage without retry runs the plain loop as before.
+    this.retries = config.retry === null ? null : new Retries(config.retry);
+    this.#runner = config.concurrency > 1 || this.retries !== null
+      ? new ConcurrentRunner(this)
+      : null;
     Bell.kill = {
       words: this.status.words,
       index: this.status.at(config.index, StageStatus.KILL),
@@ -184,7 +220,10 @@ export class WorkerRuntime implements TaskHost, BatchHost {
     (globalThis as Record<symbol, unknown>)[Symbol.for("mpipe.putResult")] = (
       result: unknown,
     ) => this.#putResult(result);
-    if (this.config.recover !== null) this.#recover(this.config.recover);
+    const recover = this.config.recover;
+    if (recover !== null && this.retries !== null) {
+      this.#runner!.recover(recover.tasks, recover.retry, recover.to);
+    } else if (recover !== null) this.#recover(recover);
     const filter = this.config.filter === null
       ? null
       : new FilterRuntime(this.config.filter);
@@ -312,7 +351,12 @@ export class WorkerRuntime implements TaskHost, BatchHost {
 
   finish(slot: TaskSlot): void {
     this.#seq = slot.seq;
+    if (slot.closed) {
+      return this.#recover({ tasks: [slot.seq], to: -1, retry: [] });
+    }
     this.#held = slot.held;
+    this.#attempts = slot.errors;
+    if (slot.attempt > 1) this.figures.retried(slot.seq, slot.attempt);
     if (slot.ok) this.#succeeded(slot.value, false);
     else this.#failed(slot.value, false);
   }
@@ -405,7 +449,12 @@ export class WorkerRuntime implements TaskHost, BatchHost {
     this.#finished = this.#seq + 1;
     // Only a callback needs the error: a skip without one sends nothing.
     if (this.config.onError === "report") {
-      WorkerScope.postError({ type: "skipped", task: this.#seq, error });
+      WorkerScope.postError({
+        type: "skipped",
+        task: this.#seq,
+        error,
+        attempts: this.#attempts ?? undefined,
+      });
     }
   }
 
@@ -472,11 +521,15 @@ export class WorkerRuntime implements TaskHost, BatchHost {
     held.length = 0;
   }
 
-  /** Closes the tasks a lost worker held, so an ordered merge does not wait for them. */
-  #recover({ tasks, to }: { tasks: number[]; to: number }): void {
+  /**
+   * Closes the tasks a lost worker held, so an ordered merge does not wait
+   * for them (`to` -1: one of them, among the tasks a retrying runner took over).
+   */
+  #recover({ tasks, to }: Recovery): void {
     if (this.config.ordered && !this.config.disableResult) {
       for (const seq of tasks) this.output.putEmpty(Ring.END | Ring.LAST, seq);
     }
+    if (to < 0) return;
     this.#claimed(to, to);
     this.output.publish();
   }
@@ -525,6 +578,7 @@ export class WorkerRuntime implements TaskHost, BatchHost {
     // the pipeline has ended.
     if (Bell.killed()) return;
     this.output.publish();
-    WorkerScope.postError({ type: "error", phase, task, error });
+    const attempts = this.#runner?.failedAttempts ?? undefined;
+    WorkerScope.postError({ type: "error", phase, task, error, attempts });
   }
 }
