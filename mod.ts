@@ -66,6 +66,7 @@ export type {
   RunEnd,
   SlowTask,
   StageStats,
+  TaskAttempts,
   TaskDurations,
   WorkerStats,
 } from "./lib/features/stats.ts";

@@ -47,7 +47,11 @@ export class LostTasks {
     const name = stage.name;
     const index = config.index;
     // The lost worker wrote its slot last; nothing writes it now.
-    const tasks: { seq: number; stashed: RetriedTask | null }[] = [];
+    const tasks: {
+      seq: number;
+      stashed: RetriedTask | null;
+      running?: boolean;
+    }[] = [];
     const places = status.heldPlaces(index);
     for (let place = 0; place < places.length; place++) {
       const seq = places[place]!;
@@ -58,9 +62,14 @@ export class LostTasks {
       if (read === null) continue;
       tasks.push({
         seq,
-        stashed: read === undefined
-          ? null
-          : { seq, record: read.record, attempt: read.attempt, errors: [] },
+        stashed: read === undefined ? null : {
+          seq,
+          record: read.record,
+          attempt: read.attempt,
+          errors: [],
+          rerun: false,
+        },
+        running: read?.running,
       });
     }
     if (places.every((seq) => seq < 0)) {
@@ -77,6 +86,10 @@ export class LostTasks {
       }
     }
     tasks.sort((a, b) => a.seq - b.seq);
+    // A worker lost in a task's synchronous part was lost by that task: the
+    // others it held are run again, neither charged nor counted an attempt.
+    // Lost elsewhere (after an await, in a timer), it is charged to them all.
+    const culprit = tasks.some((task) => task.running);
     const held = tasks.map((task) => task.seq);
     const holds = held.length === 0 ? "" : `; it held ${describeTasks(held)}`;
     let losses = this.#losses.get(stage);
@@ -84,7 +97,11 @@ export class LostTasks {
     const retried: RetriedTask[] = [];
     const dropped: StageError[] = [];
     let quarantined = 0;
-    for (const { seq, stashed } of tasks) {
+    for (const { seq, stashed, running } of tasks) {
+      if (culprit && !running && stashed !== null) {
+        retried.push({ ...stashed, rerun: true });
+        continue;
+      }
       const cost = (losses.get(seq) ?? 0) + 1;
       losses.set(seq, cost);
       const lost = new StageError(`the worker was lost: ${reason}${holds}`, {
@@ -122,6 +139,7 @@ export class LostTasks {
           record: stashed!.record,
           attempt: attempt + 1,
           errors: errors.map(cloneable),
+          rerun: false,
         });
         continue;
       }

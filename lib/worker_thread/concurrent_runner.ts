@@ -145,6 +145,10 @@ export class ConcurrentRunner {
           this.#claimedTo = seqs[count - 1]! + 1;
           host.claimedTo(this.#claimedTo);
           host.figures.claimed(this.running + count);
+          // Stashed before any of them starts, as they are held.
+          for (let i = 0; retries !== null && i < count; i++) {
+            retries.stash(places[i]!, retries.records[i]!, 1);
+          }
           for (let i = 0; i < count; i++) {
             const task = values[i];
             values[i] = undefined;
@@ -153,7 +157,6 @@ export class ConcurrentRunner {
             if (retries === null) this.#attempt(slot, task);
             else {
               slot.record = retries.records[i]!;
-              retries.stash(slot.place, slot.record, 1);
               this.#attempt(slot, retries.decode(slot.record));
             }
           }
@@ -206,8 +209,10 @@ export class ConcurrentRunner {
   #attempt(slot: TaskSlot, task: unknown): void {
     const host = this.#host;
     const { seq, attempt } = slot;
+    const retries = host.retries;
     host.begin(seq);
     this.current = slot;
+    retries?.running(slot.place, true);
     let result: unknown;
     let ok = true;
     try {
@@ -216,6 +221,7 @@ export class ConcurrentRunner {
       result = error;
       ok = false;
     }
+    retries?.running(slot.place, false);
     this.current = null;
     const elapsed = host.endSync();
     const timeout = host.config.taskTimeout;
@@ -305,6 +311,7 @@ export class ConcurrentRunner {
       record: Uint8Array;
       attempt: number;
       errors: unknown[];
+      rerun: boolean;
     }[],
     to: number,
   ): void {
@@ -327,11 +334,11 @@ export class ConcurrentRunner {
       slot.attempt = again.attempt;
       slot.errors = again.errors;
       retries.stash(slot.place, slot.record, slot.attempt);
-      host.figures.retry();
-      this.#again(
-        slot,
-        Retries.delayMs(retries.config, slot.attempt - 1),
-      );
+      if (again.rerun) this.#again(slot, 0);
+      else {
+        host.figures.retry();
+        this.#again(slot, Retries.delayMs(retries.config, slot.attempt - 1));
+      }
     }
     this.#claimedTo = to;
     host.claimedTo(to);

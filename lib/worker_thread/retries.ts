@@ -26,8 +26,11 @@ import { WorkerScope } from "./scope.ts";
 
 /** A worker's retry policy and stash. */
 export class Retries {
-  /** Bytes before a stashed task's record: its length and its attempt (Int32 each). */
-  static readonly HEADER = 8;
+  /**
+   * Bytes before a stashed task's record: its length, its attempt, and
+   * whether its synchronous part is running (Int32 each, then padding).
+   */
+  static readonly HEADER = 16;
   /** The attempt word of a place whose task the worker only closes (it was dropped). */
   static readonly CLOSED = -1;
   /** What `decide` returns for an attempt to be tried again. */
@@ -109,7 +112,16 @@ export class Retries {
     }
     slot.words[0] = record.length;
     slot.words[1] = attempt;
+    slot.words[2] = 0;
     slot.bytes.set(record, Retries.HEADER);
+  }
+
+  /**
+   * The task at `place` enters or leaves its synchronous part: a worker lost
+   * meanwhile was lost by that task alone (see `read`).
+   */
+  running(place: number, running: boolean): void {
+    this.#stash[place]!.words[2] = running ? 1 : 0;
   }
 
   /** The task at `place` runs attempt `attempt` now. */
@@ -117,11 +129,15 @@ export class Retries {
     this.#stash[place]!.words[1] = attempt;
   }
 
-  /** A lost worker's stashed task: its record (a copy) and the attempt it ran, or null if it was only to be closed. */
+  /**
+   * A lost worker's stashed task: its record (a copy), the attempt it ran,
+   * and whether the worker was lost in its synchronous part; null if it was
+   * only to be closed.
+   */
   static read(
     buffer: SharedArrayBuffer,
-  ): { record: Uint8Array; attempt: number } | null {
-    const words = new Int32Array(buffer, 0, 2);
+  ): { record: Uint8Array; attempt: number; running: boolean } | null {
+    const words = new Int32Array(buffer, 0, 3);
     if (words[1] === Retries.CLOSED) return null;
     return {
       record: new Uint8Array(buffer).slice(
@@ -129,6 +145,7 @@ export class Retries {
         Retries.HEADER + words[0]!,
       ),
       attempt: words[1]!,
+      running: words[2] === 1,
     };
   }
 }

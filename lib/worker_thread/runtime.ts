@@ -95,12 +95,17 @@ export interface Recovery {
   retry: RetriedTask[];
 }
 
-/** A task a lost worker held, to try again (see `Recovery`). */
+/**
+ * A task a lost worker held, to try again (see `Recovery`): a new attempt, or
+ * (`rerun`) the same one again, cut short by another task that lost the
+ * worker.
+ */
 export interface RetriedTask {
   seq: number;
   record: Uint8Array;
   attempt: number;
   errors: unknown[];
+  rerun: boolean;
 }
 
 /** Runs one stage worker. */
