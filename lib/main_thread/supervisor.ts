@@ -20,7 +20,7 @@ import {
   skippedError,
   workerError,
 } from "./stage_errors.ts";
-import type { RetriedTask, WorkerConfig } from "../worker_thread/runtime.ts";
+import type { WorkerConfig } from "../worker_thread/runtime.ts";
 import { describeTasks, LostTasks } from "./lost_tasks.ts";
 import type { WorkerMessage } from "../worker_thread/scope.ts";
 import type { SkipReports } from "./skip_reports.ts";
