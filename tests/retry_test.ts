@@ -376,19 +376,19 @@ Deno.test("crash budget: three different tasks that each crash a worker are thre
 });
 
 Deno.test("crash budget: a replacement lost in doInit() hands its tasks on, so an ordered stage does not wait for them for ever", async () => {
-  // The second worker to start (the first replacement) exits in doInit().
+  // The third worker to start (the first replacement) exits in doInit().
   for (const retry of [1, 3]) {
     const { results, errors, counts } = await run(
       true,
-      1,
+      2,
       6,
       { 2: ["exit", "ok"] },
       { restart: true, retry },
-      [2],
+      [3],
     );
     assert.deepEqual(results, retry === 1 ? [0, 1, 3, 4, 5] : range(6));
     assert.equal(errors.length, retry === 1 ? 1 : 0);
-    assert.equal(counts[63], 3);
+    assert.equal(counts[63], 4);
   }
 });
 
