@@ -145,7 +145,7 @@ export class LostTasks {
       }
       if (verdict === null) quarantined++;
       const what = verdict === null
-        ? `task ${seq} was quarantined: it has cost the stage ${cost} workers (its crashBudget is ${state.crashBudget}), and is not handed to a worker again`
+        ? `task ${seq} was quarantined: it has cost the stage ${cost} workers (its crashBudget is ${state.crashBudget}; the last one: ${reason}), and is not handed to a worker again`
         : `the worker was lost: ${reason}${holds}`;
       dropped.push(
         new StageError(
