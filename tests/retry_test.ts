@@ -440,7 +440,7 @@ Deno.test("retry and crashBudget options are checked, naming the option and its 
     make({ crashBudget: 0 }),
     /'options\.crashBudget' must be a positive integer.*got 0/,
   );
-  assert.throws(make({ crashBudget: "2" }), TypeError);
+  assert.throws(make({ crashBudget: "2" }), RangeError);
   for (
     const bad of [{ retry: 0 }, { retry: { jitter: -0.1 } }, {
       crashBudget: 1.5,

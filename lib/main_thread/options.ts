@@ -5,8 +5,14 @@
  * @module
  */
 
-import type { GetOptions } from "../stage/stage.ts";
-import { describe } from "../stage/target.ts";
+import type { GetOptions } from "../stage/stage_options.ts";
+import {
+  checkName,
+  checkObject,
+  checkOptionNames,
+  checkSignal,
+  describe,
+} from "../checks.ts";
 
 /**
  * Options of a pipeline.
@@ -141,19 +147,14 @@ export function defaultSpin(
 
 /** Checks the options of `new Pipeline`; throws a `TypeError` or `RangeError` naming the bad one. */
 export function checkPipelineOptions(options: unknown): CheckedPipelineOptions {
-  if (typeof options !== "object" || options === null) {
-    throw new TypeError(
-      `Pipeline: 'options' must be an object, got ${describe(options)}`,
-    );
-  }
-  const { ringBytes = 1 << 20, spin, progress = false, name, ...rest } =
+  checkOptionNames(
+    "Pipeline",
+    checkObject("Pipeline", "options", options),
+    ["ringBytes", "spin", "progress", "name"],
+    "pipeline",
+  );
+  const { ringBytes = 1 << 20, spin, progress = false, name } =
     options as PipelineOptions;
-  const unknown = Object.keys(rest)[0];
-  if (unknown !== undefined) {
-    throw new TypeError(
-      `Pipeline: 'options.${unknown}' is not a pipeline option; the options are ringBytes, spin, progress, name`,
-    );
-  }
   if (
     typeof ringBytes !== "number" || !Number.isInteger(ringBytes) ||
     ringBytes < 4096 || (ringBytes & (ringBytes - 1)) !== 0 ||
@@ -175,13 +176,7 @@ export function checkPipelineOptions(options: unknown): CheckedPipelineOptions {
       }`,
     );
   }
-  if (name !== undefined && (typeof name !== "string" || name === "")) {
-    throw new TypeError(
-      `Pipeline: 'options.name' must be a non-empty string, got ${
-        describe(name)
-      }`,
-    );
-  }
+  checkName("Pipeline", "options.name", name);
   return { ringBytes, spin, progress: checkProgress(progress), name };
 }
 
@@ -196,13 +191,14 @@ function checkProgress(progress: unknown): ProgressOptions | null {
       }`,
     );
   }
-  const { total, intervalMs, ...rest } = progress as ProgressOptions;
-  const unknown = Object.keys(rest)[0];
-  if (unknown !== undefined) {
-    throw new TypeError(
-      `Pipeline: 'options.progress.${unknown}' is not a progress option; the options are total, intervalMs`,
-    );
-  }
+  checkOptionNames(
+    "Pipeline",
+    progress,
+    ["total", "intervalMs"],
+    "progress",
+    "options.progress",
+  );
+  const { total, intervalMs } = progress as ProgressOptions;
   if (
     total !== undefined &&
     (typeof total !== "number" || !Number.isInteger(total) || total < 0)
@@ -239,21 +235,11 @@ export function checkCallOptions(
   options: GetOptions | undefined,
 ): { timeout: number | undefined; signal: AbortSignal | undefined } {
   if (options === undefined) return NO_CALL_OPTIONS;
-  if (typeof options !== "object" || options === null) {
-    throw new TypeError(
-      `${call}: 'options' must be an object, got ${describe(options)}`,
-    );
-  }
-  const names = call === "put" ? ["signal"] : ["timeout", "signal"];
-  for (const key of Object.keys(options)) {
-    if (!names.includes(key)) {
-      throw new TypeError(
-        `${call}: 'options.${key}' is not an option; the options are ${
-          names.join(", ")
-        }`,
-      );
-    }
-  }
+  checkOptionNames(
+    call,
+    checkObject(call, "options", options),
+    call === "put" ? ["signal"] : ["timeout", "signal"],
+  );
   const { timeout, signal } = options;
   if (
     timeout !== undefined &&
@@ -265,12 +251,6 @@ export function checkCallOptions(
       }`,
     );
   }
-  if (signal !== undefined && !(signal instanceof AbortSignal)) {
-    throw new TypeError(
-      `${call}: 'options.signal' must be an AbortSignal, got ${
-        describe(signal)
-      }`,
-    );
-  }
+  checkSignal(call, "options.signal", signal);
   return { timeout, signal };
 }

@@ -69,8 +69,11 @@ const MAX_LOST_IN_ROW = 3;
 export interface SupervisorEvents {
   /** A worker failed the pipeline. */
   fail(error: StageError): void;
-  /** Every worker has exited, after the stop or a shutdown. */
-  exited(): void;
+  /**
+   * Every worker is gone: each exited by itself after the stop, or was
+   * killed (the run was cut short).
+   */
+  allGone(): void;
 }
 
 /** Starts, watches, replaces and kills the workers of a pipeline. */
@@ -85,7 +88,7 @@ export class Supervisor {
   /** Replaced workers whose last reports are still on their way (see #retire). */
   readonly #retiring = new Set<WorkerRecord>();
   #alive = 0;
-  /** Every worker exited by itself (not killed). */
+  /** Every worker exited by itself after the stop (none was killed). */
   #exitedAll = false;
   #watchdog: Watchdog | undefined;
   /** The workers each task has cost so far, by stage, for tasks lost with one. */
@@ -147,14 +150,14 @@ export class Supervisor {
     }
   }
 
-  /** Kills every worker, even one asleep in `Atomics.wait`, and reports them exited. */
+  /** Kills every worker, even one asleep in `Atomics.wait`, and reports them all gone. */
   killAll(): void {
     for (const record of this.#workers) this.#kill(record);
     for (const record of this.#retiring) this.#endRetirement(record);
     this.#wakeSleepers(true);
     this.#workers = [];
     this.#alive = 0;
-    this.#allExited();
+    this.#allGone();
   }
 
   /** Starts one worker; `config.recover` says if it replaces a lost one. */
@@ -228,7 +231,7 @@ export class Supervisor {
           // Nothing is left to kill: forget the workers and their configs.
           this.#exitedAll = true;
           this.#workers = [];
-          this.#allExited();
+          this.#allGone();
         }
         break;
       }
@@ -258,18 +261,21 @@ export class Supervisor {
       case "stash":
         record.stash[message.place] = message.buffer;
         break;
+      case "hosts":
+        internalsOf(stage).hosts = message.hosts;
+        break;
     }
   }
 
   /**
-   * A worker ended without finishing (it called close() or Deno.exit(), threw
-   * outside a task, or ran a task past its timeout). Each task it held is
-   * charged the worker, and tried again (`retry`) by a worker that takes its
-   * place, or, past its attempts or its `crashBudget`, fails as if it threw:
-   * under onError "fail" it fails the pipeline; otherwise the replacement
-   * closes it, and it is counted and reported. A worker takes the lost one's
-   * place under `restart` or `retry` (or after a timeout); else the pipeline
-   * fails.
+   * A worker is lost: it died unasked (it called close() or Deno.exit(), or
+   * threw outside a task), or ran a task past its timeout. Each task it held
+   * is charged the worker, and tried again (`retry`) by a worker that takes
+   * its place, or, past its attempts or its `crashBudget`, fails as if it
+   * threw: under onError "fail" it fails the pipeline; otherwise the
+   * replacement settles it, and it is counted and reported. A worker takes
+   * the lost one's place under `restart` or `retry` (or after a timeout);
+   * else the pipeline fails.
    */
   #lost(record: WorkerRecord, reason: string, cause: unknown): void {
     if (record.gone || this.#run.failure !== null || this.#run.terminated) {
@@ -418,9 +424,9 @@ export class Supervisor {
     }
   }
 
-  #allExited(): void {
+  #allGone(): void {
     this.#watchdog?.stop();
-    this.#events.exited();
+    this.#events.allGone();
   }
 }
 
@@ -444,7 +450,7 @@ function processed(status: StageStatus, index: number): number {
 
 /**
  * Learns the ordering of each `Stage` whose module target's is not known yet,
- * from the worker class it exports. `signal` (the pipeline ended) kills the
+ * from the worker class it exports. `signal` (the run was cut short) kills the
  * workers that import them: a module whose top level never ends must not
  * keep the process alive.
  */
@@ -497,7 +503,7 @@ async function inspectModule(
     name: `${stage.name} (inspect)`,
   });
   let answer: { ordered?: unknown; error?: unknown; errorName?: string };
-  let ended = () => {};
+  let stopWaiting = () => {};
   try {
     answer = await new Promise((resolve) => {
       worker.onmessage = (event) => resolve(event.data);
@@ -505,13 +511,13 @@ async function inspectModule(
         event.preventDefault();
         resolve({ error: event.error ?? event.message });
       };
-      // The pipeline ended: it no longer waits for the answer.
-      ended = () => resolve({});
-      signal.addEventListener("abort", ended, { once: true });
+      // The run was cut short: it no longer waits for the answer.
+      stopWaiting = () => resolve({});
+      signal.addEventListener("abort", stopWaiting, { once: true });
       worker.postMessage([shipped.specifier, shipped.exportName]);
     });
   } finally {
-    signal.removeEventListener("abort", ended);
+    signal.removeEventListener("abort", stopWaiting);
     worker.terminate();
   }
   if (signal.aborted) return;

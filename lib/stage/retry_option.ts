@@ -6,7 +6,7 @@
  * @module
  */
 
-import { describe } from "./target.ts";
+import { checkOptionNames, checkPositiveInteger, describe } from "../checks.ts";
 
 /**
  * How a stage retries a failed task (the stage option `retry`). A number
@@ -108,16 +108,13 @@ export function retryPolicy(
       }`,
     );
   }
-  const names = ["attempts", "delayMs", "maxDelayMs", "factor", "jitter"];
-  for (const key of Object.keys(o)) {
-    if (!names.includes(key) && key !== "when") {
-      throw new TypeError(
-        `${kind}: 'options.retry.${key}' is not a retry option; the options are ${
-          names.join(", ")
-        }, when`,
-      );
-    }
-  }
+  checkOptionNames(
+    kind,
+    o,
+    ["attempts", "delayMs", "maxDelayMs", "factor", "jitter", "when"],
+    "retry",
+    "options.retry",
+  );
   const where = (key: string) =>
     typeof option === "number" ? "'options.retry'" : `'options.retry.${key}'`;
   const number = (
@@ -203,20 +200,8 @@ export function retryPolicy(
 
 /** Checks the `crashBudget` stage option; returns it or its default. */
 export function crashBudget(kind: string, value: unknown): number {
-  if (value === undefined) return DEFAULT_CRASH_BUDGET;
-  if (typeof value !== "number") {
-    throw new TypeError(
-      `${kind}: 'options.crashBudget' must be a number, got ${describe(value)}`,
-    );
-  }
-  if (!Number.isInteger(value) || value < 1) {
-    throw new RangeError(
-      `${kind}: 'options.crashBudget' must be a positive integer (the workers or hosts one task may cost before it is quarantined), got ${
-        describe(value)
-      }`,
-    );
-  }
-  return value;
+  checkPositiveInteger(kind, "options.crashBudget", value);
+  return (value as number | undefined) ?? DEFAULT_CRASH_BUDGET;
 }
 
 /** The retry settings of a stage's internals, from its checked options. */

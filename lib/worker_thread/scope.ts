@@ -35,7 +35,9 @@ export type WorkerMessage =
   /** A stash buffer of the worker's held place `place` (see `Retries`). */
   | { type: "stash"; place: number; buffer: SharedArrayBuffer }
   /** The worker is about to end: close(), Deno.exit(), or an error outside doTask(). */
-  | { type: "lost"; reason: string; error?: unknown };
+  | { type: "lost"; reason: string; error?: unknown }
+  /** A remote stage's stand-in had its first answer from a worker host: every host so far. */
+  | { type: "hosts"; hosts: string[] };
 
 /** The worker's messages and exits. */
 export class WorkerScope {
