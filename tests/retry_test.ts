@@ -436,6 +436,12 @@ Deno.test("retry and crashBudget options are checked, naming the option and its 
     make({ retry: { when: Math.max } }),
     /'options\.retry\.when' must be a plain function/,
   );
+  const cluster = { openRun: () => undefined };
+  assert.throws(
+    make({ cluster, retry: 2 }),
+    /'options\.retry' cannot be used with 'options\.cluster'.*crashBudget/,
+  );
+  make({ cluster, crashBudget: 2 })();
   assert.throws(
     make({ crashBudget: 0 }),
     /'options\.crashBudget' must be a positive integer.*got 0/,

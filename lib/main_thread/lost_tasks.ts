@@ -13,6 +13,7 @@ import { StageError } from "../errors.ts";
 import { type AnyStage, internalsOf } from "../stage/internals.ts";
 import type { RetriedTask, WorkerConfig } from "../worker_thread/runtime.ts";
 import { Retries } from "../worker_thread/retries.ts";
+import { DEFAULT_CRASH_BUDGET } from "../stage/retry_option.ts";
 
 /** What the charge needs of a lost worker. */
 export interface LostWorker {
@@ -97,6 +98,7 @@ export class LostTasks {
     const retried: RetriedTask[] = [];
     const dropped: StageError[] = [];
     let quarantined = 0;
+    const budget = state.crashBudget ?? DEFAULT_CRASH_BUDGET;
     for (const { seq, stashed, running } of tasks) {
       if (culprit && !running && stashed !== null) {
         retried.push({ ...stashed, rerun: true });
@@ -123,7 +125,7 @@ export class LostTasks {
       }
       errors.push(lost);
       let verdict: unknown = lost;
-      if (cost >= state.crashBudget && stashed !== null) verdict = null;
+      if (cost >= budget && stashed !== null) verdict = null;
       else if (stashed !== null && attempt < state.retry.attempts) {
         try {
           verdict = state.retryWhen === null || state.retryWhen(lost, attempt)
@@ -145,7 +147,7 @@ export class LostTasks {
       }
       if (verdict === null) quarantined++;
       const what = verdict === null
-        ? `task ${seq} was quarantined: it has cost the stage ${cost} workers (its crashBudget is ${state.crashBudget}; the last one: ${reason}), and is not handed to a worker again`
+        ? `task ${seq} was quarantined: it has cost the stage ${cost} workers (its crashBudget is ${budget}; the last one: ${reason}), and is not handed to a worker again`
         : `the worker was lost: ${reason}${holds}`;
       dropped.push(
         new StageError(

@@ -159,6 +159,12 @@ export interface RemoteStage {
    * none): the machine that runs it lets it go after this long.
    */
   taskTimeout?: number;
+  /**
+   * How many machines (hosts) one task may cost, killed or crashed while it
+   * ran there, before it is quarantined (its `crashBudget` option), or
+   * undefined for the cluster's default.
+   */
+  crashBudget?: number;
 }
 
 /**

@@ -53,8 +53,8 @@ export interface StageInternals {
   /** Its retry policy (`attempts` 1: none), and `when` itself for the main thread. */
   retry: RetryConfig;
   retryWhen: ((error: unknown, attempt: number) => boolean) | null;
-  /** The workers or hosts one task may cost before it is quarantined. */
-  crashBudget: number;
+  /** The workers or hosts one task may cost before it is quarantined; undefined for the default (`DEFAULT_CRASH_BUDGET`, or a remote stage's cluster's). */
+  crashBudget: number | undefined;
   /** The permissions of its workers. */
   permissions: StagePermissions;
   /** The cluster the stage runs on, or null for this process's workers. */

@@ -79,7 +79,7 @@ export interface RetryConfig {
   when: string | null;
 }
 
-/** The default of the `crashBudget` stage option. */
+/** The default of the `crashBudget` stage option (for a remote stage: its cluster's, such as JetStream's `maxAttempts`). */
 export const DEFAULT_CRASH_BUDGET = 3;
 
 /**
@@ -199,9 +199,9 @@ export function retryPolicy(
 }
 
 /** Checks the `crashBudget` stage option; returns it or its default. */
-export function crashBudget(kind: string, value: unknown): number {
+export function crashBudget(kind: string, value: unknown): number | undefined {
   checkPositiveInteger(kind, "options.crashBudget", value);
-  return (value as number | undefined) ?? DEFAULT_CRASH_BUDGET;
+  return value as number | undefined;
 }
 
 /** The retry settings of a stage's internals, from its checked options. */
@@ -211,7 +211,7 @@ export function retrySettings(
 ): {
   retry: RetryConfig;
   retryWhen: ((error: unknown, attempt: number) => boolean) | null;
-  crashBudget: number;
+  crashBudget: number | undefined;
 } {
   const { config, when } = retryPolicy(kind, options.retry);
   return {

@@ -143,7 +143,9 @@ export interface StageOptions {
    * its worker is tried again by the worker that takes its place. An ordered
    * stage's results still leave in task order: later tasks' results wait for
    * the retried one. After the last attempt `onError` decides, with a
-   * `StageError` that lists every attempt's error (`attempts`).
+   * `StageError` that lists every attempt's error (`attempts`). Not with
+   * `cluster`: a remote stage runs again only a task whose host was lost
+   * (see `crashBudget`).
    * @default {1: no retry}
    */
   retry?: number | RetryOptions;
@@ -152,7 +154,7 @@ export interface StageOptions {
    * lost in the task, in `doInit()` while it held the task, or past
    * `taskTimeout`, before it is quarantined: failed or skipped as `onError`
    * says, and never handed to a worker again (a positive integer).
-   * @default {3}
+   * @default {3; for a remote stage, its cluster's (JetStream's `maxAttempts`, 3)}
    */
   crashBudget?: number;
 }
@@ -240,12 +242,14 @@ export function checkStageOptions(
     ) {
       fail("cluster", "a cluster (such as a JetStreamCluster) or null");
     }
-    for (const key of ["doStopTask", "restart"]) {
-      if (o[key] === true) {
+    for (const key of ["doStopTask", "restart", "retry"]) {
+      if (o[key] === true || (key === "retry" && o.retry !== undefined)) {
         throw new TypeError(
           `${kind}: 'options.${key}' cannot be used with 'options.cluster': ${
             key === "restart"
               ? "a remote stage's hosts replace their lost workers themselves, and a task that loses its worker fails (skip it with onError)"
+              : key === "retry"
+              ? "a remote stage runs again only a task whose host was lost, up to its crashBudget; retry its failures inside the task, or in a local stage"
               : "a remote stage has no workers of its own to give a stop task to"
           }`,
         );
