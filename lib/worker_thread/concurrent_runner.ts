@@ -344,6 +344,9 @@ export class ConcurrentRunner {
     host.claimedTo(to);
     if (this.running > 0) host.figures.busyFrom(performance.now());
     this.#settle();
+    // Published at once, so that the place's first task not finished (read
+    // by SkipReports) is the first one retried, not the lost worker's end.
+    host.publish();
   }
 
   /**
