@@ -11,7 +11,7 @@
 
 import { StageError } from "../errors.ts";
 import { type AnyStage, internalsOf } from "../stage/internals.ts";
-import type { RetriedTask, WorkerConfig } from "../worker_thread/runtime.ts";
+import type { RetriedTask, WorkerConfig } from "../worker_thread/config.ts";
 import { Retries } from "../worker_thread/retries.ts";
 import { DEFAULT_CRASH_BUDGET } from "../stage/retry_option.ts";
 

@@ -20,12 +20,13 @@
  */
 
 import type { IdleWait } from "./idle_wait.ts";
-import type { InputLink } from "../shared_memory/link.ts";
+import type { LinkReader } from "../shared_memory/link_reader.ts";
 import { HeldTable, type StageStatus } from "../shared_memory/status.ts";
 import type { Run } from "./target_loader.ts";
 import type { WorkerFigures } from "./figures.ts";
-import type { WorkerConfig } from "./runtime.ts";
+import type { WorkerConfig } from "./config.ts";
 import { WorkerScope } from "./scope.ts";
+import { TaskTimeout } from "./task_timeout.ts";
 import { Retries } from "./retries.ts";
 
 /** A task in flight. */
@@ -34,11 +35,11 @@ export interface TaskSlot {
   /** Its place in the worker's held table. */
   place: number;
   /** It settled: `ok` and `value` say how. */
-  done: boolean;
+  settled: boolean;
   ok: boolean;
   value: unknown;
-  /** Results it put with `putResult()`, written with its own result. */
-  held: Uint8Array[];
+  /** Results it put with `putResult()`, deferred: written with its own result. */
+  deferred: Uint8Array[];
   /** Its taskTimeout's timer, if it awaits. */
   timer: ReturnType<typeof setTimeout> | undefined;
   /** Its results (or its failure) were written. */
@@ -56,7 +57,7 @@ export interface TaskSlot {
 /** What the runner needs of its worker runtime. */
 export interface TaskHost {
   readonly config: WorkerConfig;
-  readonly input: InputLink;
+  readonly input: LinkReader;
   readonly status: StageStatus;
   readonly figures: WorkerFigures;
   readonly idleWait: IdleWait;
@@ -64,8 +65,8 @@ export interface TaskHost {
   readonly retries: Retries | null;
   /** Task `seq` starts now (its synchronous part is watched if timed). */
   begin(seq: number): void;
-  /** The running task's synchronous part ended; returns its ms if timed (else 0). */
-  endSync(): number;
+  /** The running task's synchronous part returned; returns its ms if timed (else 0). */
+  syncReturned(): number;
   /** Writes a settled task's results (or skips it, or throws under "fail"). */
   finish(slot: TaskSlot): void;
   /** The worker has claimed tasks below `to`. */
@@ -89,8 +90,8 @@ export class ConcurrentRunner {
   running = 0;
   /** An unordered stage's settled tasks not yet written, in the order they settled. */
   readonly #settled: TaskSlot[] = [];
-  /** A settle is queued (see `#complete`). */
-  #settleQueued = false;
+  /** A write of settled tasks is queued (see `#settle`). */
+  #writeQueued = false;
   /** The task whose synchronous part runs now, for putResult(). */
   current: TaskSlot | null = null;
   /** One past the last task claimed. */
@@ -137,7 +138,7 @@ export class ConcurrentRunner {
           : input.claimRaw(retries.raw, seqs, max);
         if (count > 0) {
           idleWait.reset();
-          // Busy from now until nothing is in flight again (see #settle).
+          // Busy from now until nothing is in flight again (see #writeSettled).
           if (this.running === 0) host.figures.busyFrom(performance.now());
           // Held before any of them starts: a worker lost in a task's
           // synchronous part leaves the exact set it held.
@@ -161,7 +162,7 @@ export class ConcurrentRunner {
             }
           }
           if (retries !== null) retries.records.length = 0;
-          this.#settle();
+          this.#writeSettled();
           continue;
         }
         if (count < 0 && this.running === 0) return;
@@ -185,10 +186,10 @@ export class ConcurrentRunner {
     const slot: TaskSlot = {
       seq,
       place,
-      done: false,
+      settled: false,
       ok: true,
       value: undefined,
-      held: [],
+      deferred: [],
       timer: undefined,
       written: false,
       attempt: 1,
@@ -203,8 +204,8 @@ export class ConcurrentRunner {
 
   /**
    * Runs an attempt of a slot's task up to its first await. A synchronous
-   * end is noted at once (the caller settles); an asynchronous one settles
-   * through `#complete`.
+   * end is noted at once (the caller writes it); an asynchronous one
+   * settles through `#settle`.
    */
   #attempt(slot: TaskSlot, task: unknown): void {
     const host = this.#host;
@@ -223,49 +224,39 @@ export class ConcurrentRunner {
     }
     retries?.running(slot.place, false);
     this.current = null;
-    const elapsed = host.endSync();
+    const elapsed = host.syncReturned();
     const timeout = host.config.taskTimeout;
     if (elapsed > timeout) {
-      // Its synchronous part ran too long, though it ended before the
+      // Its synchronous part ran too long, though it returned before the
       // watchdog saw it (a busy main thread looks late): timed out all the
       // same. A promise it returned is ignored.
       if (ok && WorkerScope.isThenable(result)) {
         Promise.resolve(result).catch(() => {});
       }
       ok = false;
-      slot.held.length = 0;
-      result = new DOMException(
-        `task ${seq} ran longer than its taskTimeout of ${timeout} ms (${
-          Math.round(elapsed)
-        } ms)`,
-        "TimeoutError",
-      );
+      slot.deferred.length = 0;
+      result = TaskTimeout.error(seq, timeout, elapsed);
     } else if (ok && WorkerScope.isThenable(result)) {
       Promise.resolve(result).then(
-        (value) => this.#complete(slot, attempt, true, value),
-        (error) => this.#complete(slot, attempt, false, error),
+        (value) => this.#settle(slot, attempt, true, value),
+        (error) => this.#settle(slot, attempt, false, error),
       );
       // The synchronous part was watched; an await past the rest of the
       // timeout is caught by a timer of its own.
       if (timeout !== Infinity) {
-        slot.timer = setTimeout(() =>
-          this.#complete(
-            slot,
-            attempt,
-            false,
-            new DOMException(
-              `task ${seq} ran longer than its taskTimeout of ${timeout} ms`,
-              "TimeoutError",
-            ),
-          ), timeout - elapsed);
+        slot.timer = setTimeout(
+          () =>
+            this.#settle(slot, attempt, false, TaskTimeout.error(seq, timeout)),
+          timeout - elapsed,
+        );
       }
       return;
     }
-    if (!ok && host.retries !== null) {
+    if (!ok && retries !== null) {
       result = this.#retryOr(slot, result);
       if (result === Retries.AGAIN) return;
     }
-    slot.done = true;
+    slot.settled = true;
     slot.ok = ok;
     slot.value = result;
     if (!host.config.ordered) this.#settled.push(slot);
@@ -282,27 +273,28 @@ export class ConcurrentRunner {
     const final = retries.decide(error, slot.attempt);
     errors.push(final === Retries.AGAIN ? error : final);
     if (final !== Retries.AGAIN) return final;
-    slot.held.length = 0;
+    slot.deferred.length = 0;
     host.figures.retry();
     this.#again(slot, Retries.delayMs(retries.config, slot.attempt++));
     return Retries.AGAIN;
   }
 
-  /** Runs the slot's next attempt in `ms`, and settles it if it ends at once. */
+  /** Runs the slot's next attempt in `ms`, and writes it if it ends at once. */
   #again(slot: TaskSlot, ms: number): void {
     const retries = this.#host.retries!;
     slot.timer = setTimeout(() => {
       slot.timer = undefined;
       retries.attempt(slot.place, slot.attempt);
       this.#attempt(slot, retries.decode(slot.record!));
-      if (slot.done) this.#queueSettle();
+      if (slot.settled) this.#queueWrite();
     }, ms);
   }
 
   /**
    * Takes over the tasks a lost worker held, in order: those it dropped are
    * only closed (an ordered stage's merge waits for them), the others are
-   * tried again, each after its delay.
+   * tried again, each after its delay (at once if run again: see
+   * `RetriedTask.rerun`).
    */
   recover(
     closed: readonly number[],
@@ -326,8 +318,7 @@ export class ConcurrentRunner {
       const again = retried.find((task) => task.seq === seq);
       if (again === undefined) {
         retries.stash(slot.place, new Uint8Array(0), Retries.CLOSED);
-        slot.closed = slot.done = true;
-        if (!host.config.ordered) this.#settled.push(slot);
+        slot.closed = slot.settled = true;
         continue;
       }
       slot.record = again.record;
@@ -343,7 +334,7 @@ export class ConcurrentRunner {
     this.#claimedTo = to;
     host.claimedTo(to);
     if (this.running > 0) host.figures.busyFrom(performance.now());
-    this.#settle();
+    this.#writeSettled();
     // Published at once, so that the place's first task not finished (read
     // by SkipReports) is the first one retried, not the lost worker's end.
     host.publish();
@@ -352,42 +343,42 @@ export class ConcurrentRunner {
   /**
    * A task in flight settled: note it, and write what may be written. Tasks
    * that settle together (promises resolved in one go) are written together,
-   * by one settle queued after their callbacks, and published once.
+   * by one write queued after their callbacks, and published once.
    */
-  #complete(
+  #settle(
     slot: TaskSlot,
     attempt: number,
     ok: boolean,
     value: unknown,
   ): void {
-    // A late end of an attempt that timed out.
-    if (slot.done || attempt !== slot.attempt) return;
+    // A late settle of an attempt that timed out.
+    if (slot.settled || attempt !== slot.attempt) return;
     clearTimeout(slot.timer);
     if (!ok && this.#host.retries !== null) {
       value = this.#retryOr(slot, value);
       if (value === Retries.AGAIN) return;
     }
-    slot.done = true;
+    slot.settled = true;
     slot.ok = ok;
     slot.value = value;
     if (!this.#host.config.ordered) this.#settled.push(slot);
-    this.#queueSettle();
+    this.#queueWrite();
   }
 
-  /** Queues one settle for the tasks that settle together, which then wakes the loop. */
-  #queueSettle(): void {
-    if (this.#settleQueued) return;
-    this.#settleQueued = true;
-    queueMicrotask(this.#settleQueuedTasks);
+  /** Queues one write of the tasks that settle together, which then wakes the loop. */
+  #queueWrite(): void {
+    if (this.#writeQueued) return;
+    this.#writeQueued = true;
+    queueMicrotask(this.#writeQueuedTasks);
   }
 
-  /** The settle queued by `#complete`, which then wakes the loop. */
-  readonly #settleQueuedTasks = (): void => {
-    this.#settleQueued = false;
+  /** The write queued by `#settle`, which then wakes the loop. */
+  readonly #writeQueuedTasks = (): void => {
+    this.#writeQueued = false;
     try {
-      this.#settle();
+      this.#writeSettled();
     } catch {
-      // #settle kept the error for the loop to rethrow.
+      // #writeSettled kept the error for the loop to rethrow.
     }
     this.#host.idleWait.completed();
   };
@@ -397,13 +388,13 @@ export class ConcurrentRunner {
    * ordered stage (a worker's ring must hold its tasks in order), as they
    * settled otherwise; each task is looked at once. Publishes what it wrote.
    */
-  #settle(): void {
+  #writeSettled(): void {
     const host = this.#host;
     const slots = this.#slots;
     let head = this.#head;
     let wrote = false;
     if (host.config.ordered) {
-      while (head < slots.length && slots[head]!.done) {
+      while (head < slots.length && slots[head]!.settled) {
         this.#write(slots[head++]!);
         wrote = true;
       }
@@ -432,7 +423,7 @@ export class ConcurrentRunner {
       this.#host.finish(slot);
       this.#held.written(slot.place);
     } catch (error) {
-      // Rethrown in the loop (see #complete), naming this task.
+      // Rethrown in the loop (see #writeQueuedTasks), naming this task.
       this.#fatal ??= { error, seq: slot.seq, attempts: slot.errors };
       throw error;
     }
@@ -444,11 +435,12 @@ export class ConcurrentRunner {
     throw fatal.error;
   }
 
-  /** The task whose error the loop last rethrew, for the report, and its attempts' errors. */
+  /** The task whose error the loop last rethrew, for the report. */
   get failedTask(): number | undefined {
     return this.#fatal?.seq;
   }
 
+  /** The errors of that task's attempts, under `retry`. */
   get failedAttempts(): unknown[] | null {
     return this.#fatal?.attempts ?? null;
   }

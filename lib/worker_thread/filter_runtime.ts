@@ -1,6 +1,6 @@
 /**
  * What a `FilterStage`'s worker runs instead of a target: it feeds its
- * sub-pipelines and drains their results, as the only producer of each
+ * sub-pipelines and collects their results, as the only producer of each
  * sub-pipeline's root and the only consumer of its leaves.
  *
  * Shipped to workers by source, like `ring.ts`.
@@ -9,12 +9,8 @@
  */
 
 import { ClaimPolicy } from "../shared_memory/claim_policy.ts";
-import {
-  type Branch,
-  InputLink,
-  type InputMode,
-  OutputPort,
-} from "../shared_memory/link.ts";
+import { LinkReader, type ReadMode } from "../shared_memory/link_reader.ts";
+import { type Branch, LinkWriter } from "../shared_memory/link_writer.ts";
 import { Ring } from "../shared_memory/ring.ts";
 import type { FigureRef } from "../shared_memory/status.ts";
 
@@ -33,7 +29,7 @@ export interface FilterConfig {
     output: {
       control: SharedArrayBuffer;
       rings: SharedArrayBuffer[];
-      mode: InputMode;
+      mode: ReadMode;
     };
   }[];
 }
@@ -41,9 +37,9 @@ export interface FilterConfig {
 /** The filter's logic in its worker. */
 export class FilterRuntime {
   readonly config: FilterConfig;
-  readonly inputs: OutputPort[];
-  readonly outputs: InputLink[];
-  /** Tasks put into each sub-pipeline, less results drained from it. */
+  readonly inputs: LinkWriter[];
+  readonly outputs: LinkReader[];
+  /** Tasks put into each sub-pipeline, less results collected from it. */
   readonly counts: number[];
   /** Each sub-pipeline root's count of the tasks passed in, and where it is. */
   readonly received: Float64Array[];
@@ -61,29 +57,29 @@ export class FilterRuntime {
     );
     this.receivedAt = config.subs.map((sub) => sub.received.index);
     this.inputs = config.subs.map((sub, i) => {
-      const port = new OutputPort([sub.input]);
-      // While a task waits for room in a sub-pipeline, drain what that
+      const writer = new LinkWriter([sub.input]);
+      // While a task waits for room in a sub-pipeline, collect what that
       // sub-pipeline returns: it may be waiting for room in the filter.
-      port.whileFull = () => this.#drain(i);
-      return port;
+      writer.whileFull = () => this.#collect(i);
+      return writer;
     });
     // The sub-pipeline's leaves ring the bell the filter sleeps on while it
     // waits for room in the sub-pipeline's input (see Wiring): one bell for
     // both, so either wakes it.
     this.outputs = config.subs.map((sub) =>
-      new InputLink(sub.output.control, sub.output.rings, sub.output.mode, {
+      new LinkReader(sub.output.control, sub.output.rings, sub.output.mode, {
         words: new Int32Array(sub.input.ring, 0, Ring.CONTROL_BYTES >> 2),
         base: Ring.SPACE_BELL,
       })
     );
   }
 
-  /** Drains each sub-pipeline, feeds the task to those with room, and returns the filter's result. */
+  /** Collects from each sub-pipeline, feeds the task to those with room, and returns the filter's result. */
   doTask(task: unknown): unknown {
     const { maxTasks, dropResults, cacheResults } = this.config;
     if (!cacheResults) this.latest.clear();
     for (let i = 0; i < this.inputs.length; i++) {
-      this.#drain(i);
+      this.#collect(i);
       // A sub-pipeline whose root's backlog is full holds too many tasks too.
       if (
         this.counts[i]! < maxTasks && this.inputs[i]!.offer(task, Ring.DATA, 0)
@@ -102,12 +98,12 @@ export class FilterRuntime {
   }
 
   /** Takes every result sub-pipeline `i` has returned so far. */
-  #drain(i: number): void {
+  #collect(i: number): void {
     for (;;) {
       const taken = this.outputs[i]!.claim(
         this.#values,
         this.#seqs,
-        ClaimPolicy.FILTER_DRAIN,
+        ClaimPolicy.FILTER_COLLECT,
       );
       if (taken <= 0) return;
       if (!this.config.dropResults) {
@@ -118,8 +114,8 @@ export class FilterRuntime {
     }
   }
 
-  /** Passes the stop to every sub-pipeline and drains them until they end. */
-  finish(): void {
+  /** Passes the stop to every sub-pipeline and takes their results until each has stopped. */
+  stop(): void {
     for (const input of this.inputs) {
       input.putEmpty(Ring.STOP, 0);
       input.publish();
@@ -130,7 +126,7 @@ export class FilterRuntime {
         const taken = output.claim(
           this.#values,
           this.#seqs,
-          ClaimPolicy.FILTER_DRAIN,
+          ClaimPolicy.FILTER_COLLECT,
         );
         this.#values.length = 0;
         if (taken < 0) break;

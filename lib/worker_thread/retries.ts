@@ -20,7 +20,7 @@
  */
 
 import { Decoder } from "../shared_memory/codec.ts";
-import type { RawRecords } from "../shared_memory/link.ts";
+import type { RawRecords } from "../shared_memory/link_reader.ts";
 import type { RetryConfig } from "../stage/retry_option.ts";
 import { WorkerScope } from "./scope.ts";
 
