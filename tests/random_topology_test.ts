@@ -555,9 +555,10 @@ function makePlan(seed: number): Plan {
       if (slow(kind) && node.fan > 1 && !FAMILIES.timeoutPutResult) {
         kind = "throw";
       }
-      // Each of these costs the worker: three in a row would fail the stage
-      // (D6's rule), which a stage that skips its faults must not. Every
-      // copy of a task that reaches the stage (forks) costs one.
+      // Each of these costs the worker: at most two a stage, as when three
+      // in a row failed the stage (before issue 26, only workers lost before
+      // they are ready count). Every copy of a task that reaches the stage
+      // (forks) costs one.
       const losing = (k: string) => k === "close" || slow(k);
       const lost = [...node.faults.values()].filter(losing).length;
       if (losing(kind) && (lost + 1) * arrivals(nodes, i) > 2) kind = "throw";
