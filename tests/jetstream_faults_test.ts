@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { OrderedStage, Pipeline, StageError } from "../mod.ts";
 import { JetStreamCluster } from "../jetstream.ts";
 import { connect, jetstreamManager } from "../lib/jetstream/connection.ts";
-import { Encoder } from "../lib/jetstream/protocol.ts";
+import { Encoder } from "../lib/jetstream/messages.ts";
 import {
   clusterOptions,
   HostProcess,

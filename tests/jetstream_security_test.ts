@@ -16,23 +16,23 @@ import {
 } from "../lib/jetstream/connection.ts";
 import {
   announcementMessage,
+  readAnnouncement,
+  type StageSpec,
+} from "../lib/jetstream/announcements.ts";
+import {
   ANSWER,
   BATCH,
   decodeMessage,
   Decoder,
   encodeMessage,
   Encoder,
-  generateKeys,
-  importSigningKey,
   MessageWriter,
   ONE,
-  readAnnouncement,
   REFUSED,
-  stageNames,
-  type StageSpec,
-} from "../lib/jetstream/protocol.ts";
+} from "../lib/jetstream/messages.ts";
+import { generateKeys, importSigningKey } from "../lib/jetstream/keys.ts";
+import { ensureStagesStream, stageNames } from "../lib/jetstream/streams.ts";
 import { isUnder } from "../lib/jetstream/host/host.ts";
-import { ensureStagesStream } from "../lib/jetstream/coordinator/cluster.ts";
 import {
   clusterOptions,
   HostProcess,

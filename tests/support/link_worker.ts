@@ -11,7 +11,11 @@
  * @module
  */
 
-import { InputLink, type InputMode, OutputPort } from "../../lib/shared_memory/link.ts";
+import {
+  InputLink,
+  type InputMode,
+  OutputPort,
+} from "../../lib/shared_memory/link.ts";
 import { Ring } from "../../lib/shared_memory/ring.ts";
 import { ENGINE_CLASSES, scriptUrl } from "../../lib/worker_thread/script.ts";
 

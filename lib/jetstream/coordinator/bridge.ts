@@ -25,47 +25,48 @@ import type {
 } from "../../worker_thread/batch_runner.ts";
 import { UnorderedWorker } from "../../stage/worker.ts";
 import { WorkerScope } from "../../worker_thread/scope.ts";
-import { ensureStagesStream } from "./cluster.ts";
 import {
   AckPolicy,
+  apiCode,
+  type ConnectionOptions,
+  connectNats,
   DiscardPolicy,
   jetstream,
   type JetStreamClient,
   type JetStreamManager,
   jetstreamManager,
   type NatsConnection,
+  noResponders,
+  permanent,
   RetentionPolicy,
   StorageType,
 } from "../connection.ts";
 import {
   ANNOUNCE_EVERY_MS,
   announcementMessage,
+  type StageSpec,
+} from "../announcements.ts";
+import {
   ANSWER,
-  apiCode,
   BATCH_HEADER,
   batchMessage,
   bodyLimit,
-  type ConnectionOptions,
-  connectNats,
   Decoder,
   Encoder,
   HEADER_ROOM,
-  importSigningKey,
   MANY,
   MessageReader,
-  nanosOf,
   newToken,
   NONE,
-  noResponders,
   ONE,
-  permanent,
   REFUSED,
   sameToken,
-  type StageSpec,
   TOKEN_AT,
   TOKEN_BYTES,
   writeBatchHeader,
-} from "../protocol.ts";
+} from "../messages.ts";
+import { importSigningKey } from "../keys.ts";
+import { ensureStagesStream, nanosOf } from "../streams.ts";
 
 /** What the cluster gives a remote stage's bridge (structured-cloneable). */
 export interface BridgeConfig {

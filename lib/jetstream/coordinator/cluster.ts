@@ -13,25 +13,17 @@
 import type { Cluster, ClusterRun, RemoteStage } from "../../stage/cluster.ts";
 import type { BridgeConfig } from "./bridge.ts";
 import {
-  type JetStreamManager,
-  jetstreamManager,
-  type NatsConnection,
-} from "../connection.ts";
-import {
-  ANNOUNCE_TTL_MS,
   apiCode,
   checkConnectionOptions,
   type ConnectionOptions,
   connectNats,
-  generateKeys,
-  importSigningKey,
-  nanosOf,
-  PROTOCOL,
-  stageNames,
-  STAGES_STREAM,
-  STAGES_SUBJECTS,
-  type StageSpec,
-} from "../protocol.ts";
+  type JetStreamManager,
+  jetstreamManager,
+  type NatsConnection,
+} from "../connection.ts";
+import { PROTOCOL, type StageSpec } from "../announcements.ts";
+import { generateKeys, importSigningKey } from "../keys.ts";
+import { ensureStagesStream, stageNames, STAGES_STREAM } from "../streams.ts";
 
 /**
  * The options of `JetStreamCluster.connect`: the connection, and how remote
@@ -364,29 +356,6 @@ export class JetStreamCluster implements Cluster, AsyncDisposable {
     } finally {
       await own?.close();
     }
-  }
-}
-
-/** Makes the stream of stage announcements, unless it exists. */
-export async function ensureStagesStream(jsm: JetStreamManager): Promise<void> {
-  try {
-    await jsm.streams.info(STAGES_STREAM);
-    return;
-  } catch (error) {
-    if (apiCode(error) !== 10059) throw error;
-  }
-  try {
-    await jsm.streams.add({
-      name: STAGES_STREAM,
-      subjects: [STAGES_SUBJECTS],
-      max_msgs_per_subject: 1,
-      // A stage is announced again while it lives: an announcement of a
-      // coordinator that is gone expires.
-      max_age: nanosOf(ANNOUNCE_TTL_MS),
-    });
-  } catch (error) {
-    // 10058: another process made it first.
-    if (apiCode(error) !== 10058) throw error;
   }
 }
 

@@ -33,9 +33,12 @@
 import { UnorderedStage } from "../../stage/stage.ts";
 import { Pipeline } from "../../pipeline.ts";
 import type { StageError } from "../../errors.ts";
-import { ensureStagesStream } from "../coordinator/cluster.ts";
 import type { HostResult, HostStage, HostTask } from "./host_worker.ts";
 import {
+  apiCode,
+  checkConnectionOptions,
+  type ConnectionOptions,
+  connectNats,
   DeliverPolicy,
   headers,
   jetstream,
@@ -44,30 +47,31 @@ import {
   jetstreamManager,
   type JsMsg,
   type NatsConnection,
+  permanent,
 } from "../connection.ts";
 import {
   ANNOUNCE_TTL_MS,
-  apiCode,
+  PROTOCOL,
+  readAnnouncement,
+  type StageSpec,
+} from "../announcements.ts";
+import {
   batchMessage,
   bodyLimit,
-  checkConnectionOptions,
-  type ConnectionOptions,
-  connectNats,
   Decoder,
   Encoder,
   failedAnswer,
-  importPublicKey,
-  permanent,
-  PROTOCOL,
-  readAnnouncement,
   readBatch,
   refusalMessage,
   splitAnswer,
+} from "../messages.ts";
+import { importPublicKey } from "../keys.ts";
+import {
+  ensureStagesStream,
   stageNames,
   STAGES_STREAM,
   STAGES_SUBJECTS,
-  type StageSpec,
-} from "../protocol.ts";
+} from "../streams.ts";
 
 /**
  * The options of `WorkerHost.start`: the connection, and what the host runs.

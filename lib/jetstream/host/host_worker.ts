@@ -28,7 +28,7 @@ import {
   ONE,
   readBatch,
   writeAnswerHeader,
-} from "../protocol.ts";
+} from "../messages.ts";
 import type { RemoteTarget } from "../../stage/cluster.ts";
 
 /** What a host worker needs of a stage, sent with each batch. */
