@@ -44,10 +44,8 @@
  */
 
 import { parseArgs } from "node:util";
-import {
-  WorkerHost,
-  type WorkerHostOptions,
-} from "./lib/jetstream/host/host.ts";
+import { WorkerHost } from "./lib/jetstream/host/worker_host.ts";
+import type { WorkerHostOptions } from "./lib/jetstream/host/host_options.ts";
 import { generateKeys } from "./lib/jetstream/keys.ts";
 
 const USAGE =

@@ -32,7 +32,7 @@ import {
 } from "../lib/jetstream/messages.ts";
 import { generateKeys, importSigningKey } from "../lib/jetstream/keys.ts";
 import { ensureStagesStream, stageNames } from "../lib/jetstream/streams.ts";
-import { isUnder } from "../lib/jetstream/host/host.ts";
+import { isUnder } from "../lib/jetstream/host/trust.ts";
 import {
   clusterOptions,
   HostProcess,

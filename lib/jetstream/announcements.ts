@@ -41,7 +41,7 @@ export interface StageSpec {
   stream: string;
   inSubject: string;
   outSubject: string;
-  /** The prefix of the subjects of its tasks' runs alone (see host.ts). */
+  /** The prefix of the subjects of its tasks' runs alone (see host/worker_host.ts). */
   aloneSubject: string;
   target: RemoteTarget;
   /** The worker class's constructor arguments. */

@@ -13,7 +13,7 @@
  * redelivered batch is answered again): results reach the reader exactly
  * once.
  *
- * Loaded by the stand-in worker as a module target (see `remote.ts`).
+ * Loaded by the stand-in worker as a module target (see `cluster.ts`; `stage/cluster.ts` is the contract).
  *
  * @module
  */
@@ -47,26 +47,18 @@ import {
   type StageSpec,
 } from "../announcements.ts";
 import {
-  ANSWER,
   BATCH_HEADER,
   batchMessage,
   bodyLimit,
-  Decoder,
   Encoder,
   HEADER_ROOM,
-  MANY,
   MessageReader,
   newToken,
-  NONE,
-  ONE,
-  REFUSED,
-  sameToken,
-  TOKEN_AT,
-  TOKEN_BYTES,
   writeBatchHeader,
 } from "../messages.ts";
 import { importSigningKey } from "../keys.ts";
 import { ensureStagesStream, nanosOf } from "../streams.ts";
+import { SentBatches } from "./sent_batches.ts";
 
 /** What the cluster gives a remote stage's bridge (structured-cloneable). */
 export interface BridgeConfig {
@@ -82,17 +74,6 @@ export interface BridgeConfig {
   signingKey: string | null;
 }
 
-/** Tasks sent in one message, numbered from `from`, until each is settled. */
-interface Sent {
-  from: number;
-  /** The batch's token: only an answer that echoes it counts. */
-  token: Uint8Array;
-  /** 1 for each task settled. */
-  settled: Uint8Array;
-  /** Tasks not yet settled. */
-  left: number;
-}
-
 /**
  * The stand-in worker class of a remote stage. It takes its tasks in
  * batches from the runtime (`SendTasks`, see batch_runner.ts) rather than
@@ -101,14 +82,13 @@ interface Sent {
 export default class Bridge extends UnorderedWorker<unknown, unknown> {
   readonly #config: BridgeConfig;
   readonly #encoder = new Encoder();
-  readonly #decoder = new Decoder();
   #nc: NatsConnection | null = null;
   #js: JetStreamClient | null = null;
   #jsm: JetStreamManager | null = null;
   /** Set once the stage failed for good (`#fail`). */
   #failed = false;
-  /** Sent batches with tasks not settled, by their first task's number. */
-  readonly #sent = new Map<number, Sent>();
+  /** Sent batches with tasks not settled. */
+  readonly #sent: SentBatches;
   /** How the runtime is told of settled tasks (given with the first tasks). */
   #settler: TaskSettler | null = null;
   /** Set once a host refused the stage: every task fails with it. */
@@ -116,14 +96,12 @@ export default class Bridge extends UnorderedWorker<unknown, unknown> {
   /** The most bytes of a message's body (the server's max_payload, less room for headers). */
   #maxBody = bodyLimit(1 << 20);
   #signingKey: CryptoKey | null = null;
-  /** Answers and refusals dropped because they did not echo their batch's token (forged), and when that was last reported. */
-  #forged = 0;
-  #forgedReported = 0;
 
   /** Makes the bridge of the stage that `config` describes. */
   constructor(config: BridgeConfig) {
     super();
     this.#config = config;
+    this.#sent = new SentBatches(config.spec.name, config.spec.outSubject);
     const send: SendTasks = (first, count, records, settler) =>
       this.#sendTasks(first, count, records, settler);
     (this as unknown as Record<symbol, unknown>)[
@@ -162,7 +140,7 @@ export default class Bridge extends UnorderedWorker<unknown, unknown> {
       filter_subject: spec.inSubject,
       ack_policy: AckPolicy.Explicit,
       ack_wait: nanosOf(spec.ackWait),
-      // The last delivery is answered with an error, not run (see host.ts).
+      // The last delivery is answered with an error, not run (see host/worker_host.ts).
       max_deliver: spec.maxDeliver,
       // Stage-wide across hosts: every message holds at least one task.
       max_ack_pending: size,
@@ -338,12 +316,7 @@ export default class Bridge extends UnorderedWorker<unknown, unknown> {
       this.#settler!.flush();
       return;
     }
-    this.#sent.set(from, {
-      from,
-      token,
-      settled: new Uint8Array(count),
-      left: count,
-    });
+    this.#sent.add(from, count, token);
     this.#publish(message, `b${from}`, 0);
   }
 
@@ -409,11 +382,12 @@ export default class Bridge extends UnorderedWorker<unknown, unknown> {
         for await (const message of messages) {
           attempt = 0;
           try {
-            this.#answer(message.data);
+            const refusal = this.#sent.answer(message.data, this.#settler);
+            if (refusal !== null) this.#refuse(...refusal);
           } catch {
             // Malformed (DataView's reads throw RangeError too): not a
             // host's answer.
-            this.#forgery();
+            this.#sent.forgery();
           } finally {
             message.ack();
           }
@@ -429,114 +403,6 @@ export default class Bridge extends UnorderedWorker<unknown, unknown> {
     }
   }
 
-  /**
-   * Settles the tasks an answer covers (each once: a repeat is dropped).
-   * An answer counts only for the tasks of the batch whose token it echoes
-   * (a batch split into single tasks gives them its token): the rest is
-   * forged, dropped and counted.
-   */
-  #answer(bytes: Uint8Array): void {
-    const settler = this.#settler;
-    if (settler === null || bytes.length < TOKEN_AT + TOKEN_BYTES) {
-      return this.#forgery();
-    }
-    const reader = new MessageReader(bytes);
-    const kind = reader.u32();
-    if (kind !== ANSWER && kind !== REFUSED) return this.#forgery();
-    const count = reader.u32();
-    const from = reader.f64();
-    reader.at = TOKEN_AT + TOKEN_BYTES;
-    const batch = this.#sent.get(from);
-    if (kind === REFUSED) {
-      // A refusal answers a batch it was delivered.
-      const owner = batch ?? this.#sentWith(from);
-      if (owner === undefined) return;
-      if (!sameToken(bytes, TOKEN_AT, owner.token)) return this.#forgery();
-      reader.at = BATCH_HEADER;
-      const [host, reason] = reader.record(this.#decoder) as [string, string];
-      return this.#refuse(host, reason);
-    }
-    const worker = reader.i32();
-    const host = reader.text();
-    /** The batch last checked against the answer's token, and whether it matched. */
-    let checked: Sent | undefined;
-    let genuine = false;
-    let forged = false;
-    try {
-      for (let i = 0; i < count; i++) {
-        const tag = reader.u8();
-        const n = tag === MANY ? reader.varint() : tag === NONE ? 0 : 1;
-        // Most answers cover one whole batch; a redelivered batch is split
-        // into single tasks, each answered on its own.
-        const task = from + i;
-        const owner = batch !== undefined && i < batch.settled.length
-          ? batch
-          : this.#sentWith(task);
-        if (owner !== undefined && owner !== checked) {
-          checked = owner;
-          genuine = sameToken(bytes, TOKEN_AT, owner.token);
-          if (!genuine) forged = true;
-        }
-        const index = owner === undefined ? 0 : task - owner.from;
-        if (owner === undefined || !genuine || owner.settled[index] === 1) {
-          for (let j = 0; j < n; j++) reader.frame();
-          continue;
-        }
-        owner.settled[index] = 1;
-        if (--owner.left === 0) this.#sent.delete(owner.from);
-        if (tag === ONE) settler.resolve(task, reader.recordBytes());
-        else if (tag === NONE) settler.resolve(task, null);
-        else if (tag === MANY) {
-          const records: Uint8Array[] = [];
-          for (let j = 0; j < n; j++) records.push(reader.recordBytes());
-          settler.resolveMany(task, records);
-        } else {
-          settler.reject(
-            task,
-            {
-              mpipeRemote: {
-                host,
-                worker: worker < 0 ? undefined : worker,
-                what: undefined,
-              },
-              error: reader.record(this.#decoder),
-            } satisfies RemoteFailure,
-          );
-        }
-      }
-    } finally {
-      settler.flush();
-    }
-    if (forged) this.#forgery();
-  }
-
-  /**
-   * Counts an answer or refusal that did not come from a host that holds
-   * its tasks (it lacks their batch's token), and reports the count on
-   * stderr, at most every 10 s.
-   */
-  #forgery(): void {
-    this.#forged++;
-    const now = performance.now();
-    if (this.#forgedReported !== 0 && now - this.#forgedReported < 10_000) {
-      return;
-    }
-    this.#forgedReported = now;
-    console.warn(
-      `mpipe: remote stage '${this.#config.spec.name}': dropped ${this.#forged} answer(s) that no host holding their tasks sent (they lack their batch's token): a client other than your hosts publishes to ${this.#config.spec.outSubject}; see README "Securing the cluster"`,
-    );
-  }
-
-  /** The sent batch that holds task `task`, if it is not settled. */
-  #sentWith(task: number): Sent | undefined {
-    for (const sent of this.#sent.values()) {
-      if (task >= sent.from && task < sent.from + sent.settled.length) {
-        return sent;
-      }
-    }
-    return undefined;
-  }
-
   /** A host refused the stage: every task in flight, and every later one, fails. */
   #refuse(host: string, reason: string): void {
     if (this.#refusal !== null) return;
@@ -548,15 +414,6 @@ export default class Bridge extends UnorderedWorker<unknown, unknown> {
       },
       error: new Error(reason),
     };
-    const settler = this.#settler!;
-    for (const sent of this.#sent.values()) {
-      for (let i = 0; i < sent.settled.length; i++) {
-        if (sent.settled[i] !== 1) {
-          settler.reject(sent.from + i, this.#refusal);
-        }
-      }
-    }
-    this.#sent.clear();
-    settler.flush();
+    this.#sent.rejectAll(this.#settler!, this.#refusal);
   }
 }

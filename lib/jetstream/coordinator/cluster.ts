@@ -239,7 +239,7 @@ export class JetStreamCluster implements Cluster, AsyncDisposable {
         ackWait: options.ackWait ?? 30_000,
         maxAttempts,
         // A cap that tasks which only shared a host with a poison one never
-        // reach, so that nothing is delivered for ever (see host.ts).
+        // reach, so that nothing is delivered for ever (see host/worker_host.ts).
         maxDeliver: 4 * maxAttempts + 4,
         taskTimeout: Number.isFinite(stage.taskTimeout ?? Infinity)
           ? stage.taskTimeout!

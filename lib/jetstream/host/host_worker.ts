@@ -9,7 +9,7 @@
  * The targets of the last stages it served stay loaded, with their
  * `doInit()` done, for the next batches.
  *
- * Loaded by the host's pipeline as a module target (see `host.ts`).
+ * Loaded by the host's pipeline as a module target (see `worker_host.ts`).
  *
  * @module
  */
