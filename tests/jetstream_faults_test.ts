@@ -1,5 +1,5 @@
 // Faults of the cluster under remote stages, against a real nats-server and
-// real worker hosts (issue 24, F1 to F3): each test is the fault itself, and
+// real worker hosts (issue 24, F1 to F4): each test is the fault itself, and
 // its outcome is every result exactly once or a StageError, never a hang.
 // Every test is bounded in time and stops the processes it starts.
 
@@ -249,6 +249,74 @@ timed(
     } finally {
       await host.stop(2_000);
     }
+  },
+);
+
+// ---------------------------------------------------------------- F4
+
+timed(
+  "JetStream fault F4: a stage whose every host is killed fails with a StageError (no host) after hostTimeout, not a wait for ever; a task longer than hostTimeout on a live host is no such fault",
+  90_000,
+  async () => {
+    await using cluster = await JetStreamCluster.connect(
+      clusterOptions(URL_, { hostTimeout: 3_000 }),
+    );
+    const host = await HostProcess.start(URL_, "nohost-1");
+    try {
+      const pipe = new Pipeline<number, number>(
+        new OrderedStage(
+          async (x: number) => {
+            // Longer than hostTimeout: the host says it is alive meanwhile.
+            await new Promise((resolve) =>
+              setTimeout(resolve, x < 2 ? 4_000 : 50)
+            );
+            return x;
+          },
+          4,
+          { cluster, name: "orphaned" },
+        ),
+      );
+      (async () => {
+        for (let i = 0; i < 1_000; i++) await pipe.put(i);
+        await pipe.put(null);
+      })().catch(() => {});
+      let seen = 0;
+      await assert.rejects(
+        (async () => {
+          for await (const _ of pipe) {
+            if (++seen === 10) host.kill("SIGKILL");
+          }
+        })(),
+        (error: unknown) => {
+          assert.ok(error instanceof StageError, String(error));
+          assert.equal(error.stage, "orphaned");
+          assert.match(error.message, /no host has served the stage for \d+ s/);
+          return true;
+        },
+      );
+      assert.ok(seen >= 10, `only ${seen} results before the failure`);
+      await pipe.done.catch(() => {});
+    } finally {
+      await host.stop(2_000);
+    }
+  },
+);
+
+timed(
+  "JetStream fault F4: hostTimeout is checked: a number of at least 1000 or Infinity",
+  10_000,
+  async () => {
+    for (const hostTimeout of [0, 999, -1, 1.5e3 + 0.5, NaN]) {
+      await assert.rejects(
+        JetStreamCluster.connect(clusterOptions(URL_, { hostTimeout })),
+        (error: unknown) =>
+          error instanceof RangeError &&
+          /'options\.hostTimeout'/.test(error.message),
+      );
+    }
+    await (await JetStreamCluster.connect(
+      clusterOptions(URL_, { hostTimeout: Infinity }),
+    )).close();
   },
 );
 

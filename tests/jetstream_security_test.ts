@@ -393,6 +393,29 @@ async function answersRead(nc: NatsConnection, stream: string): Promise<void> {
 }
 
 timed(
+  "JetStream: a remote stage's permissions option is refused at construction, not ignored: its tasks run with their hosts' permissions",
+  10_000,
+  async () => {
+    await using cluster = await JetStreamCluster.connect(clusterOptions(URL_));
+    const f = (x: number) => x;
+    for (const permissions of ["none", { read: true }] as const) {
+      assert.throws(
+        () => new OrderedStage(f, 2, { cluster, permissions }),
+        (error: unknown) =>
+          error instanceof TypeError &&
+          /'options\.permissions' cannot be used with 'options\.cluster': a remote stage runs with the permissions of the hosts/
+            .test(error.message),
+      );
+    }
+    // "inherit" (the hosts' own) is what a remote stage gets.
+    assert.equal(
+      new OrderedStage(f, 2, { cluster, permissions: "inherit" }).size,
+      2,
+    );
+  },
+);
+
+timed(
   "JetStream attack S3: forged answers for every task in flight, and a forged refusal, are dropped: the pipeline gets the hosts' results and succeeds",
   90_000,
   async () => {

@@ -8,7 +8,8 @@
  * `mpipe.<run>.<stage>.out`, the hosts' answers, read by the stage's bridge
  * through the durable consumer `bridge`; and `mpipe.<run>.<stage>.alone.<k>`
  * counts the runs of task k alone on a host (no consumer reads them; see
- * `host/worker_host.ts`). The stream `MPIPE_STAGES` holds one announcement
+ * `host/worker_host.ts`). On `mpipe.<run>.<stage>.hosts`, outside the
+ * stream, each host that serves the stage says so every `HOST_BEAT_MS`. The stream `MPIPE_STAGES` holds one announcement
  * per live stage, `mpipe.stages.<run>.<stage>`, which every host watches
  * (see `announcements.ts`).
  *
@@ -17,6 +18,13 @@
 
 import { ANNOUNCE_TTL_MS } from "./announcements.ts";
 import { apiCode, type JetStreamManager } from "./connection.ts";
+
+/**
+ * How often a host that serves a stage says so (a core NATS message, not
+ * stored): a stage whose hosts all fell silent for its cluster's
+ * `hostTimeout` fails.
+ */
+export const HOST_BEAT_MS = 1_000;
 
 /** The stream of stage announcements, and its subjects' prefix. */
 export const STAGES_STREAM = "MPIPE_STAGES";
@@ -29,6 +37,7 @@ export function stageNames(run: string, index: number): {
   inSubject: string;
   outSubject: string;
   aloneSubject: string;
+  hostsSubject: string;
   announcement: string;
 } {
   return {
@@ -36,6 +45,7 @@ export function stageNames(run: string, index: number): {
     inSubject: `mpipe.${run}.${index}.in`,
     outSubject: `mpipe.${run}.${index}.out`,
     aloneSubject: `mpipe.${run}.${index}.alone`,
+    hostsSubject: `mpipe.${run}.${index}.hosts`,
     announcement: `mpipe.stages.${run}.${index}`,
   };
 }

@@ -57,7 +57,7 @@ import {
   writeBatchHeader,
 } from "../messages.ts";
 import { importSigningKey } from "../keys.ts";
-import { ensureStagesStream, nanosOf } from "../streams.ts";
+import { ensureStagesStream, nanosOf, stageNames } from "../streams.ts";
 import { SentBatches } from "./sent_batches.ts";
 
 /** What the cluster gives a remote stage's bridge (structured-cloneable). */
@@ -72,6 +72,8 @@ export interface BridgeConfig {
   maxBatch: number;
   /** The coordinator's Ed25519 signing key (as `generateKeys` makes it), or null to announce unsigned. */
   signingKey: string | null;
+  /** Milliseconds the stage may have tasks in flight and no host (`Infinity`: it waits). */
+  hostTimeout: number;
 }
 
 /**
@@ -96,6 +98,8 @@ export default class Bridge extends UnorderedWorker<unknown, unknown> {
   /** The most bytes of a message's body (the server's max_payload, less room for headers). */
   #maxBody = bodyLimit(1 << 20);
   #signingKey: CryptoKey | null = null;
+  /** When a host last said it serves the stage, or the bridge started (performance.now()). */
+  #hostSeen = performance.now();
 
   /** Makes the bridge of the stage that `config` describes. */
   constructor(config: BridgeConfig) {
@@ -153,6 +157,13 @@ export default class Bridge extends UnorderedWorker<unknown, unknown> {
       max_ack_pending: 2 * size + 64,
     });
     this.#js = jetstream(nc);
+    // Hosts that serve the stage say so (see HOST_BEAT_MS).
+    this.#hostSeen = performance.now();
+    nc.subscribe(stageNames(spec.run, spec.index).hostsSubject, {
+      callback: () => {
+        this.#hostSeen = performance.now();
+      },
+    });
     await this.#announce();
     // Announced again, newly signed, while the stage lives: hosts take a
     // stage not announced again for ANNOUNCE_TTL_MS as gone, and refuse an
@@ -191,9 +202,20 @@ export default class Bridge extends UnorderedWorker<unknown, unknown> {
     }
   }
 
-  /** Fails the stage if its stream is gone. */
+  /** Fails the stage if its stream is gone, or if it has had tasks in flight and no host for its hostTimeout. */
   #checkStream(): void {
     if (this.#failed) return;
+    const silent = performance.now() - this.#hostSeen;
+    if (this.#sent.size > 0 && silent > this.#config.hostTimeout) {
+      return this.#fail(
+        `no host has served the stage for ${
+          Math.round(silent / 1000)
+        } s (hostTimeout ${this.#config.hostTimeout} ms), with ${this.#sent.size} batch(es) of tasks waiting`,
+        new Error(
+          'no host: start worker hosts (deno task host, see README "Scaling out") that trust this coordinator and may run the stage, or raise the cluster\'s hostTimeout',
+        ),
+      );
+    }
     const { stream } = this.#config.spec;
     this.#jsm!.streams.info(stream).then(undefined, (error) => {
       if (apiCode(error) === 10059) this.#lost();

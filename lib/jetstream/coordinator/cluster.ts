@@ -83,6 +83,16 @@ export interface JetStreamClusterOptions extends ConnectionOptions {
    * @default {undefined: announcements are unsigned, and hosts run only module targets under their --allow-target}
    */
   signingKey?: string;
+  /**
+   * Milliseconds a remote stage may have tasks waiting while no host
+   * serves it (each host that serves a stage says so every second) before
+   * the stage fails with a `StageError` ("no host"): its hosts were all
+   * killed, stopped or cut off, or none was started, or none may run it.
+   * `Infinity` waits for a host for ever (then `get({ timeout })` bounds a
+   * wait for results).
+   * @default {60000}
+   */
+  hostTimeout?: number;
 }
 
 /** The stand-in worker of every remote stage. */
@@ -255,6 +265,7 @@ export class JetStreamCluster implements Cluster, AsyncDisposable {
         maxBatch: options.maxBatch ??
           Math.min(4096, Math.ceil(stage.size / 16)),
         signingKey: options.signingKey ?? null,
+        hostTimeout: options.hostTimeout ?? 60_000,
       };
     });
     let closed: Promise<void> | null = null;
@@ -366,6 +377,7 @@ function connectionOf(options: JetStreamClusterOptions): ConnectionOptions {
     maxAttempts: _m,
     maxBatch: _b,
     signingKey: _k,
+    hostTimeout: _h,
     ...connection
   } = options;
   return connection;
@@ -388,6 +400,7 @@ function checkClusterOptions(options: unknown): JetStreamClusterOptions {
     "maxAttempts",
     "maxBatch",
     "signingKey",
+    "hostTimeout",
   ];
   for (const key of Object.keys(checked)) {
     if (!known.includes(key)) {
@@ -417,6 +430,19 @@ function checkClusterOptions(options: unknown): JetStreamClusterOptions {
     throw new TypeError(
       `JetStreamCluster.connect: 'options.signingKey' must be a string (a key from JetStreamCluster.generateKeys()), got ${typeof checked
         .signingKey}`,
+    );
+  }
+  const hostTimeout = checked.hostTimeout;
+  if (
+    hostTimeout !== undefined &&
+    !(typeof hostTimeout === "number" &&
+      (hostTimeout === Infinity ||
+        (Number.isInteger(hostTimeout) && hostTimeout >= 1_000)))
+  ) {
+    throw new RangeError(
+      `JetStreamCluster.connect: 'options.hostTimeout' must be an integer of at least 1000 (ms) or Infinity, got ${
+        JSON.stringify(hostTimeout)
+      }`,
     );
   }
   positive("ackWait", 100);

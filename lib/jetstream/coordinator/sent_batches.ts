@@ -51,6 +51,11 @@ export class SentBatches {
     this.#outSubject = outSubject;
   }
 
+  /** How many sent batches have tasks not settled. */
+  get size(): number {
+    return this.#sent.size;
+  }
+
   /** A batch of `count` tasks numbered from `from` was sent with `token`. */
   add(from: number, count: number, token: Uint8Array): void {
     this.#sent.set(from, {

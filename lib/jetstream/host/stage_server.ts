@@ -8,6 +8,7 @@
 
 import { delay, type JetStreamClient, type JsMsg } from "../connection.ts";
 import type { StageSpec } from "../announcements.ts";
+import { HOST_BEAT_MS, stageNames } from "../streams.ts";
 import type { HostStage } from "./host_worker.ts";
 
 /** What a stage server uses of its host. */
@@ -21,6 +22,8 @@ export interface HostPort {
   heldBy(server: StageServer): JsMsg[];
   /** The server's stage is gone: its run has ended. */
   ended(server: StageServer): void;
+  /** Publishes an empty core NATS message on `subject` (a sign of life). */
+  beat(subject: string): void;
 }
 
 /**
@@ -49,6 +52,7 @@ export class StageServer {
   #stopped = false;
   #stopPulling: () => void = () => {};
   #heartbeat: ReturnType<typeof setInterval> | undefined;
+  #beat: ReturnType<typeof setInterval> | undefined;
 
   constructor(
     host: HostPort,
@@ -97,6 +101,7 @@ export class StageServer {
   stop(): void {
     this.#stopped = true;
     clearInterval(this.#heartbeat);
+    clearInterval(this.#beat);
     this.#stopPulling();
     const room = this.#room;
     this.#room = null;
@@ -115,6 +120,13 @@ export class StageServer {
     this.#heartbeat = setInterval(() => {
       for (const message of host.heldBy(this)) message.working();
     }, Math.max(100, this.spec.ackWait / 3));
+    // The stage has a host: its bridge fails the stage once it hears from
+    // none for its hostTimeout. A host that refuses the stage says nothing.
+    if (this.refusal === null) {
+      const subject = stageNames(this.spec.run, this.spec.index).hostsSubject;
+      host.beat(subject);
+      this.#beat = setInterval(() => host.beat(subject), HOST_BEAT_MS);
+    }
     for (let attempt = 0; !this.#stopped; attempt++) {
       try {
         const consumer = await host.js().consumers.get(

@@ -149,6 +149,11 @@ export class WorkerHost implements AsyncDisposable {
       gone: (stream, error) => this.#replies.gone(stream, error),
       heldBy: (server) => this.#heldBy(server),
       ended: (server) => this.#watch.forget(server),
+      beat: (subject) => {
+        try {
+          this.#nc.publish(subject);
+        } catch { /* Closing. */ }
+      },
     };
     this.#watch = new StageWatch(name, options, this.#js, jsm, port);
   }
