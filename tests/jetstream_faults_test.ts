@@ -1,12 +1,18 @@
 // Faults of the cluster under remote stages, against a real nats-server and
-// real worker hosts (issue 24, F1 to F4): each test is the fault itself, and
+// real worker hosts (issue 24, F1 to F5): each test is the fault itself, and
 // its outcome is every result exactly once or a StageError, never a hang.
 // Every test is bounded in time and stops the processes it starts.
 
 import assert from "node:assert/strict";
 import { OrderedStage, Pipeline, StageError } from "../mod.ts";
 import { JetStreamCluster } from "../jetstream.ts";
-import { connect, jetstreamManager } from "../lib/jetstream/connection.ts";
+import {
+  AckPolicy,
+  connect,
+  jetstream,
+  jetstreamManager,
+} from "../lib/jetstream/connection.ts";
+import { ensureStagesStream, stageNames } from "../lib/jetstream/streams.ts";
 import { Encoder } from "../lib/jetstream/messages.ts";
 import {
   clusterOptions,
@@ -317,6 +323,70 @@ timed(
     await (await JetStreamCluster.connect(
       clusterOptions(URL_, { hostTimeout: Infinity }),
     )).close();
+  },
+);
+
+// ---------------------------------------------------------------- F5
+
+timed(
+  "JetStream fault F5: a dead coordinator's run stream and consumers (its announcement expired) are removed by the hosts; a stream whose stage is announced stays",
+  120_000,
+  async () => {
+    const nc = await connect({ servers: URL_ });
+    const jsm = await jetstreamManager(nc);
+    await ensureStagesStream(jsm);
+    // What a coordinator SIGKILLed more than ANNOUNCE_TTL_MS ago leaves: its
+    // run's stream and both consumers, and no announcement (expired).
+    const dead = stageNames("deadc0ffee000001", 0);
+    const live = stageNames("11fec0ffee000002", 0);
+    try {
+      for (const names of [dead, live]) {
+        await jsm.streams.add({
+          name: names.stream,
+          subjects: [names.inSubject, names.outSubject],
+        });
+        for (const durable_name of ["hosts", "bridge"]) {
+          await jsm.consumers.add(names.stream, {
+            durable_name,
+            ack_policy: AckPolicy.Explicit,
+            filter_subject: durable_name === "hosts"
+              ? names.inSubject
+              : names.outSubject,
+          });
+        }
+      }
+      await withHosts(URL_, ["sweep-1"], async () => {
+        const exists = (stream: string) =>
+          jsm.streams.info(stream).then(() => true, () => false);
+        // The live stage is announced, as its coordinator would, every 5 s.
+        const js = jetstream(nc);
+        const announce = () =>
+          js.publish(live.announcement, new Uint8Array([0])).catch(() => {});
+        await announce();
+        const announcer = setInterval(announce, 5_000);
+        try {
+          for (let i = 0; i < 200 && await exists(dead.stream); i++) {
+            await new Promise((resolve) => setTimeout(resolve, 500));
+          }
+          assert.equal(
+            await exists(dead.stream),
+            false,
+            "the dead run's stream is still there after 100 s",
+          );
+          assert.equal(await exists(live.stream), true);
+        } finally {
+          clearInterval(announcer);
+        }
+      });
+    } finally {
+      for (const names of [dead, live]) {
+        await jsm.streams.delete(names.stream).catch(() => {});
+        await jsm.streams.purge("MPIPE_STAGES", {
+          filter: names.announcement,
+        }).catch(() => {});
+      }
+      await nc.close();
+    }
   },
 );
 

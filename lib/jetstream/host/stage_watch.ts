@@ -4,10 +4,21 @@
  * refuses it (see `trust.ts`), and stops serving a stage not announced
  * again for `ANNOUNCE_TTL_MS` (its coordinator is gone).
  *
+ * It also removes what a coordinator that is gone left on the server: a
+ * run's stream (with its consumers) whose stage has had no announcement on
+ * the server for `ORPHAN_GRACE_MS`. An announcement lives `ANNOUNCE_TTL_MS`
+ * after its coordinator last made it (the stream's `max_age`), and a live
+ * coordinator makes it every `ANNOUNCE_EVERY_MS`, so a stream without one
+ * is a dead coordinator's (or a coordinator's cut off from the server for
+ * that long: its run then fails, as on a lost stream). The grace covers a
+ * stream made just before its first announcement, and an announcement
+ * stream made again after a server lost its store.
+ *
  * @module
  */
 
 import {
+  ANNOUNCE_EVERY_MS,
   ANNOUNCE_TTL_MS,
   readAnnouncement,
   type StageSpec,
@@ -43,8 +54,15 @@ export class StageWatch {
   #stopped = false;
   /** The watch loop, until `stop()`. */
   readonly watching: Promise<void>;
-  /** The timer of `#expire`. */
+  /** The timer of `#expire`, and of `#sweep`. */
   readonly #expiry: ReturnType<typeof setInterval>;
+  readonly #sweeper: ReturnType<typeof setInterval>;
+  /** Run streams seen without an announcement, since when (performance.now()). */
+  readonly #orphans = new Map<string, number>();
+  #sweeping = false;
+
+  /** How long a run's stream may lack an announcement before a host removes it. */
+  static readonly ORPHAN_GRACE_MS = 3 * ANNOUNCE_EVERY_MS;
 
   constructor(
     host: string,
@@ -60,6 +78,7 @@ export class StageWatch {
     this.#port = port;
     this.watching = this.#watch();
     this.#expiry = setInterval(() => this.#expire(), 1_000);
+    this.#sweeper = setInterval(() => this.#sweep(), ANNOUNCE_EVERY_MS / 2);
   }
 
   /** How many stages the host serves now. */
@@ -80,6 +99,7 @@ export class StageWatch {
   stop(): void {
     this.#stopped = true;
     clearInterval(this.#expiry);
+    clearInterval(this.#sweeper);
     this.#stopWatching();
     for (const server of this.#stages.values()) server.stop();
   }
@@ -181,6 +201,47 @@ export class StageWatch {
     console.warn(
       `mpipe host ${this.#host}: ignored ${this.#ignored} stage announcement(s) so far; the last, on ${subject}, because ${why}`,
     );
+  }
+
+  /**
+   * Removes the run streams whose stage has had no announcement on the
+   * server for `ORPHAN_GRACE_MS` (see the module's comment). In doubt (a
+   * request that fails), it removes nothing.
+   */
+  async #sweep(): Promise<void> {
+    if (this.#sweeping) return;
+    this.#sweeping = true;
+    try {
+      const now = performance.now();
+      const seen = new Set<string>();
+      for await (const stream of this.#jsm.streams.names()) {
+        const run = /^MPIPE_([A-Za-z0-9]+)_(\d+)$/.exec(stream);
+        if (run === null || this.#stopped) continue;
+        seen.add(stream);
+        const { announcement } = stageNames(run[1]!, Number(run[2]));
+        const announced = await this.#jsm.streams.getMessage(STAGES_STREAM, {
+          last_by_subj: announcement,
+        });
+        if (announced !== null) {
+          this.#orphans.delete(stream);
+          continue;
+        }
+        const since = this.#orphans.get(stream) ?? now;
+        this.#orphans.set(stream, since);
+        if (now - since >= StageWatch.ORPHAN_GRACE_MS) {
+          // Another host may have removed it first.
+          await this.#jsm.streams.delete(stream).catch(() => {});
+          this.#orphans.delete(stream);
+        }
+      }
+      for (const stream of this.#orphans.keys()) {
+        if (!seen.has(stream)) this.#orphans.delete(stream);
+      }
+    } catch {
+      // Disconnected, or no MPIPE_STAGES yet: nothing is removed in doubt.
+    } finally {
+      this.#sweeping = false;
+    }
   }
 
   /** Stops serving the stages not announced again for `ANNOUNCE_TTL_MS`: their coordinators are gone. */
