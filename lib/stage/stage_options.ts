@@ -255,6 +255,11 @@ export function checkStageOptions(
         );
       }
     }
+    if (o.permissions !== undefined && o.permissions !== "inherit") {
+      throw new TypeError(
+        `${kind}: 'options.permissions' cannot be used with 'options.cluster': a remote stage runs with the permissions of the hosts that run it (start them with only what the stage needs, see README "Scaling out")`,
+      );
+    }
   }
   if (o.maxBacklog !== undefined) {
     const max = o.maxBacklog;
