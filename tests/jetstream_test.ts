@@ -509,7 +509,10 @@ for (
         );
         assert.equal(errors.length, 1);
         assert.equal(errors[0]!.task, 3);
-        assert.match(errors[0]!.message, /lost its host 2 times/);
+        assert.match(
+          errors[0]!.message,
+          /quarantined: it lost its host 2 times .* crashBudget of 2/,
+        );
         keeping = false;
         await keeper;
         const killed = started.filter((host) => host.exited);
