@@ -66,6 +66,7 @@ export type {
   RunEnd,
   SlowTask,
   StageStats,
+  TaskAttempts,
   TaskDurations,
   WorkerStats,
 } from "./lib/features/stats.ts";
@@ -78,3 +79,4 @@ export type {
   PermissionValue,
   StagePermissions,
 } from "./lib/stage/permissions.ts";
+export type { RetryOptions } from "./lib/stage/retry_option.ts";

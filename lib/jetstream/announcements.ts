@@ -50,7 +50,11 @@ export interface StageSpec {
   concurrency: number;
   /** Milliseconds a host may hold a batch without a sign of life. */
   ackWait: number;
-  /** How many times a task may lose its host while it runs alone before it fails. */
+  /**
+   * How many hosts a task may cost before it is quarantined (fails without
+   * running again): the stage's `crashBudget`, else the cluster's
+   * `maxAttempts`.
+   */
   maxAttempts: number;
   /** How many times a task may be delivered at all (the consumer's `max_deliver`). */
   maxDeliver: number;

@@ -58,7 +58,8 @@ export interface JetStreamClusterOptions extends ConnectionOptions {
   ackWait?: number;
   /**
    * How many hosts a task may lose (killed or crashed while it ran there)
-   * before it fails with a `StageError` instead of being run again. A task
+   * before it fails with a `StageError` instead of being run again: the
+   * `crashBudget` of this cluster's stages that set none. A task
    * whose host was lost runs again alone (nothing else runs on that host
    * meanwhile), so a task that kills hosts is found and fails after this
    * many host deaths in all, and the tasks that shared a host with it
@@ -234,7 +235,8 @@ export class JetStreamCluster implements Cluster, AsyncDisposable {
     const options = this.#options;
     const configs = stages.map((stage, index): BridgeConfig => {
       const names = stageNames(run, index);
-      const maxAttempts = options.maxAttempts ?? 3;
+      // One crash budget: the stage's own, else the cluster's.
+      const maxAttempts = stage.crashBudget ?? options.maxAttempts ?? 3;
       const spec: StageSpec = {
         protocol: PROTOCOL,
         run,

@@ -507,7 +507,7 @@ export class WorkerHost implements AsyncDisposable {
             message,
             task,
             new Error(
-              `the task lost its host ${runs} times (killed, crashed or silent past ackWait; ${alone} of them while it ran alone there): it is not run again`,
+              `the task was quarantined: it lost its host ${runs} times (killed, crashed or silent past ackWait; ${alone} of them while it ran alone there), its stage's crashBudget of ${spec.maxAttempts}: it is not run again`,
             ),
             undefined,
           );
