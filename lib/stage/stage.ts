@@ -23,6 +23,7 @@ import {
 } from "./stage_options.ts";
 import { describe } from "../checks.ts";
 import { shipTarget } from "./target.ts";
+import { retrySettings } from "./retry_option.ts";
 import type {
   ModuleTarget,
   Target,
@@ -137,6 +138,7 @@ export class Stage<I, O, R = never> {
       taskTimeout: checked.taskTimeout ?? Infinity,
       elastic: min === null ? null : { min, idleMs: checked.idleMs ?? IDLE_MS },
       concurrency: checked.concurrency ?? 1,
+      ...retrySettings(kind, checked),
       permissions: checked.permissions ?? "inherit",
       cluster: checked.cluster ?? null,
       standIn: null,

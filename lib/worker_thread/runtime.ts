@@ -12,7 +12,7 @@ import { ClaimPolicy } from "../shared_memory/claim_policy.ts";
 import { FilterRuntime } from "./filter_runtime.ts";
 import { LinkReader } from "../shared_memory/link_reader.ts";
 import { LinkWriter } from "../shared_memory/link_writer.ts";
-import type { WorkerConfig } from "./config.ts";
+import type { Recovery, WorkerConfig } from "./config.ts";
 import { Ring } from "../shared_memory/ring.ts";
 import { StageStatus } from "../shared_memory/status.ts";
 import { type Instance, type Run, TargetLoader } from "./target_loader.ts";
@@ -27,6 +27,7 @@ import { ElasticPlace } from "./elastic_place.ts";
 import { WorkerFigures } from "./figures.ts";
 import { WorkerScope } from "./scope.ts";
 import { TaskTimeout } from "./task_timeout.ts";
+import { Retries } from "./retries.ts";
 
 /** Runs one stage worker. */
 export class WorkerRuntime implements TaskHost, BatchHost {
@@ -50,11 +51,12 @@ export class WorkerRuntime implements TaskHost, BatchHost {
   readonly status: StageStatus;
   readonly figures: WorkerFigures;
   readonly idleWait: IdleWait;
+  readonly retries: Retries | null;
   /** The stage's taskTimeout, if it has one (`config.timed`). */
   readonly #timeout: TaskTimeout | null;
   /** Its place in an elastic stage; null for a fixed size. */
   readonly #elastic: ElasticPlace | null;
-  /** The loop of a worker that runs several tasks at once, if it does. */
+  /** The loop of a worker that runs several tasks at once (or retries), if it does. */
   readonly #concurrent: ConcurrentRunner | null;
   /** The loop of a worker whose target takes its tasks in batches (a stand-in), if it does (set once loaded). */
   #batches: BatchRunner | null = null;
@@ -62,6 +64,8 @@ export class WorkerRuntime implements TaskHost, BatchHost {
   /** One past the last task whose results were all written. */
   #finished = 0;
   #claimMax = 1;
+  /** The errors of the failing task's attempts, under `retry`. */
+  #attempts: unknown[] | null = null;
   /** Results a timed task put with `putResult()`, deferred to its end. */
   #deferred: Uint8Array[] = [];
   /** This worker's words in the stage's status block, found once. */
@@ -95,7 +99,9 @@ export class WorkerRuntime implements TaskHost, BatchHost {
         this.figures,
       )
       : null;
-    this.#concurrent = config.concurrency > 1
+    // Decided once: a stage without retry runs the plain loop as before.
+    this.retries = config.retry === null ? null : new Retries(config.retry);
+    this.#concurrent = config.concurrency > 1 || this.retries !== null
       ? new ConcurrentRunner(this)
       : null;
     Dismissal.killWord = {
@@ -154,7 +160,10 @@ export class WorkerRuntime implements TaskHost, BatchHost {
     (globalThis as Record<symbol, unknown>)[Symbol.for("mpipe.putResult")] = (
       result: unknown,
     ) => this.#putResult(result);
-    if (this.config.recover !== null) this.#recover(this.config.recover);
+    const recover = this.config.recover;
+    if (recover !== null && this.retries !== null) {
+      this.#concurrent!.recover(recover.tasks, recover.retry, recover.to);
+    } else if (recover !== null) this.#recover(recover);
     const filter = this.config.filter === null
       ? null
       : new FilterRuntime(this.config.filter);
@@ -163,20 +172,14 @@ export class WorkerRuntime implements TaskHost, BatchHost {
     const send = instance?.[Symbol.for("mpipe.sendTasks")];
     if (typeof send === "function") this.#batches = new BatchRunner(this);
     try {
-      const left = await (this.#batches !== null
-        ? this.#batches.run((send as SendTasks).bind(instance)).then(() =>
-          false
-        )
-        : this.#concurrent !== null
-        ? this.#concurrent.run(run)
-        : this.#loop(run));
-      if (left && this.#leave(this.#elastic!)) {
-        return;
-      }
+      // True: the worker leaves its elastic stage (not at the stop).
+      let left = false;
+      if (this.#batches !== null) {
+        await this.#batches.run((send as SendTasks).bind(instance));
+      } else left = await (this.#concurrent?.run(run) ?? this.#loop(run));
+      if (left && this.#leave(this.#elastic!)) return;
       // A filter stops its sub-pipelines before or after its own stop task.
-      if (filter?.config.doStopTask) {
-        filter.stop();
-      }
+      if (filter?.config.doStopTask) filter.stop();
       if (this.config.doStopTask) {
         const seq = this.input.nextOwnSeq();
         this.#claimed(seq, seq + 1);
@@ -197,10 +200,8 @@ export class WorkerRuntime implements TaskHost, BatchHost {
     this.output.putEmpty(Ring.STOP, 0);
     this.output.publish();
     if (filter !== null && !filter.config.doStopTask) filter.stop();
-    WorkerScope.post({
-      type: "exit",
-      stopped: this.#elastic?.stopParked() ?? 0,
-    });
+    const stopped = this.#elastic?.stopParked() ?? 0;
+    WorkerScope.post({ type: "exit", stopped });
   }
 
   /** Leaves the elastic stage, unless the stop came meanwhile (see `ElasticPlace.leave`). */
@@ -301,7 +302,12 @@ export class WorkerRuntime implements TaskHost, BatchHost {
 
   finish(slot: TaskSlot): void {
     this.#seq = slot.seq;
+    if (slot.closed) {
+      return this.#recover({ tasks: [slot.seq], to: -1, retry: [] });
+    }
     this.#deferred = slot.deferred;
+    this.#attempts = slot.errors;
+    if (slot.attempt > 1) this.figures.retried(slot.seq, slot.attempt);
     if (slot.ok) this.#succeeded(slot.value, false);
     else this.#failed(slot.value, false);
   }
@@ -389,7 +395,12 @@ export class WorkerRuntime implements TaskHost, BatchHost {
     this.#finished = this.#seq + 1;
     // Only a callback needs the error: a skip without one sends nothing.
     if (this.config.onError === "report") {
-      WorkerScope.postError({ type: "skipped", task: this.#seq, error });
+      WorkerScope.postError({
+        type: "skipped",
+        task: this.#seq,
+        error,
+        attempts: this.#attempts ?? undefined,
+      });
     }
   }
 
@@ -420,13 +431,18 @@ export class WorkerRuntime implements TaskHost, BatchHost {
     deferred.length = 0;
   }
 
-  /** Marks done the tasks a lost worker held, so an ordered merge does not wait for them. */
-  #recover({ tasks, to }: { tasks: number[]; to: number }): void {
+  /**
+   * Marks done the tasks a lost worker held, so an ordered merge does not
+   * wait for them (`to` -1: one of them, among those a retrying runner took
+   * over).
+   */
+  #recover({ tasks, to }: Recovery): void {
     if (this.config.ordered && !this.config.disableResult) {
       for (const seq of tasks) {
         this.output.putEmpty(Ring.TASK_DONE | Ring.LAST, seq);
       }
     }
+    if (to < 0) return;
     this.#claimed(to, to);
     this.output.publish();
   }
@@ -475,6 +491,7 @@ export class WorkerRuntime implements TaskHost, BatchHost {
     // the pipeline has ended.
     if (Dismissal.dismissed()) return;
     this.output.publish();
-    WorkerScope.postError({ type: "error", phase, task, error });
+    const attempts = this.#concurrent?.failedAttempts ?? undefined;
+    WorkerScope.postError({ type: "error", phase, task, error, attempts });
   }
 }

@@ -20,6 +20,7 @@ import { Mutex } from "../shared_memory/mutex.ts";
 import { Ring } from "../shared_memory/ring.ts";
 import { HeldTable, StageStatus } from "../shared_memory/status.ts";
 import { BatchRunner } from "./batch_runner.ts";
+import { Retries } from "./retries.ts";
 import { ConcurrentRunner } from "./concurrent_runner.ts";
 import { IdleWait } from "./idle_wait.ts";
 import { ElasticPlace } from "./elastic_place.ts";
@@ -89,6 +90,7 @@ export function stageWorkerScript(preload = ""): string {
       ElasticPlace,
       TaskTimeout,
       HeldTable,
+      Retries,
       ConcurrentRunner,
       BatchRunner,
       FilterRuntime,
