@@ -252,7 +252,7 @@ if (Deno.args[0] === "--one") {
 const runs = Number(flag("--runs") ?? 5);
 const threads = Number(flag("--threads") ?? navigator.hardwareConcurrency);
 const n = Number(flag("--n") ?? 4000);
-const unit = Number(flag("--unit") ?? 100_000);
+const unit = Number(flag("--unit") ?? 20_000);
 const only = (flag("--only")?.split(",") ?? CASES) as Case[];
 const script = new URL(import.meta.url).pathname;
 

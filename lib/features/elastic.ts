@@ -12,18 +12,19 @@
  *
  * The rule, every `TICK_MS` (the README states it too):
  * - a stage is pressed when tasks wait at its input and its workers were
- *   busy at least `GROW_BUSY` of the last `WINDOW_TICKS` ticks, with none
- *   of its workers still starting, and what it writes is not held up
+ *   busy at least `GROW_BUSY` of the last `WINDOW_TICKS` ticks, with no
+ *   worker of the pipeline still starting, and what it writes is not held up
  *   downstream (a ring of its half full, or a `maxBacklog` three quarters
  *   full: more workers would only wait there too);
  * - a stage with no worker gets one as soon as anything waits at its input
  *   (a task, or the stop);
  * - a stage pressed for `PRESSED_TICKS` ticks in a row gets a worker, up to
  *   its `max`, while the elastic stages' workers above their `min` are fewer
- *   than `threads`;
- * - when that budget is spent, the least busy other elastic stage above its
- *   `min` whose workers were busy at most `GIVE_BUSY` is asked for a worker,
- *   which leaves once idle; then the pressed stage grows;
+ *   than `threads` and the pipeline's workers were busy, together, less than
+ *   the machine's cores (a thread more would only take CPU from the others);
+ * - else the least busy other elastic stage above its `min` whose workers
+ *   were busy at most `GIVE_BUSY` is asked for a worker, which leaves once
+ *   idle (or between claims); then the pressed stage grows;
  * - a stage that got a worker gives none away for `SETTLE_MS`, and one that
  *   gave one away gets none for as long: with the gap between `GROW_BUSY`
  *   and `GIVE_BUSY`, this keeps a worker from moving back and forth.
@@ -78,7 +79,9 @@ interface Elastic {
   grewAt: number;
   gaveAt: number;
   /** When it was asked for a worker, and why (for the log), or null. */
-  asked: { at: number; why: string } | null;
+  asked: { at: number; why: string; for: Elastic } | null;
+  /** Workers other stages gave it: it grows by them while pressed, busy cores or not. */
+  owed: number;
 }
 
 /** Adds workers to elastic stages, and moves them between stages. */
@@ -88,6 +91,10 @@ export class ElasticControl {
   readonly #stages: Elastic[];
   readonly #supervisor: Supervisor;
   readonly #threads: number;
+  /** The fixed local stages: their busy workers count against the cores too. */
+  readonly #fixed: { status: StageStatus; size: number; busy: number[] }[];
+  /** The machine's cores. */
+  readonly #cores = navigator.hardwareConcurrency;
   readonly #createdAt: number;
   readonly #backlogOf: (stage: AnyStage) => number;
   readonly #fail: (error: unknown) => void;
@@ -121,6 +128,13 @@ export class ElasticControl {
     this.#createdAt = performance.now();
     this.#backlogOf = backlogOf;
     this.#fail = fail;
+    this.#fixed = stages.filter((stage) =>
+      internalsOf(stage).elastic === null && internalsOf(stage).standIn === null
+    ).map((stage) => ({
+      status: internalsOf(stage).status!,
+      size: stage.size,
+      busy: [],
+    }));
     this.#stages = stages.filter((stage) => internalsOf(stage).elastic)
       .map((stage) => {
         const status = internalsOf(stage).status!;
@@ -149,6 +163,7 @@ export class ElasticControl {
           grewAt: -Infinity,
           gaveAt: -Infinity,
           asked: null,
+          owed: 0,
         };
       });
   }
@@ -180,6 +195,7 @@ export class ElasticControl {
     const why = asked && elastic.asked !== null
       ? elastic.asked.why
       : `idle ${Math.round(idleMs).toLocaleString("en-US")} ms`;
+    if (asked && elastic.asked !== null) elastic.asked.for.owed++;
     if (asked) elastic.asked = null;
     this.#record(stage, size + 1, size, why);
   }
@@ -194,6 +210,17 @@ export class ElasticControl {
       (sum, e) => sum + Math.max(0, this.#running(e) - e.min),
       0,
     );
+    // Workers busy over the window, every stage's: at the cores, a new
+    // thread would only take CPU from the others; moving one may still help.
+    let busyWorkers = looks.reduce(
+      (sum, { elastic, busy }) =>
+        sum + busy * Math.max(1, this.#running(elastic)),
+      0,
+    );
+    for (const stage of this.#fixed) {
+      busyWorkers += this.#busyShare(stage.status, stage.size, stage.busy) *
+        stage.size;
+    }
     for (const look of looks) {
       const { elastic, waiting, busy } = look;
       const running = this.#running(elastic);
@@ -207,10 +234,15 @@ export class ElasticControl {
         continue;
       }
       if (now - elastic.gaveAt < SETTLE_MS) continue;
-      if (added < this.#threads) {
+      if (
+        elastic.owed > 0 ||
+        (added < this.#threads && busyWorkers < this.#cores)
+      ) {
         this.#grow(elastic, now, this.#describe(elastic, busy));
         added++;
+        busyWorkers++;
         elastic.pressed = 0;
+        elastic.owed = Math.max(0, elastic.owed - 1);
         continue;
       }
       this.#askForWorker(looks, elastic, now, busy);
@@ -254,11 +286,28 @@ export class ElasticControl {
     const span = (now - times[0]!) * Math.max(1, this.#running(elastic));
     const busyMs = published - elastic.busy[0]! + (held ? 0 : ongoing);
     const busy = span > 0 ? Math.min(1, busyMs / span) : 0;
-    const starting = this.#supervisor.startingIn(elastic.stage) > 0;
+    // Busy shares mean little while any worker of the pipeline starts.
+    const starting = this.#supervisor.starting(null) > 0;
     const pressed = waiting && !starting && !held &&
       times.length > WINDOW_TICKS && busy >= GROW_BUSY;
     elastic.pressed = pressed ? elastic.pressed + 1 : 0;
+    // A worker given for a pressure that is gone is not owed any more.
+    if (!pressed) elastic.owed = 0;
     return { elastic, waiting, busy };
+  }
+
+  /** The busy share of a fixed stage's `size` workers over the window (`series`: what they published at each tick). */
+  #busyShare(status: StageStatus, size: number, series: number[]): number {
+    let published = 0;
+    for (let i = 0; i < size; i++) {
+      const at = status.figure(i, 0);
+      published += status.figures[at + StageStatus.BUSY_MS]! -
+        status.figures[at + StageStatus.BLOCKED_MS]!;
+    }
+    series.push(published);
+    if (series.length > WINDOW_TICKS + 1) series.shift();
+    const span = (this.#times.at(-1)! - this.#times[0]!) * size;
+    return span > 0 ? Math.min(1, (published - series[0]!) / span) : 0;
   }
 
   /** Whether what `elastic`'s workers write waits downstream: a ring half full, or a backlog three quarters full. */
@@ -302,6 +351,7 @@ export class ElasticControl {
       why: `busy ${percent(donor.busy)}, a worker for ${pressed.stage.name} (${
         this.#describe(pressed, busy)
       })`,
+      for: pressed,
     };
     e.gaveAt = now;
     Atomics.store(e.words, StageStatus.SHED, 1);

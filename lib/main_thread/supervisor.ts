@@ -202,11 +202,13 @@ export class Supervisor {
     };
   }
 
-  /** How many of `stage`'s workers are still starting (not ready yet). */
-  startingIn(stage: AnyStage): number {
+  /** How many workers are still starting (not ready yet): `stage`'s, or with null every stage's. */
+  starting(stage: AnyStage | null): number {
     let starting = 0;
     for (const record of this.#workers) {
-      if (record.stage === stage && !record.ready) starting++;
+      if ((stage === null || record.stage === stage) && !record.ready) {
+        starting++;
+      }
     }
     return starting;
   }
