@@ -2,7 +2,7 @@
 // run in alternation (config A, config B, config A, …), so that a drift of the machine hits
 // every config alike.
 //
-//   deno task bench:elastic [--runs 5] [--threads <cores>] [--n 4000] [--only costs,shift,idle,cost]
+//   deno task bench:elastic [--runs 5] [--threads <cores>] [--n 8000] [--only costs,shift,idle,cost]
 //
 // 1. costs: a chain of 3 ordered stages whose middle step costs 8× the others (CPU in a busy
 //    loop, `--unit` iterations for the cheap steps, about 0.1 ms); the elastic pipeline (each stage
@@ -251,7 +251,7 @@ if (Deno.args[0] === "--one") {
 
 const runs = Number(flag("--runs") ?? 5);
 const threads = Number(flag("--threads") ?? navigator.hardwareConcurrency);
-const n = Number(flag("--n") ?? 4000);
+const n = Number(flag("--n") ?? 8000);
 const unit = Number(flag("--unit") ?? 20_000);
 const only = (flag("--only")?.split(",") ?? CASES) as Case[];
 const script = new URL(import.meta.url).pathname;
