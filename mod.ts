@@ -35,7 +35,11 @@
  * @module
  */
 
-export { PipelineClosedError, StageError } from "./lib/errors.ts";
+export {
+  ArenaFullError,
+  PipelineClosedError,
+  StageError,
+} from "./lib/errors.ts";
 export type { StageErrorOptions } from "./lib/errors.ts";
 export { FilterStage } from "./lib/stage/filter.ts";
 export type { FilterStageOptions } from "./lib/stage/filter.ts";
@@ -69,5 +73,12 @@ export type {
   TaskDurations,
   WorkerStats,
 } from "./lib/features/stats.ts";
-export { OrderedWorker, TaskWorker, UnorderedWorker } from "./lib/stage/worker.ts";
-export type { PermissionValue, StagePermissions } from "./lib/stage/permissions.ts";
+export {
+  OrderedWorker,
+  TaskWorker,
+  UnorderedWorker,
+} from "./lib/stage/worker.ts";
+export type {
+  PermissionValue,
+  StagePermissions,
+} from "./lib/stage/permissions.ts";

@@ -12,7 +12,11 @@
 import { bottleneckOf } from "../features/insights.ts";
 import { Pipeline, runOf } from "../pipeline.ts";
 import type { RunView } from "../main_thread/run_state.ts";
-import type { PipelineStats, StageStats, WorkerStats } from "../features/stats.ts";
+import type {
+  PipelineStats,
+  StageStats,
+  WorkerStats,
+} from "../features/stats.ts";
 import { describe } from "../stage/target.ts";
 
 /** A pipeline of any task and result type, as the dashboard takes it. */

@@ -55,6 +55,23 @@ export interface PipelineOptions {
    * @default {`pipeline-1`, `pipeline-2`, … in the order pipelines are created}
    */
   name?: string;
+  /**
+   * Bytes of the pipeline's arena, the shared memory that `alloc` hands out
+   * for large binary payloads, which then travel by reference (see
+   * `Pipeline.alloc`). It is reserved, not committed: memory is taken only
+   * as allocations reach it, so a pipeline that never allocates pays
+   * nothing. 0: no arena. A multiple of 4096, at most 2^32.
+   * @default {268435456 (256 MiB)}
+   */
+  arenaBytes?: number;
+  /**
+   * Check the arena's use: freed space is filled with `0xdb` bytes, and a
+   * handle to freed space is an error, so a buffer used after it was put
+   * shows in tests. Also on with the environment variable
+   * `MPIPE_ARENA_DEBUG=1` (when the program may read it).
+   * @default {false}
+   */
+  arenaDebug?: boolean;
 }
 
 /**
@@ -110,6 +127,14 @@ export interface ProgressOptions {
 export interface PutOptions {
   /** Withdraw the task if it is still waiting for room when this signal aborts. */
   signal?: AbortSignal;
+  /**
+   * Copy the task's typed arrays into the pipeline's arena once, so that
+   * they travel by reference from there on; each one's buffer is given up
+   * (detached), as with `postMessage`'s transfer. A typed array the arena
+   * has no room for is copied as usual.
+   * @default {false}
+   */
+  transfer?: boolean;
 }
 
 /** The pipeline's options, checked, with their defaults. */
@@ -121,6 +146,20 @@ export interface CheckedPipelineOptions {
   progress: ProgressOptions | null;
   /** The pipeline's name, or undefined for the next default one. */
   name: string | undefined;
+  arenaBytes: number;
+  arenaDebug: boolean;
+}
+
+/** The arena's default size: reserved address space, committed as it is used. */
+export const ARENA_BYTES = 2 ** 28;
+
+/** Whether `MPIPE_ARENA_DEBUG=1` is set (false when the program may not read it). */
+function arenaDebugFromEnv(): boolean {
+  try {
+    return Deno.env.get("MPIPE_ARENA_DEBUG") === "1";
+  } catch {
+    return false;
+  }
 }
 
 /** The default spin when every thread of the pipeline has a core of its own. */
@@ -146,12 +185,36 @@ export function checkPipelineOptions(options: unknown): CheckedPipelineOptions {
       `Pipeline: 'options' must be an object, got ${describe(options)}`,
     );
   }
-  const { ringBytes = 1 << 20, spin, progress = false, name, ...rest } =
-    options as PipelineOptions;
+  const {
+    ringBytes = 1 << 20,
+    spin,
+    progress = false,
+    name,
+    arenaBytes = ARENA_BYTES,
+    arenaDebug = arenaDebugFromEnv(),
+    ...rest
+  } = options as PipelineOptions;
   const unknown = Object.keys(rest)[0];
   if (unknown !== undefined) {
     throw new TypeError(
-      `Pipeline: 'options.${unknown}' is not a pipeline option; the options are ringBytes, spin, progress, name`,
+      `Pipeline: 'options.${unknown}' is not a pipeline option; the options are ringBytes, spin, progress, name, arenaBytes, arenaDebug`,
+    );
+  }
+  if (
+    typeof arenaBytes !== "number" || !Number.isInteger(arenaBytes) ||
+    arenaBytes < 0 || arenaBytes % 4096 !== 0 || arenaBytes > 2 ** 32
+  ) {
+    throw new RangeError(
+      `Pipeline: 'options.arenaBytes' must be 0 or a multiple of 4096 up to 2^32, got ${
+        describe(arenaBytes)
+      }`,
+    );
+  }
+  if (typeof arenaDebug !== "boolean") {
+    throw new TypeError(
+      `Pipeline: 'options.arenaDebug' must be a boolean, got ${
+        describe(arenaDebug)
+      }`,
     );
   }
   if (
@@ -182,7 +245,14 @@ export function checkPipelineOptions(options: unknown): CheckedPipelineOptions {
       }`,
     );
   }
-  return { ringBytes, spin, progress: checkProgress(progress), name };
+  return {
+    ringBytes,
+    spin,
+    progress: checkProgress(progress),
+    name,
+    arenaBytes,
+    arenaDebug,
+  };
 }
 
 /** Checks `options.progress`: a boolean or `{ total?, intervalMs? }`. */
@@ -236,15 +306,19 @@ const NO_CALL_OPTIONS = Object.freeze({
 /** Checks the options of `call`: `{ timeout?, signal? }` (`put` takes no timeout). */
 export function checkCallOptions(
   call: "get" | "results" | "put",
-  options: GetOptions | undefined,
-): { timeout: number | undefined; signal: AbortSignal | undefined } {
+  options: GetOptions | PutOptions | undefined,
+): {
+  timeout?: number | undefined;
+  signal: AbortSignal | undefined;
+  transfer?: boolean;
+} {
   if (options === undefined) return NO_CALL_OPTIONS;
   if (typeof options !== "object" || options === null) {
     throw new TypeError(
       `${call}: 'options' must be an object, got ${describe(options)}`,
     );
   }
-  const names = call === "put" ? ["signal"] : ["timeout", "signal"];
+  const names = call === "put" ? ["signal", "transfer"] : ["timeout", "signal"];
   for (const key of Object.keys(options)) {
     if (!names.includes(key)) {
       throw new TypeError(
@@ -254,7 +328,7 @@ export function checkCallOptions(
       );
     }
   }
-  const { timeout, signal } = options;
+  const { timeout, signal, transfer } = options as GetOptions & PutOptions;
   if (
     timeout !== undefined &&
     (typeof timeout !== "number" || Number.isNaN(timeout) || timeout < 0)
@@ -272,5 +346,12 @@ export function checkCallOptions(
       }`,
     );
   }
-  return { timeout, signal };
+  if (transfer !== undefined && typeof transfer !== "boolean") {
+    throw new TypeError(
+      `${call}: 'options.transfer' must be a boolean, got ${
+        describe(transfer)
+      }`,
+    );
+  }
+  return { timeout, signal, transfer };
 }

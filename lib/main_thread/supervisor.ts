@@ -21,6 +21,7 @@ import {
   workerError,
 } from "./stage_errors.ts";
 import type { WorkerConfig } from "../worker_thread/runtime.ts";
+import type { Arena } from "../shared_memory/arena.ts";
 import type { WorkerMessage } from "../worker_thread/scope.ts";
 import type { SkipReports } from "./skip_reports.ts";
 import { scriptUrl, stageWorkerScript } from "../worker_thread/script.ts";
@@ -84,6 +85,8 @@ export class Supervisor {
   /** Every worker exited by itself (not killed). */
   #exitedAll = false;
   #watchdog: Watchdog | undefined;
+  /** The pipeline's arena, whose buffers a lost worker held go back (see #lost). */
+  arena: Arena | null = null;
 
   constructor(
     run: RunView,
@@ -295,6 +298,7 @@ export class Supervisor {
       );
     }
     this.#retire(record);
+    if (config.arena !== null) this.arena?.reap(config.arena.holder);
     // Readers of `skipped` load it at any time; other workers add to it too.
     Atomics.add(status.words, StageStatus.SKIPPED, held.length);
     // The place's figures, which the replacement goes on from: the dropped

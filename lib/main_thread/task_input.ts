@@ -10,6 +10,7 @@
  * @module
  */
 
+import type { Arena } from "../shared_memory/arena.ts";
 import { Bell } from "../shared_memory/bell.ts";
 import { Encoder } from "../shared_memory/codec.ts";
 import { Fifo } from "./fifo.ts";
@@ -58,6 +59,8 @@ class WaitingRun {
   open: boolean;
   /** Whether its put was withdrawn by its signal (it stays queued, skipped). */
   withdrawn = false;
+  /** The arena allocations its task carries, one reference each, dropped if it is withdrawn. */
+  refs: number[] | null = null;
   readonly promise: WatchedPromise<void>;
   resolve!: () => void;
   reject!: (reason: unknown) => void;
@@ -148,7 +151,9 @@ export class TaskInput implements InputPump {
     run: StopRequest,
     report: FailureReport,
     waker: ResultWaker,
+    arena: Arena | null,
   ) {
+    this.#encoder.arena = arena;
     this.#ring = new Ring(link.ring);
     this.#rootControl = new Int32Array(link.control);
     this.#maxBacklog = maxBacklog;
@@ -174,11 +179,15 @@ export class TaskInput implements InputPump {
       return this.#stop = stop.promise;
     } else {
       const encoder = this.#encoder.idle();
+      const transfer = options !== undefined && options.transfer === true;
       let length: number;
       try {
+        if (transfer) encoder.transfer = true;
         length = encoder.encode(task);
       } catch (error) {
         return Promise.reject(error);
+      } finally {
+        if (transfer) encoder.transfer = false;
       }
       // A getter of the task may have put the stop request, or ended the
       // pipeline: the task must not enter after that end.
@@ -204,6 +213,13 @@ export class TaskInput implements InputPump {
       }
       return this.#enqueue(encoder, length, options);
     }
+  }
+
+  /** The references the task just encoded carries, for a put that may be withdrawn (null: none). */
+  static #refs(encoder: Encoder): number[] | null {
+    return encoder.arenaStarts.length === 0
+      ? null
+      : encoder.arenaStarts.slice();
   }
 
   /** The rejection of a put of `task` once the pipeline takes no more tasks, or null. */
@@ -286,7 +302,9 @@ export class TaskInput implements InputPump {
       length > PACKED_MAX || length > this.#ring.maxPayload ||
       options?.signal !== undefined
     ) {
+      const refs = TaskInput.#refs(encoder);
       run = this.#alone(encoder.takeBytes(), length, options);
+      run.refs = refs;
     } else {
       const encoded = encoder.bytes;
       if (
@@ -375,6 +393,9 @@ export class TaskInput implements InputPump {
       Atomics.sub(this.#rootControl, InputLink.BACKLOG, 1);
     }
     if (run.bytes === null) this.#run.stopRequested = false;
+    // Its buffers go back: no ring holds the record.
+    const arena = this.#encoder.arena;
+    if (run.refs !== null) { for (const start of run.refs) arena!.drop(start); }
     run.reject(reason);
   }
 

@@ -12,11 +12,16 @@
  * @module
  */
 
+import { Arena, type ArenaMemory } from "../shared_memory/arena.ts";
 import { Bell } from "../shared_memory/bell.ts";
 import { ClaimPolicy } from "../shared_memory/claim_policy.ts";
 import type { FilterConfig } from "../worker_thread/filter_runtime.ts";
 import { groupOf, leavesOf, producersOf, ringIndex } from "../stage/graph.ts";
-import { type Branch, InputLink, type InputMode } from "../shared_memory/link.ts";
+import {
+  type Branch,
+  InputLink,
+  type InputMode,
+} from "../shared_memory/link.ts";
 import { Ring } from "../shared_memory/ring.ts";
 import { type AnyStage, internalsOf, workersOf } from "../stage/internals.ts";
 import { type FigureRef, StageStatus } from "../shared_memory/status.ts";
@@ -98,6 +103,9 @@ export class Wiring {
    * followed by waking all of them (see `Supervisor`).
    */
   readonly sleepWords: SleepWord[] = [];
+  /** The pipeline's arena (null with `arenaBytes` 0), and each stage's first worker place in it. */
+  readonly arena: ArenaMemory | null;
+  readonly #holders = new Map<AnyStage, number>();
   readonly #ringBytes: number;
   /** Every ring allocated, for `release()`. */
   #rings: SharedArrayBuffer[] = [];
@@ -121,8 +129,28 @@ export class Wiring {
    * Allocates the memory of `stages` (root first), whose pipeline leaves are
    * `leaves`, with rings of `ringBytes` bytes.
    */
-  constructor(stages: AnyStage[], leaves: AnyStage[], ringBytes: number) {
+  constructor(
+    stages: AnyStage[],
+    leaves: AnyStage[],
+    ringBytes: number,
+    arena: { bytes: number; debug: boolean },
+  ) {
     this.#ringBytes = ringBytes;
+    let holders = 0;
+    for (const stage of stages) {
+      this.#holders.set(stage, holders);
+      holders += workersOf(stage);
+    }
+    this.arena = arena.bytes === 0
+      ? null
+      : Arena.create(arena.bytes, holders, arena.debug);
+    if (this.arena !== null) {
+      this.sleepWords.push({
+        words: new Int32Array(this.arena.buffer, 0, 1),
+        index: Arena.LOCK,
+        kind: "lock",
+      });
+    }
     for (const stage of stages) {
       const state = internalsOf(stage);
       // A worker of several tasks at once keeps the exact set it holds in a
@@ -244,6 +272,9 @@ export class Wiring {
         generation: 0,
         recover: null,
         filter,
+        arena: this.arena === null
+          ? null
+          : { memory: this.arena, holder: this.#holders.get(stage)! + index },
       };
     });
   }

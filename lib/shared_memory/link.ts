@@ -18,6 +18,7 @@
  * @module
  */
 
+import type { Arena } from "./arena.ts";
 import { Bell } from "./bell.ts";
 import { Mutex } from "./mutex.ts";
 import { Ring } from "./ring.ts";
@@ -125,6 +126,11 @@ export class InputLink {
       return { start: start - size, end: start, merge };
     });
     this.#cursors = this.groups.map((group) => group.start);
+  }
+
+  /** Decodes arena handles as views on `arena`, held by this thread. */
+  useArena(arena: Arena): void {
+    this.#decoder.arena = arena;
   }
 
   /** Whether every upstream producer has stopped and nothing is left. */
@@ -531,6 +537,12 @@ export class OutputPort {
     this.fullMsAt = branches.map((b) => b.fullMs?.index ?? 0);
   }
 
+  /** Sends views on `arena` as handles: each branch's record holds a reference of its own. */
+  useArena(arena: Arena): void {
+    this.#encoder.arena = arena;
+    this.#encoder.arenaRefs = this.rings.length;
+  }
+
   /**
    * Encodes `value` once and writes it to every branch. Throws a
    * `DataCloneError` before writing anything if the value cannot be cloned.
@@ -577,6 +589,9 @@ export class OutputPort {
     const encoder = this.#encoder.idle();
     const length = encoder.encode(value);
     if (this.maxBacklogs[0]! > 0 && !this.#tryEnterBacklog(0, seq)) {
+      // Shed: the record's references go back.
+      const refs = encoder.arenaStarts;
+      for (let i = 0; i < refs.length; i++) encoder.arena!.drop(refs[i]!);
       return false;
     }
     this.#write(0, kind, seq, encoder.bytes, length);

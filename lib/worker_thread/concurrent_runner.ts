@@ -33,6 +33,8 @@ export interface TaskSlot {
   value: unknown;
   /** Results it put with `putResult()`, written with its own result. */
   held: Uint8Array[];
+  /** Its references to buffers on the arena (see `Arena.takeTask`), or null. */
+  refs: number[] | null;
   /** Its taskTimeout's timer, if it awaits. */
   timer: ReturnType<typeof setTimeout> | undefined;
   /** Its results (or its failure) were written. */
@@ -52,6 +54,8 @@ export interface TaskHost {
   endSync(): number;
   /** Writes a settled task's results (or skips it, or throws under "fail"). */
   finish(slot: TaskSlot): void;
+  /** The references to the arena that came with `task`, or null. */
+  takeRefs(task: unknown): number[] | null;
   /** The worker has claimed tasks below `to`. */
   claimedTo(to: number): void;
   /** A replacement would resume at `seq` (the first task not written). */
@@ -157,6 +161,7 @@ export class ConcurrentRunner {
       ok: true,
       value: undefined,
       held: [],
+      refs: host.takeRefs(task),
       timer: undefined,
       written: false,
     };

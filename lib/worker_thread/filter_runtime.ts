@@ -8,8 +8,14 @@
  * @module
  */
 
+import type { Arena } from "../shared_memory/arena.ts";
 import { ClaimPolicy } from "../shared_memory/claim_policy.ts";
-import { type Branch, InputLink, type InputMode, OutputPort } from "../shared_memory/link.ts";
+import {
+  type Branch,
+  InputLink,
+  type InputMode,
+  OutputPort,
+} from "../shared_memory/link.ts";
 import { Ring } from "../shared_memory/ring.ts";
 import type { FigureRef } from "../shared_memory/status.ts";
 
@@ -47,9 +53,13 @@ export class FilterRuntime {
   readonly latest: Map<number, unknown> = new Map();
   #values: unknown[] = [];
   #seqs: number[] = [];
+  /** The pipeline's arena, and the references each kept result holds (see `#keep`). */
+  readonly #arena: Arena | null;
+  readonly #latestRefs = new Map<number, number[]>();
 
-  constructor(config: FilterConfig) {
+  constructor(config: FilterConfig, arena: Arena | null) {
     this.config = config;
+    this.#arena = arena;
     this.counts = config.subs.map(() => 0);
     this.received = config.subs.map((sub) =>
       new Float64Array(sub.received.buffer)
@@ -60,23 +70,59 @@ export class FilterRuntime {
       // While a task waits for room in a sub-pipeline, drain what that
       // sub-pipeline returns: it may be waiting for room in the filter.
       port.whileFull = () => this.#drain(i);
+      if (arena !== null) port.useArena(arena);
       return port;
     });
     // The sub-pipeline's leaves ring the bell the filter sleeps on while it
     // waits for room in the sub-pipeline's input (see Wiring): one bell for
     // both, so either wakes it.
-    this.outputs = config.subs.map((sub) =>
-      new InputLink(sub.output.control, sub.output.rings, sub.output.mode, {
-        words: new Int32Array(sub.input.ring, 0, Ring.CONTROL_BYTES >> 2),
-        base: Ring.SPACE_BELL,
-      })
-    );
+    this.outputs = config.subs.map((sub) => {
+      const link = new InputLink(
+        sub.output.control,
+        sub.output.rings,
+        sub.output.mode,
+        {
+          words: new Int32Array(sub.input.ring, 0, Ring.CONTROL_BYTES >> 2),
+          base: Ring.SPACE_BELL,
+        },
+      );
+      if (arena !== null) link.useArena(arena);
+      return link;
+    });
+  }
+
+  /**
+   * The buffers on the arena of `taken` results just drained from
+   * sub-pipeline `i`: the last one's are kept while it is the latest (with
+   * `keep`), the others' go back at once.
+   */
+  #keep(i: number, taken: number, keep: boolean): void {
+    const arena = this.#arena;
+    if (arena === null) return;
+    for (let k = 0; k < taken; k++) {
+      const refs = arena.takeTask(this.#values[k]);
+      if (keep && k === taken - 1) {
+        const before = this.#latestRefs.get(i);
+        if (before !== undefined) arena.releaseAll(before);
+        if (refs === null) this.#latestRefs.delete(i);
+        else this.#latestRefs.set(i, refs);
+      } else if (refs !== null) arena.releaseAll(refs);
+    }
+  }
+
+  /** The kept results are forgotten: their buffers go back. */
+  #forgetLatest(): void {
+    this.latest.clear();
+    const arena = this.#arena;
+    if (arena === null || this.#latestRefs.size === 0) return;
+    for (const refs of this.#latestRefs.values()) arena.releaseAll(refs);
+    this.#latestRefs.clear();
   }
 
   /** Drains each sub-pipeline, feeds the task to those with room, and returns the filter's result. */
   doTask(task: unknown): unknown {
     const { maxTasks, dropResults, cacheResults } = this.config;
-    if (!cacheResults) this.latest.clear();
+    if (!cacheResults) this.#forgetLatest();
     for (let i = 0; i < this.inputs.length; i++) {
       this.#drain(i);
       // A sub-pipeline whose root's backlog is full holds too many tasks too.
@@ -108,6 +154,7 @@ export class FilterRuntime {
       if (!this.config.dropResults) {
         this.latest.set(i, this.#values[taken - 1]);
       }
+      this.#keep(i, taken, !this.config.dropResults);
       this.#values.length = 0;
       this.counts[i] = Math.max(0, this.counts[i]! - taken);
     }
@@ -127,10 +174,12 @@ export class FilterRuntime {
           this.#seqs,
           ClaimPolicy.FILTER_DRAIN,
         );
+        if (taken > 0) this.#keep(0, taken, false);
         this.#values.length = 0;
         if (taken < 0) break;
         if (taken === 0) output.sleep(counter);
       }
     }
+    this.#forgetLatest();
   }
 }

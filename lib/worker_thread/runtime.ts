@@ -7,10 +7,16 @@
  * @module
  */
 
+import { Arena, type ArenaMemory } from "../shared_memory/arena.ts";
 import { Bell } from "../shared_memory/bell.ts";
 import { ClaimPolicy } from "../shared_memory/claim_policy.ts";
 import { type FilterConfig, FilterRuntime } from "./filter_runtime.ts";
-import { type Branch, InputLink, type InputMode, OutputPort } from "../shared_memory/link.ts";
+import {
+  type Branch,
+  InputLink,
+  type InputMode,
+  OutputPort,
+} from "../shared_memory/link.ts";
 import { Ring } from "../shared_memory/ring.ts";
 import { StageStatus } from "../shared_memory/status.ts";
 import type { ShippedTarget } from "../stage/target.ts";
@@ -72,6 +78,8 @@ export interface WorkerConfig {
   recover: { tasks: number[]; to: number } | null;
   /** The stage is a FilterStage: run the built-in filter, not a target. */
   filter: FilterConfig | null;
+  /** The pipeline's arena and this worker's place in it, or null for none. */
+  arena: { memory: ArenaMemory; holder: number } | null;
 }
 
 /** Runs one stage worker. */
@@ -106,6 +114,11 @@ export class WorkerRuntime implements TaskHost, BatchHost {
   #claimMax = 1;
   /** Results a timed task put with `putResult()`, written at its end. */
   #held: Uint8Array[] = [];
+  /** The pipeline's arena (null for none), and the running task's references to it (null for none). */
+  readonly arena: Arena | null;
+  #refs: number[] | null = null;
+  /** A task runs (for `alloc`). */
+  #inTask = false;
   /** This worker's words in the stage's status block, found once. */
   readonly #slot: {
     seq: number;
@@ -127,6 +140,13 @@ export class WorkerRuntime implements TaskHost, BatchHost {
     this.figures = new WorkerFigures(this.status, config.index);
     this.idleWait = new IdleWait(this.input, config.spin);
     this.#runner = config.concurrency > 1 ? new ConcurrentRunner(this) : null;
+    this.arena = config.arena === null
+      ? null
+      : new Arena(config.arena.memory, config.arena.holder);
+    if (this.arena !== null) {
+      this.input.useArena(this.arena);
+      this.output.useArena(this.arena);
+    }
     Bell.kill = {
       words: this.status.words,
       index: this.status.at(config.index, StageStatus.KILL),
@@ -184,10 +204,13 @@ export class WorkerRuntime implements TaskHost, BatchHost {
     (globalThis as Record<symbol, unknown>)[Symbol.for("mpipe.putResult")] = (
       result: unknown,
     ) => this.#putResult(result);
+    (globalThis as Record<symbol, unknown>)[Symbol.for("mpipe.alloc")] = (
+      n: number,
+    ) => this.#alloc(n);
     if (this.config.recover !== null) this.#recover(this.config.recover);
     const filter = this.config.filter === null
       ? null
-      : new FilterRuntime(this.config.filter);
+      : new FilterRuntime(this.config.filter, this.arena);
     if (filter !== null) run = (task) => filter.doTask(task);
     // A stand-in that sends its tasks elsewhere takes them in batches.
     const send = instance?.[Symbol.for("mpipe.sendTasks")];
@@ -280,6 +303,8 @@ export class WorkerRuntime implements TaskHost, BatchHost {
    */
   #runTask(run: Run, task: unknown, seq: number): Promise<void> | undefined {
     this.begin(seq);
+    this.#inTask = true;
+    if (this.arena !== null) this.#refs = this.arena.takeTask(task);
     let result: unknown;
     try {
       result = run(task);
@@ -310,9 +335,14 @@ export class WorkerRuntime implements TaskHost, BatchHost {
     return this.figures.taskElapsed();
   }
 
+  takeRefs(task: unknown): number[] | null {
+    return this.arena === null ? null : this.arena.takeTask(task);
+  }
+
   finish(slot: TaskSlot): void {
     this.#seq = slot.seq;
     this.#held = slot.held;
+    this.#refs = slot.refs;
     if (slot.ok) this.#succeeded(slot.value, false);
     else this.#failed(slot.value, false);
   }
@@ -380,6 +410,46 @@ export class WorkerRuntime implements TaskHost, BatchHost {
     }
     this.#finished = this.#seq + 1;
     this.figures.tasks++;
+    this.#endTask();
+  }
+
+  /** The task ended: its buffers on the arena go back, but for those it put on. */
+  #endTask(): void {
+    this.#inTask = false;
+    const refs = this.#refs;
+    if (refs === null) return;
+    this.#refs = null;
+    // A worker whose place was taken writes nothing: the main thread
+    // releases what it held.
+    Bell.checkRevoked();
+    this.arena!.releaseAll(refs);
+  }
+
+  /** `this.alloc(n)` in a task: a view on the arena, or an ordinary array when it has no room. */
+  #alloc(n: number): Uint8Array {
+    if (typeof n !== "number" || !Number.isInteger(n) || n < 0) {
+      throw new RangeError(
+        `alloc: 'n' must be a non-negative integer, got ${String(n)}`,
+      );
+    }
+    const slot = this.#runner?.current;
+    if (slot === null || (slot === undefined && !this.#inTask)) {
+      throw new Error(
+        "alloc() was called outside doTask(), or after an await in a stage with concurrency above 1, where it cannot tell which task it belongs to: call it in doTask(), before the first await",
+      );
+    }
+    const arena = this.arena;
+    const view = arena?.tryAlloc(n) ?? null;
+    if (view === null) {
+      // Full (or no arena): a worker never waits for space, which stages
+      // downstream that wait themselves could hold for ever.
+      if (arena !== null) Atomics.add(arena.header, Arena.FALLBACKS, 1);
+      return new Uint8Array(n);
+    }
+    const start = arena!.startOf(view);
+    if (slot !== undefined) (slot.refs ??= []).push(start);
+    else (this.#refs ??= []).push(start);
+    return view;
   }
 
   #failed(error: unknown, timed = this.config.timed): undefined {
@@ -407,6 +477,7 @@ export class WorkerRuntime implements TaskHost, BatchHost {
     if (this.config.onError === "report") {
       WorkerScope.postError({ type: "skipped", task: this.#seq, error });
     }
+    this.#endTask();
   }
 
   /** Records the claimed tasks [from, to), for whoever replaces a lost worker. */

@@ -9,6 +9,7 @@
  * @module
  */
 
+import { Arena } from "../shared_memory/arena.ts";
 import { Bell } from "../shared_memory/bell.ts";
 import { ClaimPolicy } from "../shared_memory/claim_policy.ts";
 import { Decoder, Encoder } from "../shared_memory/codec.ts";
@@ -30,6 +31,7 @@ import { WorkerScope } from "./scope.ts";
 export const ENGINE_CLASSES: readonly unknown[] = [
   Bell,
   Mutex,
+  Arena,
   Ring,
   StageStatus,
   ClaimPolicy,

@@ -19,7 +19,10 @@
  */
 
 import type { RemoteFailure } from "../../stage/cluster.ts";
-import type { SendTasks, TaskSettler } from "../../worker_thread/batch_runner.ts";
+import type {
+  SendTasks,
+  TaskSettler,
+} from "../../worker_thread/batch_runner.ts";
 import { UnorderedWorker } from "../../stage/worker.ts";
 import { WorkerScope } from "../../worker_thread/scope.ts";
 import { ensureStagesStream } from "./cluster.ts";
