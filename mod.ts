@@ -65,6 +65,7 @@ export type {
   TaskFunction,
   WorkerClass,
 } from "./lib/stage/stage.ts";
+export type { ArenaStats } from "./lib/main_thread/arena_access.ts";
 export type {
   PipelineStats,
   RunEnd,

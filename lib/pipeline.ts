@@ -218,6 +218,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
       root as unknown as AnyStage,
       this.#input,
       this.#output,
+      () => this.#arena.stats(),
     );
     if (progress !== null) {
       this.#progress = new ProgressDisplay(() => this.stats(), progress);
@@ -398,8 +399,9 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
 
   /**
    * Gives back a buffer on the arena that the program holds: one from
-   * `alloc` it did not put, or one it read in a result. Throws a
-   * `TypeError` for any other (one put or freed already).
+   * `alloc` it did not put, or one it read in a result. An ordinary typed
+   * array (a worker's `alloc` gives one when the arena is full) is left to
+   * the GC. Throws a `TypeError` for any other (one put or freed already).
    *
    * @example Free a buffer not put
    * ```ts

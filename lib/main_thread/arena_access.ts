@@ -10,7 +10,23 @@ import { Arena, type ArenaMemory } from "../shared_memory/arena.ts";
 import { ArenaFullError, PipelineClosedError } from "../errors.ts";
 import type { RunView } from "./run_state.ts";
 
-/** The arena's figures, in `PipelineStats.arena`. */
+/**
+ * The arena's figures, in `PipelineStats.arena`.
+ *
+ * @example Watch buffers come back
+ * ```ts
+ * import { type ArenaStats, OrderedStage, Pipeline } from "@mpipe/mpipe";
+ * import assert from "node:assert/strict";
+ *
+ * const pipe = new Pipeline(new OrderedStage((b: Uint8Array) => b.length));
+ * pipe.put(pipe.allocSync(10_000));
+ * pipe.put(null);
+ * assert.deepEqual(await Array.fromAsync(pipe), [10_000]);
+ * const arena: ArenaStats = pipe.stats().arena;
+ * assert.equal(arena.live, 0); // the task returned: its buffer came back
+ * assert.equal(arena.highBytes, 12_288); // three blocks of 4096 bytes
+ * ```
+ */
 export interface ArenaStats {
   /** Bytes the arena holds at most (`arenaBytes`). */
   capacity: number;
@@ -82,6 +98,8 @@ export class ArenaAccess {
   /** See `Pipeline.free`. */
   free(view: ArrayBufferView): void {
     const arena = this.arena;
+    // An ordinary array (a worker's alloc that found no room) is the GC's.
+    if (ArrayBuffer.isView(view) && view.buffer instanceof ArrayBuffer) return;
     if (
       arena === null || !ArrayBuffer.isView(view) ||
       view.buffer !== arena.buffer
