@@ -116,6 +116,11 @@ export class Arena {
     return this.blocks * Arena.BLOCK;
   }
 
+  /** Whether anything was ever allocated (else no handle exists). */
+  get used(): boolean {
+    return Atomics.load(this.header, Arena.ALLOCATIONS) > 0;
+  }
+
   /** Whether this is the main thread's view. */
   get main(): boolean {
     return this.holder < 0;
