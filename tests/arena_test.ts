@@ -298,6 +298,35 @@ Deno.test("a lost worker's buffers come back, and those of a task past its taskT
   }
 });
 
+class PutTwice extends OrderedWorker<Uint8Array, Uint8Array> {
+  doTask(bytes: Uint8Array): Uint8Array {
+    this.putResult(bytes);
+    if (bytes[0] === 1) {
+      // Past its taskTimeout after putting a result: the result is dropped.
+      const end = Date.now() + 600;
+      while (Date.now() < end);
+    }
+    return bytes;
+  }
+}
+
+Deno.test("a timed task's putResult takes its buffer's reference when written, and none once the task timed out", async () => {
+  const pipe = new Pipeline<Uint8Array, Uint8Array>(
+    new Stage(PutTwice, 1, { taskTimeout: 200, onError: "skip" }),
+    { arenaDebug: true },
+  );
+  for (let i = 0; i < 3; i++) {
+    const bytes = pipe.allocSync(1000);
+    bytes[0] = i;
+    await pipe.put(bytes);
+  }
+  pipe.put(null);
+  const seen = await within(drain(pipe, (bytes) => bytes[0]), "the results");
+  assert.deepEqual(seen, [0, 0, 2, 2]);
+  await within(pipe.done, "done");
+  assert.equal(pipe.stats().arena.live, 0);
+});
+
 // ---- a full arena ----
 
 class Grow extends OrderedWorker<Uint8Array, Uint8Array> {

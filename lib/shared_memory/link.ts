@@ -605,12 +605,29 @@ export class OutputPort {
    */
   encode(value: unknown): Uint8Array {
     const encoder = this.#encoder.idle();
-    // The length first: encoding may grow the encoder's buffer.
-    const length = encoder.encode(value);
+    // A record written later takes its arena references then (`putEncoded`):
+    // one never written (its task timed out) takes none.
+    const refs = encoder.arenaRefs;
+    encoder.arenaRefs = 0;
+    let length: number;
+    try {
+      // The length first: encoding may grow the encoder's buffer.
+      length = encoder.encode(value);
+    } finally {
+      encoder.arenaRefs = refs;
+    }
     const bytes = encoder.bytes.slice(0, length);
+    if (encoder.arenaStarts.length !== 0) {
+      this.#deferred.set(bytes, encoder.arenaStarts.slice());
+      this.#deferring = true;
+    }
     encoder.trim();
     return bytes;
   }
+
+  /** The arena references of records made by `encode`, taken when they are written. */
+  readonly #deferred = new WeakMap<Uint8Array, number[]>();
+  #deferring = false;
 
   /**
    * Like `put` for a port of one branch, but when the branch's backlog is
@@ -634,6 +651,13 @@ export class OutputPort {
   /** Writes a value encoded by `encode` to every branch. */
   putEncoded(bytes: Uint8Array, kind: number, seq: number): void {
     Bell.checkRevoked();
+    if (this.#deferring) {
+      const refs = this.#deferred.get(bytes);
+      if (refs !== undefined) {
+        this.#deferred.delete(bytes);
+        this.#encoder.arena!.handOn(refs, this.rings.length);
+      }
+    }
     this.#putBytes(bytes, bytes.length, kind, seq);
   }
 
