@@ -66,6 +66,48 @@ Deno.test("a buffer goes through a three-stage chain on the same memory, and its
   await pipe.done;
 });
 
+/** A task that gathers each stage's count of bytes its codec copied. */
+interface Counted {
+  bytes: Uint8Array;
+  copied: number[];
+}
+
+function count(task: Counted): Counted {
+  const copied = (globalThis as unknown as Record<symbol, () => number>)[
+    Symbol.for("mpipe.copiedBytes")
+  ]!;
+  task.copied.push(copied());
+  return task;
+}
+
+Deno.test("a buffer on the arena crosses a three-stage chain with no byte run copied by the codec; an ordinary one is copied at each hop", async () => {
+  for (const arena of [true, false]) {
+    const first = new OrderedStage(count);
+    first.link(new OrderedStage(count).link(new OrderedStage(count)));
+    const pipe = new Pipeline<Counted, Counted>(first);
+    const size = 8 << 20;
+    const bytes = arena ? pipe.allocSync(size) : new Uint8Array(size);
+    bytes[size - 1] = 9;
+    const before = Encoder.copiedBytes;
+    await pipe.put({ bytes, copied: [] });
+    await pipe.close();
+    const result = (await within(pipe.get(), "the result"))!;
+    assert.equal(result.bytes[size - 1], 9);
+    const main = Encoder.copiedBytes - before;
+    if (arena) {
+      // Each stage counted what it copied before passing the task on: none.
+      assert.deepEqual([main, ...result.copied], [0, 0, 0, 0]);
+      pipe.free(result.bytes);
+    } else {
+      // The main thread copies it in and out; each stage, a thread of its
+      // own, copies it in (and out, after it counted).
+      assert.equal(main, 2 * size);
+      assert.deepEqual(result.copied, [size, size, size]);
+    }
+    await pipe.done;
+  }
+});
+
 Deno.test("a fork shares one buffer among its branches, with a count that frees it after the last", async () => {
   const root = new OrderedStage((bytes: Uint8Array) => bytes);
   root.link(new OrderedStage((bytes: Uint8Array) => bytes));

@@ -9,6 +9,7 @@
 
 import { Arena, type ArenaMemory } from "../shared_memory/arena.ts";
 import { Bell } from "../shared_memory/bell.ts";
+import { Encoder } from "../shared_memory/codec.ts";
 import { ClaimPolicy } from "../shared_memory/claim_policy.ts";
 import { type FilterConfig, FilterRuntime } from "./filter_runtime.ts";
 import {
@@ -207,6 +208,9 @@ export class WorkerRuntime implements TaskHost, BatchHost {
     (globalThis as Record<symbol, unknown>)[Symbol.for("mpipe.alloc")] = (
       n: number,
     ) => this.#alloc(n);
+    // For tests and benchmarks: the bytes this worker's codec copied.
+    (globalThis as Record<symbol, unknown>)[Symbol.for("mpipe.copiedBytes")] =
+      () => Encoder.copiedBytes;
     if (this.config.recover !== null) this.#recover(this.config.recover);
     const filter = this.config.filter === null
       ? null
