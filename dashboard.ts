@@ -6,16 +6,18 @@
  * The page (`GET /`) is one self-contained HTML document that updates itself
  * 2.5 times a second over Server-Sent Events: each pipeline's stage graph
  * (forks, joins and a `FilterStage`'s sub-pipelines) with each stage's
- * workers, tasks done, rate, backlog and the shares of time its workers were
- * busy, blocked and waiting; the stage that holds the run back, with
- * `insights()`' sentence; a chart of each stage's rate over the last
+ * workers (a remote stage's hosts), tasks done, rate, backlog and the shares of time its workers were
+ * busy, blocked and waiting; the stage that holds the run back, since when
+ * (as far as the dashboard's looks tell), with `insights()`' sentence; a chart of each stage's rate over the last
  * minutes; the workers' rows; the slowest tasks; the pipeline's state, and
  * its `StageError` in full. `GET /metrics` serves the same figures in the
  * Prometheus text format (see `metricsText`).
  *
  * The server reads what `pipe.stats()` reads, from the shared memory the
- * workers write anyway: it sends the workers nothing and adds nothing to
- * their work.
+ * workers write anyway, once a tick however many pages watch: it sends the
+ * workers nothing and adds nothing to their work. Without a token it
+ * answers only requests that name a loopback host (a site that points its
+ * name at 127.0.0.1 reads nothing), and its page runs no script but its own.
  *
  * @example Watch a pipeline
  * ```ts

@@ -12,11 +12,20 @@ import {
   serveDashboard,
 } from "../dashboard.ts";
 import { OrderedStage, Pipeline } from "../mod.ts";
+import { JetStreamCluster } from "../jetstream.ts";
+import {
+  clusterOptions,
+  natsUrl,
+  stopSharedServer,
+  withHosts,
+} from "./support/nats.ts";
 import {
   failing,
   filtered,
   forkJoin,
   keepFeeding,
+  MARKUP,
+  markup,
   slowChain,
   withRemote,
 } from "./fixtures/dashboard/pipelines.ts";
@@ -99,6 +108,36 @@ async function promtool(text: string): Promise<{ code: number; out: string }> {
   const { code, stdout, stderr } = await child.output();
   const decode = (b: Uint8Array) => new TextDecoder().decode(b);
   return { code, out: decode(stdout) + decode(stderr) };
+}
+
+/** The real headless Chromium, started by puppeteer-core (bounded). */
+function launchChromium() {
+  return within(
+    30_000,
+    "Chromium's start",
+    puppeteer.launch({
+      executablePath: CHROMIUM,
+      headless: true,
+      args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+    }),
+  );
+}
+
+/** Closes `browser` (or kills it) and waits until its process has exited, bounded. */
+async function closeChromium(
+  browser: Awaited<ReturnType<typeof launchChromium>>,
+): Promise<void> {
+  const chromium = browser.process();
+  await within(15_000, "Chromium's close", browser.close()).catch(() =>
+    chromium?.kill("SIGKILL")
+  );
+  if (chromium !== null && chromium.exitCode === null) {
+    await within(
+      10_000,
+      "Chromium's exit",
+      new Promise((resolve) => chromium.once("exit", resolve)),
+    );
+  }
 }
 
 /** A free loopback port (a race with other programs is possible, and harmless here). */
@@ -204,6 +243,144 @@ Deno.test("serveDashboard: with a token, a request needs it (header or ?token=);
   }
 });
 
+/** Sends GET `path` to `url`'s server over a raw connection, naming `host` in the Host header; returns the status code. */
+async function statusFor(
+  url: string,
+  path: string,
+  host: string,
+  headers: string[] = [],
+): Promise<number> {
+  const { hostname, port } = new URL(url);
+  const conn = await Deno.connect({ hostname, port: Number(port) });
+  try {
+    await conn.write(new TextEncoder().encode(
+      [
+        `GET ${path} HTTP/1.1`,
+        `Host: ${host}`,
+        "Connection: close",
+        ...headers,
+        "",
+        "",
+      ].join("\r\n"),
+    ));
+    const head = await within(
+      10_000,
+      `the answer to ${path}`,
+      new Response(conn.readable).text(),
+    );
+    return Number(/^HTTP\/1\.1 (\d{3})/.exec(head)?.[1]);
+  } catch (error) {
+    conn.close();
+    throw error;
+  }
+}
+
+Deno.test("serveDashboard without a token answers only requests that name a loopback host (DNS rebinding); with one, the Bearer scheme in any case", async () => {
+  const pipe = new Pipeline(new OrderedStage((x: number) => x));
+  const open = serveDashboard(pipe);
+  const guarded = serveDashboard(pipe, { token: "s3cret" });
+  try {
+    const port = new URL(open.url).port;
+    // A page of evil.example whose name now resolves to 127.0.0.1.
+    for (const path of ["/", "/metrics", "/events"]) {
+      assert.equal(
+        await statusFor(open.url, path, `evil.example:${port}`),
+        403,
+        path,
+      );
+    }
+    assert.equal(await statusFor(open.url, "/metrics", "evil.example"), 403);
+    for (const host of [`127.0.0.1:${port}`, `localhost:${port}`, "[::1]"]) {
+      assert.equal(await statusFor(open.url, "/metrics", host), 200, host);
+    }
+    // A token guards the server whatever its name (a LAN name, say).
+    const bearer = (scheme: string) => [`Authorization: ${scheme} s3cret`];
+    const host = `mpipe.lan:${new URL(guarded.url).port}`;
+    assert.equal(await statusFor(guarded.url, "/metrics", host), 401);
+    for (const scheme of ["Bearer", "bearer", "BEARER"]) {
+      assert.equal(
+        await statusFor(guarded.url, "/metrics", host, bearer(scheme)),
+        200,
+        scheme,
+      );
+    }
+  } finally {
+    await open.close();
+    await guarded.close();
+    pipe.terminate();
+    await pipe.done;
+  }
+});
+
+Deno.test("the page may run its own script only: a content security policy with a fresh nonce, no framing, no referrer", async () => {
+  const pipe = new Pipeline(new OrderedStage((x: number) => x));
+  await using dashboard = serveDashboard(pipe);
+  try {
+    const nonces = [];
+    for (let i = 0; i < 2; i++) {
+      const response = await fetch(dashboard.url);
+      const page = await response.text();
+      const policy = response.headers.get("content-security-policy") ?? "";
+      const nonce = /script-src 'nonce-([^']+)'/.exec(policy)?.[1];
+      assert.ok(nonce !== undefined, policy);
+      assert.match(policy, /default-src 'none'/);
+      assert.match(policy, /frame-ancestors 'none'/);
+      assert.ok(page.includes(`<script nonce="${nonce}">`));
+      assert.equal(page.match(/<script/g)?.length, 1);
+      assert.equal(response.headers.get("referrer-policy"), "no-referrer");
+      nonces.push(nonce);
+    }
+    assert.notEqual(nonces[0], nonces[1]);
+  } finally {
+    pipe.terminate();
+    await pipe.done;
+  }
+});
+
+Deno.test("the figures are read once a tick however many pages watch, and not at all once they have gone", async () => {
+  const pipe = new Pipeline(new OrderedStage((x: number) => x));
+  let reads = 0;
+  const dashboard = serveDashboard(() => {
+    reads++;
+    return pipe as unknown as Pipeline<never, unknown>;
+  });
+  const aborts = [0, 1, 2].map(() => new AbortController());
+  try {
+    const readers = await Promise.all(aborts.map(async (abort) => {
+      const response = await fetch(new URL("events", dashboard.url), {
+        signal: abort.signal,
+      });
+      const reader = response.body!.getReader();
+      await within(10_000, "a first message", reader.read());
+      return reader;
+    }));
+    // Three pages read along; count the reads over five messages of one.
+    const along = readers.slice(1).map(async (reader) => {
+      while (!(await reader.read().catch(() => ({ done: true }))).done) {
+        /* read */
+      }
+    });
+    const before = reads;
+    for (let i = 0; i < 5; i++) {
+      await within(10_000, "a message", readers[0]!.read());
+    }
+    const during = reads - before;
+    assert.ok(during <= 6, `${during} reads for 5 messages to each of 3 pages`);
+    for (const abort of aborts) abort.abort();
+    await Promise.all(along);
+    // A tick may be under way as the pages leave; after it, none.
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    const after = reads;
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    assert.equal(reads, after, "the figures were read with no page open");
+  } finally {
+    for (const abort of aborts) abort.abort();
+    await dashboard.close();
+    pipe.terminate();
+    await pipe.done;
+  }
+});
+
 Deno.test("a program whose dashboard was closed (by close() or its signal) exits by itself, even with a page's stream open", async () => {
   for (const how of ["close", "signal"]) {
     const { code, stdout, stderr, signal } = await runScript(
@@ -300,12 +477,29 @@ Deno.test("metricsText: repeated stage and pipeline names get distinct labels (p
     a.link(new OrderedStage((x: number) => x, 1, { name: "step" }));
     return new Pipeline<number, number>(a, { name: "twin" });
   };
-  const pipes = [same(), same()];
+  // A third pipeline is already named as the first would be renamed, and
+  // its stage as the second's would be.
+  const third = new OrderedStage((x: number) => x, 1, { name: "step" });
+  third.link(new OrderedStage((x: number) => x, 1, { name: "step" }))
+    .link(new OrderedStage((x: number) => x, 1, { name: "step (stage 2)" }));
+  const pipes = [
+    same(),
+    same(),
+    new Pipeline<number, number>(third, { name: "twin (1)" }),
+  ];
   try {
     const text = metricsText(pipes);
     assert.match(
       text,
       /^mpipe_stage_tasks_total\{pipeline="twin \(2\)",stage="step \(stage 2\)"\} 0$/m,
+    );
+    assert.match(
+      text,
+      /^mpipe_stage_tasks_total\{pipeline="twin \(1\) #2",stage="step \(stage 1\)"\} 0$/m,
+    );
+    assert.match(
+      text,
+      /^mpipe_stage_tasks_total\{pipeline="twin \(1\)",stage="step \(stage 2\) #2"\} 0$/m,
     );
     const { code, out } = await promtool(text);
     assert.equal(code, 0, out);
@@ -331,22 +525,16 @@ Deno.test({
       filtered("filter"),
       withRemote("remote"),
       failing("failing"),
+      withRemote("remote-1", 1),
     ];
+    // Named in markup: not in `pipes`, whose names the selectors below hold.
+    const marked = markup();
     const stop = new AbortController();
-    const runs = pipes.map((pipe, i) =>
+    const runs = [...pipes, marked].map((pipe, i) =>
       keepFeeding(pipe, stop.signal, i === 0 ? 0 : 20)
     );
-    const dashboard = serveDashboard(pipes);
-    const browser = await within(
-      30_000,
-      "Chromium's start",
-      puppeteer.launch({
-        executablePath: CHROMIUM,
-        headless: true,
-        args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
-      }),
-    );
-    const chromium = browser.process();
+    const dashboard = serveDashboard([...pipes, marked]);
+    const browser = await launchChromium();
     try {
       const page = await browser.newPage();
       page.setDefaultTimeout(20_000);
@@ -387,6 +575,30 @@ Deno.test({
         (el) => el.textContent,
       );
       assert.match(remoteBox!, /remote: 4 at once on its cluster/);
+      // A remote stage of size 1 is remote too (one stand-in, as one local worker).
+      assert.match(
+        await page.$eval(
+          'section[data-pipeline="remote-1"] g.stage[data-stage="remote-stage"]',
+          (el) => el.textContent,
+        ) ?? "",
+        /remote: 1 at once on its cluster/,
+      );
+      // Names are shown as text, never run as markup.
+      const shown = await page.$$eval("section.pipeline", (sections) => {
+        const section = sections.find((el) =>
+          el.getAttribute("data-pipeline")?.startsWith("<")
+        );
+        return {
+          pipeline: section?.querySelector("h2")?.firstChild?.textContent,
+          stage: section?.querySelector("g.stage")?.getAttribute("data-stage"),
+          pwned: (globalThis as { pwned?: string }).pwned ?? null,
+        };
+      });
+      assert.deepEqual(shown, {
+        pipeline: `${MARKUP.pipeline} `,
+        stage: MARKUP.stage,
+        pwned: null,
+      });
       // Tasks done advance.
       const before = await tasksOf("chain", "slow");
       await eventually(
@@ -412,6 +624,15 @@ Deno.test({
         (el) => el.textContent,
       );
       assert.match(sentence!, /^Bottleneck: stage 'slow' held the run back\./);
+      // And since when.
+      const since = await page.$eval(
+        'section[data-pipeline="chain"] .bottleneck-since',
+        (el) => el.textContent,
+      );
+      assert.match(
+        since!,
+        /^'slow' has been marked since (before )?\d+\.\d s into the run/,
+      );
       // The failure: its state, and its StageError in full.
       const error = await page.waitForSelector(
         'section[data-pipeline="failing"] pre.error',
@@ -442,31 +663,28 @@ Deno.test({
         "the page requested something from elsewhere",
       );
     } finally {
-      await within(15_000, "Chromium's close", browser.close()).catch(() =>
-        chromium?.kill("SIGKILL")
-      );
+      await closeChromium(browser);
       stop.abort();
-      for (const pipe of pipes) pipe.terminate();
+      for (const pipe of [...pipes, marked]) pipe.terminate();
       await dashboard.close();
       await within(20_000, "the pipelines' end", Promise.all(runs));
-      if (chromium !== null && chromium.exitCode === null) {
-        await within(
-          10_000,
-          "Chromium's exit",
-          new Promise((resolve) => chromium.once("exit", resolve)),
-        );
-      }
     }
   },
 });
 
 Deno.test({
   name:
-    "the real Prometheus scrapes /metrics every second: every series is there, and the counters increase",
+    "the real Prometheus scrapes /metrics every second: every series of a chain, a fork and a join, a FilterStage, a remote stage and a failed pipeline is there, and the counters increase",
   sanitizeOps: false,
   sanitizeResources: false,
   fn: async () => {
-    const pipes = [slowChain("p-chain"), forkJoin("p-fork")];
+    const pipes = [
+      slowChain("p-chain"),
+      forkJoin("p-fork"),
+      filtered("p-filter"),
+      withRemote("p-remote"),
+      failing("p-failing"),
+    ];
     const stop = new AbortController();
     const runs = pipes.map((pipe, i) =>
       keepFeeding(pipe, stop.signal, i === 0 ? 0 : 20)
@@ -652,4 +870,98 @@ Deno.test("the picture's layout: a stage right of those linked to it, a filter's
       await pipe.done;
     }
   }
+});
+
+Deno.test({
+  name:
+    "a pipeline with a remote stage on the real NATS JetStream and two worker hosts: its page in Chromium and its metrics",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  fn: async () => {
+    const url = await natsUrl();
+    try {
+      await using cluster = await JetStreamCluster.connect(clusterOptions(url));
+      await withHosts(url, ["dash-host-1", "dash-host-2"], async () => {
+        const first = new OrderedStage((x: number) => x, 1, { name: "local" });
+        const remote = new OrderedStage(
+          async (x: number) => {
+            await new Promise((resolve) => setTimeout(resolve, 5));
+            return x * 3;
+          },
+          4,
+          { name: "on-hosts", cluster },
+        );
+        const last = new OrderedStage((x: number) => x - 1, 1, {
+          name: "after",
+        });
+        first.link(remote.link(last));
+        const pipe = new Pipeline<number, number>(first, { name: "jet" });
+        const stop = new AbortController();
+        const run = keepFeeding(pipe, stop.signal, 20);
+        const dashboard = serveDashboard(pipe);
+        const browser = await launchChromium();
+        try {
+          const page = await browser.newPage();
+          page.setDefaultTimeout(20_000);
+          await page.goto(dashboard.url);
+          const box =
+            'section[data-pipeline="jet"] g.stage[data-stage="on-hosts"]';
+          await page.waitForSelector(box);
+          // Its hosts, once they answered: each that did, none other.
+          const hosts = ["dash-host-1", "dash-host-2"];
+          const shown = await eventually(
+            20_000,
+            "the remote stage's hosts on the page",
+            async () => {
+              const text = await page.$eval(
+                `${box} text.small`,
+                (el) => el.textContent,
+              );
+              return /^remote: 4 at once on dash-host-\d/.test(text ?? "")
+                ? text
+                : undefined;
+            },
+          );
+          const answered = pipe.stats().stages[1]!.hosts;
+          assert.ok(answered.length > 0, "stats() names no host");
+          for (const host of answered) assert.ok(hosts.includes(host), host);
+          assert.ok(
+            answered.some((host) => shown!.includes(host)),
+            `${shown} / ${answered}`,
+          );
+          const tasks = () =>
+            page.$eval(
+              `${box} .tasks`,
+              (el) => Number(el.textContent!.replace(/,/g, "")),
+            );
+          const before = await tasks();
+          await eventually(
+            20_000,
+            "the remote stage's tasks done advancing on the page",
+            async () => (await tasks()) > before ? true : undefined,
+          );
+          const text = await (await fetch(new URL("metrics", dashboard.url)))
+            .text();
+          assert.match(
+            text,
+            /^mpipe_stage_workers\{pipeline="jet",stage="on-hosts"\} 1$/m,
+          );
+          const done = Number(
+            /^mpipe_stage_tasks_total\{pipeline="jet",stage="on-hosts"\} (\d+)$/m
+              .exec(text)?.[1],
+          );
+          assert.ok(done > 0, text);
+          const { code, out } = await promtool(text);
+          assert.equal(code, 0, out);
+        } finally {
+          await closeChromium(browser);
+          stop.abort();
+          await within(60_000, "the pipeline's end", run);
+          await dashboard.close();
+        }
+      });
+    } finally {
+      await stopSharedServer();
+    }
+  },
 });

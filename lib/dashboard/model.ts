@@ -62,8 +62,6 @@ export interface StageView {
   /** Its name, made unique in the pipeline (`name (stage N)` when names repeat): the `stage` label. */
   label: string;
   stats: StageStats;
-  /** Whether it runs on a cluster (`size` tasks at once there). */
-  remote: boolean;
   shares: Shares;
   workerShares: Shares[];
   /** Its place in the picture: column (left to right) and row. */
@@ -85,6 +83,13 @@ export interface PipelineView {
   bottleneck: number | null;
   /** `insights()`' sentence on the bottleneck. */
   bottleneckText: string;
+  /**
+   * The run's elapsed ms when the dashboard first saw `bottleneck` marked
+   * (and saw it marked at every look since), or null; see `firstLook`.
+   */
+  bottleneckSinceMs: number | null;
+  /** Whether it was marked at the dashboard's first look: it may have been marked before. */
+  firstLook: boolean;
   stages: StageView[];
 }
 
@@ -124,16 +129,51 @@ export function checkSource(
   return pipelines as PipelineSource;
 }
 
-/** What the dashboard shows of `pipelines` now. */
-export function viewsOf(pipelines: readonly AnyPipeline[]): PipelineView[] {
+/**
+ * Since when each pipeline's marked stage has been marked, as far as the
+ * dashboard's looks at it tell (each page message, each scrape): a stage
+ * marked at one look and the next was marked between them.
+ */
+export class BottleneckHistory {
+  readonly #seen = new WeakMap<
+    object,
+    { stage: number | null; sinceMs: number; firstLook: boolean }
+  >();
+
+  /** Notes that `pipe`'s marked stage is `stage` at `elapsedMs`; returns since when. */
+  look(
+    pipe: object,
+    stage: number | null,
+    elapsedMs: number,
+  ): { sinceMs: number | null; firstLook: boolean } {
+    let seen = this.#seen.get(pipe);
+    if (seen === undefined || seen.stage !== stage) {
+      seen = { stage, sinceMs: elapsedMs, firstLook: seen === undefined };
+      this.#seen.set(pipe, seen);
+    }
+    return stage === null
+      ? { sinceMs: null, firstLook: false }
+      : { sinceMs: seen.sinceMs, firstLook: seen.firstLook };
+  }
+}
+
+/** What the dashboard shows of `pipelines` now (noting their bottlenecks in `history`, if given). */
+export function viewsOf(
+  pipelines: readonly AnyPipeline[],
+  history: BottleneckHistory = new BottleneckHistory(),
+): PipelineView[] {
   const names = unique(
     pipelines.map((pipe) => pipe.name),
     (name, n) => `${name} (${n})`,
   );
-  return pipelines.map((pipe, i) => viewOf(pipe, names[i]!));
+  return pipelines.map((pipe, i) => viewOf(pipe, names[i]!, history));
 }
 
-function viewOf(pipe: AnyPipeline, name: string): PipelineView {
+function viewOf(
+  pipe: AnyPipeline,
+  name: string,
+  history: BottleneckHistory,
+): PipelineView {
   const stats = pipe.stats();
   const run = runOf(pipe)!;
   const labels = unique(
@@ -142,6 +182,7 @@ function viewOf(pipe: AnyPipeline, name: string): PipelineView {
   );
   const places = layout(stats);
   const bottleneck = bottleneckOf(stats);
+  const since = history.look(pipe, bottleneck.stage, stats.elapsedMs);
   return {
     name,
     state: stateOf(run, stats),
@@ -151,11 +192,11 @@ function viewOf(pipe: AnyPipeline, name: string): PipelineView {
     read: stats.read,
     bottleneck: bottleneck.stage,
     bottleneckText: bottleneck.text,
+    bottleneckSinceMs: since.sinceMs,
+    firstLook: since.firstLook,
     stages: stats.stages.map((stage, i) => ({
       label: labels[i]!,
       stats: stage,
-      // A remote stage has one stand-in worker for `size` tasks at once.
-      remote: stage.workers.length !== stage.size,
       shares: sharesOf(stage.workers),
       workerShares: stage.workers.map((worker) => sharesOf([worker])),
       column: places[i]!.column,
@@ -203,20 +244,28 @@ export function sharesOf(workers: readonly WorkerStats[]): Shares {
     : { working: NaN, blocked: NaN, waiting: NaN };
 }
 
-/** `names`, each repeated one renamed by `rename` (given its count so far and its index). */
+/**
+ * `names`, each repeated one renamed by `rename` (given its count so far
+ * and its index); a new name that another name already is gets `#k` too,
+ * so that no two come out the same (Prometheus refuses repeated series).
+ */
 export function unique(
   names: readonly string[],
   rename: (name: string, n: number, index: number) => string,
 ): string[] {
+  const counts = new Map<string, number>();
+  for (const name of names) counts.set(name, (counts.get(name) ?? 0) + 1);
+  const taken = new Set(names.filter((name) => counts.get(name) === 1));
   const seen = new Map<string, number>();
-  const repeated = new Set(
-    names.filter((name, i) => names.indexOf(name) !== i),
-  );
   return names.map((name, index) => {
-    if (!repeated.has(name)) return name;
+    if (counts.get(name) === 1) return name;
     const n = (seen.get(name) ?? 0) + 1;
     seen.set(name, n);
-    return rename(name, n, index);
+    const base = rename(name, n, index);
+    let label = base;
+    for (let k = 2; taken.has(label); k++) label = `${base} #${k}`;
+    taken.add(label);
+    return label;
   });
 }
 

@@ -41,6 +41,8 @@ export const PAGE = `<!doctype html>
     padding: 8px; white-space: pre-wrap; font-size: 12px; }
   .bottleneck-text { border-left: 4px solid var(--bad); padding: 4px 8px;
     background: #fff6f6; font-size: 13px; }
+  .bottleneck-since { font-size: 13px; font-weight: 600; color: var(--bad);
+    margin: 8px 0 2px; }
   .bottleneck-text.none { border-color: var(--line); background: #f7f8fa; }
   svg text { font: 12px system-ui, sans-serif; fill: var(--fg); }
   svg .name { font-weight: 600; font-size: 13px; }
@@ -119,6 +121,14 @@ function shareBar(x, y, w, shares) {
   return out;
 }
 
+/** A remote stage's hosts that answered so far, in about \`room\` characters. */
+function hostsText(hosts, room) {
+  if (hosts.length === 0) return "its cluster";
+  const all = hosts.join(", ");
+  return all.length <= room || hosts.length === 1 ? all
+    : hosts.length + " hosts: " + hosts[0] + ", …";
+}
+
 function graph(view) {
   const cols = Math.max(...view.stages.map((s) => s.column)) + 1;
   const rows = Math.max(...view.stages.map((s) => s.row)) + 1;
@@ -142,13 +152,14 @@ function graph(view) {
         ' L' + (x - 2) + ' ' + (y + H / 2) + '" fill="none" stroke="#8a93a6" stroke-dasharray="5 4" stroke-width="1.5" marker-end="url(#arrow)"/>';
     }
     const s = stage.stats;
-    const workers = stage.remote ? "remote: " + s.size + " at once on its cluster"
+    const workers = s.remote ? "remote: " + s.size + " at once on " + hostsText(s.hosts, 30)
       : s.size + (s.size === 1 ? " worker" : " workers") + (s.ordered ? ", ordered" : "");
     const mark = view.bottleneck === i;
     boxes += '<g class="stage' + (mark ? " bottleneck" : "") + (within !== null ? " within" : "") +
       '" data-stage="' + esc(stage.label) + '" transform="translate(' + x + ',' + y + ')">' +
       '<title>' + esc(stage.label) + ": working " + pct(stage.shares.working) + ", blocked " +
-      pct(stage.shares.blocked) + ", waiting " + pct(stage.shares.waiting) + '</title>' +
+      pct(stage.shares.blocked) + ", waiting " + pct(stage.shares.waiting) +
+      (s.remote ? "; hosts: " + esc(hostsText(s.hosts, Infinity)) : "") + '</title>' +
       '<rect class="box" width="' + W + '" height="' + H + '" rx="6"/>' +
       '<text class="name" x="10" y="19">' + esc(stage.label) + (mark ? "  ⚠ bottleneck" : "") + '</text>' +
       '<text class="small" x="10" y="35">' + esc(workers) + '</text>' +
@@ -193,7 +204,8 @@ function workersTable(view) {
   for (const stage of view.stages) {
     stage.stats.workers.forEach((w, i) => {
       const sh = stage.workerShares[i];
-      rows += '<tr><td>' + esc(stage.label) + ' #' + i + '</td><td>' + num(w.tasks) + '</td><td>' +
+      const place = stage.stats.remote ? " (stand-in for " + hostsText(stage.stats.hosts, Infinity) + ")" : "";
+      rows += '<tr><td>' + esc(stage.label + ' #' + i + place) + '</td><td>' + num(w.tasks) + '</td><td>' +
         pct(sh.working) + '</td><td>' + pct(sh.blocked) + '</td><td>' + pct(sh.waiting) + '</td><td>' +
         num(w.inFlight) + '</td><td>' + num(w.skipped) + '</td><td>' + num(w.restarts) + '</td></tr>';
     });
@@ -212,6 +224,19 @@ function slowestTable(view) {
   return '<table class="slowest"><tr><th>stage</th><th>slowest tasks</th></tr>' + rows + '</table>';
 }
 
+const secs = (n) => (n / 1000).toFixed(1) + " s";
+
+/** Since when the marked stage has been marked: the dashboard knows from its first look on. */
+function sinceText(view) {
+  const name = view.stages[view.bottleneck].label;
+  const held = view.elapsedMs - view.bottleneckSinceMs;
+  return view.firstLook
+    ? "'" + name + "' has been marked since before " + secs(view.bottleneckSinceMs) +
+      " into the run (the dashboard's first look): at least " + secs(held) + "."
+    : "'" + name + "' has been marked since " + secs(view.bottleneckSinceMs) +
+      " into the run: for " + secs(held) + ".";
+}
+
 function render(views, now) {
   const root = document.getElementById("root");
   if (views.length === 0) {
@@ -228,6 +253,7 @@ function render(views, now) {
     '<div class="legend"><span><i class="swatch" style="background:var(--work)"></i>busy</span>' +
     '<span><i class="swatch" style="background:var(--block)"></i>blocked</span>' +
     '<span><i class="swatch" style="background:var(--wait)"></i>waiting</span></div>' +
+    (view.bottleneckSinceMs === null ? "" : '<p class="bottleneck-since">' + esc(sinceText(view)) + '</p>') +
     '<p class="bottleneck-text' + (view.bottleneck === null ? " none" : "") + '">' + esc(view.bottleneckText) + '</p>' +
     '<div class="columns"><div><h3>Tasks done a second, last minutes</h3>' + chart(view, now) + '</div>' +
     '<div><h3>Workers</h3>' + workersTable(view) + '<h3>Slowest tasks</h3>' + slowestTable(view) + '</div></div>' +

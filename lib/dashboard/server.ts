@@ -2,16 +2,22 @@
  * The dashboard's HTTP server (`Deno.serve`): `GET /` the page, `GET /events`
  * the figures as Server-Sent Events (2.5 times a second), `GET /metrics`
  * the Prometheus text. Each request reads the pipelines' figures anew (what
- * `stats()` reads); nothing runs between requests but each open event
- * stream's timer, and `close()` ends those streams, so a closed server keeps
- * nothing alive.
+ * `stats()` reads); nothing runs between requests but one timer while any
+ * event stream is open, and `close()` ends those streams, so a closed server
+ * keeps nothing alive. Without a token it answers only requests that name a
+ * loopback host (no DNS rebinding); the page may run only its own script.
  *
  * @module
  */
 
 import { describe } from "../stage/target.ts";
 import { METRICS_CONTENT_TYPE, metricsOf } from "./metrics.ts";
-import { pipelinesOf, type PipelineSource, viewsOf } from "./model.ts";
+import {
+  BottleneckHistory,
+  pipelinesOf,
+  type PipelineSource,
+  viewsOf,
+} from "./model.ts";
 import { PAGE } from "./page.ts";
 
 /**
@@ -157,15 +163,15 @@ export function isLoopback(hostname: string): boolean {
 export function serve(source: PipelineSource, options: unknown): Dashboard {
   const { hostname, port, signal, token } = checkOptions(options);
   signal?.throwIfAborted();
-  const streams = new Set<() => void>();
-  const authorized = (request: Request) => {
-    if (token === undefined) return true;
-    const header = request.headers.get("authorization");
-    const given = header?.startsWith("Bearer ")
-      ? header.slice(7)
-      : new URL(request.url).searchParams.get("token");
-    return given !== null && sameText(given, token);
-  };
+  const history = new BottleneckHistory();
+  const views = () => viewsOf(pipelinesOf(source), history);
+  const streams = new EventStreams(() => {
+    try {
+      return JSON.stringify(views());
+    } catch (error) {
+      return JSON.stringify(String(error));
+    }
+  });
   const server = Deno.serve({
     hostname,
     port,
@@ -177,28 +183,19 @@ export function serve(source: PipelineSource, options: unknown): Dashboard {
           headers: { allow: "GET, HEAD" },
         });
       }
-      if (!authorized(request)) {
-        return new Response(
-          "unauthorized: send 'Authorization: Bearer <token>' or '?token=<token>'\n",
-          { status: 401, headers: { "www-authenticate": "Bearer" } },
-        );
-      }
+      const refusal = token === undefined
+        ? foreignHost(request)
+        : unauthorized(request, token);
+      if (refusal !== null) return refusal;
       const path = new URL(request.url).pathname;
       try {
-        if (path === "/") {
-          return new Response(PAGE, {
-            headers: {
-              "content-type": "text/html; charset=utf-8",
-              "cache-control": "no-store",
-            },
-          });
-        }
+        if (path === "/") return page();
         if (path === "/metrics") {
-          return new Response(metricsOf(viewsOf(pipelinesOf(source))), {
+          return new Response(metricsOf(views()), {
             headers: { "content-type": METRICS_CONTENT_TYPE },
           });
         }
-        if (path === "/events") return eventStream(source, streams);
+        if (path === "/events") return streams.open();
       } catch (error) {
         return new Response(
           `${error instanceof Error ? error.message : String(error)}\n`,
@@ -213,65 +210,142 @@ export function serve(source: PipelineSource, options: unknown): Dashboard {
     ? `[${address.hostname}]`
     : address.hostname;
   let closing: Promise<void> | null = null;
+  const onAbort = () => close();
   const close = () => {
     if (closing === null) {
-      for (const end of streams) end();
-      closing = server.shutdown();
+      signal?.removeEventListener("abort", onAbort);
+      streams.end();
+      closing = server.shutdown().then(() => server.finished);
     }
     return closing;
   };
-  signal?.addEventListener("abort", () => close(), { once: true });
+  signal?.addEventListener("abort", onAbort, { once: true });
   return {
     url: `http://${host}:${address.port}/`,
     finished: server.finished,
-    close: () => close().then(() => server.finished),
-    [Symbol.asyncDispose]: () => close().then(() => server.finished),
+    close,
+    [Symbol.asyncDispose]: close,
   };
 }
 
-/** A stream of the figures, one message now and one every `EVENT_INTERVAL_MS`. */
-function eventStream(
-  source: PipelineSource,
-  streams: Set<() => void>,
-): Response {
-  const encoder = new TextEncoder();
-  let end = () => {};
-  const body = new ReadableStream<Uint8Array>({
-    start(controller) {
-      const send = () => {
-        // A page that stops reading gets no more until it reads again.
-        if ((controller.desiredSize ?? 1) <= 0) return;
-        let data: string;
-        try {
-          data = JSON.stringify(viewsOf(pipelinesOf(source)));
-        } catch (error) {
-          data = JSON.stringify(String(error));
-        }
-        controller.enqueue(encoder.encode(`data: ${data}\n\n`));
-      };
-      send();
-      const timer = setInterval(send, EVENT_INTERVAL_MS);
-      end = () => {
-        clearInterval(timer);
-        streams.delete(end);
-        try {
-          controller.close();
-        } catch {
-          // Already closed or cancelled.
-        }
-      };
-      streams.add(end);
-    },
-    cancel() {
-      end();
-    },
-  });
-  return new Response(body, {
+/** The page, with a fresh nonce that its policy lets run its one script and nothing else. */
+function page(): Response {
+  const nonce = btoa(
+    String.fromCharCode(...crypto.getRandomValues(new Uint8Array(16))),
+  );
+  return new Response(PAGE.replace("<script>", `<script nonce="${nonce}">`), {
     headers: {
-      "content-type": "text/event-stream",
+      "content-type": "text/html; charset=utf-8",
       "cache-control": "no-store",
+      // Nothing from elsewhere, no framing, no script but the page's own:
+      // a name that slipped through the page's escaping still runs nothing.
+      "content-security-policy":
+        `default-src 'none'; script-src 'nonce-${nonce}'; style-src 'unsafe-inline'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'`,
+      "x-content-type-options": "nosniff",
+      // The page's address may hold the token (?token=).
+      "referrer-policy": "no-referrer",
     },
   });
+}
+
+/**
+ * Without a token, a 403 for a request that names another host than a
+ * loopback one: a page of another site whose name it pointed at 127.0.0.1
+ * (DNS rebinding) would otherwise read the figures and errors, as the same
+ * origin. Null for a loopback `Host`.
+ */
+function foreignHost(request: Request): Response | null {
+  const host = request.headers.get("host") ?? "";
+  const name = host.startsWith("[")
+    ? host.slice(0, host.indexOf("]") + 1)
+    : host.replace(/:\d*$/, "");
+  if (isLoopback(name)) return null;
+  return new Response(
+    `forbidden: the request names the host '${host}', not a loopback address: open the dashboard at its url (http://127.0.0.1:<port>/), or serve it with a token\n`,
+    { status: 403 },
+  );
+}
+
+/** A 401 for a request without `token` (`Authorization: Bearer`, any case, or `?token=`); null if it has it. */
+function unauthorized(request: Request, token: string): Response | null {
+  const header = request.headers.get("authorization");
+  const given = header !== null && /^bearer /i.test(header)
+    ? header.slice(7).trim()
+    : new URL(request.url).searchParams.get("token");
+  if (given !== null && sameText(given, token)) return null;
+  return new Response(
+    "unauthorized: send 'Authorization: Bearer <token>' or '?token=<token>'\n",
+    { status: 401, headers: { "www-authenticate": "Bearer" } },
+  );
+}
+
+/**
+ * The pages' event streams. One timer serves them all while any is open,
+ * and reads the figures once a tick however many pages watch; a stream
+ * whose reader lags gets nothing until it reads again.
+ */
+class EventStreams {
+  readonly #streams = new Set<ReadableStreamDefaultController<Uint8Array>>();
+  readonly #figures: () => string;
+  readonly #encoder = new TextEncoder();
+  #timer: ReturnType<typeof setInterval> | undefined;
+
+  constructor(figures: () => string) {
+    this.#figures = figures;
+  }
+
+  /** A new stream: the figures now, then every `EVENT_INTERVAL_MS`. */
+  open(): Response {
+    let controller!: ReadableStreamDefaultController<Uint8Array>;
+    const body = new ReadableStream<Uint8Array>({
+      start: (c) => {
+        controller = c;
+        c.enqueue(this.#message());
+        this.#streams.add(c);
+        this.#timer ??= setInterval(() => this.#tick(), EVENT_INTERVAL_MS);
+      },
+      cancel: () => this.#drop(controller),
+    });
+    return new Response(body, {
+      headers: {
+        "content-type": "text/event-stream",
+        "cache-control": "no-store",
+      },
+    });
+  }
+
+  /** Ends every stream (the server closes). */
+  end(): void {
+    for (const controller of this.#streams) {
+      this.#drop(controller);
+      try {
+        controller.close();
+      } catch {
+        // Already closed or cancelled.
+      }
+    }
+  }
+
+  #message(): Uint8Array {
+    return this.#encoder.encode(`data: ${this.#figures()}\n\n`);
+  }
+
+  #tick(): void {
+    let message: Uint8Array | null = null;
+    for (const controller of this.#streams) {
+      if ((controller.desiredSize ?? 1) <= 0) continue;
+      message ??= this.#message();
+      controller.enqueue(message);
+    }
+  }
+
+  #drop(controller: ReadableStreamDefaultController<Uint8Array>): void {
+    this.#streams.delete(controller);
+    if (this.#streams.size === 0) {
+      clearInterval(this.#timer);
+      this.#timer = undefined;
+    }
+  }
 }
 
 /** Whether `a` equals `b`, in a time that does not tell how much of it matched. */

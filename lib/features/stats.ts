@@ -161,6 +161,13 @@ export interface StageStats {
   name: string;
   /** Its number of workers. */
   size: number;
+  /**
+   * Whether it runs on a cluster (its `cluster` option): `size` tasks at
+   * once there, and `workers` holds its one local stand-in.
+   */
+  remote: boolean;
+  /** The worker hosts that have answered a remote stage's tasks so far, in the order they first did; empty for a local stage. */
+  hosts: string[];
   /** Whether it keeps the order of its tasks (false until a `Stage` of a module target is inspected). */
   ordered: boolean;
   /**
@@ -382,6 +389,8 @@ export class StatsReader {
     return {
       name: stage.name,
       size: stage.size,
+      remote: state.cluster !== null,
+      hosts: [...state.hosts],
       ordered: state.ordered === true,
       // A sub-pipeline's root counts what its filter passed in; the others
       // are counted by the caller.

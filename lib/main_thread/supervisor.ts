@@ -250,6 +250,9 @@ export class Supervisor {
       case "lost":
         this.#lost(record, message.reason, message.error);
         break;
+      case "hosts":
+        internalsOf(stage).hosts = message.hosts;
+        break;
     }
   }
 

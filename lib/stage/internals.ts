@@ -47,6 +47,8 @@ export interface StageInternals {
   cluster: Cluster | null;
   /** A remote stage's stand-in worker, once its pipeline opened a run. */
   standIn: { module: string; args: unknown[] } | null;
+  /** The worker hosts a remote stage's stand-in has had answers from, in the order it first did. */
+  hosts: string[];
   /** The stage's status block, once a pipeline is built. */
   status: StageStatus | null;
   next: AnyStage[];

@@ -146,6 +146,7 @@ export class Stage<I, O, R = never> {
       permissions: checked.permissions ?? "inherit",
       cluster: checked.cluster ?? null,
       standIn: null,
+      hosts: [],
       status: null,
       next: [],
       previous: [],

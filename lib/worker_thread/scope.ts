@@ -25,7 +25,9 @@ export type WorkerMessage =
   /** A task failed and was dropped (onError "skip"). */
   | { type: "skipped"; task: number; error: unknown; errorName?: string }
   /** The worker is about to end: close(), Deno.exit(), or an error outside doTask(). */
-  | { type: "lost"; reason: string; error?: unknown };
+  | { type: "lost"; reason: string; error?: unknown }
+  /** A remote stage's stand-in had its first answer from a worker host: every host so far. */
+  | { type: "hosts"; hosts: string[] };
 
 /** The worker's messages and exits. */
 export class WorkerScope {

@@ -54,6 +54,8 @@ export function fakeStage(
   return {
     name,
     size: workers.length,
+    remote: false,
+    hosts: [],
     ordered: true,
     received: tasks,
     tasks,

@@ -118,6 +118,8 @@ export default class Bridge extends UnorderedWorker<unknown, unknown> {
   /** Answers and refusals dropped because they did not echo their batch's token (forged), and when that was last reported. */
   #forged = 0;
   #forgedReported = 0;
+  /** The hosts that answered so far, told to the main thread as each first does (the dashboard shows them). */
+  readonly #hosts = new Set<string>();
 
   /** Makes the bridge of the stage that `config` describes. */
   constructor(config: BridgeConfig) {
@@ -461,6 +463,7 @@ export default class Bridge extends UnorderedWorker<unknown, unknown> {
     let checked: Sent | undefined;
     let genuine = false;
     let forged = false;
+    let settled = false;
     try {
       for (let i = 0; i < count; i++) {
         const tag = reader.u8();
@@ -482,6 +485,7 @@ export default class Bridge extends UnorderedWorker<unknown, unknown> {
           continue;
         }
         owner.settled[index] = 1;
+        settled = true;
         if (--owner.left === 0) this.#sent.delete(owner.from);
         if (tag === ONE) settler.resolve(task, reader.recordBytes());
         else if (tag === NONE) settler.resolve(task, null);
@@ -507,6 +511,10 @@ export default class Bridge extends UnorderedWorker<unknown, unknown> {
       settler.flush();
     }
     if (forged) this.#forgery();
+    if (settled && !this.#hosts.has(host)) {
+      this.#hosts.add(host);
+      WorkerScope.post({ type: "hosts", hosts: [...this.#hosts] });
+    }
   }
 
   /**
