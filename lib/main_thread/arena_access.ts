@@ -30,11 +30,13 @@ import type { RunView } from "./run_state.ts";
 export interface ArenaStats {
   /** Bytes the arena holds at most (`arenaBytes`). */
   capacity: number;
-  /** Bytes in use now (in blocks of 4096 bytes), and the most at once. */
+  /** Bytes in use now (in blocks of 4096 bytes). */
   usedBytes: number;
+  /** The most bytes in use at once. */
   highBytes: number;
-  /** Buffers live now, and allocated in all. */
+  /** Buffers live now. */
   live: number;
+  /** Buffers allocated in all (`alloc`, `this.alloc`, `put` with `transfer`). */
   allocations: number;
   /** Worker `alloc` calls the arena had no room for, given an ordinary `Uint8Array`. */
   fallbacks: number;
