@@ -225,7 +225,8 @@ if (child !== undefined) {
   }
 } else {
   const processes = Number(Deno.args[1] ?? 5);
-  const here = new URL("../lib/shared_memory/codec.ts", import.meta.url).pathname;
+  const here =
+    new URL("../lib/shared_memory/codec.ts", import.meta.url).pathname;
   const mine: Figures[] = [];
   const theirs: Figures[] = [];
   // Fresh processes, alternating which codec goes first: in one process the

@@ -163,7 +163,7 @@ function summary(f: Figures, what: Case, variant: string): string {
     return `${n(figure(f, "itemsPerSecond"), "rate")} items/s`;
   }
   if (THROUGHPUT.includes(what)) {
-    const style: Style = what === "W4" ? "int" : "rate";
+    const style: Style = what === "W4" || what === "W4L" ? "int" : "rate";
     const passes = Array.isArray(f.perPass)
       ? f.perPass.map((x) => format(x, style)).join(" | ")
       : "?";
@@ -199,6 +199,8 @@ interface Row {
   style: Style;
   /** The simple baseline's variant (start-up: bare Workers). */
   base?: string;
+  /** MPipe's variant in the MPipe column: "mpipe", or "mpipe-ref" (W4 by reference, on the arena). */
+  mpipe?: string;
 }
 
 function rows(o: Options): Row[] {
@@ -209,6 +211,7 @@ function rows(o: Options): Row[] {
     what: string,
     unit: string,
     style: Style,
+    mpipe = "mpipe",
   ): Row[] => [
     {
       what: id,
@@ -216,6 +219,7 @@ function rows(o: Options): Row[] {
       figure: `${unit}, steady state ↑`,
       key: "steady",
       style,
+      mpipe,
     },
     {
       what: id,
@@ -223,6 +227,7 @@ function rows(o: Options): Row[] {
       figure: `${unit}, first pass ↑`,
       key: "first",
       style,
+      mpipe,
     },
   ];
   const digits = (d: number): Style => ({ digits: d });
@@ -258,6 +263,9 @@ function rows(o: Options): Row[] {
       style: "int",
     },
     ...throughput("W4", "64 KiB identity", "MB/s", "int"),
+    ...throughput("W4", "by reference (arena)", "MB/s", "int", "mpipe-ref"),
+    ...throughput("W4L", "4 MiB identity", "MB/s", "int"),
+    ...throughput("W4L", "by reference (arena)", "MB/s", "int", "mpipe-ref"),
     ...throughput("W5", "3 ordered stages, objects", "items/s", "rate"),
     {
       what: "W6",
@@ -329,13 +337,16 @@ function table(results: Results, o: Options): string {
   for (const r of rows(o)) {
     if (!o.only.includes(r.what)) continue;
     const base = r.base ?? "pm";
-    const second = VARIANTS[r.what].find((v) => v !== base && v !== "mpipe");
+    const mpipe = r.mpipe ?? "mpipe";
+    const second = VARIANTS[r.what].find((v) =>
+      v !== base && !v.startsWith("mpipe")
+    );
     const of = (variant: string) =>
       cell(spread(valuesOf(results, r.what, variant, r.key)), r.style);
     const ratio = (variant: string) =>
       ratioCell(
         spread(
-          roundRatios(results, [r.what, "mpipe", r.key], [
+          roundRatios(results, [r.what, mpipe, r.key], [
             r.what,
             variant,
             r.key,
@@ -345,7 +356,7 @@ function table(results: Results, o: Options): string {
     lines.push(
       `| ${r.label} | ${r.figure} | ${of(base)} | ${
         second === undefined ? "—" : of(second)
-      } | ${of("mpipe")} | ${ratio(base)} | ${
+      } | ${of(mpipe)} | ${ratio(base)} | ${
         second === undefined ? "—" : ratio(second)
       } |`,
     );
