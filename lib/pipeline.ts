@@ -2,22 +2,8 @@
  * The `Pipeline` users meet: a facade that puts the parts together and hands
  * each call to the part that does it.
  *
- * One task's path through the files:
- * 1. `put` (`task_input.ts`) encodes the task (`codec.ts`) and writes it to
- *    the root stage's input ring (`ring.ts`), publishing in runs and ringing
- *    the workers' doorbell (`bell.ts`) only when one sleeps.
- * 2. A worker of the root stage (`worker_runtime.ts`, started by
- *    `supervisor.ts` from the configs of `wiring.ts`) claims a batch of tasks
- *    from its input link (`link.ts`: the rings of every producer, merged by
- *    sequence number for an ordered upstream stage), runs the target
- *    (`target.ts`, `worker.ts`) on each, and writes each result to every
- *    downstream link through its output port (`link.ts`).
- * 3. So on, stage by stage; a `FilterStage` (`filter.ts`) runs
- *    `filter_runtime.ts` instead of a target.
- * 4. The leaf stages' workers write to rings the main thread reads:
- *    `get` and `results()` (`result_output.ts`) claim results from them.
- * 5. The stop request is a record each worker passes on after its last task;
- *    when every worker has exited, `done` settles.
+ * Where each file of `lib/` runs, and one task's path through them: the
+ * README's "How it works".
  *
  * @module
  */
@@ -36,7 +22,8 @@ import { workerOptionsAllowed } from "./stage/permissions.ts";
 import { ResultOutput } from "./main_thread/result_output.ts";
 import { RunState, type RunView } from "./main_thread/run_state.ts";
 import type { GetOptions, Stage } from "./stage/stage.ts";
-import { type ClusterRun, openClusterRuns } from "./stage/cluster.ts";
+import type { ClusterRun } from "./stage/cluster.ts";
+import { openClusterRuns } from "./main_thread/cluster_runs.ts";
 import {
   type AnyStage,
   internalsOf,
@@ -115,11 +102,11 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
 
   readonly #run = new RunState();
   /**
-   * Aborted when the pipeline ends early (terminated or failed), with the
+   * Aborted when the run is cut short (terminated or failed), with the
    * reason a feed rejects with: it stops the feeds and the import of
    * `Stage`s' module targets.
    */
-  readonly #ending = new AbortController();
+  readonly #cutShortController = new AbortController();
   readonly #report = new FailureReport();
   readonly #input: TaskInput;
   readonly #output: ResultOutput;
@@ -133,10 +120,10 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
   #clusterRunsClosed: Promise<unknown> | null = null;
   /** Its shared memory, until its rings go back to the pool (`#release`). */
   #wiring: Wiring | null;
-  /** Its workers exited after the stop (`done` settled). */
-  #exited = false;
+  /** Every worker is gone and the clusters' runs are closed: `done` settled. */
+  #doneSettled = false;
   /** Its readers took every result out of the leaf rings. */
-  #drained = false;
+  #leavesEmptied = false;
   #resolveDone!: () => void;
   #rejectDone!: (error: StageError) => void;
 
@@ -167,7 +154,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
       this.#resolveDone = resolve;
       this.#rejectDone = reject;
     });
-    const stages = collectStages(root as unknown as AnyStage);
+    const stages = collectStages(root);
     checkSandboxes(stages);
     this.#clusterRuns = openClusterRuns(stages);
     const leaves = pipelineLeaves(stages);
@@ -215,7 +202,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
     );
     this.#output.pump = this.#input;
     this.#stats = new StatsReader(
-      root as unknown as AnyStage,
+      root,
       this.#input,
       this.#output,
       () => this.#arena.stats(),
@@ -225,13 +212,12 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
     }
     this.#supervisor = new Supervisor(this.#run, wiring.sleepWords, reports, {
       fail: (error) => this.#fail(error),
-      exited: () => this.#settleDone(),
+      allGone: () => this.#settleDone(),
     });
-    this.#supervisor.arena = arena;
     this.#streams = new PipelineStreams(this.#input, this.#output, {
       terminate: () => this.terminate(),
       abort: (reason) => this.#abort(reason),
-      ended: this.#ending.signal,
+      cutShort: this.#cutShortController.signal,
     });
     // Leaves are known now, so stage.get() works while workers start.
     const owner: StageOwner = {
@@ -241,14 +227,14 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
     for (const stage of stages) internalsOf(stage).owner = owner;
 
     const start = () => {
-      if (this.#run.ended) return;
+      if (this.#run.cutShort) return;
       this.#output.connect((stage) => {
         const link = wiring.leafLink(stage);
         if (arena !== null) link.useArena(arena);
         return link;
       });
-      this.#output.whenDrained(() => {
-        this.#drained = true;
+      this.#output.whenEmptied(() => {
+        this.#leavesEmptied = true;
         this.#release();
       });
       this.#supervisor.start(stages.map((stage) => ({
@@ -269,9 +255,10 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
       }
     } else {
       // A Stage of a module target: import it (in a worker) to learn its ordering.
-      inspectModules(uninspected, this.#ending.signal).then(start).catch((
-        error: StageError,
-      ) => this.#fail(error));
+      inspectModules(uninspected, this.#cutShortController.signal).then(start)
+        .catch((
+          error: StageError,
+        ) => this.#fail(error));
     }
   }
 
@@ -281,8 +268,8 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
    * task is in the root stage's input ring, so awaiting it is the backpressure.
    * Puts that wait for room together settle together, once the last of them
    * has entered, which keeps a waiting task's cost to its encoded bytes:
-   * un-awaited puts cost O(1) each at any number waiting. A group takes the
-   * puts made while it waits, until one of them is awaited (at most 4,096
+   * un-awaited puts cost O(1) each at any number waiting. Such a bundle
+   * takes the puts made while it waits, until one of them is awaited (at most 4,096
    * small tasks): so awaiting a put also waits for the puts made after it
    * and before the await. A program that puts ahead and then awaits an early
    * put before it reads any result may wait for ever once the pipeline is
@@ -453,10 +440,10 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
 
   /**
    * The pipeline's input as a stream: each chunk written is put as a task.
-   * Chunks are put in batches of up to 256 (when a batch is full, else at
-   * the next macrotask), so that a stream's chunks, which come one per few
-   * microtasks, do not wake a worker each; a write waits while its batch
-   * waits for room, so `writer.ready` and `writer.desiredSize` show the room
+   * Chunks are held and put together, up to 256 at a time (when 256 are
+   * held, else at the next macrotask), so that a stream's chunks, which come
+   * one per few microtasks, do not wake a worker each; a write waits while
+   * the chunks held with it wait for room, so `writer.ready` and `writer.desiredSize` show the room
    * in the pipeline (`pipeTo` never floods memory: at most 256 chunks wait
    * outside it). A chunk that cannot be put (its `DataCloneError`) errors
    * the stream and ends the pipeline with that error. `close()` is the stop request;
@@ -526,7 +513,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
    * and `signal` (stop feeding and close the source; tasks already put stay).
    * @returns A Promise that resolves once everything has entered the
    * pipeline. After closing the source's iterator, it rejects with the
-   * source's error or an item's `DataCloneError` (which ended the pipeline),
+   * source's error or an item's `DataCloneError` (which cut the run short),
    * with the pipeline's failure, with a `PipelineClosedError` after
    * `terminate()`, or with the signal's reason; with a `TypeError` if
    * `source` or an option is of the wrong type, before it takes anything
@@ -625,14 +612,14 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
   terminate(): void {
     if (this.#run.terminated) return;
     this.#run.terminated = true;
-    this.#stats.ended("terminate");
-    this.#shutDown(
+    this.#stats.cutShort("terminate");
+    this.#cutShort(
       new PipelineClosedError(
         "The pipeline was terminated before this task entered it",
         undefined,
       ),
     );
-    this.#ending.abort(
+    this.#cutShortController.abort(
       this.#run.abortedBy !== null
         ? this.#run.abortedBy.reason
         : new PipelineClosedError(
@@ -647,7 +634,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
    * threw): terminates the pipeline, and its readers reject with `reason`.
    */
   #abort(reason: unknown): void {
-    if (this.#run.ended) return;
+    if (this.#run.cutShort) return;
     this.#run.abortedBy = { reason };
     this.terminate();
   }
@@ -663,24 +650,27 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
   }
 
   #fail(error: StageError): void {
-    if (this.#run.ended) return;
+    if (this.#run.cutShort) return;
     this.#run.failure = error;
-    this.#stats.ended("failure");
+    this.#stats.cutShort("failure");
     this.#report.failed(error);
-    this.#shutDown(error);
+    this.#cutShort(error);
     this.#streams.failed(error);
-    this.#ending.abort(error);
+    this.#cutShortController.abort(error);
   }
 
-  /** Kills every worker, rejects the waiting puts and wakes every reader. */
-  #shutDown(reason: unknown): void {
+  /**
+   * The run was cut short (failed or terminated): kills every worker,
+   * rejects the waiting puts with `reason` and wakes every reader.
+   */
+  #cutShort(reason: unknown): void {
     // After the end, nothing runs, waits or reads: the rings may be another
     // pipeline's by now.
     if (this.#wiring === null) return;
     this.#supervisor.killAll();
     this.#arena.close();
-    this.#input.shutDown(reason);
-    this.#output.shutDown();
+    this.#input.cutShort(reason);
+    this.#output.cutShort();
   }
 
   /** Settles `done`, once the runs of remote stages' clusters are closed. */
@@ -694,12 +684,12 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
 
   /**
    * Gives the rings back for the next pipelines once nothing will touch them
-   * again: the run ended by its stop, every worker exited, and the readers
-   * took every result out of the rings.
+   * again: the run ended by its stop, every worker exited by itself, and
+   * the readers took every result out of the rings.
    */
   #release(): void {
     if (
-      !this.#exited || !this.#drained || this.#run.ended ||
+      !this.#doneSettled || !this.#leavesEmptied || this.#run.cutShort ||
       !this.#supervisor.allExited
     ) return;
     this.#wiring?.release();
@@ -707,21 +697,23 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
   }
 
   #settleDoneNow(): void {
-    this.#exited = true;
+    this.#doneSettled = true;
     this.#release();
-    this.#stats.finished();
+    this.#stats.allGone();
     const progress = this.#progress;
     if (progress !== null) {
-      if (this.#run.ended) {
-        progress.finish(this.#run.failure !== null ? "failed" : "terminated");
+      if (this.#run.cutShort) {
+        progress.summarize(
+          this.#run.failure !== null ? "failed" : "terminated",
+        );
       } else {
         // The summary counts the results read: wait for the reader (a
         // second at most) to read those still in the rings.
-        const timer = setTimeout(() => progress.finish("done"), 1000);
+        const timer = setTimeout(() => progress.summarize("done"), 1000);
         Deno.unrefTimer(timer);
         this.#output.whenReadToEnd(() => {
           clearTimeout(timer);
-          progress.finish("done");
+          progress.summarize("done");
         });
       }
     }

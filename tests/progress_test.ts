@@ -103,7 +103,7 @@ Deno.test("ProgressDisplay off a terminal writes a plain line per stage each upd
     ]);
     assert.ok(!sink.writes.join("").includes("\x1b"), "no escape codes");
   } finally {
-    progress.finish();
+    progress.summarize();
   }
 });
 
@@ -125,7 +125,7 @@ Deno.test("ProgressDisplay on a terminal redraws its lines in place, then leaves
     slow.slice("\x1b[2K".length),
     /^slow\s+50\/100\s+\[█{10}░{10}\] 50%\s+50\/s\s+ETA 1\.0 s\s+backlog 50\s+busy 50%$/,
   );
-  progress.finish();
+  progress.summarize();
   assert.ok(sink.writes[2]!.startsWith("\x1b[4F\x1b[J"));
   assert.match(
     sink.writes[2]!,
@@ -142,7 +142,7 @@ Deno.test("ProgressDisplay on a terminal cuts lines to its width, so that none w
       assert.ok(line.replace("\x1b[2K", "").length <= 29, line);
     }
   } finally {
-    progress.finish();
+    progress.summarize();
   }
 });
 
@@ -161,20 +161,20 @@ Deno.test("ProgressDisplay in a narrow terminal shrinks the bar, then drops it, 
       if (width === 62) assert.doesNotMatch(slow, /[█░]/);
       assert.match(slow, /ETA 1\.0 s\s+backlog 50\s+busy 50%$/);
     } finally {
-      progress.finish();
+      progress.summarize();
     }
   }
 });
 
-Deno.test("ProgressDisplay.finish() writes the summary once, and nothing is drawn after it", () => {
+Deno.test("ProgressDisplay.summarize() writes the summary once, and nothing is drawn after it", () => {
   const sink = fakeSink(false);
   const stats = fakeRun([
     fakeStage("a", [fakeWorker(900, 100)], { tasks: 98, skipped: 2 }),
     fakeStage("b", [fakeWorker(100, 900)], { tasks: 98 }),
   ], 2000);
   const progress = display(() => stats, sink);
-  progress.finish("failed");
-  progress.finish();
+  progress.summarize("failed");
+  progress.summarize();
   progress.update();
   assert.deepEqual(sink.writes, [
     "mpipe: failed in 2.0 s: 100 tasks put, 100 results read\n" +

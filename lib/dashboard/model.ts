@@ -17,7 +17,7 @@ import type {
   StageStats,
   WorkerStats,
 } from "../features/stats.ts";
-import { describe } from "../stage/target.ts";
+import { describe } from "../checks.ts";
 
 /** A pipeline of any task and result type, as the dashboard takes it. */
 export type AnyPipeline = Pipeline<never, unknown>;

@@ -10,7 +10,13 @@
  * @module
  */
 
-import { describe } from "../stage/target.ts";
+import {
+  checkName,
+  checkObject,
+  checkOptionNames,
+  checkSignal,
+  describe,
+} from "../checks.ts";
 import { METRICS_CONTENT_TYPE, metricsOf } from "./metrics.ts";
 import {
   BottleneckHistory,
@@ -100,26 +106,14 @@ export interface Dashboard extends AsyncDisposable {
 function checkOptions(
   options: unknown,
 ): Required<Omit<DashboardOptions, "signal" | "token">> & DashboardOptions {
-  if (typeof options !== "object" || options === null) {
-    throw new TypeError(
-      `serveDashboard: 'options' must be an object, got ${describe(options)}`,
-    );
-  }
-  const { hostname = "127.0.0.1", port = 0, signal, token, ...rest } =
+  checkOptionNames(
+    "serveDashboard",
+    checkObject("serveDashboard", "options", options),
+    ["hostname", "port", "signal", "token"],
+  );
+  const { hostname = "127.0.0.1", port = 0, signal, token } =
     options as DashboardOptions;
-  const unknown = Object.keys(rest)[0];
-  if (unknown !== undefined) {
-    throw new TypeError(
-      `serveDashboard: 'options.${unknown}' is not an option; the options are hostname, port, signal, token`,
-    );
-  }
-  if (typeof hostname !== "string" || hostname === "") {
-    throw new TypeError(
-      `serveDashboard: 'options.hostname' must be a non-empty string, got ${
-        describe(hostname)
-      }`,
-    );
-  }
+  checkName("serveDashboard", "options.hostname", hostname);
   if (
     typeof port !== "number" || !Number.isInteger(port) || port < 0 ||
     port > 65535
@@ -130,20 +124,8 @@ function checkOptions(
       }`,
     );
   }
-  if (signal !== undefined && !(signal instanceof AbortSignal)) {
-    throw new TypeError(
-      `serveDashboard: 'options.signal' must be an AbortSignal, got ${
-        describe(signal)
-      }`,
-    );
-  }
-  if (token !== undefined && (typeof token !== "string" || token === "")) {
-    throw new TypeError(
-      `serveDashboard: 'options.token' must be a non-empty string, got ${
-        describe(token)
-      }`,
-    );
-  }
+  checkSignal("serveDashboard", "options.signal", signal);
+  checkName("serveDashboard", "options.token", token);
   if (token === undefined && !isLoopback(hostname)) {
     throw new TypeError(
       `serveDashboard: serving on '${hostname}', which is not loopback, needs 'options.token': the page and the metrics show your tasks' errors and figures to whoever reaches them`,

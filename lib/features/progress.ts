@@ -6,7 +6,7 @@
  * interval. At the end it writes a summary, in both cases.
  *
  * Its timer is unref'd: it never keeps a program alive, and the pipeline
- * calls `finish()` as its last worker exits.
+ * calls `summarize()` once every worker is gone.
  *
  * @module
  */
@@ -89,7 +89,7 @@ const UP = (n: number) => `\x1b[${n}F`;
 const CLEAR_LINE = "\x1b[2K";
 const CLEAR_BELOW = "\x1b[J";
 
-/** Draws a pipeline's progress until `finish()`. */
+/** Draws a pipeline's progress until `summarize()`. */
 export class ProgressDisplay {
   readonly #read: () => PipelineStats;
   readonly #sink: ProgressSink;
@@ -99,7 +99,7 @@ export class ProgressDisplay {
   #samples: Sample[] = [];
   /** Lines drawn on the terminal, to redraw over. */
   #drawn = 0;
-  #finished = false;
+  #summarized = false;
 
   /** Starts drawing what `read` returns on `sink`, every `options.intervalMs`. */
   constructor(
@@ -119,7 +119,7 @@ export class ProgressDisplay {
 
   /** Draws the figures of now: redraws the terminal's lines, or writes plain ones. */
   update(): void {
-    if (this.#finished) return;
+    if (this.#summarized) return;
     const stats = this.#read();
     this.#samples.push(sampleOf(stats));
     if (this.#samples.length > WINDOW) this.#samples.shift();
@@ -155,9 +155,9 @@ export class ProgressDisplay {
   }
 
   /** Stops the display and writes the summary (once; later calls do nothing). */
-  finish(outcome: Outcome = "done"): void {
-    if (this.#finished) return;
-    this.#finished = true;
+  summarize(outcome: Outcome = "done"): void {
+    if (this.#summarized) return;
+    this.#summarized = true;
     clearInterval(this.#timer);
     const text = summaryLines(this.#read(), outcome)
       .map((line) => `${line}\n`).join("");

@@ -6,8 +6,8 @@
  * What a reader may trust: each worker writes its figures with plain stores
  * once per batch, so a snapshot taken while the pipeline runs may be a batch
  * stale, and figures of different workers (or of a worker and the stage
- * after it) may come from slightly different moments. Once every worker has
- * exited (`done`), the figures are final and every total adds up: what a
+ * after it) may come from slightly different moments. Once every worker is
+ * gone (`done`), the figures are final and every total adds up: what a
  * failure or `terminate()` abandoned (in flight or waiting) is `dropped`.
  *
  * @module
@@ -231,9 +231,9 @@ export interface StageStats {
  * ```
  */
 export interface PipelineStats {
-  /** Ms since the pipeline was created; once every worker has exited, the whole run's, and it no longer grows. */
+  /** Ms since the pipeline was created; once every worker is gone, the whole run's, and it no longer grows. */
   elapsedMs: number;
-  /** Whether every worker has exited (`done` has settled, or is about to): the figures are final. */
+  /** Whether every worker is gone, by its exit or killed (`done` has settled, or is about to): the figures are final. */
   done: boolean;
   /**
    * How the run ended: its stop request drained (`"stop"`), a stage failed
@@ -313,13 +313,16 @@ export class StatsReader {
     });
   }
 
-  /** The run ended early (`"failure"`, `"terminate"`); the first end counts. */
-  ended(end: RunEnd): void {
+  /** The run was cut short (`"failure"`, `"terminate"`); the first counts. */
+  cutShort(end: RunEnd): void {
     this.#end ??= end;
   }
 
-  /** Every worker has exited: the figures are final, and the run's time stops. */
-  finished(): void {
+  /**
+   * Every worker is gone (exited after the stop, or killed): the figures are
+   * final, and the run's time stops.
+   */
+  allGone(): void {
     this.#doneAt ??= performance.now();
     this.#end ??= "stop";
   }
@@ -332,7 +335,7 @@ export class StatsReader {
     // time is going on.
     const now = done ? null : performance.timeOrigin + performance.now();
     const stages = this.#stages.map((stage, i) => this.#stage(stage, i, now));
-    // Once the workers of a run that ended early have exited, whatever was
+    // Once the workers of a run cut short are gone, whatever was
     // in flight or waiting is abandoned for good.
     const abandoned = done && this.#end !== "stop";
     // What reached each stage: what the stages before it put out, which

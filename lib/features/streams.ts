@@ -1,17 +1,24 @@
 /**
  * The pipeline as Web Streams, and `feed`: a `WritableStream` of tasks, a
- * `ReadableStream` of results, and a loop that puts every item of an
- * iterable or stream. All three sit on the same input and output as `put`
- * and `get`, so backpressure reaches the rings in both directions: a write
- * waits while its batch of tasks waits for room, and results wait in the
- * rings until a reader asks for them.
+ * `ReadableStream` of results (`ResultStream`, in `result_stream.ts`), and a
+ * loop that puts every item of an iterable or stream. All three sit on the
+ * same input and output as `put` and `get`, so backpressure reaches the rings
+ * in both directions: a write waits while the chunks held with it wait for
+ * room, and results wait in the rings until a reader asks for them.
  *
  * @module
  */
 
 import { ENTERED, type TaskInput } from "../main_thread/task_input.ts";
 import type { ResultOutput } from "../main_thread/result_output.ts";
-import { describe } from "../stage/target.ts";
+import { ResultStream } from "./result_stream.ts";
+import {
+  checkBoolean,
+  checkObject,
+  checkOptionNames,
+  checkSignal,
+  describe,
+} from "../checks.ts";
 
 /**
  * Options of `feed`.
@@ -40,18 +47,18 @@ export interface FeedOptions {
 
 /** What the streams and `feed` need of the pipeline besides its input and output. */
 export interface StreamOwner {
-  /** Ends the pipeline at once (the readable's cancel). */
+  /** Cuts the run short (the readable's cancel). */
   terminate(): void;
-  /** Ends the pipeline at once, its readers rejecting with `reason` (the input failed). */
+  /** Cuts the run short, its readers rejecting with `reason` (the input failed). */
   abort(reason: unknown): void;
-  /** Aborts when the pipeline ends early, with the reason a feed rejects with then. */
-  readonly ended: AbortSignal;
+  /** Aborts when the run is cut short, with the reason a feed rejects with then. */
+  readonly cutShort: AbortSignal;
 }
 
 /** Results a readable stream holds ahead of its reader, at most: a claim's worth. */
 const READ_AHEAD = 256;
-/** The writable puts chunks in batches of at most this many. */
-const WRITE_BATCH = 256;
+/** The writable holds at most this many chunks before it puts them. */
+const HELD_CHUNKS = 256;
 /** A feed yields to other microtasks (the readers) at least this often. */
 const FEED_YIELD_EVERY = 256;
 
@@ -65,8 +72,8 @@ export class PipelineStreams<I, O> {
   /** How to error each stream when the pipeline fails. */
   #errorWritable: ((error: unknown) => void) | null = null;
   #errorReadable: ((error: unknown) => void) | null = null;
-  /** Why the writable's abort or the readable's cancel ended the pipeline. */
-  #endedBy: { reason: unknown } | null = null;
+  /** Why the writable's abort or the readable's cancel cut the run short. */
+  #cutShortBy: { reason: unknown } | null = null;
 
   constructor(input: TaskInput, output: ResultOutput, owner: StreamOwner) {
     this.#input = input;
@@ -75,32 +82,32 @@ export class PipelineStreams<I, O> {
   }
 
   /**
-   * See `Pipeline.writable`. Its chunks are put in batches: a chunk that
-   * entered at once would wake a sleeping worker for itself alone (a stream
-   * hands over one chunk per few microtasks, slower than a worker takes
-   * them), so the sink collects up to WRITE_BATCH chunks and puts them
-   * together, when the batch is full or at the next macrotask. A write whose
-   * batch waits for room waits with it: that is the backpressure.
+   * See `Pipeline.writable`. Its chunks are held and put together: a chunk
+   * that entered at once would wake a sleeping worker for itself alone (a
+   * stream hands over one chunk per few microtasks, slower than a worker
+   * takes them), so the sink holds up to HELD_CHUNKS chunks and puts them
+   * together, when that many are held or at the next macrotask. A write
+   * whose chunks wait for room waits with them: that is the backpressure.
    */
   get writable(): WritableStream<I> {
     if (this.#writable !== null) return this.#writable;
     const input = this.#input;
     const owner = this.#owner;
     let controller!: WritableStreamDefaultController;
-    const batch: I[] = [];
+    const held: I[] = [];
     let timer: ReturnType<typeof setTimeout> | undefined;
-    /** A put of the batch failed: the stream errors, and an item that cannot be put ends the pipeline. */
+    /** A put of a held chunk failed: the stream errors, and an item that cannot be put cuts the run short. */
     const putFailed = (error: unknown) => {
       controller.error(error);
-      if (!owner.ended.aborted) owner.abort(error);
+      if (!owner.cutShort.aborted) owner.abort(error);
     };
-    /** Puts the batch; returns the wait for room of its last task, if any. */
-    const flush = (): Promise<void> | undefined => {
+    /** Puts the held chunks; returns the wait for room of the last, if any. */
+    const putHeld = (): Promise<void> | undefined => {
       clearTimeout(timer);
       timer = undefined;
       let last = ENTERED;
-      for (let i = 0; i < batch.length; i++) {
-        last = input.put(batch[i], undefined);
+      for (let i = 0; i < held.length; i++) {
+        last = input.put(held[i], undefined);
         // Puts enter in call order; only those that wait (or fail) cost a
         // handler, which does not count as observing a failure (the stream
         // reports it).
@@ -108,33 +115,33 @@ export class PipelineStreams<I, O> {
           Promise.prototype.then.call(last, null, putFailed);
         }
       }
-      batch.length = 0;
+      held.length = 0;
       return last === ENTERED ? undefined : last;
     };
     return this.#writable = new WritableStream<I>({
       start: (c) => {
         controller = c;
         this.#errorWritable = (error) => c.error(error);
-        if (this.#endedBy !== null) c.error(this.#endedBy.reason);
+        if (this.#cutShortBy !== null) c.error(this.#cutShortBy.reason);
       },
       write: (task) => {
-        batch.push(task);
-        if (batch.length < WRITE_BATCH) timer ??= setTimeout(flush, 0);
-        else return flush();
+        held.push(task);
+        if (held.length < HELD_CHUNKS) timer ??= setTimeout(putHeld, 0);
+        else return putHeld();
       },
       close: async () => {
         try {
-          await flush();
+          await putHeld();
           await input.close();
         } catch (error) {
-          // Why the pipeline ended (a put of the last batch failed, say).
-          throw owner.ended.aborted ? owner.ended.reason : error;
+          // Why the run was cut short (a put of the last chunks failed, say).
+          throw owner.cutShort.aborted ? owner.cutShort.reason : error;
         }
       },
       abort: (reason) => {
         clearTimeout(timer);
-        batch.length = 0; // chunks not yet put, dropped as an abort drops queued chunks
-        this.#end(reason, this.#errorReadable);
+        held.length = 0; // chunks not yet put, dropped as an abort drops queued chunks
+        this.#cutShort(reason, this.#errorReadable);
       },
     }, new CountQueuingStrategy({ highWaterMark: 1 }));
   }
@@ -166,7 +173,7 @@ export class PipelineStreams<I, O> {
         }),
       cancel: (reason) => {
         stream.closed = true;
-        this.#end(reason, this.#errorWritable);
+        this.#cutShort(reason, this.#errorWritable);
       },
     }, new CountQueuingStrategy({ highWaterMark: READ_AHEAD }));
     stream.fast = {
@@ -174,19 +181,24 @@ export class PipelineStreams<I, O> {
       queued: () => READ_AHEAD - (controller.desiredSize ?? READ_AHEAD),
       close: () => stream.close(controller),
     };
-    // Made after the writable's abort ended the pipeline: it errors too.
-    if (this.#endedBy !== null) this.#errorReadable!(this.#endedBy.reason);
+    // Made after the writable's abort cut the run short: it errors too.
+    if (this.#cutShortBy !== null) {
+      this.#errorReadable!(this.#cutShortBy.reason);
+    }
     return this.#readable = stream;
   }
 
   /**
-   * One stream's abort or cancel ends the pipeline, and errors the other
+   * One stream's abort or cancel cuts the run short, and errors the other
    * stream with its reason, as a `TransformStream` does: a `pipeTo` after
    * `pipeThrough(pipe, { signal })` aborts its destination, not closes it.
    * The writable's abort is the input failing: every reader gets the reason.
    */
-  #end(reason: unknown, errorOther: ((error: unknown) => void) | null): void {
-    this.#endedBy ??= { reason };
+  #cutShort(
+    reason: unknown,
+    errorOther: ((error: unknown) => void) | null,
+  ): void {
+    this.#cutShortBy ??= { reason };
     errorOther?.(reason);
     if (errorOther === this.#errorReadable) this.#owner.abort(reason);
     else this.#owner.terminate();
@@ -207,217 +219,10 @@ export class PipelineStreams<I, O> {
   }
 }
 
-/** What async generators inherit: `[Symbol.asyncIterator]`, and `[Symbol.asyncDispose]` where Deno has it. */
-const ASYNC_ITERATOR_PROTOTYPE: object = Object.getPrototypeOf(
-  Object.getPrototypeOf(async function* () {}).prototype,
-);
-
 /**
- * The pipeline's readable stream. `for await` over it (`values()`) reads
- * the pipeline's results directly, as `results()` does, while it holds the
- * stream's lock, since a stream read per result costs several times a
- * result's own way through the pipeline; the results the stream had read
- * ahead come first. Every other reader (`getReader()`, `pipeTo`) reads the
- * stream as any other.
- */
-class ResultStream<O> extends ReadableStream<O> {
-  /** How to read the results directly; set by `PipelineStreams`. */
-  fast: {
-    results(): AsyncIterator<O>;
-    /** Results the stream holds in its queue. */
-    queued(): number;
-    close(): void;
-  } | null = null;
-  /** It was closed (the end was read) or cancelled. */
-  closed = false;
-  /** What it errored with (the pipeline's failure, or the writable's abort). */
-  failure: { error: unknown } | null = null;
-  /** Settles when a direct read ends: pulls wait for it, so that the order holds. */
-  #directRead: Promise<void> | null = null;
-  /** A pull that is reading the pipeline: a direct read starts after it. */
-  #pulling: Promise<void> | null = null;
-
-  /** Runs a pull's `read` once no direct read runs. */
-  async gatedPull(read: () => Promise<void>): Promise<void> {
-    while (this.#directRead !== null) await this.#directRead;
-    if (this.closed) return;
-    const pulling = this.#pulling = read();
-    try {
-      await pulling;
-    } finally {
-      if (this.#pulling === pulling) this.#pulling = null;
-    }
-  }
-
-  /** Closes the stream once (the end was read). */
-  close(controller: ReadableStreamDefaultController<O>): void {
-    if (this.closed || this.failure !== null) return;
-    this.closed = true;
-    controller.close();
-  }
-
-  override values(
-    options?: ReadableStreamIteratorOptions,
-  ): AsyncIterableIterator<O> {
-    return this.#iterate(options, false);
-  }
-
-  /**
-   * The iterator `feed` reads it with: as `values()`, but `return()` cancels
-   * at once, even while a `next()` waits for a result (a quiet pipeline).
-   */
-  feedIterator(): AsyncIterableIterator<O> {
-    return this.#iterate(undefined, true);
-  }
-
-  #iterate(
-    options: ReadableStreamIteratorOptions | undefined,
-    returnAtOnce: boolean,
-  ): AsyncIterableIterator<O> {
-    const fast = this.fast;
-    if (fast === null || this.locked) return super.values(options);
-    const reader = this.getReader();
-    let direct: AsyncIterator<O> | null = null;
-    let done!: () => void;
-    let ended = false;
-    this.#directRead = new Promise((resolve) => done = resolve);
-    const end = () => {
-      if (ended) return;
-      ended = true;
-      this.#directRead = null;
-      done();
-      reader.releaseLock();
-    };
-    const nextStep = async (): Promise<IteratorResult<O>> => {
-      try {
-        if (ended) return { value: undefined, done: true };
-        // A pull that began before this read may still add to the queue.
-        if (direct === null) await this.#pulling?.catch(() => {});
-        // The results the stream read ahead come first, through the lock.
-        if (direct === null && fast.queued() > 0) {
-          const read = await reader.read();
-          if (read.done) end();
-          return read.done ? { value: undefined, done: true } : read;
-        }
-        direct ??= fast.results();
-        const next = await direct.next();
-        if (next.done) {
-          end();
-          // The results ended because the writable's abort ended the pipeline.
-          if (this.failure !== null) throw this.failure.error;
-          fast.close();
-        }
-        return next;
-      } catch (error) {
-        end();
-        throw error;
-      } finally {
-        if (++settled === calls) ongoing = null;
-      }
-    };
-    // After the end, an error or an earlier return, there is nothing to
-    // cancel (as with the stream's own iterator).
-    const returnStep = async (value?: unknown): Promise<IteratorResult<O>> => {
-      try {
-        if (ended) return { value: undefined, done: true };
-        end();
-        if (!options?.preventCancel) await this.cancel(value);
-        return { value: undefined, done: true };
-      } finally {
-        if (++settled === calls) ongoing = null;
-      }
-    };
-    // Calls run one after another, as with the stream's own iterator.
-    let ongoing: Promise<IteratorResult<O>> | null = null;
-    let calls = 0;
-    let settled = 0;
-    const iterator = Object.create(ASYNC_ITERATOR_PROTOTYPE);
-    iterator.next = () => {
-      calls++;
-      return ongoing = ongoing === null
-        ? nextStep()
-        : ongoing.then(nextStep, nextStep);
-    };
-    iterator.return = (value?: unknown) => {
-      calls++;
-      const step = () => returnStep(value);
-      if (returnAtOnce) return ongoing = step();
-      return ongoing = ongoing === null ? step() : ongoing.then(step, step);
-    };
-    return iterator as AsyncIterableIterator<O>;
-  }
-
-  override [Symbol.asyncIterator](
-    options?: ReadableStreamIteratorOptions,
-  ): AsyncIterableIterator<O> {
-    return this.values(options);
-  }
-
-  /**
-   * As `ReadableStream.pipeTo`, but it reads the results directly (as
-   * `values()` does) rather than through the stream's queue, which costs a
-   * stream read per result. With a `signal` or `preventCancel`, or a locked
-   * stream, the stream's own `pipeTo`.
-   */
-  override async pipeTo(
-    destination: WritableStream<O>,
-    options: StreamPipeOptions = {},
-  ): Promise<void> {
-    if (
-      this.fast === null || this.locked || destination.locked ||
-      options.signal !== undefined || options.preventCancel === true
-    ) {
-      return super.pipeTo(destination, options);
-    }
-    const writer = destination.getWriter();
-    const results = this.#iterate(undefined, true);
-    // The destination errored: cancel the results at once, even while a
-    // read waits for the next result (a quiet pipeline).
-    let destinationError: { error: unknown } | null = null;
-    Promise.prototype.then.call(writer.closed, undefined, (error) => {
-      destinationError ??= { error };
-      return results.return!(error).catch(() => {});
-    });
-    let written: Promise<void> = Promise.resolve();
-    for (;;) {
-      try {
-        await writer.ready;
-      } catch (error) {
-        await results.return!(error).catch(() => {});
-        writer.releaseLock();
-        throw error;
-      }
-      let next: IteratorResult<O>;
-      try {
-        next = await results.next();
-      } catch (error) {
-        // The results errored (the pipeline failed): abort the destination.
-        if (options.preventAbort !== true) {
-          await writer.abort(error).catch(() => {});
-        }
-        writer.releaseLock();
-        throw error;
-      }
-      if (next.done) break;
-      written = writer.write(next.value);
-      written.catch(() => {}); // seen through `ready`, or the wait below
-    }
-    try {
-      // Set by the destination's error, which a pending read did not see.
-      const failed = destinationError as { error: unknown } | null;
-      if (failed !== null) throw failed.error;
-      if (options.preventClose === true) await written;
-      else await writer.close();
-    } finally {
-      writer.releaseLock();
-    }
-  }
-}
-
-/**
- * Puts every item of `source` (see `Pipeline.feed`). Its signal, and the end
- * of the pipeline, are raced against each pending step of the source. A
- * source that throws, or an item that cannot be put, ends the pipeline with
+ * Puts every item of `source` (see `Pipeline.feed`). Its signal, and the
+ * run being cut short, are raced against each pending step of the source. A
+ * source that throws, or an item that cannot be put, cuts the run short with
  * that error (as `pipeTo` aborts its destination); a feed stopped by its
  * signal leaves the pipeline open.
  */
@@ -430,13 +235,14 @@ async function feed<I>(
   const { close = true, signal } = checkFeedOptions(options);
   const putOptions = signal === undefined ? undefined : { signal };
   const iterator = iteratorOf(source);
-  const ended = owner.ended;
-  let closed = false;
+  const cutShort = owner.cutShort;
+  /** The source needs no closing: it ended, or was closed. */
+  let sourceClosed = false;
   /** A step of the source is still pending: its iterator cannot close before it settles. */
   let stepPending = false;
   const closeSource = async () => {
-    if (closed) return;
-    closed = true;
+    if (sourceClosed) return;
+    sourceClosed = true;
     await iterator.return?.();
   };
   // What stops the feed before its source ends: one listener each for the
@@ -445,12 +251,12 @@ async function feed<I>(
   // on it per step: memory that grows with the source.)
   let interrupt: ((reason: unknown) => void) | null = null;
   const onAbort = () => interrupt?.(signal!.reason);
-  const onEnd = () => interrupt?.(ended.reason);
+  const onCutShort = () => interrupt?.(cutShort.reason);
   signal?.addEventListener("abort", onAbort, { once: true });
-  ended.addEventListener("abort", onEnd, { once: true });
+  cutShort.addEventListener("abort", onCutShort, { once: true });
   const stopListening = () => {
     signal?.removeEventListener("abort", onAbort);
-    ended.removeEventListener("abort", onEnd);
+    cutShort.removeEventListener("abort", onCutShort);
   };
   const untilSettledOrStopped = (step: Promise<IteratorResult<I>>) =>
     new Promise<IteratorResult<I>>((resolve, reject) => {
@@ -459,7 +265,7 @@ async function feed<I>(
     });
   try {
     signal?.throwIfAborted();
-    ended.throwIfAborted();
+    cutShort.throwIfAborted();
     let count = 0;
     for (;;) {
       const step = iterator.next();
@@ -469,7 +275,7 @@ async function feed<I>(
         stepPending = true;
         // Checked before each wait: an abort between steps has no wait to stop.
         signal?.throwIfAborted();
-        ended.throwIfAborted();
+        cutShort.throwIfAborted();
         result = await untilSettledOrStopped(step);
         interrupt = null;
         stepPending = false;
@@ -483,13 +289,13 @@ async function feed<I>(
       else if (++count % FEED_YIELD_EVERY === 0) await null;
       signal?.throwIfAborted();
     }
-    closed = true;
+    sourceClosed = true;
     if (close) await quietly(input.close());
   } catch (error) {
     // The source failed, or an item could not be put: the pipeline ends, so
     // that its readers learn why rather than wait for ever. (After its own
     // end, or the feed's signal, there is nothing to end.)
-    if (!ended.aborted && !signal?.aborted) owner.abort(error);
+    if (!cutShort.aborted && !signal?.aborted) owner.abort(error);
     // An async generator closes only after its pending step: don't wait.
     const closing = closeSource().catch(() => {});
     if (!stepPending) await closing;
@@ -555,30 +361,9 @@ function isPromise<T>(value: T | Promise<T>): value is Promise<T> {
 }
 
 function checkFeedOptions(options: unknown): FeedOptions {
-  if (typeof options !== "object" || options === null) {
-    throw new TypeError(
-      `feed: 'options' must be an object, got ${describe(options)}`,
-    );
-  }
-  const o = options as Record<string, unknown>;
-  for (const key of Object.keys(o)) {
-    if (key !== "close" && key !== "signal") {
-      throw new TypeError(
-        `feed: 'options.${key}' is not an option; the options are close, signal`,
-      );
-    }
-  }
-  if (o.close !== undefined && typeof o.close !== "boolean") {
-    throw new TypeError(
-      `feed: 'options.close' must be a boolean, got ${describe(o.close)}`,
-    );
-  }
-  if (o.signal !== undefined && !(o.signal instanceof AbortSignal)) {
-    throw new TypeError(
-      `feed: 'options.signal' must be an AbortSignal, got ${
-        describe(o.signal)
-      }`,
-    );
-  }
+  const o = checkObject("feed", "options", options);
+  checkOptionNames("feed", o, ["close", "signal"]);
+  checkBoolean("feed", "options.close", o.close);
+  checkSignal("feed", "options.signal", o.signal);
   return o as FeedOptions;
 }

@@ -24,6 +24,7 @@
 
 import { Decoder, Encoder } from "../shared_memory/codec.ts";
 import type { RemoteTarget } from "../stage/cluster.ts";
+import { checkObject } from "../checks.ts";
 import {
   connect,
   credsAuthenticator,
@@ -728,10 +729,7 @@ export function checkConnectionOptions(
   where: string,
   options: unknown,
 ): ConnectionOptions {
-  if (typeof options !== "object" || options === null) {
-    throw new TypeError(`${where}: 'options' must be an object`);
-  }
-  const o = options as Record<string, unknown>;
+  const o = checkObject(where, "options", options);
   const servers = o.servers;
   if (
     !(typeof servers === "string" && servers !== "") &&

@@ -5,8 +5,15 @@
  * @module
  */
 
-import type { GetOptions } from "../stage/stage.ts";
-import { describe } from "../stage/target.ts";
+import type { GetOptions } from "../stage/stage_options.ts";
+import {
+  checkBoolean,
+  checkName,
+  checkObject,
+  checkOptionNames,
+  checkSignal,
+  describe,
+} from "../checks.ts";
 
 /**
  * Options of a pipeline.
@@ -180,11 +187,12 @@ export function defaultSpin(
 
 /** Checks the options of `new Pipeline`; throws a `TypeError` or `RangeError` naming the bad one. */
 export function checkPipelineOptions(options: unknown): CheckedPipelineOptions {
-  if (typeof options !== "object" || options === null) {
-    throw new TypeError(
-      `Pipeline: 'options' must be an object, got ${describe(options)}`,
-    );
-  }
+  checkOptionNames(
+    "Pipeline",
+    checkObject("Pipeline", "options", options),
+    ["ringBytes", "spin", "progress", "name", "arenaBytes", "arenaDebug"],
+    "pipeline",
+  );
   const {
     ringBytes = 1 << 20,
     spin,
@@ -192,14 +200,7 @@ export function checkPipelineOptions(options: unknown): CheckedPipelineOptions {
     name,
     arenaBytes = ARENA_BYTES,
     arenaDebug = arenaDebugFromEnv(),
-    ...rest
   } = options as PipelineOptions;
-  const unknown = Object.keys(rest)[0];
-  if (unknown !== undefined) {
-    throw new TypeError(
-      `Pipeline: 'options.${unknown}' is not a pipeline option; the options are ringBytes, spin, progress, name, arenaBytes, arenaDebug`,
-    );
-  }
   if (
     typeof arenaBytes !== "number" || !Number.isInteger(arenaBytes) ||
     arenaBytes < 0 || arenaBytes % 4096 !== 0 || arenaBytes > 2 ** 32
@@ -210,13 +211,7 @@ export function checkPipelineOptions(options: unknown): CheckedPipelineOptions {
       }`,
     );
   }
-  if (typeof arenaDebug !== "boolean") {
-    throw new TypeError(
-      `Pipeline: 'options.arenaDebug' must be a boolean, got ${
-        describe(arenaDebug)
-      }`,
-    );
-  }
+  checkBoolean("Pipeline", "options.arenaDebug", arenaDebug);
   if (
     typeof ringBytes !== "number" || !Number.isInteger(ringBytes) ||
     ringBytes < 4096 || (ringBytes & (ringBytes - 1)) !== 0 ||
@@ -238,13 +233,7 @@ export function checkPipelineOptions(options: unknown): CheckedPipelineOptions {
       }`,
     );
   }
-  if (name !== undefined && (typeof name !== "string" || name === "")) {
-    throw new TypeError(
-      `Pipeline: 'options.name' must be a non-empty string, got ${
-        describe(name)
-      }`,
-    );
-  }
+  checkName("Pipeline", "options.name", name);
   return {
     ringBytes,
     spin,
@@ -266,13 +255,14 @@ function checkProgress(progress: unknown): ProgressOptions | null {
       }`,
     );
   }
-  const { total, intervalMs, ...rest } = progress as ProgressOptions;
-  const unknown = Object.keys(rest)[0];
-  if (unknown !== undefined) {
-    throw new TypeError(
-      `Pipeline: 'options.progress.${unknown}' is not a progress option; the options are total, intervalMs`,
-    );
-  }
+  checkOptionNames(
+    "Pipeline",
+    progress,
+    ["total", "intervalMs"],
+    "progress",
+    "options.progress",
+  );
+  const { total, intervalMs } = progress as ProgressOptions;
   if (
     total !== undefined &&
     (typeof total !== "number" || !Number.isInteger(total) || total < 0)
@@ -313,21 +303,11 @@ export function checkCallOptions(
   transfer?: boolean;
 } {
   if (options === undefined) return NO_CALL_OPTIONS;
-  if (typeof options !== "object" || options === null) {
-    throw new TypeError(
-      `${call}: 'options' must be an object, got ${describe(options)}`,
-    );
-  }
-  const names = call === "put" ? ["signal", "transfer"] : ["timeout", "signal"];
-  for (const key of Object.keys(options)) {
-    if (!names.includes(key)) {
-      throw new TypeError(
-        `${call}: 'options.${key}' is not an option; the options are ${
-          names.join(", ")
-        }`,
-      );
-    }
-  }
+  checkOptionNames(
+    call,
+    checkObject(call, "options", options),
+    call === "put" ? ["signal", "transfer"] : ["timeout", "signal"],
+  );
   const { timeout, signal, transfer } = options as GetOptions & PutOptions;
   if (
     timeout !== undefined &&
@@ -339,19 +319,7 @@ export function checkCallOptions(
       }`,
     );
   }
-  if (signal !== undefined && !(signal instanceof AbortSignal)) {
-    throw new TypeError(
-      `${call}: 'options.signal' must be an AbortSignal, got ${
-        describe(signal)
-      }`,
-    );
-  }
-  if (transfer !== undefined && typeof transfer !== "boolean") {
-    throw new TypeError(
-      `${call}: 'options.transfer' must be a boolean, got ${
-        describe(transfer)
-      }`,
-    );
-  }
+  checkSignal(call, "options.signal", signal);
+  checkBoolean(call, "options.transfer", transfer);
   return { timeout, signal, transfer };
 }

@@ -36,8 +36,8 @@ interface Leaf {
   queue: unknown[];
   head: number;
   end: number;
-  /** Every upstream producer has stopped and every record was claimed. */
-  ended: boolean;
+  /** Its link is emptied for good: every producer stopped and every record was claimed. */
+  emptied: boolean;
 }
 
 const RESOLVED = Promise.resolve();
@@ -76,8 +76,8 @@ export class ResultOutput implements ResultWaker {
   #readerAttached = false;
   /** Called once a reader has read every result (see `whenReadToEnd`). */
   #onReadToEnd: (() => void)[] = [];
-  /** Called once every leaf's link has ended (see `whenDrained`). */
-  #onDrained: (() => void) | null = null;
+  /** Called once every leaf's link is emptied (see `whenEmptied`). */
+  #onEmptied: (() => void) | null = null;
   /** Results handed to readers, however they read them. */
   #read = 0;
 
@@ -100,7 +100,7 @@ export class ResultOutput implements ResultWaker {
       queue: [],
       head: 0,
       end: 0,
-      ended: false,
+      emptied: false,
     }));
   }
 
@@ -124,18 +124,18 @@ export class ResultOutput implements ResultWaker {
    * been, or if nothing reads them).
    */
   whenReadToEnd(callback: () => void): void {
-    if (!this.#readerAttached || this.#ended(null)) return callback();
+    if (!this.#readerAttached || this.#exhausted(null)) return callback();
     this.#onReadToEnd.push(callback);
   }
 
   /**
-   * Calls `callback` once every leaf's link has ended: every result was
+   * Calls `callback` once every leaf's link is emptied: every result was
    * taken from the rings (some may still wait here for a reader), so the
    * main thread reads them no more.
    */
-  whenDrained(callback: () => void): void {
-    if (this.#leaves.every((leaf) => leaf.ended)) callback();
-    else this.#onDrained = callback;
+  whenEmptied(callback: () => void): void {
+    if (this.#leaves.every((leaf) => leaf.emptied)) callback();
+    else this.#onEmptied = callback;
   }
 
   #readToEnd(): void {
@@ -151,8 +151,8 @@ export class ResultOutput implements ResultWaker {
     return this.#sleep !== null;
   }
 
-  /** Wakes every waiting reader: the pipeline ended. */
-  shutDown(): void {
+  /** The run was cut short: wakes every waiting reader. */
+  cutShort(): void {
     Bell.ringAlways(this.#resultBell, 0);
     // Directly too: a `waitAsync` wake-up does not keep the process alive,
     // and there may be nothing else left to (a module that failed to load).
@@ -208,17 +208,17 @@ export class ResultOutput implements ResultWaker {
       this.#throwIfFailed();
       const value = this.#take(leaf);
       if (value !== NONE) return value;
-      if (this.#ended(leaf)) {
-        // The input side ended the pipeline: the reader gets why, not the end.
+      if (this.#exhausted(leaf)) {
+        // The input side cut the run short: the reader gets why, not the end.
         if (this.#run.abortedBy !== null) throw this.#run.abortedBy.reason;
         if (await this.#callbacksRun()) continue;
-        if (this.#ended(null)) this.#readToEnd();
+        if (this.#exhausted(null)) this.#readToEnd();
         return null;
       }
       const counter = Bell.arm(this.#resultBell, 0);
       const again = this.#take(leaf);
       if (again !== NONE) return again;
-      if (this.#ended(leaf) || this.#run.failure !== null) continue;
+      if (this.#exhausted(leaf) || this.#run.failure !== null) continue;
       // Before sleeping, move the input on: its own wake-up could come late.
       this.#pump!.publish();
       this.#pump!.pump();
@@ -354,11 +354,11 @@ export class ResultOutput implements ResultWaker {
 
   #takeFrom(leaf: Leaf): unknown {
     if (leaf.head === leaf.end) {
-      if (leaf.ended) return NONE;
+      if (leaf.emptied) return NONE;
       this.#pump!.pump();
       if (leaf.link === null) return NONE;
       const count = leaf.link.claim(leaf.queue, this.#seqs, ClaimPolicy.READER);
-      if (count < 0) this.#endLeaf(leaf);
+      if (count < 0) this.#leafEmptied(leaf);
       if (count <= 0) return NONE;
       leaf.head = 0;
       leaf.end = count;
@@ -370,20 +370,20 @@ export class ResultOutput implements ResultWaker {
   }
 
   /** Every record of `leaf`'s link was taken: its rings are read no more. */
-  #endLeaf(leaf: Leaf): void {
-    leaf.ended = true;
+  #leafEmptied(leaf: Leaf): void {
+    leaf.emptied = true;
     leaf.link = null;
-    const drained = this.#onDrained;
-    if (drained !== null && this.#leaves.every((l) => l.ended)) {
-      this.#onDrained = null;
-      drained();
+    const emptied = this.#onEmptied;
+    if (emptied !== null && this.#leaves.every((l) => l.emptied)) {
+      this.#onEmptied = null;
+      emptied();
     }
   }
 
   /** Whether no result will ever come (from `leaf`, or from any leaf). */
-  #ended(leaf: Leaf | null): boolean {
+  #exhausted(leaf: Leaf | null): boolean {
     if (this.#run.terminated) return true;
-    const done = (l: Leaf) => l.ended && l.head === l.end;
+    const done = (l: Leaf) => l.emptied && l.head === l.end;
     return leaf !== null ? done(leaf) : this.#leaves.every(done) &&
       this.#leaves.length > 0;
   }
@@ -407,7 +407,8 @@ export class ResultOutput implements ResultWaker {
 class ResultIterator implements AsyncIterableIterator<unknown> {
   #take: () => unknown;
   #get: () => Promise<unknown>;
-  #finished = false;
+  /** It returned `done` (the end, an error or `return()`): it stays done. */
+  #done = false;
 
   constructor(take: () => unknown, get: () => Promise<unknown>) {
     this.#take = take;
@@ -415,7 +416,7 @@ class ResultIterator implements AsyncIterableIterator<unknown> {
   }
 
   next(): Promise<IteratorResult<unknown>> {
-    if (this.#finished) {
+    if (this.#done) {
       return Promise.resolve({ value: undefined, done: true });
     }
     const value = this.#take();
@@ -423,18 +424,18 @@ class ResultIterator implements AsyncIterableIterator<unknown> {
     return this.#get().then(
       (next): IteratorResult<unknown> => {
         if (next !== null) return { value: next, done: false };
-        this.#finished = true;
+        this.#done = true;
         return { value: undefined, done: true };
       },
       (error) => {
-        this.#finished = true;
+        this.#done = true;
         throw error;
       },
     );
   }
 
   return(): Promise<IteratorResult<unknown>> {
-    this.#finished = true;
+    this.#done = true;
     return Promise.resolve({ value: undefined, done: true });
   }
 

@@ -11,12 +11,12 @@ import type { StageError } from "../errors.ts";
 
 /** What the pipeline's parts may read of its state. */
 export interface RunView {
-  /** The failure that ended the pipeline, if one did. */
+  /** The failure that cut the run short, if one did. */
   readonly failure: StageError | null;
-  /** Whether `terminate()` ended the pipeline (or its input's abort, below). */
+  /** Whether `terminate()` cut the run short (or its input's abort, below). */
   readonly terminated: boolean;
   /**
-   * Why the input side ended the pipeline, if it did: the writable's
+   * Why the input side cut the run short, if it did: the writable's
    * `abort(reason)`, or a feed's source that threw. Readers get the reason
    * instead of the end, as the readable of a `TransformStream` does.
    */
@@ -37,8 +37,8 @@ export class RunState implements StopRequest {
   abortedBy: { reason: unknown } | null = null;
   stopRequested = false;
 
-  /** Whether the pipeline ended early: it failed or was terminated. */
-  get ended(): boolean {
+  /** Whether the run was cut short: the pipeline failed or was terminated. */
+  get cutShort(): boolean {
     return this.failure !== null || this.terminated;
   }
 }

@@ -117,7 +117,7 @@ export class SkipReports implements CallbackGate {
     reports.received[worker]! += count;
   }
 
-  /** Every worker of `stage` has exited: run what waits. */
+  /** Every worker of `stage` has exited by itself, after the stop: run what waits. */
   exited(stage: AnyStage): void {
     const reports = this.#stages.get(stage);
     if (reports !== undefined) this.#release(reports, Infinity);

@@ -21,7 +21,6 @@ import {
   workerError,
 } from "./stage_errors.ts";
 import type { WorkerConfig } from "../worker_thread/runtime.ts";
-import type { Arena } from "../shared_memory/arena.ts";
 import type { WorkerMessage } from "../worker_thread/scope.ts";
 import type { SkipReports } from "./skip_reports.ts";
 import { scriptUrl, stageWorkerScript } from "../worker_thread/script.ts";
@@ -66,8 +65,11 @@ const MAX_LOST_IN_ROW = 3;
 export interface SupervisorEvents {
   /** A worker failed the pipeline. */
   fail(error: StageError): void;
-  /** Every worker has exited, after the stop or a shutdown. */
-  exited(): void;
+  /**
+   * Every worker is gone: each exited by itself after the stop, or was
+   * killed (the run was cut short).
+   */
+  allGone(): void;
 }
 
 /** Starts, watches, replaces and kills the workers of a pipeline. */
@@ -82,11 +84,9 @@ export class Supervisor {
   /** Replaced workers whose last reports are still on their way (see #retire). */
   readonly #retiring = new Set<WorkerRecord>();
   #alive = 0;
-  /** Every worker exited by itself (not killed). */
+  /** Every worker exited by itself after the stop (none was killed). */
   #exitedAll = false;
   #watchdog: Watchdog | undefined;
-  /** The pipeline's arena, whose buffers a lost worker held go back (see #lost). */
-  arena: Arena | null = null;
 
   constructor(
     run: RunView,
@@ -144,14 +144,14 @@ export class Supervisor {
     }
   }
 
-  /** Kills every worker, even one asleep in `Atomics.wait`, and reports them exited. */
+  /** Kills every worker, even one asleep in `Atomics.wait`, and reports them all gone. */
   killAll(): void {
     for (const record of this.#workers) this.#kill(record);
     for (const record of this.#retiring) this.#endRetirement(record);
     this.#wakeSleepers(true);
     this.#workers = [];
     this.#alive = 0;
-    this.#allExited();
+    this.#allGone();
   }
 
   /** Starts one worker; `config.recover` says if it replaces a lost one. */
@@ -224,7 +224,7 @@ export class Supervisor {
           // Nothing is left to kill: forget the workers and their configs.
           this.#exitedAll = true;
           this.#workers = [];
-          this.#allExited();
+          this.#allGone();
         }
         break;
       }
@@ -257,11 +257,11 @@ export class Supervisor {
   }
 
   /**
-   * A worker ended without finishing (it called close() or Deno.exit(), threw
-   * outside a task, or ran a task past its timeout). The tasks it held are
-   * task failures: under onError "fail" they fail the pipeline. Otherwise,
-   * with `restart` (or after a timeout), a worker takes its place that first
-   * closes the tasks the lost one held, and each is counted and reported;
+   * A worker is lost: it died unasked (it called close() or Deno.exit(), or
+   * threw outside a task), or ran a task past its timeout. The tasks it held
+   * are task failures: under onError "fail" they fail the pipeline.
+   * Otherwise, with `restart` (or after a timeout), a worker takes its place
+   * that first settles the tasks the lost one held, and each is counted and reported;
    * without, the pipeline fails.
    */
   #lost(record: WorkerRecord, reason: string, cause: unknown): void {
@@ -301,7 +301,6 @@ export class Supervisor {
       );
     }
     this.#retire(record);
-    if (config.arena !== null) this.arena?.reap(config.arena.holder);
     // Readers of `skipped` load it at any time; other workers add to it too.
     Atomics.add(status.words, StageStatus.SKIPPED, held.length);
     // The place's figures, which the replacement goes on from: the dropped
@@ -407,9 +406,9 @@ export class Supervisor {
     }
   }
 
-  #allExited(): void {
+  #allGone(): void {
     this.#watchdog?.stop();
-    this.#events.exited();
+    this.#events.allGone();
   }
 }
 
@@ -449,7 +448,7 @@ function processed(status: StageStatus, index: number): number {
 
 /**
  * Learns the ordering of each `Stage` whose module target's is not known yet,
- * from the worker class it exports. `signal` (the pipeline ended) kills the
+ * from the worker class it exports. `signal` (the run was cut short) kills the
  * workers that import them: a module whose top level never ends must not
  * keep the process alive.
  */
@@ -502,7 +501,7 @@ async function inspectModule(
     name: `${stage.name} (inspect)`,
   });
   let answer: { ordered?: unknown; error?: unknown; errorName?: string };
-  let ended = () => {};
+  let stopWaiting = () => {};
   try {
     answer = await new Promise((resolve) => {
       worker.onmessage = (event) => resolve(event.data);
@@ -510,13 +509,13 @@ async function inspectModule(
         event.preventDefault();
         resolve({ error: event.error ?? event.message });
       };
-      // The pipeline ended: it no longer waits for the answer.
-      ended = () => resolve({});
-      signal.addEventListener("abort", ended, { once: true });
+      // The run was cut short: it no longer waits for the answer.
+      stopWaiting = () => resolve({});
+      signal.addEventListener("abort", stopWaiting, { once: true });
       worker.postMessage([shipped.specifier, shipped.exportName]);
     });
   } finally {
-    signal.removeEventListener("abort", ended);
+    signal.removeEventListener("abort", stopWaiting);
     worker.terminate();
   }
   if (signal.aborted) return;

@@ -2,8 +2,8 @@
  * The pipeline's input: the main thread as the only producer of the root
  * stage's input link. `put` encodes a task and writes it to the ring at once
  * when there is room; otherwise the task waits, in order, until room appears.
- * Writes are published in runs, since each publish moves the ring's head to
- * the consumers' cores.
+ * Writes are published several at a time, since each publish moves the
+ * ring's head to the consumers' cores.
  *
  * The main thread never blocks: it waits for room with `Atomics.waitAsync`.
  *
@@ -42,9 +42,9 @@ export interface InputPump {
  * tasks' bytes back to back in one buffer, and one promise that settles once
  * the last of them has entered. A waiting small task so costs its bytes and
  * its end offset, not a promise and closures of its own. A put with a
- * `signal`, a large task and the stop request wait in a run of their own.
+ * `signal`, a large task and the stop request wait in a bundle of their own.
  */
-class WaitingRun {
+class WaitingBundle {
   /** The encoded tasks back to back; null for the stop request. */
   bytes: Uint8Array | null;
   /** Where each task's bytes end in `bytes`. */
@@ -56,7 +56,7 @@ class WaitingRun {
   /** Whether that task holds a place in the root stage's bounded backlog. */
   inBacklog = false;
   /** Whether more puts may join. */
-  open: boolean;
+  joinable: boolean;
   /** Whether its put was withdrawn by its signal (it stays queued, skipped). */
   withdrawn = false;
   /** The arena allocations its task carries, one reference each, dropped if it is withdrawn. */
@@ -65,15 +65,15 @@ class WaitingRun {
   resolve!: () => void;
   reject!: (reason: unknown) => void;
 
-  constructor(bytes: Uint8Array | null, open: boolean) {
+  constructor(bytes: Uint8Array | null, joinable: boolean) {
     this.bytes = bytes;
-    this.open = open;
+    this.joinable = joinable;
     this.promise = WatchedPromise.create<void>((resolve, reject) => {
       this.resolve = resolve;
       this.reject = reject;
     });
-    // Code that awaits the run waits for its puts so far, not for later ones.
-    this.promise.onWatched = () => this.open = false;
+    // Code that awaits the bundle waits for its puts so far, not for later ones.
+    this.promise.onWatched = () => this.joinable = false;
   }
 
   /** Where the next task's bytes start. */
@@ -103,14 +103,14 @@ class WaitingRun {
   }
 }
 
-/** Tasks at most this large wait packed in a shared run; larger ones wait alone, uncopied. */
+/** Tasks at most this large wait packed in a shared bundle; larger ones wait alone, uncopied. */
 const PACKED_MAX = 16 * 1024;
-/** A run takes at most this many tasks, so its first put does not wait long for the last. */
-const RUN_TASKS = 4096;
-/** A run's buffer starts with this many bytes and doubles as tasks join. */
-const RUN_FIRST_BYTES = 256;
-/** A run takes no more tasks once its buffer holds this many bytes. */
-const RUN_BYTES = 256 * 1024;
+/** A bundle takes at most this many tasks, so its first put does not wait long for the last. */
+const BUNDLE_TASKS = 4096;
+/** A bundle's buffer starts with this many bytes and doubles as tasks join. */
+const BUNDLE_FIRST_BYTES = 256;
+/** A bundle takes no more tasks once its buffer holds this many bytes. */
+const BUNDLE_BYTES = 256 * 1024;
 
 /** What `put` returns for a task that entered at once: a caller may skip awaiting it. */
 export const ENTERED: Promise<void> = Promise.resolve();
@@ -129,14 +129,15 @@ export class TaskInput implements InputPump {
   /** The stop request's put, once it was put: `close()` returns it again. */
   #stop: Promise<void> | null = null;
   readonly #encoder = new Encoder();
-  /** Runs of puts that wait for room, in order. */
-  readonly #waiting = new Fifo<WaitingRun>();
+  /** Bundles of puts that wait for room, in order. */
+  readonly #waiting = new Fifo<WaitingBundle>();
   /** The waiting puts of each signal, and the one abort listener that withdraws them. */
   readonly #bySignal = new Map<
     AbortSignal,
-    { runs: Set<WaitingRun>; withdrawAll: () => void }
+    { bundles: Set<WaitingBundle>; withdrawAll: () => void }
   >();
-  #draining = false;
+  /** Whether `#pumpAsRoomAppears` runs (one loop at a time). */
+  #pumping = false;
   /** Records written to the input ring and not yet published. */
   #unpublished = 0;
   #publishTimer: ReturnType<typeof setTimeout> | undefined;
@@ -169,30 +170,27 @@ export class TaskInput implements InputPump {
     } catch (error) {
       return Promise.reject(error);
     }
-    const closed = this.#closed(task);
-    if (closed !== null) return closed;
+    const refusal = this.#refusal(task);
+    if (refusal !== null) return refusal;
     if (task === null) {
       const run = this.#run;
       run.stopRequested = true;
       const stop = this.#alone(null, 0, options);
-      this.#drain();
+      this.#pumpAsRoomAppears();
       return this.#stop = stop.promise;
     } else {
       const encoder = this.#encoder.idle();
-      const transfer = options !== undefined && options.transfer === true;
+      encoder.transfer = options?.transfer === true;
       let length: number;
       try {
-        if (transfer) encoder.transfer = true;
         length = encoder.encode(task);
       } catch (error) {
         return Promise.reject(error);
-      } finally {
-        if (transfer) encoder.transfer = false;
       }
-      // A getter of the task may have put the stop request, or ended the
-      // pipeline: the task must not enter after that end.
-      const closedWhileCopied = this.#closed(task);
-      if (closedWhileCopied !== null) return closedWhileCopied;
+      // A getter of the task may have put the stop request, or cut the run
+      // short: the task must not enter after that.
+      const refusedWhileCopied = this.#refusal(task);
+      if (refusedWhileCopied !== null) return refusedWhileCopied;
       const encoded = encoder.bytes;
       if (this.#waiting.length === 0 && this.#enterBacklog()) {
         const written = this.#ring.write(Ring.DATA, 0, encoded, 0, length);
@@ -205,25 +203,18 @@ export class TaskInput implements InputPump {
           return ENTERED;
         }
         this.#publishNow();
-        const run = this.#alone(encoder.takeBytes(), length, options);
-        run.written = written;
-        run.inBacklog = true;
-        this.#drain();
-        return run.promise;
+        const bundle = this.#alone(encoder.takeBytes(), length, options);
+        bundle.written = written;
+        bundle.inBacklog = true;
+        this.#pumpAsRoomAppears();
+        return bundle.promise;
       }
       return this.#enqueue(encoder, length, options);
     }
   }
 
-  /** The references the task just encoded carries, for a put that may be withdrawn (null: none). */
-  static #refs(encoder: Encoder): number[] | null {
-    return encoder.arenaStarts.length === 0
-      ? null
-      : encoder.arenaStarts.slice();
-  }
-
   /** The rejection of a put of `task` once the pipeline takes no more tasks, or null. */
-  #closed(task: unknown): Promise<void> | null {
+  #refusal(task: unknown): Promise<void> | null {
     const run = this.#run;
     if (run.failure !== null) {
       return WatchedPromise.rejected(
@@ -268,11 +259,11 @@ export class TaskInput implements InputPump {
     return this.#fullMs;
   }
 
-  /** Rejects every waiting task with `reason` and stops waiting for room (the pipeline ended). */
-  shutDown(reason: unknown): void {
+  /** The run was cut short: rejects every waiting put with `reason` and stops waiting for room. */
+  cutShort(reason: unknown): void {
     clearTimeout(this.#publishTimer);
     const failed = reason === this.#run.failure;
-    // One rejection per run, not per put: O(runs).
+    // One rejection per bundle, not per put: O(bundles).
     for (const waiting of this.#waiting.clear()) {
       if (waiting.withdrawn) continue;
       // A put that code awaits sees the failure; one that nobody awaits may
@@ -283,13 +274,13 @@ export class TaskInput implements InputPump {
       }
       waiting.reject(reason);
     }
-    // Wake the drain loop, which then sees the end.
+    // Wake the pump loop, which then sees the end.
     Bell.ringAlways(this.#ring.control, Ring.SPACE_BELL);
     Bell.ringAlways(this.#rootControl, InputLink.SPACE_BELL);
   }
 
   /**
-   * Queues the task `encoder` just encoded (`length` bytes), in the open run
+   * Queues the task `encoder` just encoded (`length` bytes), in the last bundle
    * at the end if it may join.
    */
   #enqueue(
@@ -297,35 +288,36 @@ export class TaskInput implements InputPump {
     length: number,
     options: PutOptions | undefined,
   ): Promise<void> {
-    let run = this.#waiting.last;
+    let bundle = this.#waiting.last;
     if (
       length > PACKED_MAX || length > this.#ring.maxPayload ||
       options?.signal !== undefined
     ) {
-      const refs = TaskInput.#refs(encoder);
-      run = this.#alone(encoder.takeBytes(), length, options);
-      run.refs = refs;
+      bundle = this.#alone(encoder.takeBytes(), length, options);
+      // The references of a put its signal may withdraw.
+      if (encoder.arenaStarts.length) bundle.refs = encoder.arenaStarts.slice();
     } else {
       const encoded = encoder.bytes;
       if (
-        run === undefined || !run.open || run.ends.length === RUN_TASKS ||
-        run.size + length > RUN_BYTES
+        bundle === undefined || !bundle.joinable ||
+        bundle.ends.length === BUNDLE_TASKS ||
+        bundle.size + length > BUNDLE_BYTES
       ) {
-        if (run !== undefined) run.open = false;
-        run = new WaitingRun(
-          new Uint8Array(Math.max(RUN_FIRST_BYTES, length)),
+        if (bundle !== undefined) bundle.joinable = false;
+        bundle = new WaitingBundle(
+          new Uint8Array(Math.max(BUNDLE_FIRST_BYTES, length)),
           true,
         );
-        this.#waiting.push(run);
+        this.#waiting.push(bundle);
       }
-      run.append(encoded, length);
+      bundle.append(encoded, length);
     }
-    this.#drain();
-    return run.promise;
+    this.#pumpAsRoomAppears();
+    return bundle.promise;
   }
 
   /**
-   * Queues a run of one: a large task (`bytes[0, length)`, not copied again),
+   * Queues a bundle of one: a large task (`bytes[0, length)`, not copied again),
    * the stop request (null), or a put with a signal, which its abort may
    * withdraw.
    */
@@ -333,70 +325,69 @@ export class TaskInput implements InputPump {
     bytes: Uint8Array | null,
     length: number,
     options: PutOptions | undefined,
-  ): WaitingRun {
+  ): WaitingBundle {
     const last = this.#waiting.last;
-    if (last !== undefined) last.open = false;
-    const run = new WaitingRun(bytes, false);
-    if (bytes !== null) run.ends.push(length);
-    this.#waiting.push(run);
+    if (last !== undefined) last.joinable = false;
+    const bundle = new WaitingBundle(bytes, false);
+    if (bytes !== null) bundle.ends.push(length);
+    this.#waiting.push(bundle);
     const signal = options?.signal;
     if (signal !== undefined) {
       // One listener per signal, not per put: an EventTarget scans its
       // listeners on every add and remove, so many puts waiting on one
       // signal would cost O(n^2).
       const listened = this.#bySignal.get(signal) ?? this.#listen(signal);
-      const { runs } = listened;
-      runs.add(run);
+      const { bundles } = listened;
+      bundles.add(bundle);
       // A signal may outlive many puts (feed's): each settled put leaves its
       // set, and the last takes the listener off.
       const forget = () => {
-        if (!runs.delete(run) || runs.size !== 0) return;
-        if (this.#bySignal.get(signal)?.runs === runs) {
+        if (!bundles.delete(bundle) || bundles.size !== 0) return;
+        if (this.#bySignal.get(signal)?.bundles === bundles) {
           this.#bySignal.delete(signal);
           signal.removeEventListener("abort", listened.withdrawAll);
         }
       };
-      const { resolve, reject } = run;
-      run.resolve = () => {
+      const { resolve, reject } = bundle;
+      bundle.resolve = () => {
         forget();
         resolve();
       };
-      run.reject = (reason) => {
+      bundle.reject = (reason) => {
         forget();
         reject(reason);
       };
     }
-    return run;
+    return bundle;
   }
 
   /** Listens for `signal`'s abort, which withdraws its waiting puts. */
   #listen(
     signal: AbortSignal,
-  ): { runs: Set<WaitingRun>; withdrawAll: () => void } {
-    const runs = new Set<WaitingRun>();
+  ): { bundles: Set<WaitingBundle>; withdrawAll: () => void } {
+    const bundles = new Set<WaitingBundle>();
     const withdrawAll = () => {
       this.#bySignal.delete(signal);
-      for (const run of runs) this.#withdraw(run, signal.reason);
+      for (const bundle of bundles) this.#withdraw(bundle, signal.reason);
     };
-    const listened = { runs, withdrawAll };
+    const listened = { bundles, withdrawAll };
     this.#bySignal.set(signal, listened);
     signal.addEventListener("abort", withdrawAll, { once: true });
     return listened;
   }
 
-  /** Withdraws `run`, whose signal aborted with `reason`, unless some of its bytes were written. */
-  #withdraw(run: WaitingRun, reason: unknown): void {
-    if (run.written !== 0) return;
-    run.withdrawn = true;
-    if (run.inBacklog) {
+  /** Withdraws `bundle`, whose signal aborted with `reason`, unless some of its bytes were written. */
+  #withdraw(bundle: WaitingBundle, reason: unknown): void {
+    if (bundle.written !== 0) return;
+    bundle.withdrawn = true;
+    if (bundle.inBacklog) {
       // Give back the place it held; no worker will start it.
       Atomics.sub(this.#rootControl, InputLink.BACKLOG, 1);
     }
-    if (run.bytes === null) this.#run.stopRequested = false;
+    if (bundle.bytes === null) this.#run.stopRequested = false;
     // Its buffers go back: no ring holds the record.
-    const arena = this.#encoder.arena;
-    if (run.refs !== null) { for (const start of run.refs) arena!.drop(start); }
-    run.reject(reason);
+    for (const start of bundle.refs ?? []) this.#encoder.arena!.drop(start);
+    bundle.reject(reason);
   }
 
   /**
@@ -404,9 +395,9 @@ export class TaskInput implements InputPump {
    * (see `ResultOutput`), because a `waitAsync` wake-up is a macrotask that
    * cannot run while results keep the microtask queue busy.
    */
-  async #drain(): Promise<void> {
-    if (this.#draining) return;
-    this.#draining = true;
+  async #pumpAsRoomAppears(): Promise<void> {
+    if (this.#pumping) return;
+    this.#pumping = true;
     try {
       while (this.#waiting.length > 0 && this.#run.failure === null) {
         // Arm both bells before the last try, so no release is missed.
@@ -432,7 +423,7 @@ export class TaskInput implements InputPump {
         this.#fullMs += performance.now() - waitedFrom;
       }
     } finally {
-      this.#draining = false;
+      this.#pumping = false;
     }
   }
 
@@ -450,46 +441,46 @@ export class TaskInput implements InputPump {
     const waiting = this.#waiting;
     let progress = false;
     for (;;) {
-      const run = waiting.first;
-      if (run === undefined) break;
-      if (run.withdrawn) {
+      const bundle = waiting.first;
+      if (bundle === undefined) break;
+      if (bundle.withdrawn) {
         waiting.shift();
         continue;
       }
-      if (!run.inBacklog) {
+      if (!bundle.inBacklog) {
         if (!this.#enterBacklog()) break;
-        run.inBacklog = true;
+        bundle.inBacklog = true;
       }
-      const bytes = run.bytes;
+      const bytes = bundle.bytes;
       let complete: boolean;
       if (bytes === null) complete = ring.writeEmpty(Ring.STOP, 0);
       else {
-        const start = run.start;
-        const end = run.ends[run.next]!;
+        const start = bundle.start;
+        const end = bundle.ends[bundle.next]!;
         if (end - start <= ring.maxPayload) {
           complete = ring.writeRecord(Ring.DATA, 0, bytes, start, end);
         } else {
           // A large task waits alone (start 0) and goes in fragments.
-          const before = run.written;
-          run.written = ring.write(Ring.DATA, 0, bytes, before, end);
-          complete = run.written === end;
-          progress ||= run.written !== before;
+          const before = bundle.written;
+          bundle.written = ring.write(Ring.DATA, 0, bytes, before, end);
+          complete = bundle.written === end;
+          progress ||= bundle.written !== before;
         }
       }
       if (!complete) break;
       progress = true;
-      run.inBacklog = false;
-      run.written = 0;
-      if (bytes === null || ++run.next === run.ends.length) {
-        // Every task of the run entered: settle its puts. A run still open
-        // could take more tasks, so it closes here.
-        run.open = false;
+      bundle.inBacklog = false;
+      bundle.written = 0;
+      if (bytes === null || ++bundle.next === bundle.ends.length) {
+        // Every task of the bundle entered: settle its puts. A bundle still
+        // joinable could take more tasks: no more may join now.
+        bundle.joinable = false;
         waiting.shift();
         // A large task's buffer is freed now, not at the next major GC.
         if (bytes !== null && bytes.length > Encoder.KEEP_BYTES) {
           Encoder.free(bytes.buffer as ArrayBuffer);
         }
-        run.resolve();
+        bundle.resolve();
       }
       if (bytes !== null) this.#entered++;
     }
@@ -503,14 +494,14 @@ export class TaskInput implements InputPump {
   }
 
   /**
-   * Publishes a run of puts at once: every PUBLISH_EVERY records, at once if
+   * Publishes several writes at once: every PUBLISH_EVERY records, at once if
    * the root's workers sleep, and otherwise before the main thread waits or at
    * the next macrotask. Each publish moves the head's cache line to the
    * consumers, so one per record would cost the producer dearly.
    */
   #publishSoon(): void {
     // The flag is a hint, read plainly (an Atomics call is a builtin call in
-    // V8): a stale read only delays this publish to the next run or the timer.
+    // V8): a stale read only delays this publish to the next put or the timer.
     if (
       ++this.#unpublished >= PUBLISH_EVERY ||
       this.#rootControl[InputLink.BELL + Bell.WAITING] !== 0

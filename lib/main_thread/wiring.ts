@@ -212,7 +212,7 @@ export class Wiring {
     const holdOne = state.restart || Number.isFinite(state.taskTimeout);
     const filter = this.#filterConfig(stage);
     // A remote stage runs one stand-in worker that keeps `size` tasks in
-    // flight on its cluster (see remote.ts).
+    // flight on its cluster (see stage/cluster.ts).
     const standIn = state.standIn;
     const target: ShippedTarget = standIn === null ? state.shipped : {
       kind: "module",
@@ -339,7 +339,7 @@ export class Wiring {
    * words. Call only once nothing will read or write them again: every
    * worker exited after passing the stop on, the main thread read every
    * leaf ring to its end, and the input will write nothing more (its stop
-   * request was written, and it is not shut down afterwards).
+   * request was written, and the run is not cut short afterwards).
    */
   release(): void {
     const rings = new Set<ArrayBufferLike>(this.#rings);

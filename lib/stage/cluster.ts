@@ -1,19 +1,19 @@
 /**
- * Remote stages: the interface a stage's `cluster` option takes, and how a
- * pipeline hands its remote stages to their clusters.
+ * Remote stages: the contract a stage's `cluster` option takes (what a
+ * cluster must offer, and how a remote stage and its failures are described).
+ * The main thread opens the runs (`lib/main_thread/cluster_runs.ts`).
  *
  * A pipeline stands in for a remote stage with one local worker of its own
  * kind: a module target that the cluster names (for JetStream,
- * `lib/jetstream/bridge.ts`), run with `concurrency` = the stage's size. Each
- * of its tasks settles when the task's result comes back from the machine
- * that ran it, so the engine's rings, ordering, backpressure, stop and error
- * handling apply to remote stages unchanged. This file keeps the package
- * free of any cluster's client: it only names what a cluster must offer.
+ * `lib/jetstream/coordinator/bridge.ts`), run with `concurrency` = the
+ * stage's size. Each of its tasks settles when the task's result comes back
+ * from the machine that ran it, so the engine's rings, ordering,
+ * backpressure, stop and error handling apply to remote stages unchanged.
+ * This file keeps the package free of any cluster's client: it only names
+ * what a cluster must offer.
  *
  * @module
  */
-
-import { type AnyStage, internalsOf } from "./internals.ts";
 
 /**
  * A place other than this process's Web Workers to run stages, given to a
@@ -90,7 +90,7 @@ export interface ClusterRun {
    * stage, with `concurrency` = the stage's size; each `doTask` returns a
    * Promise of the task's result from the cluster. (A stand-in may instead
    * take its tasks in batches, as encoded: see `SendTasks` in
-   * `batch_runner.ts`, which `JetStreamCluster`'s does.)
+   * `lib/worker_thread/batch_runner.ts`, which `JetStreamCluster`'s does.)
    *
    * @param index The stage's index in the array given to `openRun`.
    * @returns The module's URL and the class's arguments.
@@ -222,39 +222,4 @@ export function remoteFailure(error: unknown): RemoteFailure | null {
       typeof remote.host === "string"
     ? error as RemoteFailure
     : null;
-}
-
-/**
- * Opens a run on each cluster that `stages` use, and records each remote
- * stage's stand-in worker in its internals. Returns the runs, for the
- * pipeline to close when it is done.
- */
-export function openClusterRuns(stages: readonly AnyStage[]): ClusterRun[] {
-  const byCluster = new Map<Cluster, AnyStage[]>();
-  for (const stage of stages) {
-    const cluster = internalsOf(stage).cluster;
-    if (cluster === null) continue;
-    const list = byCluster.get(cluster) ?? [];
-    list.push(stage);
-    byCluster.set(cluster, list);
-  }
-  const runs: ClusterRun[] = [];
-  for (const [cluster, remote] of byCluster) {
-    const run = cluster.openRun(remote.map((stage) => {
-      const state = internalsOf(stage);
-      return {
-        name: stage.name,
-        target: state.shipped,
-        size: stage.size,
-        concurrency: state.concurrency,
-        args: state.args,
-        taskTimeout: state.taskTimeout,
-      };
-    }));
-    runs.push(run);
-    remote.forEach((stage, index) => {
-      internalsOf(stage).standIn = run.standIn(index);
-    });
-  }
-  return runs;
 }

@@ -10,8 +10,15 @@
  */
 
 import { OrderedStage, Stage } from "./stage.ts";
-import { type AnyStage, internalsOf } from "./internals.ts";
-import { describe } from "./target.ts";
+import { internalsOf } from "./internals.ts";
+import {
+  checkBoolean,
+  checkName,
+  checkObject,
+  checkOptionNames,
+  checkPositiveInteger,
+  describe,
+} from "../checks.ts";
 
 /**
  * Options of a `FilterStage`.
@@ -36,7 +43,7 @@ import { describe } from "./target.ts";
 export interface FilterStageOptions {
   /**
    * A task enters a sub-pipeline only while it holds fewer than this many
-   * tasks (tasks put in, less results drained out); others are shed.
+   * tasks (tasks put in, less results read out); others are shed.
    * @default {1}
    */
   maxTasks?: number;
@@ -77,7 +84,7 @@ const OPTION_NAMES = [
  * A stage that passes each task into every sub-pipeline that holds fewer than
  * `maxTasks` tasks, sheds it from the others, and for every task — shed or
  * not — puts one result: `[task, results]`, where `results` holds the latest
- * result drained from each sub-pipeline since the previous task (or, with
+ * result read from each sub-pipeline since the previous task (or, with
  * `cacheResults`, its last result ever), or just `task` with `dropResults`.
  *
  * @typeParam I The type of the tasks.
@@ -137,7 +144,7 @@ export class FilterStage<I, R = unknown, O = [task: I, results: R[]]>
           `FilterStage: 'stages' must hold Stages, got ${describe(sub)}`,
         );
       }
-      const state = internalsOf(sub as unknown as AnyStage);
+      const state = internalsOf(sub);
       if (state.previous.length > 0 || state.owner !== null) {
         throw new TypeError(
           `FilterStage: stage '${sub.name}' is linked from another stage or belongs to a pipeline: each filtered stage must be the root of its own sub-pipeline`,
@@ -155,47 +162,12 @@ export class FilterStage<I, R = unknown, O = [task: I, results: R[]]>
 }
 
 function checkFilterOptions(options: unknown): FilterStageOptions {
-  if (typeof options !== "object" || options === null) {
-    throw new TypeError(
-      `FilterStage: 'options' must be an object, got ${describe(options)}`,
-    );
-  }
-  const o = options as Record<string, unknown>;
-  for (const key of Object.keys(o)) {
-    if (!OPTION_NAMES.includes(key)) {
-      throw new TypeError(
-        `FilterStage: 'options.${key}' is not a filter option; the options are ${
-          OPTION_NAMES.join(", ")
-        }`,
-      );
-    }
-  }
+  const o = checkObject("FilterStage", "options", options);
+  checkOptionNames("FilterStage", o, OPTION_NAMES, "filter");
   for (const key of ["dropResults", "cacheResults", "doStopTask"]) {
-    if (o[key] !== undefined && typeof o[key] !== "boolean") {
-      throw new TypeError(
-        `FilterStage: 'options.${key}' must be a boolean, got ${
-          describe(o[key])
-        }`,
-      );
-    }
+    checkBoolean("FilterStage", `options.${key}`, o[key]);
   }
-  if (o.name !== undefined && (typeof o.name !== "string" || o.name === "")) {
-    throw new TypeError(
-      `FilterStage: 'options.name' must be a non-empty string, got ${
-        describe(o.name)
-      }`,
-    );
-  }
-  if (
-    o.maxTasks !== undefined &&
-    !(typeof o.maxTasks === "number" && Number.isInteger(o.maxTasks) &&
-      o.maxTasks >= 1)
-  ) {
-    throw new RangeError(
-      `FilterStage: 'options.maxTasks' must be a positive integer, got ${
-        describe(o.maxTasks)
-      }`,
-    );
-  }
+  checkName("FilterStage", "options.name", o.name);
+  checkPositiveInteger("FilterStage", "options.maxTasks", o.maxTasks);
   return o as FilterStageOptions;
 }

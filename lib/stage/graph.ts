@@ -6,7 +6,7 @@
  * @module
  */
 
-import { describe } from "./target.ts";
+import { describe } from "../checks.ts";
 import { type AnyStage, internalsOf, workersOf } from "./internals.ts";
 
 /** Whether `to` is reachable from `from` by links (so linking `to` to `from` would make a cycle). */

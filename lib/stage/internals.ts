@@ -8,13 +8,21 @@
 
 import type { StageError } from "../errors.ts";
 import type { Cluster } from "./cluster.ts";
-import type { GetOptions, Stage } from "./stage.ts";
+import type { GetOptions } from "./stage_options.ts";
 import type { StageStatus } from "../shared_memory/status.ts";
 import type { ShippedTarget } from "./target.ts";
 import type { StagePermissions } from "./permissions.ts";
 
-/** A stage of any task and result type, as the pipeline's parts handle it. */
-export type AnyStage = Stage<never, unknown>;
+/**
+ * A stage of any task and result type, as the pipeline's parts handle it:
+ * its public face, whose settings and links `internalsOf` gives. Every
+ * `Stage` is one (declared here, below `stage.ts`, so that the files
+ * `stage.ts` imports need not import it back).
+ */
+export interface AnyStage {
+  readonly name: string;
+  readonly size: number;
+}
 
 /** What a built pipeline offers its stages. */
 export interface StageOwner {

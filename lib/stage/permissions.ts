@@ -11,7 +11,7 @@
  * @module
  */
 
-import { describe } from "./target.ts";
+import { describe } from "../checks.ts";
 
 /**
  * One kind of permission of a sandboxed stage: inherited, all or nothing, or a list.

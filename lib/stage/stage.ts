@@ -15,37 +15,17 @@ import {
   checkStageOptions,
   cloneArgs,
   defaultName,
+  type GetOptions,
   type StageOptions,
 } from "./stage_options.ts";
-import { describe, shipTarget } from "./target.ts";
+import { checkPositiveInteger, describe } from "../checks.ts";
+import { shipTarget } from "./target.ts";
 import type {
   ModuleTarget,
   Target,
   TaskFunction,
   WorkerClass,
 } from "./target.ts";
-
-/**
- * Options for reading results.
- *
- * @example Usage
- * ```ts
- * import { type GetOptions, OrderedStage, Pipeline } from "@mpipe/mpipe";
- * import assert from "node:assert/strict";
- *
- * const pipe = new Pipeline(new OrderedStage((x: number) => x));
- * const options: GetOptions = { timeout: 50 };
- * // Nothing was put: the read gives up after 50 ms, and loses nothing.
- * await assert.rejects(pipe.get(options), { name: "TimeoutError" });
- * pipe.terminate();
- * ```
- */
-export interface GetOptions {
-  /** Give up after this many milliseconds with a `TimeoutError` `DOMException`; nothing is lost. */
-  timeout?: number;
-  /** Give up when this signal aborts, with its reason; nothing is lost. */
-  signal?: AbortSignal;
-}
 
 /**
  * A stage of identical workers running a worker class: ordered if the class
@@ -109,11 +89,7 @@ export class Stage<I, O, R = never> {
     options: StageOptions = {},
   ) {
     const kind = new.target === Stage ? "Stage" : new.target.name;
-    if (typeof size !== "number" || !Number.isInteger(size) || size < 1) {
-      throw new RangeError(
-        `${kind}: 'size' must be a positive integer, got ${describe(size)}`,
-      );
-    }
+    checkPositiveInteger(kind, "size", size);
     const checked = checkStageOptions(kind, options);
     const { shipped, ordered, isClass } = shipTarget(target, kind);
     const classOnly = !(this instanceof OrderedStage ||
@@ -157,13 +133,13 @@ export class Stage<I, O, R = never> {
 
   /** Tasks this stage has dropped: by its `onError` policy, past `taskTimeout`, or held by a lost worker. */
   get skipped(): number {
-    const status = internalsOf(this as unknown as AnyStage).status;
+    const status = internalsOf(this).status;
     return status === null ? 0 : status.skipped;
   }
 
   /** Whether the stage keeps the order of its tasks (undefined until a module target is loaded). */
   get ordered(): boolean | undefined {
-    return internalsOf(this as unknown as AnyStage).ordered;
+    return internalsOf(this).ordered;
   }
 
   /**
@@ -188,9 +164,8 @@ export class Stage<I, O, R = never> {
         `Stage '${this.name}': 'next' must be a Stage, got ${describe(next)}`,
       );
     }
-    const self = this as unknown as AnyStage;
-    const other = next as unknown as AnyStage;
-    const mine = internalsOf(self);
+    const other: AnyStage = next;
+    const mine = internalsOf(this);
     const theirs = internalsOf(other);
     if (mine.owner !== null || theirs.owner !== null) {
       throw new TypeError(
@@ -199,19 +174,19 @@ export class Stage<I, O, R = never> {
         } already belongs to a built pipeline; link stages before creating the Pipeline`,
       );
     }
-    if (other === self) {
+    if (other === this as AnyStage) {
       throw new TypeError(
         `Stage '${this.name}' cannot be linked to itself`,
       );
     }
-    if (reaches(other, self)) {
+    if (reaches(other, this)) {
       throw new TypeError(
         `Linking stage '${this.name}' to stage '${next.name}' would make a cycle: '${next.name}' already leads to '${this.name}'`,
       );
     }
     if (!mine.next.includes(other)) {
       mine.next.push(other);
-      theirs.previous.push(self);
+      theirs.previous.push(this);
     }
     return this;
   }
@@ -227,7 +202,7 @@ export class Stage<I, O, R = never> {
    */
   get(options?: GetOptions): Promise<O | null> {
     return this.#owner().getFrom(
-      this as unknown as AnyStage,
+      this,
       options,
     ) as Promise<O | null>;
   }
@@ -241,13 +216,13 @@ export class Stage<I, O, R = never> {
    */
   results(options?: GetOptions): AsyncIterableIterator<O> {
     return this.#owner().resultsFrom(
-      this as unknown as AnyStage,
+      this,
       options,
     ) as AsyncIterableIterator<O>;
   }
 
   #owner(): StageOwner {
-    const owner = internalsOf(this as unknown as AnyStage).owner;
+    const owner = internalsOf(this).owner;
     if (owner === null) {
       throw new TypeError(
         `Stage '${this.name}' has no results to read: create a Pipeline with it first`,
@@ -340,4 +315,11 @@ export class UnorderedStage<I, O> extends Stage<I, O> {
 }
 
 /** Re-exported here so stage users find the target and option types beside the stages. */
-export type { ModuleTarget, StageOptions, Target, TaskFunction, WorkerClass };
+export type {
+  GetOptions,
+  ModuleTarget,
+  StageOptions,
+  Target,
+  TaskFunction,
+  WorkerClass,
+};

@@ -1,5 +1,6 @@
 /**
- * The options of a stage: their type, their checks and their defaults.
+ * The options of a stage (their type, their checks and their defaults), and
+ * the options of reading its results.
  *
  * @module
  */
@@ -7,7 +8,14 @@
 import type { StageError } from "../errors.ts";
 import { checkPermissions, type StagePermissions } from "./permissions.ts";
 import type { Cluster } from "./cluster.ts";
-import { describe } from "./target.ts";
+import {
+  checkBoolean,
+  checkName,
+  checkObject,
+  checkOptionNames,
+  checkPositiveInteger,
+  describe,
+} from "../checks.ts";
 
 /**
  * Options of a stage.
@@ -127,6 +135,28 @@ export interface StageOptions {
   cluster?: Cluster | null;
 }
 
+/**
+ * Options for reading results.
+ *
+ * @example Usage
+ * ```ts
+ * import { type GetOptions, OrderedStage, Pipeline } from "@mpipe/mpipe";
+ * import assert from "node:assert/strict";
+ *
+ * const pipe = new Pipeline(new OrderedStage((x: number) => x));
+ * const options: GetOptions = { timeout: 50 };
+ * // Nothing was put: the read gives up after 50 ms, and loses nothing.
+ * await assert.rejects(pipe.get(options), { name: "TimeoutError" });
+ * pipe.terminate();
+ * ```
+ */
+export interface GetOptions {
+  /** Give up after this many milliseconds with a `TimeoutError` `DOMException`; nothing is lost. */
+  timeout?: number;
+  /** Give up when this signal aborts, with its reason; nothing is lost. */
+  signal?: AbortSignal;
+}
+
 const OPTION_NAMES = [
   "name",
   "disableResult",
@@ -146,33 +176,16 @@ export function checkStageOptions(
   kind: string,
   options: unknown,
 ): StageOptions {
-  if (typeof options !== "object" || options === null) {
-    throw new TypeError(
-      `${kind}: 'options' must be an object, got ${describe(options)}`,
-    );
-  }
-  const o = options as Record<string, unknown>;
-  for (const key of Object.keys(o)) {
-    if (!OPTION_NAMES.includes(key)) {
-      throw new TypeError(
-        `${kind}: 'options.${key}' is not a stage option; the options are ${
-          OPTION_NAMES.join(", ")
-        }`,
-      );
-    }
-  }
+  const o = checkObject(kind, "options", options);
+  checkOptionNames(kind, o, OPTION_NAMES, "stage");
   const fail = (key: string, what: string) => {
     throw new TypeError(
       `${kind}: 'options.${key}' must be ${what}, got ${describe(o[key])}`,
     );
   };
-  if (o.name !== undefined && (typeof o.name !== "string" || o.name === "")) {
-    fail("name", "a non-empty string");
-  }
+  checkName(kind, "options.name", o.name);
   for (const key of ["disableResult", "doStopTask", "restart"]) {
-    if (o[key] !== undefined && typeof o[key] !== "boolean") {
-      fail(key, "a boolean");
-    }
+    checkBoolean(kind, `options.${key}`, o[key]);
   }
   if (o.args !== undefined && !Array.isArray(o.args)) fail("args", "an array");
   if (
@@ -192,17 +205,7 @@ export function checkStageOptions(
       );
     }
   }
-  if (
-    o.concurrency !== undefined &&
-    !(typeof o.concurrency === "number" && Number.isInteger(o.concurrency) &&
-      o.concurrency >= 1)
-  ) {
-    throw new RangeError(
-      `${kind}: 'options.concurrency' must be a positive integer, got ${
-        describe(o.concurrency)
-      }`,
-    );
-  }
+  checkPositiveInteger(kind, "options.concurrency", o.concurrency);
   if (o.permissions !== undefined) checkPermissions(kind, o.permissions);
   if (o.cluster !== undefined && o.cluster !== null) {
     if (

@@ -8,6 +8,7 @@
  * @module
  */
 
+import { describe } from "../checks.ts";
 import { OrderedWorker, TaskWorker, UnorderedWorker } from "./worker.ts";
 
 /**
@@ -228,13 +229,4 @@ function resolveSpecifier(specifier: URL | string): string {
   const cwd = Deno.cwd().replaceAll("\\", "/");
   return new URL(specifier, `file://${cwd.startsWith("/") ? "" : "/"}${cwd}/`)
     .href;
-}
-
-/** Describes a value for an error message: its type, and itself if short. */
-export function describe(value: unknown): string {
-  if (typeof value === "string") return JSON.stringify(value);
-  if (typeof value === "function") return `function ${value.name}`;
-  if (value === null || typeof value !== "object") return String(value);
-  if (Array.isArray(value)) return "an array";
-  return `an object (${Object.prototype.toString.call(value).slice(8, -1)})`;
 }

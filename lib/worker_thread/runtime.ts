@@ -423,14 +423,15 @@ export class WorkerRuntime implements TaskHost, BatchHost {
     const refs = this.#refs;
     if (refs === null) return;
     this.#refs = null;
-    // A worker whose place was taken writes nothing: the main thread
+    // A worker whose place was taken writes nothing: its replacement
     // releases what it held.
-    Bell.checkRevoked();
+    Bell.checkKilled();
     this.arena!.releaseAll(refs);
   }
 
   /** `this.alloc(n)` in a task: a view on the arena, or an ordinary array when it has no room. */
   #alloc(n: number): Uint8Array {
+    Bell.checkKilled();
     if (typeof n !== "number" || !Number.isInteger(n) || n < 0) {
       throw new RangeError(
         `alloc: 'n' must be a non-negative integer, got ${String(n)}`,
@@ -549,6 +550,8 @@ export class WorkerRuntime implements TaskHost, BatchHost {
 
   /** Closes the tasks a lost worker held, so an ordered merge does not wait for them. */
   #recover({ tasks, to }: { tasks: number[]; to: number }): void {
+    // The arena buffers the lost worker held go back (it writes no more).
+    if (this.arena !== null) this.arena.reap(this.config.arena!.holder);
     if (this.config.ordered && !this.config.disableResult) {
       for (const seq of tasks) this.output.putEmpty(Ring.END | Ring.LAST, seq);
     }

@@ -12,6 +12,7 @@
 
 import type { Cluster, ClusterRun, RemoteStage } from "../../stage/cluster.ts";
 import type { BridgeConfig } from "./bridge.ts";
+import { checkOptionNames } from "../../checks.ts";
 import {
   type JetStreamManager,
   jetstreamManager,
@@ -420,15 +421,7 @@ function checkClusterOptions(options: unknown): JetStreamClusterOptions {
     "maxBatch",
     "signingKey",
   ];
-  for (const key of Object.keys(checked)) {
-    if (!known.includes(key)) {
-      throw new TypeError(
-        `JetStreamCluster.connect: 'options.${key}' is not an option; the options are ${
-          known.join(", ")
-        }`,
-      );
-    }
-  }
+  checkOptionNames("JetStreamCluster.connect", checked, known);
   const positive = (key: "ackWait" | "maxAttempts" | "maxBatch", min = 1) => {
     const value = checked[key];
     if (

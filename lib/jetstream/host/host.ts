@@ -33,6 +33,7 @@
 import { UnorderedStage } from "../../stage/stage.ts";
 import { Pipeline } from "../../pipeline.ts";
 import type { StageError } from "../../errors.ts";
+import { checkOptionNames } from "../../checks.ts";
 import { ensureStagesStream } from "../coordinator/cluster.ts";
 import type { HostResult, HostStage, HostTask } from "./host_worker.ts";
 import {
@@ -1078,15 +1079,7 @@ function checkHostOptions(options: unknown): WorkerHostOptions {
     "allowTargets",
     "hostName",
   ];
-  for (const key of Object.keys(checked)) {
-    if (!known.includes(key)) {
-      throw new TypeError(
-        `WorkerHost.start: 'options.${key}' is not an option; the options are ${
-          known.join(", ")
-        }`,
-      );
-    }
-  }
+  checkOptionNames("WorkerHost.start", checked, known);
   const workers = checked.workers;
   if (
     workers !== undefined &&
