@@ -44,7 +44,10 @@
  */
 
 import { parseArgs } from "node:util";
-import { WorkerHost, type WorkerHostOptions } from "./lib/jetstream/host/host.ts";
+import {
+  WorkerHost,
+  type WorkerHostOptions,
+} from "./lib/jetstream/host/host.ts";
 import { generateKeys } from "./lib/jetstream/protocol.ts";
 
 const USAGE =

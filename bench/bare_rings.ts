@@ -48,7 +48,7 @@ function loop(
     }
     const value = input.view.getInt32(at + Ring.FRAME_BYTES, true);
     input.advance();
-    input.endRead();
+    input.releaseRead();
     view.setInt32(0, data.op === 1 ? value + 1 : value * 2, true);
     while (output.write(Ring.DATA, 0, bytes, 0, 4) === 0) {
       publish();
@@ -114,7 +114,7 @@ while (received < count) {
     received++;
     progressed = true;
   }
-  output.endRead();
+  output.releaseRead();
   if (!progressed) {
     const counter = Bell.arm(output.control, Ring.HEAD + 8);
     if (!output.hasData()) {

@@ -16,10 +16,10 @@ import { Prng } from "./support/prng.ts";
 
 // ---- helpers ----
 
-// One encoder for the whole file, like a worker's OutputPort: state left over
+// One encoder for the whole file, like a worker's LinkWriter: state left over
 // from one value (or from a refused one) must not leak into the next.
 const encoder = new Encoder();
-// One decoder for the shared-memory path, like an InputLink.
+// One decoder for the shared-memory path, like a LinkReader.
 const sharedDecoder = new Decoder();
 
 /** Encodes `value` and returns a copy of the encoded bytes. */

@@ -312,21 +312,22 @@ async function assertLossesCounted(run: LossRun): Promise<void> {
     for (const x of run.fatal) {
       assert.ok(!delivered.has(x), `fatal task ${x} gave a result: ${what}`);
     }
-    assert.ok(
-      dropped.length <= run.fatal.length * run.concurrency,
-      `${dropped.length} tasks dropped: ${what}`,
-    );
     assert.equal(stage.skipped, dropped.length, what);
     const figures = pipe.stats().stages[0]!;
     assert.equal(figures.received, run.tasks, what);
     assert.equal(figures.tasks + figures.skipped, run.tasks, what);
-    // An overrun that ends before the watchdog sees it (a busy main thread)
-    // fails as timed out, and its worker stays.
+    // One restart per lost worker. A fatal task that a worker lost to another
+    // fatal task held is dropped without running, so it costs no worker.
+    // Under "overrun", on a loaded box a healthy task may overrun too (one
+    // more loss), and an overrun that ends before the watchdog sees it fails
+    // as timed out while its worker stays (a drop with no loss).
     const restarts = figures.workers.reduce((sum, w) => sum + w.restarts, 0);
-    // The restarts figure may also miss one: CI saw 3 of 4 once (seed 1,
-    // unordered, close-after-await), the counts above all right. Left as a
-    // known gap of the figure, not of the losses' counting.
-    assert.ok(restarts <= run.fatal.length, what);
+    if (run.death !== "overrun") assert.ok(restarts <= run.fatal.length, what);
+    assert.ok(
+      dropped.length <=
+        Math.max(restarts, run.fatal.length) * run.concurrency,
+      `${dropped.length} tasks dropped for ${restarts} lost workers: ${what}`,
+    );
     if (!run.callback) return;
     assert.deepEqual(
       sortNumbers(errors.map((error) => error.task!)),

@@ -1,6 +1,6 @@
 /**
  * A multi-threaded stress test of the link layer: producer workers write
- * numbered records through `OutputPort`s into the rings of one `InputLink`,
+ * numbered records through `LinkWriter`s into the rings of one `LinkReader`,
  * consumer workers claim them, and the test checks that every record is
  * delivered exactly once and intact, that each consumer sees each
  * producer's records in order, that stamps are unique, and that the rings of
@@ -15,7 +15,7 @@
  */
 
 import assert from "node:assert/strict";
-import { InputLink, type InputMode } from "../lib/shared_memory/link.ts";
+import { LinkReader, type ReadMode } from "../lib/shared_memory/link_reader.ts";
 import { Ring } from "../lib/shared_memory/ring.ts";
 import { readEnv } from "./support/env.ts";
 import { Prng } from "./support/prng.ts";
@@ -112,7 +112,7 @@ function describeLink(
     const ring = new Int32Array(buffer, 0, Ring.CONTROL_BYTES >> 2);
     return `ring ${i}: head ${ring[Ring.HEAD]} tail ${
       ring[Ring.TAIL]
-    } stopped ${ring[Ring.ENDED]}`;
+    } stopped ${ring[Ring.STOPPED]}`;
   });
   return `link: [${[...words].join(", ")}]; ${ringState.join("; ")}`;
 }
@@ -517,7 +517,7 @@ function orderedScript(
       const size = randomSize(random, c.ringBytes, c.largeShare);
       script.push(kind, seq, tag++, size);
     }
-    if (endsEmpty) script.push(Ring.END | Ring.LAST, seq, -1, 0);
+    if (endsEmpty) script.push(Ring.TASK_DONE | Ring.LAST, seq, -1, 0);
   }
   return { scripts: scripts.map((s) => Int32Array.from(s)), data: tag };
 }
@@ -532,7 +532,7 @@ async function runStress(c: StressConfig): Promise<number> {
       ? orderedScript(random, group, c)
       : unorderedScript(random, group, c)
   );
-  const mode: InputMode = {
+  const mode: ReadMode = {
     shared: c.consumers > 1,
     // An ordered stage's rings are merged only when it has several workers.
     groups: c.groups.map((g) => ({
@@ -542,7 +542,7 @@ async function runStress(c: StressConfig): Promise<number> {
     bounded: c.maxBacklog > 0,
     blocking: c.blocking,
   };
-  const control = new SharedArrayBuffer(InputLink.bytes(c.groups.length));
+  const control = new SharedArrayBuffer(LinkReader.bytes(c.groups.length));
   const scripts = groupScripts.flatMap((g) => g.scripts);
   const groupOf = c.groups.flatMap((g, i) => Array(g.producers).fill(i));
   const producers = scripts.length;
@@ -578,7 +578,7 @@ async function runStress(c: StressConfig): Promise<number> {
     link: control,
     maxBacklog: c.maxBacklog,
     nextSeqWord: mode.groups[groupOf[p]]!.merge
-      ? InputLink.groupWord(groupOf[p], InputLink.NEXT_SEQ)
+      ? LinkReader.groupWord(groupOf[p], LinkReader.NEXT_SEQ)
       : -1,
     records,
     publishEvery: c.publishEvery,
@@ -659,20 +659,24 @@ async function runStress(c: StressConfig): Promise<number> {
   });
   // The link ended cleanly.
   const words = new Int32Array(control);
-  assert.equal(words[InputLink.ENDED_RINGS], producers, "every stop was seen");
-  assert.equal(words[InputLink.OWN_SEQ], total, "one stamp per record");
+  assert.equal(
+    words[LinkReader.STOPPED_RINGS],
+    producers,
+    "every stop was seen",
+  );
+  assert.equal(words[LinkReader.OWN_SEQ], total, "one stamp per record");
   if (c.maxBacklog > 0) {
-    assert.equal(words[InputLink.BACKLOG], 0, "backlog drained");
+    assert.equal(words[LinkReader.BACKLOG], 0, "backlog drained");
   }
   mode.groups.forEach((group, g) => {
     if (!group.merge) return;
-    const next = words[InputLink.groupWord(g, InputLink.NEXT_SEQ)];
+    const next = words[LinkReader.groupWord(g, LinkReader.NEXT_SEQ)];
     assert.equal(next, c.groups[g]!.count, `group ${g}: every task merged`);
   });
   for (const buffer of rings) {
     const ring = new Int32Array(buffer, 0, Ring.CONTROL_BYTES >> 2);
     assert.equal(ring[Ring.TAIL], ring[Ring.HEAD], "ring fully consumed");
-    assert.equal(ring[Ring.ENDED], 1, "ring marked stopped");
+    assert.equal(ring[Ring.STOPPED], 1, "ring marked stopped");
   }
   return total;
 }
@@ -683,7 +687,7 @@ let totalRecords = 0;
 
 for (const [n, config] of CONFIGS.entries()) {
   Deno.test(
-    `InputLink/OutputPort deliver every record exactly once and in order (config ${n}, ${
+    `LinkReader/LinkWriter deliver every record exactly once and in order (config ${n}, ${
       describeConfig(config)
     })`,
     async () => {
@@ -694,7 +698,7 @@ for (const [n, config] of CONFIGS.entries()) {
 
 for (const config of MERGE_CONFIGS) {
   Deno.test(
-    `InputLink merges the rings of an ordered stage into global sequence order (${
+    `LinkReader merges the rings of an ordered stage into global sequence order (${
       describeConfig(config)
     })`,
     async () => {
@@ -705,7 +709,7 @@ for (const config of MERGE_CONFIGS) {
 
 for (const config of JOIN_CONFIGS) {
   Deno.test(
-    `InputLink joins several upstream stages, merging each ordered one (${
+    `LinkReader joins several upstream stages, merging each ordered one (${
       describeConfig(config)
     })`,
     async () => {

@@ -9,7 +9,8 @@
 
 import assert from "node:assert/strict";
 import { Encoder } from "../lib/shared_memory/codec.ts";
-import { InputLink, OutputPort } from "../lib/shared_memory/link.ts";
+import { LinkReader } from "../lib/shared_memory/link_reader.ts";
+import { LinkWriter } from "../lib/shared_memory/link_writer.ts";
 import { Ring } from "../lib/shared_memory/ring.ts";
 import { Prng } from "./support/prng.ts";
 
@@ -70,7 +71,7 @@ function drain(consumer: Ring): SeenFrame[] {
     });
     consumer.advance();
   }
-  consumer.endRead();
+  consumer.releaseRead();
   return frames;
 }
 
@@ -106,7 +107,7 @@ Deno.test("Ring.write is invisible until publish(), then peek/lengthAt/seqAt/kin
   consumer.beginRead();
   assert.equal(consumer.peek(), -1, "nothing is visible before publish()");
   assert.equal(consumer.hasData(), false);
-  consumer.endRead();
+  consumer.releaseRead();
 
   assert.equal(producer.publish(), true);
   assert.equal(producer.unpublished, false);
@@ -133,9 +134,9 @@ Deno.test("Ring.write is invisible until publish(), then peek/lengthAt/seqAt/kin
   assert.deepEqual(payloadAt(consumer, next), second);
   consumer.advance();
   assert.equal(consumer.peek(), -1);
-  // Still held by the consumer until endRead() releases it.
+  // Still held by the consumer until releaseRead() releases it.
   assert.equal(consumer.hasData(), true);
-  consumer.endRead();
+  consumer.releaseRead();
   assert.equal(consumer.hasData(), false);
   assert.equal(
     Atomics.load(consumer.control, Ring.TAIL),
@@ -153,7 +154,7 @@ Deno.test("Ring.peek sees records published while a read is in progress", () => 
   assert.equal(at, 0);
   assert.equal(consumer.seqAt(at), 1);
   consumer.advance();
-  consumer.endRead();
+  consumer.releaseRead();
 });
 
 Deno.test("Ring.write copies payloads of every length byte for byte, from any offset of any source", () => {
@@ -195,9 +196,9 @@ Deno.test("Ring frames carry sequence numbers and kinds with their flags", () =>
   const cases: [number, number][] = [
     [Ring.DATA, 0],
     [Ring.DATA, 1],
-    [Ring.END, -1],
+    [Ring.TASK_DONE, -1],
     [Ring.DATA | Ring.LAST, 2 ** 31 - 1],
-    [Ring.END | Ring.LAST, -(2 ** 31)],
+    [Ring.TASK_DONE | Ring.LAST, -(2 ** 31)],
     [Ring.STOP, 0],
   ];
   for (const [kind, seq] of cases) {
@@ -218,7 +219,7 @@ Deno.test("Ring frames carry sequence numbers and kinds with their flags", () =>
 
 Deno.test("Ring.writeEmpty writes a frame without payload", () => {
   const { producer, consumer } = makeRing();
-  assert.equal(producer.writeEmpty(Ring.END | Ring.LAST, 41), true);
+  assert.equal(producer.writeEmpty(Ring.TASK_DONE | Ring.LAST, 41), true);
   assert.equal(producer.writeEmpty(Ring.STOP, 0), true);
   // An empty DATA payload through write() is a frame of length 0 too.
   assert.equal(producer.write(Ring.DATA, 42, new Uint8Array(0), 0, 0), 0);
@@ -229,7 +230,7 @@ Deno.test("Ring.writeEmpty writes a frame without payload", () => {
       { offset, length, seq, kind, total },
     ) => [offset, length, seq, kind, total]),
     [
-      [0, 0, 41, Ring.END | Ring.LAST, 0],
+      [0, 0, 41, Ring.TASK_DONE | Ring.LAST, 0],
       [16, 0, 0, Ring.STOP, 0],
       [32, 0, 42, Ring.DATA, 0],
     ],
@@ -312,7 +313,7 @@ Deno.test("Ring.write refuses a record when the ring is full and accepts it once
     0,
     "not released yet",
   );
-  consumer.endRead();
+  consumer.releaseRead();
 
   assert.equal(
     producer.write(Ring.DATA, 64, pattern(48, 64), 0, 48),
@@ -342,7 +343,7 @@ Deno.test("Ring.write refuses a record that would overwrite unconsumed data afte
   consumer.beginRead();
   consumer.peek();
   consumer.advance();
-  consumer.endRead();
+  consumer.releaseRead();
   // 1024 free at the end, 1024 free at the start: a 1024-byte frame fits at
   // the end, then another at the start, then nothing.
   assert.equal(producer.write(Ring.DATA, 3, pattern(1008), 0, 1008), 1008);
@@ -557,7 +558,7 @@ class RingModel {
   head: number;
   /** Head as of the last publish. */
   published: number;
-  /** Released by the consumer (endRead). */
+  /** Released by the consumer (releaseRead). */
   tail: number;
   /** Written frames not yet consumed, oldest first. */
   frames: ModelFrame[] = [];
@@ -655,8 +656,8 @@ function randomLength(random: Prng, maxPayload: number): number {
 const KINDS = [
   Ring.DATA,
   Ring.DATA | Ring.LAST,
-  Ring.END,
-  Ring.END | Ring.LAST,
+  Ring.TASK_DONE,
+  Ring.TASK_DONE | Ring.LAST,
 ];
 
 /** A record on its way into the ring. */
@@ -695,7 +696,7 @@ function fuzzRing(
   const sent: Uint8Array[] = []; // Whole payloads, in order.
   // Consumer side.
   let reading = false;
-  let consumerTail = model.tail; // What endRead() will release.
+  let consumerTail = model.tail; // What releaseRead() will release.
   let received = 0;
   let partial: { data: Uint8Array; filled: number } | null = null;
   let where = "";
@@ -778,7 +779,7 @@ function fuzzRing(
   };
 
   const release = () => {
-    if (reading) consumer.endRead();
+    if (reading) consumer.releaseRead();
     reading = false;
     model.tail = consumerTail;
     assert.equal(
@@ -795,7 +796,11 @@ function fuzzRing(
       if (pending !== null) {
         if (writeSome(pending)) pending = null;
       } else if (random.chance(0.08)) {
-        const kind = random.pick([Ring.END, Ring.END | Ring.LAST, Ring.STOP]);
+        const kind = random.pick([
+          Ring.TASK_DONE,
+          Ring.TASK_DONE | Ring.LAST,
+          Ring.STOP,
+        ]);
         const seq = random.nextU32() | 0;
         const empty = new Uint8Array(0);
         const fits = model.writeFrame(0, seq, kind, 0, empty);
@@ -840,7 +845,7 @@ function fuzzRing(
   assert.equal(consumer.hasData(), false);
   consumer.beginRead();
   assert.equal(consumer.peek(), -1, "more frames than were written");
-  consumer.endRead();
+  consumer.releaseRead();
   return received;
 }
 
@@ -889,16 +894,16 @@ function throughLink(value: unknown): {
   };
   try {
     const ring = Ring.allocate(1 << 16);
-    const control = new SharedArrayBuffer(InputLink.bytes(1));
-    const port = new OutputPort([{
+    const control = new SharedArrayBuffer(LinkReader.bytes(1));
+    const port = new LinkWriter([{
       ring,
       bell: control,
-      bellBase: InputLink.BELL,
+      bellBase: LinkReader.BELL,
       link: control,
       maxBacklog: 0,
       nextSeqWord: -1,
     }]);
-    const link = new InputLink(control, [ring], {
+    const link = new LinkReader(control, [ring], {
       shared: false,
       groups: [{ size: 1, merge: false }],
       bounded: false,
@@ -968,18 +973,18 @@ Deno.test("Any other large record is decoded from one reassembly buffer, freed a
   assert.equal((read as ArrayBuffer).maxByteLength, 2 * data.length);
 });
 
-Deno.test("OutputPort writes a large byte run from the value itself, not from a copy, and the reader gets the record whole", () => {
+Deno.test("LinkWriter writes a large byte run from the value itself, not from a copy, and the reader gets the record whole", () => {
   const ring = Ring.allocate(1 << 26);
-  const control = new SharedArrayBuffer(InputLink.bytes(1));
-  const port = new OutputPort([{
+  const control = new SharedArrayBuffer(LinkReader.bytes(1));
+  const port = new LinkWriter([{
     ring,
     bell: control,
-    bellBase: InputLink.BELL,
+    bellBase: LinkReader.BELL,
     link: control,
     maxBacklog: 0,
     nextSeqWord: -1,
   }]);
-  const link = new InputLink(control, [ring], {
+  const link = new LinkReader(control, [ring], {
     shared: false,
     groups: [{ size: 1, merge: false }],
     bounded: false,

@@ -9,7 +9,7 @@
 
 import { Bell } from "../shared_memory/bell.ts";
 import { ClaimPolicy } from "../shared_memory/claim_policy.ts";
-import type { InputLink } from "../shared_memory/link.ts";
+import type { LinkReader } from "../shared_memory/link_reader.ts";
 import type { GetOptions } from "../stage/stage.ts";
 import type { AnyStage } from "../stage/internals.ts";
 import { internalsOf } from "../stage/internals.ts";
@@ -28,7 +28,7 @@ export interface CallbackGate {
 interface Leaf {
   stage: AnyStage;
   /** Null until the workers start (a Stage of a module target is inspected first). */
-  link: InputLink | null;
+  link: LinkReader | null;
   /**
    * Results claimed and not yet read: `queue[head, end)`. The array keeps its
    * length, so claims do not regrow it.
@@ -110,7 +110,7 @@ export class ResultOutput implements ResultWaker {
   }
 
   /** Connects each leaf to its link, once the workers start. */
-  connect(linkOf: (stage: AnyStage) => InputLink): void {
+  connect(linkOf: (stage: AnyStage) => LinkReader): void {
     for (const leaf of this.#leaves) leaf.link = linkOf(leaf.stage);
   }
 

@@ -20,7 +20,7 @@ import {
   skippedError,
   workerError,
 } from "./stage_errors.ts";
-import type { WorkerConfig } from "../worker_thread/runtime.ts";
+import type { WorkerConfig } from "../worker_thread/config.ts";
 import type { WorkerMessage } from "../worker_thread/scope.ts";
 import type { SkipReports } from "./skip_reports.ts";
 import { scriptUrl, stageWorkerScript } from "../worker_thread/script.ts";
@@ -374,7 +374,7 @@ export class Supervisor {
     record.worker.terminate();
   }
 
-  /** Kills a worker for good: even one asleep in `Atomics.wait` (see `Bell.kill`). */
+  /** Kills a worker for good: even one asleep in `Atomics.wait` (see `Dismissal.killWord`). */
   #kill(record: WorkerRecord, terminate = true): void {
     record.gone = true;
     const { stage, config } = record;

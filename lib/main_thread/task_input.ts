@@ -15,7 +15,7 @@ import { Bell } from "../shared_memory/bell.ts";
 import { Encoder } from "../shared_memory/codec.ts";
 import { Fifo } from "./fifo.ts";
 import { PipelineClosedError } from "../errors.ts";
-import { InputLink } from "../shared_memory/link.ts";
+import { LinkReader } from "../shared_memory/link_reader.ts";
 import { checkCallOptions, type PutOptions } from "./options.ts";
 import { Ring } from "../shared_memory/ring.ts";
 import type { StopRequest } from "./run_state.ts";
@@ -276,7 +276,7 @@ export class TaskInput implements InputPump {
     }
     // Wake the pump loop, which then sees the end.
     Bell.ringAlways(this.#ring.control, Ring.SPACE_BELL);
-    Bell.ringAlways(this.#rootControl, InputLink.SPACE_BELL);
+    Bell.ringAlways(this.#rootControl, LinkReader.SPACE_BELL);
   }
 
   /**
@@ -382,7 +382,7 @@ export class TaskInput implements InputPump {
     bundle.withdrawn = true;
     if (bundle.inBacklog) {
       // Give back the place it held; no worker will start it.
-      Atomics.sub(this.#rootControl, InputLink.BACKLOG, 1);
+      Atomics.sub(this.#rootControl, LinkReader.BACKLOG, 1);
     }
     if (bundle.bytes === null) this.#run.stopRequested = false;
     // Its buffers go back: no ring holds the record.
@@ -401,7 +401,7 @@ export class TaskInput implements InputPump {
     try {
       while (this.#waiting.length > 0 && this.#run.failure === null) {
         // Arm both bells before the last try, so no release is missed.
-        const backlog = Bell.arm(this.#rootControl, InputLink.SPACE_BELL);
+        const backlog = Bell.arm(this.#rootControl, LinkReader.SPACE_BELL);
         const room = Bell.arm(this.#ring.control, Ring.SPACE_BELL);
         if (this.#write()) continue;
         const first = this.#waiting.first;
@@ -417,7 +417,7 @@ export class TaskInput implements InputPump {
           )
           : Atomics.waitAsync(
             this.#rootControl,
-            InputLink.SPACE_BELL + Bell.COUNTER,
+            LinkReader.SPACE_BELL + Bell.COUNTER,
             backlog,
           )).value;
         this.#fullMs += performance.now() - waitedFrom;
@@ -490,7 +490,7 @@ export class TaskInput implements InputPump {
 
   #publishNow(): void {
     this.#unpublished = 0;
-    if (this.#ring.publish()) Bell.ring(this.#rootControl, InputLink.BELL);
+    if (this.#ring.publish()) Bell.ring(this.#rootControl, LinkReader.BELL);
   }
 
   /**
@@ -504,7 +504,7 @@ export class TaskInput implements InputPump {
     // V8): a stale read only delays this publish to the next put or the timer.
     if (
       ++this.#unpublished >= PUBLISH_EVERY ||
-      this.#rootControl[InputLink.BELL + Bell.WAITING] !== 0
+      this.#rootControl[LinkReader.BELL + Bell.WAITING] !== 0
     ) {
       return this.#publishNow();
     }
@@ -523,12 +523,12 @@ export class TaskInput implements InputPump {
     for (;;) {
       // A snapshot (workers lower it as tasks start): a place is taken only
       // by the compare-exchange.
-      const backlog = Atomics.load(control, InputLink.BACKLOG);
+      const backlog = Atomics.load(control, LinkReader.BACKLOG);
       if (backlog >= this.#maxBacklog) return false;
       if (
         Atomics.compareExchange(
           control,
-          InputLink.BACKLOG,
+          LinkReader.BACKLOG,
           backlog,
           backlog + 1,
         ) === backlog

@@ -17,16 +17,13 @@ import { Bell } from "../shared_memory/bell.ts";
 import { ClaimPolicy } from "../shared_memory/claim_policy.ts";
 import type { FilterConfig } from "../worker_thread/filter_runtime.ts";
 import { groupOf, leavesOf, producersOf, ringIndex } from "../stage/graph.ts";
-import {
-  type Branch,
-  InputLink,
-  type InputMode,
-} from "../shared_memory/link.ts";
+import { LinkReader, type ReadMode } from "../shared_memory/link_reader.ts";
+import type { Branch } from "../shared_memory/link_writer.ts";
 import { Ring } from "../shared_memory/ring.ts";
 import { type AnyStage, internalsOf, workersOf } from "../stage/internals.ts";
 import { type FigureRef, StageStatus } from "../shared_memory/status.ts";
 import type { ShippedTarget } from "../stage/target.ts";
-import type { WorkerConfig } from "../worker_thread/runtime.ts";
+import type { WorkerConfig } from "../worker_thread/config.ts";
 
 /** The memory of one link: its control block and one ring per producer. */
 interface LinkMemory {
@@ -280,15 +277,15 @@ export class Wiring {
   }
 
   /** The main thread's link from leaf `stage`. Call once every stage's ordering is known. */
-  leafLink(stage: AnyStage): InputLink {
+  leafLink(stage: AnyStage): LinkReader {
     const { control, rings } = this.#leafLinks.get(stage)!;
-    const mode: InputMode = {
+    const mode: ReadMode = {
       shared: false,
       groups: [groupOf(stage)],
       bounded: false,
       blocking: false,
     };
-    return new InputLink(control, rings, mode, {
+    return new LinkReader(control, rings, mode, {
       words: this.resultBell,
       base: 0,
     });
@@ -361,12 +358,12 @@ export class Wiring {
    * rings, and records the words a worker may sleep on in it.
    */
   #link(groups: number, producers: number): LinkMemory {
-    const control = new SharedArrayBuffer(InputLink.bytes(groups));
+    const control = new SharedArrayBuffer(LinkReader.bytes(groups));
     const words = new Int32Array(control);
     this.sleepWords.push(
-      { words, index: InputLink.BELL + Bell.COUNTER, kind: "counter" },
-      { words, index: InputLink.LOCK, kind: "lock" },
-      { words, index: InputLink.SPACE_BELL + Bell.COUNTER, kind: "counter" },
+      { words, index: LinkReader.BELL + Bell.COUNTER, kind: "counter" },
+      { words, index: LinkReader.LOCK, kind: "lock" },
+      { words, index: LinkReader.SPACE_BELL + Bell.COUNTER, kind: "counter" },
     );
     const rings = Array.from({ length: producers }, () => {
       const ring = ringPool.take(this.#ringBytes);
@@ -396,7 +393,7 @@ function linkBranch(
   return {
     ring,
     bell: control,
-    bellBase: InputLink.BELL,
+    bellBase: LinkReader.BELL,
     link: control,
     maxBacklog: Number.isFinite(maxBacklog) ? maxBacklog : 0,
     nextSeqWord,
@@ -422,7 +419,7 @@ function stageFigure(stage: AnyStage, figure: number): FigureRef {
 }
 
 /** How `stage`'s workers read their input link. */
-function inputMode(stage: AnyStage): InputMode {
+function inputMode(stage: AnyStage): ReadMode {
   const state = internalsOf(stage);
   return {
     shared: workersOf(stage) > 1,
@@ -438,6 +435,6 @@ function inputMode(stage: AnyStage): InputMode {
 function nextSeqWord(next: AnyStage, stage: AnyStage): number {
   const group = internalsOf(next).previous.indexOf(stage);
   return groupOf(stage).merge
-    ? InputLink.groupWord(group, InputLink.NEXT_SEQ)
+    ? LinkReader.groupWord(group, LinkReader.NEXT_SEQ)
     : -1;
 }

@@ -1,16 +1,18 @@
 /**
- * The doorbell threads sleep on, and the kill word that ends a worker's sleep
- * for good.
+ * The doorbell threads sleep on. A dismissed worker's sleep throws instead
+ * (see `dismissal.ts`).
  *
  * Who calls what: any thread may `arm` a bell and sleep on it, any thread may
  * `ring` it. Only stage workers (and the worker-side link code) call `sleep`,
  * since the main thread never blocks; it waits with `Atomics.waitAsync`.
  *
- * Shipped to stage workers by its source text (see `worker_script.ts`), so it
+ * Shipped to stage workers by its source text (see `worker_thread/script.ts`), so it
  * refers only to globals and keeps its constants as static fields.
  *
  * @module
  */
+
+import { Dismissal } from "./dismissal.ts";
 
 /**
  * A doorbell: a wake-up counter and a "someone may be waiting" flag, two
@@ -51,7 +53,7 @@ export class Bell {
     }
   }
 
-  /** Wakes every waiter unconditionally (on the end of a link, a failure, a shutdown). */
+  /** Wakes every waiter unconditionally (a ring stopped, the run failed or ended). */
   static ringAlways(words: Int32Array, base: number): void {
     Atomics.store(words, base + Bell.WAITING, 0);
     // The bump changes the value a sleeper compares, so none can miss it.
@@ -60,56 +62,14 @@ export class Bell {
   }
 
   /**
-   * This worker's kill word and its generation, set by the worker runtime. A
-   * worker blocked in `Atomics.wait` ignores `Worker.terminate()`, so the main
-   * thread raises the word above the generation, wakes every sleeper, and a
-   * killed worker unwinds from its next sleep. Null on the main thread.
-   */
-  static kill: { words: Int32Array; index: number; generation: number } | null =
-    null;
-
-  /**
-   * Whether this worker gave up its place itself: it called `close()` or
-   * `Deno.exit()`, threw outside a task, or found its timed task taken over.
-   * A plain field, so the hot path can test it per record.
-   */
-  static revoked = false;
-
-  /** Gives up this worker's place: from now on it writes nothing shared. */
-  static revoke(): void {
-    Bell.revoked = true;
-  }
-
-  /** Whether this worker was killed by its pipeline or gave up its place (false on the main thread). */
-  static killed(): boolean {
-    const kill = Bell.kill;
-    // A fresh load each time: the main thread writes it at any moment.
-    return Bell.revoked ||
-      (kill !== null && Atomics.load(kill.words, kill.index) > kill.generation);
-  }
-
-  /** Throws if this worker was killed, so that it unwinds and closes itself. */
-  static checkKilled(): void {
-    if (Bell.killed()) throw new Error(Bell.KILLED_MESSAGE);
-  }
-
-  /** Throws if this worker gave up its place (the cheap check, per record). */
-  static checkRevoked(): void {
-    if (Bell.revoked) throw new Error(Bell.KILLED_MESSAGE);
-  }
-
-  /** The message of the error a killed worker unwinds with. */
-  static readonly KILLED_MESSAGE = "This worker was killed by its pipeline";
-
-  /**
-   * `Atomics.wait` for workers, which throws once this worker was killed. It
-   * checks before sleeping too: a worker that was still starting when it was
-   * killed may come to sleep after the wake-ups (the main thread raises the
-   * kill word before it wakes anyone, so one of the checks sees it).
+   * `Atomics.wait` for workers, which throws once this worker was dismissed.
+   * It checks before sleeping too: a worker that was still starting when it
+   * was killed may come to sleep after the wake-ups (the main thread raises
+   * the kill word before it wakes anyone, so one of the checks sees it).
    */
   static sleep(words: Int32Array, index: number, value: number): void {
-    Bell.checkKilled();
+    Dismissal.throwIfDismissed();
     Atomics.wait(words, index, value);
-    Bell.checkKilled();
+    Dismissal.throwIfDismissed();
   }
 }

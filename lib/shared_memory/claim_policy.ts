@@ -1,6 +1,6 @@
 /**
  * How many records a consumer takes per claim: the one place these numbers
- * live. A claim is one lock (for a shared link) and one stamp for a batch, so
+ * live. A claim is one lock (for a shared link) and one stamp for all it takes, so
  * bigger claims cost less per record; smaller ones bound what a slow task can
  * hold back from the other workers of its stage.
  *
@@ -13,8 +13,8 @@
 export class ClaimPolicy {
   /** Most results the main thread claims from a leaf's rings at once. */
   static readonly READER = 256;
-  /** Most results a filter drains from one sub-pipeline at once. */
-  static readonly FILTER_DRAIN = 256;
+  /** Most results a filter collects from one sub-pipeline at once. */
+  static readonly FILTER_COLLECT = 256;
   /** Most fast tasks a worker claims at once when it is alone in its stage. */
   static readonly SOLE = 64;
   /** Most fast tasks a worker claims at once when it shares its stage. */

@@ -1,7 +1,7 @@
 /**
  * A futex-style mutex in one word of shared memory: 0 free, 1 held, 2 held
  * with waiters. Uncontended lock and unlock are one atomic operation each. A
- * link's consumers hold it around each claim (see `InputLink`), never while
+ * link's consumers hold it around each claim (see `LinkReader`), never while
  * a task runs, so it is held for microseconds.
  *
  * Only stage workers lock (it may sleep in `Atomics.wait`); the main thread

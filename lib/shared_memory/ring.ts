@@ -4,12 +4,12 @@
  *
  * Who calls what: one producer thread calls the producer half (`write`,
  * `writeEmpty`, `publish`) for the ring's whole life; the consumer half
- * (`beginRead` … `endRead`) belongs to one consumer at a time: the lone
+ * (`beginRead` … `releaseRead`) belongs to one consumer at a time: the lone
  * consumer of a link, or whichever consumer holds the link's lock (see
- * `InputLink`). Roles never change.
+ * `LinkReader`). Roles never change.
  *
  * Shipped to stage workers by its source text (`Function.prototype.toString`,
- * see `worker_script.ts`), so it refers only to globals and to the other
+ * see `worker_thread/script.ts`), so it refers only to globals and to the other
  * shipped classes by name, and keeps its constants as static fields.
  *
  * @module
@@ -29,15 +29,15 @@ import { Bell } from "./bell.ts";
  * wrapped; `head - tail` is the bytes in use. `Atomics` orders every payload
  * write before the head store that publishes it. Several consumers may
  * share the consumer side only while holding their link's lock
- * (see `InputLink`).
+ * (see `LinkReader`).
  */
 export class Ring {
   /** Word index of the published head (producer). */
   static readonly HEAD = 0;
   /** Base index of the producer's space doorbell. */
   static readonly SPACE_BELL = 1;
-  /** Word index of the flag set once the stop record was consumed: the ring has ended. */
-  static readonly ENDED = 3;
+  /** Word index of the flag set once the stop record was consumed: the ring has stopped. */
+  static readonly STOPPED = 3;
   /** Word index of the released tail (consumers); on its own cache line. */
   static readonly TAIL = 16;
   /** Bytes of control words before the data area. */
@@ -49,8 +49,8 @@ export class Ring {
 
   /** Record kinds (low byte of the kind word). */
   static readonly DATA = 1;
-  /** End of an ordered task that put no (more) results. */
-  static readonly END = 2;
+  /** An ordered task is done and puts no (more) results (written with LAST). */
+  static readonly TASK_DONE = 2;
   /** The stop request: the last record a producer writes. */
   static readonly STOP = 3;
   /** Flag: this record is one fragment of a larger one. */
@@ -76,7 +76,7 @@ export class Ring {
   // Producer side, private to the producing thread.
   #head = 0;
   #tailSeen = 0;
-  // Consumer side, valid between beginRead() and endRead().
+  // Consumer side, valid between beginRead() and releaseRead().
   #tail = 0;
   #headSeen = 0;
   #peeked = 0;
@@ -157,7 +157,7 @@ export class Ring {
     return this.#writeFrame(kind, seq, src, start, end, end - start);
   }
 
-  /** Writes a frame with no payload (END, STOP); false when the ring is full. */
+  /** Writes a frame with no payload (TASK_DONE, STOP); false when the ring is full. */
   writeEmpty(kind: number, seq: number): boolean {
     return this.#writeFrame(kind, seq, null, 0, 0, 0);
   }
@@ -233,7 +233,7 @@ export class Ring {
   }
 
   /** Releases what was consumed and wakes the producer if it waits for room. */
-  endRead(): void {
+  releaseRead(): void {
     if (Atomics.load(this.control, Ring.TAIL) === this.#tail) return;
     // Every read of the records consumed happened before this store, so the
     // producer may overwrite them once it sees the new tail.

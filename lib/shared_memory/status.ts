@@ -55,7 +55,7 @@ export class StageStatus {
   static readonly TO = 2;
   /** Slot word: the task running now. */
   static readonly SEQ = 3;
-  /** Slot word: workers of a generation below this one were killed (see `Bell.kill`). */
+  /** Slot word: workers of a generation below this one were killed (see `Dismissal.killWord`). */
   static readonly KILL = 4;
   /** Slot word: tasks this place's workers skipped (added to before each is reported). */
   static readonly SKIPS = 5;
@@ -73,7 +73,7 @@ export class StageStatus {
 
   /**
    * Figures of a worker's slot, written by the worker alone with plain
-   * stores (a reader may see them a batch late). Counters are floats so
+   * stores (a reader may see them a publish late). Counters are floats so
    * they never wrap.
    */
   static readonly FIGURES = 44;
@@ -99,7 +99,7 @@ export class StageStatus {
   static readonly BLOCKED_MS = 9;
   /**
    * Figures: the worker's five slowest tasks so far, as (seq, ms) pairs,
-   * slowest first; ms is a batch's time per task; seq -1 marks an empty pair.
+   * slowest first; ms is a claim's time per task; seq -1 marks an empty pair.
    */
   static readonly SLOWEST = 10;
   /** How many (seq, ms) pairs `SLOWEST` holds. */
@@ -122,14 +122,14 @@ export class StageStatus {
    * Figure: ms of `BUSY_MS` the worker spent awaiting its tasks' Promises,
    * its thread free for other work: timers, I/O (and the code after each
    * await, which a worker cannot time apart). A worker of one task at a
-   * time samples the first async task of each batch and counts its wait
-   * for each of the batch's tasks (a batch of slow tasks is one task).
+   * time samples the first async task of each claim and counts its wait
+   * for each of the claim's tasks (a claim of slow tasks is one task).
    */
   static readonly AWAITING_MS = 22;
   /**
    * Upper bounds (ms) of the buckets of the task-duration histogram: 10 µs
    * to 10 s, 1, 2.5 and 5 a decade. A task counts in the first bucket whose
-   * bound is at least its time (a batch's time per task), or in the last
+   * bound is at least its time (its claim's time per task), or in the last
    * one, above every bound.
    */
   static readonly DURATION_BOUNDS_MS: readonly number[] = [
@@ -301,7 +301,7 @@ export class StageStatus {
 /**
  * The held table of a worker that runs several tasks at once (see
  * `StageStatus.HELD`), written by that worker alone with plain stores: a
- * claimed batch's places before any of its tasks starts (so a worker lost in
+ * claim's places before any of its tasks starts (so a worker lost in
  * a task leaves the exact set), and the places of written tasks as they are
  * published. The main thread reads the table only once the worker is lost.
  */

@@ -13,9 +13,10 @@
  */
 
 import type { IdleWait } from "./idle_wait.ts";
-import type { InputLink, RawRecords } from "../shared_memory/link.ts";
+import type { LinkReader, RawRecords } from "../shared_memory/link_reader.ts";
 import type { WorkerFigures } from "./figures.ts";
-import type { WorkerConfig } from "./runtime.ts";
+import type { WorkerConfig } from "./config.ts";
+import { TaskTimeout } from "./task_timeout.ts";
 
 /**
  * What a worker class may offer under `Symbol.for("mpipe.sendTasks")` to
@@ -51,7 +52,7 @@ export interface TaskSettler {
 /** What the batch runner needs of its worker runtime. */
 export interface BatchHost {
   readonly config: WorkerConfig;
-  readonly input: InputLink;
+  readonly input: LinkReader;
   readonly figures: WorkerFigures;
   readonly idleWait: IdleWait;
   /** Writes the results of task `seq`: encoded records (the last one ends the task), or its failure. */
@@ -77,8 +78,8 @@ export class BatchRunner {
 
   // The states of a numbered task.
   static readonly PENDING = 0;
-  static readonly DONE = 1;
-  static readonly MANY = 2;
+  static readonly RESOLVED = 1;
+  static readonly RESOLVED_MANY = 2;
   static readonly FAILED = 3;
   static readonly WRITTEN = 4;
 
@@ -122,8 +123,10 @@ export class BatchRunner {
     const seqs: number[] = [];
     const records = BatchRunner.#records();
     const settler: TaskSettler = {
-      resolve: (task, record) => this.#settle(task, BatchRunner.DONE, record),
-      resolveMany: (task, list) => this.#settle(task, BatchRunner.MANY, list),
+      resolve: (task, record) =>
+        this.#settle(task, BatchRunner.RESOLVED, record),
+      resolveMany: (task, list) =>
+        this.#settle(task, BatchRunner.RESOLVED_MANY, list),
       reject: (task, error) => this.#settle(task, BatchRunner.FAILED, error),
       flush: () => this.#flush(),
     };
@@ -291,7 +294,7 @@ export class BatchRunner {
     if (state === BatchRunner.FAILED) {
       return this.#host.finishEncoded(seq, null, value);
     }
-    const records = state === BatchRunner.MANY
+    const records = state === BatchRunner.RESOLVED_MANY
       ? value as Uint8Array[]
       : value === null
       ? []
@@ -313,12 +316,7 @@ export class BatchRunner {
         this.#settle(
           task,
           BatchRunner.FAILED,
-          new DOMException(
-            `task ${
-              this.#seq[at]
-            } ran longer than its taskTimeout of ${timeout} ms`,
-            "TimeoutError",
-          ),
+          TaskTimeout.error(this.#seq[at]!, timeout),
         );
         any = true;
       }

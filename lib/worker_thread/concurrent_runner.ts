@@ -15,12 +15,13 @@
  */
 
 import type { IdleWait } from "./idle_wait.ts";
-import type { InputLink } from "../shared_memory/link.ts";
+import type { LinkReader } from "../shared_memory/link_reader.ts";
 import { HeldTable, type StageStatus } from "../shared_memory/status.ts";
 import type { Run } from "./target_loader.ts";
 import type { WorkerFigures } from "./figures.ts";
-import type { WorkerConfig } from "./runtime.ts";
+import type { WorkerConfig } from "./config.ts";
 import { WorkerScope } from "./scope.ts";
+import { TaskTimeout } from "./task_timeout.ts";
 
 /** A task in flight. */
 export interface TaskSlot {
@@ -28,11 +29,11 @@ export interface TaskSlot {
   /** Its place in the worker's held table. */
   place: number;
   /** It settled: `ok` and `value` say how. */
-  done: boolean;
+  settled: boolean;
   ok: boolean;
   value: unknown;
-  /** Results it put with `putResult()`, written with its own result. */
-  held: Uint8Array[];
+  /** Results it put with `putResult()`, deferred: written with its own result. */
+  deferred: Uint8Array[];
   /** Its references to buffers on the arena (see `Arena.takeTask`), or null. */
   refs: number[] | null;
   /** Its taskTimeout's timer, if it awaits. */
@@ -44,14 +45,14 @@ export interface TaskSlot {
 /** What the runner needs of its worker runtime. */
 export interface TaskHost {
   readonly config: WorkerConfig;
-  readonly input: InputLink;
+  readonly input: LinkReader;
   readonly status: StageStatus;
   readonly figures: WorkerFigures;
   readonly idleWait: IdleWait;
   /** Task `seq` starts now (its synchronous part is watched if timed). */
   begin(seq: number): void;
-  /** The running task's synchronous part ended; returns its ms if timed (else 0). */
-  endSync(): number;
+  /** The running task's synchronous part returned; returns its ms if timed (else 0). */
+  syncReturned(): number;
   /** Writes a settled task's results (or skips it, or throws under "fail"). */
   finish(slot: TaskSlot): void;
   /** The references to the arena that came with `task`, or null. */
@@ -77,8 +78,8 @@ export class ConcurrentRunner {
   running = 0;
   /** An unordered stage's settled tasks not yet written, in the order they settled. */
   readonly #settled: TaskSlot[] = [];
-  /** A settle is queued (see `#complete`). */
-  #settleQueued = false;
+  /** A write of settled tasks is queued (see `#settle`). */
+  #writeQueued = false;
   /** The task whose synchronous part runs now, for putResult(). */
   current: TaskSlot | null = null;
   /** One past the last task claimed. */
@@ -118,7 +119,7 @@ export class ConcurrentRunner {
         count = input.claim(values, seqs, Math.min(free, config.maxClaim));
         if (count > 0) {
           idleWait.reset();
-          // Busy from now until nothing is in flight again (see #settle).
+          // Busy from now until nothing is in flight again (see #writeSettled).
           if (this.running === 0) host.figures.busyFrom(performance.now());
           // Held before any of them starts: a worker lost in a task's
           // synchronous part leaves the exact set it held.
@@ -132,7 +133,7 @@ export class ConcurrentRunner {
             input.taskStarted();
             this.#start(run, task, seqs[i]!, places[i]!);
           }
-          this.#settle();
+          this.#writeSettled();
           continue;
         }
         if (count < 0 && this.running === 0) return;
@@ -157,10 +158,10 @@ export class ConcurrentRunner {
     const slot: TaskSlot = {
       seq,
       place,
-      done: false,
+      settled: false,
       ok: true,
       value: undefined,
-      held: [],
+      deferred: [],
       refs: host.takeRefs(task),
       timer: undefined,
       written: false,
@@ -178,44 +179,34 @@ export class ConcurrentRunner {
       ok = false;
     }
     this.current = null;
-    const elapsed = host.endSync();
+    const elapsed = host.syncReturned();
     const timeout = host.config.taskTimeout;
     if (elapsed > timeout) {
-      // Its synchronous part ran too long, though it ended before the
+      // Its synchronous part ran too long, though it returned before the
       // watchdog saw it (a busy main thread looks late): timed out all the
       // same. A promise it returned is ignored.
       if (ok && WorkerScope.isThenable(result)) {
         Promise.resolve(result).catch(() => {});
       }
       ok = false;
-      slot.held.length = 0;
-      result = new DOMException(
-        `task ${seq} ran longer than its taskTimeout of ${timeout} ms (${
-          Math.round(elapsed)
-        } ms)`,
-        "TimeoutError",
-      );
+      slot.deferred.length = 0;
+      result = TaskTimeout.error(seq, timeout, elapsed);
     } else if (ok && WorkerScope.isThenable(result)) {
       Promise.resolve(result).then(
-        (value) => this.#complete(slot, true, value),
-        (error) => this.#complete(slot, false, error),
+        (value) => this.#settle(slot, true, value),
+        (error) => this.#settle(slot, false, error),
       );
       // The synchronous part was watched; an await past the rest of the
       // timeout is caught by a timer of its own.
       if (timeout !== Infinity) {
-        slot.timer = setTimeout(() =>
-          this.#complete(
-            slot,
-            false,
-            new DOMException(
-              `task ${seq} ran longer than its taskTimeout of ${timeout} ms`,
-              "TimeoutError",
-            ),
-          ), timeout - elapsed);
+        slot.timer = setTimeout(
+          () => this.#settle(slot, false, TaskTimeout.error(seq, timeout)),
+          timeout - elapsed,
+        );
       }
       return;
     }
-    slot.done = true;
+    slot.settled = true;
     slot.ok = ok;
     slot.value = result;
     if (!host.config.ordered) this.#settled.push(slot);
@@ -224,27 +215,27 @@ export class ConcurrentRunner {
   /**
    * A task in flight settled: note it, and write what may be written. Tasks
    * that settle together (promises resolved in one go) are written together,
-   * by one settle queued after their callbacks, and published once.
+   * by one write queued after their callbacks, and published once.
    */
-  #complete(slot: TaskSlot, ok: boolean, value: unknown): void {
-    if (slot.done) return; // A late end of a task that timed out.
+  #settle(slot: TaskSlot, ok: boolean, value: unknown): void {
+    if (slot.settled) return; // A late settle of a task that timed out.
     clearTimeout(slot.timer);
-    slot.done = true;
+    slot.settled = true;
     slot.ok = ok;
     slot.value = value;
     if (!this.#host.config.ordered) this.#settled.push(slot);
-    if (this.#settleQueued) return;
-    this.#settleQueued = true;
-    queueMicrotask(this.#settleQueuedTasks);
+    if (this.#writeQueued) return;
+    this.#writeQueued = true;
+    queueMicrotask(this.#writeQueuedTasks);
   }
 
-  /** The settle queued by `#complete`, which then wakes the loop. */
-  readonly #settleQueuedTasks = (): void => {
-    this.#settleQueued = false;
+  /** The write queued by `#settle`, which then wakes the loop. */
+  readonly #writeQueuedTasks = (): void => {
+    this.#writeQueued = false;
     try {
-      this.#settle();
+      this.#writeSettled();
     } catch {
-      // #settle kept the error for the loop to rethrow.
+      // #writeSettled kept the error for the loop to rethrow.
     }
     this.#host.idleWait.completed();
   };
@@ -254,13 +245,13 @@ export class ConcurrentRunner {
    * ordered stage (a worker's ring must hold its tasks in order), as they
    * settled otherwise; each task is looked at once. Publishes what it wrote.
    */
-  #settle(): void {
+  #writeSettled(): void {
     const host = this.#host;
     const slots = this.#slots;
     let head = this.#head;
     let wrote = false;
     if (host.config.ordered) {
-      while (head < slots.length && slots[head]!.done) {
+      while (head < slots.length && slots[head]!.settled) {
         this.#write(slots[head++]!);
         wrote = true;
       }
@@ -289,7 +280,7 @@ export class ConcurrentRunner {
       this.#host.finish(slot);
       this.#held.written(slot.place);
     } catch (error) {
-      // Rethrown in the loop (see #complete), naming this task.
+      // Rethrown in the loop (see #writeQueuedTasks), naming this task.
       this.#fatal ??= { error, seq: slot.seq };
       throw error;
     }

@@ -2,8 +2,8 @@
  * What a worker counts of its own work, kept in its slot of the stage's
  * status block: tasks, results, busy, idle and blocked time, start-up and
  * `doInit` time, its slowest tasks. The worker adds to private counters and
- * writes them with plain stores once per published batch, so the main thread
- * reads them without a message, at most a batch late. It also stamps when
+ * writes them with plain stores once per publish, so the main thread reads
+ * them without a message, at most a publish late. It also stamps when
  * it began working or waiting (`StageStatus.SINCE`), so that a reader can
  * add the time since to what has ended.
  *
@@ -91,8 +91,8 @@ export class WorkerFigures {
   }
 
   /**
-   * A batch begins now: the wait since the last one ends. Published at once
-   * (the batch's busy time is published as it ends), so that a reader counts
+   * A claim's tasks begin now: the wait since the last ones ends. Published
+   * at once (their busy time is published as they end), so that a reader counts
    * the time from now as busy, not as idle.
    */
   began(now: number): void {
@@ -102,10 +102,10 @@ export class WorkerFigures {
   }
 
   /**
-   * A batch of `count` tasks ran from `started` (see `began`) to `ended`,
-   * `perTask` ms a task, its first task `seq`.
+   * A claim's `count` tasks ran from `started` (see `began`) to `ended`,
+   * `perTask` ms a task, the first one `seq`.
    */
-  batch(
+  ran(
     started: number,
     ended: number,
     perTask: number,
@@ -114,7 +114,7 @@ export class WorkerFigures {
   ): void {
     this.#busyMs += ended - started;
     this.#lastEnd = ended;
-    // The histogram: two stores a batch, in place (a replacement goes on).
+    // The histogram: two stores a claim, in place (a replacement goes on).
     const bounds = StageStatus.DURATION_BOUNDS_MS;
     let bucket = 0;
     while (bucket < bounds.length && perTask > bounds[bucket]!) bucket++;
@@ -127,7 +127,7 @@ export class WorkerFigures {
     ) {
       return;
     }
-    // Rare: a batch slower than the slowest noted so far.
+    // Rare: a claim slower than the slowest noted so far.
     slowest.push({ seq, ms: perTask });
     slowest.sort((a, b) => b.ms - a.ms);
     if (slowest.length > WorkerFigures.SLOWEST) slowest.pop();
@@ -162,7 +162,7 @@ export class WorkerFigures {
     this.#exiting = true;
   }
 
-  /** Writes the counters, with the tasks claimed and not finished: plain stores, once per published batch. */
+  /** Writes the counters, with the tasks claimed and not finished: plain stores, once per publish. */
   write(inFlight: number, blockedMs: number): void {
     const figures = this.#figures;
     const at = this.#at;

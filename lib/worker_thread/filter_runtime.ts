@@ -1,6 +1,6 @@
 /**
  * What a `FilterStage`'s worker runs instead of a target: it feeds its
- * sub-pipelines and drains their results, as the only producer of each
+ * sub-pipelines and collects their results, as the only producer of each
  * sub-pipeline's root and the only consumer of its leaves.
  *
  * Shipped to workers by source, like `ring.ts`.
@@ -10,12 +10,8 @@
 
 import type { Arena } from "../shared_memory/arena.ts";
 import { ClaimPolicy } from "../shared_memory/claim_policy.ts";
-import {
-  type Branch,
-  InputLink,
-  type InputMode,
-  OutputPort,
-} from "../shared_memory/link.ts";
+import { LinkReader, type ReadMode } from "../shared_memory/link_reader.ts";
+import { type Branch, LinkWriter } from "../shared_memory/link_writer.ts";
 import { Ring } from "../shared_memory/ring.ts";
 import type { FigureRef } from "../shared_memory/status.ts";
 
@@ -34,7 +30,7 @@ export interface FilterConfig {
     output: {
       control: SharedArrayBuffer;
       rings: SharedArrayBuffer[];
-      mode: InputMode;
+      mode: ReadMode;
     };
   }[];
 }
@@ -42,9 +38,9 @@ export interface FilterConfig {
 /** The filter's logic in its worker. */
 export class FilterRuntime {
   readonly config: FilterConfig;
-  readonly inputs: OutputPort[];
-  readonly outputs: InputLink[];
-  /** Tasks put into each sub-pipeline, less results drained from it. */
+  readonly inputs: LinkWriter[];
+  readonly outputs: LinkReader[];
+  /** Tasks put into each sub-pipeline, less results collected from it. */
   readonly counts: number[];
   /** Each sub-pipeline root's count of the tasks passed in, and where it is. */
   readonly received: Float64Array[];
@@ -66,18 +62,18 @@ export class FilterRuntime {
     );
     this.receivedAt = config.subs.map((sub) => sub.received.index);
     this.inputs = config.subs.map((sub, i) => {
-      const port = new OutputPort([sub.input]);
-      // While a task waits for room in a sub-pipeline, drain what that
+      const writer = new LinkWriter([sub.input]);
+      // While a task waits for room in a sub-pipeline, collect what that
       // sub-pipeline returns: it may be waiting for room in the filter.
-      port.whileFull = () => this.#drain(i);
-      if (arena !== null) port.useArena(arena);
-      return port;
+      writer.whileFull = () => this.#collect(i);
+      if (arena !== null) writer.useArena(arena);
+      return writer;
     });
     // The sub-pipeline's leaves ring the bell the filter sleeps on while it
     // waits for room in the sub-pipeline's input (see Wiring): one bell for
     // both, so either wakes it.
     this.outputs = config.subs.map((sub) => {
-      const link = new InputLink(
+      const reader = new LinkReader(
         sub.output.control,
         sub.output.rings,
         sub.output.mode,
@@ -86,13 +82,13 @@ export class FilterRuntime {
           base: Ring.SPACE_BELL,
         },
       );
-      if (arena !== null) link.useArena(arena);
-      return link;
+      if (arena !== null) reader.useArena(arena);
+      return reader;
     });
   }
 
   /**
-   * The buffers on the arena of `taken` results just drained from
+   * The buffers on the arena of `taken` results just collected from
    * sub-pipeline `i`: the last one's are kept while it is the latest (with
    * `keep`), the others' go back at once.
    */
@@ -119,12 +115,12 @@ export class FilterRuntime {
     this.#latestRefs.clear();
   }
 
-  /** Drains each sub-pipeline, feeds the task to those with room, and returns the filter's result. */
+  /** Collects from each sub-pipeline, feeds the task to those with room, and returns the filter's result. */
   doTask(task: unknown): unknown {
     const { maxTasks, dropResults, cacheResults } = this.config;
     if (!cacheResults) this.#forgetLatest();
     for (let i = 0; i < this.inputs.length; i++) {
-      this.#drain(i);
+      this.#collect(i);
       // A sub-pipeline whose root's backlog is full holds too many tasks too.
       if (
         this.counts[i]! < maxTasks && this.inputs[i]!.offer(task, Ring.DATA, 0)
@@ -143,12 +139,12 @@ export class FilterRuntime {
   }
 
   /** Takes every result sub-pipeline `i` has returned so far. */
-  #drain(i: number): void {
+  #collect(i: number): void {
     for (;;) {
       const taken = this.outputs[i]!.claim(
         this.#values,
         this.#seqs,
-        ClaimPolicy.FILTER_DRAIN,
+        ClaimPolicy.FILTER_COLLECT,
       );
       if (taken <= 0) return;
       if (!this.config.dropResults) {
@@ -160,8 +156,8 @@ export class FilterRuntime {
     }
   }
 
-  /** Passes the stop to every sub-pipeline and drains them until they end. */
-  finish(): void {
+  /** Passes the stop to every sub-pipeline and takes their results until each has stopped. */
+  stop(): void {
     for (const input of this.inputs) {
       input.putEmpty(Ring.STOP, 0);
       input.publish();
@@ -172,7 +168,7 @@ export class FilterRuntime {
         const taken = output.claim(
           this.#values,
           this.#seqs,
-          ClaimPolicy.FILTER_DRAIN,
+          ClaimPolicy.FILTER_COLLECT,
         );
         if (taken > 0) this.#keep(0, taken, false);
         this.#values.length = 0;

@@ -10,11 +10,11 @@
  * @module
  */
 
-import type { InputLink } from "../shared_memory/link.ts";
+import type { LinkReader } from "../shared_memory/link_reader.ts";
 
 /** A worker's idle state between claims. */
 export class IdleWait {
-  readonly #input: InputLink;
+  readonly #input: LinkReader;
   readonly #spin: number;
   #spinLeft = 0;
   /** The doorbell is armed: the next empty claim sleeps on `#counter`. */
@@ -23,7 +23,7 @@ export class IdleWait {
   /** Settles when a task in flight completes (see `untilCompletion`). */
   #completion: PromiseWithResolvers<void> | null = null;
 
-  constructor(input: InputLink, spin: number) {
+  constructor(input: LinkReader, spin: number) {
     this.#input = input;
     this.#spin = spin;
   }
@@ -49,7 +49,7 @@ export class IdleWait {
     this.arm();
   }
 
-  /** Arms the doorbell: look once more, then sleep (`idle`) or wait (`wake`). */
+  /** Arms the doorbell: look once more, then sleep (`idle`) or wait (`untilRung`). */
   arm(): void {
     this.#counter = this.#input.arm();
     this.armed = true;
@@ -68,7 +68,7 @@ export class IdleWait {
     }
     this.#completion ??= Promise.withResolvers<void>();
     return claimedNone
-      ? Promise.race([this.#completion.promise, this.wake()])
+      ? Promise.race([this.#completion.promise, this.untilRung()])
       : this.#completion.promise;
   }
 
@@ -80,7 +80,7 @@ export class IdleWait {
   }
 
   /** Settles when the armed doorbell rings, without blocking (tasks are in flight). */
-  wake(): Promise<unknown> {
+  untilRung(): Promise<unknown> {
     this.armed = false;
     return this.#input.sleepAsync(this.#counter);
   }

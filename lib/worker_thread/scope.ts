@@ -8,7 +8,7 @@
  * @module
  */
 
-import { Bell } from "../shared_memory/bell.ts";
+import { Dismissal } from "../shared_memory/dismissal.ts";
 
 /** What a worker tells the main thread (never per task). */
 export type WorkerMessage =
@@ -47,17 +47,17 @@ export class WorkerScope {
     };
     const close = scope.close.bind(scope);
     WorkerScope.close = close;
-    // Each way out gives up the worker's place first (see Bell.revoked): a
+    // Each way out gives up the worker's place first (it resigns): a
     // replacement may take it as soon as the main thread hears of it.
     scope.close = () => {
-      Bell.revoke();
+      Dismissal.resign();
       WorkerScope.post({ type: "lost", reason: "it called close()" });
       close();
     };
     // An error outside doTask() (a timer, an event): report it with its
     // cause, then end, rather than let it surface as a bare error event.
     const lost = (what: string, error: unknown) => {
-      Bell.revoke();
+      Dismissal.resign();
       const text = error instanceof Error ? error.message : String(error);
       try {
         WorkerScope.post({ type: "lost", reason: `${what}: ${text}`, error });
@@ -79,7 +79,7 @@ export class WorkerScope {
       configurable: true,
       writable: true,
       value: (code?: number) => {
-        Bell.revoke();
+        Dismissal.resign();
         WorkerScope.post({
           type: "lost",
           reason: `it called Deno.exit(${code ?? ""})`,

@@ -11,10 +11,12 @@
 
 import { Arena } from "../shared_memory/arena.ts";
 import { Bell } from "../shared_memory/bell.ts";
+import { Dismissal } from "../shared_memory/dismissal.ts";
 import { ClaimPolicy } from "../shared_memory/claim_policy.ts";
 import { Decoder, Encoder } from "../shared_memory/codec.ts";
 import { FilterRuntime } from "./filter_runtime.ts";
-import { InputLink, OutputPort } from "../shared_memory/link.ts";
+import { LinkReader } from "../shared_memory/link_reader.ts";
+import { LinkWriter } from "../shared_memory/link_writer.ts";
 import { Mutex } from "../shared_memory/mutex.ts";
 import { Ring } from "../shared_memory/ring.ts";
 import { HeldTable, StageStatus } from "../shared_memory/status.ts";
@@ -22,6 +24,8 @@ import { BatchRunner } from "./batch_runner.ts";
 import { ConcurrentRunner } from "./concurrent_runner.ts";
 import { IdleWait } from "./idle_wait.ts";
 import { TargetLoader } from "./target_loader.ts";
+import { TaskTimeout } from "./task_timeout.ts";
+import { TaskBuffers } from "./task_buffers.ts";
 import { WorkerFigures } from "./figures.ts";
 import { OrderedWorker, TaskWorker, UnorderedWorker } from "../stage/worker.ts";
 import { WorkerRuntime } from "./runtime.ts";
@@ -29,6 +33,7 @@ import { WorkerScope } from "./scope.ts";
 
 /** The engine's classes, in an order where each comes after what it extends. */
 export const ENGINE_CLASSES: readonly unknown[] = [
+  Dismissal,
   Bell,
   Mutex,
   Arena,
@@ -37,8 +42,8 @@ export const ENGINE_CLASSES: readonly unknown[] = [
   ClaimPolicy,
   Encoder,
   Decoder,
-  InputLink,
-  OutputPort,
+  LinkReader,
+  LinkWriter,
 ];
 
 /**
@@ -83,6 +88,8 @@ export function stageWorkerScript(preload = ""): string {
       WorkerScope,
       WorkerFigures,
       IdleWait,
+      TaskTimeout,
+      TaskBuffers,
       HeldTable,
       ConcurrentRunner,
       BatchRunner,

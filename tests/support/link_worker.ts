@@ -1,17 +1,21 @@
 /**
- * Worker-side helpers for the link stress tests: a producer loop around an
- * `OutputPort` and a consumer loop around an `InputLink`, shipped to Web
+ * Worker-side helpers for the link stress tests: a producer loop around a
+ * `LinkWriter` and a consumer loop around a `LinkReader`, shipped to Web
  * Workers by source with the library's own classes, the same way
- * `stageWorkerScript()` in lib/worker_script.ts ships the stage runtime.
+ * `stageWorkerScript()` in lib/worker_thread/script.ts ships the stage runtime.
  *
  * Everything below that runs in a worker refers only to globals and to the
- * shipped classes (`Bell`, `Ring`, `Encoder`, `Decoder`, `InputLink`,
- * `OutputPort`) and to the other shipped functions, by name.
+ * shipped classes (`Bell`, `Ring`, `Encoder`, `Decoder`, `LinkReader`,
+ * `LinkWriter`) and to the other shipped functions, by name.
  *
  * @module
  */
 
-import { InputLink, type InputMode, OutputPort } from "../../lib/shared_memory/link.ts";
+import {
+  LinkReader,
+  type ReadMode,
+} from "../../lib/shared_memory/link_reader.ts";
+import { LinkWriter } from "../../lib/shared_memory/link_writer.ts";
 import { Ring } from "../../lib/shared_memory/ring.ts";
 import { ENGINE_CLASSES, scriptUrl } from "../../lib/worker_thread/script.ts";
 
@@ -28,7 +32,7 @@ export interface ProducerConfig {
   maxBacklog: number;
   /**
    * The link's NEXT_SEQ word for this producer's group when that group is
-   * merged by sequence (`InputLink.groupWord(group, InputLink.NEXT_SEQ)`),
+   * merged by sequence (`LinkReader.groupWord(group, LinkReader.NEXT_SEQ)`),
    * else -1.
    */
   nextSeqWord: number;
@@ -52,7 +56,7 @@ export interface ConsumerConfig {
   index: number;
   link: SharedArrayBuffer;
   rings: SharedArrayBuffer[];
-  mode: InputMode;
+  mode: ReadMode;
   /** Most records taken per claim. */
   claimMax: number;
   /** How many times to poll `hasData()` before sleeping. */
@@ -160,10 +164,10 @@ export function awaitBarrier(buffer: SharedArrayBuffer, parties: number): void {
 
 /** Writes the configured records to the link, then the stop record. */
 export function runProducer(config: ProducerConfig): WorkerReport {
-  const port = new OutputPort([{
+  const port = new LinkWriter([{
     ring: config.ring,
     bell: config.link,
-    bellBase: InputLink.BELL,
+    bellBase: LinkReader.BELL,
     link: config.link,
     maxBacklog: config.maxBacklog,
     nextSeqWord: config.nextSeqWord,
@@ -175,7 +179,7 @@ export function runProducer(config: ProducerConfig): WorkerReport {
   for (let k = 0; k < records.length; k += 4) {
     const kind = records[k]!;
     const seq = records[k + 1]!;
-    if ((kind & 0xff) === Ring.END) {
+    if ((kind & 0xff) === Ring.TASK_DONE) {
       port.putEmpty(kind, seq);
     } else {
       const value = makeRecordValue(
@@ -211,7 +215,7 @@ export function runProducer(config: ProducerConfig): WorkerReport {
  * producer's records come in order, and its stamp.
  */
 export function runConsumer(config: ConsumerConfig): WorkerReport {
-  const link = new InputLink(config.link, config.rings, config.mode);
+  const link = new LinkReader(config.link, config.rings, config.mode);
   const seen = new Int32Array(config.seen);
   const stamps = new Int32Array(config.stamps);
   const lastTag: number[] = [];
@@ -284,7 +288,7 @@ export function runConsumer(config: ConsumerConfig): WorkerReport {
       }
     }
   }
-  if (!link.ended) fail("claim() returned -1 before the link ended");
+  if (!link.stopped) fail("claim() returned -1 before the link stopped");
   return {
     type: "done",
     role: "consumer",

@@ -1,0 +1,63 @@
+/**
+ * What a stage worker is told when it starts: written by the main thread
+ * (`main_thread/wiring.ts`), read by the worker runtime and its runners.
+ * Types only, so that the runtime and the runners it drives share it without
+ * importing each other.
+ *
+ * @module
+ */
+
+import type { ArenaMemory } from "../shared_memory/arena.ts";
+import type { ReadMode } from "../shared_memory/link_reader.ts";
+import type { Branch } from "../shared_memory/link_writer.ts";
+import type { ShippedTarget } from "../stage/target.ts";
+import type { FilterConfig } from "./filter_runtime.ts";
+
+/** What a worker is told when it starts. */
+export interface WorkerConfig {
+  stage: string;
+  index: number;
+  target: ShippedTarget;
+  ordered: boolean;
+  args: unknown[];
+  disableResult: boolean;
+  doStopTask: boolean;
+  input: {
+    control: SharedArrayBuffer;
+    rings: SharedArrayBuffer[];
+    mode: ReadMode;
+  };
+  outputs: Branch[];
+  /** How many times to look for input before sleeping. */
+  spin: number;
+  /** What a failed task does: fail the pipeline, or drop the task and go on (and report it, for an onError callback). */
+  onError: "fail" | "skip" | "report";
+  /** The stage's status block (StageStatus) and its number of workers. */
+  status: SharedArrayBuffer;
+  size: number;
+  /** Record when each task starts (the stage has a taskTimeout). */
+  timed: boolean;
+  /**
+   * The most tasks a worker claims at once while tasks are fast: 1 keeps a
+   * lost worker to the one task it runs; a small number in a stage of several
+   * workers bounds what a sudden slow task can hold back from the others.
+   */
+  maxClaim: number;
+  /** How many workers held this place before (0, or more after restarts). */
+  generation: number;
+  /** The most tasks this worker runs at once (the stage's `concurrency`). */
+  concurrency: number;
+  /** The stage's taskTimeout (ms), or Infinity. */
+  taskTimeout: number;
+  /** When the main thread spawned this worker (ms since the epoch). */
+  spawnedAt: number;
+  /**
+   * Tasks a lost worker held, in order, which this replacement must mark
+   * done (`Ring.TASK_DONE`), and one past the last task it claimed.
+   */
+  recover: { tasks: number[]; to: number } | null;
+  /** The stage is a FilterStage: run the built-in filter, not a target. */
+  filter: FilterConfig | null;
+  /** The pipeline's arena and this worker's place in it, or null for none. */
+  arena: { memory: ArenaMemory; holder: number } | null;
+}
