@@ -44,11 +44,9 @@
  */
 
 import { parseArgs } from "node:util";
-import {
-  WorkerHost,
-  type WorkerHostOptions,
-} from "./lib/jetstream/host/host.ts";
-import { generateKeys } from "./lib/jetstream/protocol.ts";
+import { WorkerHost } from "./lib/jetstream/host/worker_host.ts";
+import type { WorkerHostOptions } from "./lib/jetstream/host/host_options.ts";
+import { generateKeys } from "./lib/jetstream/keys.ts";
 
 const USAGE =
   "usage: deno run --allow-net=SERVER host.ts [--servers LIST] [--workers N] [--trust PUBLIC_KEY]... [--allow-source] [--allow-target PREFIX]... [--name NAME] [--user NAME --pass PASSWORD | --token TOKEN | --creds FILE] [--tls [--tls-ca FILE] [--tls-cert FILE --tls-key FILE]]\n       deno run host.ts --new-keys";

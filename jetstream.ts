@@ -39,6 +39,6 @@
 
 export { JetStreamCluster } from "./lib/jetstream/coordinator/cluster.ts";
 export type { JetStreamClusterOptions } from "./lib/jetstream/coordinator/cluster.ts";
-export { WorkerHost } from "./lib/jetstream/host/host.ts";
-export type { WorkerHostOptions } from "./lib/jetstream/host/host.ts";
-export type { ConnectionOptions } from "./lib/jetstream/protocol.ts";
+export { WorkerHost } from "./lib/jetstream/host/worker_host.ts";
+export type { WorkerHostOptions } from "./lib/jetstream/host/host_options.ts";
+export type { ConnectionOptions } from "./lib/jetstream/connection.ts";

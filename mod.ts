@@ -71,6 +71,7 @@ export type {
   RunEnd,
   SlowTask,
   StageStats,
+  TaskAttempts,
   TaskDurations,
   WorkerStats,
 } from "./lib/features/stats.ts";
@@ -83,3 +84,4 @@ export type {
   PermissionValue,
   StagePermissions,
 } from "./lib/stage/permissions.ts";
+export type { RetryOptions } from "./lib/stage/retry_option.ts";

@@ -31,6 +31,11 @@ export interface StageErrorOptions {
   task?: number;
   /** The original error, as thrown in the worker. */
   cause?: unknown;
+  /**
+   * Each attempt's error, in order, for a task that was tried more than once
+   * (see the stage option `retry`); the last is `cause`.
+   */
+  attempts?: readonly unknown[];
 }
 
 /**
@@ -55,6 +60,7 @@ export interface StageErrorOptions {
  *   assert(error instanceof StageError);
  *   assert.equal(error.stage, "picky");
  *   assert.equal(error.task, 2);
+ *   assert.equal(error.attempts.length, 1);
  *   return true;
  * });
  * ```
@@ -68,6 +74,12 @@ export class StageError extends Error {
   readonly worker: number | undefined;
   /** The task's sequence number at the stage's input, if a task failed. */
   readonly task: number | undefined;
+  /**
+   * Each attempt's error, in order, the last being `cause`: one for a task
+   * tried once, more under the stage option `retry`; empty when no task
+   * failed (a target that cannot be loaded, a worker lost holding none).
+   */
+  readonly attempts: readonly unknown[];
 
   /** Creates a stage error; `message` says what went wrong and what to do. */
   constructor(message: string, options: StageErrorOptions) {
@@ -81,6 +93,10 @@ export class StageError extends Error {
     this.host = options.host;
     this.worker = options.worker;
     this.task = options.task;
+    this.attempts = options.attempts ??
+      (options.task === undefined || options.cause === undefined
+        ? []
+        : [options.cause]);
   }
 }
 

@@ -85,6 +85,8 @@ const METRICS: [string, boolean][] = [
   ["mpipe_stage_results_total", true],
   ["mpipe_stage_skipped_total", true],
   ["mpipe_stage_restarts_total", true],
+  ["mpipe_stage_retries_total", true],
+  ["mpipe_stage_quarantined_total", true],
   ["mpipe_stage_busy_seconds_total", true],
   ["mpipe_stage_blocked_seconds_total", true],
   ["mpipe_stage_idle_seconds_total", true],

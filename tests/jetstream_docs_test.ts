@@ -9,13 +9,22 @@ import { HostProcess, natsUrl, stopSharedServer } from "./support/nats.ts";
 import { runScript } from "./support/run_script.ts";
 import { docSymbols } from "./support/deno_doc.ts";
 
-const FILES = [
-  "../jetstream.ts",
-  "../host.ts",
-  "../lib/jetstream/cluster.ts",
-  "../lib/jetstream/host.ts",
-  "../lib/jetstream/protocol.ts",
-];
+/** The entry points, and every file under lib/jetstream/ (found, so that a moved file is not missed). */
+async function jetstreamFiles(): Promise<string[]> {
+  const files = ["../jetstream.ts", "../host.ts"];
+  const walk = async (dir: string) => {
+    const entries = await Array.fromAsync(
+      Deno.readDir(new URL(dir, import.meta.url)),
+    );
+    for (const entry of entries.sort((a, b) => a.name < b.name ? -1 : 1)) {
+      if (entry.isDirectory) await walk(`${dir}${entry.name}/`);
+      else if (entry.name.endsWith(".ts")) files.push(`${dir}${entry.name}`);
+    }
+  };
+  await walk("../lib/jetstream/");
+  return files;
+}
+const FILES = await jetstreamFiles();
 
 /** The `ts ignore` examples of a module's JSDoc, each with its title. */
 async function examples(
@@ -102,8 +111,8 @@ Deno.test("jetstream.ts exports exactly JetStreamCluster, WorkerHost and their o
 });
 
 Deno.test("JetStream docs: every public export's examples were found", () => {
-  // jetstream.ts (1), host.ts (2), cluster.ts (4), host.ts in lib (3),
-  // protocol.ts (1).
+  // jetstream.ts (1), host.ts (2), coordinator/cluster.ts (4), the
+  // WorkerHost's files in host/ (3), connection.ts (1).
   assert.ok(total >= 11, `found ${total} examples`);
 });
 

@@ -1,13 +1,19 @@
 // Faults of the cluster under remote stages, against a real nats-server and
-// real worker hosts (issue 24, F1 to F3): each test is the fault itself, and
+// real worker hosts (issue 24, F1 to F5): each test is the fault itself, and
 // its outcome is every result exactly once or a StageError, never a hang.
 // Every test is bounded in time and stops the processes it starts.
 
 import assert from "node:assert/strict";
 import { OrderedStage, Pipeline, StageError } from "../mod.ts";
 import { JetStreamCluster } from "../jetstream.ts";
-import { connect, jetstreamManager } from "../lib/jetstream/connection.ts";
-import { Encoder } from "../lib/jetstream/protocol.ts";
+import {
+  AckPolicy,
+  connect,
+  jetstream,
+  jetstreamManager,
+} from "../lib/jetstream/connection.ts";
+import { ensureStagesStream, stageNames } from "../lib/jetstream/streams.ts";
+import { Encoder } from "../lib/jetstream/messages.ts";
 import {
   clusterOptions,
   HostProcess,
@@ -248,6 +254,138 @@ timed(
       );
     } finally {
       await host.stop(2_000);
+    }
+  },
+);
+
+// ---------------------------------------------------------------- F4
+
+timed(
+  "JetStream fault F4: a stage whose every host is killed fails with a StageError (no host) after hostTimeout, not a wait for ever; a task longer than hostTimeout on a live host is no such fault",
+  90_000,
+  async () => {
+    await using cluster = await JetStreamCluster.connect(
+      clusterOptions(URL_, { hostTimeout: 3_000 }),
+    );
+    const host = await HostProcess.start(URL_, "nohost-1");
+    try {
+      const pipe = new Pipeline<number, number>(
+        new OrderedStage(
+          async (x: number) => {
+            // Longer than hostTimeout: the host says it is alive meanwhile.
+            await new Promise((resolve) =>
+              setTimeout(resolve, x < 2 ? 4_000 : 50)
+            );
+            return x;
+          },
+          4,
+          { cluster, name: "orphaned" },
+        ),
+      );
+      (async () => {
+        for (let i = 0; i < 1_000; i++) await pipe.put(i);
+        await pipe.put(null);
+      })().catch(() => {});
+      let seen = 0;
+      await assert.rejects(
+        (async () => {
+          for await (const _ of pipe) {
+            if (++seen === 10) host.kill("SIGKILL");
+          }
+        })(),
+        (error: unknown) => {
+          assert.ok(error instanceof StageError, String(error));
+          assert.equal(error.stage, "orphaned");
+          assert.match(error.message, /no host has served the stage for \d+ s/);
+          return true;
+        },
+      );
+      assert.ok(seen >= 10, `only ${seen} results before the failure`);
+      await pipe.done.catch(() => {});
+    } finally {
+      await host.stop(2_000);
+    }
+  },
+);
+
+timed(
+  "JetStream fault F4: hostTimeout is checked: a number of at least 1000 or Infinity",
+  10_000,
+  async () => {
+    for (const hostTimeout of [0, 999, -1, 1.5e3 + 0.5, NaN]) {
+      await assert.rejects(
+        JetStreamCluster.connect(clusterOptions(URL_, { hostTimeout })),
+        (error: unknown) =>
+          error instanceof RangeError &&
+          /'options\.hostTimeout'/.test(error.message),
+      );
+    }
+    await (await JetStreamCluster.connect(
+      clusterOptions(URL_, { hostTimeout: Infinity }),
+    )).close();
+  },
+);
+
+// ---------------------------------------------------------------- F5
+
+timed(
+  "JetStream fault F5: a dead coordinator's run stream and consumers (its announcement expired) are removed by the hosts; a stream whose stage is announced stays",
+  120_000,
+  async () => {
+    const nc = await connect({ servers: URL_ });
+    const jsm = await jetstreamManager(nc);
+    await ensureStagesStream(jsm);
+    // What a coordinator SIGKILLed more than ANNOUNCE_TTL_MS ago leaves: its
+    // run's stream and both consumers, and no announcement (expired).
+    const dead = stageNames("deadc0ffee000001", 0);
+    const live = stageNames("11fec0ffee000002", 0);
+    try {
+      for (const names of [dead, live]) {
+        await jsm.streams.add({
+          name: names.stream,
+          subjects: [names.inSubject, names.outSubject],
+        });
+        for (const durable_name of ["hosts", "bridge"]) {
+          await jsm.consumers.add(names.stream, {
+            durable_name,
+            ack_policy: AckPolicy.Explicit,
+            filter_subject: durable_name === "hosts"
+              ? names.inSubject
+              : names.outSubject,
+          });
+        }
+      }
+      await withHosts(URL_, ["sweep-1"], async () => {
+        const exists = (stream: string) =>
+          jsm.streams.info(stream).then(() => true, () => false);
+        // The live stage is announced, as its coordinator would, every 5 s.
+        const js = jetstream(nc);
+        const announce = () =>
+          js.publish(live.announcement, new Uint8Array([0])).catch(() => {});
+        await announce();
+        const announcer = setInterval(announce, 5_000);
+        try {
+          for (let i = 0; i < 200 && await exists(dead.stream); i++) {
+            await new Promise((resolve) => setTimeout(resolve, 500));
+          }
+          assert.equal(
+            await exists(dead.stream),
+            false,
+            "the dead run's stream is still there after 100 s",
+          );
+          assert.equal(await exists(live.stream), true);
+        } finally {
+          clearInterval(announcer);
+        }
+      });
+    } finally {
+      for (const names of [dead, live]) {
+        await jsm.streams.delete(names.stream).catch(() => {});
+        await jsm.streams.purge("MPIPE_STAGES", {
+          filter: names.announcement,
+        }).catch(() => {});
+      }
+      await nc.close();
     }
   },
 );

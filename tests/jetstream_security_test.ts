@@ -16,23 +16,23 @@ import {
 } from "../lib/jetstream/connection.ts";
 import {
   announcementMessage,
+  readAnnouncement,
+  type StageSpec,
+} from "../lib/jetstream/announcements.ts";
+import {
   ANSWER,
   BATCH,
   decodeMessage,
   Decoder,
   encodeMessage,
   Encoder,
-  generateKeys,
-  importSigningKey,
   MessageWriter,
   ONE,
-  readAnnouncement,
   REFUSED,
-  stageNames,
-  type StageSpec,
-} from "../lib/jetstream/protocol.ts";
-import { isUnder } from "../lib/jetstream/host/host.ts";
-import { ensureStagesStream } from "../lib/jetstream/coordinator/cluster.ts";
+} from "../lib/jetstream/messages.ts";
+import { generateKeys, importSigningKey } from "../lib/jetstream/keys.ts";
+import { ensureStagesStream, stageNames } from "../lib/jetstream/streams.ts";
+import { isUnder } from "../lib/jetstream/host/trust.ts";
 import {
   clusterOptions,
   HostProcess,
@@ -391,6 +391,29 @@ async function answersRead(nc: NatsConnection, stream: string): Promise<void> {
     return info.num_pending === 0 && info.num_ack_pending === 0;
   });
 }
+
+timed(
+  "JetStream: a remote stage's permissions option is refused at construction, not ignored: its tasks run with their hosts' permissions",
+  10_000,
+  async () => {
+    await using cluster = await JetStreamCluster.connect(clusterOptions(URL_));
+    const f = (x: number) => x;
+    for (const permissions of ["none", { read: true }] as const) {
+      assert.throws(
+        () => new OrderedStage(f, 2, { cluster, permissions }),
+        (error: unknown) =>
+          error instanceof TypeError &&
+          /'options\.permissions' cannot be used with 'options\.cluster': a remote stage runs with the permissions of the hosts/
+            .test(error.message),
+      );
+    }
+    // "inherit" (the hosts' own) is what a remote stage gets.
+    assert.equal(
+      new OrderedStage(f, 2, { cluster, permissions: "inherit" }).size,
+      2,
+    );
+  },
+);
 
 timed(
   "JetStream attack S3: forged answers for every task in flight, and a forged refusal, are dropped: the pipeline gets the hosts' results and succeeds",

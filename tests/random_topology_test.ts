@@ -22,7 +22,8 @@ import { Prng } from "./support/prng.ts";
 // array, a generator or an async generator), and faults: tasks that throw,
 // reject or are denied by their sandbox under every onError ("fail", "skip",
 // a function), workers that call close() under `restart`, tasks that overrun
-// `taskTimeout`, `maxBacklog` on random stages.
+// `taskTimeout`, `maxBacklog` on random stages, and stages that `retry`, where
+// some tasks fail once (throw, reject or close()) and then succeed.
 //
 // Each task id has at most one fault, at one stage, so the expected output is
 // exact: every surviving (path, task, result index) reaches its leaf once, in
@@ -114,6 +115,13 @@ const DIMENSIONS = {
    * none may be left live (a run that ends by its stop).
    */
   arena: true,
+  /**
+   * Stages that retry (issue 26): 2 or 3 attempts, where some tasks fail
+   * once (`flaky`) and must then come out as if they never failed; the
+   * stage's other faults fail every attempt, and are skipped (or fail the
+   * pipeline) once, as before.
+   */
+  retry: true,
 };
 
 /** This is that child: it runs the seeds of MPIPE_SEED, sandboxes and all. */
@@ -171,6 +179,12 @@ interface HopConfig {
   release: Int32Array;
   /** doInit() calls close(). */
   initDeath: boolean;
+  /** [task id, fault] pairs of tasks that fail their first attempt only. */
+  flaky: [number, "throw" | "reject" | "close"][];
+  /** Attempts of each (stage, task id): the flaky tasks count theirs here. */
+  tries: Int32Array;
+  /** Where this stage's counts start in `tries`. */
+  triesAt: number;
 }
 
 /**
@@ -182,11 +196,13 @@ interface HopConfig {
 class Hop extends OrderedWorker<Task | [Task, Task[]], Task> {
   config: HopConfig;
   faults: Map<number, FaultKind>;
+  flaky: Map<number, string>;
 
   constructor(config: HopConfig) {
     super();
     this.config = config;
     this.faults = new Map(config.faults);
+    this.flaky = new Map(config.flaky);
   }
 
   override doInit(): void {
@@ -208,6 +224,16 @@ class Hop extends OrderedWorker<Task | [Task, Task[]], Task> {
       }
     };
     const close = () => (globalThis as unknown as { close(): void }).close();
+    const flaky = this.flaky.get(task.id);
+    if (
+      flaky !== undefined &&
+      Atomics.add(this.config.tries, this.config.triesAt + task.id, 1) === 0
+    ) {
+      if (flaky === "close") close();
+      const error = new Error(`flaky: ${tag} fails once on task ${task.id}`);
+      if (flaky === "throw") throw error;
+      return Promise.reject(error);
+    }
     switch (this.faults.get(task.id)) {
       case "throw":
         throw new Error(`fault: ${tag} throws on task ${task.id}`);
@@ -269,6 +295,9 @@ interface HopSpec {
   /** Tasks each worker runs at once. */
   concurrency: number;
   permissions: StageOptions["permissions"];
+  /** Its `retry` attempts (1: none), and the tasks that fail once. */
+  retry: number;
+  flaky: Map<number, "throw" | "reject" | "close">;
 }
 
 /** A stage of a FilterStage's sub-pipeline (a chain, without faults). */
@@ -418,6 +447,8 @@ function makePlan(seed: number): Plan {
       initDeath: false,
       concurrency: 1,
       permissions: undefined,
+      retry: 1,
+      flaky: new Map(),
     });
   }
   // maxBacklog on random stages; on a join fed by an ordered stage of two or
@@ -532,9 +563,10 @@ function makePlan(seed: number): Plan {
       if (slow(kind) && node.fan > 1 && !FAMILIES.timeoutPutResult) {
         kind = "throw";
       }
-      // Each of these costs the worker: three in a row would fail the stage
-      // (D6's rule), which a stage that skips its faults must not. Every
-      // copy of a task that reaches the stage (forks) costs one.
+      // Each of these costs the worker: at most two a stage, as when three
+      // in a row failed the stage (before issue 26, only workers lost before
+      // they are ready count). Every copy of a task that reaches the stage
+      // (forks) costs one.
       const losing = (k: string) => k === "close" || slow(k);
       const lost = [...node.faults.values()].filter(losing).length;
       if (losing(kind) && (lost + 1) * arrivals(nodes, i) > 2) kind = "throw";
@@ -557,6 +589,7 @@ function makePlan(seed: number): Plan {
     families,
   );
   if (arena) options.arenaDebug = true;
+  drawRetries(seed, nodes, failing, lossy, sizes.length);
   if (
     FAMILIES.lateCallbacks && failing === undefined && reader !== "leaves" &&
     nodes.some((node) =>
@@ -660,6 +693,41 @@ function drawDimensions(
   };
 }
 
+/**
+ * Draws stages that retry, from a random stream of their own: only where a
+ * flaky task's attempts are its own (one copy of each task reaches the
+ * stage) and every other fault fails each attempt alike (no overrun or hang,
+ * no lossy stage, whose losses drop their neighbours, nor the failing one).
+ */
+function drawRetries(
+  seed: number,
+  nodes: NodeSpec[],
+  failing: number | undefined,
+  lossy: number | undefined,
+  tasks: number,
+): void {
+  const random = new Prng(seed ^ 0x26ea7e11);
+  nodes.forEach((node, i) => {
+    if (node.kind !== "hop" || !random.chance(0.3)) return;
+    const attempts = random.int(2, 3);
+    const flaky = Array.from({ length: random.int(1, 4) }, () => ({
+      id: random.int(0, Math.max(0, tasks - 1)),
+      kind: random.pick(["throw", "reject", "close"] as const),
+    }));
+    const slow = [...node.faults.values()].some((k) =>
+      k === "overrun" || k === "hang"
+    );
+    if (
+      !DIMENSIONS.retry || i === failing || i === lossy || slow ||
+      node.initDeath || arrivals(nodes, i) !== 1 || tasks === 0
+    ) return;
+    node.retry = attempts;
+    for (const { id, kind } of flaky) {
+      if (!node.faults.has(id)) node.flaky.set(id, kind);
+    }
+  });
+}
+
 function describeNode(node: NodeSpec): string {
   const from = node.parents.length === 0
     ? ""
@@ -698,7 +766,9 @@ function describeNode(node: NodeSpec): string {
     node.restart ? "restart" : "",
     node.taskTimeout === undefined ? "" : `taskTimeout ${node.taskTimeout}`,
     node.initDeath ? "dies in doInit" : "",
+    node.retry > 1 ? `retry ${node.retry}` : "",
     ...[...faults].map(([kind, ids]) => `${kind}@${ids.join(",")}`),
+    ...[...node.flaky].map(([id, kind]) => `once-${kind}@${id}`),
   ];
   return parts.filter((part) => part !== "").join(" ");
 }
@@ -1120,6 +1190,7 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 function buildStages(
   plan: Plan,
   release: Int32Array,
+  tries: Int32Array,
   callbacks: Map<number, StageError[]>,
   progress: () => void,
 ): Stage<never, unknown>[] {
@@ -1135,6 +1206,9 @@ function buildStages(
     timeoutMs: TASK_TIMEOUT_MS,
     release,
     initDeath: false,
+    flaky: [],
+    tries,
+    triesAt: 0,
     ...fields,
   });
   const stages = plan.nodes.map((node, i): Stage<Task, unknown> => {
@@ -1170,6 +1244,8 @@ function buildStages(
         asyncEvery: node.asyncEvery,
         faults: [...node.faults],
         initDeath: node.initDeath,
+        flaky: [...node.flaky],
+        triesAt: i * plan.sizes.length,
       })],
       restart: node.restart,
       concurrency: node.concurrency,
@@ -1183,6 +1259,7 @@ function buildStages(
     if (node.maxBacklog !== undefined) options.maxBacklog = node.maxBacklog;
     if (node.taskTimeout !== undefined) options.taskTimeout = node.taskTimeout;
     if (node.permissions !== undefined) options.permissions = node.permissions;
+    if (node.retry > 1) options.retry = { attempts: node.retry, delayMs: 5 };
     return node.ordered
       ? new OrderedStage(Hop, node.size, options)
       : new UnorderedStage(Hop, node.size, options);
@@ -1203,12 +1280,17 @@ async function runPlan(plan: Plan): Promise<string[]> {
   const random = new Prng(plan.seed ^ 0x5bd1e995);
   const expected = expectedOf(plan);
   const release = new Int32Array(new SharedArrayBuffer(4));
+  const tries = new Int32Array(
+    new SharedArrayBuffer(
+      4 * Math.max(1, plan.nodes.length * plan.sizes.length),
+    ),
+  );
   const callbacks = new Map<number, StageError[]>();
   let last = Date.now();
   const progress = () => {
     last = Date.now();
   };
-  const stages = buildStages(plan, release, callbacks, progress);
+  const stages = buildStages(plan, release, tries, callbacks, progress);
   const leaves = leavesOf(plan.nodes);
   const pipe = new Pipeline<Task, unknown>(
     stages[0] as unknown as Stage<Task, unknown>,

@@ -51,6 +51,19 @@ const STAGE_METRICS: Metric[] = [
     value: (stage) => sum(stage, "restarts"),
   },
   {
+    name: "mpipe_stage_retries_total",
+    type: "counter",
+    help: "Retries the stage's workers started (the retry option).",
+    value: (stage) => stage.stats.retries,
+  },
+  {
+    name: "mpipe_stage_quarantined_total",
+    type: "counter",
+    help:
+      "Tasks the stage quarantined: each cost it its crashBudget of workers (counted in skipped too).",
+    value: (stage) => stage.stats.quarantined,
+  },
+  {
     name: "mpipe_stage_busy_seconds_total",
     type: "counter",
     help:

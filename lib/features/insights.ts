@@ -180,6 +180,27 @@ function stageSection(stats: PipelineStats, index: number): string[] {
       }`,
     );
   }
+  if (stage.retries > 0 || stage.quarantined > 0) {
+    lines.push(
+      `  retries: ${count(stage.retries)}${
+        stage.quarantined > 0
+          ? `; ${
+            count(stage.quarantined)
+          } quarantined (each cost the stage its crashBudget of workers)`
+          : ""
+      }${
+        stage.retried.length > 0
+          ? `; tasks that needed retries (by sequence number): ${
+            stage.retried.map((task) =>
+              `${task.task} (${task.attempts} attempts${
+                stage.size > 1 ? `, worker #${task.worker}` : ""
+              })`
+            ).join(", ")
+          }`
+          : ""
+      }`,
+    );
+  }
   return lines;
 }
 

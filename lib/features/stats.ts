@@ -48,6 +48,32 @@ export interface SlowTask {
 }
 
 /**
+ * A task that took more than one attempt (see the stage option `retry`).
+ *
+ * @example The tasks a stage retried
+ * ```ts
+ * import { OrderedStage, Pipeline, type TaskAttempts } from "@mpipe/mpipe";
+ * import assert from "node:assert/strict";
+ *
+ * const pipe = new Pipeline<number, number>(
+ *   new OrderedStage((x: number) => x, 1, { retry: 2 }),
+ * );
+ * await pipe.feed([1, 2]);
+ * await Array.fromAsync(pipe);
+ * const retried: TaskAttempts[] = pipe.stats().stages[0]!.retried;
+ * assert.deepEqual(retried, []);
+ * ```
+ */
+export interface TaskAttempts {
+  /** The task's sequence number at the stage's input, as in `StageError.task`. */
+  task: number;
+  /** The attempts it took, the first included (its last succeeded or failed). */
+  attempts: number;
+  /** The worker that ran its last attempt: its number in the stage. */
+  worker: number;
+}
+
+/**
  * A histogram of task durations: how many tasks took up to each bound, in
  * fixed buckets from 10 µs to 10 s. A worker times a batch of tasks it
  * claimed together, and each gets the batch's time per task (as in
@@ -128,6 +154,12 @@ export interface WorkerStats {
   initMs: number;
   /** How many times a new worker took its place (`restart`, or a timeout under "skip"). */
   restarts: number;
+  /** Retries it started (see the stage option `retry`): of its own failed attempts, and of tasks lost with a worker before it. */
+  retries: number;
+  /** Tasks quarantined as its workers were lost: each had cost the stage its `crashBudget` (counted in `skipped` too). */
+  quarantined: number;
+  /** Up to five tasks it ended after more than one attempt, the most attempts first. */
+  retried: TaskAttempts[];
   /** Its five slowest tasks so far, slowest first. */
   slowest: SlowTask[];
   /** Its tasks counted by duration. */
@@ -204,6 +236,12 @@ export interface StageStats {
   within: number | null;
   /** Its workers, in worker order. */
   workers: WorkerStats[];
+  /** Retries its workers started (see the stage option `retry`). */
+  retries: number;
+  /** Tasks it quarantined (see the stage option `crashBudget`), counted in `skipped` too. */
+  quarantined: number;
+  /** Up to five tasks it ended after more than one attempt, over all its workers, the most attempts first. */
+  retried: TaskAttempts[];
   /** Its five slowest tasks so far, over all its workers, slowest first. */
   slowest: SlowTask[];
   /** Its tasks counted by duration (the sum over its workers). */
@@ -383,8 +421,15 @@ export class StatsReader {
       { length: workersOf(stage) },
       (_, i) => workerStats(status, i, now),
     );
-    const sum = (key: "tasks" | "results" | "skipped" | "inFlight") =>
-      workers.reduce((total, worker) => total + worker[key], 0);
+    const sum = (
+      key:
+        | "tasks"
+        | "results"
+        | "skipped"
+        | "inFlight"
+        | "retries"
+        | "quarantined",
+    ) => workers.reduce((total, worker) => total + worker[key], 0);
     let fullMs = 0;
     for (let i = StageStatus.FULL_MS; i < status.stageFigures.length; i++) {
       fullMs += status.stageFigures[i]!;
@@ -408,6 +453,11 @@ export class StatsReader {
       next: state.next.map((next) => this.#index.get(next)!),
       within: this.#within[index]!,
       workers,
+      retries: sum("retries"),
+      quarantined: sum("quarantined"),
+      retried: workers.flatMap((worker) => worker.retried)
+        .sort((a, b) => b.attempts - a.attempts || a.task - b.task)
+        .slice(0, StageStatus.SLOWEST_PAIRS),
       slowest: workers.flatMap((worker) => worker.slowest)
         .sort((a, b) => b.ms - a.ms)
         .slice(0, StageStatus.SLOWEST_PAIRS),
@@ -451,6 +501,16 @@ function workerStats(
       worker: index,
     });
   }
+  const retried: TaskAttempts[] = [];
+  for (let pair = 0; pair < StageStatus.SLOWEST_PAIRS; pair++) {
+    const task = figure(StageStatus.RETRIED + 2 * pair);
+    if (task < 0) continue;
+    retried.push({
+      task,
+      attempts: figure(StageStatus.RETRIED + 2 * pair + 1),
+      worker: index,
+    });
+  }
   return {
     tasks: figure(StageStatus.TASKS),
     results: figure(StageStatus.RESULTS),
@@ -466,6 +526,9 @@ function workerStats(
     startMs: figure(StageStatus.START_MS),
     initMs: figure(StageStatus.INIT_MS),
     restarts: figure(StageStatus.RESTARTS),
+    retries: figure(StageStatus.RETRIES),
+    quarantined: figure(StageStatus.QUARANTINED),
+    retried,
     slowest,
     durations: {
       boundsMs: StageStatus.DURATION_BOUNDS_MS,

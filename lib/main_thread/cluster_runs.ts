@@ -34,6 +34,7 @@ export function openClusterRuns(stages: readonly AnyStage[]): ClusterRun[] {
         concurrency: state.concurrency,
         args: state.args,
         taskTimeout: state.taskTimeout,
+        crashBudget: state.crashBudget,
       };
     }));
     runs.push(run);

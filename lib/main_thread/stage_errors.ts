@@ -97,6 +97,7 @@ export function workerError(
   message: Extract<WorkerMessage, { type: "error" }>,
 ): StageError {
   const { phase, task } = message;
+  const attempts = message.attempts?.map((error) => revive(error, undefined));
   const remote = remoteFailure(message.error);
   if (remote !== null) {
     // A remote stage's stand-in rejected the task with where it ran.
@@ -109,6 +110,7 @@ export function workerError(
       worker,
       task,
       cause,
+      attempts: remote.mpipeRemote.attempts,
     });
   }
   const error = revive(message.error, message.errorName);
@@ -123,12 +125,19 @@ export function workerError(
     ? "cannot load the target"
     : phase === "init"
     ? "doInit() failed"
+    : attempts !== undefined && attempts.length > 1
+    ? `task ${task} failed after ${attempts.length} attempts`
     : `task ${task} failed`;
   return new StageError(`${what}: ${text}${hint}`, {
     stage: stage.name,
     worker: index,
     task,
     cause: error,
+    // The last attempt's error is the cause itself, as revived.
+    attempts: attempts === undefined ? undefined : [
+      ...attempts.slice(0, -1),
+      error,
+    ],
   });
 }
 
@@ -139,6 +148,7 @@ export function skippedError(
   task: number,
   error: unknown,
   errorName?: string,
+  attempts?: unknown[],
 ): StageError {
   return workerError(stage, index, {
     type: "error",
@@ -146,5 +156,6 @@ export function skippedError(
     task,
     error,
     errorName,
+    attempts,
   });
 }

@@ -21,6 +21,7 @@ import {
   workerError,
 } from "./stage_errors.ts";
 import type { WorkerConfig } from "../worker_thread/config.ts";
+import { describeTasks, LostTasks } from "./lost_tasks.ts";
 import type { WorkerMessage } from "../worker_thread/scope.ts";
 import type { SkipReports } from "./skip_reports.ts";
 import { scriptUrl, stageWorkerScript } from "../worker_thread/script.ts";
@@ -47,17 +48,20 @@ interface WorkerRecord {
   retiring: ReturnType<typeof setTimeout> | null;
   /** The tasks its place had finished or skipped when it started. */
   tasksAtStart: number;
-  /** How many workers before it in its place were lost in a row without finishing a task. */
+  /** How many workers before it in its place were lost in a row before they were ready. */
   lostInRow: number;
+  /** Its stash buffers, by held place, under `retry` (see `Retries`). */
+  stash: SharedArrayBuffer[];
 }
 
 /** How long a replaced worker's reports may take to arrive before they are written off. */
 const RETIRE_MS = 2000;
 
 /**
- * How many workers in one place may be lost in a row without finishing a
- * task before the stage fails instead of replacing them again (a worker that
- * dies in `doInit()` would otherwise be replaced for ever).
+ * How many workers in one place may be lost in a row before they are ready
+ * (in `doInit()` or loading the target) before the stage fails instead of
+ * replacing them again (they would otherwise be replaced for ever). Workers
+ * lost in a task count against the task instead (`crashBudget`).
  */
 const MAX_LOST_IN_ROW = 3;
 
@@ -87,6 +91,8 @@ export class Supervisor {
   /** Every worker exited by itself after the stop (none was killed). */
   #exitedAll = false;
   #watchdog: Watchdog | undefined;
+  /** The workers each task has cost so far, by stage, for tasks lost with one. */
+  readonly #lostTasks = new LostTasks();
 
   constructor(
     run: RunView,
@@ -184,6 +190,7 @@ export class Supervisor {
       // The last worker in this place wrote it; nothing writes it now.
       tasksAtStart: processed(status, config.index),
       lostInRow,
+      stash: [],
     };
     worker.onmessage = (event: MessageEvent<WorkerMessage>) =>
       this.#onMessage(record, event.data);
@@ -243,12 +250,16 @@ export class Supervisor {
             message.task,
             message.error,
             message.errorName,
+            message.attempts,
           ),
         );
         if (record.retiring !== null) this.#retireWhenReported(record);
         break;
       case "lost":
         this.#lost(record, message.reason, message.error);
+        break;
+      case "stash":
+        record.stash[message.place] = message.buffer;
         break;
       case "hosts":
         internalsOf(stage).hosts = message.hosts;
@@ -258,11 +269,13 @@ export class Supervisor {
 
   /**
    * A worker is lost: it died unasked (it called close() or Deno.exit(), or
-   * threw outside a task), or ran a task past its timeout. The tasks it held
-   * are task failures: under onError "fail" they fail the pipeline.
-   * Otherwise, with `restart` (or after a timeout), a worker takes its place
-   * that first settles the tasks the lost one held, and each is counted and reported;
-   * without, the pipeline fails.
+   * threw outside a task), or ran a task past its timeout. Each task it held
+   * is charged the worker, and tried again (`retry`) by a worker that takes
+   * its place, or, past its attempts or its `crashBudget`, fails as if it
+   * threw: under onError "fail" it fails the pipeline; otherwise the
+   * replacement settles it, and it is counted and reported. A worker takes
+   * the lost one's place under `restart` or `retry` (or after a timeout);
+   * else the pipeline fails.
    */
   #lost(record: WorkerRecord, reason: string, cause: unknown): void {
     if (record.gone || this.#run.failure !== null || this.#run.terminated) {
@@ -275,25 +288,29 @@ export class Supervisor {
     const { stage, config } = record;
     const state = internalsOf(stage);
     const status = state.status!;
-    // The lost worker wrote its slot last; nothing writes it now.
-    const held = status.heldTasks(config.index);
+    const { held, retried, dropped, carried, quarantined } = this.#lostTasks
+      .charge(
+        record,
+        reason,
+        cause,
+      );
     const holds = held.length === 0 ? "" : `; it held ${describeTasks(held)}`;
     const timedOut = reason.startsWith("task");
-    const finished = processed(status, config.index) > record.tasksAtStart;
-    const lostInRow = finished ? 1 : record.lostInRow + 1;
+    // Only workers lost before they are ready count against their place.
+    const lostInRow = record.ready ? 0 : record.lostInRow + 1;
     const giveUp = lostInRow >= MAX_LOST_IN_ROW;
-    const failsTasks = held.length > 0 && state.onError === "fail";
-    const replace = !giveUp && !failsTasks &&
-      (state.restart || (timedOut && state.onError !== "fail"));
+    const failed = state.onError === "fail" ? dropped[0] : undefined;
+    const replace = !giveUp && failed === undefined &&
+      (state.restart || state.retry.attempts > 1 ||
+        (timedOut && state.onError !== "fail"));
     if (!replace) {
       record.worker.terminate();
+      if (failed !== undefined && !giveUp) return this.#events.fail(failed);
       return this.#events.fail(
         new StageError(
           `the worker was lost: ${reason}${holds}${
             giveUp
-              ? `; ${lostInRow} workers in its place were lost in a row without finishing a task, so it is not replaced again: fix the cause (in doInit() or the target's loading, or an error outside doTask())`
-              : failsTasks && state.restart
-              ? `; under onError "fail" a task lost with its worker fails the pipeline, restart or not: set onError to "skip" or a function to drop such tasks and go on`
+              ? `; ${lostInRow} workers in its place were lost in a row before they were ready, so it is not replaced again: fix the cause (in doInit() or the target's loading, or an error outside doTask())`
               : ""
           }`,
           { stage: stage.name, worker: config.index, task: held[0], cause },
@@ -302,15 +319,17 @@ export class Supervisor {
     }
     this.#retire(record);
     // Readers of `skipped` load it at any time; other workers add to it too.
-    Atomics.add(status.words, StageStatus.SKIPPED, held.length);
+    Atomics.add(status.words, StageStatus.SKIPPED, dropped.length);
     // The place's figures, which the replacement goes on from: the dropped
     // tasks are counted, no longer in flight, and nothing runs until it is
     // ready. Plain stores: the lost worker writes no more, and the
     // replacement reads them after the message that starts it.
     const figures = status.figures;
-    figures[status.figure(config.index, StageStatus.DROPPED)]! += held.length;
-    figures[status.figure(config.index, StageStatus.IN_FLIGHT)] = 0;
-    figures[status.figure(config.index, StageStatus.SINCE)] = 0;
+    const figure = (which: number) => status.figure(config.index, which);
+    figures[figure(StageStatus.DROPPED)]! += dropped.length;
+    figures[figure(StageStatus.QUARANTINED)]! += quarantined;
+    figures[figure(StageStatus.IN_FLIGHT)] = 0;
+    figures[figure(StageStatus.SINCE)] = 0;
     const to = status.words[status.at(config.index, StageStatus.TO)]!;
     status.dropHeld(config.index);
     // The replacement starts with no timed task running.
@@ -321,21 +340,20 @@ export class Supervisor {
     );
     this.#alive--;
     this.#workers.splice(this.#workers.indexOf(record), 1);
-    status.figures[status.figure(config.index, StageStatus.RESTARTS)]!++;
+    figures[figure(StageStatus.RESTARTS)]!++;
     this.#spawn(stage, {
       ...config,
       generation: config.generation + 1,
-      recover: { tasks: held, to },
+      recover: {
+        tasks: [...carried, ...dropped.map((error) => error.task!)].sort((
+          a,
+          b,
+        ) => a - b),
+        to: Math.max(to, config.recover?.to ?? 0),
+        retry: retried,
+      },
     }, lostInRow);
-    this.#reports.lost(
-      stage,
-      held.map((task) =>
-        new StageError(
-          `the worker was lost: ${reason}${holds}; a new worker took its place and the task was dropped`,
-          { stage: stage.name, worker: config.index, task, cause },
-        )
-      ),
-    );
+    this.#reports.lost(stage, dropped);
   }
 
   /**
@@ -422,22 +440,6 @@ function spawnError(stage: AnyStage, error: unknown): StageError {
     stage: stage.name,
     cause: error,
   });
-}
-
-/** Names tasks `tasks` (in order) by their runs: "task 3", "tasks 3 to 5, 9 and 12". */
-function describeTasks(tasks: readonly number[]): string {
-  const runs: string[] = [];
-  for (let i = 0; i < tasks.length;) {
-    let end = i;
-    while (end + 1 < tasks.length && tasks[end + 1] === tasks[end]! + 1) end++;
-    runs.push(end === i ? `${tasks[i]}` : `${tasks[i]} to ${tasks[end]}`);
-    i = end + 1;
-  }
-  const shown = runs.length > 8 ? [...runs.slice(0, 7), "more"] : runs;
-  const list = shown.length === 1
-    ? shown[0]
-    : `${shown.slice(0, -1).join(", ")} and ${shown.at(-1)}`;
-  return `task${tasks.length > 1 ? "s" : ""} ${list}`;
 }
 
 /** The tasks worker place `index` has finished (`TASKS`) or skipped itself (`SKIPS`). */

@@ -13,6 +13,7 @@
  */
 
 import { Arena, type ArenaMemory } from "../shared_memory/arena.ts";
+import type { RetryConfig } from "../stage/retry_option.ts";
 import { Bell } from "../shared_memory/bell.ts";
 import { ClaimPolicy } from "../shared_memory/claim_policy.ts";
 import type { FilterConfig } from "../worker_thread/filter_runtime.ts";
@@ -150,14 +151,14 @@ export class Wiring {
     }
     for (const stage of stages) {
       const state = internalsOf(stage);
-      // A worker of several tasks at once keeps the exact set it holds in a
-      // table (see StageStatus.HELD).
+      // A worker of several tasks at once, or one that retries, keeps the
+      // exact set it holds in a table (see StageStatus.HELD).
       const concurrency = concurrencyOf(stage);
       state.status = new StageStatus(
         StageStatus.allocate(
           workersOf(stage),
           producersOf(stage),
-          concurrency > 1 ? concurrency : 0,
+          concurrency > 1 || retryOf(stage) !== null ? concurrency : 0,
         ),
         workersOf(stage),
       );
@@ -268,6 +269,7 @@ export class Wiring {
         spawnedAt: 0,
         generation: 0,
         recover: null,
+        retry: retryOf(stage),
         filter,
         arena: this.arena === null
           ? null
@@ -399,6 +401,17 @@ function linkBranch(
     nextSeqWord,
     fullMs,
   };
+}
+
+/**
+ * The retry policy `stage`'s workers apply, or null: none for a stage that
+ * does not retry, nor for a remote stage's stand-in (its hosts retry).
+ */
+function retryOf(stage: AnyStage): RetryConfig | null {
+  const state = internalsOf(stage);
+  return state.retry.attempts > 1 && state.standIn === null
+    ? state.retry
+    : null;
 }
 
 /**

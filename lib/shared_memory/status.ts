@@ -76,7 +76,7 @@ export class StageStatus {
    * stores (a reader may see them a publish late). Counters are floats so
    * they never wrap.
    */
-  static readonly FIGURES = 44;
+  static readonly FIGURES = 56;
   /** Figure: when the running timed task started (ms since the epoch). */
   static readonly STARTED = 0;
   /** Figure: tasks this slot's workers finished, with a result or without, and did not skip (see `SKIPS`). */
@@ -157,6 +157,20 @@ export class StageStatus {
   static readonly DURATIONS = 23;
   /** Figure: the ms of every task counted in the histogram, summed. */
   static readonly DURATIONS_MS = 43;
+  /** Figure: retries this slot's workers started (see the stage option `retry`), of tasks that failed here or were lost with a worker before. */
+  static readonly RETRIES = 44;
+  /**
+   * Figure: tasks quarantined as this slot's workers were lost: each had cost
+   * the stage its `crashBudget` of workers (the main thread adds them, as
+   * for `DROPPED`, in which they are counted too).
+   */
+  static readonly QUARANTINED = 45;
+  /**
+   * Figures: up to five tasks this slot's workers finished or failed after
+   * more than one attempt, as (seq, attempts) pairs, the most attempts first;
+   * seq -1 marks an empty pair.
+   */
+  static readonly RETRIED = 46;
 
   /**
    * Stage figure: tasks a `FilterStage` passed into this stage, the root of
@@ -189,6 +203,7 @@ export class StageStatus {
     for (let i = 0; i < size; i++) {
       for (let pair = 0; pair < StageStatus.SLOWEST_PAIRS; pair++) {
         status.figures[status.figure(i, StageStatus.SLOWEST + 2 * pair)] = -1;
+        status.figures[status.figure(i, StageStatus.RETRIED + 2 * pair)] = -1;
       }
     }
     return buffer;
@@ -269,6 +284,12 @@ export class StageStatus {
     const from = words[this.at(index, StageStatus.FROM)]!;
     const to = words[this.at(index, StageStatus.TO)]!;
     return Array.from({ length: Math.max(0, to - from) }, (_, i) => from + i);
+  }
+
+  /** The task at each place of worker `index`'s held table, or -1 for a free place. */
+  heldPlaces(index: number): number[] {
+    const at = this.heldAt(index);
+    return Array.from({ length: this.held }, (_, i) => this.words[at + i]! - 1);
   }
 
   /**

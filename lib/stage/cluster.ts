@@ -159,6 +159,12 @@ export interface RemoteStage {
    * none): the machine that runs it lets it go after this long.
    */
   taskTimeout?: number;
+  /**
+   * How many machines (hosts) one task may cost, killed or crashed while it
+   * ran there, before it is quarantined (its `crashBudget` option), or
+   * undefined for the cluster's default.
+   */
+  crashBudget?: number;
 }
 
 /**
@@ -209,6 +215,8 @@ export interface RemoteFailure {
     worker: number | undefined;
     /** What failed, if not the task itself (a refused target). */
     what: string | undefined;
+    /** Each attempt's error, for a task tried more than once (`retry`, or lost hosts). */
+    attempts?: unknown[];
   };
   /** The error the task threw on the host. */
   error: unknown;

@@ -12,6 +12,7 @@ import type { GetOptions } from "./stage_options.ts";
 import type { StageStatus } from "../shared_memory/status.ts";
 import type { ShippedTarget } from "./target.ts";
 import type { StagePermissions } from "./permissions.ts";
+import type { RetryConfig } from "./retry_option.ts";
 
 /**
  * A stage of any task and result type, as the pipeline's parts handle it:
@@ -49,6 +50,11 @@ export interface StageInternals {
   taskTimeout: number;
   /** The most tasks one worker runs at once. */
   concurrency: number;
+  /** Its retry policy (`attempts` 1: none), and `when` itself for the main thread. */
+  retry: RetryConfig;
+  retryWhen: ((error: unknown, attempt: number) => boolean) | null;
+  /** The workers or hosts one task may cost before it is quarantined; undefined for the default (`DEFAULT_CRASH_BUDGET`, or a remote stage's cluster's). */
+  crashBudget: number | undefined;
   /** The permissions of its workers. */
   permissions: StagePermissions;
   /** The cluster the stage runs on, or null for this process's workers. */

@@ -20,6 +20,7 @@ import {
 } from "./stage_options.ts";
 import { checkPositiveInteger, describe } from "../checks.ts";
 import { shipTarget } from "./target.ts";
+import { retrySettings } from "./retry_option.ts";
 import type {
   ModuleTarget,
   Target,
@@ -119,6 +120,7 @@ export class Stage<I, O, R = never> {
       restart: checked.restart ?? false,
       taskTimeout: checked.taskTimeout ?? Infinity,
       concurrency: checked.concurrency ?? 1,
+      ...retrySettings(kind, checked),
       permissions: checked.permissions ?? "inherit",
       cluster: checked.cluster ?? null,
       standIn: null,

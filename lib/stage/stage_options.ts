@@ -8,6 +8,7 @@
 import type { StageError } from "../errors.ts";
 import { checkPermissions, type StagePermissions } from "./permissions.ts";
 import type { Cluster } from "./cluster.ts";
+import { crashBudget, type RetryOptions, retryPolicy } from "./retry_option.ts";
 import {
   checkBoolean,
   checkName,
@@ -84,8 +85,9 @@ export interface StageOptions {
    * function with a `StageError` of its own; under `"fail"` they fail the
    * pipeline all the same, so `restart` then replaces only a worker lost
    * before it took a task (in `doInit()`). Without it, a lost worker fails the
-   * pipeline. A place whose workers are lost 3 times in a row without
-   * finishing a task fails the pipeline instead.
+   * pipeline (unless its tasks are retried, see `retry`). A place whose
+   * workers are lost 3 times in a row before they are ready (in `doInit()`
+   * or loading the target) fails the pipeline instead.
    * @default {false}
    */
   restart?: boolean;
@@ -133,6 +135,28 @@ export interface StageOptions {
    * @default {null: the stage runs in this process's Web Workers}
    */
   cluster?: Cluster | null;
+  /**
+   * Retry a failed task: a number of attempts in all (the first try
+   * included), or `{ attempts, delayMs, maxDelayMs, factor, jitter, when }`
+   * (see `RetryOptions`). A task that throws, rejects or overruns
+   * `taskTimeout` is tried again by its worker after the delay; one lost with
+   * its worker is tried again by the worker that takes its place. An ordered
+   * stage's results still leave in task order: later tasks' results wait for
+   * the retried one. After the last attempt `onError` decides, with a
+   * `StageError` that lists every attempt's error (`attempts`). Not with
+   * `cluster`: a remote stage runs again only a task whose host was lost
+   * (see `crashBudget`).
+   * @default {1: no retry}
+   */
+  retry?: number | RetryOptions;
+  /**
+   * How many workers (or, for a remote stage, hosts) one task may cost,
+   * lost in the task, in `doInit()` while it held the task, or past
+   * `taskTimeout`, before it is quarantined: failed or skipped as `onError`
+   * says, and never handed to a worker again (a positive integer).
+   * @default {3; for a remote stage, its cluster's (JetStream's `maxAttempts`, 3)}
+   */
+  crashBudget?: number;
 }
 
 /**
@@ -169,6 +193,8 @@ const OPTION_NAMES = [
   "concurrency",
   "permissions",
   "cluster",
+  "retry",
+  "crashBudget",
 ];
 
 /** Checks a stage's options; throws a `TypeError` or `RangeError` naming the bad one. */
@@ -207,6 +233,8 @@ export function checkStageOptions(
   }
   checkPositiveInteger(kind, "options.concurrency", o.concurrency);
   if (o.permissions !== undefined) checkPermissions(kind, o.permissions);
+  retryPolicy(kind, o.retry);
+  crashBudget(kind, o.crashBudget);
   if (o.cluster !== undefined && o.cluster !== null) {
     if (
       typeof o.cluster !== "object" ||
@@ -214,16 +242,23 @@ export function checkStageOptions(
     ) {
       fail("cluster", "a cluster (such as a JetStreamCluster) or null");
     }
-    for (const key of ["doStopTask", "restart"]) {
-      if (o[key] === true) {
+    for (const key of ["doStopTask", "restart", "retry"]) {
+      if (o[key] === true || (key === "retry" && o.retry !== undefined)) {
         throw new TypeError(
           `${kind}: 'options.${key}' cannot be used with 'options.cluster': ${
             key === "restart"
               ? "a remote stage's hosts replace their lost workers themselves, and a task that loses its worker fails (skip it with onError)"
+              : key === "retry"
+              ? "a remote stage runs again only a task whose host was lost, up to its crashBudget; retry its failures inside the task, or in a local stage"
               : "a remote stage has no workers of its own to give a stop task to"
           }`,
         );
       }
+    }
+    if (o.permissions !== undefined && o.permissions !== "inherit") {
+      throw new TypeError(
+        `${kind}: 'options.permissions' cannot be used with 'options.cluster': a remote stage runs with the permissions of the hosts that run it (start them with only what the stage needs, see README "Scaling out")`,
+      );
     }
   }
   if (o.maxBacklog !== undefined) {

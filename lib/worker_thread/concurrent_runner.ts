@@ -9,6 +9,11 @@
  * so it keeps the exact set it holds in shared memory (`HeldTable`), for
  * whoever replaces it if it is lost.
  *
+ * A stage with `retry` runs this loop whatever its `concurrency`: a failed
+ * attempt keeps its slot (and its place in an ordered stage's order) while
+ * it waits for its retry, which decodes the task afresh from the stash
+ * (`Retries`).
+ *
  * Shipped to workers by source, like `ring.ts`.
  *
  * @module
@@ -22,6 +27,7 @@ import type { WorkerFigures } from "./figures.ts";
 import type { WorkerConfig } from "./config.ts";
 import { WorkerScope } from "./scope.ts";
 import { TaskTimeout } from "./task_timeout.ts";
+import { Retries } from "./retries.ts";
 
 /** A task in flight. */
 export interface TaskSlot {
@@ -40,6 +46,14 @@ export interface TaskSlot {
   timer: ReturnType<typeof setTimeout> | undefined;
   /** Its results (or its failure) were written. */
   written: boolean;
+  /** The attempt running or next (1 for the first), under `retry`. */
+  attempt: number;
+  /** The errors of its failed attempts so far, under `retry`. */
+  errors: unknown[] | null;
+  /** Its record, as stashed (under `retry`). */
+  record: Uint8Array | null;
+  /** A task a lost worker held, dropped: its replacement only closes it. */
+  closed: boolean;
 }
 
 /** What the runner needs of its worker runtime. */
@@ -49,6 +63,8 @@ export interface TaskHost {
   readonly status: StageStatus;
   readonly figures: WorkerFigures;
   readonly idleWait: IdleWait;
+  /** The stage's retry policy and the stash, if it retries. */
+  readonly retries: Retries | null;
   /** Task `seq` starts now (its synchronous part is watched if timed). */
   begin(seq: number): void;
   /** The running task's synchronous part returned; returns its ms if timed (else 0). */
@@ -85,7 +101,9 @@ export class ConcurrentRunner {
   /** One past the last task claimed. */
   #claimedTo = 0;
   /** A task error to rethrow in the loop (it came in a promise callback). */
-  #fatal: { error: unknown; seq: number } | null = null;
+  #fatal: { error: unknown; seq: number; attempts: unknown[] | null } | null =
+    null;
+  #run: Run = () => undefined;
   /**
    * The tasks held (claimed, their results not yet published), in shared
    * memory: what a replacement drops if this worker is lost (see Supervisor).
@@ -110,13 +128,18 @@ export class ConcurrentRunner {
     const seqs: number[] = [];
     const places: number[] = [];
     const held = this.#held;
+    const retries = host.retries;
+    this.#run = run;
     for (;;) {
       this.#throwFatal();
       // A slot is free once its task's results are published.
       const free = held.free;
       let count = 0;
       if (free > 0) {
-        count = input.claim(values, seqs, Math.min(free, config.maxClaim));
+        const max = Math.min(free, config.maxClaim);
+        count = retries === null
+          ? input.claim(values, seqs, max)
+          : input.claimRaw(retries.raw, seqs, max);
         if (count > 0) {
           idleWait.reset();
           // Busy from now until nothing is in flight again (see #writeSettled).
@@ -127,12 +150,24 @@ export class ConcurrentRunner {
           this.#claimedTo = seqs[count - 1]! + 1;
           host.claimedTo(this.#claimedTo);
           host.figures.claimed(this.running + count);
+          // Stashed before any of them starts, as they are held.
+          for (let i = 0; retries !== null && i < count; i++) {
+            retries.stash(places[i]!, retries.records[i]!, 1);
+          }
           for (let i = 0; i < count; i++) {
             const task = values[i];
             values[i] = undefined;
             input.taskStarted();
-            this.#start(run, task, seqs[i]!, places[i]!);
+            const slot = this.#slot(seqs[i]!, places[i]!);
+            if (retries === null) {
+              slot.refs = this.#host.takeRefs(task);
+              this.#attempt(slot, task);
+            } else {
+              slot.record = retries.records[i]!;
+              this.#attempt(slot, retries.decode(slot.record));
+            }
           }
+          if (retries !== null) retries.records.length = 0;
           this.#writeSettled();
           continue;
         }
@@ -152,9 +187,8 @@ export class ConcurrentRunner {
     }
   }
 
-  /** Starts one task, held at `place`, up to its first await. */
-  #start(run: Run, task: unknown, seq: number, place: number): void {
-    const host = this.#host;
+  /** A new slot for task `seq`, held at `place`, in flight. */
+  #slot(seq: number, place: number): TaskSlot {
     const slot: TaskSlot = {
       seq,
       place,
@@ -162,22 +196,40 @@ export class ConcurrentRunner {
       ok: true,
       value: undefined,
       deferred: [],
-      refs: host.takeRefs(task),
+      refs: null,
       timer: undefined,
       written: false,
+      attempt: 1,
+      errors: null,
+      record: null,
+      closed: false,
     };
     this.#slots.push(slot);
     this.running++;
+    return slot;
+  }
+
+  /**
+   * Runs an attempt of a slot's task up to its first await. A synchronous
+   * end is noted at once (the caller writes it); an asynchronous one
+   * settles through `#settle`.
+   */
+  #attempt(slot: TaskSlot, task: unknown): void {
+    const host = this.#host;
+    const { seq, attempt } = slot;
+    const retries = host.retries;
     host.begin(seq);
     this.current = slot;
+    retries?.running(slot.place, true);
     let result: unknown;
     let ok = true;
     try {
-      result = run(task);
+      result = this.#run(task);
     } catch (error) {
       result = error;
       ok = false;
     }
+    retries?.running(slot.place, false);
     this.current = null;
     const elapsed = host.syncReturned();
     const timeout = host.config.taskTimeout;
@@ -193,18 +245,23 @@ export class ConcurrentRunner {
       result = TaskTimeout.error(seq, timeout, elapsed);
     } else if (ok && WorkerScope.isThenable(result)) {
       Promise.resolve(result).then(
-        (value) => this.#settle(slot, true, value),
-        (error) => this.#settle(slot, false, error),
+        (value) => this.#settle(slot, attempt, true, value),
+        (error) => this.#settle(slot, attempt, false, error),
       );
       // The synchronous part was watched; an await past the rest of the
       // timeout is caught by a timer of its own.
       if (timeout !== Infinity) {
         slot.timer = setTimeout(
-          () => this.#settle(slot, false, TaskTimeout.error(seq, timeout)),
+          () =>
+            this.#settle(slot, attempt, false, TaskTimeout.error(seq, timeout)),
           timeout - elapsed,
         );
       }
       return;
+    }
+    if (!ok && retries !== null) {
+      result = this.#retryOr(slot, result);
+      if (result === Retries.AGAIN) return;
     }
     slot.settled = true;
     slot.ok = ok;
@@ -213,17 +270,110 @@ export class ConcurrentRunner {
   }
 
   /**
+   * Attempt `slot.attempt` failed with `error`: tries the task again after
+   * the policy's delay (`Retries.AGAIN`), or returns its final error.
+   */
+  #retryOr(slot: TaskSlot, error: unknown): unknown {
+    const host = this.#host;
+    const retries = host.retries!;
+    const errors = slot.errors ??= [];
+    const final = retries.decide(error, slot.attempt);
+    errors.push(final === Retries.AGAIN ? error : final);
+    if (final !== Retries.AGAIN) return final;
+    slot.deferred.length = 0;
+    host.figures.retry();
+    this.#again(slot, Retries.delayMs(retries.config, slot.attempt++));
+    return Retries.AGAIN;
+  }
+
+  /** Runs the slot's next attempt in `ms`, and writes it if it ends at once. */
+  #again(slot: TaskSlot, ms: number): void {
+    const retries = this.#host.retries!;
+    slot.timer = setTimeout(() => {
+      slot.timer = undefined;
+      retries.attempt(slot.place, slot.attempt);
+      this.#attempt(slot, retries.decode(slot.record!));
+      if (slot.settled) this.#queueWrite();
+    }, ms);
+  }
+
+  /**
+   * Takes over the tasks a lost worker held, in order: those it dropped are
+   * only closed (an ordered stage's merge waits for them), the others are
+   * tried again, each after its delay (at once if run again: see
+   * `RetriedTask.rerun`).
+   */
+  recover(
+    closed: readonly number[],
+    retried: readonly {
+      seq: number;
+      record: Uint8Array;
+      attempt: number;
+      errors: unknown[];
+      rerun: boolean;
+    }[],
+    to: number,
+  ): void {
+    const host = this.#host;
+    const retries = host.retries!;
+    const tasks = [
+      ...(host.config.ordered && !host.config.disableResult ? closed : []),
+      ...retried.map((task) => task.seq),
+    ].sort((a, b) => a - b);
+    for (const seq of tasks) {
+      const slot = this.#slot(seq, this.#held.hold(seq));
+      const again = retried.find((task) => task.seq === seq);
+      if (again === undefined) {
+        retries.stash(slot.place, new Uint8Array(0), Retries.CLOSED);
+        slot.closed = slot.settled = true;
+        continue;
+      }
+      slot.record = again.record;
+      slot.attempt = again.attempt;
+      slot.errors = again.errors;
+      retries.stash(slot.place, slot.record, slot.attempt);
+      if (again.rerun) this.#again(slot, 0);
+      else {
+        host.figures.retry();
+        this.#again(slot, Retries.delayMs(retries.config, slot.attempt - 1));
+      }
+    }
+    this.#claimedTo = to;
+    host.claimedTo(to);
+    if (this.running > 0) host.figures.busyFrom(performance.now());
+    this.#writeSettled();
+    // Published at once, so that the place's first task not finished (read
+    // by SkipReports) is the first one retried, not the lost worker's end.
+    host.publish();
+  }
+
+  /**
    * A task in flight settled: note it, and write what may be written. Tasks
    * that settle together (promises resolved in one go) are written together,
    * by one write queued after their callbacks, and published once.
    */
-  #settle(slot: TaskSlot, ok: boolean, value: unknown): void {
-    if (slot.settled) return; // A late settle of a task that timed out.
+  #settle(
+    slot: TaskSlot,
+    attempt: number,
+    ok: boolean,
+    value: unknown,
+  ): void {
+    // A late settle of an attempt that timed out.
+    if (slot.settled || attempt !== slot.attempt) return;
     clearTimeout(slot.timer);
+    if (!ok && this.#host.retries !== null) {
+      value = this.#retryOr(slot, value);
+      if (value === Retries.AGAIN) return;
+    }
     slot.settled = true;
     slot.ok = ok;
     slot.value = value;
     if (!this.#host.config.ordered) this.#settled.push(slot);
+    this.#queueWrite();
+  }
+
+  /** Queues one write of the tasks that settle together, which then wakes the loop. */
+  #queueWrite(): void {
     if (this.#writeQueued) return;
     this.#writeQueued = true;
     queueMicrotask(this.#writeQueuedTasks);
@@ -281,7 +431,7 @@ export class ConcurrentRunner {
       this.#held.written(slot.place);
     } catch (error) {
       // Rethrown in the loop (see #writeQueuedTasks), naming this task.
-      this.#fatal ??= { error, seq: slot.seq };
+      this.#fatal ??= { error, seq: slot.seq, attempts: slot.errors };
       throw error;
     }
   }
@@ -295,5 +445,10 @@ export class ConcurrentRunner {
   /** The task whose error the loop last rethrew, for the report. */
   get failedTask(): number | undefined {
     return this.#fatal?.seq;
+  }
+
+  /** The errors of that task's attempts, under `retry`. */
+  get failedAttempts(): unknown[] | null {
+    return this.#fatal?.attempts ?? null;
   }
 }

@@ -12,6 +12,7 @@ import type { ReadMode } from "../shared_memory/link_reader.ts";
 import type { Branch } from "../shared_memory/link_writer.ts";
 import type { ShippedTarget } from "../stage/target.ts";
 import type { FilterConfig } from "./filter_runtime.ts";
+import type { RetryConfig } from "../stage/retry_option.ts";
 
 /** What a worker is told when it starts. */
 export interface WorkerConfig {
@@ -51,13 +52,38 @@ export interface WorkerConfig {
   taskTimeout: number;
   /** When the main thread spawned this worker (ms since the epoch). */
   spawnedAt: number;
-  /**
-   * Tasks a lost worker held, in order, which this replacement must mark
-   * done (`Ring.TASK_DONE`), and one past the last task it claimed.
-   */
-  recover: { tasks: number[]; to: number } | null;
+  /** What this replacement takes over from the lost worker whose place it takes. */
+  recover: Recovery | null;
+  /** The stage's retry policy, or null if it does not retry (`attempts` 1, or a remote stage's stand-in). */
+  retry: RetryConfig | null;
   /** The stage is a FilterStage: run the built-in filter, not a target. */
   filter: FilterConfig | null;
   /** The pipeline's arena and this worker's place in it, or null for none. */
   arena: { memory: ArenaMemory; holder: number } | null;
+}
+
+/**
+ * What a replacement takes over from the lost worker whose place it takes:
+ * the tasks it held that were dropped, in order, to mark done
+ * (`Ring.TASK_DONE`), one past the last task it claimed, and under `retry`
+ * the tasks to try again.
+ */
+export interface Recovery {
+  tasks: number[];
+  to: number;
+  retry: RetriedTask[];
+}
+
+/**
+ * A task a lost worker held, to try again (see `Recovery`): its record, the
+ * attempt it is at and the errors of the attempts before; a new attempt, or
+ * (`rerun`) the same one again, cut short by another task that lost the
+ * worker.
+ */
+export interface RetriedTask {
+  seq: number;
+  record: Uint8Array;
+  attempt: number;
+  errors: unknown[];
+  rerun: boolean;
 }

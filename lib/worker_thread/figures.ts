@@ -138,6 +138,36 @@ export class WorkerFigures {
     }
   }
 
+  /** A retry starts (rare: written at once). */
+  retry(): void {
+    this.#figures[this.#at + StageStatus.RETRIES]!++;
+  }
+
+  /**
+   * Task `seq` ended after `attempts` attempts: noted among the slot's
+   * retried tasks if it is among the five with the most (rare: written at once).
+   */
+  retried(seq: number, attempts: number): void {
+    const figures = this.#figures;
+    const at = this.#at + StageStatus.RETRIED;
+    const pairs = StageStatus.SLOWEST_PAIRS;
+    let i = pairs;
+    while (
+      i > 0 &&
+      !(figures[at + 2 * (i - 1)]! >= 0 &&
+        figures[at + 2 * (i - 1) + 1]! >= attempts)
+    ) {
+      i--;
+    }
+    if (i === pairs) return;
+    for (let j = pairs - 1; j > i; j--) {
+      figures[at + 2 * j] = figures[at + 2 * (j - 1)]!;
+      figures[at + 2 * j + 1] = figures[at + 2 * (j - 1) + 1]!;
+    }
+    figures[at + 2 * i] = seq;
+    figures[at + 2 * i + 1] = attempts;
+  }
+
   /** The worker awaited its tasks' Promises for `ms`, within its busy time. */
   awaited(ms: number): void {
     this.#awaitingMs += ms;

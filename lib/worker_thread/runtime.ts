@@ -12,7 +12,7 @@ import { ClaimPolicy } from "../shared_memory/claim_policy.ts";
 import { FilterRuntime } from "./filter_runtime.ts";
 import { LinkReader } from "../shared_memory/link_reader.ts";
 import { LinkWriter } from "../shared_memory/link_writer.ts";
-import type { WorkerConfig } from "./config.ts";
+import type { Recovery, WorkerConfig } from "./config.ts";
 import { Ring } from "../shared_memory/ring.ts";
 import { StageStatus } from "../shared_memory/status.ts";
 import { type Instance, type Run, TargetLoader } from "./target_loader.ts";
@@ -27,6 +27,7 @@ import { WorkerFigures } from "./figures.ts";
 import { WorkerScope } from "./scope.ts";
 import { TaskTimeout } from "./task_timeout.ts";
 import { TaskBuffers } from "./task_buffers.ts";
+import { Retries } from "./retries.ts";
 
 /** Runs one stage worker. */
 export class WorkerRuntime implements TaskHost, BatchHost {
@@ -50,9 +51,10 @@ export class WorkerRuntime implements TaskHost, BatchHost {
   readonly status: StageStatus;
   readonly figures: WorkerFigures;
   readonly idleWait: IdleWait;
+  readonly retries: Retries | null;
   /** The stage's taskTimeout, if it has one (`config.timed`). */
   readonly #timeout: TaskTimeout | null;
-  /** The loop of a worker that runs several tasks at once, if it does. */
+  /** The loop of a worker that runs several tasks at once (or retries), if it does. */
   readonly #concurrent: ConcurrentRunner | null;
   /** The loop of a worker whose target takes its tasks in batches (a stand-in), if it does (set once loaded). */
   #batches: BatchRunner | null = null;
@@ -60,6 +62,8 @@ export class WorkerRuntime implements TaskHost, BatchHost {
   /** One past the last task whose results were all written. */
   #finished = 0;
   #claimMax = 1;
+  /** The errors of the failing task's attempts, under `retry`. */
+  #attempts: unknown[] | null = null;
   /** Results a timed task put with `putResult()`, deferred to its end. */
   #deferred: Uint8Array[] = [];
   /** The buffers on the pipeline's arena each task holds. */
@@ -93,7 +97,9 @@ export class WorkerRuntime implements TaskHost, BatchHost {
         this.figures,
       )
       : null;
-    this.#concurrent = config.concurrency > 1
+    // Decided once: a stage without retry runs the plain loop as before.
+    this.retries = config.retry === null ? null : new Retries(config.retry);
+    this.#concurrent = config.concurrency > 1 || this.retries !== null
       ? new ConcurrentRunner(this)
       : null;
     Dismissal.killWord = {
@@ -152,10 +158,12 @@ export class WorkerRuntime implements TaskHost, BatchHost {
     (globalThis as Record<symbol, unknown>)[Symbol.for("mpipe.putResult")] = (
       result: unknown,
     ) => this.#putResult(result);
-    (globalThis as Record<symbol, unknown>)[Symbol.for("mpipe.alloc")] = (
-      n: number,
-    ) => this.#buffers.alloc(n, this.#concurrent?.current);
-    if (this.config.recover !== null) this.#recover(this.config.recover);
+    this.#buffers.serveAlloc(() => this.#concurrent?.current);
+    const recover = this.config.recover;
+    if (recover !== null) this.#buffers.recover();
+    if (recover !== null && this.retries !== null) {
+      this.#concurrent!.recover(recover.tasks, recover.retry, recover.to);
+    } else if (recover !== null) this.#recover(recover);
     const filter = this.config.filter === null
       ? null
       : new FilterRuntime(this.config.filter, this.#buffers.arena);
@@ -286,8 +294,13 @@ export class WorkerRuntime implements TaskHost, BatchHost {
 
   finish(slot: TaskSlot): void {
     this.#seq = slot.seq;
+    if (slot.closed) {
+      return this.#recover({ tasks: [slot.seq], to: -1, retry: [] });
+    }
     this.#deferred = slot.deferred;
     this.#buffers.refs = slot.refs;
+    this.#attempts = slot.errors;
+    if (slot.attempt > 1) this.figures.retried(slot.seq, slot.attempt);
     if (slot.ok) this.#succeeded(slot.value, false);
     else this.#failed(slot.value, false);
   }
@@ -376,7 +389,12 @@ export class WorkerRuntime implements TaskHost, BatchHost {
     this.#finished = this.#seq + 1;
     // Only a callback needs the error: a skip without one sends nothing.
     if (this.config.onError === "report") {
-      WorkerScope.postError({ type: "skipped", task: this.#seq, error });
+      WorkerScope.postError({
+        type: "skipped",
+        task: this.#seq,
+        error,
+        attempts: this.#attempts ?? undefined,
+      });
     }
     this.#buffers.end();
   }
@@ -408,16 +426,18 @@ export class WorkerRuntime implements TaskHost, BatchHost {
     deferred.length = 0;
   }
 
-  /** Marks done the tasks a lost worker held, so an ordered merge does not wait for them. */
-  #recover({ tasks, to }: { tasks: number[]; to: number }): void {
-    if (this.config.arena !== null) {
-      this.#buffers.recover(this.config.arena.holder);
-    }
+  /**
+   * Marks done the tasks a lost worker held, so an ordered merge does not
+   * wait for them (`to` -1: one of them, among those a retrying runner took
+   * over).
+   */
+  #recover({ tasks, to }: Recovery): void {
     if (this.config.ordered && !this.config.disableResult) {
       for (const seq of tasks) {
         this.output.putEmpty(Ring.TASK_DONE | Ring.LAST, seq);
       }
     }
+    if (to < 0) return;
     this.#claimed(to, to);
     this.output.publish();
   }
@@ -466,6 +486,7 @@ export class WorkerRuntime implements TaskHost, BatchHost {
     // the pipeline has ended.
     if (Dismissal.dismissed()) return;
     this.output.publish();
-    WorkerScope.postError({ type: "error", phase, task, error });
+    const attempts = this.#concurrent?.failedAttempts ?? undefined;
+    WorkerScope.postError({ type: "error", phase, task, error, attempts });
   }
 }

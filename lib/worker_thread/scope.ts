@@ -21,9 +21,19 @@ export type WorkerMessage =
     error: unknown;
     /** The error's name, which a structured clone keeps only for standard errors. */
     errorName?: string;
+    /** Each attempt's error, for a task tried more than once. */
+    attempts?: unknown[];
   }
   /** A task failed and was dropped (onError "skip"). */
-  | { type: "skipped"; task: number; error: unknown; errorName?: string }
+  | {
+    type: "skipped";
+    task: number;
+    error: unknown;
+    errorName?: string;
+    attempts?: unknown[];
+  }
+  /** A stash buffer of the worker's held place `place` (see `Retries`). */
+  | { type: "stash"; place: number; buffer: SharedArrayBuffer }
   /** The worker is about to end: close(), Deno.exit(), or an error outside doTask(). */
   | { type: "lost"; reason: string; error?: unknown }
   /** A remote stage's stand-in had its first answer from a worker host: every host so far. */
@@ -104,7 +114,11 @@ export class WorkerScope {
     try {
       WorkerScope.post(message);
     } catch {
-      WorkerScope.post({ ...message, error: String(message.error) });
+      WorkerScope.post({
+        ...message,
+        error: String(message.error),
+        attempts: message.attempts?.map(String),
+      });
     }
   }
 

@@ -21,6 +21,7 @@ import { Mutex } from "../shared_memory/mutex.ts";
 import { Ring } from "../shared_memory/ring.ts";
 import { HeldTable, StageStatus } from "../shared_memory/status.ts";
 import { BatchRunner } from "./batch_runner.ts";
+import { Retries } from "./retries.ts";
 import { ConcurrentRunner } from "./concurrent_runner.ts";
 import { IdleWait } from "./idle_wait.ts";
 import { TargetLoader } from "./target_loader.ts";
@@ -91,6 +92,7 @@ export function stageWorkerScript(preload = ""): string {
       TaskTimeout,
       TaskBuffers,
       HeldTable,
+      Retries,
       ConcurrentRunner,
       BatchRunner,
       FilterRuntime,

@@ -63,8 +63,17 @@ export class TaskBuffers {
   }
 
   /** This worker replaces a lost one: what that one held goes back (it writes no more). */
-  recover(holder: number): void {
-    this.arena?.reap(holder);
+  recover(): void {
+    this.arena?.reap(this.arena.holder);
+  }
+
+  /** Serves `this.alloc(n)` in tasks; `current` is the running task's slot among others (null after an await), or undefined. */
+  serveAlloc(
+    current: () => { refs: number[] | null } | null | undefined,
+  ): void {
+    (globalThis as Record<symbol, unknown>)[Symbol.for("mpipe.alloc")] = (
+      n: number,
+    ) => this.alloc(n, current());
   }
 
   /**

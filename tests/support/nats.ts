@@ -15,7 +15,7 @@
  */
 
 import { readEnv } from "./env.ts";
-import { generateKeys } from "../../lib/jetstream/protocol.ts";
+import { generateKeys } from "../../lib/jetstream/keys.ts";
 
 /**
  * The test coordinators' key pair: clusters sign with `signingKey`

@@ -13,7 +13,7 @@
  * redelivered batch is answered again): results reach the reader exactly
  * once.
  *
- * Loaded by the stand-in worker as a module target (see `remote.ts`).
+ * Loaded by the stand-in worker as a module target (see `cluster.ts`; `stage/cluster.ts` is the contract).
  *
  * @module
  */
@@ -25,47 +25,40 @@ import type {
 } from "../../worker_thread/batch_runner.ts";
 import { UnorderedWorker } from "../../stage/worker.ts";
 import { WorkerScope } from "../../worker_thread/scope.ts";
-import { ensureStagesStream } from "./cluster.ts";
 import {
   AckPolicy,
+  apiCode,
+  type ConnectionOptions,
+  connectNats,
   DiscardPolicy,
   jetstream,
   type JetStreamClient,
   type JetStreamManager,
   jetstreamManager,
   type NatsConnection,
+  noResponders,
+  permanent,
   RetentionPolicy,
   StorageType,
 } from "../connection.ts";
 import {
   ANNOUNCE_EVERY_MS,
   announcementMessage,
-  ANSWER,
-  apiCode,
+  type StageSpec,
+} from "../announcements.ts";
+import {
   BATCH_HEADER,
   batchMessage,
   bodyLimit,
-  type ConnectionOptions,
-  connectNats,
-  Decoder,
   Encoder,
   HEADER_ROOM,
-  importSigningKey,
-  MANY,
   MessageReader,
-  nanosOf,
   newToken,
-  NONE,
-  noResponders,
-  ONE,
-  permanent,
-  REFUSED,
-  sameToken,
-  type StageSpec,
-  TOKEN_AT,
-  TOKEN_BYTES,
   writeBatchHeader,
-} from "../protocol.ts";
+} from "../messages.ts";
+import { importSigningKey } from "../keys.ts";
+import { ensureStagesStream, nanosOf, stageNames } from "../streams.ts";
+import { SentBatches } from "./sent_batches.ts";
 
 /** What the cluster gives a remote stage's bridge (structured-cloneable). */
 export interface BridgeConfig {
@@ -79,17 +72,8 @@ export interface BridgeConfig {
   maxBatch: number;
   /** The coordinator's Ed25519 signing key (as `generateKeys` makes it), or null to announce unsigned. */
   signingKey: string | null;
-}
-
-/** Tasks sent in one message, numbered from `from`, until each is settled. */
-interface Sent {
-  from: number;
-  /** The batch's token: only an answer that echoes it counts. */
-  token: Uint8Array;
-  /** 1 for each task settled. */
-  settled: Uint8Array;
-  /** Tasks not yet settled. */
-  left: number;
+  /** Milliseconds the stage may have tasks in flight and no host (`Infinity`: it waits). */
+  hostTimeout: number;
 }
 
 /**
@@ -100,14 +84,13 @@ interface Sent {
 export default class Bridge extends UnorderedWorker<unknown, unknown> {
   readonly #config: BridgeConfig;
   readonly #encoder = new Encoder();
-  readonly #decoder = new Decoder();
   #nc: NatsConnection | null = null;
   #js: JetStreamClient | null = null;
   #jsm: JetStreamManager | null = null;
   /** Set once the stage failed for good (`#fail`). */
   #failed = false;
-  /** Sent batches with tasks not settled, by their first task's number. */
-  readonly #sent = new Map<number, Sent>();
+  /** Sent batches with tasks not settled. */
+  readonly #sent: SentBatches;
   /** How the runtime is told of settled tasks (given with the first tasks). */
   #settler: TaskSettler | null = null;
   /** Set once a host refused the stage: every task fails with it. */
@@ -115,16 +98,18 @@ export default class Bridge extends UnorderedWorker<unknown, unknown> {
   /** The most bytes of a message's body (the server's max_payload, less room for headers). */
   #maxBody = bodyLimit(1 << 20);
   #signingKey: CryptoKey | null = null;
-  /** Answers and refusals dropped because they did not echo their batch's token (forged), and when that was last reported. */
-  #forged = 0;
-  #forgedReported = 0;
-  /** The hosts that answered so far, told to the main thread as each first does (the dashboard shows them). */
-  readonly #hosts = new Set<string>();
+  /** When a host last said it serves the stage, or the bridge started (performance.now()). */
+  #hostSeen = performance.now();
 
   /** Makes the bridge of the stage that `config` describes. */
   constructor(config: BridgeConfig) {
     super();
     this.#config = config;
+    this.#sent = new SentBatches(
+      config.spec.name,
+      config.spec.outSubject,
+      (hosts) => WorkerScope.post({ type: "hosts", hosts }),
+    );
     const send: SendTasks = (first, count, records, settler) =>
       this.#sendTasks(first, count, records, settler);
     (this as unknown as Record<symbol, unknown>)[
@@ -163,7 +148,7 @@ export default class Bridge extends UnorderedWorker<unknown, unknown> {
       filter_subject: spec.inSubject,
       ack_policy: AckPolicy.Explicit,
       ack_wait: nanosOf(spec.ackWait),
-      // The last delivery is answered with an error, not run (see host.ts).
+      // The last delivery is answered with an error, not run (see host/worker_host.ts).
       max_deliver: spec.maxDeliver,
       // Stage-wide across hosts: every message holds at least one task.
       max_ack_pending: size,
@@ -176,6 +161,13 @@ export default class Bridge extends UnorderedWorker<unknown, unknown> {
       max_ack_pending: 2 * size + 64,
     });
     this.#js = jetstream(nc);
+    // Hosts that serve the stage say so (see HOST_BEAT_MS).
+    this.#hostSeen = performance.now();
+    nc.subscribe(stageNames(spec.run, spec.index).hostsSubject, {
+      callback: () => {
+        this.#hostSeen = performance.now();
+      },
+    });
     await this.#announce();
     // Announced again, newly signed, while the stage lives: hosts take a
     // stage not announced again for ANNOUNCE_TTL_MS as gone, and refuse an
@@ -214,9 +206,20 @@ export default class Bridge extends UnorderedWorker<unknown, unknown> {
     }
   }
 
-  /** Fails the stage if its stream is gone. */
+  /** Fails the stage if its stream is gone, or if it has had tasks in flight and no host for its hostTimeout. */
   #checkStream(): void {
     if (this.#failed) return;
+    const silent = performance.now() - this.#hostSeen;
+    if (this.#sent.size > 0 && silent > this.#config.hostTimeout) {
+      return this.#fail(
+        `no host has served the stage for ${
+          Math.round(silent / 1000)
+        } s (hostTimeout ${this.#config.hostTimeout} ms), with ${this.#sent.size} batch(es) of tasks waiting`,
+        new Error(
+          'no host: start worker hosts (deno task host, see README "Scaling out") that trust this coordinator and may run the stage, or raise the cluster\'s hostTimeout',
+        ),
+      );
+    }
     const { stream } = this.#config.spec;
     this.#jsm!.streams.info(stream).then(undefined, (error) => {
       if (apiCode(error) === 10059) this.#lost();
@@ -339,12 +342,7 @@ export default class Bridge extends UnorderedWorker<unknown, unknown> {
       this.#settler!.flush();
       return;
     }
-    this.#sent.set(from, {
-      from,
-      token,
-      settled: new Uint8Array(count),
-      left: count,
-    });
+    this.#sent.add(from, count, token);
     this.#publish(message, `b${from}`, 0);
   }
 
@@ -410,11 +408,12 @@ export default class Bridge extends UnorderedWorker<unknown, unknown> {
         for await (const message of messages) {
           attempt = 0;
           try {
-            this.#answer(message.data);
+            const refusal = this.#sent.answer(message.data, this.#settler);
+            if (refusal !== null) this.#refuse(...refusal);
           } catch {
             // Malformed (DataView's reads throw RangeError too): not a
             // host's answer.
-            this.#forgery();
+            this.#sent.forgery();
           } finally {
             message.ack();
           }
@@ -430,120 +429,6 @@ export default class Bridge extends UnorderedWorker<unknown, unknown> {
     }
   }
 
-  /**
-   * Settles the tasks an answer covers (each once: a repeat is dropped).
-   * An answer counts only for the tasks of the batch whose token it echoes
-   * (a batch split into single tasks gives them its token): the rest is
-   * forged, dropped and counted.
-   */
-  #answer(bytes: Uint8Array): void {
-    const settler = this.#settler;
-    if (settler === null || bytes.length < TOKEN_AT + TOKEN_BYTES) {
-      return this.#forgery();
-    }
-    const reader = new MessageReader(bytes);
-    const kind = reader.u32();
-    if (kind !== ANSWER && kind !== REFUSED) return this.#forgery();
-    const count = reader.u32();
-    const from = reader.f64();
-    reader.at = TOKEN_AT + TOKEN_BYTES;
-    const batch = this.#sent.get(from);
-    if (kind === REFUSED) {
-      // A refusal answers a batch it was delivered.
-      const owner = batch ?? this.#sentWith(from);
-      if (owner === undefined) return;
-      if (!sameToken(bytes, TOKEN_AT, owner.token)) return this.#forgery();
-      reader.at = BATCH_HEADER;
-      const [host, reason] = reader.record(this.#decoder) as [string, string];
-      return this.#refuse(host, reason);
-    }
-    const worker = reader.i32();
-    const host = reader.text();
-    /** The batch last checked against the answer's token, and whether it matched. */
-    let checked: Sent | undefined;
-    let genuine = false;
-    let forged = false;
-    let settled = false;
-    try {
-      for (let i = 0; i < count; i++) {
-        const tag = reader.u8();
-        const n = tag === MANY ? reader.varint() : tag === NONE ? 0 : 1;
-        // Most answers cover one whole batch; a redelivered batch is split
-        // into single tasks, each answered on its own.
-        const task = from + i;
-        const owner = batch !== undefined && i < batch.settled.length
-          ? batch
-          : this.#sentWith(task);
-        if (owner !== undefined && owner !== checked) {
-          checked = owner;
-          genuine = sameToken(bytes, TOKEN_AT, owner.token);
-          if (!genuine) forged = true;
-        }
-        const index = owner === undefined ? 0 : task - owner.from;
-        if (owner === undefined || !genuine || owner.settled[index] === 1) {
-          for (let j = 0; j < n; j++) reader.frame();
-          continue;
-        }
-        owner.settled[index] = 1;
-        settled = true;
-        if (--owner.left === 0) this.#sent.delete(owner.from);
-        if (tag === ONE) settler.resolve(task, reader.recordBytes());
-        else if (tag === NONE) settler.resolve(task, null);
-        else if (tag === MANY) {
-          const records: Uint8Array[] = [];
-          for (let j = 0; j < n; j++) records.push(reader.recordBytes());
-          settler.resolveMany(task, records);
-        } else {
-          settler.reject(
-            task,
-            {
-              mpipeRemote: {
-                host,
-                worker: worker < 0 ? undefined : worker,
-                what: undefined,
-              },
-              error: reader.record(this.#decoder),
-            } satisfies RemoteFailure,
-          );
-        }
-      }
-    } finally {
-      settler.flush();
-    }
-    if (forged) this.#forgery();
-    if (settled && !this.#hosts.has(host)) {
-      this.#hosts.add(host);
-      WorkerScope.post({ type: "hosts", hosts: [...this.#hosts] });
-    }
-  }
-
-  /**
-   * Counts an answer or refusal that did not come from a host that holds
-   * its tasks (it lacks their batch's token), and reports the count on
-   * stderr, at most every 10 s.
-   */
-  #forgery(): void {
-    this.#forged++;
-    const now = performance.now();
-    if (this.#forgedReported !== 0 && now - this.#forgedReported < 10_000) {
-      return;
-    }
-    this.#forgedReported = now;
-    console.warn(
-      `mpipe: remote stage '${this.#config.spec.name}': dropped ${this.#forged} answer(s) that no host holding their tasks sent (they lack their batch's token): a client other than your hosts publishes to ${this.#config.spec.outSubject}; see README "Securing the cluster"`,
-    );
-  }
-
-  /** The sent batch that holds task `task`, if it is not settled. */
-  #sentWith(task: number): Sent | undefined {
-    for (const sent of this.#sent.values()) {
-      if (task >= sent.from && task < sent.from + sent.settled.length) {
-        return sent;
-      }
-    }
-    return undefined;
-  }
-
   /** A host refused the stage: every task in flight, and every later one, fails. */
   #refuse(host: string, reason: string): void {
     if (this.#refusal !== null) return;
@@ -555,15 +440,6 @@ export default class Bridge extends UnorderedWorker<unknown, unknown> {
       },
       error: new Error(reason),
     };
-    const settler = this.#settler!;
-    for (const sent of this.#sent.values()) {
-      for (let i = 0; i < sent.settled.length; i++) {
-        if (sent.settled[i] !== 1) {
-          settler.reject(sent.from + i, this.#refusal);
-        }
-      }
-    }
-    this.#sent.clear();
-    settler.flush();
+    this.#sent.rejectAll(this.#settler!, this.#refusal);
   }
 }

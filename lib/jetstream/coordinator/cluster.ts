@@ -14,25 +14,17 @@ import type { Cluster, ClusterRun, RemoteStage } from "../../stage/cluster.ts";
 import type { BridgeConfig } from "./bridge.ts";
 import { checkOptionNames } from "../../checks.ts";
 import {
-  type JetStreamManager,
-  jetstreamManager,
-  type NatsConnection,
-} from "../connection.ts";
-import {
-  ANNOUNCE_TTL_MS,
   apiCode,
   checkConnectionOptions,
   type ConnectionOptions,
   connectNats,
-  generateKeys,
-  importSigningKey,
-  nanosOf,
-  PROTOCOL,
-  stageNames,
-  STAGES_STREAM,
-  STAGES_SUBJECTS,
-  type StageSpec,
-} from "../protocol.ts";
+  type JetStreamManager,
+  jetstreamManager,
+  type NatsConnection,
+} from "../connection.ts";
+import { PROTOCOL, type StageSpec } from "../announcements.ts";
+import { generateKeys, importSigningKey } from "../keys.ts";
+import { ensureStagesStream, stageNames, STAGES_STREAM } from "../streams.ts";
 
 /**
  * The options of `JetStreamCluster.connect`: the connection, and how remote
@@ -66,7 +58,8 @@ export interface JetStreamClusterOptions extends ConnectionOptions {
   ackWait?: number;
   /**
    * How many hosts a task may lose (killed or crashed while it ran there)
-   * before it fails with a `StageError` instead of being run again. A task
+   * before it fails with a `StageError` instead of being run again: the
+   * `crashBudget` of this cluster's stages that set none. A task
    * whose host was lost runs again alone (nothing else runs on that host
    * meanwhile), so a task that kills hosts is found and fails after this
    * many host deaths in all, and the tasks that shared a host with it
@@ -92,6 +85,16 @@ export interface JetStreamClusterOptions extends ConnectionOptions {
    * @default {undefined: announcements are unsigned, and hosts run only module targets under their --allow-target}
    */
   signingKey?: string;
+  /**
+   * Milliseconds a remote stage may have tasks waiting while no host
+   * serves it (each host that serves a stage says so every second) before
+   * the stage fails with a `StageError` ("no host"): its hosts were all
+   * killed, stopped or cut off, or none was started, or none may run it.
+   * `Infinity` waits for a host for ever (then `get({ timeout })` bounds a
+   * wait for results).
+   * @default {60000}
+   */
+  hostTimeout?: number;
 }
 
 /** The stand-in worker of every remote stage. */
@@ -232,7 +235,8 @@ export class JetStreamCluster implements Cluster, AsyncDisposable {
     const options = this.#options;
     const configs = stages.map((stage, index): BridgeConfig => {
       const names = stageNames(run, index);
-      const maxAttempts = options.maxAttempts ?? 3;
+      // One crash budget: the stage's own, else the cluster's.
+      const maxAttempts = stage.crashBudget ?? options.maxAttempts ?? 3;
       const spec: StageSpec = {
         protocol: PROTOCOL,
         run,
@@ -248,7 +252,7 @@ export class JetStreamCluster implements Cluster, AsyncDisposable {
         ackWait: options.ackWait ?? 30_000,
         maxAttempts,
         // A cap that tasks which only shared a host with a poison one never
-        // reach, so that nothing is delivered for ever (see host.ts).
+        // reach, so that nothing is delivered for ever (see host/worker_host.ts).
         maxDeliver: 4 * maxAttempts + 4,
         taskTimeout: Number.isFinite(stage.taskTimeout ?? Infinity)
           ? stage.taskTimeout!
@@ -264,6 +268,7 @@ export class JetStreamCluster implements Cluster, AsyncDisposable {
         maxBatch: options.maxBatch ??
           Math.min(4096, Math.ceil(stage.size / 16)),
         signingKey: options.signingKey ?? null,
+        hostTimeout: options.hostTimeout ?? 60_000,
       };
     });
     let closed: Promise<void> | null = null;
@@ -368,29 +373,6 @@ export class JetStreamCluster implements Cluster, AsyncDisposable {
   }
 }
 
-/** Makes the stream of stage announcements, unless it exists. */
-export async function ensureStagesStream(jsm: JetStreamManager): Promise<void> {
-  try {
-    await jsm.streams.info(STAGES_STREAM);
-    return;
-  } catch (error) {
-    if (apiCode(error) !== 10059) throw error;
-  }
-  try {
-    await jsm.streams.add({
-      name: STAGES_STREAM,
-      subjects: [STAGES_SUBJECTS],
-      max_msgs_per_subject: 1,
-      // A stage is announced again while it lives: an announcement of a
-      // coordinator that is gone expires.
-      max_age: nanosOf(ANNOUNCE_TTL_MS),
-    });
-  } catch (error) {
-    // 10058: another process made it first.
-    if (apiCode(error) !== 10058) throw error;
-  }
-}
-
 /** The connection part of the options, as the stand-ins get it. */
 function connectionOf(options: JetStreamClusterOptions): ConnectionOptions {
   const {
@@ -398,6 +380,7 @@ function connectionOf(options: JetStreamClusterOptions): ConnectionOptions {
     maxAttempts: _m,
     maxBatch: _b,
     signingKey: _k,
+    hostTimeout: _h,
     ...connection
   } = options;
   return connection;
@@ -420,6 +403,7 @@ function checkClusterOptions(options: unknown): JetStreamClusterOptions {
     "maxAttempts",
     "maxBatch",
     "signingKey",
+    "hostTimeout",
   ];
   checkOptionNames("JetStreamCluster.connect", checked, known);
   const positive = (key: "ackWait" | "maxAttempts" | "maxBatch", min = 1) => {
@@ -441,6 +425,19 @@ function checkClusterOptions(options: unknown): JetStreamClusterOptions {
     throw new TypeError(
       `JetStreamCluster.connect: 'options.signingKey' must be a string (a key from JetStreamCluster.generateKeys()), got ${typeof checked
         .signingKey}`,
+    );
+  }
+  const hostTimeout = checked.hostTimeout;
+  if (
+    hostTimeout !== undefined &&
+    !(typeof hostTimeout === "number" &&
+      (hostTimeout === Infinity ||
+        (Number.isInteger(hostTimeout) && hostTimeout >= 1_000)))
+  ) {
+    throw new RangeError(
+      `JetStreamCluster.connect: 'options.hostTimeout' must be an integer of at least 1000 (ms) or Infinity, got ${
+        JSON.stringify(hostTimeout)
+      }`,
     );
   }
   positive("ackWait", 100);

@@ -9,7 +9,7 @@
  * The targets of the last stages it served stay loaded, with their
  * `doInit()` done, for the next batches.
  *
- * Loaded by the host's pipeline as a module target (see `host.ts`).
+ * Loaded by the host's pipeline as a module target (see `worker_host.ts`).
  *
  * @module
  */
@@ -28,7 +28,7 @@ import {
   ONE,
   readBatch,
   writeAnswerHeader,
-} from "../protocol.ts";
+} from "../messages.ts";
 import type { RemoteTarget } from "../../stage/cluster.ts";
 
 /** What a host worker needs of a stage, sent with each batch. */
