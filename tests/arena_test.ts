@@ -247,6 +247,34 @@ Deno.test("put with transfer copies a typed array into the arena once and detach
   await pipe.done;
 });
 
+Deno.test("a stage with retry gets arena buffers as copies (it decodes each attempt afresh), and their space comes back", async () => {
+  const first = new OrderedStage(
+    (bytes: Uint8Array) => {
+      const tries = globalThis as { tries?: number };
+      tries.tries = (tries.tries ?? 0) + 1;
+      // The first attempt of the first task fails; its retry sees the bytes.
+      if (tries.tries === 1) throw new Error("flaky");
+      return [
+        bytes.buffer instanceof SharedArrayBuffer,
+        bytes[0],
+        bytes.length,
+      ];
+    },
+    1,
+    { retry: { attempts: 2, delayMs: 1 } },
+  );
+  const pipe = new Pipeline<Uint8Array, unknown[]>(first, { arenaDebug: true });
+  for (let i = 0; i < 3; i++) pipe.put(pipe.allocSync(5000).fill(i));
+  pipe.put(null);
+  assert.deepEqual(await within(Array.fromAsync(pipe), "the results"), [
+    [false, 0, 5000],
+    [false, 1, 5000],
+    [false, 2, 5000],
+  ]);
+  assert.equal(pipe.stats().arena.live, 0);
+  await pipe.done;
+});
+
 Deno.test("ordinary Uint8Arrays are copied as before", async () => {
   const pipe = new Pipeline<Uint8Array, boolean>(
     new OrderedStage((bytes: Uint8Array) =>
