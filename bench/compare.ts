@@ -11,12 +11,14 @@
 //
 // Each measurement is a child process `deno run --allow-read bench/measure.ts <case>
 // <variant> [--quick]` printing one JSON line; a child that fails or exceeds the timeout is
-// reported and left out of the table. Throughput workloads (W1, W2, W4, W5) run 6 timed
+// reported and left out of the table. Throughput workloads (W1, W2, W4, W4L, W5) run 6 timed
 // passes of N through one pipeline per process: the first pass (pass 1) and the steady state
 // (median of passes 2–6) are tabulated apart, each against the same figure of the baselines.
 // With W1, every round also runs `bench/bare_rings.ts` (the project's own Ring, the same two
 // stages in tight loops, no API, runs of 16 records), and W1's steady state is quoted as a
-// share of it (goal: at least 75%); `--no-bare` leaves it out. `--progress` shows MPipe's
+// share of it (goal: at least 75%); `--no-bare` leaves it out. W4 and W4L (4 MiB tasks) also
+// run MPipe by reference (variant mpipe-ref: tasks from `pipe.alloc`, on the arena), in rows
+// of their own against the same baselines. `--progress` shows MPipe's
 // progress display (PipelineOptions.progress) while each MPipe child of W1–W6 runs: the
 // child's stderr then goes to ours (a failed child's message with it), and its figures
 // include the display's small cost.

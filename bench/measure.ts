@@ -20,7 +20,7 @@
 // waits until MS after the warm-up before the first timed pass (the browser's start
 // included), so that both sides of that A/B pause alike.
 //
-// Throughput workloads (W1, W2, W4, W5) run 6 timed passes of N through one pipeline after
+// Throughput workloads (W1, W2, W4, W4L, W5) run 6 timed passes of N through one pipeline after
 // the warm-up, each timed from just before its first put until its last result is read and
 // checked: the first pass and the steady state (median of passes 2–6) come out.
 
