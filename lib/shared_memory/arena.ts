@@ -12,7 +12,7 @@
  * Who holds what: the main thread holds what it allocated and the results it
  * read until it puts or frees them (`owned`); a worker holds the buffers of
  * each task until the task ends, and writes them to its table in the arena,
- * from which the main thread releases them if the worker is lost.
+ * from which its replacement releases them if the worker is lost.
  *
  * The buffer is a growable `SharedArrayBuffer`: it reserves `bytes` of address
  * space and commits memory only as allocations reach it, so a pipeline that
@@ -238,7 +238,7 @@ export class Arena {
     if (Atomics.sub(this.#refs!, start, 1) === 1) this.#free(start);
   }
 
-  /** Releases what the lost worker at `holder` held (main thread; it writes no more). */
+  /** Releases what the lost worker at place `holder` held (its replacement calls it: the lost one writes no more). */
   reap(holder: number): void {
     if (!this.#meta()) return;
     const tables = this.#tables!;
