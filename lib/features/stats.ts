@@ -13,6 +13,7 @@
  * @module
  */
 
+import type { ArenaStats } from "../main_thread/arena_access.ts";
 import { flowOrder, reachable } from "../stage/graph.ts";
 import { type AnyStage, internalsOf, workersOf } from "../stage/internals.ts";
 import { StageStatus } from "../shared_memory/status.ts";
@@ -283,6 +284,8 @@ export interface PipelineStats {
   read: number;
   /** Every stage once: the root first, then in the order tasks reach them; a `FilterStage`'s sub-pipelines right after it. */
   stages: StageStats[];
+  /** The arena's use (see `Pipeline.alloc`): all zeros for a pipeline without one. */
+  arena: ArenaStats;
 }
 
 /**
@@ -320,6 +323,7 @@ export class StatsReader {
   readonly #within: (number | null)[];
   readonly #input: Pick<StatsSources, "entered" | "fullMs">;
   readonly #output: Pick<StatsSources, "read">;
+  readonly #arena: () => ArenaStats;
   readonly #createdAt = performance.now();
   #doneAt: number | null = null;
   #end: RunEnd | null = null;
@@ -329,7 +333,9 @@ export class StatsReader {
     root: AnyStage,
     input: Pick<StatsSources, "entered" | "fullMs">,
     output: Pick<StatsSources, "read">,
+    arena: () => ArenaStats,
   ) {
+    this.#arena = arena;
     this.#stages = flowOrder(root);
     this.#stages.forEach((stage, i) => this.#index.set(stage, i));
     this.#within = this.#stages.map(() => null);
@@ -404,6 +410,7 @@ export class StatsReader {
       put: this.#input.entered,
       read: this.#output.read,
       stages,
+      arena: this.#arena(),
     };
   }
 

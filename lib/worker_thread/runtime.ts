@@ -26,6 +26,7 @@ import { IdleWait } from "./idle_wait.ts";
 import { WorkerFigures } from "./figures.ts";
 import { WorkerScope } from "./scope.ts";
 import { TaskTimeout } from "./task_timeout.ts";
+import { TaskBuffers } from "./task_buffers.ts";
 import { Retries } from "./retries.ts";
 
 /** Runs one stage worker. */
@@ -65,6 +66,8 @@ export class WorkerRuntime implements TaskHost, BatchHost {
   #attempts: unknown[] | null = null;
   /** Results a timed task put with `putResult()`, deferred to its end. */
   #deferred: Uint8Array[] = [];
+  /** The buffers on the pipeline's arena each task holds. */
+  readonly #buffers: TaskBuffers;
   /** This worker's words in the stage's status block, found once. */
   readonly #slot: {
     seq: number;
@@ -84,6 +87,7 @@ export class WorkerRuntime implements TaskHost, BatchHost {
     this.status = new StageStatus(config.status, config.size);
     this.figures = new WorkerFigures(this.status, config.index);
     this.idleWait = new IdleWait(this.input, config.spin);
+    this.#buffers = new TaskBuffers(config.arena, this.input, this.output);
     this.#timeout = config.timed
       ? new TaskTimeout(
         this.status,
@@ -154,13 +158,15 @@ export class WorkerRuntime implements TaskHost, BatchHost {
     (globalThis as Record<symbol, unknown>)[Symbol.for("mpipe.putResult")] = (
       result: unknown,
     ) => this.#putResult(result);
+    this.#buffers.serveAlloc(() => this.#concurrent?.current);
     const recover = this.config.recover;
+    if (recover !== null) this.#buffers.recover();
     if (recover !== null && this.retries !== null) {
       this.#concurrent!.recover(recover.tasks, recover.retry, recover.to);
     } else if (recover !== null) this.#recover(recover);
     const filter = this.config.filter === null
       ? null
-      : new FilterRuntime(this.config.filter);
+      : new FilterRuntime(this.config.filter, this.#buffers.arena);
     if (filter !== null) run = (task) => filter.doTask(task);
     // A stand-in that sends its tasks elsewhere takes them in batches.
     const send = instance?.[Symbol.for("mpipe.sendTasks")];
@@ -253,6 +259,7 @@ export class WorkerRuntime implements TaskHost, BatchHost {
    */
   #runTask(run: Run, task: unknown, seq: number): Promise<void> | undefined {
     this.begin(seq);
+    this.#buffers.begin(task);
     let result: unknown;
     try {
       result = run(task);
@@ -281,12 +288,17 @@ export class WorkerRuntime implements TaskHost, BatchHost {
     return this.#timeout?.unwatch() ?? 0;
   }
 
+  takeRefs(task: unknown): number[] | null {
+    return this.#buffers.take(task);
+  }
+
   finish(slot: TaskSlot): void {
     this.#seq = slot.seq;
     if (slot.closed) {
       return this.#recover({ tasks: [slot.seq], to: -1, retry: [] });
     }
     this.#deferred = slot.deferred;
+    this.#buffers.refs = slot.refs;
     this.#attempts = slot.errors;
     if (slot.attempt > 1) this.figures.retried(slot.seq, slot.attempt);
     if (slot.ok) this.#succeeded(slot.value, false);
@@ -351,6 +363,7 @@ export class WorkerRuntime implements TaskHost, BatchHost {
     }
     this.#finished = this.#seq + 1;
     this.figures.tasks++;
+    this.#buffers.end();
   }
 
   #failed(error: unknown, timed = this.config.timed): undefined {
@@ -383,6 +396,7 @@ export class WorkerRuntime implements TaskHost, BatchHost {
         attempts: this.#attempts ?? undefined,
       });
     }
+    this.#buffers.end();
   }
 
   /** Records the claimed tasks [from, to), for whoever replaces a lost worker. */

@@ -9,6 +9,7 @@
  * @module
  */
 
+import { Arena } from "../shared_memory/arena.ts";
 import { Bell } from "../shared_memory/bell.ts";
 import { Dismissal } from "../shared_memory/dismissal.ts";
 import { ClaimPolicy } from "../shared_memory/claim_policy.ts";
@@ -25,6 +26,7 @@ import { ConcurrentRunner } from "./concurrent_runner.ts";
 import { IdleWait } from "./idle_wait.ts";
 import { TargetLoader } from "./target_loader.ts";
 import { TaskTimeout } from "./task_timeout.ts";
+import { TaskBuffers } from "./task_buffers.ts";
 import { WorkerFigures } from "./figures.ts";
 import { OrderedWorker, TaskWorker, UnorderedWorker } from "../stage/worker.ts";
 import { WorkerRuntime } from "./runtime.ts";
@@ -35,6 +37,7 @@ export const ENGINE_CLASSES: readonly unknown[] = [
   Dismissal,
   Bell,
   Mutex,
+  Arena,
   Ring,
   StageStatus,
   ClaimPolicy,
@@ -87,6 +90,7 @@ export function stageWorkerScript(preload = ""): string {
       WorkerFigures,
       IdleWait,
       TaskTimeout,
+      TaskBuffers,
       HeldTable,
       Retries,
       ConcurrentRunner,

@@ -94,6 +94,14 @@ export function fakeRun(
     put: 100,
     read: 100,
     stages,
+    arena: {
+      capacity: 0,
+      usedBytes: 0,
+      highBytes: 0,
+      live: 0,
+      allocations: 0,
+      fallbacks: 0,
+    },
     ...more,
   };
 }
