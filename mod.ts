@@ -35,7 +35,11 @@
  * @module
  */
 
-export { PipelineClosedError, StageError } from "./lib/errors.ts";
+export {
+  ArenaFullError,
+  PipelineClosedError,
+  StageError,
+} from "./lib/errors.ts";
 export type { StageErrorOptions } from "./lib/errors.ts";
 export { FilterStage } from "./lib/stage/filter.ts";
 export type { FilterStageOptions } from "./lib/stage/filter.ts";
@@ -62,6 +66,7 @@ export type {
   TaskFunction,
   WorkerClass,
 } from "./lib/stage/stage.ts";
+export type { ArenaStats } from "./lib/main_thread/arena_access.ts";
 export type {
   PipelineStats,
   Resize,

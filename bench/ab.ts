@@ -189,8 +189,8 @@ interface Metric {
 
 function metricsOf(what: Case): Metric[] {
   if (THROUGHPUT.includes(what)) {
-    const unit = what === "W4" ? "MB/s" : "items/s";
-    const style: Style = what === "W4" ? "int" : "rate";
+    const unit = what === "W4" || what === "W4L" ? "MB/s" : "items/s";
+    const style: Style = what === "W4" || what === "W4L" ? "int" : "rate";
     return [
       {
         key: "steady",
@@ -316,7 +316,7 @@ function summary(f: Figures, what: Case): string {
     return `${m.key} ${x === undefined ? "?" : format(x, m.style)}`;
   });
   if (!Array.isArray(f.perPass)) return figures.join(", ");
-  const style: Style = what === "W4" ? "int" : "rate";
+  const style: Style = what === "W4" || what === "W4L" ? "int" : "rate";
   const passes = f.perPass.map((x) => format(x, style)).join(" | ");
   return `${figures.join(", ")} (passes ${passes})`;
 }

@@ -11,6 +11,7 @@ export const CASES = [
   "W2",
   "W3",
   "W4",
+  "W4L",
   "W5",
   "W6",
   "startup",
@@ -21,7 +22,7 @@ export const CASES = [
 export type Case = typeof CASES[number];
 
 /** The throughput workloads: 6 timed passes per process, first pass and steady state. */
-export const THROUGHPUT: readonly Case[] = ["W1", "W2", "W4", "W5"];
+export const THROUGHPUT: readonly Case[] = ["W1", "W2", "W4", "W4L", "W5"];
 
 /**
  * Timed passes of N per throughput process (BENCHMARKS.md): pass 1 is the first pass, the
@@ -34,7 +35,8 @@ export const VARIANTS: Record<Case, readonly string[]> = {
   W1: ["pm", "pm-batch", "mpipe"],
   W2: ["pm", "pm-batch", "mpipe"],
   W3: ["pm", "mpipe"],
-  W4: ["pm", "pm-transfer", "mpipe"],
+  W4: ["pm", "pm-transfer", "mpipe", "mpipe-ref"],
+  W4L: ["pm", "pm-transfer", "mpipe", "mpipe-ref"],
   W5: ["pm", "pm-batch", "mpipe"],
   W6: ["pm", "mpipe"],
   startup: ["workers", "mpipe"],

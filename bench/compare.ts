@@ -11,12 +11,14 @@
 //
 // Each measurement is a child process `deno run --allow-read bench/measure.ts <case>
 // <variant> [--quick]` printing one JSON line; a child that fails or exceeds the timeout is
-// reported and left out of the table. Throughput workloads (W1, W2, W4, W5) run 6 timed
+// reported and left out of the table. Throughput workloads (W1, W2, W4, W4L, W5) run 6 timed
 // passes of N through one pipeline per process: the first pass (pass 1) and the steady state
 // (median of passes 2–6) are tabulated apart, each against the same figure of the baselines.
 // With W1, every round also runs `bench/bare_rings.ts` (the project's own Ring, the same two
 // stages in tight loops, no API, runs of 16 records), and W1's steady state is quoted as a
-// share of it (goal: at least 75%); `--no-bare` leaves it out. `--progress` shows MPipe's
+// share of it (goal: at least 75%); `--no-bare` leaves it out. W4 and W4L (4 MiB tasks) also
+// run MPipe by reference (variant mpipe-ref: tasks from `pipe.alloc`, on the arena), in rows
+// of their own against the same baselines. `--progress` shows MPipe's
 // progress display (PipelineOptions.progress) while each MPipe child of W1–W6 runs: the
 // child's stderr then goes to ours (a failed child's message with it), and its figures
 // include the display's small cost.
@@ -163,7 +165,7 @@ function summary(f: Figures, what: Case, variant: string): string {
     return `${n(figure(f, "itemsPerSecond"), "rate")} items/s`;
   }
   if (THROUGHPUT.includes(what)) {
-    const style: Style = what === "W4" ? "int" : "rate";
+    const style: Style = what === "W4" || what === "W4L" ? "int" : "rate";
     const passes = Array.isArray(f.perPass)
       ? f.perPass.map((x) => format(x, style)).join(" | ")
       : "?";
@@ -199,6 +201,8 @@ interface Row {
   style: Style;
   /** The simple baseline's variant (start-up: bare Workers). */
   base?: string;
+  /** MPipe's variant in the MPipe column: "mpipe", or "mpipe-ref" (W4 by reference, on the arena). */
+  mpipe?: string;
 }
 
 function rows(o: Options): Row[] {
@@ -209,6 +213,7 @@ function rows(o: Options): Row[] {
     what: string,
     unit: string,
     style: Style,
+    mpipe = "mpipe",
   ): Row[] => [
     {
       what: id,
@@ -216,6 +221,7 @@ function rows(o: Options): Row[] {
       figure: `${unit}, steady state ↑`,
       key: "steady",
       style,
+      mpipe,
     },
     {
       what: id,
@@ -223,6 +229,7 @@ function rows(o: Options): Row[] {
       figure: `${unit}, first pass ↑`,
       key: "first",
       style,
+      mpipe,
     },
   ];
   const digits = (d: number): Style => ({ digits: d });
@@ -258,6 +265,9 @@ function rows(o: Options): Row[] {
       style: "int",
     },
     ...throughput("W4", "64 KiB identity", "MB/s", "int"),
+    ...throughput("W4", "by reference (arena)", "MB/s", "int", "mpipe-ref"),
+    ...throughput("W4L", "4 MiB identity", "MB/s", "int"),
+    ...throughput("W4L", "by reference (arena)", "MB/s", "int", "mpipe-ref"),
     ...throughput("W5", "3 ordered stages, objects", "items/s", "rate"),
     {
       what: "W6",
@@ -329,13 +339,16 @@ function table(results: Results, o: Options): string {
   for (const r of rows(o)) {
     if (!o.only.includes(r.what)) continue;
     const base = r.base ?? "pm";
-    const second = VARIANTS[r.what].find((v) => v !== base && v !== "mpipe");
+    const mpipe = r.mpipe ?? "mpipe";
+    const second = VARIANTS[r.what].find((v) =>
+      v !== base && !v.startsWith("mpipe")
+    );
     const of = (variant: string) =>
       cell(spread(valuesOf(results, r.what, variant, r.key)), r.style);
     const ratio = (variant: string) =>
       ratioCell(
         spread(
-          roundRatios(results, [r.what, "mpipe", r.key], [
+          roundRatios(results, [r.what, mpipe, r.key], [
             r.what,
             variant,
             r.key,
@@ -345,7 +358,7 @@ function table(results: Results, o: Options): string {
     lines.push(
       `| ${r.label} | ${r.figure} | ${of(base)} | ${
         second === undefined ? "—" : of(second)
-      } | ${of("mpipe")} | ${ratio(base)} | ${
+      } | ${of(mpipe)} | ${ratio(base)} | ${
         second === undefined ? "—" : ratio(second)
       } |`,
     );

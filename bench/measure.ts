@@ -5,7 +5,8 @@
 //                                          [--progress] [--dashboard | --dashboard-stream]
 //                                          [--settle MS]
 //
-// <case> is W1–W6, startup or idle; <variant> one of VARIANTS in cases.ts (mpipe, pm,
+// <case> is W1–W6 (and W4L, W4 with 4 MiB tasks), startup or idle; <variant> one of VARIANTS
+// in cases.ts (mpipe, mpipe-ref: W4 and W4L by reference on the arena, pm,
 // pm-batch, pm-transfer, workers). `--quick` runs N / 10 per pass. `--lib` builds the MPipe
 // side with another checkout's library (bench/ab.ts passes an exported commit's mod.ts);
 // every other line of code, the workloads and the baselines included, is this checkout's.
@@ -19,7 +20,7 @@
 // waits until MS after the warm-up before the first timed pass (the browser's start
 // included), so that both sides of that A/B pause alike.
 //
-// Throughput workloads (W1, W2, W4, W5) run 6 timed passes of N through one pipeline after
+// Throughput workloads (W1, W2, W4, W4L, W5) run 6 timed passes of N through one pipeline after
 // the warm-up, each timed from just before its first put until its last result is read and
 // checked: the first pass and the steady state (median of passes 2–6) come out.
 
@@ -77,6 +78,18 @@ function start(
       w3Workers,
       library: r.library,
       ...(r.progress ? { pipeline: { progress: true } } : {}),
+    });
+  }
+  if (r.variant === "mpipe-ref" && (id === "W4" || id === "W4L")) {
+    // By reference: tasks on the arena, room for 4 × the baseline's in-flight bytes.
+    const bytes = SPECS[id].bytes;
+    return startMPipe(id, {
+      library: r.library,
+      pipeline: {
+        arenaBytes: 4 * SPECS[id].maxInFlight * bytes,
+        ...(r.progress ? { progress: true } : {}),
+      },
+      byReference: { bytes, fill: w.w4Fill },
     });
   }
   const pm: Record<string, BaselineVariant> = {

@@ -51,7 +51,7 @@ export async function loadLibrary(modPath?: string): Promise<Library> {
 }
 
 /** The workloads with a throughput or latency figure. */
-export type WorkloadId = "W1" | "W2" | "W3" | "W4" | "W5" | "W6";
+export type WorkloadId = "W1" | "W2" | "W3" | "W4" | "W4L" | "W5" | "W6";
 
 /** One stage of a workload: a self-contained function, its worker count and ordering. */
 export interface BenchStage {
@@ -131,6 +131,14 @@ export const SPECS: Record<WorkloadId, WorkloadSpec> = {
     bytes: w.W4_BYTES,
     maxInFlight: w.MAX_IN_FLIGHT.W4,
   },
+  W4L: {
+    stages: [{ fn: w.w4Identity, workers: 1, ordered: true }],
+    task: w.w4lTask,
+    checker: orderedChecker(w.w4lCheck),
+    ordered: true,
+    bytes: w.W4L_BYTES,
+    maxInFlight: w.MAX_IN_FLIGHT.W4L,
+  },
   W5: {
     stages: [
       { fn: w.w5AddA, workers: 1, ordered: true },
@@ -198,6 +206,12 @@ export interface MPipeRunnerOptions {
    * @default {30000}
    */
   stallMs?: number;
+  /**
+   * Tasks by reference (W4, W4L): each task is a buffer of `bytes` from `pipe.alloc`, made
+   * by `fill(i, buffer)` in place of the workload's `task(i)`, and each result is freed once
+   * checked.
+   */
+  byReference?: { bytes: number; fill: (i: number, bytes: Uint8Array) => void };
 }
 
 /** An MPipe pipeline driven like `PostMessagePipeline`. */
@@ -209,9 +223,15 @@ export class MPipeRunner implements Runner {
   #progress = 0; // results read so far, for the stall watchdog
   #abort: ((e: Error) => void) | undefined;
   #watchdog: ReturnType<typeof setInterval>;
+  #byReference: MPipeRunnerOptions["byReference"];
 
-  private constructor(pipe: Pipeline<unknown, unknown>, stallMs: number) {
+  private constructor(
+    pipe: Pipeline<unknown, unknown>,
+    stallMs: number,
+    byReference: MPipeRunnerOptions["byReference"],
+  ) {
     this.pipe = pipe;
+    this.#byReference = byReference;
     let seen = -1;
     let since = performance.now();
     this.#watchdog = setInterval(() => {
@@ -250,7 +270,11 @@ export class MPipeRunner implements Runner {
       built[0] as unknown as Stage<unknown, unknown>,
       options.pipeline,
     );
-    const runner = new MPipeRunner(pipe, options.stallMs ?? 30_000);
+    const runner = new MPipeRunner(
+      pipe,
+      options.stallMs ?? 30_000,
+      options.byReference,
+    );
     if (warmup !== undefined) {
       try {
         await warmUp(runner, warmup.id, warmup.spec, warmup.count);
@@ -276,13 +300,23 @@ export class MPipeRunner implements Runner {
     const pipe = this.pipe;
     let got = 0;
     const aborted = new Promise<never>((_, reject) => this.#abort = reject);
-    const producer = async () => {
-      for (let i = 0; i < count; i++) await pipe.put(task(i));
-    };
+    const byReference = this.#byReference;
+    const producer = byReference === undefined
+      ? async () => {
+        for (let i = 0; i < count; i++) await pipe.put(task(i));
+      }
+      : async () => {
+        for (let i = 0; i < count; i++) {
+          const bytes = await pipe.alloc(byReference.bytes);
+          byReference.fill(i, bytes);
+          await pipe.put(bytes);
+        }
+      };
     const consumer = async () => {
       if (count <= 0) return;
       for await (const result of pipe.results()) {
         check(got, result);
+        if (byReference !== undefined) pipe.free(result as Uint8Array);
         this.#progress++;
         if (++got === count) return;
       }

@@ -11,6 +11,8 @@ export const N = {
   W2: 200_000,
   W3: 2_000,
   W4: 20_000,
+  /** W4 with 4 MiB payloads: the same bytes per pass. */
+  W4L: 320,
   W5: 100_000,
   W6: 5_000,
 } as const;
@@ -21,6 +23,7 @@ export const WARMUP = {
   W2: 1000,
   W5: 1000,
   W4: 100,
+  W4L: 4,
   W3: 20,
   W6: 500,
 } as const;
@@ -31,6 +34,7 @@ export const MAX_IN_FLIGHT = {
   W2: 4096,
   W3: 64,
   W4: 64,
+  W4L: 4,
   W5: 4096,
   W6: 4096,
 } as const;
@@ -177,7 +181,28 @@ const W4_TEMPLATE = Uint8Array.from({ length: W4_BYTES }, (_, j) => j & 255);
 
 /** W4 task i: 64 KiB, bytes 0..3 = i little-endian, byte j = j & 255 for j >= 4. */
 export function w4Task(i: number): Uint8Array {
-  const a = W4_TEMPLATE.slice();
+  return w4Fill(i, W4_TEMPLATE.slice());
+}
+
+/** Writes W4 task i (or W4L's, by its length) into `a`, a buffer on the arena for W4 by reference: the same copy as `w4Task`'s. */
+export function w4Fill(i: number, a: Uint8Array): Uint8Array {
+  if (a.length === W4L_BYTES) a.set(W4L_TEMPLATE);
+  else a.set(W4_TEMPLATE);
+  a[0] = i;
+  a[1] = i >>> 8;
+  a[2] = i >>> 16;
+  a[3] = i >>> 24;
+  return a;
+}
+
+/** W4L task size in bytes (4 MiB). */
+export const W4L_BYTES = 4 * 2 ** 20;
+
+const W4L_TEMPLATE = Uint8Array.from({ length: W4L_BYTES }, (_, j) => j & 255);
+
+/** W4L task i: W4's pattern, 4 MiB long. */
+export function w4lTask(i: number): Uint8Array {
+  const a = W4L_TEMPLATE.slice();
   a[0] = i;
   a[1] = i >>> 8;
   a[2] = i >>> 16;
@@ -192,19 +217,26 @@ export function w4Identity(x: Uint8Array): Uint8Array {
 
 /** W4 ordered check: length, the task number in bytes 0..3, and a few pattern bytes. */
 export function w4Check(i: number, result: unknown): void {
+  checkPattern("W4", W4_BYTES, i, result);
+}
+
+/** W4L ordered check: as W4's, for 4 MiB. */
+export function w4lCheck(i: number, result: unknown): void {
+  checkPattern("W4L", W4L_BYTES, i, result);
+}
+
+function checkPattern(w: string, bytes: number, i: number, result: unknown) {
   if (!(result instanceof Uint8Array)) {
-    return mismatch("W4", i, "Uint8Array", result);
+    return mismatch(w, i, "Uint8Array", result);
   }
-  if (result.length !== W4_BYTES) {
-    mismatch("W4", i, `${W4_BYTES} bytes`, result);
-  }
+  if (result.length !== bytes) mismatch(w, i, `${bytes} bytes`, result);
   const got =
     (result[0]! | result[1]! << 8 | result[2]! << 16 | result[3]! << 24) >>>
     0;
-  if (got !== i >>> 0) mismatch("W4", i, `task number ${i}`, got);
-  for (const j of [4, 255, 256, 4097, W4_BYTES - 1]) {
+  if (got !== i >>> 0) mismatch(w, i, `task number ${i}`, got);
+  for (const j of [4, 255, 256, 4097, bytes - 1]) {
     if (result[j] !== (j & 255)) {
-      mismatch("W4", i, `byte ${j} = ${j & 255}`, result[j]);
+      mismatch(w, i, `byte ${j} = ${j & 255}`, result[j]);
     }
   }
 }

@@ -125,3 +125,34 @@ export class PipelineClosedError extends Error {
     this.task = task;
   }
 }
+
+/**
+ * `Pipeline.allocSync` found no room in the pipeline's arena: buffers held
+ * by the program, by tasks in flight and by results not yet read fill it.
+ *
+ * @example An arena too small for a second buffer
+ * ```ts
+ * import { ArenaFullError, OrderedStage, Pipeline } from "@mpipe/mpipe";
+ * import assert from "node:assert/strict";
+ *
+ * const pipe = new Pipeline(new OrderedStage((x: Uint8Array) => x), {
+ *   arenaBytes: 8192,
+ * });
+ * const first = pipe.allocSync(8192);
+ * assert.throws(() => pipe.allocSync(1), ArenaFullError);
+ * pipe.free(first);
+ * pipe.free(pipe.allocSync(1));
+ * await pipe.close();
+ * ```
+ */
+export class ArenaFullError extends Error {
+  /** The bytes asked for. */
+  readonly bytes: number;
+
+  /** Creates the error for a request of `bytes` bytes. */
+  constructor(message: string, bytes: number) {
+    super(message);
+    this.name = "ArenaFullError";
+    this.bytes = bytes;
+  }
+}

@@ -36,6 +36,7 @@ import { inspectModules } from "./main_thread/inspect_modules.ts";
 import { TaskInput } from "./main_thread/task_input.ts";
 import { type FeedOptions, PipelineStreams } from "./features/streams.ts";
 import { Wiring } from "./main_thread/wiring.ts";
+import { ArenaAccess } from "./main_thread/arena_access.ts";
 import { type PipelineStats, StatsReader } from "./features/stats.ts";
 import { ProgressDisplay } from "./features/progress.ts";
 import { insightsReport } from "./features/insights.ts";
@@ -112,6 +113,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
   readonly #input: TaskInput;
   readonly #output: ResultOutput;
   readonly #supervisor: Supervisor;
+  readonly #arena: ArenaAccess;
   readonly #streams: PipelineStreams<I, O>;
   readonly #stats: StatsReader;
   readonly #progress: ProgressDisplay | null = null;
@@ -146,9 +148,8 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
       | Stage<unknown extends I ? never : I, unknown, never>,
     options: PipelineOptions = {},
   ) {
-    const { ringBytes, spin, progress, name, threads } = checkPipelineOptions(
-      options,
-    );
+    const { ringBytes, spin, progress, name, threads, arenaBytes, arenaDebug } =
+      checkPipelineOptions(options);
     this.name = name ?? `pipeline-${++pipelinesCreated}`;
     runs.set(this, this.#run);
     this.done = WatchedPromise.create((resolve, reject) => {
@@ -159,7 +160,12 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
     checkSandboxes(stages);
     this.#clusterRuns = openClusterRuns(stages);
     const leaves = pipelineLeaves(stages);
-    const wiring = this.#wiring = new Wiring(stages, leaves, ringBytes);
+    const wiring = this.#wiring = new Wiring(stages, leaves, ringBytes, {
+      bytes: arenaBytes,
+      debug: arenaDebug,
+    });
+    this.#arena = new ArenaAccess(wiring.arena, this.#run);
+    const arena = this.#arena.arena;
     const workers = stages.reduce((sum, stage) => sum + workersOf(stage), 0);
     const threadSpin = spin ?? defaultSpin(workers + 1);
 
@@ -194,12 +200,14 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
       this.#run,
       this.#report,
       this.#output,
+      arena,
     );
     this.#output.pump = this.#input;
     this.#stats = new StatsReader(
       root,
       this.#input,
       this.#output,
+      () => this.#arena.stats(),
     );
     if (progress !== null) {
       this.#progress = new ProgressDisplay(() => this.stats(), progress);
@@ -248,7 +256,11 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
 
     const start = () => {
       if (this.#run.cutShort) return;
-      this.#output.connect((stage) => wiring.leafLink(stage));
+      this.#output.connect((stage) => {
+        const link = wiring.leafLink(stage);
+        if (arena !== null) link.useArena(arena);
+        return link;
+      });
       this.#output.whenEmptied(() => {
         this.#leavesEmptied = true;
         this.#release();
@@ -324,6 +336,102 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
    */
   close(): Promise<void> {
     return this.#input.close();
+  }
+
+  /**
+   * A buffer of `n` bytes on the pipeline's arena, shared memory that every
+   * stage sees: put it (as a task, or inside one) and it travels as a small
+   * handle, not copied; the next stage gets a view on the same memory.
+   * Waits while the arena has no room (as `put` waits for room), so keep
+   * reading results meanwhile.
+   *
+   * Ownership: the program holds the buffer until it puts it or gives it
+   * back with `free`; putting gives it up (using it afterwards is a bug:
+   * its space may already be another buffer's). A worker holds the buffers
+   * of its task until the task ends, unless it puts them on in a result; a
+   * fork's branches share one buffer, read-only, with a reference count. A
+   * result's buffers are the program's once read, until it frees them or
+   * puts them again. The space comes back when the last holder is done,
+   * and when a holder's worker is lost. In a worker, `this.alloc(n)` makes
+   * one (see `TaskWorker.alloc`).
+   *
+   * @example Send a buffer by reference through two stages
+   * ```ts
+   * import { OrderedStage, Pipeline } from "@mpipe/mpipe";
+   * import assert from "node:assert/strict";
+   *
+   * const invert = (bytes: Uint8Array) => {
+   *   for (let i = 0; i < bytes.length; i++) bytes[i] = 255 - bytes[i]!;
+   *   return bytes;
+   * };
+   * const first = new OrderedStage(invert);
+   * first.link(new OrderedStage(invert));
+   * const pipe = new Pipeline<Uint8Array, Uint8Array>(first);
+   * const bytes = await pipe.alloc(1 << 20);
+   * bytes.fill(7);
+   * await pipe.put(bytes); // bytes is the pipeline's now
+   * await pipe.close();
+   * const result = (await pipe.get())!;
+   * assert.equal(result[0], 7);
+   * pipe.free(result);
+   * ```
+   *
+   * @param n The number of bytes, at most the pipeline option `arenaBytes`.
+   * @param options An `AbortSignal` that stops the wait.
+   * @returns A Promise of a `Uint8Array` on the arena. It rejects with a
+   * `PipelineClosedError` once the pipeline ended, with the signal's reason,
+   * with a `RangeError` for a bad `n`, and with a `TypeError` for a pipeline
+   * without an arena (`arenaBytes: 0`).
+   */
+  alloc(n: number, options?: { signal?: AbortSignal }): Promise<Uint8Array> {
+    return this.#arena.alloc(n, options?.signal);
+  }
+
+  /**
+   * Like `alloc`, but at once: throws an `ArenaFullError` if the arena has
+   * no room now.
+   *
+   * @example Allocate, fill, put
+   * ```ts
+   * import { OrderedStage, Pipeline } from "@mpipe/mpipe";
+   * import assert from "node:assert/strict";
+   *
+   * const pipe = new Pipeline(
+   *   new OrderedStage((bytes: Uint8Array) => bytes.reduce((a, b) => a + b)),
+   * );
+   * const bytes = pipe.allocSync(4);
+   * bytes.set([1, 2, 3, 4]);
+   * pipe.put(bytes);
+   * pipe.put(null);
+   * assert.deepEqual(await Array.fromAsync(pipe), [10]);
+   * ```
+   *
+   * @param n The number of bytes, at most the pipeline option `arenaBytes`.
+   * @returns A `Uint8Array` on the arena.
+   */
+  allocSync(n: number): Uint8Array {
+    return this.#arena.allocSync(n);
+  }
+
+  /**
+   * Gives back a buffer on the arena that the program holds: one from
+   * `alloc` it did not put, or one it read in a result. An ordinary typed
+   * array (a worker's `alloc` gives one when the arena is full) is left to
+   * the GC. Throws a `TypeError` for any other (one put or freed already).
+   *
+   * @example Free a buffer not put
+   * ```ts
+   * import { OrderedStage, Pipeline } from "@mpipe/mpipe";
+   *
+   * const pipe = new Pipeline(new OrderedStage((x: number) => x));
+   * pipe.free(pipe.allocSync(100));
+   * await pipe.close();
+   * ```
+   *
+   * @param view The buffer (or a view into it).
+   */
+  free(view: ArrayBufferView): void {
+    this.#arena.free(view);
   }
 
   /**
@@ -589,6 +697,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
     // pipeline's by now.
     if (this.#wiring === null) return;
     this.#supervisor.killAll();
+    this.#arena.close();
     this.#input.cutShort(reason);
     this.#output.cutShort();
   }

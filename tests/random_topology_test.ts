@@ -117,6 +117,12 @@ const DIMENSIONS = {
    */
   elastic: true,
   /**
+   * Payloads on the pipeline's arena (issue 28), in debug mode: they travel
+   * by reference, and every result's buffers are freed at the end, when
+   * none may be left live (a run that ends by its stop).
+   */
+  arena: true,
+  /**
    * Stages that retry (issue 26): 2 or 3 attempts, where some tasks fail
    * once (`flaky`) and must then come out as if they never failed; the
    * stage's other faults fail every attempt, and are skipped (or fail the
@@ -347,6 +353,8 @@ interface Plan {
   pauses: number;
   /** The known-defect families the plan contains. */
   families: (keyof typeof FAMILIES)[];
+  /** Whether the payloads are on the arena. */
+  arena: boolean;
 }
 
 /** Every path from the root to node `to`, as lists of node indices. */
@@ -589,7 +597,13 @@ function makePlan(seed: number): Plan {
   const reader = random.pick(
     ["get", "results", "leaves", "get-timeout"] as const,
   );
-  const { input, lossy } = drawDimensions(seed, nodes, failing, families);
+  const { input, lossy, arena } = drawDimensions(
+    seed,
+    nodes,
+    failing,
+    families,
+  );
+  if (arena) options.arenaDebug = true;
   drawElastic(seed, nodes, options);
   drawRetries(seed, nodes, failing, lossy, sizes.length);
   if (
@@ -610,6 +624,7 @@ function makePlan(seed: number): Plan {
     awaitPuts: random.pick([0, 0, 0.1, 0.5, 1]),
     pauses: random.pick([0, 0.01, 0.05]),
     families: [...families],
+    arena,
   };
 }
 
@@ -645,7 +660,7 @@ function drawDimensions(
   nodes: NodeSpec[],
   failing: number | undefined,
   families: Set<keyof typeof FAMILIES>,
-): { input: Plan["input"]; lossy: number | undefined } {
+): { input: Plan["input"]; lossy: number | undefined; arena: boolean } {
   const random = new Prng(seed ^ 0x2c1b3c6d);
   let lossy: number | undefined;
   nodes.forEach((node, i) => {
@@ -686,7 +701,12 @@ function drawDimensions(
   const input = random.pick(
     ["put", "put", "feed-array", "feed-generator", "feed-async"] as const,
   );
-  return { input: DIMENSIONS.feed ? input : "put", lossy };
+  const arena = random.chance(0.5);
+  return {
+    input: DIMENSIONS.feed ? input : "put",
+    lossy,
+    arena: DIMENSIONS.arena && arena,
+  };
 }
 
 /**
@@ -816,9 +836,9 @@ function describePlan(plan: Plan): string {
     JSON.stringify(plan.options)
   }, input ${plan.input}, reader ${plan.reader}, awaitPuts ${plan.awaitPuts}, pauses ${plan.pauses}${
     plan.failing === undefined ? "" : `, expect failure of s${plan.failing}`
-  }${plan.lossy === undefined ? "" : `, lossy s${plan.lossy}`}; [${
-    plan.nodes.map(describeNode).join("; ")
-  }]${
+  }${plan.lossy === undefined ? "" : `, lossy s${plan.lossy}`}${
+    plan.arena ? ", payloads on the arena" : ""
+  }; [${plan.nodes.map(describeNode).join("; ")}]${
     plan.families.length === 0 ? "" : `; known: ${plan.families.join(", ")}`
   }`;
 }
@@ -893,6 +913,40 @@ function payloadOf(id: number, size: number): Uint8Array {
   const payload = new Uint8Array(size);
   for (let i = 0; i < size; i++) payload[i] = (id * 31 + i) & 0xff;
   return payload;
+}
+
+/** `payload` copied onto `pipe`'s arena (as is when the arena has no room). */
+function onArena(
+  pipe: Pipeline<Task, unknown>,
+  payload: Uint8Array,
+): Uint8Array {
+  try {
+    const view = pipe.allocSync(payload.length);
+    view.set(payload);
+    return view;
+  } catch {
+    return payload;
+  }
+}
+
+/** Frees each arena buffer a result holds: one reference per buffer in it. */
+function freeArenaViews(pipe: Pipeline<Task, unknown>, result: unknown): void {
+  const freed = new Set<number>();
+  const visit = (value: unknown) => {
+    if (value instanceof Uint8Array) {
+      if (
+        value.buffer instanceof SharedArrayBuffer &&
+        !freed.has(value.byteOffset)
+      ) {
+        freed.add(value.byteOffset);
+        pipe.free(value);
+      }
+    } else if (Array.isArray(value)) value.forEach(visit);
+    else if (typeof value === "object" && value !== null) {
+      Object.values(value).forEach(visit);
+    }
+  };
+  visit(result);
 }
 
 /** What is wrong with a result's payload, or "". */
@@ -1336,7 +1390,9 @@ async function runPlan(plan: Plan): Promise<string[]> {
     });
   const taskOf = (id: number): Task => ({
     id,
-    payload: payloadOf(id, plan.sizes[id]!),
+    payload: plan.arena
+      ? onArena(pipe, payloadOf(id, plan.sizes[id]!))
+      : payloadOf(id, plan.sizes[id]!),
     hops: [],
     trail: [],
   });
@@ -1487,6 +1543,18 @@ async function runPlan(plan: Plan): Promise<string[]> {
         problems.push(`get() after the end returned ${after}`);
       }
       await pipe.done;
+      if (plan.arena) {
+        // The results' buffers were checked: free them; none is left.
+        for (const values of received.values()) {
+          for (const value of values) freeArenaViews(pipe, value);
+        }
+        const { live } = pipe.stats().arena;
+        if (live !== 0) {
+          problems.push(
+            `${live} arena buffers still live once every result was freed`,
+          );
+        }
+      }
       problems.push(
         ...checkSkipped(
           plan,

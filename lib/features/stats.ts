@@ -13,6 +13,7 @@
  * @module
  */
 
+import type { ArenaStats } from "../main_thread/arena_access.ts";
 import { flowOrder, reachable } from "../stage/graph.ts";
 import { type AnyStage, internalsOf, workersOf } from "../stage/internals.ts";
 import { StageStatus } from "../shared_memory/status.ts";
@@ -337,6 +338,8 @@ export interface PipelineStats {
   stages: StageStats[];
   /** The resizings of its elastic stages, in order (none without elastic stages). */
   resizes: Resize[];
+  /** The arena's use (see `Pipeline.alloc`): all zeros for a pipeline without one. */
+  arena: ArenaStats;
 }
 
 /**
@@ -381,6 +384,7 @@ export class StatsReader {
   readonly #within: (number | null)[];
   readonly #input: Pick<StatsSources, "entered" | "fullMs">;
   readonly #output: Pick<StatsSources, "read">;
+  readonly #arena: () => ArenaStats;
   readonly #createdAt = performance.now();
   #doneAt: number | null = null;
   #end: RunEnd | null = null;
@@ -392,7 +396,9 @@ export class StatsReader {
     root: AnyStage,
     input: Pick<StatsSources, "entered" | "fullMs">,
     output: Pick<StatsSources, "read">,
+    arena: () => ArenaStats,
   ) {
+    this.#arena = arena;
     this.#stages = flowOrder(root);
     this.#stages.forEach((stage, i) => this.#index.set(stage, i));
     this.#within = this.#stages.map(() => null);
@@ -478,6 +484,7 @@ export class StatsReader {
       read: this.#output.read,
       stages,
       resizes: this.#workers?.log.map((resize) => ({ ...resize })) ?? [],
+      arena: this.#arena(),
     };
   }
 

@@ -7,6 +7,7 @@
 
 import type { GetOptions } from "../stage/stage_options.ts";
 import {
+  checkBoolean,
   checkName,
   checkObject,
   checkOptionNames,
@@ -71,6 +72,23 @@ export interface PipelineOptions {
    * @default {navigator.hardwareConcurrency}
    */
   threads?: number;
+  /**
+   * Bytes of the pipeline's arena, the shared memory that `alloc` hands out
+   * for large binary payloads, which then travel by reference (see
+   * `Pipeline.alloc`). It is reserved, not committed: memory is taken only
+   * as allocations reach it, so a pipeline that never allocates pays
+   * nothing. 0: no arena. A multiple of 4096, at most 2^32.
+   * @default {268435456 (256 MiB)}
+   */
+  arenaBytes?: number;
+  /**
+   * Check the arena's use: freed space is filled with `0xdb` bytes, and a
+   * handle to freed space is an error, so a buffer used after it was put
+   * shows in tests. Also on with the environment variable
+   * `MPIPE_ARENA_DEBUG=1` (when the program may read it).
+   * @default {false}
+   */
+  arenaDebug?: boolean;
 }
 
 /**
@@ -126,6 +144,14 @@ export interface ProgressOptions {
 export interface PutOptions {
   /** Withdraw the task if it is still waiting for room when this signal aborts. */
   signal?: AbortSignal;
+  /**
+   * Copy the task's typed arrays into the pipeline's arena once, so that
+   * they travel by reference from there on; each one's buffer is given up
+   * (detached), as with `postMessage`'s transfer. A typed array the arena
+   * has no room for is copied as usual.
+   * @default {false}
+   */
+  transfer?: boolean;
 }
 
 /** The pipeline's options, checked, with their defaults. */
@@ -138,6 +164,20 @@ export interface CheckedPipelineOptions {
   /** The pipeline's name, or undefined for the next default one. */
   name: string | undefined;
   threads: number;
+  arenaBytes: number;
+  arenaDebug: boolean;
+}
+
+/** The arena's default size: reserved address space, committed as it is used. */
+export const ARENA_BYTES = 2 ** 28;
+
+/** Whether `MPIPE_ARENA_DEBUG=1` is set (false when the program may not read it). */
+function arenaDebugFromEnv(): boolean {
+  try {
+    return Deno.env.get("MPIPE_ARENA_DEBUG") === "1";
+  } catch {
+    return false;
+  }
 }
 
 /** The default spin when every thread of the pipeline has a core of its own. */
@@ -161,7 +201,15 @@ export function checkPipelineOptions(options: unknown): CheckedPipelineOptions {
   checkOptionNames(
     "Pipeline",
     checkObject("Pipeline", "options", options),
-    ["ringBytes", "spin", "progress", "name", "threads"],
+    [
+      "ringBytes",
+      "spin",
+      "progress",
+      "name",
+      "threads",
+      "arenaBytes",
+      "arenaDebug",
+    ],
     "pipeline",
   );
   const {
@@ -170,8 +218,21 @@ export function checkPipelineOptions(options: unknown): CheckedPipelineOptions {
     progress = false,
     name,
     threads = navigator.hardwareConcurrency,
+    arenaBytes = ARENA_BYTES,
+    arenaDebug = arenaDebugFromEnv(),
   } = options as PipelineOptions;
   checkPositiveInteger("Pipeline", "options.threads", threads);
+  if (
+    typeof arenaBytes !== "number" || !Number.isInteger(arenaBytes) ||
+    arenaBytes < 0 || arenaBytes % 4096 !== 0 || arenaBytes > 2 ** 32
+  ) {
+    throw new RangeError(
+      `Pipeline: 'options.arenaBytes' must be 0 or a multiple of 4096 up to 2^32, got ${
+        describe(arenaBytes)
+      }`,
+    );
+  }
+  checkBoolean("Pipeline", "options.arenaDebug", arenaDebug);
   if (
     typeof ringBytes !== "number" || !Number.isInteger(ringBytes) ||
     ringBytes < 4096 || (ringBytes & (ringBytes - 1)) !== 0 ||
@@ -200,6 +261,8 @@ export function checkPipelineOptions(options: unknown): CheckedPipelineOptions {
     progress: checkProgress(progress),
     name,
     threads,
+    arenaBytes,
+    arenaDebug,
   };
 }
 
@@ -255,15 +318,19 @@ const NO_CALL_OPTIONS = Object.freeze({
 /** Checks the options of `call`: `{ timeout?, signal? }` (`put` takes no timeout). */
 export function checkCallOptions(
   call: "get" | "results" | "put",
-  options: GetOptions | undefined,
-): { timeout: number | undefined; signal: AbortSignal | undefined } {
+  options: GetOptions | PutOptions | undefined,
+): {
+  timeout?: number | undefined;
+  signal: AbortSignal | undefined;
+  transfer?: boolean;
+} {
   if (options === undefined) return NO_CALL_OPTIONS;
   checkOptionNames(
     call,
     checkObject(call, "options", options),
-    call === "put" ? ["signal"] : ["timeout", "signal"],
+    call === "put" ? ["signal", "transfer"] : ["timeout", "signal"],
   );
-  const { timeout, signal } = options;
+  const { timeout, signal, transfer } = options as GetOptions & PutOptions;
   if (
     timeout !== undefined &&
     (typeof timeout !== "number" || Number.isNaN(timeout) || timeout < 0)
@@ -275,5 +342,6 @@ export function checkCallOptions(
     );
   }
   checkSignal(call, "options.signal", signal);
-  return { timeout, signal };
+  checkBoolean(call, "options.transfer", transfer);
+  return { timeout, signal, transfer };
 }

@@ -10,6 +10,7 @@
  * @module
  */
 
+import type { Arena } from "../shared_memory/arena.ts";
 import { Bell } from "../shared_memory/bell.ts";
 import { Encoder } from "../shared_memory/codec.ts";
 import { Fifo } from "./fifo.ts";
@@ -58,6 +59,8 @@ class WaitingBundle {
   joinable: boolean;
   /** Whether its put was withdrawn by its signal (it stays queued, skipped). */
   withdrawn = false;
+  /** The arena allocations its task carries, one reference each, dropped if it is withdrawn. */
+  refs: number[] | null = null;
   readonly promise: WatchedPromise<void>;
   resolve!: () => void;
   reject!: (reason: unknown) => void;
@@ -149,7 +152,9 @@ export class TaskInput implements InputPump {
     run: StopRequest,
     report: FailureReport,
     waker: ResultWaker,
+    arena: Arena | null,
   ) {
+    this.#encoder.arena = arena;
     this.#ring = new Ring(link.ring);
     this.#rootControl = new Int32Array(link.control);
     this.#maxBacklog = maxBacklog;
@@ -175,6 +180,7 @@ export class TaskInput implements InputPump {
       return this.#stop = stop.promise;
     } else {
       const encoder = this.#encoder.idle();
+      encoder.transfer = options?.transfer === true;
       let length: number;
       try {
         length = encoder.encode(task);
@@ -288,6 +294,8 @@ export class TaskInput implements InputPump {
       options?.signal !== undefined
     ) {
       bundle = this.#alone(encoder.takeBytes(), length, options);
+      // The references of a put its signal may withdraw.
+      if (encoder.arenaStarts.length) bundle.refs = encoder.arenaStarts.slice();
     } else {
       const encoded = encoder.bytes;
       if (
@@ -377,6 +385,8 @@ export class TaskInput implements InputPump {
       Atomics.sub(this.#rootControl, LinkReader.BACKLOG, 1);
     }
     if (bundle.bytes === null) this.#run.stopRequested = false;
+    // Its buffers go back: no ring holds the record.
+    for (const start of bundle.refs ?? []) this.#encoder.arena!.drop(start);
     bundle.reject(reason);
   }
 

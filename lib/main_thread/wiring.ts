@@ -12,6 +12,7 @@
  * @module
  */
 
+import { Arena, type ArenaMemory } from "../shared_memory/arena.ts";
 import type { RetryConfig } from "../stage/retry_option.ts";
 import { Bell } from "../shared_memory/bell.ts";
 import { ClaimPolicy } from "../shared_memory/claim_policy.ts";
@@ -100,6 +101,9 @@ export class Wiring {
    * followed by waking all of them (see `Supervisor`).
    */
   readonly sleepWords: SleepWord[] = [];
+  /** The pipeline's arena (null with `arenaBytes` 0), and each stage's first worker place in it. */
+  readonly arena: ArenaMemory | null;
+  readonly #holders = new Map<AnyStage, number>();
   readonly #ringBytes: number;
   /** Every ring allocated, for `release()`. */
   #rings: SharedArrayBuffer[] = [];
@@ -123,8 +127,28 @@ export class Wiring {
    * Allocates the memory of `stages` (root first), whose pipeline leaves are
    * `leaves`, with rings of `ringBytes` bytes.
    */
-  constructor(stages: AnyStage[], leaves: AnyStage[], ringBytes: number) {
+  constructor(
+    stages: AnyStage[],
+    leaves: AnyStage[],
+    ringBytes: number,
+    arena: { bytes: number; debug: boolean },
+  ) {
     this.#ringBytes = ringBytes;
+    let holders = 0;
+    for (const stage of stages) {
+      this.#holders.set(stage, holders);
+      holders += workersOf(stage);
+    }
+    this.arena = arena.bytes === 0
+      ? null
+      : Arena.create(arena.bytes, holders, arena.debug);
+    if (this.arena !== null) {
+      this.sleepWords.push({
+        words: new Int32Array(this.arena.buffer, 0, 1),
+        index: Arena.LOCK,
+        kind: "lock",
+      });
+    }
     for (const stage of stages) {
       const state = internalsOf(stage);
       // A worker of several tasks at once, or one that retries, keeps the
@@ -261,6 +285,9 @@ export class Wiring {
         retry: retryOf(stage),
         filter,
         elastic: elastic === null ? null : { ...elastic, places },
+        arena: this.arena === null
+          ? null
+          : { memory: this.arena, holder: this.#holders.get(stage)! + index },
       };
     });
   }

@@ -20,11 +20,17 @@
  * holds at most `Encoder.MAX_BYTES` bytes (a larger value is refused with a
  * `RangeError` before anything is sent).
  *
+ * A view on the pipeline's arena (`arena.ts`) travels as a handle
+ * (`Encoder.ARENA`): the receiver gets a view on the same memory. Each record
+ * holds one reference to each allocation it carries (see `Arena.handOn`).
+ *
  * Shipped to workers by source, like `ring.ts`: no module-level helpers
  * (the interfaces below are types only).
  *
  * @module
  */
+
+import type { Arena } from "./arena.ts";
 
 /** A node of an encoder's shape trie: the keys so far, and a shape once a value ends here. */
 interface ShapeNode {
@@ -97,6 +103,8 @@ export class Encoder {
   static readonly UTF16 = 21;
   static readonly DOM_EXCEPTION = 22;
   static readonly SHAPE = 23;
+  /** A view on the arena: its kind, whether it carries a reference, its allocation's first block and generation, its offset and length. */
+  static readonly ARENA = 24;
 
   /**
    * Objects a record may hold before the encoder looks them up in a Map
@@ -171,6 +179,13 @@ export class Encoder {
    */
   static readonly KEEP_BYTES = 8 * 2 ** 20;
 
+  /**
+   * Bytes of buffers (byte runs) this thread's codec copied, encoding and
+   * decoding: a figure for tests and benchmarks of the arena, whose buffers
+   * travel without a copy.
+   */
+  static copiedBytes = 0;
+
   /** The most bytes this encoder writes for one value: `MAX_BYTES`, or less (tests). */
   readonly maxBytes: number;
   /** The encoded bytes are `bytes[0, length)` after `encode()`. */
@@ -209,6 +224,20 @@ export class Encoder {
   /** Bytes of the runs left out so far: a byte's offset in the record is its offset in `bytes` plus these. */
   #leftOutBytes = 0;
 
+  /** The pipeline's arena, whose views travel as handles; without one, views on shared memory are refused. */
+  arena: Arena | null = null;
+  /** How many rings a record goes to: each ring's record holds its own reference. */
+  arenaRefs = 1;
+  /** Arena views travel as copies (a record leaving the machine). */
+  copyArena = false;
+  /** The typed arrays of the record are copied into the arena once (a put with `transfer`). */
+  transfer = false;
+  /** The allocations the last record carries, one reference each. */
+  readonly arenaStarts: number[] = [];
+  /** The buffers `transfer` copied into the arena, detached once the record is made. */
+  readonly #transferred: ArrayBuffer[] = [];
+  readonly #transferStarts: number[] = [];
+
   /** Creates an encoder that refuses values of more than `maxBytes` bytes. */
   constructor(maxBytes: number = Encoder.MAX_BYTES) {
     this.maxBytes = Math.min(maxBytes, Encoder.MAX_BYTES);
@@ -222,7 +251,13 @@ export class Encoder {
    */
   idle(): Encoder {
     if (!this.#busy) return this;
-    return (this.#spare ??= new Encoder(this.maxBytes)).idle();
+    if (this.#spare === null) {
+      this.#spare = new Encoder(this.maxBytes);
+      this.#spare.arena = this.arena;
+      this.#spare.arenaRefs = this.arenaRefs;
+      this.#spare.copyArena = this.copyArena;
+    }
+    return this.#spare.idle();
   }
 
   /**
@@ -239,11 +274,18 @@ export class Encoder {
     this.#leftOutBytes = 0;
     // Emptied by the writer; only a failed encoding leaves runs behind.
     if (this.leftOut.length !== 0) this.leftOut.length = 0;
+    if (this.arenaStarts.length !== 0) this.arenaStarts.length = 0;
     this.length = 0;
     this.#depth = 0;
     this.#busy = true;
     try {
       this.#value(value);
+      // The record's references are taken before any ring can hold it.
+      if (this.arenaStarts.length !== 0) this.#handOn();
+    } catch (error) {
+      if (this.#transferred.length !== 0) this.#undoTransfer();
+      this.arenaStarts.length = 0;
+      throw error;
     } finally {
       this.#busy = false;
       const list = this.#seenList;
@@ -961,6 +1003,8 @@ export class Encoder {
 
   /** Like `#raw`, but lists the run in `leftOut` instead of copying it. */
   #leaveOutRun(bytes: Uint8Array): void {
+    // The writer copies it into the ring.
+    Encoder.copiedBytes += bytes.length;
     this.#u32(bytes.length);
     this.#reserve(-(this.length + this.#leftOutBytes) & 7);
     if (this.length + this.#leftOutBytes + bytes.length > this.maxBytes) {
@@ -975,6 +1019,12 @@ export class Encoder {
     // The built-in type, also for subclasses (node:buffer's Buffer).
     const name = Object.prototype.toString.call(value).slice(8, -1);
     const kind = Encoder.VIEWS.indexOf(name);
+    if (
+      kind >= 0 && this.arena !== null && value.buffer === this.arena.buffer
+    ) {
+      return this.#arenaView(value, name, kind);
+    }
+    if (this.transfer && kind >= 0 && this.#transferView(value, kind)) return;
     if (kind < 0 || !(value.buffer instanceof ArrayBuffer)) {
       throw new DOMException(
         value.buffer instanceof ArrayBuffer
@@ -995,12 +1045,105 @@ export class Encoder {
     );
   }
 
+  /** Writes the handle of a view on the arena, or a copy of it with `copyArena`. */
+  #arenaView(value: ArrayBufferView, name: string, kind: number): void {
+    const arena = this.arena!;
+    const start = arena.startOf(value);
+    if (start < 0 || !arena.owns(start)) {
+      throw new TypeError(
+        `A ${name} on the pipeline's arena was put or freed already, or its task ended: a buffer given up cannot be used again (allocate another)`,
+      );
+    }
+    if (this.copyArena) {
+      const bytes = new Uint8Array(
+        value.buffer,
+        value.byteOffset,
+        value.byteLength,
+      ).slice();
+      const Type = (globalThis as unknown as Record<
+        string,
+        new (
+          buffer: ArrayBuffer,
+          offset: number,
+          length: number,
+        ) => ArrayBufferView
+      >)[name]!;
+      const length = name === "DataView"
+        ? value.byteLength
+        : (value as unknown as { length: number }).length;
+      return this.#view_(new Type(bytes.buffer, 0, length));
+    }
+    this.#handle(value, kind, start);
+  }
+
+  #handle(value: ArrayBufferView, kind: number, start: number): void {
+    const counted = this.arenaStarts.indexOf(start) < 0;
+    if (counted) this.arenaStarts.push(start);
+    const at = this.#reserve(3);
+    this.bytes[at] = Encoder.ARENA;
+    this.bytes[at + 1] = kind;
+    this.bytes[at + 2] = counted ? 1 : 0;
+    this.#u32(start);
+    this.#u32(this.arena!.generation(start));
+    this.#u32(value.byteOffset);
+    this.#u32(
+      kind === Encoder.VIEWS.indexOf("DataView")
+        ? value.byteLength
+        : (value as unknown as { length: number }).length,
+    );
+  }
+
+  /**
+   * With `transfer`, copies an ordinary view into the arena and writes the
+   * handle of the copy; false (nothing written) if the arena has no room.
+   */
+  #transferView(value: ArrayBufferView, kind: number): boolean {
+    const arena = this.arena;
+    if (arena === null || !(value.buffer instanceof ArrayBuffer)) return false;
+    const space = arena.tryAlloc(value.byteLength);
+    if (space === null) return false;
+    space.set(new Uint8Array(value.buffer, value.byteOffset, value.byteLength));
+    Encoder.copiedBytes += value.byteLength;
+    this.#transferred.push(value.buffer);
+    this.#transferStarts.push(arena.startOf(space));
+    const name = Encoder.VIEWS[kind]!;
+    const length = name === "DataView"
+      ? value.byteLength
+      : (value as unknown as { length: number }).length;
+    this.#handle(
+      arena.view(name, space.byteOffset, length),
+      kind,
+      arena.startOf(space),
+    );
+    return true;
+  }
+
+  /** The record is made: its allocations go with it (see `Arena.handOn`), and transferred buffers are given up. */
+  #handOn(): void {
+    this.arena!.handOn(this.arenaStarts, this.arenaRefs);
+    const transferred = this.#transferred;
+    for (let i = 0; i < transferred.length; i++) {
+      if (!transferred[i]!.detached) transferred[i]!.transfer(0);
+    }
+    transferred.length = 0;
+    this.#transferStarts.length = 0;
+  }
+
+  /** The record failed: the copies `transfer` made go back. */
+  #undoTransfer(): void {
+    const copies = this.#transferStarts;
+    for (let i = 0; i < copies.length; i++) this.arena!.release(copies[i]!);
+    copies.length = 0;
+    this.#transferred.length = 0;
+  }
+
   /**
    * Byte runs start 8-aligned within the record, as records do in a ring:
    * V8 copies shared memory a word at a time only when both sides align,
    * and byte by byte otherwise, which is several times slower.
    */
   #raw(bytes: Uint8Array): void {
+    Encoder.copiedBytes += bytes.length;
     this.#u32(bytes.length);
     const pad = -(this.length + this.#leftOutBytes) & 7;
     const at = this.#reserve(pad + bytes.length) + pad;
@@ -1032,6 +1175,11 @@ export class Decoder {
   #shapes = new Map<number, Shape>();
   // ignoreBOM: a leading U+FEFF is part of the string, not a byte order mark.
   #text = new TextDecoder("utf-8", { ignoreBOM: true });
+
+  /** The pipeline's arena, on which handles (`Encoder.ARENA`) are views. */
+  arena: Arena | null = null;
+  /** The record being decoded carried a reference (see `Arena.decoded`). */
+  #arenaRecord = false;
 
   /** Where a record's large byte run starts (see `largeRun`). */
   static readonly LARGE_RUN_AT = 16;
@@ -1086,6 +1234,10 @@ export class Decoder {
     this.#objectCount = 0;
     this.#depth = 0;
     const value = this.#value();
+    if (this.#arenaRecord) {
+      this.#arenaRecord = false;
+      this.arena!.decoded(value);
+    }
     // Let go of this record's objects.
     const objects = this.#objects;
     for (let i = 0; i < this.#objectCount; i++) objects[i] = undefined;
@@ -1246,6 +1398,26 @@ export class Decoder {
           ) => ArrayBufferView
         >)[name]!;
         return (this.#objects[index] = new Type(buffer, offset, length));
+      }
+      case Encoder.ARENA: {
+        const kind = this.#bytes[this.#at]!;
+        const counted = this.#bytes[this.#at + 1] === 1;
+        this.#at += 2;
+        const start = this.#u32();
+        const generation = this.#u32();
+        const offset = this.#u32();
+        const length = this.#u32();
+        const arena = this.arena;
+        if (arena === null) {
+          throw new RangeError("Corrupt record: an arena handle with no arena");
+        }
+        if (counted) {
+          arena.acquire(start, generation);
+          this.#arenaRecord = true;
+        } else arena.check(start, generation);
+        const view = arena.view(Encoder.VIEWS[kind]!, offset, length);
+        this.register(view);
+        return view;
       }
       case Encoder.DOM_EXCEPTION:
         return this.#read(this.#domExceptionReader());
@@ -1585,6 +1757,8 @@ export class Decoder {
     const n = this.#u32();
     const start = this.#at + (-(this.#at - this.#start) & 7);
     const run = this.#run;
+    // Reassembled apart, or sliced here: copied either way.
+    Encoder.copiedBytes += n;
     if (run !== null && start === this.#runAt && n === run.length) {
       // The run is not in the record's bytes: what follows it is here.
       this.#run = null;

@@ -22,6 +22,7 @@
  * @module
  */
 
+import type { Arena } from "./arena.ts";
 import { Bell } from "./bell.ts";
 import { Dismissal } from "./dismissal.ts";
 import { Mutex } from "./mutex.ts";
@@ -131,6 +132,11 @@ export class LinkReader {
     this.#cursors = this.groups.map((group) => group.start);
   }
 
+  /** Decodes arena handles as views on `arena`, held by this thread. */
+  useArena(arena: Arena): void {
+    this.#decoder.arena = arena;
+  }
+
   /** Whether every upstream producer has stopped and nothing is left. */
   get stopped(): boolean {
     // Counts only grow, and a ring's stop is counted after its last record
@@ -184,7 +190,9 @@ export class LinkReader {
    * as they are: `jetstream/bridge.ts`).
    */
   claimRaw(records: RawRecords, seqs: number[], max: number): number {
-    this.#raw = records;
+    const arena = this.#decoder.arena;
+    // Records may hold arena handles, which mean nothing on another machine.
+    this.#raw = arena !== null && arena.used ? this.#copying(records) : records;
     try {
       return this.claim(this.#noValues, seqs, max);
     } finally {
@@ -194,6 +202,36 @@ export class LinkReader {
 
   /** What `claimRaw` gives `claim` for values: none are kept. */
   #noValues: unknown[] = [];
+
+  /**
+   * `records`, given each record with its arena buffers copied in (decoded,
+   * then encoded again): a record that leaves the machine carries bytes, not
+   * handles. This thread's references go back once the copy is made.
+   */
+  #copying(records: RawRecords): RawRecords {
+    const decoder = this.#decoder;
+    const arena = decoder.arena!;
+    const encoder = this.#copier ??= new Encoder();
+    encoder.arena = arena;
+    encoder.copyArena = true;
+    return {
+      add(bytes: Uint8Array, start: number, length: number) {
+        const view = new DataView(bytes.buffer, bytes.byteOffset);
+        const value = decoder.decode(
+          bytes.subarray(0, start + length),
+          view,
+          start,
+        );
+        const n = encoder.encode(value);
+        const refs = arena.takeTask(value);
+        if (refs !== null) arena.releaseAll(refs);
+        records.add(encoder.bytes, 0, n);
+        encoder.trim();
+      },
+    };
+  }
+
+  #copier: Encoder | null = null;
 
   /** Whether any ring holds a published record (a lock-free check for spinning). */
   hasData(): boolean {

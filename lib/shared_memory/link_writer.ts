@@ -17,6 +17,7 @@
  * @module
  */
 
+import type { Arena } from "./arena.ts";
 import { Bell } from "./bell.ts";
 import { Dismissal } from "./dismissal.ts";
 import { Ring } from "./ring.ts";
@@ -89,6 +90,12 @@ export class LinkWriter {
     this.fullMsAt = branches.map((b) => b.fullMs?.index ?? 0);
   }
 
+  /** Sends views on `arena` as handles: each branch's record holds a reference of its own. */
+  useArena(arena: Arena): void {
+    this.#encoder.arena = arena;
+    this.#encoder.arenaRefs = this.rings.length;
+  }
+
   /**
    * Encodes `value` once and writes it to every branch. Throws a
    * `DataCloneError` before writing anything if the value cannot be cloned.
@@ -120,12 +127,29 @@ export class LinkWriter {
    */
   encode(value: unknown): Uint8Array {
     const encoder = this.#encoder.idle();
-    // The length first: encoding may grow the encoder's buffer.
-    const length = encoder.encode(value);
+    // A record written later takes its arena references then (`putEncoded`):
+    // one never written (its task timed out) takes none.
+    const refs = encoder.arenaRefs;
+    encoder.arenaRefs = 0;
+    let length: number;
+    try {
+      // The length first: encoding may grow the encoder's buffer.
+      length = encoder.encode(value);
+    } finally {
+      encoder.arenaRefs = refs;
+    }
     const bytes = encoder.bytes.slice(0, length);
+    if (encoder.arenaStarts.length !== 0) {
+      this.#deferred.set(bytes, encoder.arenaStarts.slice());
+      this.#deferring = true;
+    }
     encoder.trim();
     return bytes;
   }
+
+  /** The arena references of records made by `encode`, taken when they are written. */
+  readonly #deferred = new WeakMap<Uint8Array, number[]>();
+  #deferring = false;
 
   /**
    * Like `put` for a writer of one branch, but when the branch's backlog is
@@ -136,6 +160,9 @@ export class LinkWriter {
     const encoder = this.#encoder.idle();
     const length = encoder.encode(value);
     if (this.maxBacklogs[0]! > 0 && !this.#tryEnterBacklog(0, seq)) {
+      // Shed: the record's references go back.
+      const refs = encoder.arenaStarts;
+      for (let i = 0; i < refs.length; i++) encoder.arena!.drop(refs[i]!);
       return false;
     }
     this.#write(0, kind, seq, encoder.bytes, length);
@@ -146,6 +173,13 @@ export class LinkWriter {
   /** Writes a value encoded by `encode` to every branch. */
   putEncoded(bytes: Uint8Array, kind: number, seq: number): void {
     if (Dismissal.resigned) Dismissal.unwind();
+    if (this.#deferring) {
+      const refs = this.#deferred.get(bytes);
+      if (refs !== undefined) {
+        this.#deferred.delete(bytes);
+        this.#encoder.arena!.handOn(refs, this.rings.length);
+      }
+    }
     this.#putBytes(bytes, bytes.length, kind, seq);
   }
 

@@ -59,6 +59,47 @@ export abstract class TaskWorker<I, O> {
     }
     sink(result);
   }
+
+  /**
+   * A buffer of `n` bytes on the pipeline's arena, for a result: put it (in
+   * a result) and it travels by reference, not copied. Unless it is put, it
+   * goes back when the task ends. It never waits: when the arena has no
+   * room it returns an ordinary `Uint8Array`, which is copied like any other
+   * (a worker that waited for room held by stages that wait too could wait
+   * for ever). Call it in `doTask`, before any `await` in a stage with
+   * `concurrency` above 1. See `Pipeline.alloc` for who owns what.
+   *
+   * @example Make a result on the arena
+   * ```ts
+   * import { OrderedWorker, Pipeline, Stage } from "@mpipe/mpipe";
+   * import assert from "node:assert/strict";
+   *
+   * class Expand extends OrderedWorker<number, Uint8Array> {
+   *   doTask(n: number) {
+   *     const bytes = this.alloc(n);
+   *     bytes.fill(1);
+   *     return bytes;
+   *   }
+   * }
+   * const pipe = new Pipeline<number, Uint8Array>(new Stage(Expand));
+   * pipe.put(1000);
+   * pipe.put(null);
+   * const [bytes] = await Array.fromAsync(pipe);
+   * assert.equal(bytes!.length, 1000);
+   * pipe.free(bytes!);
+   * ```
+   */
+  alloc(n: number): Uint8Array {
+    const alloc = (globalThis as Record<symbol, unknown>)[
+      Symbol.for("mpipe.alloc")
+    ] as ((n: number) => Uint8Array) | undefined;
+    if (alloc === undefined) {
+      throw new Error(
+        "alloc() was called outside a stage worker: call it from doTask() while a pipeline runs the worker",
+      );
+    }
+    return alloc(n);
+  }
 }
 
 /**

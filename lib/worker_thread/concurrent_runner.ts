@@ -40,6 +40,8 @@ export interface TaskSlot {
   value: unknown;
   /** Results it put with `putResult()`, deferred: written with its own result. */
   deferred: Uint8Array[];
+  /** Its references to buffers on the arena (see `Arena.takeTask`), or null. */
+  refs: number[] | null;
   /** Its taskTimeout's timer, if it awaits. */
   timer: ReturnType<typeof setTimeout> | undefined;
   /** Its results (or its failure) were written. */
@@ -69,6 +71,8 @@ export interface TaskHost {
   syncReturned(): number;
   /** Writes a settled task's results (or skips it, or throws under "fail"). */
   finish(slot: TaskSlot): void;
+  /** The references to the arena that came with `task`, or null. */
+  takeRefs(task: unknown): number[] | null;
   /** The worker has claimed tasks below `to`. */
   claimedTo(to: number): void;
   /** A replacement would resume at `seq` (the first task not written). */
@@ -159,8 +163,10 @@ export class ConcurrentRunner {
             values[i] = undefined;
             input.taskStarted();
             const slot = this.#slot(seqs[i]!, places[i]!);
-            if (retries === null) this.#attempt(slot, task);
-            else {
+            if (retries === null) {
+              slot.refs = this.#host.takeRefs(task);
+              this.#attempt(slot, task);
+            } else {
               slot.record = retries.records[i]!;
               this.#attempt(slot, retries.decode(slot.record));
             }
@@ -194,6 +200,7 @@ export class ConcurrentRunner {
       ok: true,
       value: undefined,
       deferred: [],
+      refs: null,
       timer: undefined,
       written: false,
       attempt: 1,

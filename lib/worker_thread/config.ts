@@ -7,6 +7,7 @@
  * @module
  */
 
+import type { ArenaMemory } from "../shared_memory/arena.ts";
 import type { ReadMode } from "../shared_memory/link_reader.ts";
 import type { Branch } from "../shared_memory/link_writer.ts";
 import type { ShippedTarget } from "../stage/target.ts";
@@ -60,6 +61,8 @@ export interface WorkerConfig {
   filter: FilterConfig | null;
   /** An elastic stage's settings; null for a fixed size. */
   elastic: ElasticConfig | null;
+  /** The pipeline's arena and this worker's place in it, or null for none. */
+  arena: { memory: ArenaMemory; holder: number } | null;
 }
 
 /**

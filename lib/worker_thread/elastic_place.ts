@@ -20,7 +20,9 @@
 
 import { type Branch, LinkWriter } from "../shared_memory/link_writer.ts";
 import { Ring } from "../shared_memory/ring.ts";
+import type { LinkReader } from "../shared_memory/link_reader.ts";
 import { StageStatus } from "../shared_memory/status.ts";
+import type { WorkerFigures } from "./figures.ts";
 import { WorkerScope } from "./scope.ts";
 
 /** What a worker of an elastic stage knows of it. */
@@ -44,6 +46,15 @@ export class ElasticPlace {
   /** How long the worker waited before it left, and whether it was asked to. */
   #idleFor = 0;
   #asked = false;
+
+  /** Worker `index`'s place in a stage of `config`, or null in a fixed stage. */
+  static of(
+    config: ElasticConfig | null,
+    status: StageStatus,
+    index: number,
+  ): ElasticPlace | null {
+    return config === null ? null : new ElasticPlace(config, status, index);
+  }
 
   constructor(config: ElasticConfig, status: StageStatus, index: number) {
     this.idleMs = config.idleMs;
@@ -95,18 +106,26 @@ export class ElasticPlace {
   }
 
   /**
-   * Parks the place of a worker that may leave (it holds no task, and all
-   * it wrote is published) and tells the main thread. If the stop came
-   * (`stopped`), a worker passing it on may have looked at this place before
-   * it was parked: then the worker takes its place back (false) and passes
-   * the stop on itself, unless another worker has already stopped the place.
-   * `stopped` tells whether every upstream producer has stopped.
+   * Parks the place of `worker`, which may leave (it holds no task), once
+   * all it wrote is published, and tells the main thread. If the stop came
+   * (its input stopped), a worker passing it on may have looked at this
+   * place before it was parked: then the worker takes its place back
+   * (false) and passes the stop on itself, unless another worker has
+   * already stopped the place.
    */
-  leave(stopped: () => boolean): boolean {
+  leave(
+    worker: {
+      figures: WorkerFigures;
+      output: { publish(): void };
+      input: LinkReader;
+    },
+  ): boolean {
+    worker.figures.exiting(performance.now());
+    worker.output.publish();
     const words = this.#words;
     Atomics.store(words, this.#place, StageStatus.PARKED);
     if (
-      stopped() &&
+      worker.input.stopped &&
       Atomics.compareExchange(
           words,
           this.#place,

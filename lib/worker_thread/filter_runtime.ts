@@ -8,6 +8,7 @@
  * @module
  */
 
+import type { Arena } from "../shared_memory/arena.ts";
 import { ClaimPolicy } from "../shared_memory/claim_policy.ts";
 import { LinkReader, type ReadMode } from "../shared_memory/link_reader.ts";
 import { type Branch, LinkWriter } from "../shared_memory/link_writer.ts";
@@ -48,9 +49,13 @@ export class FilterRuntime {
   readonly latest: Map<number, unknown> = new Map();
   #values: unknown[] = [];
   #seqs: number[] = [];
+  /** The pipeline's arena, and the references each kept result holds (see `#keep`). */
+  readonly #arena: Arena | null;
+  readonly #latestRefs = new Map<number, number[]>();
 
-  constructor(config: FilterConfig) {
+  constructor(config: FilterConfig, arena: Arena | null) {
     this.config = config;
+    this.#arena = arena;
     this.counts = config.subs.map(() => 0);
     this.received = config.subs.map((sub) =>
       new Float64Array(sub.received.buffer)
@@ -61,23 +66,59 @@ export class FilterRuntime {
       // While a task waits for room in a sub-pipeline, collect what that
       // sub-pipeline returns: it may be waiting for room in the filter.
       writer.whileFull = () => this.#collect(i);
+      if (arena !== null) writer.useArena(arena);
       return writer;
     });
     // The sub-pipeline's leaves ring the bell the filter sleeps on while it
     // waits for room in the sub-pipeline's input (see Wiring): one bell for
     // both, so either wakes it.
-    this.outputs = config.subs.map((sub) =>
-      new LinkReader(sub.output.control, sub.output.rings, sub.output.mode, {
-        words: new Int32Array(sub.input.ring, 0, Ring.CONTROL_BYTES >> 2),
-        base: Ring.SPACE_BELL,
-      })
-    );
+    this.outputs = config.subs.map((sub) => {
+      const reader = new LinkReader(
+        sub.output.control,
+        sub.output.rings,
+        sub.output.mode,
+        {
+          words: new Int32Array(sub.input.ring, 0, Ring.CONTROL_BYTES >> 2),
+          base: Ring.SPACE_BELL,
+        },
+      );
+      if (arena !== null) reader.useArena(arena);
+      return reader;
+    });
+  }
+
+  /**
+   * The buffers on the arena of `taken` results just collected from
+   * sub-pipeline `i`: the last one's are kept while it is the latest (with
+   * `keep`), the others' go back at once.
+   */
+  #keep(i: number, taken: number, keep: boolean): void {
+    const arena = this.#arena;
+    if (arena === null) return;
+    for (let k = 0; k < taken; k++) {
+      const refs = arena.takeTask(this.#values[k]);
+      if (keep && k === taken - 1) {
+        const before = this.#latestRefs.get(i);
+        if (before !== undefined) arena.releaseAll(before);
+        if (refs === null) this.#latestRefs.delete(i);
+        else this.#latestRefs.set(i, refs);
+      } else if (refs !== null) arena.releaseAll(refs);
+    }
+  }
+
+  /** The kept results are forgotten: their buffers go back. */
+  #forgetLatest(): void {
+    this.latest.clear();
+    const arena = this.#arena;
+    if (arena === null || this.#latestRefs.size === 0) return;
+    for (const refs of this.#latestRefs.values()) arena.releaseAll(refs);
+    this.#latestRefs.clear();
   }
 
   /** Collects from each sub-pipeline, feeds the task to those with room, and returns the filter's result. */
   doTask(task: unknown): unknown {
     const { maxTasks, dropResults, cacheResults } = this.config;
-    if (!cacheResults) this.latest.clear();
+    if (!cacheResults) this.#forgetLatest();
     for (let i = 0; i < this.inputs.length; i++) {
       this.#collect(i);
       // A sub-pipeline whose root's backlog is full holds too many tasks too.
@@ -109,6 +150,7 @@ export class FilterRuntime {
       if (!this.config.dropResults) {
         this.latest.set(i, this.#values[taken - 1]);
       }
+      this.#keep(i, taken, !this.config.dropResults);
       this.#values.length = 0;
       this.counts[i] = Math.max(0, this.counts[i]! - taken);
     }
@@ -128,10 +170,12 @@ export class FilterRuntime {
           this.#seqs,
           ClaimPolicy.FILTER_COLLECT,
         );
+        if (taken > 0) this.#keep(0, taken, false);
         this.#values.length = 0;
         if (taken < 0) break;
         if (taken === 0) output.sleep(counter);
       }
     }
+    this.#forgetLatest();
   }
 }

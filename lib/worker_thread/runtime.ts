@@ -27,6 +27,7 @@ import { ElasticPlace } from "./elastic_place.ts";
 import { WorkerFigures } from "./figures.ts";
 import { WorkerScope } from "./scope.ts";
 import { TaskTimeout } from "./task_timeout.ts";
+import { TaskBuffers } from "./task_buffers.ts";
 import { Retries } from "./retries.ts";
 
 /** Runs one stage worker. */
@@ -55,7 +56,7 @@ export class WorkerRuntime implements TaskHost, BatchHost {
   /** The stage's taskTimeout, if it has one (`config.timed`). */
   readonly #timeout: TaskTimeout | null;
   /** Its place in an elastic stage; null for a fixed size. */
-  readonly #elastic: ElasticPlace | null;
+  readonly #place: ElasticPlace | null;
   /** The loop of a worker that runs several tasks at once (or retries), if it does. */
   readonly #concurrent: ConcurrentRunner | null;
   /** The loop of a worker whose target takes its tasks in batches (a stand-in), if it does (set once loaded). */
@@ -68,6 +69,8 @@ export class WorkerRuntime implements TaskHost, BatchHost {
   #attempts: unknown[] | null = null;
   /** Results a timed task put with `putResult()`, deferred to its end. */
   #deferred: Uint8Array[] = [];
+  /** The buffers on the pipeline's arena each task holds. */
+  readonly #buffers: TaskBuffers;
   /** This worker's words in the stage's status block, found once. */
   readonly #slot: {
     seq: number;
@@ -86,10 +89,9 @@ export class WorkerRuntime implements TaskHost, BatchHost {
     this.output = new LinkWriter(config.outputs);
     this.status = new StageStatus(config.status, config.size);
     this.figures = new WorkerFigures(this.status, config.index);
-    this.#elastic = config.elastic === null
-      ? null
-      : new ElasticPlace(config.elastic, this.status, config.index);
-    this.idleWait = new IdleWait(this.input, config.spin, this.#elastic);
+    this.#place = ElasticPlace.of(config.elastic, this.status, config.index);
+    this.idleWait = new IdleWait(this.input, config.spin, this.#place);
+    this.#buffers = new TaskBuffers(config.arena, this.input, this.output);
     this.#timeout = config.timed
       ? new TaskTimeout(
         this.status,
@@ -160,24 +162,25 @@ export class WorkerRuntime implements TaskHost, BatchHost {
     (globalThis as Record<symbol, unknown>)[Symbol.for("mpipe.putResult")] = (
       result: unknown,
     ) => this.#putResult(result);
+    this.#buffers.serveAlloc(() => this.#concurrent?.current);
     const recover = this.config.recover;
+    if (recover !== null) this.#buffers.recover();
     if (recover !== null && this.retries !== null) {
       this.#concurrent!.recover(recover.tasks, recover.retry, recover.to);
     } else if (recover !== null) this.#recover(recover);
     const filter = this.config.filter === null
       ? null
-      : new FilterRuntime(this.config.filter);
+      : new FilterRuntime(this.config.filter, this.#buffers.arena);
     if (filter !== null) run = (task) => filter.doTask(task);
     // A stand-in that sends its tasks elsewhere takes them in batches.
     const send = instance?.[Symbol.for("mpipe.sendTasks")];
     if (typeof send === "function") this.#batches = new BatchRunner(this);
     try {
       // True: the worker leaves its elastic stage (not at the stop).
-      let left = false;
-      if (this.#batches !== null) {
-        await this.#batches.run((send as SendTasks).bind(instance));
-      } else left = await (this.#concurrent?.run(run) ?? this.#loop(run));
-      if (left && this.#leave(this.#elastic!)) return;
+      const left =
+        await (this.#batches?.run((send as SendTasks).bind(instance)) ??
+          this.#concurrent?.run(run) ?? this.#loop(run));
+      if (left && this.#place!.leave(this)) return;
       // A filter stops its sub-pipelines before or after its own stop task.
       if (filter?.config.doStopTask) filter.stop();
       if (this.config.doStopTask) {
@@ -200,15 +203,7 @@ export class WorkerRuntime implements TaskHost, BatchHost {
     this.output.putEmpty(Ring.STOP, 0);
     this.output.publish();
     if (filter !== null && !filter.config.doStopTask) filter.stop();
-    const stopped = this.#elastic?.stopParked() ?? 0;
-    WorkerScope.post({ type: "exit", stopped });
-  }
-
-  /** Leaves the elastic stage, unless the stop came meanwhile (see `ElasticPlace.leave`). */
-  #leave(elastic: ElasticPlace): boolean {
-    this.figures.exiting(performance.now());
-    this.output.publish();
-    return elastic.leave(() => this.input.stopped);
+    WorkerScope.post({ type: "exit", stopped: this.#place?.stopParked() ?? 0 });
   }
 
   /** Runs tasks until the input ends (false) or the worker leaves its elastic stage (true). */
@@ -261,7 +256,7 @@ export class WorkerRuntime implements TaskHost, BatchHost {
       this.output.publish();
       // Between claims it holds no task: a worker asked to leave its
       // elastic stage may (one blocked downstream is never idle).
-      if (this.#elastic?.asked()) return true;
+      if (this.#place?.asked()) return true;
     }
   }
 
@@ -272,6 +267,7 @@ export class WorkerRuntime implements TaskHost, BatchHost {
    */
   #runTask(run: Run, task: unknown, seq: number): Promise<void> | undefined {
     this.begin(seq);
+    this.#buffers.begin(task);
     let result: unknown;
     try {
       result = run(task);
@@ -300,12 +296,17 @@ export class WorkerRuntime implements TaskHost, BatchHost {
     return this.#timeout?.unwatch() ?? 0;
   }
 
+  takeRefs(task: unknown): number[] | null {
+    return this.#buffers.take(task);
+  }
+
   finish(slot: TaskSlot): void {
     this.#seq = slot.seq;
     if (slot.closed) {
       return this.#recover({ tasks: [slot.seq], to: -1, retry: [] });
     }
     this.#deferred = slot.deferred;
+    this.#buffers.refs = slot.refs;
     this.#attempts = slot.errors;
     if (slot.attempt > 1) this.figures.retried(slot.seq, slot.attempt);
     if (slot.ok) this.#succeeded(slot.value, false);
@@ -370,6 +371,7 @@ export class WorkerRuntime implements TaskHost, BatchHost {
     }
     this.#finished = this.#seq + 1;
     this.figures.tasks++;
+    this.#buffers.end();
   }
 
   #failed(error: unknown, timed = this.config.timed): undefined {
@@ -402,6 +404,7 @@ export class WorkerRuntime implements TaskHost, BatchHost {
         attempts: this.#attempts ?? undefined,
       });
     }
+    this.#buffers.end();
   }
 
   /** Records the claimed tasks [from, to), for whoever replaces a lost worker. */

@@ -9,6 +9,7 @@
  * @module
  */
 
+import { Arena } from "../shared_memory/arena.ts";
 import { Bell } from "../shared_memory/bell.ts";
 import { Dismissal } from "../shared_memory/dismissal.ts";
 import { ClaimPolicy } from "../shared_memory/claim_policy.ts";
@@ -26,6 +27,7 @@ import { IdleWait } from "./idle_wait.ts";
 import { ElasticPlace } from "./elastic_place.ts";
 import { TargetLoader } from "./target_loader.ts";
 import { TaskTimeout } from "./task_timeout.ts";
+import { TaskBuffers } from "./task_buffers.ts";
 import { WorkerFigures } from "./figures.ts";
 import { OrderedWorker, TaskWorker, UnorderedWorker } from "../stage/worker.ts";
 import { WorkerRuntime } from "./runtime.ts";
@@ -36,6 +38,7 @@ export const ENGINE_CLASSES: readonly unknown[] = [
   Dismissal,
   Bell,
   Mutex,
+  Arena,
   Ring,
   StageStatus,
   ClaimPolicy,
@@ -89,6 +92,7 @@ export function stageWorkerScript(preload = ""): string {
       IdleWait,
       ElasticPlace,
       TaskTimeout,
+      TaskBuffers,
       HeldTable,
       Retries,
       ConcurrentRunner,

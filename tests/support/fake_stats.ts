@@ -99,6 +99,14 @@ export function fakeRun(
     read: 100,
     stages,
     resizes: [],
+    arena: {
+      capacity: 0,
+      usedBytes: 0,
+      highBytes: 0,
+      live: 0,
+      allocations: 0,
+      fallbacks: 0,
+    },
     ...more,
   };
 }
