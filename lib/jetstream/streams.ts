@@ -26,6 +26,13 @@ import { apiCode, type JetStreamManager } from "./connection.ts";
  */
 export const HOST_BEAT_MS = 1_000;
 
+/**
+ * How long a host that serves a stage may be silent before the stage's
+ * bridge takes it as lost and gives its batches to other hosts (see
+ * coordinator/host_beats.ts).
+ */
+export const HOST_SILENT_MS = 3 * HOST_BEAT_MS;
+
 /** The stream of stage announcements, and its subjects' prefix. */
 export const STAGES_STREAM = "MPIPE_STAGES";
 

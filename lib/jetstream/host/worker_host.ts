@@ -50,7 +50,13 @@ import {
   type NatsConnection,
   permanent,
 } from "../connection.ts";
-import { bodyLimit, Encoder, readBatch, splitAnswer } from "../messages.ts";
+import {
+  bodyLimit,
+  Encoder,
+  LOST,
+  readBatch,
+  splitAnswer,
+} from "../messages.ts";
 import { importPublicKey } from "../keys.ts";
 import { ensureStagesStream } from "../streams.ts";
 import {
@@ -59,7 +65,7 @@ import {
   type HostSettings,
   type WorkerHostOptions,
 } from "./host_options.ts";
-import { LOST, Replies } from "./replies.ts";
+import { Replies } from "./replies.ts";
 import type { HostPort, StageServer } from "./stage_server.ts";
 import { StageWatch } from "./stage_watch.ts";
 
@@ -149,9 +155,9 @@ export class WorkerHost implements AsyncDisposable {
       gone: (stream, error) => this.#replies.gone(stream, error),
       heldBy: (server) => this.#heldBy(server),
       ended: (server) => this.#watch.forget(server),
-      beat: (subject) => {
+      beat: (subject, payload) => {
         try {
-          this.#nc.publish(subject);
+          this.#nc.publish(subject, payload);
         } catch { /* Closing. */ }
       },
     };
