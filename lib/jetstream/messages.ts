@@ -255,6 +255,16 @@ export function batchMessage(
  */
 export const LOST = "MPipe-Lost";
 
+/** Whether a message is a single task split from a batch whose host was lost. */
+export function splitFromLost(
+  message: { data: Uint8Array; headers?: { has(key: string): boolean } },
+): boolean {
+  // Only a single task may carry LOST (parsing headers costs, per batch).
+  const data = message.data;
+  return data[4] === 1 && data[5] === 0 && data[6] === 0 && data[7] === 0 &&
+    message.headers?.has(LOST) === true;
+}
+
 /**
  * A batch's tasks as messages of one task each (with the batch's token),
  * numbered `from` on; published with the LOST header and the message id

@@ -53,9 +53,9 @@ import {
 import {
   bodyLimit,
   Encoder,
-  LOST,
   readBatch,
   splitAnswer,
+  splitFromLost,
 } from "../messages.ts";
 import { importPublicKey } from "../keys.ts";
 import { ensureStagesStream } from "../streams.ts";
@@ -414,11 +414,7 @@ export class WorkerHost implements AsyncDisposable {
       return await this.#replies.refuse(server, message);
     }
     const deliveries = message.info.deliveryCount;
-    // Only a single task may carry LOST (parsing headers costs, per batch).
-    const data = message.data;
-    const single = data[4] === 1 && data[5] === 0 && data[6] === 0 &&
-      data[7] === 0;
-    if (deliveries === 1 && !(single && message.headers?.has(LOST))) {
+    if (deliveries === 1 && !splitFromLost(message)) {
       // Nothing else runs while a suspect does (see #isolate).
       while (this.#paused !== null) {
         this.#waiting.set(message, server);
