@@ -9,7 +9,8 @@
  * through the durable consumer `bridge`; and `mpipe.<run>.<stage>.alone.<k>`
  * counts the runs of task k alone on a host (no consumer reads them; see
  * `host/worker_host.ts`). On `mpipe.<run>.<stage>.hosts`, outside the
- * stream, each host that serves the stage says so every `HOST_BEAT_MS`. The stream `MPIPE_STAGES` holds one announcement
+ * stream, each host that serves the stage says so every `HOST_BEAT_MS`,
+ * with the batches it holds (see coordinator/host_beats.ts). The stream `MPIPE_STAGES` holds one announcement
  * per live stage, `mpipe.stages.<run>.<stage>`, which every host watches
  * (see `announcements.ts`).
  *

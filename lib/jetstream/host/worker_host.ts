@@ -13,8 +13,9 @@
  *   the answer is published to the stage's output, and only once the server
  *   has stored it is the batch acked.
  * - While it holds a batch it tells the server so (`working()`), every
- *   third of the stage's `ackWait`: only a host that is lost lets its
- *   batches go to others.
+ *   third of the stage's `ackWait`, and the stage's bridge too, in its beat
+ *   every second (see stage_server.ts): only a host that is lost lets its
+ *   batches go to others, within seconds.
  * - A batch delivered again (its host was lost) is split into single tasks,
  *   each delivered on its own; a single task delivered again runs alone on
  *   its host, so that a task that kills its host takes no other with it,
