@@ -887,7 +887,16 @@ async function operatorMode(dir: string): Promise<{
   const user = createUser();
   const operatorJwt = await encodeOperator("mpipe-op", operator);
   const accountJwt = await encodeAccount("mpipe", account, {
+    // Unset limits are 0 (no connection allowed): -1 is no limit.
     limits: {
+      conn: -1,
+      subs: -1,
+      data: -1,
+      payload: -1,
+      imports: -1,
+      exports: -1,
+      leaf: -1,
+      wildcards: true,
       mem_storage: -1,
       disk_storage: -1,
       streams: -1,
@@ -895,6 +904,11 @@ async function operatorMode(dir: string): Promise<{
     },
   }, { signer: operator });
   const userJwt = await encodeUser("mpipe-user", user, account);
+  // JetStream needs a system account.
+  const system = createAccount();
+  const systemJwt = await encodeAccount("SYS", system, {}, {
+    signer: operator,
+  });
   // A user signed by an account the server does not know.
   const stranger = createAccount();
   const otherJwt = await encodeUser("stranger", createUser(), stranger);
@@ -902,9 +916,11 @@ async function operatorMode(dir: string): Promise<{
   await Deno.writeTextFile(
     config,
     `operator: ${operatorJwt}
+system_account: ${system.getPublicKey()}
 resolver: MEMORY
 resolver_preload: {
   ${account.getPublicKey()}: ${accountJwt}
+  ${system.getPublicKey()}: ${systemJwt}
 }
 `,
   );
