@@ -169,6 +169,15 @@ async function run(
 
 const only = values.only === "" ? null : values.only.split(",");
 const outcomes: Outcome[] = [];
+/** Keeps an outcome, and prints it at once (a long run shows its progress). */
+const record = (o: Outcome) => {
+  outcomes.push(o);
+  console.log(
+    `${o.scenario}: ${o.outcome} (${o.seconds} s; stalls ${
+      o.stalls.join(", ")
+    } ms)`,
+  );
+};
 await using server = await NatsServer.start();
 const url = server.url;
 const hosts: HostProcess[] = [];
@@ -180,28 +189,30 @@ const startHost = async (name: string) => {
 let named = 0;
 const live = () => hosts.filter((h) => !h.exited);
 for (let i = 0; i < 3; i++) await startHost(`chaos-${++named}`);
+const replacing: Promise<unknown>[] = [];
 const wanted = (s: string) => only === null || only.includes(s);
 const deadline = 120_000 + 4 * ACK_WAIT;
 
 try {
   if (wanted("none")) {
-    outcomes.push(await run("no fault", url, [], () => {}, deadline));
+    record(await run("no fault", url, [], () => {}, deadline));
   }
   if (wanted("kill")) {
     const at = [0.2, 0.4, 0.6, 0.8, 0.9].map((f) => Math.floor(f * N));
-    outcomes.push(
-      await run("5 hosts SIGKILLed (each replaced)", url, at, async () => {
+    record(
+      await run("5 hosts SIGKILLed (each replaced)", url, at, () => {
         live()[0]!.kill("SIGKILL");
-        await startHost(`chaos-${++named}`);
+        // Replaced, while the run goes on.
+        replacing.push(startHost(`chaos-${++named}`));
       }, deadline),
     );
   }
   if (wanted("stop")) {
-    outcomes.push(
+    record(
       await run(
         "a host SIGSTOPped for 10 s, then resumed",
         url,
-        [N / 4],
+        [Math.floor(N / 4)],
         () => {
           const host = live()[0]!;
           host.kill("SIGSTOP");
@@ -212,11 +223,11 @@ try {
     );
   }
   if (wanted("server")) {
-    outcomes.push(
+    record(
       await run(
         "server SIGKILLed, restarted on its store",
         url,
-        [N / 3],
+        [Math.floor(N / 3)],
         async () => {
           await server.stop("SIGKILL");
           await server.restart();
@@ -226,11 +237,11 @@ try {
     );
   }
   if (wanted("empty")) {
-    outcomes.push(
+    record(
       await run(
         "server SIGKILLed, restarted on an empty store",
         url,
-        [N / 3],
+        [Math.floor(N / 3)],
         async () => {
           await server.stop("SIGKILL");
           await Deno.remove(server.storeDir, { recursive: true }).catch(
@@ -244,6 +255,8 @@ try {
   }
   if (wanted("poison")) {
     // The poison kills each host it reaches; a supervisor replaces them.
+    await Promise.all(replacing);
+    const exitedBefore = hosts.filter((h) => h.exited).length;
     let supervising = true;
     const supervisor = (async () => {
       while (supervising) {
@@ -253,7 +266,7 @@ try {
         await new Promise((r) => setTimeout(r, 200));
       }
     })();
-    outcomes.push(
+    record(
       await run(
         "a poison task (hosts replaced)",
         url,
@@ -265,6 +278,9 @@ try {
     );
     supervising = false;
     await supervisor;
+    const killed = hosts.filter((h) => h.exited).length - exitedBefore;
+    outcomes.at(-1)!.outcome += `; it killed ${killed} hosts`;
+    console.log(`(the poison killed ${killed} hosts)`);
   }
   if (wanted("coordinator")) {
     const started = performance.now();
@@ -309,7 +325,7 @@ try {
     }
     await nc.close();
     const gone = Math.round((performance.now() - killedAt) / 1000);
-    outcomes.push({
+    record({
       scenario: "the coordinator SIGKILLed mid-run",
       outcome: left === 0
         ? `its streams removed by the hosts ${gone} s after`
@@ -317,7 +333,7 @@ try {
       seconds: Math.round((performance.now() - started) / 100) / 10,
       stalls: [],
     });
-    outcomes.push(
+    record(
       await run("the next run after it", url, [], () => {}, deadline),
     );
   }

@@ -20,7 +20,7 @@ import {
   replyOf,
 } from "../connection.ts";
 import type { StageSpec } from "../announcements.ts";
-import { HOST_BEAT_MS, stageNames } from "../streams.ts";
+import { HOST_BEAT_MS, HOST_SILENT_MS, stageNames } from "../streams.ts";
 import type { HostStage } from "./host_worker.ts";
 
 /** What a stage server uses of its host. */
@@ -222,7 +222,10 @@ export class StageServer {
     try {
       const messages = await consumer.fetch({
         max_messages: count,
-        expires: 5_000,
+        // Shorter than HOST_SILENT_MS: a host that is stopped (its
+        // connection open) has no pull left at the server by the time
+        // its batches are NAKed, so they go to live hosts.
+        expires: HOST_SILENT_MS - HOST_BEAT_MS,
       });
       const stop = () => messages.stop();
       this.#stopPulls.add(stop);
