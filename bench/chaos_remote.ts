@@ -147,6 +147,8 @@ async function run(
         }`
         : `WRONG: ${results.length} results`;
     } catch (error) {
+      // How long after the fault the run failed.
+      if (faultAt >= 0) stalls.push(Math.round(performance.now() - faultAt));
       return error instanceof StageError
         ? `StageError: ${error.message.split("\n")[0]!.slice(0, 160)}`
         : `OTHER ERROR: ${error}`;
