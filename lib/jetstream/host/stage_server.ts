@@ -5,9 +5,9 @@
  *
  * It pulls with `fetch()` sized to its free room, never more, so every
  * batch the server delivered to it is one it has seen at once: it says
- * `working()` for each, and lists each in its beats (see `beat`), by which
+ * `working()` for each, and lists each in its beats (see `beatText`), by which
  * the stage's bridge gives a silent host's batches to other hosts within
- * seconds (see coordinator/bridge.ts `#lostHosts`).
+ * seconds (see coordinator/host_beats.ts).
  *
  * @module
  */
@@ -43,10 +43,10 @@ export interface HostPort {
  * (the batches it holds of the stage, each by its ack subject, one a line)
  * or `new` (batches it has just been given).
  */
-export type BeatKind = "all" | "new";
+type BeatKind = "all" | "new";
 
 /** A beat's text: `<id> <kind>`, then one ack subject a line. */
-export function beatText(id: string, kind: BeatKind, subjects: string[]) {
+function beatText(id: string, kind: BeatKind, subjects: string[]): string {
   return subjects.length === 0
     ? `${id} ${kind}`
     : `${id} ${kind}\n${subjects.join("\n")}`;
