@@ -26,9 +26,8 @@ export class HostBeats {
   /** What a batch's ack subject of this stage holds: `.<stream>.hosts.`. */
   readonly #consumer: string;
   readonly #nak: (subject: string) => void;
-  /** How many hosts fell silent with batches, and how many batches were NAKed. */
-  lost = 0;
-  naked = 0;
+  /** When `check()` last ran (performance.now()). */
+  #checked = performance.now();
 
   constructor(stream: string, nak: (subject: string) => void) {
     this.#consumer = `.${stream}.hosts.`;
@@ -74,12 +73,20 @@ export class HostBeats {
 
   /**
    * NAKs the batches of each host silent for HOST_SILENT_MS, and forgets
-   * it. Returns the stream sequence numbers NAKed, or null if no host
-   * with batches fell silent.
+   * it (called every half second or so). Returns the stream sequence
+   * numbers NAKed (maybe none), or null if no host fell silent.
    */
   check(): Set<number> | null {
     let naked: Set<number> | null = null;
     const now = performance.now();
+    const since = now - this.#checked;
+    this.#checked = now;
+    if (since > HOST_SILENT_MS / 2) {
+      // This thread was held up (its output full, or the machine busy):
+      // the beats it has not read yet are no silence of the hosts.
+      for (const host of this.#hosts.values()) host.seen = now;
+      return null;
+    }
     for (const [id, host] of this.#hosts) {
       if (now - host.seen < HOST_SILENT_MS) continue;
       this.#hosts.delete(id);
@@ -87,10 +94,7 @@ export class HostBeats {
       // it died: the bridge looks for them too.
       naked ??= new Set();
       if (host.held.size === 0) continue;
-      this.lost++;
-      naked ??= new Set();
       for (const subject of host.held) {
-        this.naked++;
         naked.add(this.#seqOf(subject));
         this.#nak(subject);
       }
