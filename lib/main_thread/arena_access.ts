@@ -121,7 +121,7 @@ export class ArenaAccess {
     arena.release(start);
   }
 
-  /** The pipeline ended: no more allocations, and waiting ones reject. */
+  /** The pipeline ended (by its stop, a failure or terminate()): no more allocations, and waiting ones reject. */
   close(): void {
     this.arena?.close();
   }
@@ -164,7 +164,10 @@ export class ArenaAccess {
 
   #checkOpen(n: number): void {
     const run = this.#run;
-    if (run.failure !== null || run.terminated) {
+    // Closed also once the run ended by its stop (see `Pipeline` done).
+    const closed = this.arena !== null &&
+      Atomics.load(this.arena.header, Arena.CLOSED) !== 0;
+    if (run.failure !== null || run.terminated || closed) {
       throw new PipelineClosedError(
         "The pipeline ended: its arena takes no more allocations",
         n,
