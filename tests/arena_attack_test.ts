@@ -220,20 +220,19 @@ Deno.test({
 class Hoard extends OrderedWorker<number, number> {
   doTask(x: number): number {
     if (x !== 0) return x;
-    // More buffers than a worker's table records (Arena.TABLE), then stuck.
+    // More buffers than a worker's table records (Arena.TABLE), then past
+    // the taskTimeout (a bounded busy loop: a killed thread runs it out).
     for (let i = 0; i < 1100; i++) this.alloc(1);
-    for (;;);
+    const end = performance.now() + 2000;
+    while (performance.now() < end);
+    return x;
   }
 }
 
-// Left (MPIPE_REPRO=1): a worker lost past its taskTimeout while holding
-// more than Arena.TABLE (1024) buffers leaks the rest for good; the arena
-// counts them (Arena.UNTRACKED) but stats().arena does not show that count,
-// so they are dropped without being reported.
-Deno.test({
-  name: "a lost worker's buffers past its table come back, or are reported",
-  ignore: Deno.env.get("MPIPE_REPRO") !== "1",
-}, async () => {
+// A worker lost past its taskTimeout while holding more than Arena.TABLE
+// (1024) buffers: those past its table stay live until the pipeline is
+// dropped, and stats().arena reports them as untracked.
+Deno.test("a lost worker's buffers past its table come back, or are reported as untracked", async () => {
   const pipe = new Pipeline<number, number>(
     new Stage(Hoard, 1, { taskTimeout: 500, onError: "skip" }),
     { arenaBytes: 2048 * Arena.BLOCK },
@@ -243,9 +242,7 @@ Deno.test({
   await pipe.put(null);
   assert.deepEqual(await within(Array.fromAsync(pipe), "the results"), [1]);
   await within(pipe.done, "done");
-  const arena = pipe.stats().arena as unknown as Record<string, number>;
-  assert.ok(
-    arena.live === 0 || (arena.untracked ?? 0) === arena.live,
-    JSON.stringify(arena),
-  );
+  const arena = pipe.stats().arena;
+  assert.ok(arena.untracked > 0, JSON.stringify(arena));
+  assert.ok(arena.live <= arena.untracked, JSON.stringify(arena));
 });

@@ -40,6 +40,12 @@ export interface ArenaStats {
   allocations: number;
   /** Worker `alloc` calls the arena had no room for, given an ordinary `Uint8Array`. */
   fallbacks: number;
+  /**
+   * References a worker held beyond its table of 1,024: if that worker is
+   * lost, their space is not given back until the pipeline is dropped.
+   * Hold fewer buffers at once in one worker when this is not 0.
+   */
+  untracked: number;
 }
 
 /** The main thread's arena calls. */
@@ -138,6 +144,7 @@ export class ArenaAccess {
       live: word(Arena.LIVE),
       allocations: word(Arena.ALLOCATIONS),
       fallbacks: word(Arena.FALLBACKS),
+      untracked: word(Arena.UNTRACKED),
     };
   }
 
