@@ -52,6 +52,7 @@ export class LostTasks {
       seq: number;
       stashed: RetriedTask | null;
       running?: boolean;
+      settled?: boolean;
     }[] = [];
     const places = status.heldPlaces(index);
     for (let place = 0; place < places.length; place++) {
@@ -71,6 +72,7 @@ export class LostTasks {
           rerun: false,
         },
         running: read?.running,
+        settled: read?.settled,
       });
     }
     if (places.every((seq) => seq < 0)) {
@@ -89,7 +91,9 @@ export class LostTasks {
     tasks.sort((a, b) => a.seq - b.seq);
     // A worker lost in a task's synchronous part was lost by that task: the
     // others it held are run again, neither charged nor counted an attempt.
-    // Lost elsewhere (after an await, in a timer), it is charged to them all.
+    // Lost elsewhere (after an await, in a timer), it is charged to all those
+    // that had not settled: a settled one (its result waiting for an earlier
+    // task's, in order) is run again, as if innocent.
     const culprit = tasks.some((task) => task.running);
     const held = tasks.map((task) => task.seq);
     const holds = held.length === 0 ? "" : `; it held ${describeTasks(held)}`;
@@ -99,8 +103,8 @@ export class LostTasks {
     const dropped: StageError[] = [];
     let quarantined = 0;
     const budget = state.crashBudget ?? DEFAULT_CRASH_BUDGET;
-    for (const { seq, stashed, running } of tasks) {
-      if (culprit && !running && stashed !== null) {
+    for (const { seq, stashed, running, settled } of tasks) {
+      if ((settled || (culprit && !running)) && stashed !== null) {
         retried.push({ ...stashed, rerun: true });
         continue;
       }

@@ -27,8 +27,10 @@ import { WorkerScope } from "./scope.ts";
 /** A worker's retry policy and stash. */
 export class Retries {
   /**
-   * Bytes before a stashed task's record: its length, its attempt, and
-   * whether its synchronous part is running (Int32 each, then padding).
+   * Bytes before a stashed task's record: its length, its attempt, and its
+   * state: 1 while its synchronous part runs, 2 once it has settled (its
+   * result waits for its turn to be written), else 0 (Int32 each, then
+   * padding).
    */
   static readonly HEADER = 16;
   /** The attempt word of a place whose task the worker only closes (it was dropped). */
@@ -124,6 +126,15 @@ export class Retries {
     this.#stash[place]!.words[2] = running ? 1 : 0;
   }
 
+  /**
+   * The task at `place` has settled, its result not yet written (an ordered
+   * stage's later tasks wait for an earlier one): a worker lost meanwhile was
+   * not lost by it (see `read`).
+   */
+  settled(place: number): void {
+    this.#stash[place]!.words[2] = 2;
+  }
+
   /** The task at `place` runs attempt `attempt` now. */
   attempt(place: number, attempt: number): void {
     this.#stash[place]!.words[1] = attempt;
@@ -131,12 +142,17 @@ export class Retries {
 
   /**
    * A lost worker's stashed task: its record (a copy), the attempt it ran,
-   * and whether the worker was lost in its synchronous part; null if it was
-   * only to be closed.
+   * and whether the worker was lost in its synchronous part, or after it had
+   * settled; null if it was only to be closed.
    */
   static read(
     buffer: SharedArrayBuffer,
-  ): { record: Uint8Array; attempt: number; running: boolean } | null {
+  ): {
+    record: Uint8Array;
+    attempt: number;
+    running: boolean;
+    settled: boolean;
+  } | null {
     const words = new Int32Array(buffer, 0, 3);
     if (words[1] === Retries.CLOSED) return null;
     return {
@@ -146,6 +162,7 @@ export class Retries {
       ),
       attempt: words[1]!,
       running: words[2] === 1,
+      settled: words[2] === 2,
     };
   }
 }
