@@ -311,3 +311,132 @@ Deno.test("retry attack: bad retry and crashBudget values throw naming the optio
     });
   }
 });
+
+/** Tasks in `poison` close their worker; counts attempts and inits. */
+class Poison extends OrderedWorker<number, number> {
+  counts: Int32Array;
+  poison: number[];
+  initDeaths: number;
+  constructor(counts: SharedArrayBuffer, poison: number[], initDeaths = 0) {
+    super();
+    this.counts = new Int32Array(counts);
+    this.poison = poison;
+    this.initDeaths = initDeaths;
+  }
+  override doInit(): void {
+    if (Atomics.add(this.counts, 63, 1) < this.initDeaths) Deno.exit(2);
+  }
+  override doTask(x: number): number {
+    Atomics.add(this.counts, x, 1);
+    if (this.poison.includes(x)) {
+      (globalThis as unknown as { close(): void }).close();
+    }
+    return x;
+  }
+}
+
+Deno.test("retry attack: three poison tasks under retry are quarantined each after its own budget; the stage goes on", async () => {
+  for (const ordered of [true, false]) {
+    const shared = new SharedArrayBuffer(256);
+    const errors: StageError[] = [];
+    const options: StageOptions = {
+      args: [shared, [2, 5, 9]],
+      retry: { attempts: 10, delayMs: 0 },
+      crashBudget: 2,
+      onError: (error) => {
+        errors.push(error);
+      },
+    };
+    const pipe = new Pipeline<number, number>(
+      ordered
+        ? new OrderedStage(Poison, 2, options)
+        : new UnorderedStage(Poison, 2, options),
+    );
+    const results = await drain(pipe, range(12));
+    const expected = range(12).filter((x) => ![2, 5, 9].includes(x));
+    assert.deepEqual(
+      ordered ? results : results.sort((a, b) => a - b),
+      expected,
+    );
+    assert.deepEqual(errors.map((e) => e.task!).sort((a, b) => a - b), [
+      2,
+      5,
+      9,
+    ]);
+    const counts = new Int32Array(shared);
+    assert.deepEqual([counts[2], counts[5], counts[9]], [2, 2, 2]);
+    const s = pipe.stats().stages[0]!;
+    assert.equal(s.quarantined, 3);
+    assert.equal(s.tasks + s.skipped, s.received);
+    assert.equal(
+      s.workers.reduce((sum, w) => sum + w.quarantined, 0),
+      3,
+    );
+  }
+});
+
+Deno.test("retry attack: workers that die in doInit() under retry: two deaths are survived, a place lost 3 times in a row fails the run", async () => {
+  const shared = new SharedArrayBuffer(256);
+  const pipe = new Pipeline<number, number>(
+    new OrderedStage(Poison, 1, {
+      args: [shared, [], 2],
+      retry: 3,
+    }),
+  );
+  assert.deepEqual(await drain(pipe, range(5)), range(5));
+  const always = new SharedArrayBuffer(256);
+  const failing = new Pipeline<number, number>(
+    new OrderedStage(Poison, 1, {
+      args: [always, [], 1000],
+      retry: 3,
+    }),
+  );
+  await assert.rejects(drain(failing, range(5)), (e: unknown) => {
+    assert.ok(!String(e).includes("a hang"), String(e));
+    return true;
+  });
+});
+
+Deno.test("retry attack: a delay past setTimeout's limit (2^31 - 1 ms) waits, not fires at once", async () => {
+  const shared = new SharedArrayBuffer(256);
+  const pipe = new Pipeline<number, number>(
+    new UnorderedStage(FailOnce, 1, {
+      args: [shared, 1],
+      retry: { attempts: 2, delayMs: 2 ** 31, jitter: 0 },
+    }),
+  );
+  try {
+    await pipe.feed([0]);
+    const counts = new Int32Array(shared);
+    await within(
+      (async () => {
+        while (Atomics.load(counts, 0) === 0) {
+          await new Promise((resolve) => setTimeout(resolve, 5));
+        }
+      })(),
+      "the first attempt",
+    );
+    // The retry is due in 24.8 days: it must not have run a moment later.
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    assert.equal(Atomics.load(counts, 0), 1);
+  } finally {
+    pipe.terminate();
+  }
+});
+
+Deno.test("retry attack: 5k tasks through an ordered stage of 2 workers with concurrency, a tenth failing once, come out in order", async () => {
+  const n = 5_000;
+  const shared = new SharedArrayBuffer(4 * n);
+  const pipe = new Pipeline<number, number>(
+    new OrderedStage(FailOnce, 2, {
+      args: [shared, 10],
+      retry: { attempts: 2, delayMs: 1 },
+      concurrency: 4,
+    }),
+  );
+  assert.deepEqual(await drain(pipe, range(n)), range(n));
+  const s = pipe.stats().stages[0]!;
+  assert.equal(s.retries, n / 10);
+  assert.equal(s.tasks, n);
+  assert.match(pipe.insights(), /tasks that needed retries/);
+});

@@ -35,6 +35,8 @@ export class Retries {
   static readonly HEADER = 16;
   /** The attempt word of a place whose task the worker only closes (it was dropped). */
   static readonly CLOSED = -1;
+  /** setTimeout's longest delay, in ms. */
+  static readonly LONGEST = 2 ** 31 - 1;
   /** What `decide` returns for an attempt to be tried again. */
   static readonly AGAIN: unique symbol = Symbol("again");
 
@@ -67,7 +69,9 @@ export class Retries {
   /**
    * The ms to wait before attempt `attempt + 1`, after attempt `attempt`
    * failed: `delayMs` grown by `factor` each retry, at most `maxDelayMs`,
-   * then moved by up to `jitter` of it either way (`random` in [0, 1)).
+   * then moved by up to `jitter` of it either way (`random` in [0, 1)); at
+   * most setTimeout's longest delay (2^31 - 1 ms, 24.8 days), as a longer
+   * one would fire at once.
    */
   static delayMs(
     config: RetryConfig,
@@ -78,7 +82,10 @@ export class Retries {
       config.maxDelayMs,
       config.delayMs * config.factor ** (attempt - 1),
     );
-    return Math.max(0, base * (1 + config.jitter * (2 * random - 1)));
+    return Math.min(
+      Retries.LONGEST,
+      Math.max(0, base * (1 + config.jitter * (2 * random - 1))),
+    );
   }
 
   /**
