@@ -6,6 +6,7 @@
 
 import assert from "node:assert/strict";
 import {
+  FilterStage,
   OrderedStage,
   OrderedWorker,
   Pipeline,
@@ -439,4 +440,167 @@ Deno.test("retry attack: 5k tasks through an ordered stage of 2 workers with con
   assert.equal(s.retries, n / 10);
   assert.equal(s.tasks, n);
   assert.match(pipe.insights(), /tasks that needed retries/);
+});
+
+/** Task x is x KiB of byte x; its first attempt exits or spins at `bad`. */
+class Grows extends OrderedWorker<Uint8Array, number> {
+  counts: Int32Array;
+  bad: number;
+  how: string;
+  constructor(counts: SharedArrayBuffer, bad: number, how: string) {
+    super();
+    this.counts = new Int32Array(counts);
+    this.bad = bad;
+    this.how = how;
+  }
+  override doTask(task: Uint8Array): number {
+    const x = task[0]!;
+    if (x === this.bad && Atomics.add(this.counts, x, 1) === 0) {
+      if (this.how === "exit") Deno.exit(1);
+      const end = performance.now() + 2_000;
+      while (performance.now() < end) { /* overrun taskTimeout */ }
+    }
+    return task.length * 1000 + x;
+  }
+}
+
+Deno.test("retry attack: a task lost just after its stash grew is retried with its own bytes", async () => {
+  for (const how of ["exit", "spin"]) {
+    const shared = new SharedArrayBuffer(256);
+    const pipe = new Pipeline<Uint8Array, number>(
+      new OrderedStage(Grows, 1, {
+        args: [shared, 5, how],
+        retry: { attempts: 2, delayMs: 0 },
+        taskTimeout: how === "spin" ? 300 : undefined,
+      }),
+    );
+    const tasks = range(7).map((x) => new Uint8Array(1024 * 2 ** x).fill(x));
+    const results = await drain(pipe, tasks);
+    assert.deepEqual(
+      results,
+      tasks.map((t) => t.length * 1000 + t[0]!),
+      how,
+    );
+  }
+});
+
+Deno.test("retry attack: a retrying stage joined from a fork's two branches gets every task once, retries counted", async () => {
+  const shared = new SharedArrayBuffer(4 * 2000);
+  const a = new OrderedStage((x: number) => x, 1);
+  const b = new OrderedStage((x: number) => x, 1);
+  const c = new UnorderedStage((x: number) => x + 1000, 2);
+  const d = new OrderedStage(FailOnce, 2, {
+    args: [shared, 7],
+    retry: { attempts: 2, delayMs: 1 },
+    concurrency: 2,
+  });
+  a.link(b);
+  a.link(c);
+  b.link(d);
+  c.link(d);
+  const pipe = new Pipeline<number, number>(a);
+  const results = await drain(pipe, range(300));
+  const expected = [...range(300), ...range(300).map((x) => x + 1000)];
+  assert.deepEqual(
+    results.sort((x, y) => x - y),
+    expected.sort((x, y) => x - y),
+  );
+  const s = pipe.stats().stages.find((stage) => stage.name === "FailOnce")!;
+  assert.equal(s.retries, expected.filter((x) => x % 7 === 0).length);
+});
+
+Deno.test("retry attack: a retrying stage inside a FilterStage retries and its results come out", async () => {
+  const shared = new SharedArrayBuffer(4 * 64);
+  const inner = new OrderedStage(FailOnce, 1, {
+    args: [shared, 2],
+    retry: { attempts: 2, delayMs: 1 },
+  });
+  const pipe = new Pipeline<number, [number, number[]]>(
+    new FilterStage<number, number>([inner], { maxTasks: 1000 }),
+  );
+  const results = await drain(pipe, range(20));
+  assert.deepEqual(results.map(([x]) => x), range(20));
+  const seen = results.flatMap(([, latest]) => latest);
+  const s = pipe.stats().stages.find((stage) => stage.name === "FailOnce")!;
+  assert.equal(s.retries, 10);
+  assert.equal(s.tasks, 20);
+  assert.ok(seen.length <= 20);
+});
+
+/** Task 1 always overruns taskTimeout synchronously (or closes its worker). */
+class Overruns extends OrderedWorker<number, number> {
+  counts: Int32Array;
+  how: string;
+  constructor(counts: SharedArrayBuffer, how: string) {
+    super();
+    this.counts = new Int32Array(counts);
+    this.how = how;
+  }
+  override doTask(x: number): number {
+    Atomics.add(this.counts, x, 1);
+    if (x === 1 && this.how === "close") {
+      (globalThis as unknown as { close(): void }).close();
+    }
+    if (x === 1) {
+      const end = performance.now() + 1_500;
+      while (performance.now() < end) { /* overrun */ }
+    }
+    return x;
+  }
+}
+
+Deno.test("retry attack: a task that overruns taskTimeout on every worker is quarantined after crashBudget workers, below its attempts", async () => {
+  const shared = new SharedArrayBuffer(64);
+  const errors: StageError[] = [];
+  const pipe = new Pipeline<number, number>(
+    new OrderedStage(Overruns, 1, {
+      args: [shared, "spin"],
+      retry: { attempts: 5, delayMs: 0 },
+      taskTimeout: 200,
+      onError: (error) => {
+        errors.push(error);
+      },
+    }),
+  );
+  assert.deepEqual(await drain(pipe, range(4)), [0, 2, 3]);
+  assert.equal(new Int32Array(shared)[1], 3);
+  assert.equal(errors.length, 1);
+  assert.match(errors[0]!.message, /quarantined/);
+  assert.equal(pipe.stats().stages[0]!.quarantined, 1);
+});
+
+Deno.test("retry attack: when() refusing a lost worker's StageError drops the task at once", async () => {
+  const shared = new SharedArrayBuffer(64);
+  const errors: StageError[] = [];
+  const pipe = new Pipeline<number, number>(
+    new OrderedStage(Overruns, 1, {
+      args: [shared, "close"],
+      retry: {
+        attempts: 5,
+        delayMs: 0,
+        when: (error) => !String(error).includes("lost"),
+      },
+      onError: (error) => {
+        errors.push(error);
+      },
+    }),
+  );
+  assert.deepEqual(await drain(pipe, range(4)), [0, 2, 3]);
+  assert.equal(new Int32Array(shared)[1], 1);
+  assert.equal(errors.length, 1);
+  assert.equal(errors[0]!.attempts.length, 1);
+});
+
+Deno.test("retry attack: an async when() (its promise always truthy) is refused, naming the option", () => {
+  assert.throws(
+    () =>
+      new OrderedStage((x: number) => x, 1, {
+        retry: {
+          attempts: 2,
+          when: (async () => false) as unknown as () => boolean,
+        },
+      }),
+    (e: unknown) =>
+      e instanceof TypeError && /options\.retry\.when.*async/.test(e.message),
+  );
 });
