@@ -604,3 +604,39 @@ Deno.test("retry attack: an async when() (its promise always truthy) is refused,
       e instanceof TypeError && /options\.retry\.when.*async/.test(e.message),
   );
 });
+
+/** Task 0 always throws; task 1 closes its worker on its first attempt. */
+class WaitsThenLost extends OrderedWorker<number, number> {
+  counts: Int32Array;
+  constructor(counts: SharedArrayBuffer) {
+    super();
+    this.counts = new Int32Array(counts);
+  }
+  override doTask(x: number): number {
+    const n = Atomics.add(this.counts, x, 1);
+    if (x === 0) throw new Error(`task 0 attempt ${n + 1}`);
+    if (x === 1 && n === 0) {
+      (globalThis as unknown as { close(): void }).close();
+    }
+    return x;
+  }
+}
+
+Deno.test("retry attack: a task waiting for its retry when another task loses the worker gets no more than its attempts", async () => {
+  const shared = new SharedArrayBuffer(64);
+  const errors: StageError[] = [];
+  const pipe = new Pipeline<number, number>(
+    new OrderedStage(WaitsThenLost, 1, {
+      args: [shared],
+      retry: { attempts: 2, delayMs: 300, jitter: 0 },
+      concurrency: 2,
+      onError: (error) => {
+        errors.push(error);
+      },
+    }),
+  );
+  assert.deepEqual(await drain(pipe, [0, 1]), [1]);
+  assert.equal(errors.length, 1);
+  assert.equal(new Int32Array(shared)[0], 2, "task 0's tries");
+  assert.equal(errors[0]!.attempts.length, 2);
+});

@@ -282,7 +282,7 @@ export class ConcurrentRunner {
     slot.settled = true;
     slot.ok = ok;
     slot.value = result;
-    retries?.settled(slot.place);
+    retries?.idle(slot.place);
     if (!host.config.ordered) this.#settled.push(slot);
   }
 
@@ -299,7 +299,11 @@ export class ConcurrentRunner {
     if (final !== Retries.AGAIN) return final;
     slot.deferred.length = 0;
     host.figures.retry();
-    this.#again(slot, Retries.delayMs(retries.config, slot.attempt++));
+    const ms = Retries.delayMs(retries.config, slot.attempt++);
+    // Lost while it waits, it runs its next attempt on the replacement.
+    retries.attempt(slot.place, slot.attempt);
+    retries.idle(slot.place);
+    this.#again(slot, ms);
     return Retries.AGAIN;
   }
 
@@ -385,7 +389,7 @@ export class ConcurrentRunner {
     slot.settled = true;
     slot.ok = ok;
     slot.value = value;
-    this.#host.retries?.settled(slot.place);
+    this.#host.retries?.idle(slot.place);
     if (!this.#host.config.ordered) this.#settled.push(slot);
     this.#queueWrite();
   }

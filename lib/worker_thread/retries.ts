@@ -27,10 +27,10 @@ import { WorkerScope } from "./scope.ts";
 /** A worker's retry policy and stash. */
 export class Retries {
   /**
-   * Bytes before a stashed task's record: its length, its attempt, and its
-   * state: 1 while its synchronous part runs, 2 once it has settled (its
-   * result waits for its turn to be written), else 0 (Int32 each, then
-   * padding).
+   * Bytes before a stashed task's record: its length, its attempt (the one
+   * running, or next), and its state: 1 while its synchronous part runs, 2
+   * while none of its code runs (it waits for its retry, or it has settled
+   * and its result waits for its turn), else 0 (Int32 each, then padding).
    */
   static readonly HEADER = 16;
   /** The attempt word of a place whose task the worker only closes (it was dropped). */
@@ -134,11 +134,12 @@ export class Retries {
   }
 
   /**
-   * The task at `place` has settled, its result not yet written (an ordered
-   * stage's later tasks wait for an earlier one): a worker lost meanwhile was
+   * None of the task at `place`'s code runs: it waits for its retry, or it
+   * has settled and its result waits for its turn to be written (an ordered
+   * stage's later tasks wait for an earlier one). A worker lost meanwhile was
    * not lost by it (see `read`).
    */
-  settled(place: number): void {
+  idle(place: number): void {
     this.#stash[place]!.words[2] = 2;
   }
 
@@ -149,8 +150,8 @@ export class Retries {
 
   /**
    * A lost worker's stashed task: its record (a copy), the attempt it ran,
-   * and whether the worker was lost in its synchronous part, or after it had
-   * settled; null if it was only to be closed.
+   * or was to run next, and whether the worker was lost in its synchronous
+   * part, or while it was idle; null if it was only to be closed.
    */
   static read(
     buffer: SharedArrayBuffer,
@@ -158,7 +159,7 @@ export class Retries {
     record: Uint8Array;
     attempt: number;
     running: boolean;
-    settled: boolean;
+    idle: boolean;
   } | null {
     const words = new Int32Array(buffer, 0, 3);
     if (words[1] === Retries.CLOSED) return null;
@@ -169,7 +170,7 @@ export class Retries {
       ),
       attempt: words[1]!,
       running: words[2] === 1,
-      settled: words[2] === 2,
+      idle: words[2] === 2,
     };
   }
 }
