@@ -889,10 +889,10 @@ async function operatorMode(dir: string): Promise<{
   otherCreds: string;
 }> {
   const { createAccount, createOperator, createUser } = await import(
-    "npm:@nats-io/nkeys@2.0.3"
+    "@nats-io/nkeys"
   );
   const { encodeAccount, encodeOperator, encodeUser, fmtCreds } = await import(
-    "npm:@nats-io/jwt@0.0.11"
+    "@nats-io/jwt"
   );
   const operator = createOperator();
   const account = createAccount();

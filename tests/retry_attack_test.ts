@@ -597,6 +597,7 @@ Deno.test("retry attack: an async when() (its promise always truthy) is refused,
       new OrderedStage((x: number) => x, 1, {
         retry: {
           attempts: 2,
+          // deno-lint-ignore require-await
           when: (async () => false) as unknown as () => boolean,
         },
       }),
