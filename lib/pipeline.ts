@@ -727,6 +727,8 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
 
   #settleDoneNow(): void {
     this.#doneSettled = true;
+    // Nothing can be put any more: allocations, waiting or new, reject.
+    this.#arena.close();
     this.#release();
     this.#stats.allGone();
     const progress = this.#progress;

@@ -878,6 +878,103 @@ timed(
   },
 );
 
+/**
+ * An operator, an account with JetStream, and a user of it, made as `nsc`
+ * would (test-only npm packages, pinned): the server's configuration in
+ * operator mode with a memory resolver, and the user's `.creds` file.
+ */
+async function operatorMode(dir: string): Promise<{
+  config: string;
+  creds: string;
+  otherCreds: string;
+}> {
+  const { createAccount, createOperator, createUser } = await import(
+    "@nats-io/nkeys"
+  );
+  const { encodeAccount, encodeOperator, encodeUser, fmtCreds } = await import(
+    "@nats-io/jwt"
+  );
+  const operator = createOperator();
+  const account = createAccount();
+  const user = createUser();
+  const operatorJwt = await encodeOperator("mpipe-op", operator);
+  const accountJwt = await encodeAccount("mpipe", account, {
+    // Unset limits are 0 (no connection allowed): -1 is no limit.
+    limits: {
+      conn: -1,
+      subs: -1,
+      data: -1,
+      payload: -1,
+      imports: -1,
+      exports: -1,
+      leaf: -1,
+      wildcards: true,
+      mem_storage: -1,
+      disk_storage: -1,
+      streams: -1,
+      consumer: -1,
+    },
+  }, { signer: operator });
+  const userJwt = await encodeUser("mpipe-user", user, account);
+  // JetStream needs a system account.
+  const system = createAccount();
+  const systemJwt = await encodeAccount("SYS", system, {}, {
+    signer: operator,
+  });
+  // A user signed by an account the server does not know.
+  const stranger = createAccount();
+  const otherJwt = await encodeUser("stranger", createUser(), stranger);
+  const config = `${dir}/server.conf`;
+  await Deno.writeTextFile(
+    config,
+    `operator: ${operatorJwt}
+system_account: ${system.getPublicKey()}
+resolver: MEMORY
+resolver_preload: {
+  ${account.getPublicKey()}: ${accountJwt}
+  ${system.getPublicKey()}: ${systemJwt}
+}
+`,
+  );
+  const creds = `${dir}/user.creds`;
+  await Deno.writeFile(creds, fmtCreds(userJwt, user));
+  const otherCreds = `${dir}/stranger.creds`;
+  await Deno.writeFile(otherCreds, fmtCreds(otherJwt, createUser()));
+  return { config, creds, otherCreds };
+}
+
+timed(
+  "JetStream: a server in operator mode: the cluster and the hosts log in with a .creds file; a user of an unknown account is refused",
+  90_000,
+  async () => {
+    const dir = await Deno.makeTempDir({ prefix: "mpipe-creds-" });
+    try {
+      const { config, creds, otherCreds } = await operatorMode(dir);
+      await using server = await NatsServer.start(["-c", config]);
+      await assert.rejects(
+        JetStreamCluster.connect(
+          clusterOptions(server.url, { credentials: otherCreds }),
+        ),
+        /Authorization|authorization|auth/,
+      );
+      await assert.rejects(
+        HostProcess.start(server.url, "creds-bad", ["--creds", otherCreds], {
+          read: [dir],
+        }),
+        /Authorization|authorization|auth/,
+      );
+      await using cluster = await JetStreamCluster.connect(
+        clusterOptions(server.url, { credentials: creds }),
+      );
+      await runOnce(server.url, cluster, "creds-1", ["--creds", creds], {
+        read: [dir],
+      });
+    } finally {
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  },
+);
+
 timed(
   "JetStream: logins refused 200 times over never crash the process: each is a rejected connect (a reset socket is not an uncaught error)",
   90_000,

@@ -18,6 +18,7 @@
  */
 
 import type { Socket } from "node:net";
+import type { JsMsg } from "npm:@nats-io/jetstream@3.4.0";
 import { checkObject } from "../checks.ts";
 import {
   connect as tlsConnect,
@@ -51,10 +52,19 @@ export {
   StorageType,
 } from "npm:@nats-io/jetstream@3.4.0";
 export type {
+  Consumer,
   JetStreamClient,
   JetStreamManager,
   JsMsg,
 } from "npm:@nats-io/jetstream@3.4.0";
+
+/**
+ * The subject a JetStream message is acked on (its reply subject): anyone
+ * who publishes `-NAK` there makes the server deliver it again at once.
+ */
+export function replyOf(message: JsMsg): string {
+  return (message as JsMsg & { reply: string }).reply;
+}
 
 /**
  * The client's transport, whose sockets never throw an error no one hears.

@@ -249,6 +249,38 @@ export function batchMessage(
   return message;
 }
 
+/**
+ * The header of a single task split from a batch whose host was lost (a
+ * host runs it as a suspect: see host/worker_host.ts `#isolate`).
+ */
+export const LOST = "MPipe-Lost";
+
+/** Whether a message is a single task split from a batch whose host was lost. */
+export function splitFromLost(
+  message: { data: Uint8Array; headers?: { has(key: string): boolean } },
+): boolean {
+  // Only a single task may carry LOST (parsing headers costs, per batch).
+  const data = message.data;
+  return data[4] === 1 && data[5] === 0 && data[6] === 0 && data[7] === 0 &&
+    message.headers?.has(LOST) === true;
+}
+
+/**
+ * A batch's tasks as messages of one task each (with the batch's token),
+ * numbered `from` on; published with the LOST header and the message id
+ * `t<task>`, so that a batch split twice gives each task once.
+ */
+export function singlesOf(data: Uint8Array): Uint8Array[] {
+  const { from, count, token, reader } = readBatch(data);
+  const singles: Uint8Array[] = [];
+  for (let i = 0; i < count; i++) {
+    const start = reader.at;
+    reader.frame();
+    singles.push(batchMessage(from + i, 1, token, data, start, reader.at));
+  }
+  return singles;
+}
+
 /** Writes a batch's header, `kind` (BATCH or REFUSED) and its token included, into its first `BATCH_HEADER` bytes. */
 export function writeBatchHeader(
   message: Uint8Array,

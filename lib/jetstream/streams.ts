@@ -9,7 +9,8 @@
  * through the durable consumer `bridge`; and `mpipe.<run>.<stage>.alone.<k>`
  * counts the runs of task k alone on a host (no consumer reads them; see
  * `host/worker_host.ts`). On `mpipe.<run>.<stage>.hosts`, outside the
- * stream, each host that serves the stage says so every `HOST_BEAT_MS`. The stream `MPIPE_STAGES` holds one announcement
+ * stream, each host that serves the stage says so every `HOST_BEAT_MS`,
+ * with the batches it holds (see coordinator/host_beats.ts). The stream `MPIPE_STAGES` holds one announcement
  * per live stage, `mpipe.stages.<run>.<stage>`, which every host watches
  * (see `announcements.ts`).
  *
@@ -25,6 +26,13 @@ import { apiCode, type JetStreamManager } from "./connection.ts";
  * `hostTimeout` fails.
  */
 export const HOST_BEAT_MS = 1_000;
+
+/**
+ * How long a host that serves a stage may be silent before the stage's
+ * bridge takes it as lost and gives its batches to other hosts (see
+ * coordinator/host_beats.ts).
+ */
+export const HOST_SILENT_MS = 3 * HOST_BEAT_MS;
 
 /** The stream of stage announcements, and its subjects' prefix. */
 export const STAGES_STREAM = "MPIPE_STAGES";

@@ -40,6 +40,12 @@ export interface ArenaStats {
   allocations: number;
   /** Worker `alloc` calls the arena had no room for, given an ordinary `Uint8Array`. */
   fallbacks: number;
+  /**
+   * References a worker held beyond its table of 1,024: if that worker is
+   * lost, their space is not given back until the pipeline is dropped.
+   * Hold fewer buffers at once in one worker when this is not 0.
+   */
+  untracked: number;
 }
 
 /** The main thread's arena calls. */
@@ -121,7 +127,7 @@ export class ArenaAccess {
     arena.release(start);
   }
 
-  /** The pipeline ended: no more allocations, and waiting ones reject. */
+  /** The pipeline ended (by its stop, a failure or terminate()): no more allocations, and waiting ones reject. */
   close(): void {
     this.arena?.close();
   }
@@ -138,6 +144,7 @@ export class ArenaAccess {
       live: word(Arena.LIVE),
       allocations: word(Arena.ALLOCATIONS),
       fallbacks: word(Arena.FALLBACKS),
+      untracked: word(Arena.UNTRACKED),
     };
   }
 
@@ -164,7 +171,10 @@ export class ArenaAccess {
 
   #checkOpen(n: number): void {
     const run = this.#run;
-    if (run.failure !== null || run.terminated) {
+    // Closed also once the run ended by its stop (see `Pipeline` done).
+    const closed = this.arena !== null &&
+      Atomics.load(this.arena.header, Arena.CLOSED) !== 0;
+    if (run.failure !== null || run.terminated || closed) {
       throw new PipelineClosedError(
         "The pipeline ended: its arena takes no more allocations",
         n,

@@ -52,6 +52,7 @@ export class LostTasks {
       seq: number;
       stashed: RetriedTask | null;
       running?: boolean;
+      idle?: boolean;
     }[] = [];
     const places = status.heldPlaces(index);
     for (let place = 0; place < places.length; place++) {
@@ -71,6 +72,7 @@ export class LostTasks {
           rerun: false,
         },
         running: read?.running,
+        idle: read?.idle,
       });
     }
     if (places.every((seq) => seq < 0)) {
@@ -89,7 +91,9 @@ export class LostTasks {
     tasks.sort((a, b) => a.seq - b.seq);
     // A worker lost in a task's synchronous part was lost by that task: the
     // others it held are run again, neither charged nor counted an attempt.
-    // Lost elsewhere (after an await, in a timer), it is charged to them all.
+    // Lost elsewhere (after an await, in a timer), it is charged to all those
+    // whose code was running: an idle one (waiting for its retry, or settled
+    // with its result waiting for an earlier task's) is run again too.
     const culprit = tasks.some((task) => task.running);
     const held = tasks.map((task) => task.seq);
     const holds = held.length === 0 ? "" : `; it held ${describeTasks(held)}`;
@@ -99,9 +103,16 @@ export class LostTasks {
     const dropped: StageError[] = [];
     let quarantined = 0;
     const budget = state.crashBudget ?? DEFAULT_CRASH_BUDGET;
-    for (const { seq, stashed, running } of tasks) {
-      if (culprit && !running && stashed !== null) {
-        retried.push({ ...stashed, rerun: true });
+    for (const { seq, stashed, running, idle } of tasks) {
+      if ((idle || (culprit && !running)) && stashed !== null) {
+        retried.push({
+          ...stashed,
+          errors: [
+            ...stashed.errors,
+            ...lostErrors(stashed.attempt - 1).slice(stashed.errors.length),
+          ],
+          rerun: true,
+        });
         continue;
       }
       const cost = (losses.get(seq) ?? 0) + 1;
@@ -116,13 +127,7 @@ export class LostTasks {
       // The errors of the attempts before, as far as they are known (those
       // of attempts in a worker now lost went with it).
       const errors = stashed?.errors.slice() ?? [];
-      while (errors.length < attempt - 1) {
-        errors.push(
-          new Error(
-            `attempt ${errors.length + 1}'s error was lost with its worker`,
-          ),
-        );
-      }
+      errors.push(...lostErrors(attempt - 1).slice(errors.length));
       errors.push(lost);
       let verdict: unknown = lost;
       if (cost >= budget && stashed !== null) verdict = null;
@@ -172,6 +177,14 @@ export class LostTasks {
     }
     return { held, retried, dropped, carried, quarantined };
   }
+}
+
+/** Stand-ins for the errors of attempts 1 to `n`, which went with a lost worker. */
+function lostErrors(n: number): Error[] {
+  return Array.from(
+    { length: n },
+    (_, i) => new Error(`attempt ${i + 1}'s error was lost with its worker`),
+  );
 }
 
 /** `error`, or what it says if it cannot be sent to a worker. */

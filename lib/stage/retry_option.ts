@@ -58,7 +58,8 @@ export interface RetryOptions {
   jitter?: number;
   /**
    * Which failures are retried: called with the attempt's error and the
-   * attempt's number (1 for the first try); a truthy answer retries. It runs
+   * attempt's number (1 for the first try); a truthy answer, given at once
+   * (an async function or a generator is refused), retries. It runs
    * in the stage's workers, shipped by its source like a function target
    * (so it may use only globals and its parameters), and on the main thread
    * for a worker that was lost, whose error is a `StageError`. A `when` that
@@ -187,9 +188,17 @@ export function retryPolicy(
         }`,
       );
     }
+    // Its answer is read at once: a promise would always retry.
+    if (/^async\b/.test(source) || when.constructor.name !== "Function") {
+      throw new TypeError(
+        `${kind}: 'options.retry.when' must answer at once, not be an async function or a generator (its promise would always be truthy), got ${
+          describe(when)
+        }`,
+      );
+    }
     // Method shorthand (`{ when(e) {} }`) is not an expression on its own.
-    if (!/^(async\s*)?(function\b|\(|[\w$]+\s*=>)/.test(source)) {
-      source = source.replace(/^(async\s+)?/, "$1function ");
+    if (!/^(function\b|\(|[\w$]+\s*=>)/.test(source)) {
+      source = "function " + source;
     }
   }
   return {

@@ -98,6 +98,22 @@ export class ConcurrentRunner {
   #writeQueued = false;
   /** The task whose synchronous part runs now, for putResult(). */
   current: TaskSlot | null = null;
+
+  /**
+   * The task a putResult() belongs to: the one whose synchronous part runs,
+   * or, at concurrency 1 (a stage that runs this loop for `retry`), the one
+   * task in flight, after an await as well (as without `retry`).
+   */
+  get putting(): TaskSlot | null {
+    if (this.current !== null || this.#host.config.concurrency > 1) {
+      return this.current;
+    }
+    const slots = this.#slots;
+    for (let i = this.#head; i < slots.length; i++) {
+      if (!slots[i]!.settled) return slots[i]!;
+    }
+    return null;
+  }
   /** One past the last task claimed. */
   #claimedTo = 0;
   /** A task error to rethrow in the loop (it came in a promise callback). */
@@ -270,6 +286,7 @@ export class ConcurrentRunner {
     slot.settled = true;
     slot.ok = ok;
     slot.value = result;
+    retries?.idle(slot.place);
     if (!host.config.ordered) this.#settled.push(slot);
   }
 
@@ -286,7 +303,11 @@ export class ConcurrentRunner {
     if (final !== Retries.AGAIN) return final;
     slot.deferred.length = 0;
     host.figures.retry();
-    this.#again(slot, Retries.delayMs(retries.config, slot.attempt++));
+    const ms = Retries.delayMs(retries.config, slot.attempt++);
+    // Lost while it waits, it runs its next attempt on the replacement.
+    retries.attempt(slot.place, slot.attempt);
+    retries.idle(slot.place);
+    this.#again(slot, ms);
     return Retries.AGAIN;
   }
 
@@ -372,6 +393,7 @@ export class ConcurrentRunner {
     slot.settled = true;
     slot.ok = ok;
     slot.value = value;
+    this.#host.retries?.idle(slot.place);
     if (!this.#host.config.ordered) this.#settled.push(slot);
     this.#queueWrite();
   }

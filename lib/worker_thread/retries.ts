@@ -27,12 +27,16 @@ import { WorkerScope } from "./scope.ts";
 /** A worker's retry policy and stash. */
 export class Retries {
   /**
-   * Bytes before a stashed task's record: its length, its attempt, and
-   * whether its synchronous part is running (Int32 each, then padding).
+   * Bytes before a stashed task's record: its length, its attempt (the one
+   * running, or next), and its state: 1 while its synchronous part runs, 2
+   * while none of its code runs (it waits for its retry, or it has settled
+   * and its result waits for its turn), else 0 (Int32 each, then padding).
    */
   static readonly HEADER = 16;
   /** The attempt word of a place whose task the worker only closes (it was dropped). */
   static readonly CLOSED = -1;
+  /** setTimeout's longest delay, in ms. */
+  static readonly LONGEST = 2 ** 31 - 1;
   /** What `decide` returns for an attempt to be tried again. */
   static readonly AGAIN: unique symbol = Symbol("again");
 
@@ -65,7 +69,9 @@ export class Retries {
   /**
    * The ms to wait before attempt `attempt + 1`, after attempt `attempt`
    * failed: `delayMs` grown by `factor` each retry, at most `maxDelayMs`,
-   * then moved by up to `jitter` of it either way (`random` in [0, 1)).
+   * then moved by up to `jitter` of it either way (`random` in [0, 1)); at
+   * most setTimeout's longest delay (2^31 - 1 ms, 24.8 days), as a longer
+   * one would fire at once.
    */
   static delayMs(
     config: RetryConfig,
@@ -76,7 +82,10 @@ export class Retries {
       config.maxDelayMs,
       config.delayMs * config.factor ** (attempt - 1),
     );
-    return Math.max(0, base * (1 + config.jitter * (2 * random - 1)));
+    return Math.min(
+      Retries.LONGEST,
+      Math.max(0, base * (1 + config.jitter * (2 * random - 1))),
+    );
   }
 
   /**
@@ -124,6 +133,16 @@ export class Retries {
     this.#stash[place]!.words[2] = running ? 1 : 0;
   }
 
+  /**
+   * None of the task at `place`'s code runs: it waits for its retry, or it
+   * has settled and its result waits for its turn to be written (an ordered
+   * stage's later tasks wait for an earlier one). A worker lost meanwhile was
+   * not lost by it (see `read`).
+   */
+  idle(place: number): void {
+    this.#stash[place]!.words[2] = 2;
+  }
+
   /** The task at `place` runs attempt `attempt` now. */
   attempt(place: number, attempt: number): void {
     this.#stash[place]!.words[1] = attempt;
@@ -131,12 +150,17 @@ export class Retries {
 
   /**
    * A lost worker's stashed task: its record (a copy), the attempt it ran,
-   * and whether the worker was lost in its synchronous part; null if it was
-   * only to be closed.
+   * or was to run next, and whether the worker was lost in its synchronous
+   * part, or while it was idle; null if it was only to be closed.
    */
   static read(
     buffer: SharedArrayBuffer,
-  ): { record: Uint8Array; attempt: number; running: boolean } | null {
+  ): {
+    record: Uint8Array;
+    attempt: number;
+    running: boolean;
+    idle: boolean;
+  } | null {
     const words = new Int32Array(buffer, 0, 3);
     if (words[1] === Retries.CLOSED) return null;
     return {
@@ -146,6 +170,7 @@ export class Retries {
       ),
       attempt: words[1]!,
       running: words[2] === 1,
+      idle: words[2] === 2,
     };
   }
 }

@@ -465,7 +465,7 @@ export class WorkerRuntime implements TaskHost, BatchHost {
   #putResult(result: unknown): void {
     if (this.config.disableResult) return;
     if (this.#concurrent !== null) {
-      const slot = this.#concurrent.current;
+      const slot = this.#concurrent.putting;
       if (slot === null) {
         throw new Error(
           "putResult() was called after an await in a stage with concurrency above 1, where it cannot tell which task it belongs to: return the result from doTask() instead, or call putResult() before the first await",

@@ -106,6 +106,7 @@ export function fakeRun(
       live: 0,
       allocations: 0,
       fallbacks: 0,
+      untracked: 0,
     },
     ...more,
   };

@@ -11,7 +11,8 @@
  * sends them as one message (a batch) or a few, reads the hosts' answers,
  * and settles each task once, however many answers come for it (a
  * redelivered batch is answered again): results reach the reader exactly
- * once.
+ * once. It also hears its hosts (see host_beats.ts): the batches of a host
+ * that falls silent go to other hosts within seconds (`#recover`).
  *
  * Loaded by the stand-in worker as a module target (see `cluster.ts`; `stage/cluster.ts` is the contract).
  *
@@ -31,6 +32,7 @@ import {
   type ConnectionOptions,
   connectNats,
   DiscardPolicy,
+  headers,
   jetstream,
   type JetStreamClient,
   type JetStreamManager,
@@ -52,12 +54,21 @@ import {
   bodyLimit,
   Encoder,
   HEADER_ROOM,
+  LOST,
   MessageReader,
   newToken,
+  readBatch,
+  singlesOf,
   writeBatchHeader,
 } from "../messages.ts";
 import { importSigningKey } from "../keys.ts";
-import { ensureStagesStream, nanosOf, stageNames } from "../streams.ts";
+import {
+  ensureStagesStream,
+  HOST_BEAT_MS,
+  nanosOf,
+  stageNames,
+} from "../streams.ts";
+import { HostBeats } from "./host_beats.ts";
 import { SentBatches } from "./sent_batches.ts";
 
 /** What the cluster gives a remote stage's bridge (structured-cloneable). */
@@ -150,8 +161,10 @@ export default class Bridge extends UnorderedWorker<unknown, unknown> {
       ack_wait: nanosOf(spec.ackWait),
       // The last delivery is answered with an error, not run (see host/worker_host.ts).
       max_deliver: spec.maxDeliver,
-      // Stage-wide across hosts: every message holds at least one task.
-      max_ack_pending: size,
+      // Stage-wide across hosts: every message holds at least one task;
+      // twice, for the deliveries to a lost host that wait for ackWait
+      // while their tasks run again (see #recover).
+      max_ack_pending: 2 * size,
     });
     await jsm.consumers.add(spec.stream, {
       durable_name: "bridge",
@@ -161,13 +174,28 @@ export default class Bridge extends UnorderedWorker<unknown, unknown> {
       max_ack_pending: 2 * size + 64,
     });
     this.#js = jetstream(nc);
-    // Hosts that serve the stage say so (see HOST_BEAT_MS).
+    // Hosts that serve the stage say so, with the batches they hold (see
+    // HOST_BEAT_MS); those of a host that falls silent go to others.
     this.#hostSeen = performance.now();
+    const beats = new HostBeats(spec.stream, (subject) => {
+      try {
+        nc.publish(subject, "-NAK");
+      } catch { /* Closing. */ }
+    });
     nc.subscribe(stageNames(spec.run, spec.index).hostsSubject, {
-      callback: () => {
+      callback: (_, message) => {
         this.#hostSeen = performance.now();
+        beats.heard(message.string());
       },
     });
+    setInterval(() => {
+      const naked = beats.check();
+      // Batches given to a lost host just before it died are on no list:
+      // once the live hosts have listed theirs again, find them.
+      if (naked !== null) {
+        setTimeout(() => this.#recover(beats, naked), HOST_BEAT_MS + 500);
+      }
+    }, Bridge.BEATS_CHECK_MS);
     await this.#announce();
     // Announced again, newly signed, while the stage lives: hosts take a
     // stage not announced again for ANNOUNCE_TTL_MS as gone, and refuse an
@@ -178,6 +206,9 @@ export default class Bridge extends UnorderedWorker<unknown, unknown> {
     setInterval(() => this.#checkStream(), Bridge.CHECK_MS);
     this.#readAnswers();
   }
+
+  /** How often the bridge looks for hosts fallen silent (see HostBeats). */
+  static readonly BEATS_CHECK_MS = 500;
 
   /** How often the bridge checks that its stream still exists. */
   static readonly CHECK_MS = 2_000;
@@ -224,6 +255,47 @@ export default class Bridge extends UnorderedWorker<unknown, unknown> {
     this.#jsm!.streams.info(stream).then(undefined, (error) => {
       if (apiCode(error) === 10059) this.#lost();
     });
+  }
+
+  /**
+   * After a host was lost: each stored batch with tasks not settled that
+   * was delivered (the consumer's delivered sequence is past it) but that
+   * no live host lists and that was not NAKed (`naked`) went to a host
+   * that died before it could list it. Its tasks are published again, as
+   * single suspects (as a host splits a batch delivered again), and its
+   * delivery waits for ackWait. A batch misjudged so runs twice; its
+   * results still reach the reader once.
+   */
+  async #recover(beats: HostBeats, naked: Set<number>): Promise<void> {
+    if (this.#failed) return;
+    const { stream, inSubject } = this.#config.spec;
+    const jsm = this.#jsm!;
+    try {
+      const info = await jsm.consumers.info(stream, "hosts");
+      const delivered = info.delivered.stream_seq;
+      const listed = beats.heldSeqs();
+      const lost = headers();
+      lost.set(LOST, "1");
+      for (const seq of this.#sent.storedSeqs()) {
+        if (seq > delivered || listed.has(seq) || naked.has(seq)) continue;
+        const stored = await jsm.streams.getMessage(stream, { seq })
+          .catch(() => null);
+        if (stored === null) continue; // Acked meanwhile.
+        const singles = singlesOf(stored.data);
+        const { from } = readBatch(stored.data);
+        await Promise.all(
+          singles.map((single, i) =>
+            this.#js!.publish(inSubject, single, {
+              // As a host's split would (see host/replies.ts), or anew for a
+              // single, which a split may have stored as `t<task>` already.
+              msgID: singles.length > 1 ? `t${from + i}` : `t${from}.${seq}`,
+              timeout: 5_000,
+              headers: lost,
+            })
+          ),
+        );
+      }
+    } catch { /* Cut off: ackWait is the backstop. */ }
   }
 
   /** The stage's stream is gone while the stage runs: the tasks in it are lost. */
@@ -343,7 +415,7 @@ export default class Bridge extends UnorderedWorker<unknown, unknown> {
       return;
     }
     this.#sent.add(from, count, token);
-    this.#publish(message, `b${from}`, 0);
+    this.#publish(message, from, 0);
   }
 
   /**
@@ -355,14 +427,15 @@ export default class Bridge extends UnorderedWorker<unknown, unknown> {
    */
   #publish(
     bytes: Uint8Array,
-    msgID: string,
+    from: number,
     attempt: number,
     since = performance.now(),
   ): void {
     if (this.#failed) return;
     const { inSubject, stream } = this.#config.spec;
+    const msgID = `b${from}`;
     this.#js!.publish(inSubject, bytes, { msgID, timeout: 5_000 }).then(
-      undefined,
+      (ack) => this.#sent.stored(from, ack.seq),
       async (error) => {
         if (this.#failed) return;
         if (permanent(error)) {
@@ -388,7 +461,7 @@ export default class Bridge extends UnorderedWorker<unknown, unknown> {
           );
         }
         setTimeout(
-          () => this.#publish(bytes, msgID, attempt + 1, since),
+          () => this.#publish(bytes, from, attempt + 1, since),
           Math.min(2_000, 25 * 2 ** attempt),
         );
       },

@@ -50,9 +50,12 @@ import { ensureStagesStream, stageNames, STAGES_STREAM } from "../streams.ts";
 export interface JetStreamClusterOptions extends ConnectionOptions {
   /**
    * Milliseconds a host may hold a batch of tasks without a sign of life
-   * before JetStream gives it to another host (a host that runs a batch
-   * says it is alive every third of this). A host killed mid-run costs
-   * this long a delay.
+   * before JetStream itself gives it to another host (a host that runs a
+   * batch says it is alive every third of this). The backstop: a host
+   * killed mid-run loses its batches to other hosts within about 4 s
+   * whatever this is (the stage's bridge hears each host every second,
+   * with the batches it holds, and has those of a host silent for 3 s
+   * delivered again at once).
    * @default {30000}
    */
   ackWait?: number;

@@ -32,6 +32,8 @@ interface Sent {
   settled: Uint8Array;
   /** Tasks not yet settled. */
   left: number;
+  /** Its sequence number in the stage's stream, once stored (else 0). */
+  seq: number;
 }
 
 /** A bridge's sent batches with tasks not settled. */
@@ -71,7 +73,23 @@ export class SentBatches {
       token,
       settled: new Uint8Array(count),
       left: count,
+      seq: 0,
     });
+  }
+
+  /** The batch sent from task `from` was stored as message `seq` of the stage's stream. */
+  stored(from: number, seq: number): void {
+    const sent = this.#sent.get(from);
+    if (sent !== undefined) sent.seq = seq;
+  }
+
+  /** The stream sequence numbers of the stored batches with tasks not settled. */
+  storedSeqs(): number[] {
+    const seqs = [];
+    for (const sent of this.#sent.values()) {
+      if (sent.seq > 0) seqs.push(sent.seq);
+    }
+    return seqs;
   }
 
   /** Rejects every task not settled with `failure` (a host refused the stage), and forgets them. */

@@ -16,16 +16,14 @@ import {
   permanent,
 } from "../connection.ts";
 import {
-  batchMessage,
   Encoder,
   failedAnswer,
+  LOST,
   readBatch,
   refusalMessage,
+  singlesOf,
 } from "../messages.ts";
 import type { StageServer } from "./stage_server.ts";
-
-/** The header of a single task split from a batch whose host was lost. */
-export const LOST = "MPipe-Lost";
 
 /** A host's publishes to the stages it serves. */
 export class Replies {
@@ -101,15 +99,8 @@ export class Replies {
 
   /** Puts each task of a batch back as a message of its own (with the batch's token), then acks the batch. */
   async split(server: StageServer, message: JsMsg): Promise<void> {
-    const { from, count, token, reader } = readBatch(message.data);
-    const singles: Uint8Array[] = [];
-    for (let i = 0; i < count; i++) {
-      const start = reader.at;
-      reader.frame();
-      singles.push(
-        batchMessage(from + i, 1, token, message.data, start, reader.at),
-      );
-    }
+    const { from } = readBatch(message.data);
+    const singles = singlesOf(message.data);
     try {
       // Each single is a suspect from its first delivery (see
       // WorkerHost's #isolate).

@@ -13,8 +13,9 @@
  *   the answer is published to the stage's output, and only once the server
  *   has stored it is the batch acked.
  * - While it holds a batch it tells the server so (`working()`), every
- *   third of the stage's `ackWait`: only a host that is lost lets its
- *   batches go to others.
+ *   third of the stage's `ackWait`, and the stage's bridge too, in its beat
+ *   every second (see stage_server.ts): only a host that is lost lets its
+ *   batches go to others, within seconds.
  * - A batch delivered again (its host was lost) is split into single tasks,
  *   each delivered on its own; a single task delivered again runs alone on
  *   its host, so that a task that kills its host takes no other with it,
@@ -50,7 +51,13 @@ import {
   type NatsConnection,
   permanent,
 } from "../connection.ts";
-import { bodyLimit, Encoder, readBatch, splitAnswer } from "../messages.ts";
+import {
+  bodyLimit,
+  Encoder,
+  readBatch,
+  splitAnswer,
+  splitFromLost,
+} from "../messages.ts";
 import { importPublicKey } from "../keys.ts";
 import { ensureStagesStream } from "../streams.ts";
 import {
@@ -59,7 +66,7 @@ import {
   type HostSettings,
   type WorkerHostOptions,
 } from "./host_options.ts";
-import { LOST, Replies } from "./replies.ts";
+import { Replies } from "./replies.ts";
 import type { HostPort, StageServer } from "./stage_server.ts";
 import { StageWatch } from "./stage_watch.ts";
 
@@ -149,9 +156,9 @@ export class WorkerHost implements AsyncDisposable {
       gone: (stream, error) => this.#replies.gone(stream, error),
       heldBy: (server) => this.#heldBy(server),
       ended: (server) => this.#watch.forget(server),
-      beat: (subject) => {
+      beat: (subject, payload) => {
         try {
-          this.#nc.publish(subject);
+          this.#nc.publish(subject, payload);
         } catch { /* Closing. */ }
       },
     };
@@ -408,11 +415,7 @@ export class WorkerHost implements AsyncDisposable {
       return await this.#replies.refuse(server, message);
     }
     const deliveries = message.info.deliveryCount;
-    // Only a single task may carry LOST (parsing headers costs, per batch).
-    const data = message.data;
-    const single = data[4] === 1 && data[5] === 0 && data[6] === 0 &&
-      data[7] === 0;
-    if (deliveries === 1 && !(single && message.headers?.has(LOST))) {
+    if (deliveries === 1 && !splitFromLost(message)) {
       // Nothing else runs while a suspect does (see #isolate).
       while (this.#paused !== null) {
         this.#waiting.set(message, server);
