@@ -59,6 +59,7 @@ export type {
 } from "./lib/stage/cluster.ts";
 export { OrderedStage, Stage, UnorderedStage } from "./lib/stage/stage.ts";
 export type {
+  ElasticSize,
   ModuleTarget,
   StageOptions,
   Target,
@@ -68,6 +69,7 @@ export type {
 export type { ArenaStats } from "./lib/main_thread/arena_access.ts";
 export type {
   PipelineStats,
+  Resize,
   RunEnd,
   SlowTask,
   StageStats,

@@ -31,7 +31,8 @@ import {
   workersOf,
 } from "./stage/internals.ts";
 import { SkipReports } from "./main_thread/skip_reports.ts";
-import { inspectModules, Supervisor } from "./main_thread/supervisor.ts";
+import { Supervisor } from "./main_thread/supervisor.ts";
+import { inspectModules } from "./main_thread/inspect_modules.ts";
 import { TaskInput } from "./main_thread/task_input.ts";
 import { type FeedOptions, PipelineStreams } from "./features/streams.ts";
 import { Wiring } from "./main_thread/wiring.ts";
@@ -39,6 +40,7 @@ import { ArenaAccess } from "./main_thread/arena_access.ts";
 import { type PipelineStats, StatsReader } from "./features/stats.ts";
 import { ProgressDisplay } from "./features/progress.ts";
 import { insightsReport } from "./features/insights.ts";
+import { ElasticControl } from "./features/elastic.ts";
 
 export type {
   FeedOptions,
@@ -146,7 +148,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
       | Stage<unknown extends I ? never : I, unknown, never>,
     options: PipelineOptions = {},
   ) {
-    const { ringBytes, spin, progress, name, arenaBytes, arenaDebug } =
+    const { ringBytes, spin, progress, name, threads, arenaBytes, arenaDebug } =
       checkPipelineOptions(options);
     this.name = name ?? `pipeline-${++pipelinesCreated}`;
     runs.set(this, this.#run);
@@ -212,7 +214,33 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
     }
     this.#supervisor = new Supervisor(this.#run, wiring.sleepWords, reports, {
       fail: (error) => this.#fail(error),
-      allGone: () => this.#settleDone(),
+      allGone: () => {
+        elastic.stop();
+        this.#settleDone();
+      },
+      left: (stage, size, idleMs, asked) =>
+        elastic.left(stage, size, idleMs, asked),
+    });
+    const elastic = new ElasticControl(
+      stages,
+      wiring,
+      this.#supervisor,
+      threads,
+      (stage) => this.#stats.backlogOf(stage),
+      (error) =>
+        this.#fail(
+          error instanceof StageError
+            ? error
+            : new StageError(`its workers could not be resized: ${error}`, {
+              stage: stages[0]!.name,
+              cause: error,
+            }),
+        ),
+    );
+    this.#stats.watch({
+      sizeOf: (stage) => this.#supervisor.sizeOf(stage),
+      spansOf: (stage) => this.#supervisor.spansOf(stage),
+      log: elastic.log,
     });
     this.#streams = new PipelineStreams(this.#input, this.#output, {
       terminate: () => this.terminate(),
@@ -241,6 +269,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
         stage,
         configs: wiring.workerConfigs(stage, threadSpin),
       })));
+      elastic.start();
     };
     const uninspected = stages.filter((s) =>
       internalsOf(s).ordered === undefined

@@ -23,6 +23,7 @@ const VALUES = [
 
 /** The types mod.ts exports besides the classes. */
 const TYPES = [
+  "ElasticSize",
   "FeedOptions",
   "Cluster",
   "ClusterRun",
@@ -34,6 +35,7 @@ const TYPES = [
   "PipelineStats",
   "ProgressOptions",
   "PutOptions",
+  "Resize",
   "RunEnd",
   "SlowTask",
   "RemoteStage",

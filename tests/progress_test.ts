@@ -305,3 +305,20 @@ Deno.test("a program with options.progress exits by itself once its results are 
   assert.equal(stdout.split("\n").length, 41);
   assert.match(stderr, /mpipe: done in .*: 40 tasks put, 40 results read\n/);
 });
+
+Deno.test("stageCells and summaryLines show an elastic stage's size: now and at most, then its lowest and highest", () => {
+  const stats = fakeRun([
+    fakeStage("grow", [fakeWorker(500, 500), fakeWorker(500, 500)], {
+      size: 2,
+      lowestSize: 1,
+      highestSize: 3,
+      elastic: { min: 1, max: 4 },
+    }),
+  ]);
+  const samples = [sampleOf(stats)];
+  assert.equal(
+    stageCells(stats.stages[0]!, 0, samples, undefined, 0).at(-1),
+    "2/4 workers",
+  );
+  assert.match(summaryLines(stats, "done")[1]!, /1 to 3 workers$/);
+});

@@ -16,7 +16,8 @@ import { Prng } from "./support/prng.ts";
 // Random topologies, in the spirit of a stress campaign: seeded random
 // pipelines of chains, forks, joins and FilterStages, ordered and unordered
 // stages of one to four workers running one or several tasks at once
-// (`concurrency`), some sandboxed (`permissions`), on small rings (4 KiB to
+// (`concurrency`), some sandboxed (`permissions`), some elastic (workers
+// that join and leave as the run goes, `{ min, max }`), on small rings (4 KiB to
 // 64 KiB) with records from empty to twice a ring (fragmented past a quarter
 // of it), tasks of random lengths, put one by one or fed (`feed()` of an
 // array, a generator or an async generator), and faults: tasks that throw,
@@ -109,6 +110,12 @@ const DIMENSIONS = {
    * `deno test` with the flag (see the end of the file).
    */
   sandbox: true,
+  /**
+   * Elastic stages (issue 27): a stage's size becomes { min, max: size },
+   * with a short idleMs, so that workers come and go during the run; and
+   * the pipeline's `threads` budget is drawn too.
+   */
+  elastic: true,
   /**
    * Payloads on the pipeline's arena (issue 28), in debug mode: they travel
    * by reference, and every result's buffers are freed at the end, when
@@ -277,12 +284,19 @@ class Hop extends OrderedWorker<Task | [Task, Task[]], Task> {
 
 type Policy = "fail" | "skip" | "callback";
 
+/** An elastic stage's fewest workers and idleMs (its most is its `size`). */
+interface ElasticSpec {
+  min: number;
+  idleMs: number;
+}
+
 interface HopSpec {
   kind: "hop";
   tag: string;
   parents: number[];
   ordered: boolean;
   size: number;
+  elastic?: ElasticSpec;
   fan: number;
   busyUs: number;
   asyncEvery: number;
@@ -305,6 +319,7 @@ interface SubSpec {
   tag: string;
   ordered: boolean;
   size: number;
+  elastic?: ElasticSpec;
   busyUs: number;
 }
 
@@ -589,6 +604,7 @@ function makePlan(seed: number): Plan {
     families,
   );
   if (arena) options.arenaDebug = true;
+  drawElastic(seed, nodes, options);
   drawRetries(seed, nodes, failing, lossy, sizes.length);
   if (
     FAMILIES.lateCallbacks && failing === undefined && reader !== "leaves" &&
@@ -728,6 +744,47 @@ function drawRetries(
   });
 }
 
+/**
+ * Makes some stages elastic (a third random stream, so a seed's plan is the
+ * one it had before): { min, max: size } with an idleMs short enough that
+ * workers leave and join while tasks run, stop and fail; and the budget.
+ */
+function drawElastic(
+  seed: number,
+  nodes: NodeSpec[],
+  options: Plan["options"],
+): void {
+  const random = new Prng(seed ^ 0x5e1a571c);
+  const draw = (size: number): ElasticSpec | undefined => {
+    const elastic = random.chance(0.3);
+    const min = random.int(0, size);
+    const idleMs = random.pick([1, 5, 50]);
+    return DIMENSIONS.elastic && elastic ? { min, idleMs } : undefined;
+  };
+  for (const node of nodes) {
+    if (node.kind === "hop") node.elastic = draw(node.size);
+    else {for (const chain of node.subs) {
+        for (const sub of chain) sub.elastic = draw(sub.size);
+      }}
+  }
+  const threads = random.int(1, 4);
+  if (DIMENSIONS.elastic && random.chance(0.5)) options.threads = threads;
+}
+
+/** A stage's size as its constructor takes it. */
+function sizeOf(spec: { size: number; elastic?: ElasticSpec }) {
+  return spec.elastic === undefined
+    ? spec.size
+    : { min: spec.elastic.min, max: spec.size };
+}
+
+/** How a stage's size reads in a plan. */
+function describeSize(spec: { size: number; elastic?: ElasticSpec }): string {
+  return spec.elastic === undefined
+    ? `x${spec.size}`
+    : `x${spec.elastic.min}-${spec.size} idle ${spec.elastic.idleMs}ms`;
+}
+
 function describeNode(node: NodeSpec): string {
   const from = node.parents.length === 0
     ? ""
@@ -735,7 +792,7 @@ function describeNode(node: NodeSpec): string {
   if (node.kind === "filter") {
     const subs = node.subs.map((chain) =>
       chain.map((s) =>
-        `${s.tag} ${s.ordered ? "ordered" : "unordered"} x${s.size}${
+        `${s.tag} ${s.ordered ? "ordered" : "unordered"} ${describeSize(s)}${
           s.busyUs ? ` busy ${s.busyUs}µs` : ""
         }`
       ).join(" > ")
@@ -751,9 +808,9 @@ function describeNode(node: NodeSpec): string {
     faults.set(kind, [...(faults.get(kind) ?? []), id]);
   }
   const parts = [
-    `${node.tag}${from} ${
-      node.ordered ? "ordered" : "unordered"
-    } x${node.size}`,
+    `${node.tag}${from} ${node.ordered ? "ordered" : "unordered"} ${
+      describeSize(node)
+    }`,
     node.fan > 1 ? `fan ${node.fan}` : "",
     node.busyUs ? `busy ${node.busyUs}µs` : "",
     node.asyncEvery ? `async/${node.asyncEvery}` : "",
@@ -1215,13 +1272,14 @@ function buildStages(
     if (node.kind === "filter") {
       const subs = node.subs.map((chain) => {
         const subStages = chain.map((sub) => {
-          const options = {
+          const options: StageOptions = {
             name: sub.tag,
             args: [hopConfig(sub.tag, { busyUs: sub.busyUs })],
           };
+          if (sub.elastic) options.idleMs = sub.elastic.idleMs;
           return sub.ordered
-            ? new OrderedStage(Hop, sub.size, options)
-            : new UnorderedStage(Hop, sub.size, options);
+            ? new OrderedStage(Hop, sizeOf(sub), options)
+            : new UnorderedStage(Hop, sizeOf(sub), options);
         });
         for (let k = 1; k < subStages.length; k++) {
           subStages[k - 1]!.link(subStages[k]!);
@@ -1259,10 +1317,11 @@ function buildStages(
     if (node.maxBacklog !== undefined) options.maxBacklog = node.maxBacklog;
     if (node.taskTimeout !== undefined) options.taskTimeout = node.taskTimeout;
     if (node.permissions !== undefined) options.permissions = node.permissions;
+    if (node.elastic) options.idleMs = node.elastic.idleMs;
     if (node.retry > 1) options.retry = { attempts: node.retry, delayMs: 5 };
     return node.ordered
-      ? new OrderedStage(Hop, node.size, options)
-      : new UnorderedStage(Hop, node.size, options);
+      ? new OrderedStage(Hop, sizeOf(node), options)
+      : new UnorderedStage(Hop, sizeOf(node), options);
   });
   plan.nodes.forEach((node, i) => {
     for (const parent of node.parents) {
@@ -1622,6 +1681,13 @@ for (const seed of seeds()) {
     plan.input === "put" ? "" : plan.input,
     hops.some((n) => n.concurrency > 1) ? "concurrency" : "",
     hops.some((n) => n.permissions !== undefined) ? "sandbox" : "",
+    plan.nodes.some((n) =>
+        n.kind === "hop"
+          ? n.elastic !== undefined
+          : n.subs.flat().some((sub) => sub.elastic !== undefined)
+      )
+      ? "elastic"
+      : "",
   ].filter((part) => part !== "").join(", ");
   Deno.test(
     `random topology: seed ${seed} (${shape}${

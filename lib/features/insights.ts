@@ -4,7 +4,8 @@
  * the start-up, `doInit`, working, blocked and waiting time and their
  * shares; each stage's slowest tasks; the stage that held the run back, with
  * the figures that show it; and a warning for each stage whose workers
- * worked little while tasks waited at its input.
+ * worked little while tasks waited at its input; and the resizings of its
+ * elastic stages, with the figures that drove them.
  *
  * @module
  */
@@ -26,6 +27,8 @@ const BOTTLENECK_SHARE = 0.5;
 const WARN_SHARE = 0.8;
 /** A stage whose working time was at least this share awaiting (timers, I/O) wants concurrency, not workers. */
 const AWAIT_SHARE = 0.5;
+/** The most resizings listed: the first ones and the last ones, the rest counted. */
+const RESIZES_SHOWN = 30;
 /** A stage's input counts as waiting when its producers waited for room this share of the run. */
 const FULL_SHARE = 0.01;
 
@@ -86,6 +89,7 @@ export function insightsReport(stats: PipelineStats): string {
     "",
   ];
   stats.stages.forEach((_, i) => lines.push(...stageSection(stats, i), ""));
+  if (stats.resizes.length > 0) lines.push(...resizingSection(stats), "");
   lines.push(
     "working (running tasks), awaiting (the part of working spent awaiting async tasks: timers, I/O), blocked (writing results to a full ring or backlog) and waiting (for tasks): ms and share of each worker's time since it was ready; start-up and doInit: ms and share of the run.",
     "",
@@ -101,11 +105,34 @@ export function insightsReport(stats: PipelineStats): string {
   return lines.join("\n");
 }
 
+/** The resizings of the elastic stages, at most `RESIZES_SHOWN` of them. */
+function resizingSection(stats: PipelineStats): string[] {
+  const all = stats.resizes;
+  const line = (r: PipelineStats["resizes"][number]) =>
+    `  '${r.stage}' ${r.from} → ${r.to} at ${duration(r.atMs)}: ${r.why}`;
+  const head = RESIZES_SHOWN - 10;
+  const shown = all.length <= RESIZES_SHOWN ? all.map(line) : [
+    ...all.slice(0, head).map(line),
+    `  … ${count(all.length - RESIZES_SHOWN)} more …`,
+    ...all.slice(-10).map(line),
+  ];
+  return [`Resizing (${plural(all.length, "decision")}):`, ...shown];
+}
+
+/** A stage's workers: "3 workers", or for an elastic stage "3 workers (elastic 1 to 4, lowest 1, highest 4)". */
+function workersText(stage: StageStats): string {
+  const elastic = stage.elastic;
+  return plural(stage.size, "worker") +
+    (elastic === null
+      ? ""
+      : ` (elastic ${elastic.min} to ${elastic.max}, lowest ${stage.lowestSize}, highest ${stage.highestSize})`);
+}
+
 function stageSection(stats: PipelineStats, index: number): string[] {
   const stage = stats.stages[index]!;
   const kind = [
     stage.ordered ? "ordered" : "unordered",
-    plural(stage.size, "worker"),
+    workersText(stage),
     ...(stage.within === null
       ? []
       : [`in the sub-pipeline of filter ${label(stats, stage.within)}`]),
@@ -291,6 +318,13 @@ function advice(stage: StageStats, times: Times): string {
     }) its tasks were awaiting (timers, I/O), not computing: its ${
       stage.size === 1 ? "worker's thread was" : "workers' threads were"
     } free meanwhile. More tasks at once in each worker (a higher 'concurrency' option) would speed the run up more cheaply than more workers.`;
+  }
+  if (stage.elastic !== null) {
+    return `More workers for it (it had up to ${stage.highestSize} of its most ${stage.elastic.max}${
+      stage.highestSize < stage.elastic.max
+        ? ", within the pipeline's 'threads' budget"
+        : ""
+    }), or a faster task, would speed the run up.`;
   }
   return `More workers for it (it has ${stage.size}), or a faster task, would speed the run up.`;
 }

@@ -199,7 +199,8 @@ export function sampleOf(stats: PipelineStats): Sample {
 /**
  * Stage `i`'s cells: its name, tasks done (of the total), a bar of
  * `barWidth` cells (none for 0) and a percentage (with a total), the rate, an ETA (with a
- * total), the backlog, and its workers' busy share (blocked time left out).
+ * total), the backlog, its workers' busy share (blocked time left out), and
+ * an elastic stage's workers now and at most.
  * Rates and shares are measured over `samples` (oldest first, the last one
  * now), or since the start with one sample. A cell that does not apply is
  * empty.
@@ -225,6 +226,9 @@ export function stageCells(
     : now.working[i]! / now.ready[i]!;
   const backlog = `backlog ${count(stage.backlog)}`;
   const busyCell = `busy ${percent(busy)}`;
+  const sizeCell = stage.elastic === null
+    ? []
+    : [`${stage.size}/${stage.elastic.max} workers`];
   // A filter's sub-pipelines see only the tasks it passes in.
   if (total === undefined || stage.within !== null) {
     return [
@@ -235,6 +239,7 @@ export function stageCells(
       "",
       backlog,
       busyCell,
+      ...sizeCell,
     ];
   }
   const fraction = total === 0 ? 1 : Math.min(1, done / total);
@@ -253,6 +258,7 @@ export function stageCells(
       : "ETA —",
     backlog,
     busyCell,
+    ...sizeCell,
   ];
 }
 
@@ -270,6 +276,9 @@ export function summaryLines(stats: PipelineStats, outcome: Outcome): string[] {
       : stage.dropped > 0
       ? `${count(stage.dropped)} dropped`
       : "",
+    stage.elastic === null
+      ? ""
+      : `${stage.lowestSize} to ${stage.highestSize} workers`,
   ]);
   return [
     `mpipe: ${outcome} in ${duration(stats.elapsedMs)}: ${

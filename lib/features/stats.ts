@@ -17,6 +17,8 @@ import type { ArenaStats } from "../main_thread/arena_access.ts";
 import { flowOrder, reachable } from "../stage/graph.ts";
 import { type AnyStage, internalsOf, workersOf } from "../stage/internals.ts";
 import { StageStatus } from "../shared_memory/status.ts";
+import type { PlaceSpan } from "../main_thread/places.ts";
+import type { ElasticSize } from "../stage/stage_options.ts";
 
 /**
  * One of the slowest tasks of a worker or a stage.
@@ -164,6 +166,47 @@ export interface WorkerStats {
   slowest: SlowTask[];
   /** Its tasks counted by duration. */
   durations: TaskDurations;
+  /**
+   * When workers held this place, in ms since the pipeline was created:
+   * one span for a fixed stage's place (a replacement goes on in it), one
+   * per worker that joined an elastic stage here; `endMs` is null while it
+   * holds the place, and the list is empty for a place no worker held yet.
+   */
+  spans: { startMs: number; endMs: number | null }[];
+}
+
+/**
+ * One resizing of an elastic stage, with the figures that drove it: a
+ * worker added while tasks waited (`why` gives the backlog and the busy
+ * share), or one that left, idle or asked to (for another stage).
+ *
+ * @example The resizings of a run
+ * ```ts
+ * import { Pipeline, type Resize, UnorderedStage } from "@mpipe/mpipe";
+ * import assert from "node:assert/strict";
+ *
+ * const pipe = new Pipeline(
+ *   new UnorderedStage((x: number) => x, { min: 0, max: 2 }),
+ * );
+ * await pipe.feed([1, 2, 3]);
+ * await Array.fromAsync(pipe);
+ * await pipe.done;
+ * const resizes: Resize[] = pipe.stats().resizes;
+ * // The stage had no worker: one joined when the tasks arrived.
+ * assert.deepEqual([resizes[0]!.from, resizes[0]!.to], [0, 1]);
+ * ```
+ */
+export interface Resize {
+  /** The stage's name. */
+  stage: string;
+  /** Its workers before. */
+  from: number;
+  /** Its workers after. */
+  to: number;
+  /** Ms since the pipeline was created. */
+  atMs: number;
+  /** Why, with the figures: "backlog 3,000, busy 97%", "idle 2,000 ms". */
+  why: string;
 }
 
 /**
@@ -191,8 +234,17 @@ export interface WorkerStats {
 export interface StageStats {
   /** The stage's name. */
   name: string;
-  /** Its number of workers. */
+  /**
+   * Its number of workers: for an elastic stage, those it has now (the
+   * workers that exit at the stop still count; those that left do not).
+   */
   size: number;
+  /** Its fewest workers so far (`size` for a fixed stage). */
+  lowestSize: number;
+  /** Its most workers so far (`size` for a fixed stage). */
+  highestSize: number;
+  /** Its elastic size, or null for a fixed one. */
+  elastic: ElasticSize | null;
   /**
    * Whether it runs on a cluster (its `cluster` option): `size` tasks at
    * once there, and `workers` holds its one local stand-in.
@@ -284,6 +336,8 @@ export interface PipelineStats {
   read: number;
   /** Every stage once: the root first, then in the order tasks reach them; a `FilterStage`'s sub-pipelines right after it. */
   stages: StageStats[];
+  /** The resizings of its elastic stages, in order (none without elastic stages). */
+  resizes: Resize[];
   /** The arena's use (see `Pipeline.alloc`): all zeros for a pipeline without one. */
   arena: ArenaStats;
 }
@@ -316,6 +370,13 @@ export interface StatsSources {
   readonly read: number;
 }
 
+/** What the reader needs of the pipeline's workers (`Supervisor`, `ElasticControl`). */
+export interface WorkerSources {
+  sizeOf(stage: AnyStage): { size: number; lowest: number; highest: number };
+  spansOf(stage: AnyStage): readonly (readonly PlaceSpan[])[];
+  readonly log: readonly Resize[];
+}
+
 /** Reads a pipeline's statistics from its stages' status blocks. */
 export class StatsReader {
   readonly #stages: AnyStage[];
@@ -327,6 +388,8 @@ export class StatsReader {
   readonly #createdAt = performance.now();
   #doneAt: number | null = null;
   #end: RunEnd | null = null;
+  /** The workers' sizes and spans, once they start. */
+  #workers: WorkerSources | null = null;
 
   /** Reads the stages of the pipeline rooted at `root`, whose status blocks are allocated. */
   constructor(
@@ -349,6 +412,16 @@ export class StatsReader {
         }
       }
     });
+  }
+
+  /** Tasks waiting at `stage`'s input now (see `StageStats.backlog`). */
+  backlogOf(stage: AnyStage): number {
+    return this.snapshot().stages[this.#index.get(stage)!]!.backlog;
+  }
+
+  /** Reads sizes, spans and resizings from `workers` from now on. */
+  watch(workers: WorkerSources): void {
+    this.#workers = workers;
   }
 
   /** The run was cut short (`"failure"`, `"terminate"`); the first counts. */
@@ -410,6 +483,7 @@ export class StatsReader {
       put: this.#input.entered,
       read: this.#output.read,
       stages,
+      resizes: this.#workers?.log.map((resize) => ({ ...resize })) ?? [],
       arena: this.#arena(),
     };
   }
@@ -417,10 +491,14 @@ export class StatsReader {
   #stage(stage: AnyStage, index: number, now: number | null): StageStats {
     const state = internalsOf(stage);
     const status = state.status!;
+    const spans = this.#workers?.spansOf(stage) ?? [];
     const workers = Array.from(
       { length: workersOf(stage) },
-      (_, i) => workerStats(status, i, now),
+      (_, i) => workerStats(status, i, now, spans[i] ?? [], this.#createdAt),
     );
+    const sizes = this.#workers?.sizeOf(stage) ??
+      { size: stage.size, lowest: stage.size, highest: stage.size };
+    const elastic = state.standIn === null ? state.elastic : null;
     const sum = (
       key:
         | "tasks"
@@ -436,7 +514,10 @@ export class StatsReader {
     }
     return {
       name: stage.name,
-      size: stage.size,
+      size: elastic === null ? stage.size : sizes.size,
+      lowestSize: elastic === null ? stage.size : sizes.lowest,
+      highestSize: elastic === null ? stage.size : sizes.highest,
+      elastic: elastic === null ? null : { min: elastic.min, max: stage.size },
       remote: state.cluster !== null,
       hosts: [...state.hosts],
       ordered: state.ordered === true,
@@ -480,6 +561,8 @@ function workerStats(
   status: StageStatus,
   index: number,
   now: number | null,
+  spans: readonly PlaceSpan[],
+  createdAt: number,
 ): WorkerStats {
   const figure = (f: number) => status.figures[status.figure(index, f)]!;
   const inFlight = figure(StageStatus.IN_FLIGHT);
@@ -537,5 +620,9 @@ function workerStats(
       ),
       sumMs: figure(StageStatus.DURATIONS_MS),
     },
+    spans: spans.map(({ startMs, endMs }) => ({
+      startMs: startMs - createdAt,
+      endMs: endMs === null ? null : endMs - createdAt,
+    })),
   };
 }

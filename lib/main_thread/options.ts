@@ -11,6 +11,7 @@ import {
   checkName,
   checkObject,
   checkOptionNames,
+  checkPositiveInteger,
   checkSignal,
   describe,
 } from "../checks.ts";
@@ -62,6 +63,15 @@ export interface PipelineOptions {
    * @default {`pipeline-1`, `pipeline-2`, … in the order pipelines are created}
    */
   name?: string;
+  /**
+   * The budget of the elastic stages (`size` given as `{ min, max }`): how
+   * many workers, above their `min`s, they may add together (a positive
+   * integer). Once it is spent, a stage that holds the run back takes a
+   * worker from an elastic stage whose workers mostly wait (see the README's
+   * "Elastic stages").
+   * @default {navigator.hardwareConcurrency}
+   */
+  threads?: number;
   /**
    * Bytes of the pipeline's arena, the shared memory that `alloc` hands out
    * for large binary payloads, which then travel by reference (see
@@ -153,6 +163,7 @@ export interface CheckedPipelineOptions {
   progress: ProgressOptions | null;
   /** The pipeline's name, or undefined for the next default one. */
   name: string | undefined;
+  threads: number;
   arenaBytes: number;
   arenaDebug: boolean;
 }
@@ -190,7 +201,15 @@ export function checkPipelineOptions(options: unknown): CheckedPipelineOptions {
   checkOptionNames(
     "Pipeline",
     checkObject("Pipeline", "options", options),
-    ["ringBytes", "spin", "progress", "name", "arenaBytes", "arenaDebug"],
+    [
+      "ringBytes",
+      "spin",
+      "progress",
+      "name",
+      "threads",
+      "arenaBytes",
+      "arenaDebug",
+    ],
     "pipeline",
   );
   const {
@@ -198,9 +217,11 @@ export function checkPipelineOptions(options: unknown): CheckedPipelineOptions {
     spin,
     progress = false,
     name,
+    threads = navigator.hardwareConcurrency,
     arenaBytes = ARENA_BYTES,
     arenaDebug = arenaDebugFromEnv(),
   } = options as PipelineOptions;
+  checkPositiveInteger("Pipeline", "options.threads", threads);
   if (
     typeof arenaBytes !== "number" || !Number.isInteger(arenaBytes) ||
     arenaBytes < 0 || arenaBytes % 4096 !== 0 || arenaBytes > 2 ** 32
@@ -239,6 +260,7 @@ export function checkPipelineOptions(options: unknown): CheckedPipelineOptions {
     spin,
     progress: checkProgress(progress),
     name,
+    threads,
     arenaBytes,
     arenaDebug,
   };

@@ -14,19 +14,15 @@ import { StageError } from "../errors.ts";
 import type { RunView } from "./run_state.ts";
 import { type AnyStage, internalsOf } from "../stage/internals.ts";
 import { StageStatus } from "../shared_memory/status.ts";
-import {
-  loadError,
-  revive,
-  skippedError,
-  workerError,
-} from "./stage_errors.ts";
+import { loadError, skippedError, workerError } from "./stage_errors.ts";
 import type { WorkerConfig } from "../worker_thread/config.ts";
 import { describeTasks, LostTasks } from "./lost_tasks.ts";
 import type { WorkerMessage } from "../worker_thread/scope.ts";
 import type { SkipReports } from "./skip_reports.ts";
-import { scriptUrl, stageWorkerScript } from "../worker_thread/script.ts";
+import { stageWorkerScript } from "../worker_thread/script.ts";
 import { Watchdog } from "./watchdog.ts";
 import type { SleepWord } from "./wiring.ts";
+import { type PlaceSpan, StagePlaces } from "./places.ts";
 
 /** A running worker and what it was started with. */
 interface WorkerRecord {
@@ -74,6 +70,8 @@ export interface SupervisorEvents {
    * killed (the run was cut short).
    */
   allGone(): void;
+  /** A worker left elastic `stage`, idle `idleMs`, or `asked` to; it has `size` workers now. */
+  left(stage: AnyStage, size: number, idleMs: number, asked: boolean): void;
 }
 
 /** Starts, watches, replaces and kills the workers of a pipeline. */
@@ -81,8 +79,10 @@ export class Supervisor {
   readonly #run: RunView;
   readonly #events: SupervisorEvents;
   readonly #reports: SkipReports;
-  /** Workers still running in each stage, to tell the reports when a stage is done. */
-  readonly #running = new Map<AnyStage, number>();
+  /** Each stage's places, to tell the reports when a stage is done and to add workers to elastic ones. */
+  readonly #places = new Map<AnyStage, StagePlaces>();
+  /** Places of every stage not yet done. */
+  #placesLeft = 0;
   readonly #sleepWords: readonly SleepWord[];
   #workers: WorkerRecord[] = [];
   /** Replaced workers whose last reports are still on their way (see #retire). */
@@ -106,9 +106,9 @@ export class Supervisor {
     this.#events = events;
   }
 
-  /** Whether any worker still runs. */
+  /** Whether any worker still runs, or an elastic stage may still start one. */
   get running(): boolean {
-    return this.#alive > 0;
+    return this.#placesLeft > 0;
   }
 
   /**
@@ -127,9 +127,14 @@ export class Supervisor {
    */
   start(stages: readonly { stage: AnyStage; configs: WorkerConfig[] }[]): void {
     for (const { stage, configs } of stages) {
-      this.#running.set(stage, configs.length);
+      const open = configs[0]?.elastic?.min ?? configs.length;
+      this.#places.set(stage, new StagePlaces(configs, open));
+      this.#placesLeft += configs.length;
       try {
-        for (const config of configs) this.#spawn(stage, config, 0);
+        // An elastic stage's places past `min` wait, parked (see Wiring).
+        for (const config of configs.slice(0, open)) {
+          this.#spawn(stage, config, 0);
+        }
       } catch (error) {
         throw spawnError(stage, error);
       }
@@ -157,12 +162,66 @@ export class Supervisor {
     this.#wakeSleepers(true);
     this.#workers = [];
     this.#alive = 0;
+    this.#placesLeft = 0;
     this.#allGone();
+  }
+
+  /**
+   * Adds a worker to elastic `stage` in a parked place; false if it has
+   * none, or its places are being stopped (the stop came). Throws a
+   * `StageError` if Deno refuses the worker.
+   */
+  grow(stage: AnyStage): boolean {
+    const places = this.#places.get(stage);
+    if (
+      places === undefined || this.#run.failure !== null ||
+      this.#run.terminated || this.#exitedAll
+    ) {
+      return false;
+    }
+    const config = places.open(internalsOf(stage).status!);
+    if (config === null) return false;
+    try {
+      this.#spawn(stage, config, 0);
+    } catch (error) {
+      throw spawnError(stage, error);
+    }
+    return true;
+  }
+
+  /** `stage`'s size now, and its lowest and highest: fixed stages keep theirs. */
+  sizeOf(stage: AnyStage): { size: number; lowest: number; highest: number } {
+    const places = this.#places.get(stage);
+    if (places === undefined) {
+      return { size: stage.size, lowest: stage.size, highest: stage.size };
+    }
+    return {
+      size: places.size,
+      lowest: places.lowest,
+      highest: places.highest,
+    };
+  }
+
+  /** How many workers are still starting (not ready yet): `stage`'s, or with null every stage's. */
+  starting(stage: AnyStage | null): number {
+    let starting = 0;
+    for (const record of this.#workers) {
+      if ((stage === null || record.stage === stage) && !record.ready) {
+        starting++;
+      }
+    }
+    return starting;
+  }
+
+  /** When each of `stage`'s places was held (none before the workers start). */
+  spansOf(stage: AnyStage): readonly (readonly PlaceSpan[])[] {
+    return this.#places.get(stage)?.spans ?? [];
   }
 
   /** Starts one worker; `config.recover` says if it replaces a lost one. */
   #spawn(stage: AnyStage, config: WorkerConfig, lostInRow: number): void {
     config.spawnedAt = performance.timeOrigin + performance.now();
+    this.#places.get(stage)!.started(config);
     const { permissions, shipped } = internalsOf(stage);
     const preload = permissions !== "inherit" && shipped.kind === "module"
       ? shipped.specifier
@@ -214,6 +273,14 @@ export class Supervisor {
     this.#alive++;
   }
 
+  /** A worker ended by itself: it passed the stop on, or left its elastic stage. */
+  #gone(record: WorkerRecord): void {
+    this.#kill(record);
+    const at = this.#workers.indexOf(record);
+    if (at >= 0) this.#workers.splice(at, 1);
+    this.#alive--;
+  }
+
   #onMessage(record: WorkerRecord, message: WorkerMessage): void {
     // A replaced worker's skip reports still count; nothing else of it does.
     if (record.gone && !(record.retiring && message.type === "skipped")) return;
@@ -223,16 +290,26 @@ export class Supervisor {
         record.ready = true;
         break;
       case "exit": {
-        this.#kill(record);
-        const running = this.#running.get(stage)! - 1;
-        this.#running.set(stage, running);
-        if (running === 0) this.#reports.exited(stage);
-        if (--this.#alive === 0) {
+        this.#gone(record);
+        // Its own place, and the parked places it stopped.
+        const done = 1 + message.stopped;
+        const places = this.#places.get(stage)!;
+        places.left -= done;
+        if (places.left === 0) this.#reports.exited(stage);
+        this.#placesLeft -= done;
+        if (this.#placesLeft === 0) {
           // Nothing is left to kill: forget the workers and their configs.
           this.#exitedAll = true;
           this.#workers = [];
           this.#allGone();
         }
+        break;
+      }
+      case "left": {
+        this.#gone(record);
+        const places = this.#places.get(stage)!;
+        places.resized(-1);
+        this.#events.left(stage, places.size, message.idleMs, message.asked);
         break;
       }
       case "error":
@@ -396,6 +473,7 @@ export class Supervisor {
   #kill(record: WorkerRecord, terminate = true): void {
     record.gone = true;
     const { stage, config } = record;
+    if (terminate) this.#places.get(stage)?.ended(config.index);
     const status = internalsOf(stage).status!;
     // Raised before any wake-up, so a worker that wakes sees it.
     Atomics.store(
@@ -446,94 +524,4 @@ function spawnError(stage: AnyStage, error: unknown): StageError {
 function processed(status: StageStatus, index: number): number {
   return status.figures[status.figure(index, StageStatus.TASKS)]! +
     Atomics.load(status.words, status.at(index, StageStatus.SKIPS));
-}
-
-/**
- * Learns the ordering of each `Stage` whose module target's is not known yet,
- * from the worker class it exports. `signal` (the run was cut short) kills the
- * workers that import them: a module whose top level never ends must not
- * keep the process alive.
- */
-export async function inspectModules(
-  stages: AnyStage[],
-  signal: AbortSignal,
-): Promise<void> {
-  await Promise.all(stages.map((stage) => inspectModule(stage, signal)));
-}
-
-/**
- * The script of the worker that imports a module target to read its export's
- * `ordered`. The main thread does not import it itself: the module may be the
- * main module, or one still evaluating (a top-level `await` that waits for
- * this pipeline), and importing it there would wait for itself for ever.
- */
-let inspectorUrl = "";
-
-/** Each inspected export's ordering, by specifier and export: a worker's start is paid once per process. */
-const orderings = new Map<string, boolean>();
-
-async function inspectModule(
-  stage: AnyStage,
-  signal: AbortSignal,
-): Promise<void> {
-  const state = internalsOf(stage);
-  const shipped = state.shipped;
-  if (shipped.kind !== "module") return;
-  const key = `${shipped.specifier}#${shipped.exportName}`;
-  const known = orderings.get(key);
-  if (known !== undefined) {
-    state.ordered = known;
-    return;
-  }
-  inspectorUrl ||= scriptUrl(
-    [],
-    `self.onmessage = async ({ data: [specifier, name] }) => {
-  try {
-    const value = (await import(specifier))[name];
-    // A worker class says its ordering; a task function runs ordered, as
-    // under OrderedStage (a script may export either, as in Python MPipe).
-    postMessage({ ordered: typeof value === "function" ? value.ordered ?? true : undefined });
-  } catch (error) {
-    postMessage({ error, errorName: error?.name });
-  }
-};`,
-  );
-  const worker = new Worker(inspectorUrl, {
-    type: "module",
-    name: `${stage.name} (inspect)`,
-  });
-  let answer: { ordered?: unknown; error?: unknown; errorName?: string };
-  let stopWaiting = () => {};
-  try {
-    answer = await new Promise((resolve) => {
-      worker.onmessage = (event) => resolve(event.data);
-      worker.onerror = (event) => {
-        event.preventDefault();
-        resolve({ error: event.error ?? event.message });
-      };
-      // The run was cut short: it no longer waits for the answer.
-      stopWaiting = () => resolve({});
-      signal.addEventListener("abort", stopWaiting, { once: true });
-      worker.postMessage([shipped.specifier, shipped.exportName]);
-    });
-  } finally {
-    signal.removeEventListener("abort", stopWaiting);
-    worker.terminate();
-  }
-  if (signal.aborted) return;
-  if ("error" in answer) {
-    throw loadError(
-      stage.name,
-      undefined,
-      revive(answer.error, answer.errorName),
-    );
-  }
-  if (typeof answer.ordered !== "boolean") {
-    throw new StageError(
-      `export '${shipped.exportName}' of ${shipped.specifier} is neither a worker class nor a task function: export a class extending OrderedWorker or UnorderedWorker, or a function`,
-      { stage: stage.name },
-    );
-  }
-  orderings.set(key, answer.ordered);
-  state.ordered = answer.ordered;
 }

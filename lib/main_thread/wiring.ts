@@ -27,7 +27,7 @@ import type { ShippedTarget } from "../stage/target.ts";
 import type { WorkerConfig } from "../worker_thread/config.ts";
 
 /** The memory of one link: its control block and one ring per producer. */
-interface LinkMemory {
+export interface LinkMemory {
   control: SharedArrayBuffer;
   rings: SharedArrayBuffer[];
 }
@@ -154,7 +154,7 @@ export class Wiring {
       // A worker of several tasks at once, or one that retries, keeps the
       // exact set it holds in a table (see StageStatus.HELD).
       const concurrency = concurrencyOf(stage);
-      state.status = new StageStatus(
+      const status = state.status = new StageStatus(
         StageStatus.allocate(
           workersOf(stage),
           producersOf(stage),
@@ -162,6 +162,15 @@ export class Wiring {
         ),
         workersOf(stage),
       );
+      // An elastic stage starts `min` workers; its other places wait,
+      // parked, their rings wired all the same (see `Supervisor.grow`).
+      const min = elasticOf(stage)?.min;
+      if (min !== undefined) {
+        status.words[StageStatus.WORKERS] = min;
+        for (let i = min; i < workersOf(stage); i++) {
+          status.words[status.at(i, StageStatus.PLACE)] = StageStatus.PARKED;
+        }
+      }
       this.#inputs.set(
         stage,
         this.#link(Math.max(1, state.previous.length), producersOf(stage)),
@@ -217,7 +226,7 @@ export class Wiring {
       specifier: standIn.module,
       exportName: "default",
     };
-    return Array.from({ length: workersOf(stage) }, (_, index) => {
+    const places = Array.from({ length: workersOf(stage) }, (_, index) => {
       const outputs = state.next.map((next) => {
         const target = this.#inputs.get(next)!;
         const ring = ringIndex(next, stage, index);
@@ -248,6 +257,10 @@ export class Wiring {
           nextSeqWord: -1,
         });
       }
+      return outputs;
+    });
+    const elastic = elasticOf(stage);
+    return places.map((outputs, index) => {
       return {
         stage: stage.name,
         index,
@@ -271,11 +284,43 @@ export class Wiring {
         recover: null,
         retry: retryOf(stage),
         filter,
+        elastic: elastic === null ? null : { ...elastic, places },
         arena: this.arena === null
           ? null
           : { memory: this.arena, holder: this.#holders.get(stage)! + index },
       };
     });
+  }
+
+  /** `stage`'s input link: its control block and rings. */
+  inputOf(stage: AnyStage): LinkMemory {
+    return this.#inputs.get(stage)!;
+  }
+
+  /**
+   * Where `stage`'s places write: every ring they own, and the control
+   * blocks of the links downstream that bound their backlog, with the bound.
+   */
+  outputsOf(stage: AnyStage): {
+    rings: SharedArrayBuffer[];
+    backlogs: { control: SharedArrayBuffer; max: number }[];
+  } {
+    const state = internalsOf(stage);
+    const places = Array.from({ length: workersOf(stage) }, (_, i) => i);
+    const rings = state.next.flatMap((next) =>
+      places.map((i) =>
+        this.#inputs.get(next)!.rings[ringIndex(next, stage, i)]!
+      )
+    );
+    const leaf = this.#leafLinks.get(stage) ?? this.#subLeafLinks.get(stage);
+    if (leaf !== undefined) rings.push(...places.map((i) => leaf.rings[i]!));
+    const backlogs = state.next
+      .filter((next) => Number.isFinite(internalsOf(next).maxBacklog))
+      .map((next) => ({
+        control: this.#inputs.get(next)!.control,
+        max: internalsOf(next).maxBacklog,
+      }));
+    return { rings, backlogs };
   }
 
   /** The main thread's link from leaf `stage`. Call once every stage's ordering is known. */
@@ -401,6 +446,12 @@ function linkBranch(
     nextSeqWord,
     fullMs,
   };
+}
+
+/** `stage`'s elastic settings, or null for a fixed size or a remote stage. */
+function elasticOf(stage: AnyStage): { min: number; idleMs: number } | null {
+  const state = internalsOf(stage);
+  return state.standIn === null ? state.elastic : null;
 }
 
 /**

@@ -65,11 +65,17 @@ export class Bell {
    * `Atomics.wait` for workers, which throws once this worker was dismissed.
    * It checks before sleeping too: a worker that was still starting when it
    * was killed may come to sleep after the wake-ups (the main thread raises
-   * the kill word before it wakes anyone, so one of the checks sees it).
+   * the kill word before it wakes anyone, so one of the checks sees it). An
+   * idle worker of an elastic stage sleeps at most `timeout` ms.
    */
-  static sleep(words: Int32Array, index: number, value: number): void {
+  static sleep(
+    words: Int32Array,
+    index: number,
+    value: number,
+    timeout = Infinity,
+  ): void {
     Dismissal.throwIfDismissed();
-    Atomics.wait(words, index, value);
+    Atomics.wait(words, index, value, timeout);
     Dismissal.throwIfDismissed();
   }
 }

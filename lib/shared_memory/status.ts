@@ -39,10 +39,18 @@ export class StageStatus {
    * range: it runs alone.
    */
   static readonly HELD = 1;
+  /**
+   * Header word of an elastic stage: its workers running (their places
+   * `OPEN`). A worker leaves only by taking itself off it, never below the
+   * stage's `min`; the main thread adds to it as it starts a worker.
+   */
+  static readonly WORKERS = 2;
+  /** Header word of an elastic stage: workers the main thread asks to leave (rebalancing); an idle one takes a request and leaves. */
+  static readonly SHED = 3;
   /** Words before the first worker's slot. */
   static readonly HEADER = 4;
   /** Words of a worker's slot. */
-  static readonly SLOT = 6;
+  static readonly SLOT = 7;
   /**
    * Slot word: what the worker's timed task is doing: one of the task states
    * below, tagged with the worker's generation (`taskState()`), so that a
@@ -59,6 +67,20 @@ export class StageStatus {
   static readonly KILL = 4;
   /** Slot word: tasks this place's workers skipped (added to before each is reported). */
   static readonly SKIPS = 5;
+  /**
+   * Slot word: the place's state, `OPEN`, `PARKED` or `STOPPED` (elastic
+   * stages; a fixed stage's places stay `OPEN`). Its changes are
+   * compare-exchanges, so that the main thread starting a worker in a parked
+   * place and a stopping worker ending it never both win.
+   */
+  static readonly PLACE = 6;
+
+  /** Place state: a worker holds the place (or is starting in it). */
+  static readonly OPEN = 0;
+  /** Place state: no worker holds it; its output rings are open, and a worker may start in it. */
+  static readonly PARKED = 1;
+  /** Place state: no worker holds it, and its output rings carry their stop record: it is done. */
+  static readonly STOPPED = 2;
 
   /** Task state: no timed task runs. */
   static readonly IDLE = 0;

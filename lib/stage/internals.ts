@@ -48,6 +48,12 @@ export interface StageInternals {
   onError: "fail" | "skip" | ((error: StageError) => void);
   restart: boolean;
   taskTimeout: number;
+  /**
+   * An elastic stage's fewest workers and how long one waits idle before
+   * it leaves; null for a fixed size (`size` is then its workers, else its
+   * most workers).
+   */
+  elastic: { min: number; idleMs: number } | null;
   /** The most tasks one worker runs at once. */
   concurrency: number;
   /** Its retry policy (`attempts` 1: none), and `when` itself for the main thread. */

@@ -12,13 +12,16 @@ import {
   type StageOwner,
 } from "./internals.ts";
 import {
+  checkSize,
   checkStageOptions,
   cloneArgs,
   defaultName,
+  type ElasticSize,
   type GetOptions,
+  IDLE_MS,
   type StageOptions,
 } from "./stage_options.ts";
-import { checkPositiveInteger, describe } from "../checks.ts";
+import { describe } from "../checks.ts";
 import { shipTarget } from "./target.ts";
 import { retrySettings } from "./retry_option.ts";
 import type {
@@ -70,28 +73,41 @@ export class Stage<I, O, R = never> {
   declare readonly resultType?: [R] extends [never] ? O : R;
   /** The stage's name, used in errors. */
   readonly name: string;
-  /** The number of workers. */
+  /** The number of workers; for an elastic stage, the most (`max`). */
   readonly size: number;
+  /** The fewest workers: `size` for a fixed stage, `min` for an elastic one. */
+  readonly minSize: number;
 
   /**
    * Creates a stage of `size` workers running `target`.
    *
    * @param target A self-contained worker class, or a module target whose export is one.
-   * @param size The number of workers, a positive integer.
+   * @param size The number of workers, a positive integer, or `{ min, max }`
+   * for an elastic stage (see `ElasticSize`).
    * @param options The stage's options.
    * @throws {TypeError} If `target` cannot be shipped to a worker, or an
    * option is unknown or of the wrong type.
-   * @throws {RangeError} If `size` is not a positive integer, or an option is
-   * out of range.
+   * @throws {RangeError} If `size` is not a positive integer or `{ min, max }`
+   * with 0 <= min <= max and max >= 1, or an option is out of range.
    */
   constructor(
     target: WorkerClass<I, O> | ModuleTarget,
-    size: number = 1,
+    size: number | ElasticSize = 1,
     options: StageOptions = {},
   ) {
     const kind = new.target === Stage ? "Stage" : new.target.name;
-    checkPositiveInteger(kind, "size", size);
+    const { max, min } = checkSize(kind, size);
     const checked = checkStageOptions(kind, options);
+    if (min === null && checked.idleMs !== undefined) {
+      throw new TypeError(
+        `${kind}: 'options.idleMs' applies only to an elastic stage: give 'size' as { min, max }, or leave idleMs out`,
+      );
+    }
+    if (min !== null && checked.cluster) {
+      throw new TypeError(
+        `${kind}: a remote stage ('options.cluster') cannot be elastic: its hosts keep pools of their own; give 'size' as a number (the tasks it runs at once)`,
+      );
+    }
     const { shipped, ordered, isClass } = shipTarget(target, kind);
     const classOnly = !(this instanceof OrderedStage ||
       this instanceof UnorderedStage);
@@ -102,7 +118,8 @@ export class Stage<I, O, R = never> {
         }: use OrderedStage or UnorderedStage for a task function`,
       );
     }
-    this.size = size;
+    this.size = max;
+    this.minSize = min ?? max;
     this.name = checked.name ?? defaultName(target);
     setInternals(this, {
       shipped,
@@ -119,6 +136,7 @@ export class Stage<I, O, R = never> {
       onError: checked.onError ?? "fail",
       restart: checked.restart ?? false,
       taskTimeout: checked.taskTimeout ?? Infinity,
+      elastic: min === null ? null : { min, idleMs: checked.idleMs ?? IDLE_MS },
       concurrency: checked.concurrency ?? 1,
       ...retrySettings(kind, checked),
       permissions: checked.permissions ?? "inherit",
@@ -259,16 +277,17 @@ export class OrderedStage<I, O> extends Stage<I, O> {
    * Creates an ordered stage of `size` workers running `target`.
    *
    * @param target A self-contained task function or worker class, or a module target.
-   * @param size The number of workers, a positive integer.
+   * @param size The number of workers, a positive integer, or `{ min, max }`
+   * for an elastic stage (see `ElasticSize`).
    * @param options The stage's options.
    * @throws {TypeError} If `target` cannot be shipped to a worker, or an
    * option is unknown or of the wrong type.
-   * @throws {RangeError} If `size` is not a positive integer, or an option is
-   * out of range.
+   * @throws {RangeError} If `size` is not a positive integer or `{ min, max }`
+   * with 0 <= min <= max and max >= 1, or an option is out of range.
    */
   constructor(
     target: Target<I, O>,
-    size: number = 1,
+    size: number | ElasticSize = 1,
     options: StageOptions = {},
   ) {
     super(target as WorkerClass<I, O>, size, options);
@@ -300,16 +319,17 @@ export class UnorderedStage<I, O> extends Stage<I, O> {
    * Creates an unordered stage of `size` workers running `target`.
    *
    * @param target A self-contained task function or worker class, or a module target.
-   * @param size The number of workers, a positive integer.
+   * @param size The number of workers, a positive integer, or `{ min, max }`
+   * for an elastic stage (see `ElasticSize`).
    * @param options The stage's options.
    * @throws {TypeError} If `target` cannot be shipped to a worker, or an
    * option is unknown or of the wrong type.
-   * @throws {RangeError} If `size` is not a positive integer, or an option is
-   * out of range.
+   * @throws {RangeError} If `size` is not a positive integer or `{ min, max }`
+   * with 0 <= min <= max and max >= 1, or an option is out of range.
    */
   constructor(
     target: Target<I, O>,
-    size: number = 1,
+    size: number | ElasticSize = 1,
     options: StageOptions = {},
   ) {
     super(target as WorkerClass<I, O>, size, options);
@@ -318,6 +338,7 @@ export class UnorderedStage<I, O> extends Stage<I, O> {
 
 /** Re-exported here so stage users find the target and option types beside the stages. */
 export type {
+  ElasticSize,
   GetOptions,
   ModuleTarget,
   StageOptions,

@@ -157,6 +157,84 @@ export interface StageOptions {
    * @default {3; for a remote stage, its cluster's (JetStream's `maxAttempts`, 3)}
    */
   crashBudget?: number;
+  /**
+   * For an elastic stage (`size` given as `{ min, max }`): ms a worker waits
+   * for tasks before it leaves, as long as `min` workers stay. Refused with a
+   * fixed `size`.
+   * @default {2000}
+   */
+  idleMs?: number;
+}
+
+/**
+ * An elastic stage's size: it runs between `min` and `max` workers, adding
+ * one while tasks wait at its input and its workers are busy, and letting
+ * one go once it has waited `idleMs` for tasks (see the README's "Elastic
+ * stages").
+ *
+ * @example A stage of 0 to 4 workers
+ * ```ts
+ * import { type ElasticSize, Pipeline, UnorderedStage } from "@mpipe/mpipe";
+ * import assert from "node:assert/strict";
+ *
+ * const size: ElasticSize = { min: 0, max: 4 };
+ * const pipe = new Pipeline(new UnorderedStage((x: number) => x * 2, size));
+ * await pipe.feed([1, 2, 3]);
+ * const results = await Array.fromAsync(pipe);
+ * assert.deepEqual(results.sort(), [2, 4, 6]);
+ * ```
+ */
+export interface ElasticSize {
+  /** The fewest workers, 0 or more: with 0, the stage starts a worker when a task arrives. */
+  min: number;
+  /** The most workers, a positive integer at least `min`. */
+  max: number;
+}
+
+/** The default `idleMs` of an elastic stage. */
+export const IDLE_MS = 2000;
+
+/**
+ * Checks a stage's `size`: a positive integer, or an `ElasticSize`. Returns
+ * its most workers and, for an elastic size, its fewest.
+ */
+export function checkSize(
+  kind: string,
+  size: unknown,
+): { max: number; min: number | null } {
+  const count = (value: unknown, least: number) =>
+    typeof value === "number" && Number.isInteger(value) && value >= least;
+  if (typeof size !== "object" || size === null) {
+    if (!count(size, 1)) {
+      throw new RangeError(
+        `${kind}: 'size' must be a positive integer or { min, max }, got ${
+          describe(size)
+        }`,
+      );
+    }
+    return { max: size as number, min: null };
+  }
+  const { min, max } = size as Record<string, unknown>;
+  for (const key of Object.keys(size)) {
+    if (key !== "min" && key !== "max") {
+      throw new TypeError(
+        `${kind}: 'size.${key}' is not part of an elastic size; it takes min and max`,
+      );
+    }
+  }
+  if (!count(max, 1)) {
+    throw new RangeError(
+      `${kind}: 'size.max' must be a positive integer, got ${describe(max)}`,
+    );
+  }
+  if (!count(min, 0) || (min as number) > (max as number)) {
+    throw new RangeError(
+      `${kind}: 'size.min' must be an integer from 0 to 'size.max' (${max}), got ${
+        describe(min)
+      }`,
+    );
+  }
+  return { max: max as number, min: min as number };
 }
 
 /**
@@ -195,6 +273,7 @@ const OPTION_NAMES = [
   "cluster",
   "retry",
   "crashBudget",
+  "idleMs",
 ];
 
 /** Checks a stage's options; throws a `TypeError` or `RangeError` naming the bad one. */
@@ -258,6 +337,17 @@ export function checkStageOptions(
     if (o.permissions !== undefined && o.permissions !== "inherit") {
       throw new TypeError(
         `${kind}: 'options.permissions' cannot be used with 'options.cluster': a remote stage runs with the permissions of the hosts that run it (start them with only what the stage needs, see README "Scaling out")`,
+      );
+    }
+  }
+  if (o.idleMs !== undefined) {
+    const ms = o.idleMs;
+    if (typeof ms !== "number") fail("idleMs", "a number");
+    if (!((ms as number) > 0 && Number.isFinite(ms))) {
+      throw new RangeError(
+        `${kind}: 'options.idleMs' must be a positive finite number of milliseconds, got ${
+          describe(ms)
+        }`,
       );
     }
   }

@@ -117,7 +117,7 @@ export class BatchRunner {
   }
 
   /** Claims tasks and sends them on, a turn's at once, until the input ends and nothing is in flight. */
-  async run(send: SendTasks): Promise<void> {
+  async run(send: SendTasks): Promise<false> {
     const host = this.#host;
     const { input, idleWait, config } = host;
     const seqs: number[] = [];
@@ -184,7 +184,7 @@ export class BatchRunner {
           send(first, sent, bytes, settler);
           continue;
         }
-        if (count < 0 && this.running === 0) return;
+        if (count < 0 && this.running === 0) return false;
         // The stand-in's connection runs on this thread's event loop.
         const waiting = idleWait.untilCompletion(count === 0);
         if (waiting !== undefined) await waiting;

@@ -136,8 +136,12 @@ export class ConcurrentRunner {
     this.#held.published();
   }
 
-  /** Claims and runs tasks until the input ends and nothing is in flight. */
-  async run(run: Run): Promise<void> {
+  /**
+   * Claims and runs tasks until the input ends and nothing is in flight
+   * (false), or until the worker leaves its elastic stage with nothing in
+   * flight (true).
+   */
+  async run(run: Run): Promise<boolean> {
     const host = this.#host;
     const { input, idleWait, config } = host;
     const values: unknown[] = [];
@@ -187,10 +191,10 @@ export class ConcurrentRunner {
           this.#writeSettled();
           continue;
         }
-        if (count < 0 && this.running === 0) return;
+        if (count < 0 && this.running === 0) return false;
       }
       if (this.running === 0) {
-        idleWait.idle();
+        if (idleWait.idle()) return true;
         continue;
       }
       // Tasks in flight: arm the input's bell, look once more, then wait.

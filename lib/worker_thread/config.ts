@@ -12,6 +12,7 @@ import type { ReadMode } from "../shared_memory/link_reader.ts";
 import type { Branch } from "../shared_memory/link_writer.ts";
 import type { ShippedTarget } from "../stage/target.ts";
 import type { FilterConfig } from "./filter_runtime.ts";
+import type { ElasticConfig } from "./elastic_place.ts";
 import type { RetryConfig } from "../stage/retry_option.ts";
 
 /** What a worker is told when it starts. */
@@ -58,6 +59,8 @@ export interface WorkerConfig {
   retry: RetryConfig | null;
   /** The stage is a FilterStage: run the built-in filter, not a target. */
   filter: FilterConfig | null;
+  /** An elastic stage's settings; null for a fixed size. */
+  elastic: ElasticConfig | null;
   /** The pipeline's arena and this worker's place in it, or null for none. */
   arena: { memory: ArenaMemory; holder: number } | null;
 }

@@ -23,6 +23,7 @@ import {
   type TaskSlot,
 } from "./concurrent_runner.ts";
 import { IdleWait } from "./idle_wait.ts";
+import { ElasticPlace } from "./elastic_place.ts";
 import { WorkerFigures } from "./figures.ts";
 import { WorkerScope } from "./scope.ts";
 import { TaskTimeout } from "./task_timeout.ts";
@@ -54,6 +55,8 @@ export class WorkerRuntime implements TaskHost, BatchHost {
   readonly retries: Retries | null;
   /** The stage's taskTimeout, if it has one (`config.timed`). */
   readonly #timeout: TaskTimeout | null;
+  /** Its place in an elastic stage; null for a fixed size. */
+  readonly #place: ElasticPlace | null;
   /** The loop of a worker that runs several tasks at once (or retries), if it does. */
   readonly #concurrent: ConcurrentRunner | null;
   /** The loop of a worker whose target takes its tasks in batches (a stand-in), if it does (set once loaded). */
@@ -86,7 +89,8 @@ export class WorkerRuntime implements TaskHost, BatchHost {
     this.output = new LinkWriter(config.outputs);
     this.status = new StageStatus(config.status, config.size);
     this.figures = new WorkerFigures(this.status, config.index);
-    this.idleWait = new IdleWait(this.input, config.spin);
+    this.#place = ElasticPlace.of(config.elastic, this.status, config.index);
+    this.idleWait = new IdleWait(this.input, config.spin, this.#place);
     this.#buffers = new TaskBuffers(config.arena, this.input, this.output);
     this.#timeout = config.timed
       ? new TaskTimeout(
@@ -172,11 +176,11 @@ export class WorkerRuntime implements TaskHost, BatchHost {
     const send = instance?.[Symbol.for("mpipe.sendTasks")];
     if (typeof send === "function") this.#batches = new BatchRunner(this);
     try {
-      await (this.#batches !== null
-        ? this.#batches.run((send as SendTasks).bind(instance))
-        : this.#concurrent !== null
-        ? this.#concurrent.run(run)
-        : this.#loop(run));
+      // True: the worker leaves its elastic stage (not at the stop).
+      const left =
+        await (this.#batches?.run((send as SendTasks).bind(instance)) ??
+          this.#concurrent?.run(run) ?? this.#loop(run));
+      if (left && this.#place!.leave(this)) return;
       // A filter stops its sub-pipelines before or after its own stop task.
       if (filter?.config.doStopTask) filter.stop();
       if (this.config.doStopTask) {
@@ -199,10 +203,11 @@ export class WorkerRuntime implements TaskHost, BatchHost {
     this.output.putEmpty(Ring.STOP, 0);
     this.output.publish();
     if (filter !== null && !filter.config.doStopTask) filter.stop();
-    WorkerScope.post({ type: "exit" });
+    WorkerScope.post({ type: "exit", stopped: this.#place?.stopParked() ?? 0 });
   }
 
-  async #loop(run: Run): Promise<void> {
+  /** Runs tasks until the input ends (false) or the worker leaves its elastic stage (true). */
+  async #loop(run: Run): Promise<boolean> {
     const input = this.input;
     const values: unknown[] = [];
     const seqs: number[] = [];
@@ -211,10 +216,10 @@ export class WorkerRuntime implements TaskHost, BatchHost {
       // again into the idle path.
       const count = input.claim(values, seqs, this.#claimMax);
       if (count === 0) {
-        this.idleWait.idle();
+        if (this.idleWait.idle()) return true;
         continue;
       }
-      if (count < 0) return;
+      if (count < 0) return false;
       this.idleWait.reset();
       const started = performance.now();
       this.figures.began(started);
@@ -249,6 +254,9 @@ export class WorkerRuntime implements TaskHost, BatchHost {
         ? 1
         : Math.min(this.#claimMax * 2, this.config.maxClaim);
       this.output.publish();
+      // Between claims it holds no task: a worker asked to leave its
+      // elastic stage may (one blocked downstream is never idle).
+      if (this.#place?.asked()) return true;
     }
   }
 

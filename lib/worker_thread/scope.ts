@@ -13,7 +13,10 @@ import { Dismissal } from "../shared_memory/dismissal.ts";
 /** What a worker tells the main thread (never per task). */
 export type WorkerMessage =
   | { type: "ready" }
-  | { type: "exit" }
+  /** It passed the stop on, and stopped `stopped` parked places of its elastic stage. */
+  | { type: "exit"; stopped: number }
+  /** It left its elastic stage, idle `idleMs`, or `asked` to by the main thread. */
+  | { type: "left"; idleMs: number; asked: boolean }
   | {
     type: "error";
     phase: "load" | "init" | "task";

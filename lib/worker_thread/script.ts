@@ -24,6 +24,7 @@ import { BatchRunner } from "./batch_runner.ts";
 import { Retries } from "./retries.ts";
 import { ConcurrentRunner } from "./concurrent_runner.ts";
 import { IdleWait } from "./idle_wait.ts";
+import { ElasticPlace } from "./elastic_place.ts";
 import { TargetLoader } from "./target_loader.ts";
 import { TaskTimeout } from "./task_timeout.ts";
 import { TaskBuffers } from "./task_buffers.ts";
@@ -89,6 +90,7 @@ export function stageWorkerScript(preload = ""): string {
       WorkerScope,
       WorkerFigures,
       IdleWait,
+      ElasticPlace,
       TaskTimeout,
       TaskBuffers,
       HeldTable,

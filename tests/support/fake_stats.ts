@@ -43,6 +43,7 @@ export function fakeWorker(
     retried: [],
     slowest: [],
     durations: noDurations(),
+    spans: [{ startMs: 0, endMs: null }],
     ...more,
   };
 }
@@ -57,6 +58,9 @@ export function fakeStage(
   return {
     name,
     size: workers.length,
+    lowestSize: workers.length,
+    highestSize: workers.length,
+    elastic: null,
     remote: false,
     hosts: [],
     ordered: true,
@@ -94,6 +98,7 @@ export function fakeRun(
     put: 100,
     read: 100,
     stages,
+    resizes: [],
     arena: {
       capacity: 0,
       usedBytes: 0,
