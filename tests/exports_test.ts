@@ -9,6 +9,7 @@ import { docSymbols } from "./support/deno_doc.ts";
 
 /** The values mod.ts exports (classes). */
 const VALUES = [
+  "ArenaFullError",
   "FilterStage",
   "OrderedStage",
   "OrderedWorker",
@@ -23,6 +24,7 @@ const VALUES = [
 
 /** The types mod.ts exports besides the classes. */
 const TYPES = [
+  "ArenaStats",
   "ElasticSize",
   "FeedOptions",
   "Cluster",
