@@ -20,6 +20,7 @@ import {
   HostProcess,
   NatsServer,
   natsUrl,
+  runKillingOneHost,
   stopSharedServer,
   TEST_KEYS,
   timed,
@@ -208,33 +209,9 @@ timed(
     await using cluster = await JetStreamCluster.connect(clusterOptions(URL_, {
       ackWait: 1_000,
     }));
-    await withHosts(URL_, ["kill-1", "kill-2"], async ([victim, survivor]) => {
-      const pipe = new Pipeline<number, [number, number]>(
-        new OrderedStage(
-          async (x: number) => {
-            await new Promise((resolve) => setTimeout(resolve, 3));
-            return [x * 3, Deno.pid] as [number, number];
-          },
-          16,
-          { cluster },
-        ),
-      );
-      const N = 600;
-      (async () => {
-        for (let i = 0; i < N; i++) await pipe.put(i);
-        await pipe.put(null);
-      })();
-      const results: number[] = [];
-      const pids = new Set<number>();
-      for await (const [value, pid] of pipe) {
-        results.push(value);
-        pids.add(pid);
-        if (results.length === 100) victim!.kill("SIGKILL");
-      }
-      assert.deepEqual(results, Array.from({ length: N }, (_, i) => i * 3));
-      assert.ok(pids.has(victim!.pid), "the victim did some of the work");
-      assert.ok(pids.has(survivor!.pid), "the survivor did some of the work");
-      assert.equal((await victim!.status).signal, "SIGKILL");
+    await runKillingOneHost(URL_, cluster, ["kill-1", "kill-2"], async (x) => {
+      await new Promise((resolve) => setTimeout(resolve, 3));
+      return [x * 3, Deno.pid];
     });
   },
 );

@@ -213,6 +213,17 @@ export interface ConnectionOptions {
   };
 }
 
+/** The names of `ConnectionOptions`, which every option list of a cluster or host begins with. */
+export const CONNECTION_OPTION_NAMES: readonly string[] = [
+  "servers",
+  "name",
+  "user",
+  "pass",
+  "token",
+  "credentials",
+  "tls",
+];
+
 /** Checks connection options, throwing a `TypeError` that names a bad one. */
 export function checkConnectionOptions(
   where: string,

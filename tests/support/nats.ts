@@ -14,6 +14,9 @@
  * @module
  */
 
+import assert from "node:assert/strict";
+import { OrderedStage, Pipeline } from "../../mod.ts";
+import type { JetStreamCluster } from "../../jetstream.ts";
 import { readEnv } from "./env.ts";
 import { generateKeys } from "../../lib/jetstream/keys.ts";
 
@@ -396,4 +399,48 @@ export async function withHosts(
   } finally {
     await Promise.all(hosts.map((host) => host.stop()));
   }
+}
+
+/**
+ * Runs 600 tasks through an ordered remote stage of size 16 running `task`
+ * (it gives `[x * 3, Deno.pid]`) on two hosts named `names`, SIGKILLs the first at the 100th result, and
+ * checks that every result came once and in order, that both hosts worked,
+ * and that the victim died by SIGKILL. Gives the ms from the kill to the
+ * last result.
+ */
+export async function runKillingOneHost(
+  url: string,
+  cluster: JetStreamCluster,
+  names: [string, string],
+  task: (x: number) => Promise<[number, number]>,
+): Promise<number> {
+  let after = 0;
+  await withHosts(url, names, async ([victim, survivor]) => {
+    const pipe = new Pipeline<number, [number, number]>(
+      new OrderedStage(task, 16, { cluster }),
+    );
+    const N = 600;
+    (async () => {
+      for (let i = 0; i < N; i++) await pipe.put(i);
+      await pipe.put(null);
+    })();
+    const results: number[] = [];
+    const pids = new Set<number>();
+    let killed = 0;
+    for await (const [value, pid] of pipe) {
+      results.push(value);
+      pids.add(pid);
+      if (results.length === 100) {
+        victim!.kill("SIGKILL");
+        killed = performance.now();
+      }
+    }
+    after = performance.now() - killed;
+    assert.deepEqual(results, Array.from({ length: N }, (_, i) => i * 3));
+    assert.ok(pids.has(victim!.pid), "the victim did some of the work");
+    assert.ok(pids.has(survivor!.pid), "the survivor did some of the work");
+    assert.equal((await victim!.status).signal, "SIGKILL");
+    await pipe.done;
+  });
+  return after;
 }

@@ -16,6 +16,7 @@ import { checkOptionNames } from "../../checks.ts";
 import {
   apiCode,
   checkConnectionOptions,
+  CONNECTION_OPTION_NAMES,
   type ConnectionOptions,
   connectNats,
   type JetStreamManager,
@@ -395,13 +396,7 @@ function checkClusterOptions(options: unknown): JetStreamClusterOptions {
     options,
   ) as JetStreamClusterOptions;
   const known = [
-    "servers",
-    "name",
-    "user",
-    "pass",
-    "token",
-    "credentials",
-    "tls",
+    ...CONNECTION_OPTION_NAMES,
     "ackWait",
     "maxAttempts",
     "maxBatch",

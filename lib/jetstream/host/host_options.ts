@@ -8,6 +8,7 @@
 import { checkOptionNames } from "../../checks.ts";
 import {
   checkConnectionOptions,
+  CONNECTION_OPTION_NAMES,
   type ConnectionOptions,
 } from "../connection.ts";
 
@@ -83,13 +84,7 @@ export function checkHostOptions(options: unknown): WorkerHostOptions {
     options,
   ) as WorkerHostOptions;
   const known = [
-    "servers",
-    "name",
-    "user",
-    "pass",
-    "token",
-    "credentials",
-    "tls",
+    ...CONNECTION_OPTION_NAMES,
     "workers",
     "trust",
     "allowSource",
