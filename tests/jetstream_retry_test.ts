@@ -11,6 +11,7 @@ import { JetStreamCluster } from "../jetstream.ts";
 import {
   clusterOptions,
   natsUrl,
+  runKillingOneHost,
   stopSharedServer,
   TEST_KEYS,
   timed,
@@ -251,6 +252,48 @@ timed(
 );
 
 timed(
+  "JetStream retry: a task over its taskTimeout is sent again, counted once, and the late answer of its first attempt is dropped",
+  90_000,
+  async () => {
+    await using cluster = await JetStreamCluster.connect(clusterOptions(URL_));
+    await withHosts(URL_, ["retry-timeout-1"], async () => {
+      // Task 1 hangs if it starts before `slowUntil`: its first attempt
+      // overruns the taskTimeout (3 s), its retry (2 s later) does not; the
+      // 3 s leave the host time to replace its worker (the timeout counts
+      // from the send to the answer).
+      const slowFirst = async (
+        { x, slowUntil }: { x: number; slowUntil: number },
+      ) => {
+        if (x === 1 && Date.now() < slowUntil) {
+          await new Promise((resolve) => setTimeout(resolve, 20_000));
+        }
+        return x;
+      };
+      const pipe = new Pipeline<{ x: number; slowUntil: number }, number>(
+        new OrderedStage(slowFirst, 2, {
+          cluster,
+          taskTimeout: 3_000,
+          retry: { attempts: 3, delayMs: 2_000, jitter: 0 },
+        }),
+      );
+      const slowUntil = Date.now() + 4_000;
+      for (let x = 0; x < 3; x++) pipe.put({ x, slowUntil });
+      pipe.put(null);
+      assert.deepEqual(await Array.fromAsync(pipe), [0, 1, 2]);
+      await pipe.done;
+      const stats = pipe.stats().stages[0]!;
+      // Both this machine and the host time the first attempt out: one
+      // failure all the same, one retry.
+      assert.equal(stats.retries, 1, JSON.stringify(stats.retried));
+      assert.deepEqual(
+        stats.retried.map(({ task, attempts }) => [task, attempts]),
+        [[1, 2]],
+      );
+    }, ONE_WORKER);
+  },
+);
+
+timed(
   "JetStream retry: terminate() during a long retry delay ends the run at once",
   90_000,
   async () => {
@@ -276,6 +319,32 @@ timed(
       // The test's own guard (90 s) bounds this: a hang fails it.
       await pipe.done.then(() => {}, () => {});
     }, ONE_WORKER);
+  },
+);
+
+timed(
+  "JetStream retry: a host SIGKILLed while tasks wait for their retries loses nothing, and nothing comes twice",
+  120_000,
+  async () => {
+    await using cluster = await JetStreamCluster.connect(clusterOptions(URL_));
+    // Every tenth task fails the first time each host worker meets it (so
+    // up to 4 times on 2 hosts of 2 workers): its retries go to any host.
+    await runKillingOneHost(
+      URL_,
+      cluster,
+      ["retry-kill-1", "retry-kill-2"],
+      async (x) => {
+        await new Promise((resolve) => setTimeout(resolve, 3));
+        const g = globalThis as unknown as { seen?: Set<number> };
+        const seen = g.seen ??= new Set();
+        if (x % 10 === 3 && !seen.has(x)) {
+          seen.add(x);
+          throw new Error(`task ${x} flakes here`);
+        }
+        return [x * 3, Deno.pid];
+      },
+      { retry: { attempts: 6, delayMs: 20 } },
+    );
   },
 );
 

@@ -284,6 +284,11 @@ export class BatchRunner {
     if (task < this.#base || task >= this.#next) return;
     const at = task & this.#mask;
     if (this.#state[at] !== BatchRunner.PENDING) return;
+    // While it waits to be sent again, what comes answers an earlier attempt
+    // (one this runner timed out): the next attempt is under way.
+    if (this.#again.size > 0 && this.#again.get(task)?.timer !== undefined) {
+      return;
+    }
     if (state === BatchRunner.FAILED && retry && this.#host.retries !== null) {
       value = this.#retryOr(task, at, value);
       if (value === Retries.AGAIN) return;
