@@ -423,12 +423,15 @@ timed(
 );
 
 // The budget of 2 hosts is the cluster's maxAttempts, or the stage's own
-// crashBudget (one crash budget, issue 26), which wins over the cluster's.
+// crashBudget (one crash budget, issue 26), which wins over the cluster's;
+// the stage's `retry` does not send a quarantined task again.
 for (
   const [maxBatch, budget] of [[1, "maxAttempts"], [4, "crashBudget"]] as const
 ) {
   timed(
-    `JetStream: a poison task that kills every host it reaches ends as an error after its ${budget} of host deaths in all (maxBatch ${maxBatch}); the other tasks complete`,
+    `JetStream: a poison task that kills every host it reaches ends as an error after its ${budget} of host deaths in all (maxBatch ${maxBatch}${
+      budget === "crashBudget" ? ", retry" : ""
+    }); the other tasks complete`,
     120_000,
     async () => {
       await using cluster = await JetStreamCluster.connect(
@@ -473,7 +476,9 @@ for (
             cluster,
             onError: (error) => errors.push(error),
             name: "poisoned",
-            ...(budget === "crashBudget" ? { crashBudget: 2 } : {}),
+            ...(budget === "crashBudget"
+              ? { crashBudget: 2, retry: { attempts: 4, delayMs: 10 } }
+              : {}),
           },
         );
         const pipe = new Pipeline<number, number>(stage);
@@ -490,6 +495,8 @@ for (
           errors[0]!.message,
           /quarantined: it lost its host 2 times .* crashBudget of 2/,
         );
+        assert.equal(errors[0]!.attempts.length, 1);
+        assert.equal(pipe.stats().stages[0]!.retries, 0);
         keeping = false;
         await keeper;
         const killed = started.filter((host) => host.exited);

@@ -185,6 +185,30 @@ Deno.test("Stage option cluster: under onError the remote failure is skipped and
   ]);
 });
 
+Deno.test("Stage option cluster: with retry, a task its stand-in rejects is tried again, `when` sees the error thrown remotely, and the order holds", async () => {
+  // The stand-in's doTask calls 1 and 2 reject (a RangeError on "fake-host").
+  const cluster = new FakeCluster({ delayMs: 2, failing: [1, 2] });
+  const stage = new OrderedStage((x: number) => x * 2, 2, {
+    cluster,
+    retry: {
+      attempts: 3,
+      delayMs: 1,
+      jitter: 0,
+      when: (error) => error instanceof RangeError,
+    },
+  });
+  const pipe = new Pipeline<number, [number, number]>(stage);
+  for (let i = 0; i < 10; i++) pipe.put(i);
+  pipe.put(null);
+  assert.deepEqual(
+    (await Array.fromAsync(pipe)).map(([value]) => value),
+    Array.from({ length: 10 }, (_, i) => i * 2),
+  );
+  await pipe.done;
+  assert.equal(pipe.stats().stages[0]!.retries, 2);
+  assert.equal(stage.skipped, 0);
+});
+
 Deno.test("Stage option cluster: is checked, and refuses doStopTask and restart", () => {
   const f = (x: number) => x;
   assert.throws(

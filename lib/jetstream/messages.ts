@@ -30,8 +30,9 @@ export const TOKEN_BYTES = 16;
  * - ANSWER (host to bridge): [u32 kind][u32 count][f64 first task's
  *   number][16 bytes token of the batch it answers][i32 host worker], the
  *   host's name (a framed UTF-8 string), then per task a byte NONE, ONE,
- *   MANY or FAILED: ONE is followed by one framed result, MANY by a LEB128
- *   count and that many, FAILED by the framed error.
+ *   MANY, FAILED or QUARANTINED: ONE is followed by one framed result, MANY
+ *   by a LEB128 count and that many, FAILED and QUARANTINED by the framed
+ *   error.
  * - REFUSED (host to bridge): the header of the batch it refuses (its
  *   token echoed), then one framed record, the codec's `[host, reason]`.
  */
@@ -49,6 +50,12 @@ export const ONE = 1;
 export const MANY = 2;
 
 export const FAILED = 3;
+
+/**
+ * A failure of a quarantined task (it cost its stage's crashBudget of
+ * hosts): the stage's `retry` does not send it again.
+ */
+export const QUARANTINED = 4;
 
 /** The bytes before a batch's first task (as `BatchRunner.SEND_HEADER`). */
 export const BATCH_HEADER = 16 + TOKEN_BYTES;
@@ -354,13 +361,14 @@ export function failedAnswer(
   host: string,
   worker: number,
   error: unknown,
+  tag: typeof FAILED | typeof QUARANTINED = FAILED,
 ): Uint8Array {
   const writer = new MessageWriter();
   writeAnswerHeader(writer, count, from, token, worker, host);
   const length = encoder.encode(errorValue(encoder, error));
   const record = encoder.bytes.slice(0, length);
   for (let i = 0; i < count; i++) {
-    writer.u8(FAILED);
+    writer.u8(tag);
     writer.frame(record);
   }
   return writer.take();

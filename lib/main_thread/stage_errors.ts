@@ -100,17 +100,26 @@ export function workerError(
   const attempts = message.attempts?.map((error) => revive(error, undefined));
   const remote = remoteFailure(message.error);
   if (remote !== null) {
-    // A remote stage's stand-in rejected the task with where it ran.
+    // A remote stage's stand-in rejected the task with where it ran (the
+    // last attempt's host); each attempt's error is as thrown on its host.
     const { host, worker, what } = remote.mpipeRemote;
     const cause = remote.error;
     const text = cause instanceof Error ? cause.message : String(cause);
-    return new StageError(`${what ?? `task ${task} failed`}: ${text}`, {
+    const failed = attempts !== undefined && attempts.length > 1
+      ? `task ${task} failed after ${attempts.length} attempts`
+      : `task ${task} failed`;
+    return new StageError(`${what ?? failed}: ${text}`, {
       stage: stage.name,
       host,
       worker,
       task,
       cause,
-      attempts: remote.mpipeRemote.attempts,
+      attempts: attempts === undefined ? undefined : [
+        ...attempts.slice(0, -1).map((error) =>
+          remoteFailure(error)?.error ?? error
+        ),
+        cause,
+      ],
     });
   }
   const error = revive(message.error, message.errorName);

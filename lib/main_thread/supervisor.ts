@@ -378,7 +378,7 @@ export class Supervisor {
     const giveUp = lostInRow >= MAX_LOST_IN_ROW;
     const failed = state.onError === "fail" ? dropped[0] : undefined;
     const replace = !giveUp && failed === undefined &&
-      (state.restart || state.retry.attempts > 1 ||
+      (state.restart || (state.retry.attempts > 1 && state.standIn === null) ||
         (timedOut && state.onError !== "fail"));
     if (!replace) {
       record.worker.terminate();

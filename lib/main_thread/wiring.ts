@@ -455,14 +455,13 @@ function elasticOf(stage: AnyStage): { min: number; idleMs: number } | null {
 }
 
 /**
- * The retry policy `stage`'s workers apply, or null: none for a stage that
- * does not retry, nor for a remote stage's stand-in (its hosts retry).
+ * The retry policy `stage`'s workers apply, or null for a stage that does
+ * not retry. A remote stage's stand-in applies it too: it sends a task that
+ * failed on a host again.
  */
 function retryOf(stage: AnyStage): RetryConfig | null {
   const state = internalsOf(stage);
-  return state.retry.attempts > 1 && state.standIn === null
-    ? state.retry
-    : null;
+  return state.retry.attempts > 1 ? state.retry : null;
 }
 
 /**

@@ -215,8 +215,6 @@ export interface RemoteFailure {
     worker: number | undefined;
     /** What failed, if not the task itself (a refused target). */
     what: string | undefined;
-    /** Each attempt's error, for a task tried more than once (`retry`, or lost hosts). */
-    attempts?: unknown[];
   };
   /** The error the task threw on the host. */
   error: unknown;

@@ -62,8 +62,10 @@ export interface RetryOptions {
    * (an async function or a generator is refused), retries. It runs
    * in the stage's workers, shipped by its source like a function target
    * (so it may use only globals and its parameters), and on the main thread
-   * for a worker that was lost, whose error is a `StageError`. A `when` that
-   * throws ends the retries: what it threw is that attempt's error.
+   * for a worker that was lost, whose error is a `StageError`. For a remote
+   * stage it runs in the stage's stand-in worker on this machine, with the
+   * error as thrown on the host. A `when` that throws ends the retries: what
+   * it threw is that attempt's error.
    * @default {every failure: a throw, a rejection, a taskTimeout, a lost worker}
    */
   when?: (error: unknown, attempt: number) => boolean;

@@ -143,9 +143,9 @@ export interface StageOptions {
    * its worker is tried again by the worker that takes its place. An ordered
    * stage's results still leave in task order: later tasks' results wait for
    * the retried one. After the last attempt `onError` decides, with a
-   * `StageError` that lists every attempt's error (`attempts`). Not with
-   * `cluster`: a remote stage runs again only a task whose host was lost
-   * (see `crashBudget`).
+   * `StageError` that lists every attempt's error (`attempts`). A remote
+   * stage (`cluster`) sends a task that failed on a host again, to any of
+   * its hosts; a task whose host was lost runs again under `crashBudget`.
    * @default {1: no retry}
    */
   retry?: number | RetryOptions;
@@ -321,14 +321,12 @@ export function checkStageOptions(
     ) {
       fail("cluster", "a cluster (such as a JetStreamCluster) or null");
     }
-    for (const key of ["doStopTask", "restart", "retry"]) {
-      if (o[key] === true || (key === "retry" && o.retry !== undefined)) {
+    for (const key of ["doStopTask", "restart"]) {
+      if (o[key] === true) {
         throw new TypeError(
           `${kind}: 'options.${key}' cannot be used with 'options.cluster': ${
             key === "restart"
-              ? "a remote stage's hosts replace their lost workers themselves, and a task that loses its worker fails (skip it with onError)"
-              : key === "retry"
-              ? "a remote stage runs again only a task whose host was lost, up to its crashBudget; retry its failures inside the task, or in a local stage"
+              ? "a remote stage's hosts replace their lost workers themselves, and a task that loses its worker fails (retry it with the retry option, or skip it with onError)"
               : "a remote stage has no workers of its own to give a stop task to"
           }`,
         );

@@ -16,6 +16,7 @@ import type { IdleWait } from "./idle_wait.ts";
 import type { LinkReader, RawRecords } from "../shared_memory/link_reader.ts";
 import type { WorkerFigures } from "./figures.ts";
 import type { WorkerConfig } from "./config.ts";
+import { Retries } from "./retries.ts";
 import { TaskTimeout } from "./task_timeout.ts";
 
 /**
@@ -25,10 +26,14 @@ import { TaskTimeout } from "./task_timeout.ts";
  * `first`, in `records`, whose first `BatchRunner.SEND_HEADER` (32) bytes are
  * free for the stand-in's use, followed by each task's record as the codec
  * encoded it, after its length in LEB128 (7 bits a byte, low first). The
- * buffer is the stand-in's. At most `concurrency` tasks are unsettled at a
- * time. The stand-in settles each task once, in any order, through
- * `settler` (later calls for a task are ignored), and calls
- * `settler.flush()` after a run of them.
+ * buffer is the stand-in's, but for its records, which it leaves as they
+ * are. At most `concurrency` tasks are unsettled at a time. The stand-in
+ * settles each task once, in any order, through `settler` (later calls for
+ * a task are ignored), and calls `settler.flush()` after a run of them.
+ *
+ * Under the stage's `retry`, a task rejected is sent again, alone, with the
+ * same number, after the retry's delay: the stand-in sends it anew and
+ * settles it by the answer to that send (an earlier send's is stale).
  */
 export type SendTasks = (
   first: number,
@@ -43,8 +48,12 @@ export interface TaskSettler {
   resolve(task: number, record: Uint8Array | null): void;
   /** Task `task` gave several results, encoded, in order. */
   resolveMany(task: number, records: Uint8Array[]): void;
-  /** Task `task` failed with `error`: a task error, as if its doTask threw it. */
-  reject(task: number, error: unknown): void;
+  /**
+   * Task `task` failed with `error`: a task error, as if its doTask threw
+   * it, tried again under the stage's `retry` unless `retry` is false (the
+   * task was quarantined, or can never be sent).
+   */
+  reject(task: number, error: unknown, retry?: boolean): void;
   /** Writes the settled tasks that can be written (in task order for an ordered stage), and publishes them. */
   flush(): void;
 }
@@ -55,6 +64,10 @@ export interface BatchHost {
   readonly input: LinkReader;
   readonly figures: WorkerFigures;
   readonly idleWait: IdleWait;
+  /** The stage's retry policy, if it retries. */
+  readonly retries: Retries | null;
+  /** The errors of the attempts of the task failing next (`finishEncoded`), under `retry`. */
+  attempts: unknown[] | null;
   /** Writes the results of task `seq`: encoded records (the last one ends the task), or its failure. */
   finishEncoded(
     seq: number,
@@ -102,10 +115,30 @@ export class BatchRunner {
   #started = new Float64Array(0);
   /** An unordered stage's tasks settled since the last flush. */
   #settled: number[] = [];
-  /** The task being written now, for the error of one that fails. */
+  /** The task being written now, and its attempts' errors, for the error of one that fails. */
   #writing = 0;
+  #writingAttempts: unknown[] | undefined = undefined;
   /** A task error to rethrow in the loop (it came in a settler call). */
-  #fatal: { error: unknown; seq: number } | null = null;
+  #fatal: { error: unknown; seq: number; attempts?: unknown[] } | null = null;
+  /**
+   * Under `retry`: the turn each unwritten task was sent in (its buffer and
+   * first task), from which it is sent again; and the tasks that failed at
+   * least once, by number: the attempt running or next, each failed
+   * attempt's error, and the timer of the next attempt.
+   */
+  #turns: ({ bytes: Uint8Array; first: number } | undefined)[] = [];
+  readonly #again = new Map<
+    number,
+    {
+      attempt: number;
+      errors: unknown[];
+      timer: ReturnType<typeof setTimeout> | undefined;
+    }
+  >();
+  #send: SendTasks | null = null;
+  #settler: TaskSettler | null = null;
+  /** Whether tasks are timed (their start times kept). */
+  #timed = false;
 
   constructor(host: BatchHost) {
     this.#host = host;
@@ -114,6 +147,11 @@ export class BatchRunner {
   /** The task whose error the loop rethrew, for the report. */
   get failedTask(): number | undefined {
     return this.#fatal?.seq;
+  }
+
+  /** The errors of that task's attempts, under `retry`. */
+  get failedAttempts(): unknown[] | undefined {
+    return this.#fatal?.attempts;
   }
 
   /** Claims tasks and sends them on, a turn's at once, until the input ends and nothing is in flight. */
@@ -127,12 +165,16 @@ export class BatchRunner {
         this.#settle(task, BatchRunner.RESOLVED, record),
       resolveMany: (task, list) =>
         this.#settle(task, BatchRunner.RESOLVED_MANY, list),
-      reject: (task, error) => this.#settle(task, BatchRunner.FAILED, error),
+      reject: (task, error, retry = true) =>
+        this.#settle(task, BatchRunner.FAILED, error, retry),
       flush: () => this.#flush(),
     };
+    this.#send = send;
+    this.#settler = settler;
     this.#grow(2 * config.concurrency);
     const timeout = config.taskTimeout;
-    const watch = Number.isFinite(timeout)
+    this.#timed = Number.isFinite(timeout);
+    const watch = this.#timed
       ? setInterval(
         () => this.#timeOut(),
         Math.max(5, Math.min(1000, timeout / 4)),
@@ -181,6 +223,13 @@ export class BatchRunner {
           const bytes = records.take();
           const sent = batch;
           batch = 0;
+          if (host.retries !== null) {
+            // Kept, to send a failed task again from.
+            const turn = { bytes, first };
+            for (let i = 0; i < sent; i++) {
+              this.#turns[(first + i) & this.#mask] = turn;
+            }
+          }
           send(first, sent, bytes, settler);
           continue;
         }
@@ -231,10 +280,19 @@ export class BatchRunner {
   }
 
   /** Task `task` settled as `state` with `value`; written at the next flush. */
-  #settle(task: number, state: number, value: unknown): void {
+  #settle(task: number, state: number, value: unknown, retry = true): void {
     if (task < this.#base || task >= this.#next) return;
     const at = task & this.#mask;
     if (this.#state[at] !== BatchRunner.PENDING) return;
+    // While it waits to be sent again, what comes answers an earlier attempt
+    // (one this runner timed out): the next attempt is under way.
+    if (this.#again.size > 0 && this.#again.get(task)?.timer !== undefined) {
+      return;
+    }
+    if (state === BatchRunner.FAILED && retry && this.#host.retries !== null) {
+      value = this.#retryOr(task, at, value);
+      if (value === Retries.AGAIN) return;
+    }
     this.#state[at] = state;
     this.#value[at] = value;
     if (!this.#host.config.ordered) this.#settled.push(task);
@@ -256,12 +314,12 @@ export class BatchRunner {
         while (
           base < this.#next && state[base & mask] !== BatchRunner.PENDING
         ) {
-          this.#write(base++ & mask);
+          this.#write(base++);
         }
       } else {
         const settled = this.#settled;
         for (let i = 0; i < settled.length; i++) {
-          this.#write(settled[i]! & mask);
+          this.#write(settled[i]!);
         }
         settled.length = 0;
         while (
@@ -271,7 +329,11 @@ export class BatchRunner {
         }
       }
     } catch (error) {
-      this.#fatal ??= { error, seq: this.#writing };
+      this.#fatal ??= {
+        error,
+        seq: this.#writing,
+        attempts: this.#writingAttempts,
+      };
     }
     this.#base = base;
     host.resumeAt(
@@ -282,8 +344,9 @@ export class BatchRunner {
     host.idleWait.completed();
   }
 
-  /** Writes the results (or the failure) of the settled task in slot `at`. */
-  #write(at: number): void {
+  /** Writes the results (or the failure) of settled task `task`. */
+  #write(task: number): void {
+    const at = task & this.#mask;
     const state = this.#state[at]!;
     const value = this.#value[at];
     this.#value[at] = undefined;
@@ -291,7 +354,22 @@ export class BatchRunner {
     this.running--;
     const seq = this.#seq[at]!;
     this.#writing = seq;
+    let attempts: unknown[] | undefined;
+    if (this.#host.retries !== null) {
+      this.#turns[at] = undefined;
+      const again = this.#again.get(task);
+      if (again !== undefined) {
+        this.#again.delete(task);
+        clearTimeout(again.timer);
+        attempts = again.errors;
+        if (again.attempt > 1) {
+          this.#host.figures.retried(seq, again.attempt);
+        }
+      }
+    }
+    this.#writingAttempts = attempts;
     if (state === BatchRunner.FAILED) {
+      this.#host.attempts = attempts ?? null;
       return this.#host.finishEncoded(seq, null, value);
     }
     const records = state === BatchRunner.RESOLVED_MANY
@@ -300,6 +378,68 @@ export class BatchRunner {
       ? []
       : [value as Uint8Array];
     this.#host.finishEncoded(seq, records, undefined);
+  }
+
+  /**
+   * Attempt `attempt` of task `task` (in slot `at`) failed with `error`:
+   * sends it again after the policy's delay (`Retries.AGAIN`), or returns
+   * its final error. It keeps its slot, so an ordered stage's later results
+   * wait for it; its taskTimeout counts afresh from when it is sent again.
+   */
+  #retryOr(task: number, at: number, error: unknown): unknown {
+    const retries = this.#host.retries!;
+    let again = this.#again.get(task);
+    if (again === undefined) {
+      again = { attempt: 1, errors: [], timer: undefined };
+      this.#again.set(task, again);
+    }
+    const final = retries.decide(error, again.attempt);
+    again.errors.push(final === Retries.AGAIN ? error : final);
+    if (final !== Retries.AGAIN) return final;
+    this.#host.figures.retry();
+    const ms = Retries.delayMs(retries.config, again.attempt++);
+    if (this.#timed) this.#started[at] = performance.now() + ms;
+    again.timer = setTimeout(() => this.#sendAgain(task), ms);
+    return Retries.AGAIN;
+  }
+
+  /** Sends task `task` again, alone, from the turn it was sent in (unless it settled meanwhile). */
+  #sendAgain(task: number): void {
+    const at = task & this.#mask;
+    const again = this.#again.get(task);
+    if (again !== undefined) again.timer = undefined;
+    const turn = this.#turns[at];
+    if (
+      task < this.#base || this.#state[at] !== BatchRunner.PENDING ||
+      turn === undefined
+    ) {
+      return;
+    }
+    // Its record: skip the turn's earlier ones (each after its LEB128 length).
+    const bytes = turn.bytes;
+    let start = BatchRunner.SEND_HEADER;
+    let end = start;
+    for (let i = turn.first; i <= task; i++) {
+      start = end;
+      let size = 0;
+      let shift = 0;
+      let byte: number;
+      do {
+        byte = bytes[end++]!;
+        size += (byte & 0x7f) * 2 ** shift;
+        shift += 7;
+      } while (byte & 0x80);
+      end += size;
+    }
+    const single = new Uint8Array(BatchRunner.SEND_HEADER + end - start);
+    single.set(bytes.subarray(start, end), BatchRunner.SEND_HEADER);
+    this.#turns[at] = { bytes: single, first: task };
+    try {
+      this.#send!(task, 1, single, this.#settler!);
+    } catch (error) {
+      this.#settle(task, BatchRunner.FAILED, error, false);
+      this.#flush();
+    }
   }
 
   /** Fails the tasks that have run longer than the taskTimeout. */
@@ -334,6 +474,7 @@ export class BatchRunner {
     const value: unknown[] = new Array(size);
     const seq = new Float64Array(size);
     const started = new Float64Array(size);
+    const turns = this.#host.retries === null ? this.#turns : new Array(size);
     for (let task = this.#base; task < this.#next; task++) {
       const from = task & this.#mask;
       const to = task & mask;
@@ -341,11 +482,13 @@ export class BatchRunner {
       value[to] = this.#value[from];
       seq[to] = this.#seq[from]!;
       started[to] = this.#started[from]!;
+      if (turns !== this.#turns) turns[to] = this.#turns[from];
     }
     this.#state = state;
     this.#value = value;
     this.#seq = seq;
     this.#started = started;
+    this.#turns = turns;
     this.#mask = mask;
   }
 

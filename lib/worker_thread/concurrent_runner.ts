@@ -474,7 +474,7 @@ export class ConcurrentRunner {
   }
 
   /** The errors of that task's attempts, under `retry`. */
-  get failedAttempts(): unknown[] | null {
-    return this.#fatal?.attempts ?? null;
+  get failedAttempts(): unknown[] | undefined {
+    return this.#fatal?.attempts ?? undefined;
   }
 }

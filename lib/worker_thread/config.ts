@@ -55,7 +55,7 @@ export interface WorkerConfig {
   spawnedAt: number;
   /** What this replacement takes over from the lost worker whose place it takes. */
   recover: Recovery | null;
-  /** The stage's retry policy, or null if it does not retry (`attempts` 1, or a remote stage's stand-in). */
+  /** The stage's retry policy, or null if it does not retry (`attempts` 1). */
   retry: RetryConfig | null;
   /** The stage is a FilterStage: run the built-in filter, not a target. */
   filter: FilterConfig | null;

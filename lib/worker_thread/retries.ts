@@ -91,15 +91,25 @@ export class Retries {
   /**
    * Whether attempt `attempt`, which failed with `error`, is tried again:
    * `Retries.AGAIN`, or the task's final error (`error`, or what `when`
-   * threw).
+   * threw). A remote stage's stand-in fails a task with where it ran
+   * (`RemoteFailure`): `when` gets the error thrown there, and what it
+   * throws keeps the where.
    */
   decide(error: unknown, attempt: number): unknown {
     if (attempt >= this.config.attempts) return error;
     if (this.#when === null) return Retries.AGAIN;
+    const remote = typeof error === "object" && error !== null &&
+        "mpipeRemote" in error
+      ? error as { mpipeRemote: unknown; error: unknown }
+      : null;
     try {
-      return this.#when(error, attempt) ? Retries.AGAIN : error;
+      return this.#when(remote === null ? error : remote.error, attempt)
+        ? Retries.AGAIN
+        : error;
     } catch (thrown) {
-      return thrown;
+      return remote === null
+        ? thrown
+        : { mpipeRemote: remote.mpipeRemote, error: thrown };
     }
   }
 

@@ -66,7 +66,7 @@ export class WorkerRuntime implements TaskHost, BatchHost {
   #finished = 0;
   #claimMax = 1;
   /** The errors of the failing task's attempts, under `retry`. */
-  #attempts: unknown[] | null = null;
+  attempts: unknown[] | null = null;
   /** Results a timed task put with `putResult()`, deferred to its end. */
   #deferred: Uint8Array[] = [];
   /** The buffers on the pipeline's arena each task holds. */
@@ -125,7 +125,7 @@ export class WorkerRuntime implements TaskHost, BatchHost {
       this.#concurrent?.published();
       // The tasks claimed and not finished: a claim's stamps are consecutive.
       this.figures.write(
-        this.#concurrent?.running ?? this.#batches?.running ??
+        this.#batches?.running ?? this.#concurrent?.running ??
           this.status.words[to]! - this.#finished,
         this.output.blockedMs,
       );
@@ -307,7 +307,7 @@ export class WorkerRuntime implements TaskHost, BatchHost {
     }
     this.#deferred = slot.deferred;
     this.#buffers.refs = slot.refs;
-    this.#attempts = slot.errors;
+    this.attempts = slot.errors;
     if (slot.attempt > 1) this.figures.retried(slot.seq, slot.attempt);
     if (slot.ok) this.#succeeded(slot.value, false);
     else this.#failed(slot.value, false);
@@ -401,7 +401,7 @@ export class WorkerRuntime implements TaskHost, BatchHost {
         type: "skipped",
         task: this.#seq,
         error,
-        attempts: this.#attempts ?? undefined,
+        attempts: this.attempts ?? undefined,
       });
     }
     this.#buffers.end();
@@ -494,7 +494,7 @@ export class WorkerRuntime implements TaskHost, BatchHost {
     // the pipeline has ended.
     if (Dismissal.dismissed()) return;
     this.output.publish();
-    const attempts = this.#concurrent?.failedAttempts ?? undefined;
+    const attempts = (this.#batches ?? this.#concurrent)?.failedAttempts;
     WorkerScope.postError({ type: "error", phase, task, error, attempts });
   }
 }

@@ -15,7 +15,7 @@
  */
 
 import assert from "node:assert/strict";
-import { OrderedStage, Pipeline } from "../../mod.ts";
+import { OrderedStage, Pipeline, type StageOptions } from "../../mod.ts";
 import type { JetStreamCluster } from "../../jetstream.ts";
 import { readEnv } from "./env.ts";
 import { generateKeys } from "../../lib/jetstream/keys.ts";
@@ -406,18 +406,19 @@ export async function withHosts(
  * (it gives `[x * 3, Deno.pid]`) on two hosts named `names`, SIGKILLs the first at the 100th result, and
  * checks that every result came once and in order, that both hosts worked,
  * and that the victim died by SIGKILL. Gives the ms from the kill to the
- * last result.
+ * last result. `options` are more of the stage's.
  */
 export async function runKillingOneHost(
   url: string,
   cluster: JetStreamCluster,
   names: [string, string],
   task: (x: number) => Promise<[number, number]>,
+  options: StageOptions = {},
 ): Promise<number> {
   let after = 0;
   await withHosts(url, names, async ([victim, survivor]) => {
     const pipe = new Pipeline<number, [number, number]>(
-      new OrderedStage(task, 16, { cluster }),
+      new OrderedStage(task, 16, { ...options, cluster }),
     );
     const N = 600;
     (async () => {

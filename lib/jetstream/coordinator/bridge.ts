@@ -11,7 +11,8 @@
  * sends them as one message (a batch) or a few, reads the hosts' answers,
  * and settles each task once, however many answers come for it (a
  * redelivered batch is answered again): results reach the reader exactly
- * once. It also hears its hosts (see host_beats.ts): the batches of a host
+ * once. Under the stage's `retry`, the runtime hands it a failed task again,
+ * alone, which it sends anew (see `SentBatches`). It also hears its hosts (see host_beats.ts): the batches of a host
  * that falls silent go to other hosts within seconds (`#recover`).
  *
  * Loaded by the stand-in worker as a module target (see `cluster.ts`; `stage/cluster.ts` is the contract).
@@ -69,7 +70,7 @@ import {
   stageNames,
 } from "../streams.ts";
 import { HostBeats } from "./host_beats.ts";
-import { SentBatches } from "./sent_batches.ts";
+import { type Sent, SentBatches } from "./sent_batches.ts";
 
 /** What the cluster gives a remote stage's bridge (structured-cloneable). */
 export interface BridgeConfig {
@@ -351,7 +352,9 @@ export default class Bridge extends UnorderedWorker<unknown, unknown> {
   ): void {
     this.#settler = settler;
     if (this.#refusal !== null) {
-      for (let i = 0; i < count; i++) settler.reject(first + i, this.#refusal);
+      for (let i = 0; i < count; i++) {
+        settler.reject(first + i, this.#refusal, false);
+      }
       settler.flush();
       return;
     }
@@ -396,7 +399,10 @@ export default class Bridge extends UnorderedWorker<unknown, unknown> {
     );
   }
 
-  /** Sends a batch message of `count` tasks numbered from `from`, with its token. */
+  /**
+   * Sends a batch message of `count` tasks numbered from `from`, with its
+   * token (and its message id, see `Sent`).
+   */
   #send(
     from: number,
     count: number,
@@ -410,12 +416,12 @@ export default class Bridge extends UnorderedWorker<unknown, unknown> {
         new RangeError(
           `The task encodes to ${message.length} bytes, more than the ${this.#maxBody} a message's body may carry (the server's max_payload less ${HEADER_ROOM} bytes for headers): split it into smaller tasks, or raise max_payload in the server's configuration`,
         ),
+        false,
       );
       this.#settler!.flush();
       return;
     }
-    this.#sent.add(from, count, token);
-    this.#publish(message, from, 0);
+    this.#publish(message, this.#sent.add(from, count, token), 0);
   }
 
   /**
@@ -427,15 +433,15 @@ export default class Bridge extends UnorderedWorker<unknown, unknown> {
    */
   #publish(
     bytes: Uint8Array,
-    from: number,
+    sent: Sent,
     attempt: number,
     since = performance.now(),
   ): void {
     if (this.#failed) return;
     const { inSubject, stream } = this.#config.spec;
-    const msgID = `b${from}`;
+    const { msgID } = sent;
     this.#js!.publish(inSubject, bytes, { msgID, timeout: 5_000 }).then(
-      (ack) => this.#sent.stored(from, ack.seq),
+      (ack) => sent.seq = ack.seq,
       async (error) => {
         if (this.#failed) return;
         if (permanent(error)) {
@@ -461,7 +467,7 @@ export default class Bridge extends UnorderedWorker<unknown, unknown> {
           );
         }
         setTimeout(
-          () => this.#publish(bytes, from, attempt + 1, since),
+          () => this.#publish(bytes, sent, attempt + 1, since),
           Math.min(2_000, 25 * 2 ** attempt),
         );
       },

@@ -4,6 +4,11 @@
  * redelivered batch is answered again), and only by an answer that echoes
  * its batch's token; the others are forged, dropped and counted.
  *
+ * A task that failed is sent again under the stage's `retry`, alone and
+ * with a token of its own: from then on only the answer to that send
+ * counts for it, and the answers to its earlier sends are stale, dropped
+ * as repeats.
+ *
  * @module
  */
 
@@ -17,6 +22,7 @@ import {
   MessageReader,
   NONE,
   ONE,
+  QUARANTINED,
   REFUSED,
   sameToken,
   TOKEN_AT,
@@ -24,8 +30,14 @@ import {
 } from "../messages.ts";
 
 /** Tasks sent in one message, numbered from `from`, until each is settled. */
-interface Sent {
+export interface Sent {
   from: number;
+  /**
+   * The message's id, `b<from>` (a publish tried again is a repeat, which
+   * the server drops), or `b<from>.<n>` for a task sent again (`retry`),
+   * which is no repeat of its first send.
+   */
+  msgID: string;
   /** The batch's token: only an answer that echoes it counts. */
   token: Uint8Array;
   /** 1 for each task settled. */
@@ -44,6 +56,11 @@ export class SentBatches {
   readonly #decoder = new Decoder();
   /** Sent batches with tasks not settled, by their first task's number. */
   readonly #sent = new Map<number, Sent>();
+  /** Tasks sent again (`retry`), not settled, by their number. */
+  readonly #again = new Map<number, Sent>();
+  /** One past the last task number sent: a task below it is sent again; and how many were. */
+  #sentTo = 0;
+  #sentAgain = 0;
   /** Answers and refusals dropped because they did not echo their batch's token (forged), and when that was last reported. */
   #forged = 0;
   #forgedReported = 0;
@@ -63,30 +80,39 @@ export class SentBatches {
 
   /** How many sent batches have tasks not settled. */
   get size(): number {
-    return this.#sent.size;
+    return this.#sent.size + this.#again.size;
   }
 
-  /** A batch of `count` tasks numbered from `from` was sent with `token`. */
-  add(from: number, count: number, token: Uint8Array): void {
-    this.#sent.set(from, {
+  /**
+   * A batch of `count` tasks numbered from `from` was sent with `token`;
+   * returns it. A task sent before is sent again (`retry`): an earlier
+   * send that has not settled it never will.
+   */
+  add(from: number, count: number, token: Uint8Array): Sent {
+    const again = from < this.#sentTo;
+    const sent = {
       from,
+      msgID: again ? `b${from}.${++this.#sentAgain}` : `b${from}`,
       token,
       settled: new Uint8Array(count),
       left: count,
       seq: 0,
-    });
-  }
-
-  /** The batch sent from task `from` was stored as message `seq` of the stage's stream. */
-  stored(from: number, seq: number): void {
-    const sent = this.#sent.get(from);
-    if (sent !== undefined) sent.seq = seq;
+    };
+    if (!again) {
+      this.#sentTo = from + count;
+      this.#sent.set(from, sent);
+      return sent;
+    }
+    const before = this.#again.get(from) ?? this.#sentWith(from);
+    if (before !== undefined) this.#settle(before, from - before.from);
+    this.#again.set(from, sent);
+    return sent;
   }
 
   /** The stream sequence numbers of the stored batches with tasks not settled. */
   storedSeqs(): number[] {
     const seqs = [];
-    for (const sent of this.#sent.values()) {
+    for (const sent of [...this.#sent.values(), ...this.#again.values()]) {
       if (sent.seq > 0) seqs.push(sent.seq);
     }
     return seqs;
@@ -94,14 +120,15 @@ export class SentBatches {
 
   /** Rejects every task not settled with `failure` (a host refused the stage), and forgets them. */
   rejectAll(settler: TaskSettler, failure: RemoteFailure): void {
-    for (const sent of this.#sent.values()) {
+    for (const sent of [...this.#sent.values(), ...this.#again.values()]) {
       for (let i = 0; i < sent.settled.length; i++) {
         if (sent.settled[i] !== 1) {
-          settler.reject(sent.from + i, failure);
+          settler.reject(sent.from + i, failure, false);
         }
       }
     }
     this.#sent.clear();
+    this.#again.clear();
     settler.flush();
   }
 
@@ -131,10 +158,11 @@ export class SentBatches {
     reader.at = TOKEN_AT + TOKEN_BYTES;
     const batch = this.#sent.get(from);
     if (kind === REFUSED) {
-      // A refusal answers a batch it was delivered.
-      const owner = batch ?? this.#sentWith(from);
-      if (owner === undefined) return null;
-      if (!sameToken(bytes, TOKEN_AT, owner.token)) {
+      // A refusal answers a batch it was delivered (a task sent again, or not).
+      const owners = [batch ?? this.#sentWith(from), this.#again.get(from)]
+        .filter((owner) => owner !== undefined);
+      if (owners.length === 0) return null;
+      if (!owners.some((owner) => sameToken(bytes, TOKEN_AT, owner.token))) {
         this.forgery();
         return null;
       }
@@ -156,22 +184,36 @@ export class SentBatches {
         // Most answers cover one whole batch; a redelivered batch is split
         // into single tasks, each answered on its own.
         const task = from + i;
-        const owner = batch !== undefined && i < batch.settled.length
+        let owner = batch !== undefined && i < batch.settled.length
           ? batch
           : this.#sentWith(task);
-        if (owner !== undefined && owner !== checked) {
+        // A task sent again counts only the answer to its last send.
+        let stale = false;
+        if (
+          this.#again.size > 0 &&
+          (owner === undefined || owner.settled[task - owner.from] === 1)
+        ) {
+          const again = this.#again.get(task);
+          if (again !== undefined) {
+            stale = !sameToken(bytes, TOKEN_AT, again.token);
+            owner = again;
+          }
+        }
+        if (owner !== undefined && owner !== checked && !stale) {
           checked = owner;
           genuine = sameToken(bytes, TOKEN_AT, owner.token);
           if (!genuine) forged = true;
         }
         const index = owner === undefined ? 0 : task - owner.from;
-        if (owner === undefined || !genuine || owner.settled[index] === 1) {
+        if (
+          owner === undefined || stale || !genuine ||
+          owner.settled[index] === 1
+        ) {
           for (let j = 0; j < n; j++) reader.frame();
           continue;
         }
-        owner.settled[index] = 1;
+        this.#settle(owner, index);
         settled = true;
-        if (--owner.left === 0) this.#sent.delete(owner.from);
         if (tag === ONE) settler.resolve(task, reader.recordBytes());
         else if (tag === NONE) settler.resolve(task, null);
         else if (tag === MANY) {
@@ -189,6 +231,7 @@ export class SentBatches {
               },
               error: reader.record(this.#decoder),
             } satisfies RemoteFailure,
+            tag !== QUARANTINED,
           );
         }
       }
@@ -218,6 +261,17 @@ export class SentBatches {
     console.warn(
       `mpipe: remote stage '${this.#stage}': dropped ${this.#forged} answer(s) that no host holding their tasks sent (they lack their batch's token): a client other than your hosts publishes to ${this.#outSubject}; see README "Securing the cluster"`,
     );
+  }
+
+  /** Task `index` of batch `sent` is settled: forgotten with the batch's last. */
+  #settle(sent: Sent, index: number): void {
+    if (sent.settled[index] === 1) return;
+    sent.settled[index] = 1;
+    if (--sent.left > 0) return;
+    if (this.#sent.get(sent.from) === sent) this.#sent.delete(sent.from);
+    else if (this.#again.get(sent.from) === sent) {
+      this.#again.delete(sent.from);
+    }
   }
 
   /** The sent batch that holds task `task`, if it is not settled. */

@@ -17,8 +17,10 @@ import {
 } from "../connection.ts";
 import {
   Encoder,
+  FAILED,
   failedAnswer,
   LOST,
+  QUARANTINED,
   readBatch,
   refusalMessage,
   singlesOf,
@@ -120,13 +122,24 @@ export class Replies {
     }
   }
 
-  /** Answers every task of a batch with `error`, then acks it. */
+  /** Answers a single task, quarantined, with `error` (no retry sends it again), then acks it. */
+  quarantine(
+    server: StageServer,
+    message: JsMsg,
+    task: number,
+    error: Error,
+  ): Promise<void> {
+    return this.fail(server, message, task, error, undefined, true);
+  }
+
+  /** Answers every task of a batch with `error`, then acks it (`quarantined`: see `QUARANTINED`). */
   async fail(
     server: StageServer,
     message: JsMsg,
     from: number,
     error: unknown,
     worker: number | undefined,
+    quarantined = false,
   ): Promise<void> {
     const { count, token } = readBatch(message.data);
     const answer = failedAnswer(
@@ -137,6 +150,7 @@ export class Replies {
       this.#host,
       worker ?? -1,
       error,
+      quarantined ? QUARANTINED : FAILED,
     );
     try {
       await this.publish(server, answer, `f${message.info.streamSequence}`);

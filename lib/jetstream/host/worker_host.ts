@@ -428,14 +428,13 @@ export class WorkerHost implements AsyncDisposable {
     if (count > 1) return await this.#replies.split(server, message);
     if (deliveries >= server.spec.maxDeliver) {
       // The consumer's last delivery: answer it, or it stays for ever.
-      return await this.#replies.fail(
+      return await this.#replies.quarantine(
         server,
         message,
         from,
         new Error(
           `the task was delivered ${deliveries} times without an answer: it is not run again`,
         ),
-        undefined,
       );
     }
     return await this.#isolate(server, message, from);
@@ -505,14 +504,13 @@ export class WorkerHost implements AsyncDisposable {
         const alone = note === null ? 0 : Number(note.string());
         const runs = 1 + alone;
         if (runs >= spec.maxAttempts) {
-          await this.#replies.fail(
+          await this.#replies.quarantine(
             server,
             message,
             task,
             new Error(
               `the task was quarantined: it lost its host ${runs} times (killed, crashed or silent past ackWait; ${alone} of them while it ran alone there), its stage's crashBudget of ${spec.maxAttempts}: it is not run again`,
             ),
-            undefined,
           );
         } else {
           await this.#js.publish(
