@@ -1712,6 +1712,35 @@ Deno.test("Encoder grows its buffer to fit a large byte run once, not to twice i
   assert.equal(decoded, 1);
 });
 
+Deno.test("Encoder.takeBytes() hands a large record's buffer over, not a copy, and starts a small one; a small record's bytes are copied", () => {
+  // A large task that waits for room keeps these bytes (Pipeline.put): a copy
+  // would hold the record twice until it is written.
+  const encoder = new Encoder();
+  const record = new Uint8Array(Encoder.KEEP_BYTES + 1).fill(3);
+  const length = encoder.encode(record);
+  const large = encoder.bytes;
+  const taken = encoder.takeBytes();
+  assert.equal(taken, large, "handed over, not copied");
+  assert.equal((taken.buffer as ArrayBuffer).detached, false);
+  assert.ok(encoder.bytes.length <= Encoder.KEEP_BYTES, "a small one now");
+  assert.notEqual(encoder.bytes.buffer, taken.buffer);
+  const decoded = new Decoder().decode(
+    taken,
+    new DataView(taken.buffer),
+    0,
+  ) as Uint8Array;
+  assert.equal(decoded.length, record.length);
+  assert.equal(decoded[record.length - 1], 3);
+  assert.ok(length <= taken.length);
+
+  assert.equal(encoder.encode("small"), encoder.length);
+  const small = encoder.bytes;
+  const copy = encoder.takeBytes();
+  assert.equal(encoder.bytes, small, "a small buffer stays the encoder's");
+  assert.notEqual(copy.buffer, small.buffer);
+  assert.deepEqual(copy, small.slice(0, encoder.length));
+});
+
 Deno.test("Encoder.trim() frees a buffer grown past KEEP_BYTES, and keeps a small one", () => {
   const encoder = new Encoder();
   encoder.encode("x".repeat(100));

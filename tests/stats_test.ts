@@ -10,6 +10,8 @@ import {
   UnorderedStage,
   UnorderedWorker,
 } from "../mod.ts";
+import { internalsOf } from "../lib/stage/internals.ts";
+import { StageStatus } from "../lib/shared_memory/status.ts";
 
 // These tests check what the figures must say whatever the timing: totals
 // that add up after a run, and, while a stage is held up through shared
@@ -685,6 +687,41 @@ Deno.test("Pipeline.stats() after a failure in the second stage of a chain: the 
   await guarded("done", pipe.done.catch(() => {}));
   await fed;
   assertEndedTotals(pipe.stats(), "failure");
+});
+
+Deno.test("Pipeline.stats() after a failure or terminate() is final: what a killed worker still publishes (terminate() does not wait for its thread) changes no figure", async () => {
+  for (const end of ["failure", "terminate"] as const) {
+    const stage = new OrderedStage(
+      async (x: number) => {
+        await new Promise((resolve) => setTimeout(resolve, x % 4));
+        if (x === 30) throw new Error("task 30 broke");
+        return x;
+      },
+      2,
+      { name: "killed" },
+    );
+    const pipe = new Pipeline<number, number>(stage);
+    // Task 30 fails the first run; the second is terminated before it.
+    const tasks = end === "failure"
+      ? range(100)
+      : range(500).map((x) => x + 100);
+    const fed = pipe.feed(tasks).catch(() => {});
+    if (end === "terminate") {
+      await guarded("reading", pipe.get());
+      pipe.terminate();
+    }
+    await guarded("reading", Array.fromAsync(pipe).catch(() => {}));
+    await guarded("done", pipe.done.catch(() => {}));
+    await fed;
+    const final = pipe.stats();
+    // The stores of a killed worker caught in the middle of its publish,
+    // after its last check of the kill word: a task done, and its result.
+    const status = internalsOf(stage).status!;
+    status.figures[status.figure(0, StageStatus.TASKS)]! += 1;
+    status.figures[status.figure(0, StageStatus.RESULTS)]! += 1;
+    assert.deepEqual(pipe.stats().stages, final.stages, end);
+    assertEndedTotals(pipe.stats(), end);
+  }
 });
 
 Deno.test("Pipeline.stats() after a run that ended by its stop: nothing dropped, and the end says so", async () => {

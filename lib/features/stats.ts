@@ -8,7 +8,9 @@
  * stale, and figures of different workers (or of a worker and the stage
  * after it) may come from slightly different moments. Once every worker is
  * gone (`done`), the figures are final and every total adds up: what a
- * failure or `terminate()` abandoned (in flight or waiting) is `dropped`.
+ * failure or `terminate()` abandoned (in flight or waiting) is `dropped`,
+ * and a run cut short keeps the figures it had when it ended (a killed
+ * worker's thread may still write for a moment).
  *
  * @module
  */
@@ -388,6 +390,8 @@ export class StatsReader {
   readonly #createdAt = performance.now();
   #doneAt: number | null = null;
   #end: RunEnd | null = null;
+  /** A run cut short: its stages' figures when its workers were killed. */
+  #final: StageStats[] | null = null;
   /** The workers' sizes and spans, once they start. */
   #workers: WorkerSources | null = null;
 
@@ -436,12 +440,33 @@ export class StatsReader {
   allGone(): void {
     this.#doneAt ??= performance.now();
     this.#end ??= "stop";
+    // terminate() does not wait for a killed worker's thread, which may be
+    // in the middle of a publish: the figures of a run cut short are those
+    // its stages had when it ended, whatever such a worker still writes.
+    if (this.#end !== "stop") this.#final ??= this.#stageFigures();
   }
 
   /** A snapshot of every figure (see the module's note on staleness). */
   snapshot(): PipelineStats {
     const done = this.#doneAt !== null;
     const elapsedMs = (this.#doneAt ?? performance.now()) - this.#createdAt;
+    return {
+      elapsedMs,
+      done,
+      end: this.#end,
+      put: this.#input.entered,
+      read: this.#output.read,
+      stages: this.#final === null
+        ? this.#stageFigures()
+        : structuredClone(this.#final),
+      resizes: this.#workers?.log.map((resize) => ({ ...resize })) ?? [],
+      arena: this.#arena(),
+    };
+  }
+
+  /** Every stage's figures now, with what reached each and what a run cut short dropped. */
+  #stageFigures(): StageStats[] {
+    const done = this.#doneAt !== null;
     // Workers stamp their state in ms since the epoch; after the end, no
     // time is going on.
     const now = done ? null : performance.timeOrigin + performance.now();
@@ -476,16 +501,7 @@ export class StatsReader {
       );
     });
     stages[0]!.fullMs += this.#input.fullMs;
-    return {
-      elapsedMs,
-      done,
-      end: this.#end,
-      put: this.#input.entered,
-      read: this.#output.read,
-      stages,
-      resizes: this.#workers?.log.map((resize) => ({ ...resize })) ?? [],
-      arena: this.#arena(),
-    };
+    return stages;
   }
 
   #stage(stage: AnyStage, index: number, now: number | null): StageStats {
