@@ -134,6 +134,49 @@ timed(
 );
 
 timed(
+  "JetStream retry attack: tasks whose buffers are on the arena (put with transfer) fail once and come back whole, the arena emptied",
+  90_000,
+  async () => {
+    await using cluster = await JetStreamCluster.connect(clusterOptions(URL_));
+    await withHosts(URL_, ["arena-1"], async () => {
+      const sum = (bytes: Uint8Array) => {
+        const g = globalThis as unknown as { seen?: Set<number> };
+        const seen = g.seen ??= new Set();
+        if (!seen.has(bytes[0]!)) {
+          seen.add(bytes[0]!);
+          throw new Error(`${bytes[0]} flakes`);
+        }
+        let total = 0;
+        for (const byte of bytes) total += byte;
+        return total;
+      };
+      const pipe = new Pipeline<Uint8Array, number>(
+        new OrderedStage(sum, 4, {
+          cluster,
+          retry: { attempts: 2, delayMs: 10, jitter: 0 },
+        }),
+      );
+      const N = 20;
+      const expected: number[] = [];
+      for (let i = 0; i < N; i++) {
+        const bytes = new Uint8Array(100_000).fill(1);
+        bytes[0] = i;
+        expected.push(100_000 - 1 + i);
+        await pipe.put(bytes, { transfer: true });
+      }
+      await pipe.put(null);
+      assert.deepEqual(await Array.fromAsync(pipe), expected);
+      await pipe.done;
+      assert.equal(pipe.stats().stages[0]!.retries, N);
+      const { arena } = pipe.stats();
+      assert.equal(arena.allocations, N);
+      assert.equal(arena.live, 0);
+      assert.equal(arena.usedBytes, 0);
+    }, workers(1));
+  },
+);
+
+timed(
   "JetStream retry attack: a `when` that throws ends the retries with what it threw, naming the host",
   90_000,
   async () => {
