@@ -301,11 +301,13 @@ export class BatchRunner {
       return;
     }
     if (state === BatchRunner.FAILED && this.#host.retries !== null) {
-      if (rejection === "retry") {
+      if (rejection !== "retry") {
+        // Not tried again: its last attempt's error, after those before.
+        this.#again.get(task)?.errors.push(value);
+      } else {
         value = this.#retryOr(task, at, value);
         if (value === Retries.AGAIN) return;
-      } // Not tried again: its last attempt's error, after those before.
-      else this.#again.get(task)?.errors.push(value);
+      }
     }
     if (rejection === "quarantined") this.#host.figures.quarantined();
     this.#state[at] = state;
