@@ -262,6 +262,54 @@ timed(
   },
 );
 
+timed(
+  "JetStream retry attack: an unordered stage on 2 hosts of 2 workers, one SIGKILLed mid-run while retries are sent and wait: each result once",
+  120_000,
+  async () => {
+    await using cluster = await JetStreamCluster.connect(
+      clusterOptions(URL_, { maxBatch: 4 }),
+    );
+    await withHosts(URL_, ["ukill-1", "ukill-2"], async ([victim]) => {
+      const flaky = async (x: number) => {
+        await new Promise((resolve) => setTimeout(resolve, 2));
+        const g = globalThis as unknown as { seen?: Set<number> };
+        const seen = g.seen ??= new Set();
+        if (x % 7 === 0 && !seen.has(x)) {
+          seen.add(x);
+          throw new Error(`task ${x} flakes here`);
+        }
+        return x;
+      };
+      const pipe = new Pipeline<number, number>(
+        new UnorderedStage(flaky, 16, {
+          cluster,
+          concurrency: 2,
+          retry: { attempts: 8, delayMs: 30, maxDelayMs: 60 },
+        }),
+      );
+      const N = 1_000;
+      (async () => {
+        for (let i = 0; i < N; i++) await pipe.put(i);
+        await pipe.put(null);
+      })();
+      const results: number[] = [];
+      for await (const x of pipe) {
+        results.push(x);
+        if (results.length === 200) victim!.kill("SIGKILL");
+      }
+      await pipe.done;
+      assert.deepEqual(
+        results.toSorted((a, b) => a - b),
+        Array.from({ length: N }, (_, i) => i),
+      );
+      const stats = pipe.stats().stages[0]!;
+      assert.equal(stats.skipped, 0);
+      assert.ok(stats.retries >= Math.ceil(N / 7), `retries ${stats.retries}`);
+      assert.equal((await victim!.status).signal, "SIGKILL");
+    }, workers(2));
+  },
+);
+
 Deno.test({
   name: "JetStream retry attack: (the end) the test server stops",
   sanitizeOps: false,
