@@ -310,6 +310,48 @@ timed(
   },
 );
 
+// taskTimeout counts from the send (README): a slow task's batch-mates, and
+// their retries queued behind it on the host's one worker, time out too, so
+// some tasks may run out of attempts; what matters here is that the late
+// answers of their earlier sends never give a result twice.
+timed(
+  "JetStream retry attack: batches whose slow task overruns the stand-in's taskTimeout are sent again task by task, and the late answers of the batches are dropped: each task's result once, in order, or the task skipped",
+  120_000,
+  async () => {
+    await using cluster = await JetStreamCluster.connect(
+      clusterOptions(URL_, { maxBatch: 8 }),
+    );
+    await withHosts(URL_, ["late-1"], async () => {
+      const slow = async (x: number) => {
+        const g = globalThis as unknown as { seen?: Set<number> };
+        const seen = g.seen ??= new Set();
+        if (x % 10 === 5 && !seen.has(x)) {
+          seen.add(x);
+          await new Promise((resolve) => setTimeout(resolve, 2_500));
+        }
+        return x;
+      };
+      const stage = new OrderedStage(slow, 8, {
+        cluster,
+        taskTimeout: 1_000,
+        retry: { attempts: 4, delayMs: 10 },
+        onError: "skip",
+      });
+      const pipe = new Pipeline<number, number>(stage);
+      const N = 40;
+      await pipe.feed(Array.from({ length: N }, (_, i) => i));
+      const results = await Array.fromAsync(pipe);
+      await pipe.done;
+      for (let i = 1; i < results.length; i++) {
+        assert.ok(results[i]! > results[i - 1]!, `results: ${results}`);
+      }
+      const stats = pipe.stats().stages[0]!;
+      assert.equal(results.length + stage.skipped, N, `results: ${results}`);
+      assert.equal(stats.received, N);
+    }, workers(1));
+  },
+);
+
 Deno.test({
   name: "JetStream retry attack: (the end) the test server stops",
   sanitizeOps: false,
