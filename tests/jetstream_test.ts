@@ -497,6 +497,7 @@ for (
         );
         assert.equal(errors[0]!.attempts.length, 1);
         assert.equal(pipe.stats().stages[0]!.retries, 0);
+        assert.equal(pipe.stats().stages[0]!.quarantined, 1);
         keeping = false;
         await keeper;
         const killed = started.filter((host) => host.exited);

@@ -160,7 +160,7 @@ export interface WorkerStats {
   restarts: number;
   /** Retries it started (see the stage option `retry`): of its own failed attempts, and of tasks lost with a worker before it. */
   retries: number;
-  /** Tasks quarantined as its workers were lost: each had cost the stage its `crashBudget` (counted in `skipped` too). */
+  /** Tasks quarantined as its workers (for a remote stage: its hosts or their workers) were lost: each had cost the stage its `crashBudget` (counted in `skipped` too). */
   quarantined: number;
   /** Up to five tasks it ended after more than one attempt, the most attempts first. */
   retried: TaskAttempts[];

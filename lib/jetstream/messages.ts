@@ -30,8 +30,8 @@ export const TOKEN_BYTES = 16;
  * - ANSWER (host to bridge): [u32 kind][u32 count][f64 first task's
  *   number][16 bytes token of the batch it answers][i32 host worker], the
  *   host's name (a framed UTF-8 string), then per task a byte NONE, ONE,
- *   MANY, FAILED or QUARANTINED: ONE is followed by one framed result, MANY
- *   by a LEB128 count and that many, FAILED and QUARANTINED by the framed
+ *   MANY, FAILED, QUARANTINED or WORKER_LOST: ONE is followed by one framed
+ *   result, MANY by a LEB128 count and that many, the others by the framed
  *   error.
  * - REFUSED (host to bridge): the header of the batch it refuses (its
  *   token echoed), then one framed record, the codec's `[host, reason]`.
@@ -56,6 +56,18 @@ export const FAILED = 3;
  * hosts): the stage's `retry` does not send it again.
  */
 export const QUARANTINED = 4;
+
+/**
+ * A failure that cost the task's host a worker (it called `Deno.exit()` or
+ * `close()`): charged to the task's crashBudget by the stage's stand-in.
+ */
+export const WORKER_LOST = 5;
+
+/** How an answer says that a task failed. */
+export type FailureTag =
+  | typeof FAILED
+  | typeof QUARANTINED
+  | typeof WORKER_LOST;
 
 /** The bytes before a batch's first task (as `BatchRunner.SEND_HEADER`). */
 export const BATCH_HEADER = 16 + TOKEN_BYTES;
@@ -361,7 +373,7 @@ export function failedAnswer(
   host: string,
   worker: number,
   error: unknown,
-  tag: typeof FAILED | typeof QUARANTINED = FAILED,
+  tag: FailureTag = FAILED,
 ): Uint8Array {
   const writer = new MessageWriter();
   writeAnswerHeader(writer, count, from, token, worker, host);

@@ -184,7 +184,8 @@ export class StageStatus {
   /**
    * Figure: tasks quarantined as this slot's workers were lost: each had cost
    * the stage its `crashBudget` of workers (the main thread adds them, as
-   * for `DROPPED`, in which they are counted too).
+   * for `DROPPED`, in which they are counted too); a remote stage's stand-in
+   * adds those its hosts' workers or the hosts themselves were lost to.
    */
   static readonly QUARANTINED = 45;
   /**

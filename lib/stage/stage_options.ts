@@ -145,7 +145,8 @@ export interface StageOptions {
    * the retried one. After the last attempt `onError` decides, with a
    * `StageError` that lists every attempt's error (`attempts`). A remote
    * stage (`cluster`) sends a task that failed on a host again, to any of
-   * its hosts; a task whose host was lost runs again under `crashBudget`.
+   * its hosts; a task whose host, or host worker, was lost runs again only
+   * within its `crashBudget`.
    * @default {1: no retry}
    */
   retry?: number | RetryOptions;

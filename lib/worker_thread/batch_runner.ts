@@ -42,6 +42,13 @@ export type SendTasks = (
   settler: TaskSettler,
 ) => void;
 
+/**
+ * How a task fails (see `TaskSettler.reject`): tried again under the
+ * stage's `retry`; for good (it can never be sent); or quarantined (it cost
+ * the stage its crashBudget): for good, and counted.
+ */
+export type Rejection = "retry" | "final" | "quarantined";
+
 /** How a batch stand-in settles the tasks it was sent (see `SendTasks`). */
 export interface TaskSettler {
   /** Task `task` gave the result encoded in `record` (as the codec does), or none (null). */
@@ -50,10 +57,9 @@ export interface TaskSettler {
   resolveMany(task: number, records: Uint8Array[]): void;
   /**
    * Task `task` failed with `error`: a task error, as if its doTask threw
-   * it, tried again under the stage's `retry` unless `retry` is false (the
-   * task was quarantined, or can never be sent).
+   * it, tried again under the stage's `retry` unless `rejection` says not.
    */
-  reject(task: number, error: unknown, retry?: boolean): void;
+  reject(task: number, error: unknown, rejection?: Rejection): void;
   /** Writes the settled tasks that can be written (in task order for an ordered stage), and publishes them. */
   flush(): void;
 }
@@ -165,8 +171,8 @@ export class BatchRunner {
         this.#settle(task, BatchRunner.RESOLVED, record),
       resolveMany: (task, list) =>
         this.#settle(task, BatchRunner.RESOLVED_MANY, list),
-      reject: (task, error, retry = true) =>
-        this.#settle(task, BatchRunner.FAILED, error, retry),
+      reject: (task, error, rejection = "retry") =>
+        this.#settle(task, BatchRunner.FAILED, error, rejection),
       flush: () => this.#flush(),
     };
     this.#send = send;
@@ -280,7 +286,12 @@ export class BatchRunner {
   }
 
   /** Task `task` settled as `state` with `value`; written at the next flush. */
-  #settle(task: number, state: number, value: unknown, retry = true): void {
+  #settle(
+    task: number,
+    state: number,
+    value: unknown,
+    rejection: Rejection = "retry",
+  ): void {
     if (task < this.#base || task >= this.#next) return;
     const at = task & this.#mask;
     if (this.#state[at] !== BatchRunner.PENDING) return;
@@ -289,10 +300,16 @@ export class BatchRunner {
     if (this.#again.size > 0 && this.#again.get(task)?.timer !== undefined) {
       return;
     }
-    if (state === BatchRunner.FAILED && retry && this.#host.retries !== null) {
-      value = this.#retryOr(task, at, value);
-      if (value === Retries.AGAIN) return;
+    if (state === BatchRunner.FAILED && this.#host.retries !== null) {
+      if (rejection !== "retry") {
+        // Not tried again: its last attempt's error, after those before.
+        this.#again.get(task)?.errors.push(value);
+      } else {
+        value = this.#retryOr(task, at, value);
+        if (value === Retries.AGAIN) return;
+      }
     }
+    if (rejection === "quarantined") this.#host.figures.quarantined();
     this.#state[at] = state;
     this.#value[at] = value;
     if (!this.#host.config.ordered) this.#settled.push(task);
@@ -437,7 +454,7 @@ export class BatchRunner {
     try {
       this.#send!(task, 1, single, this.#settler!);
     } catch (error) {
-      this.#settle(task, BatchRunner.FAILED, error, false);
+      this.#settle(task, BatchRunner.FAILED, error, "final");
       this.#flush();
     }
   }

@@ -138,6 +138,11 @@ export class WorkerFigures {
     }
   }
 
+  /** A task was quarantined here (a remote stage's, by its stand-in; rare: written at once). */
+  quarantined(): void {
+    this.#figures[this.#at + StageStatus.QUARANTINED]!++;
+  }
+
   /** A retry starts (rare: written at once). */
   retry(): void {
     this.#figures[this.#at + StageStatus.RETRIES]!++;

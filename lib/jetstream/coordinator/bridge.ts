@@ -120,6 +120,7 @@ export default class Bridge extends UnorderedWorker<unknown, unknown> {
     this.#sent = new SentBatches(
       config.spec.name,
       config.spec.outSubject,
+      config.spec.maxAttempts,
       (hosts) => WorkerScope.post({ type: "hosts", hosts }),
     );
     const send: SendTasks = (first, count, records, settler) =>
@@ -353,7 +354,7 @@ export default class Bridge extends UnorderedWorker<unknown, unknown> {
     this.#settler = settler;
     if (this.#refusal !== null) {
       for (let i = 0; i < count; i++) {
-        settler.reject(first + i, this.#refusal, false);
+        settler.reject(first + i, this.#refusal, "final");
       }
       settler.flush();
       return;
@@ -416,7 +417,7 @@ export default class Bridge extends UnorderedWorker<unknown, unknown> {
         new RangeError(
           `The task encodes to ${message.length} bytes, more than the ${this.#maxBody} a message's body may carry (the server's max_payload less ${HEADER_ROOM} bytes for headers): split it into smaller tasks, or raise max_payload in the server's configuration`,
         ),
-        false,
+        "final",
       );
       this.#settler!.flush();
       return;

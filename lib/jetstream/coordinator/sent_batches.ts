@@ -7,13 +7,18 @@
  * A task that failed is sent again under the stage's `retry`, alone and
  * with a token of its own: from then on only the answer to that send
  * counts for it, and the answers to its earlier sends are stale, dropped
- * as repeats.
+ * as repeats. A task that cost its host a worker (`WORKER_LOST`) is charged
+ * for it, and quarantined at the stage's crashBudget, as a local stage's
+ * task is for its lost workers.
  *
  * @module
  */
 
 import type { RemoteFailure } from "../../stage/cluster.ts";
-import type { TaskSettler } from "../../worker_thread/batch_runner.ts";
+import type {
+  Rejection,
+  TaskSettler,
+} from "../../worker_thread/batch_runner.ts";
 import {
   ANSWER,
   BATCH_HEADER,
@@ -27,6 +32,7 @@ import {
   sameToken,
   TOKEN_AT,
   TOKEN_BYTES,
+  WORKER_LOST,
 } from "../messages.ts";
 
 /** Tasks sent in one message, numbered from `from`, until each is settled. */
@@ -53,6 +59,9 @@ export class SentBatches {
   /** The stage's name and output subject, for the report of forgeries. */
   readonly #stage: string;
   readonly #outSubject: string;
+  /** The host workers a task may cost (the stage's crashBudget), and those each task that lost one has cost. */
+  readonly #budget: number;
+  readonly #costs = new Map<number, number>();
   readonly #decoder = new Decoder();
   /** Sent batches with tasks not settled, by their first task's number. */
   readonly #sent = new Map<number, Sent>();
@@ -71,10 +80,12 @@ export class SentBatches {
   constructor(
     stage: string,
     outSubject: string,
+    budget: number,
     onHosts: (hosts: string[]) => void,
   ) {
     this.#stage = stage;
     this.#outSubject = outSubject;
+    this.#budget = budget;
     this.#onHosts = onHosts;
   }
 
@@ -123,7 +134,7 @@ export class SentBatches {
     for (const sent of [...this.#sent.values(), ...this.#again.values()]) {
       for (let i = 0; i < sent.settled.length; i++) {
         if (sent.settled[i] !== 1) {
-          settler.reject(sent.from + i, failure, false);
+          settler.reject(sent.from + i, failure, "final");
         }
       }
     }
@@ -214,6 +225,8 @@ export class SentBatches {
         }
         this.#settle(owner, index);
         settled = true;
+        // A result (NONE, ONE or MANY): what the task cost is forgotten.
+        if (tag <= MANY && this.#costs.size > 0) this.#costs.delete(task);
         if (tag === ONE) settler.resolve(task, reader.recordBytes());
         else if (tag === NONE) settler.resolve(task, null);
         else if (tag === MANY) {
@@ -221,18 +234,20 @@ export class SentBatches {
           for (let j = 0; j < n; j++) records.push(reader.recordBytes());
           settler.resolveMany(task, records);
         } else {
-          settler.reject(
-            task,
-            {
-              mpipeRemote: {
-                host,
-                worker: worker < 0 ? undefined : worker,
-                what: undefined,
-              },
-              error: reader.record(this.#decoder),
-            } satisfies RemoteFailure,
-            tag !== QUARANTINED,
-          );
+          const failure: RemoteFailure = {
+            mpipeRemote: {
+              host,
+              worker: worker < 0 ? undefined : worker,
+              what: undefined,
+            },
+            error: reader.record(this.#decoder),
+          };
+          const rejection = tag === QUARANTINED
+            ? "quarantined"
+            : tag === WORKER_LOST
+            ? this.#charge(task, failure)
+            : "retry";
+          settler.reject(task, failure, rejection);
         }
       }
     } finally {
@@ -261,6 +276,22 @@ export class SentBatches {
     console.warn(
       `mpipe: remote stage '${this.#stage}': dropped ${this.#forged} answer(s) that no host holding their tasks sent (they lack their batch's token): a client other than your hosts publishes to ${this.#outSubject}; see README "Securing the cluster"`,
     );
+  }
+
+  /**
+   * Charges task `task` the host worker it cost (`failure`): quarantined
+   * once it has cost the stage's crashBudget (it says so), else tried again.
+   */
+  #charge(task: number, failure: RemoteFailure): Rejection {
+    const cost = (this.#costs.get(task) ?? 0) + 1;
+    if (cost < this.#budget) {
+      this.#costs.set(task, cost);
+      return "retry";
+    }
+    this.#costs.delete(task);
+    failure.mpipeRemote.what =
+      `the task was quarantined: it has cost the stage ${cost} host workers (its crashBudget is ${this.#budget}), and is not sent again`;
+    return "quarantined";
   }
 
   /** Task `index` of batch `sent` is settled: forgotten with the batch's last. */

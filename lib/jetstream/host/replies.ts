@@ -19,6 +19,7 @@ import {
   Encoder,
   FAILED,
   failedAnswer,
+  type FailureTag,
   LOST,
   QUARANTINED,
   readBatch,
@@ -129,17 +130,17 @@ export class Replies {
     task: number,
     error: Error,
   ): Promise<void> {
-    return this.fail(server, message, task, error, undefined, true);
+    return this.fail(server, message, task, error, undefined, QUARANTINED);
   }
 
-  /** Answers every task of a batch with `error`, then acks it (`quarantined`: see `QUARANTINED`). */
+  /** Answers every task of a batch with `error` (as `tag` says, see `FailureTag`), then acks it. */
   async fail(
     server: StageServer,
     message: JsMsg,
     from: number,
     error: unknown,
     worker: number | undefined,
-    quarantined = false,
+    tag: FailureTag = FAILED,
   ): Promise<void> {
     const { count, token } = readBatch(message.data);
     const answer = failedAnswer(
@@ -150,7 +151,7 @@ export class Replies {
       this.#host,
       worker ?? -1,
       error,
-      quarantined ? QUARANTINED : FAILED,
+      tag,
     );
     try {
       await this.publish(server, answer, `f${message.info.streamSequence}`);

@@ -20,7 +20,8 @@
  *   each delivered on its own; a single task delivered again runs alone on
  *   its host, so that a task that kills its host takes no other with it,
  *   and fails once it has done so `maxAttempts` times (see `#isolate`). A
- *   task whose worker is lost (it called `Deno.exit()`) fails at once.
+ *   task whose worker is lost (it called `Deno.exit()`) fails at once, as
+ *   one that cost a worker (`WORKER_LOST`, charged to its crashBudget).
  * - A batch held longer than its stage's `taskTimeout` per task is let go
  *   (see `#timedOut`): answered with the timeout, or split, and the local
  *   pipeline that runs it is replaced.
@@ -57,6 +58,7 @@ import {
   readBatch,
   splitAnswer,
   splitFromLost,
+  WORKER_LOST,
 } from "../messages.ts";
 import { importPublicKey } from "../keys.ts";
 import { ensureStagesStream } from "../streams.ts";
@@ -562,6 +564,7 @@ export class WorkerHost implements AsyncDisposable {
           { cause: error.cause },
         ),
         error.worker,
+        WORKER_LOST,
       );
     done.finally(() => this.#release(local, id!));
   }
