@@ -425,11 +425,19 @@ export class BatchRunner {
     const at = task & this.#mask;
     const again = this.#again.get(task);
     if (again !== undefined) again.timer = undefined;
+    if (task < this.#base || this.#state[at] !== BatchRunner.PENDING) return;
     const turn = this.#turns[at];
-    if (
-      task < this.#base || this.#state[at] !== BatchRunner.PENDING ||
-      turn === undefined
-    ) {
+    if (turn === undefined) {
+      // Never expected: fail the task rather than leave it pending for ever.
+      this.#settle(
+        task,
+        BatchRunner.FAILED,
+        new Error(
+          `task ${task}: its record was not kept, so it cannot be sent again`,
+        ),
+        "final",
+      );
+      this.#flush();
       return;
     }
     // Its record: skip the turn's earlier ones (each after its LEB128 length).

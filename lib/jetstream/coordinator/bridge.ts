@@ -11,11 +11,13 @@
  * sends them as one message (a batch) or a few, reads the hosts' answers,
  * and settles each task once, however many answers come for it (a
  * redelivered batch is answered again): results reach the reader exactly
- * once. Under the stage's `retry`, the runtime hands it a failed task again,
- * alone, which it sends anew (see `SentBatches`). It also hears its hosts (see host_beats.ts): the batches of a host
- * that falls silent go to other hosts within seconds (`#recover`).
+ * once. Under the stage's `retry`, the runtime hands it a failed task
+ * again, alone, which it sends anew (see `SentBatches`). It also hears its
+ * hosts (see host_beats.ts): the batches of a host that falls silent go to
+ * other hosts within seconds (`#recover`).
  *
- * Loaded by the stand-in worker as a module target (see `cluster.ts`; `stage/cluster.ts` is the contract).
+ * Loaded by the stand-in worker as a module target (see `cluster.ts`;
+ * `stage/cluster.ts` is the contract).
  *
  * @module
  */
