@@ -106,6 +106,7 @@ export class WorkerRuntime implements TaskHost, BatchHost {
     this.#concurrent = config.concurrency > 1 || this.retries !== null
       ? new ConcurrentRunner(this)
       : null;
+    Dismissal.failureWord = new Int32Array(config.failure);
     Dismissal.killWord = {
       words: this.status.words,
       index: this.status.at(config.index, StageStatus.KILL),
@@ -119,8 +120,7 @@ export class WorkerRuntime implements TaskHost, BatchHost {
       skips: at(StageStatus.SKIPS),
     };
     // What is published is safe; a replacement must mark done what is not.
-    const from = this.#slot.from;
-    const to = this.#slot.to;
+    const { from, to } = this.#slot;
     this.output.onPublish = () => {
       this.#concurrent?.published();
       // The tasks claimed and not finished: a claim's stamps are consecutive.
