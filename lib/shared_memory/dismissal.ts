@@ -48,6 +48,9 @@ export class Dismissal {
    */
   static readonly FAILING = -1;
 
+  /** This worker failed the pipeline (`fail`): it says why, even if it is killed meanwhile. */
+  static failing = false;
+
   /**
    * Whether this worker gave up its place itself. A plain field, so the hot
    * path tests it per record: `if (Dismissal.resigned) Dismissal.unwind()`.
@@ -65,35 +68,33 @@ export class Dismissal {
     if (Dismissal.resigned) return true;
     if (kill === null) return false;
     // Fresh loads each time: other threads write them at any moment.
-    const word = Atomics.load(kill.words, kill.index);
     const failure = Dismissal.failureWord;
-    return word > kill.generation ||
-      (word !== Dismissal.FAILING && failure !== null &&
+    return Atomics.load(kill.words, kill.index) > kill.generation ||
+      (!Dismissal.failing && failure !== null &&
         Atomics.load(failure, 0) !== 0);
   }
 
   /**
-   * This worker fails the pipeline; call it just before it says why. Returns
-   * false if it was dismissed first: then it says nothing. Its kill word says
-   * FAILING first, by a compare-exchange that the main thread's kill races:
-   * either this worker failed before it was lost, and the main thread waits
-   * for its error instead of replacing it, or it was lost first. Then the
-   * failure word stops every other worker.
+   * This worker fails the pipeline: call it as soon as it knows, and again
+   * before it says why. Returns false if it was dismissed first: then it says
+   * nothing. Its kill word says FAILING first, by a compare-exchange that the
+   * main thread's kill races: either this worker failed before it was lost,
+   * and the main thread waits for its error instead of replacing it, or it
+   * was lost first. Then the failure word stops every other worker.
    */
   static fail(): boolean {
+    if (Dismissal.failing) return true;
     const kill = Dismissal.killWord;
     if (kill === null) return !Dismissal.resigned;
     if (Dismissal.dismissed()) return false;
     const word = Atomics.load(kill.words, kill.index);
+    const failing = Dismissal.FAILING;
     if (
-      word !== Dismissal.FAILING &&
-      Atomics.compareExchange(
-          kill.words,
-          kill.index,
-          word,
-          Dismissal.FAILING,
-        ) !== word
-    ) return false;
+      Atomics.compareExchange(kill.words, kill.index, word, failing) !== word
+    ) {
+      return false;
+    }
+    Dismissal.failing = true;
     if (Dismissal.failureWord !== null) {
       Atomics.store(Dismissal.failureWord, 0, 1);
     }

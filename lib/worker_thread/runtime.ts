@@ -366,8 +366,7 @@ export class WorkerRuntime implements TaskHost, BatchHost {
       this.#writeResult(result);
     } catch (error) {
       // The result could not be cloned: a task error like any other.
-      this.#failed(error, false);
-      return;
+      return this.#failed(error, false);
     }
     this.#finished = this.#seq + 1;
     this.figures.tasks++;
@@ -382,6 +381,9 @@ export class WorkerRuntime implements TaskHost, BatchHost {
       (this.config.target.kind === "source" &&
         TargetLoader.isOwnMissingName(error))
     ) {
+      // The other workers stop now, not once the error has unwound to its
+      // report (see `Dismissal.fail`).
+      Dismissal.fail();
       throw error;
     }
     this.#putDeferred();
@@ -490,10 +492,9 @@ export class WorkerRuntime implements TaskHost, BatchHost {
     task: number | undefined,
     error: unknown,
   ): void {
-    // A dismissed worker says nothing and writes nothing: it is replaced, or
-    // the pipeline has ended.
-    if (Dismissal.dismissed()) return;
-    this.output.publish();
+    // Nothing is published: the failure word stops the readers downstream.
+    // A dismissed worker says nothing (see `WorkerScope.postError`): it is
+    // replaced, or the pipeline has ended or failed elsewhere.
     const attempts = this.#concurrent?.failedAttempts ?? undefined;
     WorkerScope.postError({ type: "error", phase, task, error, attempts });
   }
