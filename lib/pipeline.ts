@@ -192,6 +192,7 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
       reports,
       leaves,
       wiring.resultBell,
+      wiring.failureWord,
       threadSpin,
     );
     this.#input = new TaskInput(

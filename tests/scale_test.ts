@@ -3,8 +3,15 @@
 // quadratic path shows here as a test that does not end (CI's timeout fails it).
 
 import assert from "node:assert/strict";
-import { OrderedStage, Pipeline, StageError, UnorderedStage } from "../mod.ts";
+import {
+  OrderedStage,
+  Pipeline,
+  StageError,
+  TaskWorker,
+  UnorderedStage,
+} from "../mod.ts";
 import { Fifo } from "../lib/main_thread/fifo.ts";
+import { within } from "./support/bounded.ts";
 
 // ---- Fifo ----
 
@@ -85,6 +92,104 @@ Deno.test("Pipeline.put: a failure among 300,000 waiting puts reaches the reader
   assert.equal(resolved + rejected, n);
   assert.ok(rejected > 0, "the puts still waiting at the failure are rejected");
 });
+
+/**
+ * Throws at task `failAt`, and counts in shared memory the tasks that began
+ * after that throw (`words[1]`). Self-contained: it ships by source.
+ */
+class FailsAt extends TaskWorker<number, number> {
+  words: Int32Array;
+  failAt: number;
+  constructor(words: Int32Array, failAt: number) {
+    super();
+    this.words = words;
+    this.failAt = failAt;
+  }
+  doTask(x: number): number {
+    if (Atomics.load(this.words, 0) !== 0) Atomics.add(this.words, 1, 1);
+    if (x === this.failAt) {
+      Atomics.store(this.words, 0, 1);
+      throw new Error(`task ${x} broke`);
+    }
+    return x;
+  }
+}
+
+for (const ordered of [false, true]) {
+  const kind = ordered ? "OrderedStage" : "UnorderedStage";
+  Deno.test(`Pipeline.put: after a task of an ${kind} fails among 300,000 un-awaited puts, the stage stops taking tasks, the reader's catch comes after what was made, and every put settles`, async () => {
+    const n = 300_000;
+    const failAt = 77;
+    // Small rings: what they hold before the failure is small beside n.
+    const ringBytes = 1 << 16;
+    const words = new Int32Array(new SharedArrayBuffer(8));
+    const options = { args: [words, failAt] };
+    const stage = ordered
+      ? new OrderedStage(FailsAt, 2, options)
+      : new UnorderedStage(FailsAt, 2, options);
+    const pipe = new Pipeline<number, number>(stage, { ringBytes });
+    // Puts that wait together share one promise: watching each distinct one
+    // (after the loop, so that none is watched while puts join it) sees every
+    // put settle.
+    const promises = new Map<Promise<void>, number>();
+    for (let i = 0; i < n; i++) {
+      const put = pipe.put(i);
+      promises.set(put, (promises.get(put) ?? 0) + 1);
+    }
+    pipe.put(null).catch(() => {});
+    let read = 0;
+    let sum = 0;
+    await within(
+      assert.rejects(
+        async () => {
+          for await (const r of pipe) {
+            read++;
+            // Some work per result: a reader slower than the workers always
+            // finds a result ready, and never lets a message in by itself.
+            for (let j = 0; j < 2000; j++) sum += r ^ j;
+          }
+        },
+        (error) =>
+          error instanceof StageError && /task 77 broke/.test(error.message),
+      ),
+      "the reader's catch",
+      60_000,
+    );
+    await within(pipe.done.catch(() => {}), "done");
+    let entered = 0;
+    let rejected = 0;
+    await within(
+      Promise.all(
+        [...promises].map(([put, puts]) =>
+          put.then(() => entered += puts, () => rejected += puts)
+        ),
+      ),
+      "every put settles",
+    );
+    assert.equal(entered + rejected, n);
+    // A put that waited with others rejects if any of them had not entered.
+    assert.ok(entered <= pipe.stats().put);
+    // A ring holds at most capacity / 16 records (a frame is 16 bytes).
+    const ringRecords = ringBytes / 16;
+    // The other worker finishes the claim it holds (16 tasks at most), and
+    // takes no more: not a ring's worth, nor the tasks put after the failure.
+    // (Before the stop came through shared memory, it ran on until the
+    // reader let the failure's message in: every task put, here.)
+    const after = Atomics.load(words, 1);
+    assert.ok(
+      after <= ringRecords / 4,
+      `${after} tasks began after task ${failAt} failed`,
+    );
+    // The reader reads at most what was made before the failure, which the
+    // rings bound, not what was put after it.
+    assert.ok(
+      read <= failAt + 2 * ringRecords,
+      `the reader read ${read} results before the failure`,
+    );
+    assert.ok(rejected > n / 2, `only ${rejected} of ${n} puts were rejected`);
+    assert.ok(sum !== 0.5); // the work is used
+  });
+}
 
 Deno.test("Pipeline.put: small, large, signalled and withdrawn puts waiting together keep their order", async () => {
   const pipe = new Pipeline<string | number, string | number>(

@@ -64,6 +64,8 @@ export class ResultOutput implements ResultWaker {
   readonly #report: FailureReport;
   readonly #callbacks: CallbackGate;
   readonly #resultBell: Int32Array;
+  /** Raised by a worker that fails the pipeline, before its message comes (see `Dismissal.fail`). */
+  readonly #failureWord: Int32Array;
   readonly #spin: number;
   readonly #leaves: Leaf[];
   #pump: InputPump | null = null;
@@ -87,12 +89,14 @@ export class ResultOutput implements ResultWaker {
     callbacks: CallbackGate,
     leaves: AnyStage[],
     resultBell: Int32Array,
+    failureWord: Int32Array,
     spin: number,
   ) {
     this.#run = run;
     this.#report = report;
     this.#callbacks = callbacks;
     this.#resultBell = resultBell;
+    this.#failureWord = failureWord;
     this.#spin = spin;
     this.#leaves = leaves.map((stage) => ({
       stage,
@@ -222,7 +226,8 @@ export class ResultOutput implements ResultWaker {
       // Before sleeping, move the input on: its own wake-up could come late.
       this.#pump!.publish();
       this.#pump!.pump();
-      if (this.#spinForOutput(counter)) continue;
+      // A worker failed the pipeline: sleep, so that its message comes in.
+      if (!this.#failing() && this.#spinForOutput(counter)) continue;
       await this.#waitForOutput(counter, deadline, timeout, signal);
     }
   }
@@ -354,7 +359,10 @@ export class ResultOutput implements ResultWaker {
 
   #takeFrom(leaf: Leaf): unknown {
     if (leaf.head === leaf.end) {
-      if (leaf.emptied) return NONE;
+      // Once per claim: after a worker failed the pipeline, nothing more is
+      // taken, so the reader waits for the failure's message (a macrotask)
+      // instead of reading on behind it.
+      if (leaf.emptied || this.#failing()) return NONE;
       this.#pump!.pump();
       if (leaf.link === null) return NONE;
       const count = leaf.link.claim(leaf.queue, this.#seqs, ClaimPolicy.READER);
@@ -367,6 +375,11 @@ export class ResultOutput implements ResultWaker {
     leaf.queue[leaf.head++] = undefined;
     this.#read++;
     return value;
+  }
+
+  /** Whether a worker failed the pipeline (its message may not have come yet). */
+  #failing(): boolean {
+    return Atomics.load(this.#failureWord, 0) !== 0;
   }
 
   /** Every record of `leaf`'s link was taken: its rings are read no more. */

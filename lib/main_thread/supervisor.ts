@@ -13,6 +13,7 @@
 import { StageError } from "../errors.ts";
 import type { RunView } from "./run_state.ts";
 import { type AnyStage, internalsOf } from "../stage/internals.ts";
+import { Dismissal } from "../shared_memory/dismissal.ts";
 import { StageStatus } from "../shared_memory/status.ts";
 import { loadError, skippedError, workerError } from "./stage_errors.ts";
 import type { WorkerConfig } from "../worker_thread/config.ts";
@@ -46,6 +47,8 @@ interface WorkerRecord {
   tasksAtStart: number;
   /** How many workers before it in its place were lost in a row before they were ready. */
   lostInRow: number;
+  /** It failed the pipeline just before it was lost: its error, on its way, counts (see `#lost`). */
+  failing: boolean;
   /** Its stash buffers, by held place, under `retry` (see `Retries`). */
   stash: SharedArrayBuffer[];
 }
@@ -249,6 +252,7 @@ export class Supervisor {
       // The last worker in this place wrote it; nothing writes it now.
       tasksAtStart: processed(status, config.index),
       lostInRow,
+      failing: false,
       stash: [],
     };
     worker.onmessage = (event: MessageEvent<WorkerMessage>) =>
@@ -355,12 +359,21 @@ export class Supervisor {
    * else the pipeline fails.
    */
   #lost(record: WorkerRecord, reason: string, cause: unknown): void {
-    if (record.gone || this.#run.failure !== null || this.#run.terminated) {
+    if (
+      record.gone || record.failing || this.#run.failure !== null ||
+      this.#run.terminated
+    ) {
       return;
     }
     // Raise the kill word now (it never writes again); the thread itself is
     // terminated once its reports are in (#retire), or at once if it fails.
-    this.#kill(record, false);
+    if (!this.#kill(record, false)) {
+      // It had begun to fail the pipeline (see `Dismissal.fail`): the other
+      // workers stopped, and its error, on its way, fails the pipeline.
+      record.gone = false;
+      record.failing = true;
+      return;
+    }
     this.#wakeSleepers(false);
     const { stage, config } = record;
     const state = internalsOf(stage);
@@ -469,19 +482,25 @@ export class Supervisor {
     record.worker.terminate();
   }
 
-  /** Kills a worker for good: even one asleep in `Atomics.wait` (see `Dismissal.killWord`). */
-  #kill(record: WorkerRecord, terminate = true): void {
+  /**
+   * Kills a worker for good: even one asleep in `Atomics.wait` (see
+   * `Dismissal.killWord`). False if it had begun to fail the pipeline first
+   * (see `Dismissal.fail`).
+   */
+  #kill(record: WorkerRecord, terminate = true): boolean {
     record.gone = true;
     const { stage, config } = record;
     if (terminate) this.#places.get(stage)?.ended(config.index);
     const status = internalsOf(stage).status!;
-    // Raised before any wake-up, so a worker that wakes sees it.
-    Atomics.store(
+    // Raised before any wake-up, so a worker that wakes sees it. An exchange:
+    // the worker's own compare-exchange to FAILING races it.
+    const before = Atomics.exchange(
       status.words,
       status.at(config.index, StageStatus.KILL),
       config.generation + 1,
     );
     if (terminate) record.worker.terminate();
+    return before !== Dismissal.FAILING;
   }
 
   /**

@@ -93,6 +93,8 @@ export const ringPool: RingPool = new RingPool();
 export class Wiring {
   /** The main thread's result bell: every leaf stage's workers ring it. */
   readonly resultBell: Int32Array = new Int32Array(new SharedArrayBuffer(16));
+  /** The pipeline's failure word, which a worker that fails it raises (see `Dismissal.fail`). */
+  readonly failureWord: Int32Array = new Int32Array(new SharedArrayBuffer(4));
   /** The root stage's input link, whose only producer is the main thread. */
   readonly rootLink: LinkMemory;
   /**
@@ -273,6 +275,7 @@ export class Wiring {
         outputs,
         spin,
         onError: typeof state.onError === "function" ? "report" : state.onError,
+        failure: this.failureWord.buffer as SharedArrayBuffer,
         status: state.status!.buffer,
         size: workersOf(stage),
         timed: Number.isFinite(state.taskTimeout),

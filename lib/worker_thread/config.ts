@@ -34,6 +34,8 @@ export interface WorkerConfig {
   spin: number;
   /** What a failed task does: fail the pipeline, or drop the task and go on (and report it, for an onError callback). */
   onError: "fail" | "skip" | "report";
+  /** The pipeline's failure word, one Int32 (see `Dismissal.failureWord`). */
+  failure: SharedArrayBuffer;
   /** The stage's status block (StageStatus) and its number of workers. */
   status: SharedArrayBuffer;
   size: number;

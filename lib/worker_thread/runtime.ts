@@ -106,6 +106,7 @@ export class WorkerRuntime implements TaskHost, BatchHost {
     this.#concurrent = config.concurrency > 1 || this.retries !== null
       ? new ConcurrentRunner(this)
       : null;
+    Dismissal.failureWord = new Int32Array(config.failure);
     Dismissal.killWord = {
       words: this.status.words,
       index: this.status.at(config.index, StageStatus.KILL),
@@ -119,8 +120,7 @@ export class WorkerRuntime implements TaskHost, BatchHost {
       skips: at(StageStatus.SKIPS),
     };
     // What is published is safe; a replacement must mark done what is not.
-    const from = this.#slot.from;
-    const to = this.#slot.to;
+    const { from, to } = this.#slot;
     this.output.onPublish = () => {
       this.#concurrent?.published();
       // The tasks claimed and not finished: a claim's stamps are consecutive.
@@ -366,8 +366,7 @@ export class WorkerRuntime implements TaskHost, BatchHost {
       this.#writeResult(result);
     } catch (error) {
       // The result could not be cloned: a task error like any other.
-      this.#failed(error, false);
-      return;
+      return this.#failed(error, false);
     }
     this.#finished = this.#seq + 1;
     this.figures.tasks++;
@@ -382,6 +381,9 @@ export class WorkerRuntime implements TaskHost, BatchHost {
       (this.config.target.kind === "source" &&
         TargetLoader.isOwnMissingName(error))
     ) {
+      // The other workers stop now, not once the error has unwound to its
+      // report (see `Dismissal.fail`).
+      Dismissal.fail();
       throw error;
     }
     this.#putDeferred();
@@ -490,10 +492,9 @@ export class WorkerRuntime implements TaskHost, BatchHost {
     task: number | undefined,
     error: unknown,
   ): void {
-    // A dismissed worker says nothing and writes nothing: it is replaced, or
-    // the pipeline has ended.
-    if (Dismissal.dismissed()) return;
-    this.output.publish();
+    // Nothing is published: the failure word stops the readers downstream.
+    // A dismissed worker says nothing (see `WorkerScope.postError`): it is
+    // replaced, or the pipeline has ended or failed elsewhere.
     const attempts = (this.#batches ?? this.#concurrent)?.failedAttempts;
     WorkerScope.postError({ type: "error", phase, task, error, attempts });
   }

@@ -61,15 +61,19 @@ export class WorkerScope {
     const close = scope.close.bind(scope);
     WorkerScope.close = close;
     // Each way out gives up the worker's place first (it resigns): a
-    // replacement may take it as soon as the main thread hears of it.
+    // replacement may take it as soon as the main thread hears of it. A
+    // worker dismissed already says nothing: its loss would be mistaken for
+    // the pipeline's failure, whose own message may still be on its way.
     scope.close = () => {
+      const say = !Dismissal.dismissed();
       Dismissal.resign();
-      WorkerScope.post({ type: "lost", reason: "it called close()" });
+      if (say) WorkerScope.post({ type: "lost", reason: "it called close()" });
       close();
     };
     // An error outside doTask() (a timer, an event): report it with its
     // cause, then end, rather than let it surface as a bare error event.
     const lost = (what: string, error: unknown) => {
+      if (Dismissal.dismissed()) return close();
       Dismissal.resign();
       const text = error instanceof Error ? error.message : String(error);
       try {
@@ -92,11 +96,14 @@ export class WorkerScope {
       configurable: true,
       writable: true,
       value: (code?: number) => {
+        const say = !Dismissal.dismissed();
         Dismissal.resign();
-        WorkerScope.post({
-          type: "lost",
-          reason: `it called Deno.exit(${code ?? ""})`,
-        });
+        if (say) {
+          WorkerScope.post({
+            type: "lost",
+            reason: `it called Deno.exit(${code ?? ""})`,
+          });
+        }
         return exit(code);
       },
     });
@@ -108,10 +115,15 @@ export class WorkerScope {
       typeof (value as { then?: unknown }).then === "function";
   }
 
-  /** Sends a message carrying an error; if the error cannot be cloned, sends what it says. */
+  /**
+   * Sends a message carrying an error; if the error cannot be cloned, sends
+   * what it says. An error that fails the pipeline stops its other workers
+   * first (`Dismissal.fail`); a worker dismissed first says nothing.
+   */
   static postError(
     message: Extract<WorkerMessage, { type: "error" | "skipped" }>,
   ): void {
+    if (message.type === "error" && !Dismissal.fail()) return;
     const { error } = message;
     if (error instanceof Error) message.errorName = error.name;
     try {
