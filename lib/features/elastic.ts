@@ -24,7 +24,7 @@
  *   the machine's cores (a thread more would only take CPU from the others);
  * - else the least busy other elastic stage above its `min` whose workers
  *   were busy at most `GIVE_BUSY` is asked for a worker, which leaves once
- *   idle (or between claims); then the pressed stage grows;
+ *   idle (or between claims); the pressed stage grows as soon as it has left;
  * - a stage that got a worker gives none away for `SETTLE_MS`, and one that
  *   gave one away gets none for as long: with the gap between `GROW_BUSY`
  *   and `GIVE_BUSY`, this keeps a worker from moving back and forth.
@@ -42,8 +42,8 @@ import type { Resize } from "./stats.ts";
 
 /** Ms between two looks. */
 const TICK_MS = 25;
-/** Ticks whose busy time decides (100 ms). */
-const WINDOW_TICKS = 4;
+/** Ticks whose busy time decides (50 ms). */
+const WINDOW_TICKS = 2;
 /** Ticks in a row a stage must be pressed before it grows. */
 const PRESSED_TICKS = 2;
 /** Busy share at or above which a stage with waiting tasks is pressed. */
@@ -76,6 +76,8 @@ interface Elastic {
   busy: number[];
   /** Ticks in a row it was pressed. */
   pressed: number;
+  /** Its busy share at the last look (for the log). */
+  lastBusy: number;
   grewAt: number;
   gaveAt: number;
   /** When it was asked for a worker, and why (for the log), or null. */
@@ -160,6 +162,7 @@ export class ElasticControl {
           })),
           busy: [],
           pressed: 0,
+          lastBusy: 0,
           grewAt: -Infinity,
           gaveAt: -Infinity,
           asked: null,
@@ -195,9 +198,27 @@ export class ElasticControl {
     const why = asked && elastic.asked !== null
       ? elastic.asked.why
       : `idle ${Math.round(idleMs).toLocaleString("en-US")} ms`;
-    if (asked && elastic.asked !== null) elastic.asked.for.owed++;
+    const taker = asked ? elastic.asked?.for : undefined;
     if (asked) elastic.asked = null;
     this.#record(stage, size + 1, size, why);
+    if (taker === undefined) return;
+    // The stage it was asked for grows now, not at the next look.
+    taker.owed++;
+    if (taker.pressed < PRESSED_TICKS) return;
+    try {
+      this.#growOwed(taker);
+    } catch (error) {
+      this.#fail(error);
+    }
+  }
+
+  /** Grows `elastic` by a worker another stage gave it. */
+  #growOwed(elastic: Elastic): void {
+    if (this.#running(elastic) >= elastic.stage.size) return;
+    const now = performance.now();
+    this.#grow(elastic, now, this.#describe(elastic, elastic.lastBusy));
+    elastic.pressed = 0;
+    elastic.owed--;
   }
 
   #tick(): void {
@@ -234,15 +255,17 @@ export class ElasticControl {
         continue;
       }
       if (now - elastic.gaveAt < SETTLE_MS) continue;
-      if (
-        elastic.owed > 0 ||
-        (added < this.#threads && busyWorkers < this.#cores)
-      ) {
+      if (elastic.owed > 0) {
+        this.#growOwed(elastic);
+        added++;
+        busyWorkers++;
+        continue;
+      }
+      if (added < this.#threads && busyWorkers < this.#cores) {
         this.#grow(elastic, now, this.#describe(elastic, busy));
         added++;
         busyWorkers++;
         elastic.pressed = 0;
-        elastic.owed = Math.max(0, elastic.owed - 1);
         continue;
       }
       this.#askForWorker(looks, elastic, now, busy);
@@ -291,6 +314,7 @@ export class ElasticControl {
     const pressed = waiting && !starting && !held &&
       times.length > WINDOW_TICKS && busy >= GROW_BUSY;
     elastic.pressed = pressed ? elastic.pressed + 1 : 0;
+    elastic.lastBusy = busy;
     // A worker given for a pressure that is gone is not owed any more.
     if (!pressed) elastic.owed = 0;
     return { elastic, waiting, busy };

@@ -103,6 +103,8 @@ export class LinkReader {
   /** Set during `claimRaw`: where each record's bytes go instead of being decoded. */
   #raw: RawRecords | null = null;
   #group = 0;
+  /** Whether the record `#take` took last was its task's last (`Ring.LAST`). */
+  #tookLast = false;
   /** Where each group's as-arrived reading resumes, for fairness. */
   #cursors: number[];
   // A record being reassembled from fragments, and the ring it comes from.
@@ -292,7 +294,7 @@ export class LinkReader {
       let took: number;
       while (
         count < max &&
-        (took = this.#take(index, values, count, -1)) !==
+        (took = this.#take(index, values, count)) !==
           LinkReader.NOTHING
       ) {
         count += took;
@@ -303,7 +305,12 @@ export class LinkReader {
     return count;
   }
 
-  /** Takes records of group `group` in sequence order; returns the new count. */
+  /**
+   * Takes records of group `group` in sequence order; returns the new count.
+   * The merge words are read and written only under the link's lock (or by
+   * its lone consumer), so the claim keeps them in locals and stores them
+   * once at its end: atomics per claim, not per record.
+   */
   #claimInOrder(
     group: number,
     values: unknown[],
@@ -311,26 +318,50 @@ export class LinkReader {
     max: number,
   ): number {
     const control = this.control;
-    const current = LinkReader.groupWord(group, LinkReader.CURRENT);
-    const next = LinkReader.groupWord(group, LinkReader.NEXT_SEQ);
+    const currentWord = LinkReader.groupWord(group, LinkReader.CURRENT);
+    const nextWord = LinkReader.groupWord(group, LinkReader.NEXT_SEQ);
+    const first = Atomics.load(control, nextWord);
+    const found = Atomics.load(control, currentWord);
+    let next = first;
+    let index = found - 1;
+    // Where the last task's records were: its next one is most likely there.
+    let hint = index;
     while (count < max) {
-      // The merge words are read and written only under the link's lock (or
-      // by its lone consumer), so these loads are exact.
-      let index = Atomics.load(control, current) - 1;
       if (index < 0) {
-        index = this.#findRingOf(group, Atomics.load(control, next));
+        index = this.#findRingOf(group, next, hint);
         if (index < 0) break;
-        Atomics.store(control, current, index + 1);
       }
-      const took = this.#take(index, values, count, group);
+      const took = this.#take(index, values, count);
       if (took === LinkReader.NOTHING) break;
       count += took;
+      if (this.#tookLast) {
+        next++;
+        hint = index;
+        index = -1;
+      }
+    }
+    if (index + 1 !== found) Atomics.store(control, currentWord, index + 1);
+    if (next !== first) {
+      // A producer waiting on the backlog compares its record with NEXT_SEQ.
+      Atomics.store(control, nextWord, next);
+      if (this.mode.bounded) Bell.ring(control, LinkReader.SPACE_BELL);
     }
     return count;
   }
 
-  /** The ring of group `group` whose next record belongs to upstream task `seq`, or -1. */
-  #findRingOf(group: number, seq: number): number {
+  /**
+   * The ring of group `group` whose next record belongs to upstream task
+   * `seq`, or -1; it looks at ring `hint` first (-1: none).
+   */
+  #findRingOf(group: number, seq: number, hint: number): number {
+    if (hint >= 0) {
+      const ring = this.rings[hint]!;
+      const at = ring.peek();
+      if (
+        at >= 0 && ring.seqAt(at) === seq &&
+        (ring.kindAt(at) & 0xff) !== Ring.STOP
+      ) return hint;
+    }
     const { start, end } = this.groups[group]!;
     for (let i = start; i < end; i++) {
       const ring = this.rings[i]!;
@@ -346,19 +377,15 @@ export class LinkReader {
   }
 
   /**
-   * Takes one record from ring `index`; returns TOOK, SKIPPED or NOTHING.
-   * `merged` is the ring's group when that group is merged by sequence, or -1.
+   * Takes one record from ring `index`; returns TOOK, SKIPPED or NOTHING,
+   * and sets `#tookLast` when the record was its task's last (for a merge).
    */
-  #take(
-    index: number,
-    values: unknown[],
-    count: number,
-    merged: number,
-  ): number {
+  #take(index: number, values: unknown[], count: number): number {
     const ring = this.rings[index]!;
     const at = ring.peek();
     if (at < 0) return LinkReader.NOTHING;
     const kind = ring.kindAt(at);
+    this.#tookLast = (kind & Ring.LAST) !== 0;
     const base = kind & 0xff;
     if (base === Ring.STOP) {
       this.#takeStop(index);
@@ -400,23 +427,6 @@ export class LinkReader {
         }
       }
       ring.advance();
-    }
-    if (merged >= 0 && kind & Ring.LAST) {
-      // The group's next task is the one after this: move NEXT_SEQ first (a
-      // producer waiting on the backlog compares its record with it), then
-      // forget which ring held this one.
-      Atomics.add(
-        this.control,
-        LinkReader.groupWord(merged, LinkReader.NEXT_SEQ),
-        1,
-      );
-      Atomics.store(
-        this.control,
-        LinkReader.groupWord(merged, LinkReader.CURRENT),
-        0,
-      );
-      // A producer may wait on the backlog with the record now wanted.
-      if (this.mode.bounded) Bell.ring(this.control, LinkReader.SPACE_BELL);
     }
     if (base !== Ring.DATA) return LinkReader.SKIPPED;
     values[count] = value;

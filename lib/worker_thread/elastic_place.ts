@@ -18,6 +18,7 @@
  * @module
  */
 
+import { ClaimPolicy } from "../shared_memory/claim_policy.ts";
 import { type Branch, LinkWriter } from "../shared_memory/link_writer.ts";
 import { Ring } from "../shared_memory/ring.ts";
 import type { LinkReader } from "../shared_memory/link_reader.ts";
@@ -38,6 +39,13 @@ export interface ElasticConfig {
 /** One worker's place in an elastic stage. */
 export class ElasticPlace {
   readonly idleMs: number;
+  /**
+   * The most tasks a claim takes now. A stage wired for several workers
+   * (`ClaimPolicy.maxClaim`) claims as a lone worker does while it runs
+   * one: an elastic stage is wired for its `max`.
+   */
+  maxClaim: number;
+  readonly #wired: number;
   readonly #config: ElasticConfig;
   readonly #status: StageStatus;
   readonly #words: Int32Array;
@@ -47,16 +55,28 @@ export class ElasticPlace {
   #idleFor = 0;
   #asked = false;
 
-  /** Worker `index`'s place in a stage of `config`, or null in a fixed stage. */
+  /** The place of the worker of `config`, or null in a fixed stage. */
   static of(
-    config: ElasticConfig | null,
+    config: { elastic: ElasticConfig | null; index: number; maxClaim: number },
     status: StageStatus,
-    index: number,
   ): ElasticPlace | null {
-    return config === null ? null : new ElasticPlace(config, status, index);
+    const { elastic, index, maxClaim } = config;
+    return elastic === null
+      ? null
+      : new ElasticPlace(elastic, status, index, maxClaim);
   }
 
-  constructor(config: ElasticConfig, status: StageStatus, index: number) {
+  /**
+   * Worker `index`'s place in a stage of `config`, whose workers were wired
+   * to claim `maxClaim` tasks at most.
+   */
+  constructor(
+    config: ElasticConfig,
+    status: StageStatus,
+    index: number,
+    maxClaim: number,
+  ) {
+    this.maxClaim = this.#wired = maxClaim;
     this.idleMs = config.idleMs;
     this.#config = config;
     this.#status = status;
@@ -98,11 +118,20 @@ export class ElasticPlace {
   }
 
   /**
-   * Whether the main thread asks for a worker of this stage, and this one
-   * may leave (then it is off the stage's count): between batches.
+   * Between claims (it holds no task): whether this worker leaves, asked to
+   * by the main thread (`SHED`); if not, its claims follow the stage's size
+   * (`maxClaim`).
    */
-  asked(): boolean {
-    return Atomics.load(this.#words, StageStatus.SHED) > 0 && this.mayLeave(0);
+  betweenClaims(): boolean {
+    const words = this.#words;
+    if (Atomics.load(words, StageStatus.SHED) > 0 && this.mayLeave(0)) {
+      return true;
+    }
+    this.maxClaim = this.#wired === ClaimPolicy.SHARED &&
+        Atomics.load(words, StageStatus.WORKERS) === 1
+      ? ClaimPolicy.SOLE
+      : this.#wired;
+    return false;
   }
 
   /**

@@ -89,7 +89,7 @@ export class WorkerRuntime implements TaskHost, BatchHost {
     this.output = new LinkWriter(config.outputs);
     this.status = new StageStatus(config.status, config.size);
     this.figures = new WorkerFigures(this.status, config.index);
-    this.#place = ElasticPlace.of(config.elastic, this.status, config.index);
+    this.#place = ElasticPlace.of(config, this.status);
     this.idleWait = new IdleWait(this.input, config.spin, this.#place);
     this.#buffers = new TaskBuffers(config.arena, this.input, this.output);
     this.#timeout = config.timed
@@ -250,13 +250,14 @@ export class WorkerRuntime implements TaskHost, BatchHost {
       this.figures.ran(started, ended, perTask, seqs[0]!, count);
       // Claim one task at a time when tasks are slow, so that idle workers
       // can take the rest; claim many when they are fast, to save on locking.
-      this.#claimMax = perTask > ClaimPolicy.SLOW_TASK_MS
-        ? 1
-        : Math.min(this.#claimMax * 2, this.config.maxClaim);
+      this.#claimMax = perTask > ClaimPolicy.SLOW_TASK_MS ? 1 : Math.min(
+        this.#claimMax * 2,
+        this.#place?.maxClaim ?? this.config.maxClaim,
+      );
       this.output.publish();
       // Between claims it holds no task: a worker asked to leave its
       // elastic stage may (one blocked downstream is never idle).
-      if (this.#place?.asked()) return true;
+      if (this.#place?.betweenClaims()) return true;
     }
   }
 
