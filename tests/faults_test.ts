@@ -1739,7 +1739,9 @@ Deno.test("fault: a task that throws a value that can be neither cloned nor prin
     pipe.put(null).catch(() => {});
     await assert.rejects(
       Array.fromAsync(pipe),
-      (error) => error instanceof StageError && error.stage === "unsendable",
+      (error) =>
+        error instanceof StageError && error.stage === "unsendable" &&
+        error.task === 5 && /task 5 failed/.test(error.message),
     );
   });
 });
