@@ -1684,3 +1684,64 @@ Deno.test("Stage taskTimeout counts from the task's start: queued tasks do not t
     assert.equal(stage.skipped, 0);
   });
 });
+
+// ---- a worker that fails the pipeline and ends before its error is sent ----
+
+// The failing worker raises the failure word first (see `Dismissal.fail`):
+// every other worker stops, and the reader waits for its error. If the
+// worker's thread ends before that error can be sent, its loss must fail the
+// pipeline instead: neither a wait for ever, nor a replacement (which the
+// word would stop at once).
+
+/** Throws at task 5 after queueing a Deno.exit() that runs before the error is sent. */
+function exitsWhileFailing(x: number): number {
+  if (x === 5) {
+    Promise.resolve().then(() => Deno.exit(1));
+    throw new Error("five failed");
+  }
+  return x;
+}
+
+/** Throws at task 5 a value that can be neither cloned nor printed. */
+function throwsUnsendable(x: number): number {
+  if (x === 5) {
+    const error = Object.create(null);
+    error.method = () => x;
+    throw error;
+  }
+  return x;
+}
+
+for (const restart of [false, true]) {
+  Deno.test(`fault: a worker that fails the pipeline calls Deno.exit() before its error is sent${restart ? " (restart)" : ""}: the read rejects, not hangs`, async () => {
+    const pipe = new Pipeline<number, number>(
+      new UnorderedStage(exitsWhileFailing, 2, { name: "exits", restart }),
+    );
+    await guarded(pipe, async () => {
+      for (const task of range(1000)) pipe.put(task).catch(() => {});
+      pipe.put(null).catch(() => {});
+      await assert.rejects(
+        Array.fromAsync(pipe),
+        (error) =>
+          error instanceof StageError && error.stage === "exits" &&
+          /five failed|Deno\.exit\(1\)/.test(error.message),
+      );
+    });
+  });
+}
+
+Deno.test("fault: a task that throws a value that can be neither cloned nor printed fails the pipeline: the read rejects, not hangs", async () => {
+  const pipe = new Pipeline<number, number>(
+    new UnorderedStage(throwsUnsendable, 2, { name: "unsendable" }),
+  );
+  await guarded(pipe, async () => {
+    for (const task of range(1000)) pipe.put(task).catch(() => {});
+    pipe.put(null).catch(() => {});
+    await assert.rejects(
+      Array.fromAsync(pipe),
+      (error) =>
+        error instanceof StageError && error.stage === "unsendable" &&
+        error.task === 5 && /task 5 failed/.test(error.message),
+    );
+  });
+});

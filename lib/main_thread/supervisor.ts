@@ -47,8 +47,6 @@ interface WorkerRecord {
   tasksAtStart: number;
   /** How many workers before it in its place were lost in a row before they were ready. */
   lostInRow: number;
-  /** It failed the pipeline just before it was lost: its error, on its way, counts (see `#lost`). */
-  failing: boolean;
   /** Its stash buffers, by held place, under `retry` (see `Retries`). */
   stash: SharedArrayBuffer[];
 }
@@ -252,7 +250,6 @@ export class Supervisor {
       // The last worker in this place wrote it; nothing writes it now.
       tasksAtStart: processed(status, config.index),
       lostInRow,
-      failing: false,
       stash: [],
     };
     worker.onmessage = (event: MessageEvent<WorkerMessage>) =>
@@ -359,21 +356,16 @@ export class Supervisor {
    * else the pipeline fails.
    */
   #lost(record: WorkerRecord, reason: string, cause: unknown): void {
-    if (
-      record.gone || record.failing || this.#run.failure !== null ||
-      this.#run.terminated
-    ) {
+    if (record.gone || this.#run.failure !== null || this.#run.terminated) {
       return;
     }
     // Raise the kill word now (it never writes again); the thread itself is
     // terminated once its reports are in (#retire), or at once if it fails.
-    if (!this.#kill(record, false)) {
-      // It had begun to fail the pipeline (see `Dismissal.fail`): the other
-      // workers stopped, and its error, on its way, fails the pipeline.
-      record.gone = false;
-      record.failing = true;
-      return;
-    }
+    // A worker that had begun to fail the pipeline (see `Dismissal.fail`) is
+    // not replaced: the failure word stops every worker, a replacement too.
+    // Its loss fails the pipeline now: its error may never be sent (its
+    // thread ended first), and a wait for it could last for ever.
+    const failing = !this.#kill(record, false);
     this.#wakeSleepers(false);
     const { stage, config } = record;
     const state = internalsOf(stage);
@@ -390,7 +382,7 @@ export class Supervisor {
     const lostInRow = record.ready ? 0 : record.lostInRow + 1;
     const giveUp = lostInRow >= MAX_LOST_IN_ROW;
     const failed = state.onError === "fail" ? dropped[0] : undefined;
-    const replace = !giveUp && failed === undefined &&
+    const replace = !failing && !giveUp && failed === undefined &&
       (state.restart || (state.retry.attempts > 1 && state.standIn === null) ||
         (timedOut && state.onError !== "fail"));
     if (!replace) {

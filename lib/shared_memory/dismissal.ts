@@ -43,8 +43,9 @@ export class Dismissal {
 
   /**
    * A kill word's value while its worker fails the pipeline: set by the
-   * worker (`fail`), it tells the main thread that a loss it sees now is
-   * that worker's failure, whose error is on its way (see `Supervisor`).
+   * worker (`fail`), it tells the main thread that a worker it loses now is
+   * not to be replaced (the failure word would stop the replacement), and
+   * that the loss fails the pipeline (see `Supervisor`).
    */
   static readonly FAILING = -1;
 
@@ -79,8 +80,9 @@ export class Dismissal {
    * before it says why. Returns false if it was dismissed first: then it says
    * nothing. Its kill word says FAILING first, by a compare-exchange that the
    * main thread's kill races: either this worker failed before it was lost,
-   * and the main thread waits for its error instead of replacing it, or it
-   * was lost first. Then the failure word stops every other worker.
+   * and the main thread does not replace it (the first of its error and its
+   * loss fails the pipeline), or it was lost first. Then the failure word
+   * stops every other worker.
    */
   static fail(): boolean {
     if (Dismissal.failing) return true;

@@ -117,8 +117,9 @@ export class WorkerScope {
 
   /**
    * Sends a message carrying an error; if the error cannot be cloned, sends
-   * what it says. An error that fails the pipeline stops its other workers
-   * first (`Dismissal.fail`); a worker dismissed first says nothing.
+   * what it says (it never throws: the message must go). An error that fails
+   * the pipeline stops its other workers first (`Dismissal.fail`); a worker
+   * dismissed first says nothing.
    */
   static postError(
     message: Extract<WorkerMessage, { type: "error" | "skipped" }>,
@@ -131,9 +132,18 @@ export class WorkerScope {
     } catch {
       WorkerScope.post({
         ...message,
-        error: String(message.error),
-        attempts: message.attempts?.map(String),
+        error: WorkerScope.#text(message.error),
+        attempts: message.attempts?.map(WorkerScope.#text),
       });
+    }
+  }
+
+  /** What `value` says, even if it cannot be printed (no `toString`, or one that throws). */
+  static #text(value: unknown): string {
+    try {
+      return String(value);
+    } catch {
+      return Object.prototype.toString.call(value);
     }
   }
 
