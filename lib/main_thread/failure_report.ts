@@ -85,6 +85,11 @@ export class FailureReport {
     globalThis.addEventListener("beforeunload", this.#listener);
   }
 
+  /** Whether the failure reached code that waits for it. */
+  get wasObserved(): boolean {
+    return this.#observed;
+  }
+
   /** The failure reached code that waits for it. */
   observed(): void {
     this.#observed = true;

@@ -118,11 +118,6 @@ export class ResultOutput implements ResultWaker {
     for (const leaf of this.#leaves) leaf.link = linkOf(leaf.stage);
   }
 
-  /** Whether anything ever read results (`get`, `results()`, iteration). */
-  get readerAttached(): boolean {
-    return this.#readerAttached;
-  }
-
   /**
    * Calls `callback` once every result has been read (at once if they have
    * been, or if nothing reads them).
