@@ -93,9 +93,10 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
   readonly name: string;
   /**
    * Settles once every worker has exited after the stop, or was killed (after
-   * a failure or `terminate()`). If a stage failed and no read (`get`,
-   * `results()`, iteration, `readable`) or awaited `put` has delivered the
-   * failure yet, it rejects with the `StageError`. It never counts as an unhandled rejection by itself: it may
+   * a failure or `terminate()`). If a stage failed and no reader (`get`,
+   * `results()`, iteration, `readable`) will deliver the failure (none read,
+   * or each had seen the end of the leaf it read) and no awaited `put` has,
+   * it rejects with the `StageError`. It never counts as an unhandled rejection by itself: it may
    * be awaited long after the failure (see the README on how a failure
    * reaches you). A killed worker stuck in a synchronous loop goes on running
    * (Deno cannot stop it) but no longer touches the pipeline.
@@ -750,9 +751,12 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
       }
     }
     const failure = this.#run.failure;
-    // A reader that ended before the failure (a fork's healthy leaf) never
-    // saw it: `done` carries it then.
-    if (failure !== null && !this.#report.wasObserved) {
+    // A reader that saw its end before the failure (a fork's healthy leaf)
+    // never sees it: `done` carries it then.
+    if (
+      failure !== null && !this.#report.wasObserved &&
+      !this.#output.stillReading
+    ) {
       // Code that awaits `done`, now or later, observes the failure.
       const done = this.done as WatchedPromise<void>;
       if (done.watched) this.#report.observed();

@@ -38,6 +38,8 @@ interface Leaf {
   end: number;
   /** Its link is emptied for good: every producer stopped and every record was claimed. */
   emptied: boolean;
+  /** A reader reads it, and has not yet seen its end: that reader will see a failure. */
+  reading: boolean;
 }
 
 const RESOLVED = Promise.resolve();
@@ -76,6 +78,8 @@ export class ResultOutput implements ResultWaker {
   #sleep: Sleep | null = null;
   /** Whether anything ever read results, and so will see a failure there. */
   #readerAttached = false;
+  /** A reader reads every leaf (see `#attach`). */
+  #readingAll = false;
   /** Called once a reader has read every result (see `whenReadToEnd`). */
   #onReadToEnd: (() => void)[] = [];
   /** Called once every leaf's link is emptied (see `whenEmptied`). */
@@ -105,6 +109,7 @@ export class ResultOutput implements ResultWaker {
       head: 0,
       end: 0,
       emptied: false,
+      reading: false,
     }));
   }
 
@@ -141,6 +146,24 @@ export class ResultOutput implements ResultWaker {
     for (const callback of this.#onReadToEnd.splice(0)) callback();
   }
 
+  /**
+   * Whether a reader reads a leaf whose end it has not seen: a failure
+   * reaches that reader (a fork's leaf read to its end sees no failure).
+   */
+  get stillReading(): boolean {
+    return this.#leaves.some((leaf) => leaf.reading);
+  }
+
+  /** `leaf` (null: every leaf) has a reader, until it sees the end. */
+  #attach(leaf: Leaf | null): void {
+    this.#readerAttached = true;
+    if (leaf !== null) leaf.reading = true;
+    else if (!this.#readingAll) {
+      this.#readingAll = true;
+      for (const each of this.#leaves) each.reading = true;
+    }
+  }
+
   /** Results read so far (`get`, `results()`, a leaf's reads): every read takes them here. */
   get read(): number {
     return this.#read;
@@ -165,7 +188,7 @@ export class ResultOutput implements ResultWaker {
   ): AsyncIterableIterator<unknown> {
     const leaf = this.#leafOf(stage);
     checkCallOptions("results", options);
-    this.#readerAttached = true;
+    this.#attach(leaf);
     return new ResultIterator(
       () => this.#take(leaf),
       () => this.#get(leaf, options),
@@ -177,7 +200,7 @@ export class ResultOutput implements ResultWaker {
    * waiting; returns how many (a readable stream fills its queue so).
    */
   takeInto(enqueue: (result: unknown) => void, max: number): number {
-    this.#readerAttached = true;
+    this.#attach(null);
     let count = 0;
     while (count < max) {
       const value = this.#take(null);
@@ -200,7 +223,7 @@ export class ResultOutput implements ResultWaker {
     leaf: Leaf | null,
     options: GetOptions | undefined,
   ): Promise<unknown> {
-    this.#readerAttached = true;
+    this.#attach(leaf);
     const { timeout, signal } = checkCallOptions("get", options);
     const deadline = timeout === undefined ? Infinity : Date.now() + timeout;
     for (;;) {
@@ -211,6 +234,9 @@ export class ResultOutput implements ResultWaker {
         // The input side cut the run short: the reader gets why, not the end.
         if (this.#run.abortedBy !== null) throw this.#run.abortedBy.reason;
         if (await this.#callbacksRun()) continue;
+        for (const read of leaf === null ? this.#leaves : [leaf]) {
+          read.reading = false;
+        }
         if (this.#exhausted(null)) this.#readToEnd();
         return null;
       }
