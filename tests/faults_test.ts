@@ -1746,13 +1746,20 @@ Deno.test("fault: a task that throws a value that can be neither cloned nor prin
   });
 });
 
-Deno.test("fault: a fork's leaf read to its end before the other branch fails: done rejects with the StageError, and the program that awaits it ends normally", async () => {
+Deno.test("fault: a fork's leaf read to its end before the other branch fails: done rejects with the StageError, and the program that awaits it ends normally; a reader still reading delivers it and done resolves", async () => {
   const { code, stdout, stderr } = await runScript(
     fixture("fork_leaf_read_first.ts"),
     { flags: ["--allow-read"] },
   );
   assert.equal(code, 0, stderr);
-  const { read, done } = JSON.parse(stdout);
-  assert.deepEqual(read, [1, 2, 3, 4, 5]);
-  assert.match(done, /^StageError: stage 'failing'.*task 3.*failing broke/);
+  const [fork, single] = stdout.trimEnd().split("\n").map((line) =>
+    JSON.parse(line)
+  );
+  assert.deepEqual(fork.read, [1, 2, 3, 4, 5]);
+  assert.match(
+    fork.done,
+    /^StageError: stage 'failing'.*task 3.*failing broke/,
+  );
+  // A reader that was reading caught it: done resolves.
+  assert.deepEqual(single, { caught: "StageError", done: "resolved" });
 });
