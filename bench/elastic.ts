@@ -2,9 +2,9 @@
 // run in alternation (config A, config B, config A, …), so that a drift of the machine hits
 // every config alike.
 //
-//   deno task bench:elastic [--runs 5] [--threads <cores>] [--n 8000] [--ratio 8] [--only costs,shift,idle,cost]
+//   deno task bench:elastic [--runs 5] [--threads <cores>] [--n 8000] [--heavy 8] [--only costs,shift,idle,cost]
 //
-// 1. costs: a chain of 3 ordered stages whose middle step costs `--ratio` (8) × the others (CPU in a busy
+// 1. costs: a chain of 3 ordered stages whose middle step costs `--heavy` (8) × the others (CPU in a busy
 //    loop, `--unit` iterations for the cheap steps, about 0.1 ms); the elastic pipeline (each stage
 //    { min: 1, max: threads }, `threads` set to the cores) against every fixed allocation of
 //    up to threads + 2 workers. Target: elastic ≥ 0.90 × the best fixed.
@@ -19,9 +19,9 @@
 //
 //    On 2 cores with an 8× step, the fixed chain's second half is only ~1.4× slower than its
 //    first (its lone stage-3 worker has a core to itself), so even a control that reacted at
-//    once could reach only (1 + 1.4) / 2 ≈ 1.2 ×: `--ratio 16` leaves the control room to show.
+//    once could reach only (1 + 1.4) / 2 ≈ 1.2 ×: `--heavy 16` leaves the control room to show.
 //
-// A child (`--one <case> <config> <n> <threads> <unit> <ratio>`) prints one JSON line.
+// A child (`--one <case> <config> <n> <threads> <unit> <heavy>`) prints one JSON line.
 
 import { OrderedStage, Pipeline, type Stage } from "../mod.ts";
 import { machine, runChild, timestamp } from "./harness.ts";
@@ -116,7 +116,7 @@ async function one(
   n: number,
   threads: number,
   unit: number,
-  ratio: number,
+  heavy: number,
 ): Promise<Run> {
   const sizes = config === "elastic"
     ? "elastic" as const
@@ -126,8 +126,8 @@ async function one(
     const tasks = Array.from({ length: n }, (_, id): Task => ({
       id,
       costs: which === "shift" && id >= n / 2
-        ? [unit, unit, ratio * unit]
-        : [unit, ratio * unit, unit],
+        ? [unit, unit, heavy * unit]
+        : [unit, heavy * unit, unit],
       x: 0,
     }));
     const rate = await drive(pipe, tasks);
@@ -148,7 +148,7 @@ async function one(
     });
     const tasks = Array.from({ length: n }, (_, id): Task => ({
       id,
-      costs: [unit, ratio * unit, ratio * unit],
+      costs: [unit, heavy * unit, heavy * unit],
       x: 0,
     }));
     const t0 = performance.now();
@@ -239,7 +239,7 @@ function allocations(most: number): string[] {
 }
 
 if (Deno.args[0] === "--one") {
-  const [, which, config, n, threads, unit, ratio] = Deno.args;
+  const [, which, config, n, threads, unit, heavy] = Deno.args;
   console.log(
     JSON.stringify(
       await one(
@@ -248,7 +248,7 @@ if (Deno.args[0] === "--one") {
         Number(n),
         Number(threads),
         Number(unit),
-        Number(ratio),
+        Number(heavy),
       ),
     ),
   );
@@ -259,7 +259,7 @@ const runs = Number(flag("--runs") ?? 5);
 const threads = Number(flag("--threads") ?? navigator.hardwareConcurrency);
 const n = Number(flag("--n") ?? 8000);
 const unit = Number(flag("--unit") ?? 20_000);
-const ratio = Number(flag("--ratio") ?? 8);
+const heavy = Number(flag("--heavy") ?? 8);
 const only = (flag("--only")?.split(",") ?? CASES) as Case[];
 const script = new URL(import.meta.url).pathname;
 
@@ -281,7 +281,7 @@ async function measure(
           String(count),
           String(threads),
           String(unit),
-          String(ratio),
+          String(heavy),
         ],
         permissions: ["--allow-read", "--allow-env"],
         timeoutS: 600,
@@ -300,7 +300,7 @@ async function measure(
 
 const rate = (x: number) => `${Math.round(x).toLocaleString("en-US")}/s`;
 console.log(
-  `# bench:elastic ${timestamp()}\n\n${await machine()}\n\nthreads ${threads}, ${runs} runs each (medians), ${n} tasks, unit ${unit} iterations, ratio ${ratio}×\n`,
+  `# bench:elastic ${timestamp()}\n\n${await machine()}\n\nthreads ${threads}, ${runs} runs each (medians), ${n} tasks, unit ${unit} iterations, heavy step ${heavy}×\n`,
 );
 
 let bestFirstHalf = "1,2,1";
@@ -312,7 +312,7 @@ if (only.includes("costs") || only.includes("shift")) {
   );
   bestFirstHalf = best;
   if (only.includes("costs")) {
-    console.log(`## 1. costs: 3 stages, the middle ${ratio}× the others\n`);
+    console.log(`## 1. costs: 3 stages, the middle ${heavy}× the others\n`);
     console.log("| sizes | tasks/s | highest sizes |\n| --- | ---: | --- |");
     for (const [config, { rate: r, runs: list }] of results) {
       console.log(
