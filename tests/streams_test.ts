@@ -783,3 +783,32 @@ Deno.test("HTTP: the failure as the last line ends the response (README's workar
     "no result of the failing task",
   );
 });
+
+Deno.test("Pipeline.feed(): two feeds that both close: the one still feeding when the other puts the stop rejects with a PipelineClosedError that names { close: false }", async () => {
+  const pipe = new Pipeline<number, number>(
+    new UnorderedStage((x: number) => x, 2),
+  );
+  async function* slow() {
+    for (let i = 0; i < 5; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 5));
+      yield 100 + i;
+    }
+  }
+  const first = pipe.feed([1, 2, 3]);
+  const second = assert.rejects(
+    within(pipe.feed(slow()), "the second feed"),
+    (error) =>
+      error instanceof PipelineClosedError &&
+      /close: false/.test(error.message),
+  );
+  // The refused put ends the pipeline (as a feed's item that cannot be put
+  // does), unless the reader had already read to the end: either is loud.
+  const reading = within(Array.fromAsync(pipe), "the reader").then(
+    (results) => assert.deepEqual(results.sort((a, b) => a - b), [1, 2, 3]),
+    (error) => assert.ok(error instanceof PipelineClosedError, String(error)),
+  );
+  await first;
+  await second;
+  await reading;
+  await within(pipe.done, "done");
+});

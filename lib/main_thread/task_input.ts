@@ -227,7 +227,7 @@ export class TaskInput implements InputPump {
         new PipelineClosedError(
           run.terminated
             ? "The pipeline was terminated: create a new Pipeline to put more tasks"
-            : "The stop request was already put: put every task before null, or create a new Pipeline",
+            : "The stop request was already put (by put(null), close(), or a feed that ended): put every task before it (feeds that share a pipeline take { close: false }, then put(null) once all are done), or create a new Pipeline",
           task,
         ),
       );
