@@ -548,7 +548,9 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
    * with the pipeline's failure, with a `PipelineClosedError` after
    * `terminate()`, or with the signal's reason; with a `TypeError` if
    * `source` or an option is of the wrong type, before it takes anything
-   * from the source.
+   * from the source. Like a `put`'s, its rejection with an error that ended
+   * the run never crashes the program by itself: the readers get that error,
+   * or it is reported when the program would end.
    *
    * @example Feed an iterable, read the results
    * ```ts
@@ -566,7 +568,23 @@ export class Pipeline<I, O> implements AsyncIterable<O>, AsyncDisposable {
     source: Iterable<I> | AsyncIterable<I> | ReadableStream<I>,
     options?: FeedOptions,
   ): Promise<void> {
-    return this.#streams.feed(source, options);
+    const fed = new WatchedPromise<void>((resolve, reject) => {
+      this.#streams.feed(source, options).then(resolve, (error) => {
+        reject(error);
+        // An error that ended the run (the pipeline's failure, or the
+        // source's) reaches the readers, or code that awaits the feed, or
+        // else is reported when the program would end: like a put's, this
+        // rejection never crashes the program by itself. Any other (a bad
+        // argument, the feed's own signal) stays a plain rejection.
+        const run = this.#run;
+        if (error !== run.failure && error !== run.abortedBy?.reason) return;
+        Promise.prototype.then.call(fed, undefined, () => {});
+        if (error !== run.failure) this.#report.failed(error);
+        if (fed.watched) this.#report.observed();
+        else fed.onWatched = () => this.#report.observed();
+      });
+    });
+    return fed;
   }
 
   /**

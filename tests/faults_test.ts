@@ -1763,3 +1763,19 @@ Deno.test("fault: a fork's leaf read to its end before the other branch fails: d
   // A reader that was reading caught it: done resolves.
   assert.deepEqual(single, { caught: "StageError", done: "resolved" });
 });
+
+Deno.test("fault: a feed that nothing awaits, whose source throws: the reader catches the error and the program ends normally; with no reader the error is reported at the end (exit code 1)", async () => {
+  const read = await runScript(fixture("feed_source_throws.ts"), {
+    flags: ["--allow-read"],
+    args: ["read"],
+  });
+  assert.equal(read.code, 0, read.stderr);
+  assert.equal(read.stdout, "reader: source broke\ndone settled\n");
+  const none = await runScript(fixture("feed_source_throws.ts"), {
+    flags: ["--allow-read"],
+    args: ["none"],
+  });
+  assert.equal(none.code, 1, none.stderr);
+  assert.equal(none.stdout, "done settled\n");
+  assert.match(none.stderr, /Uncaught Error: source broke/);
+});

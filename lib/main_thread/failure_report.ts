@@ -72,8 +72,11 @@ export class FailureReport {
   #observed = false;
   #listener: (() => void) | null = null;
 
-  /** The pipeline failed with `error`: report it at the end unless it is observed. */
-  failed(error: Error): void {
+  /**
+   * The pipeline failed with `error` (a stage's, or the error of a feed's
+   * source that ended the run): report it at the end unless it is observed.
+   */
+  failed(error: unknown): void {
     if (this.#observed || this.#listener !== null) return;
     // A worker's global scope has no such event: there, a failure nobody
     // observes is as silent as any other rejection a worker ignores.

@@ -232,7 +232,10 @@ export class ResultOutput implements ResultWaker {
       if (value !== NONE) return value;
       if (this.#exhausted(leaf)) {
         // The input side cut the run short: the reader gets why, not the end.
-        if (this.#run.abortedBy !== null) throw this.#run.abortedBy.reason;
+        if (this.#run.abortedBy !== null) {
+          this.#report.observed();
+          throw this.#run.abortedBy.reason;
+        }
         if (await this.#callbacksRun()) continue;
         for (const read of leaf === null ? this.#leaves : [leaf]) {
           read.reading = false;
