@@ -270,7 +270,9 @@ export class ResultOutput implements ResultWaker {
    */
   async #callbacksRun(): Promise<boolean> {
     const pending = this.#callbacks.pending();
-    if (pending === null) return false;
+    // The reports that had come may have run just now, and a callback that
+    // threw has failed the pipeline: look again, to throw that failure.
+    if (pending === null) return this.#run.failure !== null;
     await pending;
     return true;
   }
