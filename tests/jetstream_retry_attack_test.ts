@@ -15,21 +15,15 @@ import {
   clusterOptions,
   natsUrl,
   stopSharedServer,
-  TEST_KEYS,
   timed,
+  trustedHost,
   withHosts,
 } from "./support/nats.ts";
 
 const URL_ = await natsUrl();
 
 /** A host of `n` workers. */
-const workers = (n: number) => [
-  "--trust",
-  TEST_KEYS.publicKey,
-  "--allow-source",
-  "--workers",
-  String(n),
-];
+const workers = trustedHost;
 
 for (const Kind of [OrderedStage, UnorderedStage]) {
   timed(

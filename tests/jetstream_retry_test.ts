@@ -13,30 +13,16 @@ import {
   natsUrl,
   runKillingOneHost,
   stopSharedServer,
-  TEST_KEYS,
   timed,
+  trustedHost,
   withHosts,
 } from "./support/nats.ts";
+import { until } from "./support/bounded.ts";
 
 const URL_ = await natsUrl();
 
 /** A host that runs one task at a time, in one worker. */
-const ONE_WORKER = [
-  "--trust",
-  TEST_KEYS.publicKey,
-  "--allow-source",
-  "--workers",
-  "1",
-];
-
-/** Waits until `ready()` holds, polling; fails after `ms`. */
-async function until(ready: () => boolean, what: string, ms = 30_000) {
-  const deadline = Date.now() + ms;
-  while (!ready()) {
-    if (Date.now() > deadline) throw new Error(`${what}: not after ${ms} ms`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-}
+const ONE_WORKER = trustedHost(1);
 
 timed(
   "JetStream retry: an ordered remote stage sends again the tasks that failed once, and keeps their order",
@@ -312,8 +298,8 @@ timed(
       await pipe.feed([0, 1, 2]);
       assert.equal(await pipe.get(), 0);
       await until(
-        () => pipe.stats().stages[0]!.retries === 1,
         "task 1's retry",
+        () => pipe.stats().stages[0]!.retries === 1,
       );
       pipe.terminate();
       // The test's own guard (90 s) bounds this: a hang fails it.

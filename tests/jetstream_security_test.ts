@@ -33,6 +33,7 @@ import {
 import { generateKeys, importSigningKey } from "../lib/jetstream/keys.ts";
 import { ensureStagesStream, stageNames } from "../lib/jetstream/streams.ts";
 import { isUnder } from "../lib/jetstream/host/trust.ts";
+import { until } from "./support/bounded.ts";
 import {
   clusterOptions,
   HostProcess,
@@ -48,19 +49,6 @@ const FIXTURES = new URL("./fixtures/", import.meta.url).href;
 /** An attacker's connection: a plain client of the server. */
 async function attacker(): Promise<NatsConnection> {
   return await connect({ servers: URL_, name: "attacker" });
-}
-
-/** Waits (at most `ms`) until `check()` holds. */
-async function until(
-  what: string,
-  check: () => Promise<boolean>,
-  ms = 20_000,
-): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`${what}: not within ${ms} ms`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
 }
 
 // ---------------------------------------------------------------- S1

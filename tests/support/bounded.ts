@@ -21,3 +21,17 @@ export function within<T>(
   });
   return Promise.race([promise, hung]).finally(() => clearTimeout(timer));
 }
+
+/** Waits until `check()` holds, looking every `everyMs`; rejects naming `what` after `ms` (a hang guard). */
+export async function until(
+  what: string,
+  check: () => boolean | Promise<boolean>,
+  ms = 30_000,
+  everyMs = 20,
+): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`${what}: not within ${ms} ms`);
+    await new Promise((resolve) => setTimeout(resolve, everyMs));
+  }
+}

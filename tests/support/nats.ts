@@ -233,6 +233,17 @@ export function hostPermissions(url: string, more: HostGrants = {}): string[] {
   ];
 }
 
+/** A host's flags: it trusts the test coordinator's key, runs source targets, with `workers` workers. */
+export function trustedHost(workers: number): string[] {
+  return [
+    "--trust",
+    TEST_KEYS.publicKey,
+    "--allow-source",
+    "--workers",
+    String(workers),
+  ];
+}
+
 /** A worker host (`host.ts`) as a process of its own. */
 export class HostProcess {
   readonly name: string;
@@ -256,13 +267,7 @@ export class HostProcess {
   static async start(
     url: string,
     name: string,
-    flags: string[] = [
-      "--trust",
-      TEST_KEYS.publicKey,
-      "--allow-source",
-      "--workers",
-      "2",
-    ],
+    flags: string[] = trustedHost(2),
     more: HostGrants = {},
   ): Promise<HostProcess> {
     const process = new Deno.Command(Deno.execPath(), {
